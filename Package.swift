@@ -1,0 +1,68 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "Switchyard",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Reactor", targets: ["Reactor"]),
+        .library(name: "Messaging", targets: ["Messaging"]),
+        .library(name: "Storage", targets: ["Storage"]),
+        .executable(name: "switchyard", targets: ["switchyard"]),
+    ],
+    traits: [
+        .trait(name: "MySQL", description: "MySQL/MariaDB driver through libmariadb (Debian libmariadb-dev)."),
+        .trait(name: "PostgreSQL", description: "PostgreSQL driver through libpq (Debian libpq-dev)."),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
+    ],
+    targets: [
+        // C shim: epoll, eventfd, timerfd, accept4, fd_set macros, signal-to-eventfd.
+        .target(name: "CSwitchyardLinux"),
+        .target(
+            name: "Reactor",
+            dependencies: [
+                "CSwitchyardLinux",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "HeapModule", package: "swift-collections"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        .target(
+            name: "Messaging",
+            dependencies: [
+                "Reactor",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+        // ---- Storage section (owned by the storage work) ----
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
+        .target(
+            name: "Storage",
+            dependencies: [
+                "CSQLite",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "StorageTests", dependencies: ["Storage"]),
+        // ---- end Storage section ----
+        .executableTarget(
+            name: "switchyard",
+            dependencies: [
+                "Reactor",
+                "Messaging",
+                "Storage",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "ReactorTests", dependencies: ["Reactor"]),
+        .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Reactor"]),
+    ]
+)

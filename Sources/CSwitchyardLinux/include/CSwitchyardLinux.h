@@ -1,0 +1,60 @@
+#ifndef C_SWITCHYARD_LINUX_H
+#define C_SWITCHYARD_LINUX_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+
+/// One readiness event, unpacked from the kernel's (packed on x86_64) epoll_event.
+typedef struct {
+    int32_t fd;
+    uint32_t events;
+} sy_event;
+
+/* Interest and event bits, the same values for every poller backend. */
+#define SY_EV_READ   0x001u
+#define SY_EV_WRITE  0x004u
+#define SY_EV_ERROR  0x008u
+#define SY_EV_HUP    0x010u
+#define SY_EV_RDHUP  0x2000u
+
+int sy_epoll_create(void);
+/// op: 1 add, 2 delete, 3 modify (EPOLL_CTL_*). interest: SY_EV_READ | SY_EV_WRITE.
+int sy_epoll_ctl(int epfd, int op, int fd, uint32_t interest);
+/// Waits and unpacks at most `max` events into `out`. Returns the count or -1 (errno set).
+int sy_epoll_wait(int epfd, sy_event *out, int max, int timeout_ms);
+
+int sy_eventfd(void);
+int sy_eventfd_write(int fd, uint64_t value);
+int sy_eventfd_drain(int fd);
+
+int sy_accept4(int listen_fd, struct sockaddr *addr, socklen_t *len);
+int sy_socket_nonblocking(int domain, int type);
+
+/* fd_set helpers (the macros are not importable). */
+int sy_fd_setsize(void);
+size_t sy_fd_set_size(void);
+void sy_fd_zero(void *set);
+void sy_fd_set(int fd, void *set);
+int sy_fd_isset(int fd, const void *set);
+int sy_select(int nfds, void *readfds, void *writefds, void *exceptfds, int timeout_ms);
+
+/// Installs SIGINT/SIGTERM handlers that write to `fd` (an eventfd); async-signal-safe.
+/// Pass -1 to restore the default handlers.
+int sy_install_termination_signals(int fd);
+/// The signal number that last fired the handler (0 if none).
+int sy_last_termination_signal(void);
+void sy_ignore_sigpipe(void);
+
+/* The event loop owned by the calling thread (one per thread). */
+void *sy_current_loop(void);
+void sy_set_current_loop(void *loop);
+
+pid_t sy_gettid(void);
+uint64_t sy_monotonic_ns(void);
+/// CPU time (user + system) of the calling thread, in nanoseconds.
+uint64_t sy_thread_cpu_ns(void);
+
+#endif

@@ -1,0 +1,2 @@
+import Testing
+@Test func placeholderStorage() { #expect(Bool(true)) }
