@@ -43,21 +43,30 @@ let package = Package(
         // ---- Storage section (owned by the storage work) ----
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
+        // Server drivers: only built and linked when their trait is on, so the default build needs neither.
+        .systemLibrary(name: "CMariaDB", path: "Sources/CMariaDB", pkgConfig: "libmariadb",
+                       providers: [.apt(["libmariadb-dev"])]),
+        .systemLibrary(name: "CLibPQ", path: "Sources/CLibPQ", pkgConfig: "libpq",
+                       providers: [.apt(["libpq-dev"])]),
         .target(
             name: "Storage",
             dependencies: [
                 "CSQLite",
+                .target(name: "CMariaDB", condition: .when(traits: ["MySQL"])),
+                .target(name: "CLibPQ", condition: .when(traits: ["PostgreSQL"])),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "StorageTests", dependencies: ["Storage"]),
+        .testTarget(name: "StorageTests", dependencies: [
+            "Storage",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // ---- end Storage section ----
         .executableTarget(
             name: "switchyard",
             dependencies: [
                 "Reactor",
                 "Messaging",
-                "Storage",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

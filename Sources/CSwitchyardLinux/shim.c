@@ -129,3 +129,6 @@ uint64_t sy_thread_cpu_ns(void) {
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+
+#include <pthread.h>
+void sy_set_thread_name(pthread_t thread, const char *name) { pthread_setname_np(thread, name); }

@@ -57,4 +57,7 @@ uint64_t sy_monotonic_ns(void);
 /// CPU time (user + system) of the calling thread, in nanoseconds.
 uint64_t sy_thread_cpu_ns(void);
 
+#include <pthread.h>
+void sy_set_thread_name(pthread_t thread, const char *name);
+
 #endif

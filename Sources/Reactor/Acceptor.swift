@@ -1,0 +1,122 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+
+/// The listening socket of a server, on the acceptor loop. Loop thread only.
+///
+/// Accept errors are told apart: EINTR is retried, EAGAIN ends the batch, ECONNABORTED/EPROTO/EPERM skip one
+/// connection, EMFILE/ENFILE use the reserve-descriptor trick (close the spare descriptor, accept and close the
+/// pending connection, reopen the spare) so the level-triggered listener does not spin; if even that fails,
+/// accepting pauses for 100 ms and resumes by itself.
+final class Acceptor: EventHandler, @unchecked Sendable {
+    // @unchecked Sendable: touched only on its loop; timers scheduled from that loop capture it.
+    let fd: Int32
+    unowned let loop: EventLoop
+    let logger: Logger
+    private var reserveFD: Int32
+    private var listening = false
+    private var pausedTimer: TimerHandle?
+    private var loggedDescriptorShortage = false
+    let onAccept: (Int32, SocketAddress) -> Void
+
+    init(address: SocketAddress, backlog: Int32, reusePort: Bool, loop: EventLoop, logger: Logger,
+         onAccept: @escaping (Int32, SocketAddress) -> Void) throws {
+        let fd = try Posix.socket(domain: AF_INET, type: Int32(SOCK_STREAM.rawValue))
+        do {
+            try Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+            if reusePort { try Posix.setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1) }
+            let r = address.withSockaddr { bind(fd, $0, $1) }
+            if r < 0 { throw IOError(errnoCode: errno, call: "bind \(address)") }
+            if Glibc.listen(fd, backlog) < 0 { throw IOError(errnoCode: errno, call: "listen") }
+        } catch {
+            Posix.close(fd)
+            throw error
+        }
+        self.fd = fd
+        self.loop = loop
+        self.logger = logger
+        self.onAccept = onAccept
+        self.reserveFD = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)
+    }
+
+    var localAddress: SocketAddress? { SocketAddress.local(of: fd) }
+
+    /// Loop thread only.
+    func startListening() throws {
+        try loop.register(fd: fd, interest: .read, handler: self)
+        listening = true
+    }
+
+    /// Stops accepting and closes the listening socket. Loop thread only.
+    func close() {
+        pausedTimer?.cancel()
+        pausedTimer = nil
+        if listening { loop.unregister(fd: fd) }
+        listening = false
+        Posix.close(fd)
+        if reserveFD >= 0 { Posix.close(reserveFD) }
+        reserveFD = -1
+    }
+
+    func handleEvents(_ events: UInt32) {
+        // A bounded batch per wakeup keeps the acceptor from starving its own loop's other work.
+        for _ in 0..<64 {
+            var sin = sockaddr_in()
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let (conn, err) = withUnsafeMutablePointer(to: &sin) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Posix.accept(fd, $0, &len) }
+            }
+            if conn >= 0 {
+                loggedDescriptorShortage = false
+                onAccept(conn, SocketAddress(sin))
+                continue
+            }
+            switch err {
+            case EAGAIN:
+                return
+            case ECONNABORTED, EPROTO, EPERM, ENOBUFS, ENOMEM:
+                // The pending connection died before we took it, or a transient shortage: skip it.
+                continue
+            case EMFILE, ENFILE:
+                handleDescriptorShortage(err)
+                return
+            default:
+                logger.error("accept4 failed", metadata: ["errno": "\(err)", "error": "\(IOError(errnoCode: err, call: "accept4"))"])
+                pauseAccepting()
+                return
+            }
+        }
+    }
+
+    private func handleDescriptorShortage(_ err: Int32) {
+        if !loggedDescriptorShortage {
+            loggedDescriptorShortage = true
+            logger.warning("out of file descriptors: refusing new connections until some close",
+                           metadata: ["error": "\(IOError(errnoCode: err, call: "accept4"))"])
+        }
+        if reserveFD >= 0 {
+            Posix.close(reserveFD)
+            reserveFD = -1
+            var sin = sockaddr_in()
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let (conn, _) = withUnsafeMutablePointer(to: &sin) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Posix.accept(fd, $0, &len) }
+            }
+            if conn >= 0 { Posix.close(conn) }
+            reserveFD = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)
+            if reserveFD >= 0 && conn >= 0 { return }
+        }
+        pauseAccepting()
+    }
+
+    /// Stops watching the listener for 100 ms so a persistent failure cannot spin the loop.
+    private func pauseAccepting() {
+        guard listening, pausedTimer == nil else { return }
+        loop.modify(fd: fd, interest: .none)
+        pausedTimer = loop.schedule(after: .milliseconds(100)) { [self] in
+            pausedTimer = nil
+            if listening { loop.modify(fd: fd, interest: .read) }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+/// A block of raw memory handed out by a `BufferPool`.
+struct Chunk {
+    let base: UnsafeMutableRawPointer
+    let capacity: Int
+}
+
+/// A per-loop pool of size-classed chunks: 4 KiB, 8 KiB, ... 8 MiB (powers of two). Loop thread only, so the
+/// fast path takes no lock.
+///
+/// Released chunks are kept on a free list of their class while the pool holds less than `capBytes`; beyond the
+/// cap they go back to malloc, so memory returns to the cap after a burst. Requests above 8 MiB get an exact,
+/// unpooled allocation up to `maxBufferBytes`; above that, `ReactorError.bufferLimitExceeded`.
+final class BufferPool {
+    static let minShift = 12  // 4 KiB
+    static let maxShift = 23  // 8 MiB
+    static let classCount = maxShift - minShift + 1
+    static let largestPooled = 1 << maxShift
+
+    private var free: [[UnsafeMutableRawPointer]]
+    private(set) var pooledBytes = 0
+    /// Bytes currently handed out (for statistics and tests).
+    private(set) var outstandingBytes = 0
+    let capBytes: Int
+    let maxBufferBytes: Int
+
+    init(capBytes: Int, maxBufferBytes: Int) {
+        self.capBytes = capBytes
+        self.maxBufferBytes = max(maxBufferBytes, 1 << Self.minShift)
+        free = Array(repeating: [], count: Self.classCount)
+    }
+
+    @inline(__always)
+    static func classIndex(for size: Int) -> Int {
+        if size <= (1 << minShift) { return 0 }
+        let bits = Int.bitWidth - (size - 1).leadingZeroBitCount  // ceil(log2(size))
+        return bits - minShift
+    }
+
+    /// A chunk of at least `minimumCapacity` bytes.
+    func allocate(minimumCapacity: Int) throws -> Chunk {
+        if minimumCapacity > maxBufferBytes {
+            throw ReactorError.bufferLimitExceeded(requested: minimumCapacity, limit: maxBufferBytes)
+        }
+        if minimumCapacity > Self.largestPooled {
+            let size = (minimumCapacity + 65535) & ~65535
+            outstandingBytes += size
+            return Chunk(base: .allocate(byteCount: size, alignment: 16), capacity: size)
+        }
+        let c = Self.classIndex(for: minimumCapacity)
+        let size = 1 << (c + Self.minShift)
+        outstandingBytes += size
+        if let p = free[c].popLast() {
+            pooledBytes -= size
+            return Chunk(base: p, capacity: size)
+        }
+        return Chunk(base: .allocate(byteCount: size, alignment: 16), capacity: size)
+    }
+
+    func release(_ chunk: Chunk) {
+        outstandingBytes -= chunk.capacity
+        let size = chunk.capacity
+        if size <= Self.largestPooled && size.nonzeroBitCount == 1 && pooledBytes + size <= capBytes {
+            free[Self.classIndex(for: size)].append(chunk.base)
+            pooledBytes += size
+        } else {
+            chunk.base.deallocate()
+        }
+    }
+
+    /// Frees every pooled chunk.
+    func drain() {
+        for c in 0..<free.count {
+            for p in free[c] { p.deallocate() }
+            free[c].removeAll()
+        }
+        pooledBytes = 0
+    }
+}

@@ -1,0 +1,336 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSwitchyardLinux
+import Logging
+import Synchronization
+
+/// Tunables of one event loop.
+public struct LoopConfiguration: Sendable {
+    /// Which multiplexer to use.
+    public var poller: PollerKind
+    /// Bytes of the per-loop scratch area reads land in (whole frames are dispatched from it).
+    public var scratchBytes: Int
+    /// Upper bound of the memory a loop's buffer pool keeps for reuse; chunks beyond it go back to malloc.
+    public var poolCapBytes: Int
+    /// Largest single buffer the loop will hand out (input or output chunk); above it a clear error.
+    public var maxBufferBytes: Int
+    /// Where the loop logs (stuck handlers, poller failures). No logging on the per-message path.
+    public var logger: Logger
+
+    public init(
+        poller: PollerKind = .epoll,
+        scratchBytes: Int = 64 * 1024,
+        poolCapBytes: Int = 64 * 1024 * 1024,
+        maxBufferBytes: Int = 64 * 1024 * 1024,
+        logger: Logger = Logger(label: "switchyard.reactor", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) {
+        self.poller = poller
+        self.scratchBytes = scratchBytes
+        self.poolCapBytes = poolCapBytes
+        self.maxBufferBytes = maxBufferBytes
+        self.logger = logger
+    }
+}
+
+/// Something the loop dispatches readiness to (a connection, an acceptor, a wakeup descriptor).
+protocol EventHandler: AnyObject {
+    /// Loop thread only. `events` holds `PollBits`.
+    func handleEvents(_ events: UInt32)
+}
+
+/// One reactor: a poller, a task queue any thread may post to, and timers, run by exactly one thread.
+///
+/// Objects bound to a loop (connections, acceptors) are touched on that loop only; from other threads, use
+/// `execute(_:)`. A thread runs at most one loop: starting a second one on the same thread stops the process.
+public final class EventLoop: @unchecked Sendable {
+    // @unchecked Sendable: the mutable state below the "loop thread only" mark is touched only by the thread
+    // running `run()` (checked with `assertInLoopThread` in debug builds); the cross-thread state is a Mutex
+    // and Atomics.
+
+    /// Index of the loop inside its group (0 for a standalone loop).
+    public let index: Int
+    /// The poller this loop runs on.
+    public let pollerKind: PollerKind
+    public let configuration: LoopConfiguration
+    var logger: Logger { configuration.logger }
+
+    // Cross-thread state.
+    private let pendingTasks = Mutex<[@Sendable () -> Void]>([])
+    private let wakeupPending = Atomic<Bool>(false)
+    private let quitRequested = Atomic<Bool>(false)
+    private let threadID = Atomic<Int32>(0)
+    private let iterationCounter = Atomic<UInt64>(0)
+    private let nextTimerID = Atomic<UInt64>(1)
+    private let runningState = Atomic<Int>(0)  // 0 not started, 1 running, 2 finished
+
+    // Loop thread only.
+    let poller: any Poller
+    private let wakeFD: Int32
+    private var handlers: [EventHandler?] = []
+    private var timers = TimerQueue()
+    private let events: UnsafeMutablePointer<sy_event>
+    private let eventCapacity = 512
+    private var runningTasks = false
+    /// Per-loop scratch area: reads land here first.
+    let scratch: UnsafeMutableRawBufferPointer
+    /// Per-loop buffer pool.
+    let pool: BufferPool
+    private var wakeHandler: WakeupHandler?
+
+    /// Creates a loop; it runs when some thread calls `run()`.
+    public init(configuration: LoopConfiguration = LoopConfiguration(), index: Int = 0) throws {
+        self.configuration = configuration
+        self.index = index
+        self.pollerKind = configuration.poller
+        self.poller = try makePoller(configuration.poller)
+        let fd = sy_eventfd()
+        if fd < 0 {
+            poller.close()
+            throw IOError(errnoCode: errno, call: "eventfd")
+        }
+        wakeFD = fd
+        events = .allocate(capacity: eventCapacity)
+        scratch = .allocate(byteCount: max(4096, configuration.scratchBytes), alignment: 16)
+        pool = BufferPool(capBytes: configuration.poolCapBytes, maxBufferBytes: configuration.maxBufferBytes)
+        Posix.ignoreSIGPIPE()
+        let handler = WakeupHandler(fd: fd, loop: self)
+        wakeHandler = handler
+        do {
+            try register(fd: fd, interest: .read, handler: handler)
+        } catch {
+            Posix.close(fd)
+            poller.close()
+            events.deallocate()
+            scratch.deallocate()
+            throw error
+        }
+    }
+
+    deinit {
+        poller.close()
+        Posix.close(wakeFD)
+        events.deallocate()
+        scratch.deallocate()
+        pool.drain()
+    }
+
+    // MARK: Thread identity
+
+    /// The loop running on the calling thread, if any.
+    public static var current: EventLoop? {
+        guard let raw = sy_current_loop() else { return nil }
+        return Unmanaged<EventLoop>.fromOpaque(raw).takeUnretainedValue()
+    }
+
+    /// True on the thread running this loop. Safe to call from any thread.
+    @inline(__always)
+    public var inLoopThread: Bool { sy_current_loop() == Unmanaged.passUnretained(self).toOpaque() }
+
+    /// Stops the process when called off the loop's thread (debug builds only).
+    @inline(__always)
+    public func assertInLoopThread(file: StaticString = #fileID, line: UInt = #line) {
+        assert(inLoopThread, "called off the loop thread of loop \(index)", file: file, line: line)
+    }
+
+    /// Kernel thread id of the thread running the loop (0 before `run()`); for /proc/self/task/TID/stat.
+    public var kernelThreadID: Int32 { threadID.load(ordering: .acquiring) }
+
+    /// Poller wake-ups so far: a loop that is idle does not count up. Safe to read from any thread.
+    public var iterations: UInt64 { iterationCounter.load(ordering: .relaxed) }
+
+    /// True once `run()` has returned.
+    public var hasFinished: Bool { runningState.load(ordering: .acquiring) == 2 }
+
+    // MARK: Running
+
+    /// Runs the loop on the calling thread until `stop()`. The thread must not already run a loop.
+    public func run() {
+        if let other = sy_current_loop() {
+            preconditionFailure(
+                "a second EventLoop on one thread: this thread already runs loop \(other); one loop per thread")
+        }
+        let (exchanged, _) = runningState.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing)
+        precondition(exchanged, "EventLoop.run() called twice")
+        sy_set_current_loop(Unmanaged.passUnretained(self).toOpaque())
+        threadID.store(sy_gettid(), ordering: .releasing)
+        defer {
+            sy_set_current_loop(nil)
+            runningState.store(2, ordering: .releasing)
+        }
+
+        while !quitRequested.load(ordering: .acquiring) {
+            let timeout = computeTimeoutMs()
+            let n: Int
+            do {
+                n = try poller.wait(timeoutMs: timeout, events: events, capacity: eventCapacity)
+            } catch {
+                logger.error("poller wait failed, loop stops", metadata: ["loop": "\(index)", "error": "\(error)"])
+                break
+            }
+            iterationCounter.wrappingAdd(1, ordering: .relaxed)
+            for i in 0..<n {
+                let ev = events[i]
+                let fd = Int(ev.fd)
+                if fd < handlers.count, let handler = handlers[fd] {
+                    handler.handleEvents(ev.events)
+                }
+            }
+            runExpiredTimers()
+            runPendingTasks()
+        }
+        // Tasks posted before the stop still run, so nothing handed to the loop is lost.
+        runPendingTasks()
+        timers.removeAll()
+    }
+
+    /// Asks the loop to return from `run()` after its current iteration. Safe to call from any thread.
+    public func stop() {
+        quitRequested.store(true, ordering: .releasing)
+        wakeup()
+    }
+
+    private func computeTimeoutMs() -> Int32 {
+        if pendingTasks.withLock({ !$0.isEmpty }) { return 0 }
+        guard let ns = timers.nanosecondsUntilNext(now: sy_monotonic_ns()) else { return 10_000 }
+        if ns == 0 { return 0 }
+        // Round up so a timer is never woken for early.
+        return Int32(min((ns + 999_999) / 1_000_000, 10_000))
+    }
+
+    // MARK: Tasks
+
+    /// Runs `task` on the loop's thread: soon, in order with the other tasks posted from the same thread.
+    /// Safe to call from any thread. From the loop thread itself the task runs after the current handler.
+    public func execute(_ task: @escaping @Sendable () -> Void) {
+        pendingTasks.withLock { $0.append(task) }
+        if !inLoopThread || runningTasks {
+            wakeup()
+        }
+    }
+
+    /// Runs `task` now when called on the loop thread, else posts it with `execute`.
+    public func executeInLoop(_ task: @escaping @Sendable () -> Void) {
+        if inLoopThread { task() } else { execute(task) }
+    }
+
+    private func wakeup() {
+        if !wakeupPending.exchange(true, ordering: .acquiringAndReleasing) {
+            _ = sy_eventfd_write(wakeFD, 1)
+        }
+    }
+
+    fileprivate func handleWakeup() {
+        _ = sy_eventfd_drain(wakeFD)
+        wakeupPending.store(false, ordering: .releasing)
+    }
+
+    private func runPendingTasks() {
+        let tasks = pendingTasks.withLock { tasks -> [@Sendable () -> Void] in
+            if tasks.isEmpty { return [] }
+            let taken = tasks
+            tasks.removeAll(keepingCapacity: true)
+            return taken
+        }
+        if tasks.isEmpty { return }
+        runningTasks = true
+        for task in tasks { task() }
+        runningTasks = false
+    }
+
+    // MARK: Timers
+
+    /// Runs `task` on the loop after `delay`. Safe to call from any thread.
+    @discardableResult
+    public func schedule(after delay: Duration, _ task: @escaping @Sendable () -> Void) -> TimerHandle {
+        scheduleTimer(delay: delay, interval: nil, task)
+    }
+
+    /// Runs `task` on the loop every `interval`, first after `interval` (or `initialDelay`). Safe from any thread.
+    @discardableResult
+    public func scheduleRepeating(
+        every interval: Duration, initialDelay: Duration? = nil, _ task: @escaping @Sendable () -> Void
+    ) -> TimerHandle {
+        scheduleTimer(delay: initialDelay ?? interval, interval: interval, task)
+    }
+
+    /// Stops a timer. Safe to call from any thread; on the loop thread the timer never fires afterwards.
+    public func cancel(_ handle: TimerHandle) {
+        if inLoopThread {
+            timers.cancel(id: handle.id)
+        } else {
+            execute { [self] in timers.cancel(id: handle.id) }
+        }
+    }
+
+    /// Timers currently scheduled (loop thread only).
+    var timerCount: Int { timers.count }
+
+    private func scheduleTimer(delay: Duration, interval: Duration?, _ task: @escaping @Sendable () -> Void)
+        -> TimerHandle
+    {
+        let id = nextTimerID.wrappingAdd(1, ordering: .relaxed).oldValue
+        let handle = TimerHandle(id: id, loop: self)
+        let delayNs = Self.nanoseconds(delay)
+        let intervalNs = interval.map { max(1, Self.nanoseconds($0)) } ?? 0
+        if inLoopThread {
+            timers.schedule(id: id, deadline: sy_monotonic_ns() + delayNs, interval: intervalNs, task)
+        } else {
+            let requested = sy_monotonic_ns()
+            execute { [self] in
+                timers.schedule(id: id, deadline: requested + delayNs, interval: intervalNs, task)
+            }
+        }
+        return handle
+    }
+
+    static func nanoseconds(_ d: Duration) -> UInt64 {
+        let (s, atto) = d.components
+        if s < 0 { return 0 }
+        return UInt64(s) * 1_000_000_000 + UInt64(atto / 1_000_000_000)
+    }
+
+    private func runExpiredTimers() {
+        if timers.isEmpty { return }
+        let now = sy_monotonic_ns()
+        while let callback = timers.popExpired(now: now) {
+            callback()
+        }
+    }
+
+    // MARK: Registration (loop thread only)
+
+    func register(fd: Int32, interest: IOInterest, handler: EventHandler) throws {
+        try poller.register(fd: fd, interest: interest)
+        let i = Int(fd)
+        if i >= handlers.count {
+            handlers.append(contentsOf: repeatElement(nil, count: max(i + 1 - handlers.count, handlers.count)))
+        }
+        handlers[i] = handler
+    }
+
+    func modify(fd: Int32, interest: IOInterest) {
+        do {
+            try poller.modify(fd: fd, interest: interest)
+        } catch {
+            logger.error("poller modify failed", metadata: ["fd": "\(fd)", "error": "\(error)"])
+        }
+    }
+
+    func unregister(fd: Int32) {
+        poller.unregister(fd: fd)
+        let i = Int(fd)
+        if i < handlers.count { handlers[i] = nil }
+    }
+}
+
+/// Drains the loop's eventfd when another thread wakes it.
+private final class WakeupHandler: EventHandler {
+    let fd: Int32
+    unowned let loop: EventLoop
+    init(fd: Int32, loop: EventLoop) {
+        self.fd = fd
+        self.loop = loop
+    }
+    func handleEvents(_ events: UInt32) { loop.handleWakeup() }
+}

@@ -1,0 +1,105 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import DequeModule
+
+/// Bytes accepted for sending that the socket has not taken yet: a queue of pooled chunks, written with writev.
+/// Empty most of the time (writes go straight to the socket when nothing is queued). Loop thread only.
+///
+/// ```
+///  chunk 0                      chunk 1              ...   last chunk
+///  | sent | unsent      |       | unsent            |       | unsent    | free     |
+///         ^start        ^end                                             ^end      ^capacity
+/// ```
+struct OutputQueue {
+    struct Piece {
+        var chunk: Chunk
+        var start: Int
+        var end: Int
+    }
+
+    private var pieces = Deque<Piece>()
+    private(set) var bytes = 0
+    static let maxIOVecs = 64
+    /// Largest chunk taken for a single append; bigger remainders span several chunks.
+    static let appendChunkBytes = 1 << 20
+
+    var isEmpty: Bool { bytes == 0 }
+
+    mutating func append(_ src: UnsafeRawBufferPointer, pool: BufferPool) throws {
+        var offset = 0
+        let total = src.count
+        if total == 0 { return }
+        if var last = pieces.last, last.end < last.chunk.capacity {
+            let n = min(last.chunk.capacity - last.end, total)
+            (last.chunk.base + last.end).copyMemory(from: src.baseAddress!, byteCount: n)
+            last.end += n
+            pieces[pieces.count - 1] = last
+            offset = n
+        }
+        while offset < total {
+            let want = min(total - offset, Self.appendChunkBytes)
+            let chunk = try pool.allocate(minimumCapacity: want)
+            let n = min(chunk.capacity, total - offset)
+            chunk.base.copyMemory(from: src.baseAddress! + offset, byteCount: n)
+            pieces.append(Piece(chunk: chunk, start: 0, end: n))
+            offset += n
+        }
+        bytes += total
+    }
+
+    /// Writes as much as the socket takes. Returns the bytes written; throws on a socket error.
+    mutating func flush(fd: Int32, pool: BufferPool) throws -> Int {
+        var written = 0
+        while bytes > 0 {
+            let r: IOResult<Int>
+            if pieces.count == 1 {
+                let p = pieces[0]
+                r = try Posix.write(fd, p.chunk.base + p.start, p.end - p.start)
+            } else {
+                var iov = (
+                    iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec(),
+                    iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec()
+                )
+                let count = min(pieces.count, 16)
+                r = try withUnsafeMutableBytes(of: &iov) { raw -> IOResult<Int> in
+                    let v = raw.bindMemory(to: iovec.self)
+                    for i in 0..<count {
+                        let p = pieces[i]
+                        v[i] = iovec(iov_base: p.chunk.base + p.start, iov_len: p.end - p.start)
+                    }
+                    return try Posix.writev(fd, v.baseAddress!, Int32(count))
+                }
+            }
+            guard case .processed(let n) = r else { break }
+            written += n
+            consume(n, pool: pool)
+            if n == 0 { break }
+        }
+        return written
+    }
+
+    private mutating func consume(_ n: Int, pool: BufferPool) {
+        var left = n
+        bytes -= n
+        while left > 0 {
+            let p = pieces[0]
+            let avail = p.end - p.start
+            if left >= avail {
+                left -= avail
+                pool.release(p.chunk)
+                pieces.removeFirst()
+            } else {
+                pieces[0].start += left
+                left = 0
+            }
+        }
+        // A drained last piece stays for reuse only while it is the sole piece; otherwise it is released above.
+    }
+
+    mutating func releaseAll(pool: BufferPool) {
+        for p in pieces { pool.release(p.chunk) }
+        pieces.removeAll()
+        bytes = 0
+    }
+}

@@ -1,0 +1,451 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSwitchyardLinux
+import Logging
+import Synchronization
+
+/// One TCP connection, bound to one loop.
+///
+/// Loop thread only, except where a member says "Safe to call from any thread" (`send(_: [UInt8])`, `close()`,
+/// `forceClose()`, the identity properties). Reads land in the loop's scratch area; an unconsumed tail moves into a
+/// pooled chunk owned by the connection, so an idle connection holds no buffer. Writes go straight to the socket
+/// when nothing is queued; only the remainder is queued. When the queue reaches the high-water mark the connection
+/// stops reading from the peer until it drains to the low mark.
+public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStringConvertible {
+    // @unchecked Sendable: the mutable state is touched only on `loop`'s thread; the methods callable from other
+    // threads hop there with `loop.execute`.
+
+    /// Connection state, muduo style.
+    enum State {
+        case connecting
+        case connected
+        /// Flushing queued output before closing; reading stopped. `peerClosed`: the peer's FIN arrived.
+        case closingAfterFlush(peerClosed: Bool)
+        /// Output flushed and our FIN sent; discarding input until the peer's FIN (or the linger timeout).
+        case lingering
+        case closed
+    }
+
+    /// Unique within the process.
+    public let id: UInt64
+    public let loop: EventLoop
+    public let peerAddress: SocketAddress
+    public let localAddress: SocketAddress
+    let fd: Int32
+    let callbacks: ConnectionCallbacks
+    let options: ConnectionOptions
+
+    /// Free slot for the application (a session, a user id). Loop thread only.
+    public var context: Any?
+
+    /// Bytes read from the peer. Loop thread only.
+    public private(set) var bytesRead: UInt64 = 0
+    /// Bytes the socket accepted from us. Loop thread only.
+    public private(set) var bytesWritten: UInt64 = 0
+    /// Largest queued-output size this connection ever had. Loop thread only.
+    public private(set) var peakQueuedOutputBytes = 0
+    /// Bytes waiting in the output queue. Loop thread only.
+    public var queuedOutputBytes: Int { output.bytes }
+    /// The error that closed the connection, if one did. Loop thread only.
+    public private(set) var closeReason: Error?
+    /// True while reading is paused by the high-water mark. Loop thread only.
+    public private(set) var isReadingPaused = false
+
+    var state = State.connecting
+    private var interest: IOInterest = .none
+    private var input: Chunk?
+    private var inStart = 0
+    private var inEnd = 0
+    private var output = OutputQueue()
+    private var dispatching = false
+    private var closePendingAfterDispatch = false
+    private var lingerTimer: TimerHandle?
+    /// Called after `onClose` by the owner (server registry, client reconnect). Loop thread only.
+    var onClosedByOwner: ((TCPConnection) -> Void)?
+
+    private static let nextID = Atomic<UInt64>(1)
+    static func makeID() -> UInt64 { nextID.wrappingAdd(1, ordering: .relaxed).oldValue }
+
+    init(
+        id: UInt64, fd: Int32, loop: EventLoop, peer: SocketAddress, local: SocketAddress,
+        callbacks: ConnectionCallbacks, options: ConnectionOptions
+    ) {
+        self.id = id
+        self.fd = fd
+        self.loop = loop
+        self.peerAddress = peer
+        self.localAddress = local
+        self.callbacks = callbacks
+        self.options = options
+    }
+
+    public var description: String { "connection \(id) \(peerAddress) -> \(localAddress)" }
+
+    /// True until the connection starts closing. Loop thread only.
+    public var isActive: Bool {
+        if case .connected = state { return true }
+        return false
+    }
+
+    /// Registers with the loop and fires `onConnect`. Loop thread only. On failure (select's descriptor limit,
+    /// for instance) the descriptor is closed, no callback fires, and the error is thrown.
+    func establish() throws {
+        loop.assertInLoopThread()
+        if options.noDelay { try? Posix.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1) }
+        do {
+            try loop.register(fd: fd, interest: .read, handler: self)
+        } catch {
+            state = .closed
+            Posix.close(fd)
+            throw error
+        }
+        interest = .read
+        state = .connected
+        callbacks.onConnect(self)
+    }
+
+    // MARK: Events
+
+    func handleEvents(_ bits: UInt32) {
+        if case .closed = state { return }
+        if bits & PollBits.error != 0 {
+            let err = Posix.socketError(fd)
+            closeNow(reason: err != 0 ? IOError(errnoCode: err, call: "socket") : nil)
+            return
+        }
+        if interest.contains(.read) && bits & (PollBits.read | PollBits.readHangup | PollBits.hangup) != 0 {
+            handleRead()
+        } else if bits & PollBits.hangup != 0 {
+            // Both directions are down and we are not reading: nothing more can be delivered.
+            if output.isEmpty { closeNow(reason: nil); return }
+            handleWrite()
+            if case .closed = state { return }
+            if !output.isEmpty { closeNow(reason: nil); return }
+        }
+        if case .closed = state { return }
+        if bits & PollBits.write != 0 && interest.contains(.write) {
+            handleWrite()
+        }
+    }
+
+    private func handleRead() {
+        var rounds = 0
+        while true {
+            if case .lingering = state {
+                drainWhileLingering()
+                return
+            }
+            guard case .connected = state, !isReadingPaused else { return }
+            // Never read more than the output queue could still take, so an echoing peer cannot push the queue
+            // past the high-water mark.
+            let limit = output.isEmpty ? Int.max : max(1, options.highWaterMark - output.bytes)
+            let requested: Int
+            let result: IOResult<Int>
+            do {
+                if input == nil {
+                    requested = min(loop.scratch.count, limit)
+                    result = try Posix.read(fd, loop.scratch.baseAddress!, requested)
+                } else {
+                    try reserveInputSpace()
+                    requested = min(input!.capacity - inEnd, limit)
+                    result = try Posix.read(fd, input!.base + inEnd, requested)
+                }
+            } catch {
+                closeNow(reason: error)
+                return
+            }
+            guard case .processed(let n) = result else { return }
+            if n == 0 {
+                handlePeerClosed()
+                return
+            }
+            bytesRead &+= UInt64(n)
+            if input == nil {
+                let consumed = dispatch(UnsafeRawPointer(loop.scratch.baseAddress!), n)
+                guard case .connected = state else { continue }  // closing: unconsumed input is moot
+                if consumed < n {
+                    keepTail(loop.scratch.baseAddress! + consumed, n - consumed)
+                    if case .closed = state { return }
+                }
+            } else {
+                inEnd += n
+                let consumed = dispatch(UnsafeRawPointer(input!.base + inStart), inEnd - inStart)
+                guard case .connected = state else {
+                    if case .closed = state { return }
+                    releaseInput()
+                    continue
+                }
+                inStart += consumed
+                if inStart == inEnd { releaseInput() }
+            }
+            rounds += 1
+            if n < requested || rounds >= 4 { return }
+        }
+    }
+
+    /// Hands `count` bytes at `base` to the data callback; returns how many it consumed.
+    @inline(__always)
+    private func dispatch(_ base: UnsafeRawPointer, _ count: Int) -> Int {
+        var view = InboundBytes(base: base, count: count)
+        dispatching = true
+        callbacks.onData(self, &view)
+        dispatching = false
+        if closePendingAfterDispatch {
+            closePendingAfterDispatch = false
+            closeNow(reason: closeReason)
+        }
+        return view.readerIndex
+    }
+
+    private func keepTail(_ p: UnsafeRawPointer, _ n: Int) {
+        do {
+            let chunk = try loop.pool.allocate(minimumCapacity: max(n * 2, 4096))
+            chunk.base.copyMemory(from: p, byteCount: n)
+            input = chunk
+            inStart = 0
+            inEnd = n
+        } catch {
+            closeNow(reason: error)
+        }
+    }
+
+    /// Makes room for at least 4 KiB more at the end of the input chunk: compact, or move to a bigger chunk.
+    private func reserveInputSpace() throws {
+        guard let chunk = input else { return }
+        if chunk.capacity - inEnd >= 4096 { return }
+        let live = inEnd - inStart
+        if inStart > 0 && chunk.capacity - live >= max(4096, chunk.capacity / 4) {
+            chunk.base.copyMemory(from: chunk.base + inStart, byteCount: live)  // memmove semantics
+            inStart = 0
+            inEnd = live
+            return
+        }
+        let bigger = try loop.pool.allocate(minimumCapacity: chunk.capacity * 2)
+        bigger.base.copyMemory(from: chunk.base + inStart, byteCount: live)
+        loop.pool.release(chunk)
+        input = bigger
+        inStart = 0
+        inEnd = live
+    }
+
+    private func releaseInput() {
+        if let chunk = input { loop.pool.release(chunk) }
+        input = nil
+        inStart = 0
+        inEnd = 0
+    }
+
+    private func handlePeerClosed() {
+        if output.isEmpty {
+            closeNow(reason: nil)
+        } else {
+            // Half-close: the peer will send no more, but what we queued for it is still delivered.
+            state = .closingAfterFlush(peerClosed: true)
+            setInterest(.write)
+        }
+    }
+
+    private func handleWrite() {
+        if !output.isEmpty {
+            do {
+                let n = try output.flush(fd: fd, pool: loop.pool)
+                bytesWritten &+= UInt64(n)
+            } catch {
+                closeNow(reason: error)
+                return
+            }
+        }
+        if output.isEmpty {
+            switch state {
+            case .closingAfterFlush(let peerClosed):
+                if peerClosed { closeNow(reason: nil) } else { startLingering() }
+                return
+            default:
+                if interest.contains(.write) { setInterest(interest.subtracting(.write)) }
+            }
+        }
+        if isReadingPaused && output.bytes <= options.lowWaterMark {
+            isReadingPaused = false
+            if case .connected = state { setInterest(interest.union(.read)) }
+        }
+    }
+
+    private func setInterest(_ newInterest: IOInterest) {
+        if newInterest == interest { return }
+        interest = newInterest
+        loop.modify(fd: fd, interest: newInterest)
+    }
+
+    // MARK: Sending
+
+    /// Sends bytes. Safe to call from any thread (off the loop the bytes are handed over with `execute`).
+    /// Returns false if the connection is no longer open for sending (checked on the loop thread only).
+    @discardableResult
+    public func send(_ bytes: [UInt8]) -> Bool {
+        if loop.inLoopThread {
+            return bytes.withUnsafeBytes { send($0) }
+        }
+        loop.execute { [self] in _ = bytes.withUnsafeBytes { send($0) } }
+        return true
+    }
+
+    /// Sends bytes. Loop thread only. The bytes are copied if the socket does not take them at once.
+    @discardableResult
+    public func send(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        loop.assertInLoopThread()
+        guard case .connected = state else { return false }
+        if bytes.count == 0 { return true }
+        var written = 0
+        if output.isEmpty {
+            do {
+                if case .processed(let n) = try Posix.write(fd, bytes.baseAddress!, bytes.count) { written = n }
+            } catch {
+                failWrite(error)
+                return false
+            }
+            bytesWritten &+= UInt64(written)
+            if written == bytes.count { return true }
+        }
+        return enqueue(UnsafeRawBufferPointer(rebasing: bytes[written...]))
+    }
+
+    /// Sends two pieces (a header and a body) as one write when possible. Loop thread only.
+    @discardableResult
+    public func send(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) -> Bool {
+        loop.assertInLoopThread()
+        guard case .connected = state else { return false }
+        if second.count == 0 { return send(first) }
+        if first.count == 0 { return send(second) }
+        var written = 0
+        if output.isEmpty {
+            var iov = (
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress!), iov_len: first.count),
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress!), iov_len: second.count)
+            )
+            do {
+                let r = try withUnsafeMutableBytes(of: &iov) { raw in
+                    try Posix.writev(fd, raw.baseAddress!.assumingMemoryBound(to: iovec.self), 2)
+                }
+                if case .processed(let n) = r { written = n }
+            } catch {
+                failWrite(error)
+                return false
+            }
+            bytesWritten &+= UInt64(written)
+            if written == first.count + second.count { return true }
+        }
+        if written < first.count {
+            guard enqueue(UnsafeRawBufferPointer(rebasing: first[written...])) else { return false }
+            return enqueue(second)
+        }
+        return enqueue(UnsafeRawBufferPointer(rebasing: second[(written - first.count)...]))
+    }
+
+    private func enqueue(_ rest: UnsafeRawBufferPointer) -> Bool {
+        do {
+            try output.append(rest, pool: loop.pool)
+        } catch {
+            failWrite(error)
+            return false
+        }
+        if output.bytes > peakQueuedOutputBytes { peakQueuedOutputBytes = output.bytes }
+        var newInterest = interest.union(.write)
+        if output.bytes >= options.highWaterMark && !isReadingPaused {
+            isReadingPaused = true
+            newInterest.remove(.read)
+        }
+        setInterest(newInterest)
+        return true
+    }
+
+    private func failWrite(_ error: Error) {
+        if dispatching {
+            closeReason = error
+            closePendingAfterDispatch = true
+            state = .closingAfterFlush(peerClosed: true)  // no more sends; closed once the callback returns
+        } else {
+            closeNow(reason: error)
+        }
+    }
+
+    // MARK: Closing
+
+    /// Closes after flushing queued output: stop reading, flush, send FIN, wait (bounded) for the peer's FIN so
+    /// no reset destroys data in flight, then close. Safe to call from any thread.
+    public func close() {
+        loop.executeInLoop { [self] in closeGracefullyInLoop() }
+    }
+
+    /// Closes at once, discarding queued output. Safe to call from any thread.
+    public func forceClose() {
+        loop.executeInLoop { [self] in
+            if dispatching {
+                closePendingAfterDispatch = true
+                state = .closingAfterFlush(peerClosed: true)
+            } else {
+                closeNow(reason: nil)
+            }
+        }
+    }
+
+    func closeGracefullyInLoop() {
+        guard case .connected = state else { return }
+        state = .closingAfterFlush(peerClosed: false)
+        if output.isEmpty {
+            startLingering()
+        } else {
+            setInterest(.write)
+        }
+    }
+
+    private func startLingering() {
+        _ = shutdown(fd, Int32(SHUT_WR))
+        state = .lingering
+        if input != nil && !dispatching { releaseInput() }
+        setInterest(.read)
+        lingerTimer = loop.schedule(after: options.lingerTimeout) { [self] in
+            lingerTimer = nil
+            closeNow(reason: nil)
+        }
+    }
+
+    private func drainWhileLingering() {
+        while true {
+            let r: IOResult<Int>
+            do {
+                r = try Posix.read(fd, loop.scratch.baseAddress!, loop.scratch.count)
+            } catch {
+                closeNow(reason: nil)
+                return
+            }
+            guard case .processed(let n) = r else { return }
+            if n == 0 {
+                closeNow(reason: nil)
+                return
+            }
+        }
+    }
+
+    /// Closes now, exactly once: unregister, close the descriptor, return the buffers, fire `onClose`.
+    func closeNow(reason: Error?) {
+        if case .closed = state { return }
+        if dispatching {
+            closeReason = reason ?? closeReason
+            closePendingAfterDispatch = true
+            return
+        }
+        state = .closed
+        if reason != nil { closeReason = reason }
+        lingerTimer?.cancel()
+        lingerTimer = nil
+        loop.unregister(fd: fd)
+        Posix.close(fd)
+        releaseInput()
+        output.releaseAll(pool: loop.pool)
+        interest = .none
+        callbacks.onClose(self)
+        onClosedByOwner?(self)
+        onClosedByOwner = nil
+    }
+}

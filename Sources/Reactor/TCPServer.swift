@@ -1,0 +1,223 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import Logging
+import Synchronization
+
+/// Configuration of a `TCPServer`.
+public struct ServerConfiguration: Sendable {
+    /// Address to bind (IPv4 dotted quad or host name). Services bind loopback unless told otherwise.
+    public var host: String
+    /// Port to bind; 0 lets the kernel pick (read it back from `start()`).
+    public var port: Int
+    public var backlog: Int32
+    /// SO_REUSEPORT, for several processes sharing a port.
+    public var reusePort: Bool
+    /// Connections beyond this are accepted and closed at once, with one log line per burst.
+    public var maxConnections: Int
+    /// Per-connection options (high/low water marks, TCP_NODELAY, linger).
+    public var connection: ConnectionOptions
+    public var logger: Logger
+
+    public init(
+        host: String = "127.0.0.1",
+        port: Int = 0,
+        backlog: Int32 = 1024,
+        reusePort: Bool = false,
+        maxConnections: Int = 100_000,
+        connection: ConnectionOptions = ConnectionOptions(),
+        logger: Logger = Logger(label: "switchyard.server", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) {
+        self.host = host
+        self.port = port
+        self.backlog = backlog
+        self.reusePort = reusePort
+        self.maxConnections = maxConnections
+        self.connection = connection
+        self.logger = logger
+    }
+}
+
+/// A TCP server: accepts on the group's acceptor loop and hands each connection to an I/O loop, round robin.
+/// Keeps a registry of its connections: count, look up, send by id, broadcast, close. Safe to use from any thread.
+public final class TCPServer: @unchecked Sendable {
+    // @unchecked Sendable: `acceptor` is touched only on the acceptor loop; everything else is immutable, a Mutex
+    // or an Atomic.
+
+    public let group: EventLoopGroup
+    public let configuration: ServerConfiguration
+    let callbacks: ConnectionCallbacks
+    private var acceptor: Acceptor?
+    private let registry = Mutex<[UInt64: TCPConnection]>([:])
+    private let liveCount = Atomic<Int>(0)
+    private let refused = Atomic<Int>(0)
+    private let failedRegistrations = Atomic<Int>(0)
+    private let started = Atomic<Bool>(false)
+    private let boundAddress = Mutex<SocketAddress?>(nil)
+    private let drained = Mutex<DispatchSemaphore?>(nil)
+    private var loggedLimit = false
+    var logger: Logger { configuration.logger }
+
+    public init(group: EventLoopGroup, configuration: ServerConfiguration = ServerConfiguration(),
+                callbacks: ConnectionCallbacks) {
+        self.group = group
+        self.configuration = configuration
+        self.callbacks = callbacks
+    }
+
+    /// Binds, listens and starts accepting. Returns the bound address (with the kernel's port when 0 was asked).
+    /// Call from any thread but the group's own loops.
+    @discardableResult
+    public func start() throws -> SocketAddress {
+        if started.exchange(true, ordering: .acquiringAndReleasing) { throw ReactorError.alreadyStarted }
+        let address = try SocketAddress(host: configuration.host, port: configuration.port)
+        let loop = group.acceptorLoop
+        let acceptor = try Acceptor(
+            address: address, backlog: configuration.backlog, reusePort: configuration.reusePort, loop: loop,
+            logger: logger
+        ) { [unowned self] fd, peer in handleAccepted(fd: fd, peer: peer) }
+        let bound = acceptor.localAddress ?? address
+        let result = Mutex<Error?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let box = UncheckedBox(acceptor)
+        loop.executeInLoop { [self] in
+            do {
+                try box.value.startListening()
+                self.acceptor = box.value
+            } catch {
+                box.value.close()
+                result.withLock { $0 = error }
+            }
+            done.signal()
+        }
+        done.wait()
+        if let error = result.withLock({ $0 }) { throw error }
+        boundAddress.withLock { $0 = bound }
+        logger.info("listening", metadata: ["address": "\(bound)", "poller": "\(group.pollerKind)"])
+        return bound
+    }
+
+    /// The bound address once started.
+    public var localAddress: SocketAddress? { boundAddress.withLock { $0 } }
+
+    /// Open connections (accepted and not yet closed).
+    public var connectionCount: Int { liveCount.load(ordering: .acquiring) }
+    /// Connections refused because `maxConnections` was reached.
+    public var refusedCount: Int { refused.load(ordering: .relaxed) }
+    /// Accepted descriptors the loop could not watch (select's FD_SETSIZE), closed at once.
+    public var failedRegistrationCount: Int { failedRegistrations.load(ordering: .relaxed) }
+
+    /// Runs on the acceptor loop.
+    private func handleAccepted(fd: Int32, peer: SocketAddress) {
+        if liveCount.load(ordering: .relaxed) >= configuration.maxConnections {
+            Posix.close(fd)
+            refused.wrappingAdd(1, ordering: .relaxed)
+            if !loggedLimit {
+                loggedLimit = true
+                logger.warning("connection limit reached, refusing",
+                               metadata: ["limit": "\(configuration.maxConnections)", "peer": "\(peer)"])
+            }
+            return
+        }
+        loggedLimit = false
+        liveCount.wrappingAdd(1, ordering: .relaxed)
+        let loop = group.next()
+        let local = SocketAddress.local(of: fd) ?? SocketAddress(ip: 0, port: 0)
+        let conn = TCPConnection(
+            id: TCPConnection.makeID(), fd: fd, loop: loop, peer: peer, local: local, callbacks: callbacks,
+            options: configuration.connection)
+        loop.executeInLoop { [self] in
+            conn.onClosedByOwner = { [self] c in connectionClosed(c) }
+            registry.withLock { $0[conn.id] = conn }
+            do {
+                try conn.establish()
+            } catch {
+                conn.onClosedByOwner = nil
+                failedRegistrations.wrappingAdd(1, ordering: .relaxed)
+                logger.error("cannot serve accepted connection, closed it",
+                             metadata: ["peer": "\(peer)", "error": "\(error)"])
+                connectionClosed(conn)
+            }
+        }
+    }
+
+    private func connectionClosed(_ conn: TCPConnection) {
+        registry.withLock { _ = $0.removeValue(forKey: conn.id) }
+        if liveCount.wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+            drained.withLock { $0?.signal() }
+        }
+    }
+
+    // MARK: Registry
+
+    /// The open connection with this id, if any.
+    public func connection(id: UInt64) -> TCPConnection? { registry.withLock { $0[id] } }
+
+    /// Ids of the open connections.
+    public var connectionIDs: [UInt64] { registry.withLock { Array($0.keys) } }
+
+    /// Sends to one connection by id. Safe to call from any thread. False if there is no such connection.
+    @discardableResult
+    public func send(to id: UInt64, _ bytes: [UInt8]) -> Bool {
+        guard let conn = connection(id: id) else { return false }
+        conn.send(bytes)
+        return true
+    }
+
+    /// Sends to every open connection: one task per loop. Safe to call from any thread.
+    public func broadcast(_ bytes: [UInt8]) {
+        let byLoop = registry.withLock { reg in Dictionary(grouping: reg.values, by: { ObjectIdentifier($0.loop) }) }
+        for conns in byLoop.values {
+            let list = UncheckedBox(conns)
+            conns[0].loop.execute {
+                bytes.withUnsafeBytes { raw in for c in list.value { c.send(raw) } }
+            }
+        }
+    }
+
+    /// Closes one connection gracefully (flush, then close). Safe to call from any thread.
+    @discardableResult
+    public func close(connection id: UInt64) -> Bool {
+        guard let conn = connection(id: id) else { return false }
+        conn.close()
+        return true
+    }
+
+    // MARK: Shutdown
+
+    /// Stops accepting, closes every connection after flushing its queued output, and waits up to `timeout`
+    /// for them to finish; what is left is closed at once. Blocks; call from any thread but the group's loops.
+    public func shutdown(timeout: Duration = .seconds(5)) {
+        precondition(!group.allLoops.contains { $0.inLoopThread }, "TCPServer.shutdown() called on a loop thread")
+        let loop = group.acceptorLoop
+        let stopped = DispatchSemaphore(value: 0)
+        loop.execute { [self] in
+            acceptor?.close()
+            acceptor = nil
+            stopped.signal()
+        }
+        stopped.wait()
+        let sem = DispatchSemaphore(value: 0)
+        drained.withLock { $0 = sem }
+        if connectionCount > 0 {
+            for conn in registry.withLock({ Array($0.values) }) { conn.close() }
+            let deadline = DispatchTime.now() + .nanoseconds(Int(EventLoop.nanoseconds(timeout)))
+            if connectionCount > 0 && sem.wait(timeout: deadline) == .timedOut && connectionCount > 0 {
+                let left = registry.withLock { Array($0.values) }
+                logger.warning("shutdown timeout: closing connections that did not finish", metadata: ["count": "\(left.count)"])
+                for conn in left { conn.forceClose() }
+                _ = sem.wait(timeout: .now() + .seconds(2))
+            }
+        }
+        drained.withLock { $0 = nil }
+        logger.info("server stopped")
+    }
+}
+
+/// Carries a non-Sendable value into a task that runs on the loop owning it.
+struct UncheckedBox<T>: @unchecked Sendable {
+    // @unchecked Sendable: used only to move a value to the one loop thread that touches it from then on.
+    let value: T
+    init(_ value: T) { self.value = value }
+}
