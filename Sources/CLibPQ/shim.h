@@ -1,0 +1,2 @@
+// libpq (Debian libpq-dev; pkg-config libpq). Used only with the PostgreSQL trait.
+#include <libpq-fe.h>
