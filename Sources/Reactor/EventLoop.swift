@@ -334,3 +334,19 @@ private final class WakeupHandler: EventHandler {
     }
     func handleEvents(_ events: UInt32) { loop.handleWakeup() }
 }
+
+/// Memory held by a loop's buffer pool.
+public struct BufferStatistics: Sendable {
+    /// Bytes handed out to connections (input tails and queued output).
+    public var outstandingBytes: Int
+    /// Bytes kept on the pool's free lists for reuse (at most the configured cap).
+    public var pooledBytes: Int
+}
+
+extension EventLoop {
+    /// The pool's current figures. Loop thread only.
+    public var bufferStatistics: BufferStatistics {
+        assertInLoopThread()
+        return BufferStatistics(outstandingBytes: pool.outstandingBytes, pooledBytes: pool.pooledBytes)
+    }
+}

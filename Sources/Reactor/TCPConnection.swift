@@ -444,8 +444,10 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         releaseInput()
         output.releaseAll(pool: loop.pool)
         interest = .none
-        callbacks.onClose(self)
-        onClosedByOwner?(self)
+        // The owner first (the server's registry forgets it, a client schedules its reconnect), then the user.
+        let owner = onClosedByOwner
         onClosedByOwner = nil
+        owner?(self)
+        callbacks.onClose(self)
     }
 }

@@ -1,2 +1,0 @@
-import Testing
-@Test func placeholderReactor() { #expect(Bool(true)) }
