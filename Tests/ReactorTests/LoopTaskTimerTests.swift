@@ -1,0 +1,266 @@
+import Dispatch
+import Foundation
+import Reactor
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A standalone loop run by its own thread for the duration of `body`; stopped and joined (bounded) afterwards.
+private func withRunningLoop<R>(poller: PollerKind, _ body: (EventLoop) throws -> R) throws -> R {
+    let loop = try EventLoop(configuration: LoopConfiguration(poller: poller))
+    let finished = EventCounter()
+    let thread = Thread {
+        loop.run()
+        finished.signal()
+    }
+    thread.start()
+    #expect(eventually { loop.kernelThreadID != 0 }, "the loop thread never started running")
+    defer {
+        loop.stop()
+        #expect(finished.wait(for: 1, timeout: 10), "run() did not return after stop()")
+    }
+    return try body(loop)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock the loop's timers use.
+private func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+@Suite("Event loop: tasks and timers", .serialized)
+struct LoopTaskTimerTests {
+    @Test("tasks posted from 8 threads x 1000 all run on the loop, in order per posting thread",
+          arguments: PollerKind.allCases)
+    func tasksFromManyThreads(poller: PollerKind) throws {
+        let threads = 8
+        let perThread = 1000
+        try withRunningLoop(poller: poller) { loop in
+            let seen = Shared<[[Int]]>(Array(repeating: [], count: threads))
+            let offLoop = Shared<Int>(0)
+            let ran = EventCounter()
+            let posted = EventCounter()
+            for t in 0..<threads {
+                Thread {
+                    for i in 0..<perThread {
+                        loop.execute {
+                            if !loop.inLoopThread { offLoop.update { $0 += 1 } }
+                            seen.update { $0[t].append(i) }
+                            ran.signal()
+                        }
+                    }
+                    posted.signal()
+                }.start()
+            }
+            #expect(posted.wait(for: threads, timeout: 20))
+            #expect(ran.wait(for: threads * perThread, timeout: 20))
+            #expect(ran.count == threads * perThread)
+            #expect(offLoop.get() == 0)
+            let lists = seen.get()
+            for t in 0..<threads {
+                #expect(lists[t] == Array(0..<perThread), "tasks of posting thread \(t) ran out of order or not at all")
+            }
+        }
+    }
+
+    @Test("execute from the loop thread itself runs after the current task; executeInLoop runs at once",
+          arguments: PollerKind.allCases)
+    func executeFromLoopThread(poller: PollerKind) throws {
+        try withRunningLoop(poller: poller) { loop in
+            let order = Shared<[String]>([])
+            let done = EventCounter()
+            loop.execute {
+                order.update { $0.append("outer start") }
+                loop.execute {
+                    order.update { $0.append(loop.inLoopThread ? "posted from loop" : "posted: WRONG THREAD") }
+                    // A task posted by a task posted from the loop: the loop must not fall asleep on it.
+                    loop.execute {
+                        order.update { $0.append("second level") }
+                        done.signal()
+                    }
+                }
+                loop.executeInLoop { order.update { $0.append("inline") } }
+                order.update { $0.append("outer end") }
+            }
+            #expect(done.wait(for: 1, timeout: 5))
+            #expect(order.get() == ["outer start", "inline", "outer end", "posted from loop", "second level"])
+
+            // From a timer callback too (tasks posted there run in the same iteration or the next).
+            let fromTimer = EventCounter()
+            loop.schedule(after: .milliseconds(5)) {
+                loop.execute { if loop.inLoopThread { fromTimer.signal() } }
+            }
+            #expect(fromTimer.wait(for: 1, timeout: 5))
+        }
+    }
+
+    @Test("timers fire in deadline order, never early", arguments: PollerKind.allCases)
+    func timersFireInOrder(poller: PollerKind) throws {
+        try withRunningLoop(poller: poller) { loop in
+            let delaysMs = [70, 10, 50, 30, 90, 20, 60, 40, 80, 0]
+            let fired = Shared<[(index: Int, atNs: UInt64)]>([])
+            let count = EventCounter()
+            // Scheduled from this (non-loop) thread...
+            let start = monotonicNanoseconds()
+            for (index, ms) in delaysMs.enumerated() {
+                loop.schedule(after: .milliseconds(ms)) {
+                    fired.update { $0.append((index, monotonicNanoseconds())) }
+                    count.signal()
+                }
+            }
+            #expect(count.wait(for: delaysMs.count, timeout: 10))
+            let records = fired.get()
+            let expectedOrder = delaysMs.indices.sorted { delaysMs[$0] < delaysMs[$1] }
+            #expect(records.map(\.index) == expectedOrder)
+            for r in records {
+                let elapsedMs = Double(r.atNs - start) / 1e6
+                #expect(elapsedMs >= Double(delaysMs[r.index]), "timer \(r.index) fired early: \(elapsedMs) ms")
+            }
+
+            // ...and from the loop thread.
+            let onLoopFired = Shared<[Int]>([])
+            let onLoopCount = EventCounter()
+            loop.execute {
+                for (index, ms) in delaysMs.enumerated() {
+                    loop.schedule(after: .milliseconds(ms)) {
+                        onLoopFired.update { $0.append(index) }
+                        onLoopCount.signal()
+                    }
+                }
+            }
+            #expect(onLoopCount.wait(for: delaysMs.count, timeout: 10))
+            #expect(onLoopFired.get() == expectedOrder)
+        }
+    }
+
+    @Test("a cancelled timer never fires (cancelled on the loop thread, from another thread, by an earlier timer)",
+          arguments: PollerKind.allCases)
+    func cancelledTimersNeverFire(poller: PollerKind) throws {
+        try withRunningLoop(poller: poller) { loop in
+            let wrongFires = Shared<[String]>([])
+            let sentinel = EventCounter()
+
+            // 1. On the loop thread, before it is due.
+            loop.execute {
+                let h = loop.schedule(after: .milliseconds(20)) { wrongFires.update { $0.append("loop-cancelled") } }
+                loop.cancel(h)
+            }
+            // 2. From this thread, well before its deadline (the cancel hops to the loop behind the schedule).
+            let h2 = loop.schedule(after: .milliseconds(60)) { wrongFires.update { $0.append("off-loop-cancelled") } }
+            h2.cancel()
+            // 3. By an earlier timer whose deadline is in the same tick.
+            loop.execute {
+                let victim = Shared<TimerHandle?>(nil)
+                loop.schedule(after: .milliseconds(30)) { victim.get()?.cancel() }
+                victim.set(loop.schedule(after: .milliseconds(30)) { wrongFires.update { $0.append("same-tick") } })
+            }
+            // A live timer scheduled after all of them proves the loop ran past their deadlines.
+            let kept = EventCounter()
+            loop.schedule(after: .milliseconds(40)) { kept.signal() }
+            loop.schedule(after: .milliseconds(150)) { sentinel.signal() }
+            #expect(sentinel.wait(for: 1, timeout: 5))
+            #expect(kept.count == 1)
+            #expect(wrongFires.get() == [])
+            // Cancelling a timer that already fired does nothing.
+            let fired = EventCounter()
+            let h4 = loop.schedule(after: .milliseconds(1)) { fired.signal() }
+            #expect(fired.wait(for: 1, timeout: 5))
+            h4.cancel()
+            #expect(onLoop(loop) { true })
+        }
+    }
+
+    @Test("scheduleRepeating fires repeatedly and stops after cancel", arguments: PollerKind.allCases)
+    func repeatingTimer(poller: PollerKind) throws {
+        try withRunningLoop(poller: poller) { loop in
+            // Cancelled from another thread.
+            let ticks = EventCounter()
+            let handle = loop.scheduleRepeating(every: .milliseconds(10)) { ticks.signal() }
+            #expect(ticks.wait(for: 5, timeout: 5))
+            loop.cancel(handle)
+            // The cancel was posted before this barrier task, so once it has run the timer is gone.
+            let afterCancel = onLoop(loop) { ticks.count }
+            let window = EventCounter()
+            loop.schedule(after: .milliseconds(120)) { window.signal() }  // 12 intervals
+            #expect(window.wait(for: 1, timeout: 5))
+            #expect(ticks.count == afterCancel, "a cancelled repeating timer kept firing")
+
+            // Cancelled by itself on its third tick.
+            let selfTicks = Shared<Int>(0)
+            let third = EventCounter()
+            let own = Shared<TimerHandle?>(nil)
+            _ = onLoop(loop) {
+                own.set(loop.scheduleRepeating(every: .milliseconds(5), initialDelay: .milliseconds(1)) {
+                    selfTicks.update { $0 += 1 }
+                    if selfTicks.get() == 3 {
+                        own.get()?.cancel()
+                        third.signal()
+                    }
+                })
+                return true
+            }
+            #expect(third.wait(for: 1, timeout: 5))
+            let window2 = EventCounter()
+            loop.schedule(after: .milliseconds(60)) { window2.signal() }
+            #expect(window2.wait(for: 1, timeout: 5))
+            #expect(selfTicks.get() == 3)
+        }
+    }
+
+    @Test("stop() from another thread makes run() return; tasks posted before the stop still run",
+          arguments: PollerKind.allCases)
+    func stopFromAnotherThread(poller: PollerKind) throws {
+        let loop = try EventLoop(configuration: LoopConfiguration(poller: poller))
+        let returned = EventCounter()
+        Thread {
+            loop.run()
+            returned.signal()
+        }.start()
+        #expect(eventually { loop.kernelThreadID != 0 })
+        // The loop is asleep in its poller (a far timer, no I/O): stop must wake it.
+        loop.schedule(after: .seconds(60)) {}
+        #expect(onLoop(loop) { true })
+        let lastTask = EventCounter()
+        loop.execute { lastTask.signal() }
+        let stopped = monotonicNanoseconds()
+        loop.stop()
+        #expect(returned.wait(for: 1, timeout: 5))
+        #expect(loop.hasFinished)
+        #expect(lastTask.count == 1)
+        #expect(Double(monotonicNanoseconds() - stopped) / 1e9 < 5)
+    }
+
+    @Test("a second loop on a thread that already runs one stops the process")
+    func secondLoopOnOneThread() async {
+        let result = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) {
+            let first = try EventLoop()
+            let second = try EventLoop()
+            Thread { first.run() }.start()
+            first.execute { second.run() }
+            // If the misuse were not caught, the process would go on and exit 0: the expectation then fails.
+            usleep(3_000_000)
+            exit(0)
+        }
+        #if DEBUG
+        if let result {
+            let stderr = String(decoding: result.standardErrorContent, as: UTF8.self)
+            #expect(stderr.contains("one loop per thread"), "unexpected message: \(stderr)")
+        }
+        #endif
+    }
+
+    @Test("running one loop twice stops the process")
+    func runTwice() async {
+        await #expect(processExitsWith: .failure) {
+            let loop = try EventLoop()
+            loop.stop()
+            loop.run()  // returns at once: stop was requested
+            loop.run()
+            exit(0)
+        }
+    }
+}
