@@ -37,6 +37,7 @@ let package = Package(
             dependencies: [
                 "Reactor",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),

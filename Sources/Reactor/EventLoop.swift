@@ -72,6 +72,8 @@ public final class EventLoop: @unchecked Sendable {
     private let events: UnsafeMutablePointer<sy_event>
     private let eventCapacity = 512
     private var runningTasks = false
+    /// Monotonic time (ns) when the poller last returned: a cheap "now" for activity stamps. Loop thread only.
+    public private(set) var wakeTime: UInt64 = sy_monotonic_ns()
     /// Per-loop scratch area: reads land here first.
     let scratch: UnsafeMutableRawBufferPointer
     /// Per-loop buffer pool.
@@ -169,6 +171,7 @@ public final class EventLoop: @unchecked Sendable {
                 break
             }
             iterationCounter.wrappingAdd(1, ordering: .relaxed)
+            wakeTime = sy_monotonic_ns()
             for i in 0..<n {
                 let ev = events[i]
                 let fd = Int(ev.fd)

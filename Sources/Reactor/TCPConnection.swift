@@ -38,6 +38,8 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
 
     /// Free slot for the application (a session, a user id). Loop thread only.
     public var context: Any?
+    /// Slot for the framework's own per-connection state (the messaging layer's session). Loop thread only.
+    package var protocolState: AnyObject?
 
     /// Bytes read from the peer. Loop thread only.
     public private(set) var bytesRead: UInt64 = 0
@@ -51,6 +53,12 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     public private(set) var closeReason: Error?
     /// True while reading is paused by the high-water mark. Loop thread only.
     public private(set) var isReadingPaused = false
+    /// False while the application has paused reading (`setReadingEnabled(false)`). Loop thread only.
+    public private(set) var isReadingEnabled = true
+    /// When bytes last arrived (the loop's `wakeTime`, monotonic ns). Loop thread only.
+    public private(set) var lastReceiveTime: UInt64 = 0
+    /// When the application last sent (the loop's `wakeTime`, monotonic ns). Loop thread only.
+    public private(set) var lastSendTime: UInt64 = 0
 
     var state = State.connecting
     private var interest: IOInterest = .none
@@ -102,6 +110,8 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         }
         interest = .read
         state = .connected
+        lastReceiveTime = loop.wakeTime
+        lastSendTime = loop.wakeTime
         callbacks.onConnect(self)
     }
 
@@ -136,7 +146,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
                 drainWhileLingering()
                 return
             }
-            guard case .connected = state, !isReadingPaused else { return }
+            guard case .connected = state, !isReadingPaused, isReadingEnabled else { return }
             // Never read more than the output queue could still take, so an echoing peer cannot push the queue
             // past the high-water mark.
             let limit = output.isEmpty ? Int.max : max(1, options.highWaterMark - output.bytes)
@@ -161,6 +171,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
                 return
             }
             bytesRead &+= UInt64(n)
+            lastReceiveTime = loop.wakeTime
             if input == nil {
                 let consumed = dispatch(UnsafeRawPointer(loop.scratch.baseAddress!), n)
                 guard case .connected = state else { continue }  // closing: unconsumed input is moot
@@ -267,7 +278,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         }
         if isReadingPaused && output.bytes <= options.lowWaterMark {
             isReadingPaused = false
-            if case .connected = state { setInterest(interest.union(.read)) }
+            if case .connected = state, isReadingEnabled { setInterest(interest.union(.read)) }
         }
     }
 
@@ -296,6 +307,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         loop.assertInLoopThread()
         guard case .connected = state else { return false }
         if bytes.count == 0 { return true }
+        lastSendTime = loop.wakeTime
         var written = 0
         if output.isEmpty {
             do {
@@ -317,6 +329,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         guard case .connected = state else { return false }
         if second.count == 0 { return send(first) }
         if first.count == 0 { return send(second) }
+        lastSendTime = loop.wakeTime
         var written = 0
         if output.isEmpty {
             var iov = (
@@ -357,6 +370,20 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         }
         setInterest(newInterest)
         return true
+    }
+
+    /// Pauses or resumes reading from the peer (flow control for consumers slower than the network; the peer's
+    /// TCP window fills and it slows down). Loop thread only.
+    public func setReadingEnabled(_ enabled: Bool) {
+        loop.assertInLoopThread()
+        guard enabled != isReadingEnabled else { return }
+        isReadingEnabled = enabled
+        guard case .connected = state else { return }
+        if enabled && !isReadingPaused {
+            setInterest(interest.union(.read))
+        } else if !enabled {
+            setInterest(interest.subtracting(.read))
+        }
     }
 
     private func failWrite(_ error: Error) {

@@ -7,7 +7,7 @@ struct Switchyard: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "A reactor network framework and the services built on it.",
-        subcommands: [EchoCommand.self]
+        subcommands: [EchoCommand.self, BenchCommand.self]
     )
 }
 

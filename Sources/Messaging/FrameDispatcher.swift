@@ -1,0 +1,98 @@
+import Logging
+import Reactor
+import Synchronization
+
+/// Per-connection state of the messaging layer (in `TCPConnection.protocolState`). Loop thread only.
+final class FrameSession {
+    var loggedUnknown = false
+    var heartbeatTimer: TimerHandle?
+}
+
+/// Counters of a framed server or client. Safe to read from any thread.
+public final class FrameStatistics: Sendable {
+    let framesIn = Atomic<Int>(0)
+    let heartbeatsIn = Atomic<Int>(0)
+    let unknownIn = Atomic<Int>(0)
+    let protocolErrorsIn = Atomic<Int>(0)
+
+    /// Frames handed to handlers (heartbeats not included).
+    public var frames: Int { framesIn.load(ordering: .relaxed) }
+    /// Heartbeat frames received.
+    public var heartbeats: Int { heartbeatsIn.load(ordering: .relaxed) }
+    /// Frames with an id that has no route.
+    public var unknownMessages: Int { unknownIn.load(ordering: .relaxed) }
+    /// Connections closed for a bad frame (length out of range, undecodable body, a handler's protocol error).
+    public var protocolErrors: Int { protocolErrorsIn.load(ordering: .relaxed) }
+}
+
+/// Cuts a TCP byte stream into frames and routes them. Shared by `FramedServer` and `FramedClient`.
+struct FrameDispatcher: Sendable {
+    let router: MessageRouter<TCPConnection>
+    let maxBodyLength: Int
+    let logger: Logger
+    let statistics: FrameStatistics
+
+    /// The data callback: whole frames are routed straight from the loop's buffer; a partial tail stays unconsumed
+    /// (the connection keeps it). A bad frame closes the connection after one log line.
+    @inline(__always)
+    func handle(_ connection: TCPConnection, _ bytes: inout InboundBytes) {
+        while true {
+            let view = bytes.readableView
+            switch FrameParser.parse(view, maxBodyLength: maxBodyLength) {
+            case .needMore:
+                return
+            case .invalid(let error):
+                protocolError(connection, error)
+                bytes.consumeAll()
+                return
+            case .frame(let id, let length):
+                let body = UnsafeRawBufferPointer(start: view.baseAddress! + FrameParser.headerSize, count: length)
+                bytes.moveReaderIndex(forwardBy: FrameParser.headerSize + length)
+                if id == MessageID.heartbeat {
+                    statistics.heartbeatsIn.wrappingAdd(1, ordering: .relaxed)
+                    continue
+                }
+                statistics.framesIn.wrappingAdd(1, ordering: .relaxed)
+                do {
+                    if try router.dispatch(messageID: id, body: body, connection: connection) == .unknown {
+                        unknown(connection, id)
+                    }
+                } catch {
+                    protocolError(connection, error)
+                    bytes.consumeAll()
+                    return
+                }
+                if !connection.isActive {
+                    bytes.consumeAll()
+                    return
+                }
+            }
+        }
+    }
+
+    private func protocolError(_ connection: TCPConnection, _ error: Error) {
+        statistics.protocolErrorsIn.wrappingAdd(1, ordering: .relaxed)
+        logger.warning("protocol error, closing connection",
+                       metadata: ["peer": "\(connection.peerAddress)", "connection.id": "\(connection.id)",
+                                  "reason": "\(error)"])
+        connection.forceClose()
+    }
+
+    private func unknown(_ connection: TCPConnection, _ id: Int32) {
+        statistics.unknownIn.wrappingAdd(1, ordering: .relaxed)
+        let session = FrameDispatcher.session(of: connection)
+        if !session.loggedUnknown {
+            session.loggedUnknown = true
+            logger.info("message id has no handler (logged once per connection)",
+                        metadata: ["peer": "\(connection.peerAddress)", "connection.id": "\(connection.id)",
+                                   "message.id": "\(id)"])
+        }
+    }
+
+    static func session(of connection: TCPConnection) -> FrameSession {
+        if let s = connection.protocolState as? FrameSession { return s }
+        let s = FrameSession()
+        connection.protocolState = s
+        return s
+    }
+}

@@ -1,0 +1,164 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import Synchronization
+
+/// A UDP socket on a loop: datagrams in through a handler, datagrams out with `send(_:to:)`.
+///
+/// Used for servers (bound to a known port) and clients (bound to port 0). Each datagram is handed to the
+/// handler straight from the loop's scratch area, with its sender, so a reply goes to the address that sent that
+/// request. Loop thread only, except where a member says otherwise.
+public final class UDPChannel: @unchecked Sendable, EventHandler {
+    // @unchecked Sendable: `fd` reads/writes and `isOpen` are touched on `loop` only; counters are Atomics.
+
+    /// Called on the loop for each datagram: the channel, the payload (valid during the call only), the sender.
+    public typealias Handler = @Sendable (UDPChannel, UnsafeRawBufferPointer, SocketAddress) -> Void
+
+    public let loop: EventLoop
+    public let localAddress: SocketAddress
+    let fd: Int32
+    private let handler: Handler
+    private var isOpen = true
+    private let receivedCount = Atomic<Int>(0)
+    private let sentCount = Atomic<Int>(0)
+    private let truncatedCount = Atomic<Int>(0)
+    private let sendFailures = Atomic<Int>(0)
+
+    /// Largest datagram payload over IPv4.
+    public static let maxDatagram = 65_507
+
+    /// Binds `host:port` (port 0: the kernel picks) and starts receiving on `loop`. Safe to call from any thread
+    /// except `loop`'s own when it is blocked.
+    public init(loop: EventLoop, host: String = "127.0.0.1", port: Int = 0, handler: @escaping Handler) throws {
+        let address = try SocketAddress(host: host, port: port)
+        let fd = try Posix.socket(domain: AF_INET, type: Int32(SOCK_DGRAM.rawValue))
+        do {
+            try Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+            let r = address.withSockaddr { bind(fd, $0, $1) }
+            if r < 0 { throw IOError(errnoCode: errno, call: "bind udp \(address)") }
+            // Room for bursts of requests between two loop iterations.
+            try? Posix.setOption(fd, SOL_SOCKET, SO_RCVBUF, 4 << 20)
+        } catch {
+            Posix.close(fd)
+            throw error
+        }
+        self.fd = fd
+        self.loop = loop
+        self.handler = handler
+        self.localAddress = SocketAddress.local(of: fd) ?? address
+        try loop.submitAndWait { [self] in
+            do {
+                try loop.register(fd: fd, interest: .read, handler: self)
+            } catch {
+                isOpen = false
+                Posix.close(fd)
+                throw error
+            }
+        }
+    }
+
+    /// Datagrams received so far.
+    public var received: Int { receivedCount.load(ordering: .relaxed) }
+    /// Datagrams sent so far.
+    public var sent: Int { sentCount.load(ordering: .relaxed) }
+    /// Datagrams larger than the receive area (dropped).
+    public var truncated: Int { truncatedCount.load(ordering: .relaxed) }
+    /// Sends the kernel refused (full socket buffer, unreachable peer): UDP drops them.
+    public var failedSends: Int { sendFailures.load(ordering: .relaxed) }
+
+    func handleEvents(_ events: UInt32) {
+        // A bounded batch per wakeup, so one busy socket cannot starve the loop's other descriptors.
+        let scratch = loop.scratch
+        for _ in 0..<64 {
+            guard isOpen else { return }
+            var sin = sockaddr_in()
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let n = withUnsafeMutablePointer(to: &sin) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    recvfrom(fd, scratch.baseAddress!, scratch.count, Int32(MSG_TRUNC), $0, &len)
+                }
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return  // EAGAIN, or an ICMP error reported on the socket: nothing more to read now
+            }
+            receivedCount.wrappingAdd(1, ordering: .relaxed)
+            if n > scratch.count {
+                truncatedCount.wrappingAdd(1, ordering: .relaxed)
+                continue
+            }
+            handler(self, UnsafeRawBufferPointer(start: scratch.baseAddress!, count: n), SocketAddress(sin))
+        }
+    }
+
+    /// Sends one datagram. Loop thread only. False if the kernel refused it (it is dropped, and counted).
+    @discardableResult
+    public func send(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress) -> Bool {
+        send(bytes, UnsafeRawBufferPointer(start: nil, count: 0), to: address)
+    }
+
+    /// Sends one datagram made of two pieces (a header and a body). Loop thread only.
+    @discardableResult
+    public func send(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer, to address: SocketAddress)
+        -> Bool
+    {
+        guard isOpen else { return false }
+        var sin = address.sockaddrIn
+        var iov = (
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count),
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress), iov_len: second.count)
+        )
+        let n = withUnsafeMutablePointer(to: &sin) { sinPtr in
+            withUnsafeMutableBytes(of: &iov) { iovRaw in
+                var msg = msghdr()
+                msg.msg_name = UnsafeMutableRawPointer(sinPtr)
+                msg.msg_namelen = socklen_t(MemoryLayout<sockaddr_in>.size)
+                msg.msg_iov = iovRaw.baseAddress!.assumingMemoryBound(to: iovec.self)
+                msg.msg_iovlen = second.count > 0 ? 2 : 1
+                var r: Int
+                repeat { r = sendmsg(fd, &msg, Int32(MSG_NOSIGNAL)) } while r < 0 && errno == EINTR
+                return r
+            }
+        }
+        if n < 0 {
+            sendFailures.wrappingAdd(1, ordering: .relaxed)
+            return false
+        }
+        sentCount.wrappingAdd(1, ordering: .relaxed)
+        return true
+    }
+
+    /// Sends one datagram. Safe to call from any thread.
+    public func send(_ bytes: [UInt8], to address: SocketAddress) {
+        loop.executeInLoop { [self] in bytes.withUnsafeBytes { _ = send($0, to: address) } }
+    }
+
+    /// Stops receiving and closes the socket. Safe to call from any thread.
+    public func close() {
+        loop.executeInLoop { [self] in
+            guard isOpen else { return }
+            isOpen = false
+            loop.unregister(fd: fd)
+            Posix.close(fd)
+        }
+    }
+}
+
+extension EventLoop {
+    /// Runs `body` on the loop and waits for it; runs it inline on the loop's own thread. Must not be called from
+    /// another loop that this one is waiting on.
+    func submitAndWait<T>(_ body: @escaping () throws -> T) throws -> T {
+        if inLoopThread { return try body() }
+        let result = Mutex<Result<T, Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let box = UncheckedBox(body)
+        execute {
+            let r = Result { try box.value() }
+            result.withLock { $0 = UncheckedBox(r).value }
+            done.signal()
+        }
+        done.wait()
+        return try result.withLock { $0! }.get()
+    }
+}
