@@ -267,3 +267,24 @@ struct TestFailure: Error, CustomStringConvertible {
     let description: String
     init(_ d: String) { description = d }
 }
+
+extension ChildServer {
+    /// SIGTERM, then waits up to `timeout` seconds for the exit; SIGKILL after that. Returns the exit status, or
+    /// nil when the child had to be killed (so a hung child fails the test instead of hanging it).
+    func stop(within timeout: Double) -> Int32? {
+        if process.isRunning { kill(process.processIdentifier, SIGTERM) }
+        return waitForExit(within: timeout)
+    }
+
+    /// Waits up to `timeout` seconds for the child to exit by itself (no signal sent); SIGKILL after that.
+    /// Returns the exit status, or nil when the child had to be killed.
+    func waitForExit(within timeout: Double) -> Int32? {
+        if !eventually(timeout: timeout, { !process.isRunning }) {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            return nil
+        }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+}

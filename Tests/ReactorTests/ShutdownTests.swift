@@ -1,0 +1,119 @@
+import Dispatch
+import Foundation
+import Reactor
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Graceful shutdown", .serialized)
+struct ShutdownTests {
+    /// A server whose onConnect queues `payload` for a client that does not read yet.
+    private func withPushingServer(
+        poller: PollerKind, payload: [UInt8], closes: EventCounter,
+        _ body: (TCPServer, UInt16, BlockingSocket, TCPConnection) throws -> Void
+    ) throws {
+        let connection = Shared<TCPConnection?>(nil)
+        let connects = EventCounter()
+        let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller))
+        defer { group.shutdown() }
+        let server = TCPServer(
+            group: group, configuration: ServerConfiguration(port: 0),
+            callbacks: ConnectionCallbacks(
+                onConnect: { c in
+                    c.send(payload)
+                    connection.set(c)
+                    connects.signal()
+                },
+                onClose: { _ in closes.signal() }))
+        let port = try server.start().port
+        defer { server.shutdown(timeout: .seconds(1)) }  // no-op when the test already shut it down
+        let client = try BlockingSocket(port: port)
+        defer { client.close() }
+        client.setReceiveTimeout(seconds: 20)
+        #expect(connects.wait(for: 1))
+        let conn = try #require(connection.get())
+        try body(server, port, client, conn)
+    }
+
+    @Test("shutdown flushes queued output: a client that reads late gets all 4 MiB, then EOF",
+          arguments: PollerKind.allCases)
+    func shutdownFlushes(poller: PollerKind) throws {
+        let payload = randomBytes(4 << 20)
+        let closes = EventCounter()
+        try withPushingServer(poller: poller, payload: payload, closes: closes) { server, port, client, conn in
+            // The socket buffers cannot take 4 MiB the client does not read: the rest waits in the server's queue.
+            let queued = onLoop(conn.loop) { conn.queuedOutputBytes }
+            #expect(queued > 0, "nothing queued: the test would not show a flush")
+
+            let shutdownDone = EventCounter()
+            let shutdownSeconds = Shared<Double>(-1)
+            Thread {
+                let start = Date()
+                server.shutdown(timeout: .seconds(30))
+                shutdownSeconds.set(Date().timeIntervalSince(start))
+                shutdownDone.signal()
+            }.start()
+            // The server has started closing (it closes the listener first, then the connections).
+            #expect(eventually { onLoop(conn.loop) { !conn.isActive } })
+            #expect(shutdownDone.count == 0, "shutdown returned before the queued output was read")
+
+            let received = try client.receiveUntilClose()
+            #expect(received.count == payload.count)
+            #expect(received == payload)
+            client.shutdownWrite()  // our FIN lets the server finish its close at once
+            #expect(shutdownDone.wait(for: 1, timeout: 30))
+            #expect(shutdownSeconds.get() < 30, "shutdown only finished through its timeout")
+            #expect(closes.wait(for: 1))
+            #expect(closes.count == 1)
+            #expect(server.connectionCount == 0)
+            #expect(throws: (any Error).self, "the server still accepts after shutdown") {
+                try BlockingSocket(port: port).close()
+            }
+        }
+    }
+
+    @Test("shutdown waits at most its timeout for a client that never reads, then closes",
+          arguments: PollerKind.allCases)
+    func shutdownTimeoutIsBounded(poller: PollerKind) throws {
+        let payload = randomBytes(4 << 20)
+        let closes = EventCounter()
+        try withPushingServer(poller: poller, payload: payload, closes: closes) { server, _, client, conn in
+            #expect(onLoop(conn.loop) { conn.queuedOutputBytes } > 0)
+            let start = Date()
+            server.shutdown(timeout: .milliseconds(300))
+            let elapsed = Date().timeIntervalSince(start)
+            #expect(elapsed >= 0.3)
+            #expect(elapsed < 5)
+            #expect(closes.wait(for: 1))
+            #expect(server.connectionCount == 0)
+            // The client gets what fit in the socket buffers, then the connection ends: never more than was sent.
+            let received = (try? client.receiveUntilClose()) ?? []
+            #expect(received.count < payload.count)
+            #expect(Array(payload.prefix(received.count)) == received)
+        }
+    }
+
+    @Test("switchyard echo exits 0 on SIGTERM and closes its clients cleanly", arguments: PollerKind.allCases)
+    func cliExitsZeroOnSIGTERM(poller: PollerKind) throws {
+        let child = try ChildServer(arguments: ["echo", "--port", "0", "--threads", "1", "--poller", poller.rawValue,
+                                               "--log-level", "error"])
+        defer { _ = child.stop(within: 5) }
+        let client = try BlockingSocket(port: child.port)
+        defer { client.close() }
+        client.setReceiveTimeout(seconds: 10)
+        try client.sendAll(Array("ping".utf8))
+        #expect(try client.receive(exactly: 4) == Array("ping".utf8))
+
+        kill(child.pid, SIGTERM)
+        // The server closes the idle connection gracefully: a clean EOF, no reset.
+        #expect(try client.receiveUntilClose() == [])
+        client.shutdownWrite()
+        // One signal only: a second SIGTERM during the graceful shutdown would meet the default handler.
+        let status = child.waitForExit(within: 10)
+        #expect(status == 0)
+        #expect(child.process.terminationReason == .exit)
+    }
+}
