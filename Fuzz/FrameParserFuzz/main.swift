@@ -1,0 +1,68 @@
+// libFuzzer target for the frame parser. Built by scripts/fuzz together with Sources/Messaging/FrameParser.swift:
+//   swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/Messaging/FrameParser.swift Fuzz/FrameParserFuzz/main.swift
+//
+// Each input is fed to a FrameAccumulator in pieces whose sizes come from the input itself; the frames it yields
+// must equal those of a simple reference reading of the same bytes, and parseDatagram must agree with the size rule.
+
+/// Reference: reads frames from a whole byte array the obvious way.
+func referenceFrames(_ bytes: [UInt8], limit: Int) -> (frames: [(Int32, [UInt8])], invalid: Bool) {
+    var out: [(Int32, [UInt8])] = []
+    var i = 0
+    while bytes.count - i >= 8 {
+        let id = Int32(bitPattern: UInt32(bytes[i]) | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2]) << 16
+            | UInt32(bytes[i + 3]) << 24)
+        let len = Int32(bitPattern: UInt32(bytes[i + 4]) | UInt32(bytes[i + 5]) << 8 | UInt32(bytes[i + 6]) << 16
+            | UInt32(bytes[i + 7]) << 24)
+        if len < 0 || Int(len) > limit { return (out, true) }
+        if bytes.count - i - 8 < Int(len) { break }
+        out.append((id, Array(bytes[(i + 8)..<(i + 8 + Int(len))])))
+        i += 8 + Int(len)
+    }
+    return (out, false)
+}
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    guard let first = bytes.first else { return 0 }
+    let limit = 1 << (Int(first) % 20)  // 1 B .. 512 KiB
+    let input = Array(bytes.dropFirst())
+    let expected = referenceFrames(input, limit: limit)
+
+    var acc = FrameAccumulator(maxBodyLength: limit)
+    var got: [(Int32, [UInt8])] = []
+    var invalid = false
+    var offset = 0
+    var step = 0
+    outer: while offset < input.count {
+        let piece = 1 + Int(input[(offset * 31 + step) % input.count]) % 97
+        step += 1
+        let end = min(input.count, offset + piece)
+        acc.append(input[offset..<end])
+        offset = end
+        while true {
+            do {
+                guard let frame = try acc.nextFrame() else { break }
+                got.append(frame)
+            } catch {
+                invalid = true
+                break outer
+            }
+        }
+    }
+    precondition(invalid == expected.invalid, "accumulator and reference disagree on validity")
+    precondition(got.count == expected.frames.count, "frame count differs")
+    for (a, b) in zip(got, expected.frames) {
+        precondition(a.0 == b.0 && a.1 == b.1, "frame differs")
+    }
+
+    input.withUnsafeBytes { raw in
+        switch FrameParser.parseDatagram(raw, maxBodyLength: limit) {
+        case .success(let frame):
+            precondition(raw.count == 8 + frame.body.count, "datagram accepted with the wrong size")
+        case .failure:
+            break
+        }
+    }
+    return 0
+}
