@@ -1,0 +1,258 @@
+#if PostgreSQL
+import CLibPQ
+
+/// Opens PostgreSQL connections through libpq. URL query items are passed to libpq as connection keywords
+/// (`sslmode`, `application_name`, ...); `connect_timeout` comes from the pool (at least 2 s, libpq's minimum).
+final class PostgresConnector: DriverConnector {
+    let dialect = SQLDialect.postgres
+    private let url: DatabaseURL
+
+    init(url: DatabaseURL) {
+        self.url = url
+    }
+
+    func connect(timeout: Duration) throws -> DriverConnection {
+        var parameters: [(String, String)] = [
+            ("host", url.host), ("port", String(url.port)), ("user", url.user), ("password", url.password),
+            ("dbname", url.database.isEmpty ? url.user : url.database),
+            ("connect_timeout", String(max(2, (timeout.milliseconds + 999) / 1000))),
+            ("client_encoding", "UTF8"), ("application_name", "switchyard"),
+            ("keepalives", "1"), ("keepalives_idle", "30"), ("keepalives_interval", "10"), ("keepalives_count", "3"),
+        ]
+        for (key, value) in url.options.sorted(by: { $0.key < $1.key }) {
+            parameters.removeAll { $0.0 == key }
+            parameters.append((key, value))
+        }
+        let keywords: [UnsafeMutablePointer<CChar>?] = parameters.map { PostgresConnection.copyCString($0.0) } + [nil]
+        let values: [UnsafeMutablePointer<CChar>?] = parameters.map { PostgresConnection.copyCString($0.1) } + [nil]
+        defer {
+            keywords.forEach { $0?.deallocate() }
+            values.forEach { $0?.deallocate() }
+        }
+        let conn = keywords.map { $0.map { UnsafePointer($0) } }.withUnsafeBufferPointer { k in
+            values.map { $0.map { UnsafePointer($0) } }.withUnsafeBufferPointer { v in
+                PQconnectdbParams(k.baseAddress, v.baseAddress, 0)
+            }
+        }
+        guard let conn else {
+            throw StorageError.connectionFailed(.init("libpq could not allocate a connection", driver: "postgres"))
+        }
+        guard PQstatus(conn) == CONNECTION_OK else {
+            let message = PostgresConnection.trimmed(PQerrorMessage(conn))
+            PQfinish(conn)
+            let detail = StorageError.Detail("cannot connect to \(url): \(message)", driver: "postgres")
+            if message.contains("password authentication failed") || message.contains("no password supplied")
+                || message.contains("authentication failed")
+            {
+                throw StorageError.authenticationFailed(detail)
+            }
+            throw StorageError.connectionFailed(detail)
+        }
+        // Notices ("table does not exist, skipping") would go to stderr; drop them.
+        PQsetNoticeProcessor(conn, { _, _ in }, nil)
+        return PostgresConnection(conn: conn)
+    }
+
+    func shutdown() {}
+}
+
+/// One libpq connection (`PGconn*`), used by one thread at a time.
+final class PostgresConnection: DriverConnection {
+    private var conn: OpaquePointer?
+
+    init(conn: OpaquePointer) {
+        self.conn = conn
+    }
+
+    deinit { if let conn { PQfinish(conn) } }
+
+    private enum OID {
+        static let bool: UInt32 = 16
+        static let bytea: UInt32 = 17
+        static let int8: UInt32 = 20
+        static let int2: UInt32 = 21
+        static let int4: UInt32 = 23
+        static let oid: UInt32 = 26
+        static let float4: UInt32 = 700
+        static let float8: UInt32 = 701
+    }
+
+    func execute(_ sql: String, _ parameters: [SQLValue]) throws -> SQLResult {
+        guard let conn else { throw StorageError.connectionLost(.init("the PostgreSQL connection is closed")) }
+        let (text, count) = Placeholders.numbered(sql)
+        guard count == parameters.count else {
+            throw StorageError.syntax(.init(
+                "the statement has \(count) placeholders but \(parameters.count) parameters were given",
+                driver: "postgres"))
+        }
+        var types: [UInt32] = []
+        var values: [UnsafeMutablePointer<CChar>?] = []
+        var lengths: [Int32] = []
+        var formats: [Int32] = []
+        defer { values.forEach { $0?.deallocate() } }
+        for parameter in parameters {
+            switch parameter {
+            case .null:
+                types.append(0)
+                values.append(nil)
+                lengths.append(0)
+                formats.append(0)
+            case .integer(let v):
+                types.append(OID.int8)
+                values.append(Self.copyCString(String(v)))
+                lengths.append(0)
+                formats.append(0)
+            case .double(let v):
+                types.append(OID.float8)
+                let text = v.isNaN ? "NaN" : v.isInfinite ? (v < 0 ? "-Infinity" : "Infinity") : "\(v)"
+                values.append(Self.copyCString(text))
+                lengths.append(0)
+                formats.append(0)
+            case .text(let s):
+                types.append(0)  // unknown: the server infers it (text, timestamp, json, ...)
+                values.append(Self.copyCString(s))
+                lengths.append(0)
+                formats.append(0)
+            case .blob(let bytes):
+                types.append(OID.bytea)
+                let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(1, bytes.count))
+                bytes.withUnsafeBytes { raw in
+                    if let base = raw.baseAddress { UnsafeMutableRawPointer(buffer).copyMemory(from: base, byteCount: raw.count) }
+                }
+                values.append(buffer)
+                lengths.append(Int32(bytes.count))
+                formats.append(1)
+            }
+        }
+        let result = values.map { $0.map { UnsafePointer($0) } }.withUnsafeBufferPointer { valuePointers in
+            PQexecParams(conn, text, Int32(parameters.count), types, valuePointers.baseAddress, lengths, formats, 0)
+        }
+        guard let result else { throw error(nil) }
+        defer { PQclear(result) }
+        switch PQresultStatus(result) {
+        case PGRES_COMMAND_OK, PGRES_EMPTY_QUERY:
+            return SQLResult(affectedRows: Self.affectedRows(result))
+        case PGRES_TUPLES_OK:
+            return decodeRows(result)
+        default:
+            throw error(result)
+        }
+    }
+
+    func ping() -> Bool {
+        guard let conn, PQstatus(conn) == CONNECTION_OK else { return false }
+        guard let result = PQexec(conn, "SELECT 1") else { return false }
+        defer { PQclear(result) }
+        return PQresultStatus(result) == PGRES_TUPLES_OK
+    }
+
+    func close() {
+        if let conn { PQfinish(conn) }
+        conn = nil
+    }
+
+    private func decodeRows(_ result: OpaquePointer) -> SQLResult {
+        let fieldCount = PQnfields(result)
+        let rowCount = PQntuples(result)
+        let columns = SQLColumns((0..<fieldCount).map { String(cString: PQfname(result, $0)) })
+        let types = (0..<fieldCount).map { PQftype(result, $0) }
+        var rows: [SQLRow] = []
+        rows.reserveCapacity(Int(rowCount))
+        for r in 0..<rowCount {
+            var values: [SQLValue] = []
+            values.reserveCapacity(Int(fieldCount))
+            for c in 0..<fieldCount {
+                if PQgetisnull(result, r, c) != 0 {
+                    values.append(.null)
+                    continue
+                }
+                let pointer = PQgetvalue(result, r, c)!
+                let length = Int(PQgetlength(result, r, c))
+                let bytes = UnsafeRawBufferPointer(start: pointer, count: length)
+                switch types[Int(c)] {
+                case OID.int8, OID.int4, OID.int2, OID.oid:
+                    values.append(Int64(String(decoding: bytes, as: UTF8.self)).map { .integer($0) }
+                        ?? .text(String(decoding: bytes, as: UTF8.self)))
+                case OID.float8, OID.float4:
+                    values.append(Double(String(decoding: bytes, as: UTF8.self)).map { .double($0) }
+                        ?? .text(String(decoding: bytes, as: UTF8.self)))
+                case OID.bool:
+                    values.append(.integer(length > 0 && bytes[0] == UInt8(ascii: "t") ? 1 : 0))
+                case OID.bytea:
+                    values.append(.blob(Self.decodeHexBytea(bytes)))
+                default:
+                    values.append(.text(String(decoding: bytes, as: UTF8.self)))
+                }
+            }
+            rows.append(SQLRow(columns: columns, values: values))
+        }
+        return SQLResult(columns: columns, rows: rows, affectedRows: Self.affectedRows(result))
+    }
+
+    /// Decodes bytea's text output (`\x` then two hex digits a byte, the default `bytea_output`).
+    private static func decodeHexBytea(_ text: UnsafeRawBufferPointer) -> [UInt8] {
+        guard text.count >= 2, text[0] == UInt8(ascii: "\\"), text[1] == UInt8(ascii: "x") else {
+            return Array(text)  // escape format is not expected; hand back the raw text
+        }
+        func nibble(_ c: UInt8) -> UInt8 {
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
+            default: return 0
+            }
+        }
+        let count = (text.count - 2) / 2
+        return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            var i = 2
+            for k in 0..<count {
+                buffer[k] = nibble(text[i]) << 4 | nibble(text[i + 1])
+                i += 2
+            }
+            initialized = count
+        }
+    }
+
+    private static func affectedRows(_ result: OpaquePointer) -> Int64 {
+        guard let tuples = PQcmdTuples(result) else { return 0 }
+        return Int64(String(cString: tuples)) ?? 0
+    }
+
+    static func copyCString(_ s: String) -> UnsafeMutablePointer<CChar> {
+        let utf8 = s.utf8CString
+        let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: utf8.count)
+        utf8.withUnsafeBufferPointer { buffer.initialize(from: $0.baseAddress!, count: utf8.count) }
+        return buffer
+    }
+
+    static func trimmed(_ message: UnsafePointer<CChar>?) -> String {
+        guard let message else { return "unknown error" }
+        var text = String(cString: message)
+        while text.last?.isWhitespace == true { text.removeLast() }
+        return text.isEmpty ? "unknown error" : text
+    }
+
+    /// Maps a failed result (or a missing one) to a ``StorageError`` by SQLSTATE class.
+    private func error(_ result: OpaquePointer?) -> StorageError {
+        let message: String
+        var sqlstate: String? = nil
+        if let result {
+            message = Self.trimmed(PQresultErrorMessage(result))
+            if let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))) { sqlstate = String(cString: state) }
+        } else {
+            message = Self.trimmed(PQerrorMessage(conn))
+        }
+        let detail = StorageError.Detail(message, code: sqlstate, driver: "postgres")
+        if conn == nil || PQstatus(conn) != CONNECTION_OK { return .connectionLost(detail) }
+        guard let sqlstate else { return .other(detail) }
+        switch sqlstate.prefix(2) {
+        case "23": return .constraintViolation(detail)
+        case "42": return .syntax(detail)
+        case "08": return .connectionLost(detail)
+        case "28": return .authenticationFailed(detail)
+        case "57" where sqlstate.hasPrefix("57P"): return .connectionLost(detail)
+        default: return .other(detail)
+        }
+    }
+}
+#endif
