@@ -1,0 +1,119 @@
+import Dispatch
+import Foundation
+import Messaging
+import Reactor
+import Synchronization
+import Testing
+
+extension MessagingSocketTests {
+    @Suite("Idle timeout and heartbeats", .serialized)
+    struct IdleHeartbeatTests {
+        static let idleTimeout = Duration.milliseconds(300)
+
+        @Test("a silent connection is closed after the idle timeout; a talking one is not",
+              arguments: PollerKind.allCases)
+        func silentConnectionClosed(poller: PollerKind) throws {
+            let closes = Signals()
+            let closedIDs = Locked<[UInt64]>([])
+            let serverIDs = Locked<[UInt16: UInt64]>([:])
+            try withGroup(poller: poller) { group in
+                try withFramedServer(group: group, router: try echoRouter(), idleTimeout: Self.idleTimeout,
+                                     onConnect: { c in serverIDs.update { $0[c.peerAddress.port] = c.id } },
+                                     onClose: { c in
+                                         closedIDs.update { $0.append(c.id) }
+                                         closes.signal()
+                                     }) { server, port in
+                    let start = SystemInfo.monotonicNanoseconds()
+                    let silent = try FrameSocket(port: port, receiveTimeout: 5)
+                    defer { silent.close() }
+                    let talking = try FrameSocket(port: port, receiveTimeout: 5)
+                    defer { talking.close() }
+                    // The talking client sends a frame every 100 ms (a third of the timeout) until the silent
+                    // one has been closed.
+                    let stop = Locked(false)
+                    let talkerDone = Signals()
+                    let talkerErrors = Locked<[String]>([])
+                    Thread {
+                        var n: UInt8 = 0
+                        while !stop.get() {
+                            do {
+                                try talking.sendFrame(id: 10, body: [n])
+                                let frame = try talking.receiveFrame()
+                                if frame != TestFrame(id: 10, body: [n]) { talkerErrors.update { $0.append("\(frame)") } }
+                            } catch {
+                                talkerErrors.update { $0.append("\(error)") }
+                                break
+                            }
+                            n &+= 1
+                            usleep(100_000)  // the talker's pace, not a wait for an event
+                        }
+                        talkerDone.signal()
+                    }.start()
+                    #expect(silent.seesClose())
+                    let elapsed = secondsSince(start)
+                    #expect(closes.wait(for: 1))
+                    stop.set(true)
+                    #expect(talkerDone.wait(for: 1))
+                    #expect(elapsed >= 0.29, "closed after \(elapsed) s")
+                    #expect(elapsed < 2.0, "closed after \(elapsed) s")
+                    #expect(closedIDs.get() == [serverIDs.get()[silent.localPort]])
+                    #expect(talkerErrors.get() == [])
+                    #expect(server.connectionCount == 1)
+                    #expect(server.statistics.protocolErrors == 0)
+                }
+            }
+        }
+
+        @Test("a FramedClient with heartbeats stays connected over several idle periods; heartbeats reach no handler",
+              arguments: PollerKind.allCases)
+        func heartbeatsKeepConnectionOpen(poller: PollerKind) throws {
+            let handled = Signals()
+            let unknown = Signals()
+            let serverCloses = Signals()
+            let clientCloses = Signals()
+            let connected = Signals()
+            let replies = Signals()
+            try withGroup(poller: poller) { group in
+                let router = MessageRouter<TCPConnection>()
+                try router.on(10) { message in
+                    handled.signal()
+                    message.connection.sendFrame(messageID: 10, body: message.body)
+                }
+                try router.onUnknown { _ in unknown.signal() }
+                try withFramedServer(group: group, router: router, idleTimeout: Self.idleTimeout,
+                                     onClose: { _ in serverCloses.signal() }) { server, port in
+                    let clientRouter = MessageRouter<TCPConnection>()
+                    try clientRouter.on(10) { _ in replies.signal() }
+                    let client = try FramedClient(
+                        loop: group.ioLoops[1],
+                        configuration: FramedClientConfiguration(
+                            client: ClientConfiguration(port: Int(port), reconnect: false),
+                            heartbeatInterval: .milliseconds(100)),
+                        router: clientRouter,
+                        onConnect: { _ in connected.signal() },
+                        onClose: { _ in clientCloses.signal() })
+                    defer { client.disconnect() }
+                    let start = SystemInfo.monotonicNanoseconds()
+                    client.connect()
+                    #expect(connected.wait(for: 1))
+                    // About one heartbeat per 100-150 ms: eight take at least 0.8 s, more than two idle timeouts.
+                    #expect(try pollUntil(timeout: 5, interval: 5_000) { server.statistics.heartbeats >= 8 })
+                    let elapsed = secondsSince(start)
+                    #expect(elapsed > 0.6, "eight heartbeats in \(elapsed) s")
+                    #expect(serverCloses.count == 0)
+                    #expect(clientCloses.count == 0)
+                    #expect(server.connectionCount == 1)
+                    #expect(handled.count == 0)
+                    #expect(unknown.count == 0)
+                    #expect(server.statistics.frames == 0)
+                    #expect(server.statistics.unknownMessages == 0)
+                    // The connection still carries requests.
+                    #expect(client.sendFrame(messageID: 10, body: [1]))
+                    #expect(replies.wait(for: 1))
+                    #expect(handled.count == 1)
+                    #expect(serverCloses.count == 0)
+                }
+            }
+        }
+    }
+}
