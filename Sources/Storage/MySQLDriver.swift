@@ -53,7 +53,10 @@ final class MySQLConnection: DriverConnection {
         self.mysql = mysql
     }
 
-    deinit { if let mysql { mysql_close(mysql) } }
+    deinit {
+        closeStatements()
+        if let mysql { mysql_close(mysql) }
+    }
 
     /// How a result column is fetched.
     private enum ColumnKind {
@@ -66,14 +69,56 @@ final class MySQLConnection: DriverConnection {
 
     func execute(_ sql: String, _ parameters: [SQLValue]) throws -> SQLResult {
         guard let mysql else { throw StorageError.connectionLost(.init("the MySQL connection is closed")) }
-        guard let stmt = mysql_stmt_init(mysql) else { throw connectionError(mysql) }
-        defer { mysql_stmt_close(stmt) }
+        let stmt = try preparedStatement(sql, mysql)
+        do {
+            let result = try execute(stmt, parameters)
+            mysql_stmt_free_result(stmt)
+            return result
+        } catch {
+            // The statement may be in any state now: forget it.
+            statements.removeValue(forKey: sql)
+            statementOrder.removeAll { $0 == sql }
+            mysql_stmt_close(stmt)
+            throw error
+        }
+    }
 
+    /// Prepared statements by SQL text, so that a repeated statement costs one round trip (execute) instead of
+    /// three (prepare, execute, close). At most ``statementCacheSize``; the oldest is closed first.
+    private var statements: [String: UnsafeMutablePointer<MYSQL_STMT>] = [:]
+    private var statementOrder: [String] = []
+    private let statementCacheSize = 64
+
+    private func preparedStatement(_ sql: String, _ mysql: UnsafeMutablePointer<MYSQL>) throws
+        -> UnsafeMutablePointer<MYSQL_STMT>
+    {
+        if let stmt = statements[sql] { return stmt }
+        guard let stmt = mysql_stmt_init(mysql) else { throw connectionError(mysql) }
         let utf8 = Array(sql.utf8)
         let prepared = utf8.withUnsafeBufferPointer { buffer in
             buffer.withMemoryRebound(to: CChar.self) { mysql_stmt_prepare(stmt, $0.baseAddress, UInt(buffer.count)) }
         }
-        guard prepared == 0 else { throw statementError(stmt) }
+        guard prepared == 0 else {
+            let error = statementError(stmt)
+            mysql_stmt_close(stmt)
+            throw error
+        }
+        if statementOrder.count >= statementCacheSize {
+            let oldest = statementOrder.removeFirst()
+            if let old = statements.removeValue(forKey: oldest) { mysql_stmt_close(old) }
+        }
+        statements[sql] = stmt
+        statementOrder.append(sql)
+        return stmt
+    }
+
+    private func closeStatements() {
+        for stmt in statements.values { mysql_stmt_close(stmt) }
+        statements.removeAll()
+        statementOrder.removeAll()
+    }
+
+    private func execute(_ stmt: UnsafeMutablePointer<MYSQL_STMT>, _ parameters: [SQLValue]) throws -> SQLResult {
         let count = Int(mysql_stmt_param_count(stmt))
         guard count == parameters.count else {
             throw StorageError.syntax(.init(
@@ -254,6 +299,7 @@ final class MySQLConnection: DriverConnection {
     }
 
     func close() {
+        closeStatements()
         if let mysql { mysql_close(mysql) }
         mysql = nil
     }

@@ -93,3 +93,39 @@ import Testing
         #expect(String(sqlValue: .null) == nil)
     }
 }
+
+@Suite struct PoolMaintenanceTests {
+    @Test func idleConnectionsBeyondTheMinimumAreClosed() async throws {
+        let config = PoolConfiguration(minConnections: 1, maxConnections: 3, idleTimeout: .milliseconds(50),
+                                       maintenanceInterval: .milliseconds(20))
+        let pool = try ConnectionPool(url: "sqlite::memory:", configuration: config, logger: testLogger)
+        try await pool.withConnection { a in
+            try await pool.withConnection { b in
+                try await pool.withConnection { c in
+                    for connection in [a, b, c] { _ = try await connection.query("SELECT 1") }
+                }
+            }
+        }
+        #expect(pool.statistics.open == 3)
+        // The idle timeout is a timer: poll the statistics, bounded.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while pool.statistics.open > 1 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let stats = pool.statistics
+        #expect(stats.open == 1 && stats.idle == 1, "\(stats)")
+        #expect(stats.closed == 2, "\(stats)")
+        #expect(try await pool.queryFirst("SELECT 1")?.decode(0, as: Int.self) == 1)
+        await pool.close()
+    }
+
+    @Test func healthCheckBeforeEveryReuseStillServes() async throws {
+        let config = PoolConfiguration(minConnections: 0, maxConnections: 2, healthCheckAfterIdle: .zero)
+        let pool = try ConnectionPool(url: "sqlite::memory:", configuration: config, logger: testLogger)
+        for i in 0..<20 {
+            #expect(try await pool.queryFirst("SELECT ?", [.integer(Int64(i))])?.decode(0, as: Int.self) == i)
+        }
+        #expect(pool.statistics.created == 1)
+        await pool.close()
+    }
+}
