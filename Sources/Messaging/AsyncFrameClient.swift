@@ -259,7 +259,12 @@ final class Inbox: @unchecked Sendable {
                 switch action {
                 case .value(let f, let resume):
                     if resume, let connection {
-                        connection.loop.execute { connection.setReadingEnabled(true) }
+                        // Re-check on the loop: the loop may have paused again (a newer decision) before this task
+                        // runs, and a stale resume would leave reading on while the state says paused, so the
+                        // buffer would never be bounded again.
+                        connection.loop.execute { [self] in
+                            if !state.withLock({ $0.readingPaused }) { connection.setReadingEnabled(true) }
+                        }
                     }
                     c.resume(returning: f)
                 case .end(let error):

@@ -103,6 +103,44 @@ extension MessagingSocketTests {
             await client.close()
         }
 
+        @Test("heartbeats from the peer are not yielded; a bad frame from the peer ends the sequence with an error",
+              arguments: PollerKind.allCases)
+        func heartbeatsSkippedAndProtocolError(poller: PollerKind) async throws {
+            let router = MessageRouter<TCPConnection>()
+            try router.on(60) { message in
+                let c = message.connection
+                c.sendFrame(messageID: MessageID.heartbeat, body: [])
+                c.sendFrame(messageID: 61, body: [1])
+                c.sendFrame(messageID: MessageID.heartbeat, body: [])
+                c.sendFrame(messageID: 62, body: [])
+                // Then a header with a negative length.
+                c.send(rawHeader(id: 63, length: -7))
+            }
+            let fixture = try Fixture(poller: poller, router: router)
+            defer { fixture.tearDown() }
+            let client = try await withTimeout(10) {
+                try await AsyncFrameClient.connect(port: fixture.port, loop: fixture.group.ioLoops[0])
+            }
+            try await client.send(messageID: 60, body: [])
+            let (frames, failure) = try await withTimeout(10) { () -> ([InboundFrame], Error?) in
+                var out: [InboundFrame] = []
+                do {
+                    for try await frame in client.frames { out.append(frame) }
+                    return (out, nil)
+                } catch {
+                    return (out, error)
+                }
+            }
+            #expect(frames == [InboundFrame(messageID: 61, body: [1]), InboundFrame(messageID: 62, body: [])])
+            if case .protocolError(let reason)? = failure as? AsyncClientError {
+                #expect(reason.contains("-7"), "\(reason)")
+            } else {
+                Issue.record("the sequence ended with \(String(describing: failure)), not a protocol error")
+            }
+            await #expect(throws: AsyncClientError.closed) { try await client.send(messageID: 60, body: []) }
+            await client.close()
+        }
+
         @Test("cancelling a task waiting in next() throws CancellationError promptly", arguments: PollerKind.allCases)
         func cancellationWhileWaiting(poller: PollerKind) async throws {
             let fixture = try Fixture(poller: poller, router: MessageRouter<TCPConnection>())
