@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Logging
 import Messaging
 import Reactor
 import Synchronization
@@ -306,13 +307,16 @@ func withGroup<R>(poller: PollerKind, ioLoops: Int = 2, _ body: (EventLoopGroup)
 func withFramedServer<R>(
     group: EventLoopGroup, router: MessageRouter<TCPConnection>,
     maxBodyLength: Int = FrameParser.defaultMaxBodyLength, idleTimeout: Duration? = nil,
+    logger: Logger? = nil,
     onConnect: @escaping @Sendable (TCPConnection) -> Void = { _ in },
     onClose: @escaping @Sendable (TCPConnection) -> Void = { _ in },
     _ body: (FramedServer, UInt16) throws -> R
 ) throws -> R {
+    var serverConfiguration = ServerConfiguration(port: 0)
+    if let logger { serverConfiguration.logger = logger }
     let server = FramedServer(
         group: group,
-        configuration: FramedServerConfiguration(server: ServerConfiguration(port: 0), maxBodyLength: maxBodyLength,
+        configuration: FramedServerConfiguration(server: serverConfiguration, maxBodyLength: maxBodyLength,
                                                  idleTimeout: idleTimeout),
         router: router, onConnect: onConnect, onClose: onClose)
     let address = try server.start()
@@ -381,5 +385,36 @@ final class TimeoutRace<T: Sendable>: Sendable {
         guard let continuation else { return }
         for t in tasks { t.cancel() }
         continuation.resume(with: result)
+    }
+}
+
+/// One log line captured by `CapturingLogHandler`.
+struct CapturedLog: Sendable {
+    var level: Logger.Level
+    var message: String
+    var metadata: [String: String]
+}
+
+/// A swift-log handler that keeps every line, for tests that check what a server logs.
+struct CapturingLogHandler: LogHandler {
+    let lines: Locked<[CapturedLog]>
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        var all = metadata
+        if let extra = event.metadata { all.merge(extra) { _, new in new } }
+        let line = CapturedLog(level: event.level, message: "\(event.message)",
+                               metadata: all.mapValues { "\($0)" })
+        lines.update { $0.append(line) }
+    }
+
+    static func logger(into lines: Locked<[CapturedLog]>) -> Logger {
+        Logger(label: "test.capture", factory: { _ in CapturingLogHandler(lines: lines) })
     }
 }
