@@ -34,7 +34,8 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
         let address = try SocketAddress(host: host, port: port)
         let fd = try Posix.socket(domain: AF_INET, type: Int32(SOCK_DGRAM.rawValue))
         do {
-            try Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+            // No SO_REUSEADDR: UDP has no TIME_WAIT to step over, and on Linux it would let a second socket bind
+            // a port in use and silently take its datagrams. A busy port is an error (EADDRINUSE).
             let r = address.withSockaddr { bind(fd, $0, $1) }
             if r < 0 { throw IOError(errnoCode: errno, call: "bind udp \(address)") }
             // Room for bursts of requests between two loop iterations.

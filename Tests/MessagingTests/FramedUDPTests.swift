@@ -67,6 +67,33 @@ extension MessagingSocketTests {
                 }
                 #expect(endpoint.statistics.frames == 15)
                 #expect(endpoint.statistics.dropped == 0)
+                // The endpoint fixed its routes when it started.
+                #expect(throws: RouterError.routerFrozen) {
+                    try endpoint.router.on(MessageID.reportRequest) { _ in }
+                }
+            }
+        }
+
+        @Test("a port that another endpoint holds cannot be bound a second time", arguments: PollerKind.allCases)
+        func portInUse(poller: PollerKind) throws {
+            try withGroup(poller: poller, ioLoops: 1) { group in
+                let ports = Locked<[UInt16]>([])
+                let first = try FramedUDPEndpoint(loop: group.ioLoops[0], ports: [0],
+                                                  router: try Self.agentRouter(ports: ports))
+                defer { first.close() }
+                let port = first.localAddresses[0].port
+                ports.set([port])
+                // A second agent on the same port would silently take the first one's datagrams.
+                #expect(throws: (any Error).self) {
+                    let second = try FramedUDPEndpoint(loop: group.ioLoops[0], ports: [0, Int(port)],
+                                                       router: MessageRouter<UDPPeer>())
+                    second.close()
+                }
+                // The first endpoint still answers, and the second's half-opened socket was closed.
+                let client = try DatagramSocket()
+                defer { client.close() }
+                try client.send(try Self.request(seq: 7), port: port)
+                #expect(try Self.response(try client.receiveFrame().frame).seq == 7)
             }
         }
 
