@@ -111,6 +111,16 @@ public final class ConnectionPool: SQLQueryable, Sendable {
         scheduleMaintenance()
     }
 
+    /// A pool dropped without ``close()`` closes its idle connections (so their threads end).
+    deinit {
+        let idle = state.withLock { s -> [IdleConnection] in
+            defer { s.idle.removeAll() }
+            return s.idle
+        }
+        for entry in idle { entry.connection.close() }
+        connector.shutdown()
+    }
+
     // MARK: - Public API
 
     /// A snapshot of the counters.
@@ -179,7 +189,8 @@ public final class ConnectionPool: SQLQueryable, Sendable {
         acquire { result in executor.execute { completion(result) } }
     }
 
-    /// Gives a connection back. A broken connection is closed and replaced on demand.
+    /// Gives back a connection that ``acquire()`` or ``acquire(on:completion:)`` of this pool handed out, exactly
+    /// once. A broken connection is closed and replaced on demand.
     public func release(_ connection: SQLConnection) {
         let now = ContinuousClock.now
         let actions = state.withLock { s -> [Action] in

@@ -27,7 +27,8 @@ final class MySQLConnector: DriverConnector {
         mysql_options(mysql, MYSQL_OPT_RECONNECT, &reconnect)
         let connected = mysql_real_connect(
             mysql, url.host, url.user, url.password, url.database.isEmpty ? nil : url.database,
-            UInt32(url.port), nil, 0)
+            // CLIENT_FOUND_ROWS: UPDATE reports matched rows, as SQLite and PostgreSQL do.
+            UInt32(url.port), nil, UInt(CLIENT_FOUND_ROWS))
         guard connected != nil else {
             let code = mysql_errno(mysql)
             let message = String(cString: mysql_error(mysql))

@@ -57,6 +57,11 @@ final class PostgresConnector: DriverConnector {
 }
 
 /// One libpq connection (`PGconn*`), used by one thread at a time.
+///
+/// Parameters are sent with types: integers as `int8`, doubles as `float8`, blobs as `bytea` (binary), text and
+/// NULL as "unknown" so the server infers the column's type (timestamps, JSON, ...). A consequence: a text or NULL
+/// parameter whose type nothing determines (`SELECT ? IS NULL`) fails with "could not determine data type";
+/// write `CAST(? AS TEXT)` there.
 final class PostgresConnection: DriverConnection {
     private var conn: OpaquePointer?
 

@@ -60,7 +60,7 @@ public final class SQLConnection: SQLQueryable, Sendable {
     ///   - connectTimeout: How long to wait for the server.
     ///   - logger: Where to log.
     public static func connect(to url: String, connectTimeout: Duration = .seconds(5),
-                               logger: Logger = Logger(label: "switchyard.storage")) async throws -> SQLConnection {
+                               logger: Logger) async throws -> SQLConnection {
         let parsed = try DatabaseURL(url)
         let connector = try Drivers.connector(for: parsed, options: DriverOptions())
         let connection = try await withCheckedThrowingContinuation { continuation in
@@ -75,6 +75,9 @@ public final class SQLConnection: SQLQueryable, Sendable {
     private nonisolated(unsafe) var connector: (any DriverConnector)?
     // nonisolated(unsafe): written once right after `open`, before the connection is shared, and read only in
     // `close`, which runs at most once (guarded by `closed`).
+
+    /// A connection dropped without ``close()`` is closed on its worker thread, which then ends.
+    deinit { close() }
 
     /// `true` once a statement failed in a way that leaves the connection unusable (see
     /// ``StorageError/breaksConnection``), or after ``close()``.

@@ -124,6 +124,9 @@ struct DriverTests {
             }
             let rows = try await pool.query("SELECT k, v FROM \(table) ORDER BY k").rows.map(\.values)
             #expect(rows == [["a", 1], ["b", 2]])
+            // Affected rows count matched rows on every database, also when the value does not change.
+            #expect(try await pool.execute("UPDATE \(table) SET v = v WHERE k = ?", ["a"]) == 1)
+            #expect(try await pool.execute("DELETE FROM \(table) WHERE k IN (?, ?)", ["a", "b"]) == 2)
         }
     }
 
@@ -261,7 +264,7 @@ struct DriverTests {
 
     @Test(arguments: TestDatabase.all)
     func bareConnectionWorks(db: TestDatabase) async throws {
-        let connection = try await SQLConnection.connect(to: db.url())
+        let connection = try await SQLConnection.connect(to: db.url(), logger: testLogger)
         #expect(try await connection.queryFirst("SELECT ? + 1", [.integer(41)])?.decode(0, as: Int.self) == 42)
         #expect(await connection.ping())
         await connection.close()
