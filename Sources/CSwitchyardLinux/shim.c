@@ -119,7 +119,7 @@ int sy_last_termination_signal(void) { return last_termination_signal; }
 
 void sy_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
 
-static __thread void *current_loop = NULL;
+static __thread void *current_loop __attribute__((tls_model("initial-exec"))) = NULL;
 void *sy_current_loop(void) { return current_loop; }
 void sy_set_current_loop(void *loop) { current_loop = loop; }
 

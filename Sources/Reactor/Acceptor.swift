@@ -14,10 +14,10 @@ final class Acceptor: EventHandler, @unchecked Sendable {
     let fd: Int32
     unowned let loop: EventLoop
     let logger: Logger
-    private var reserveFD: Int32
-    private var listening = false
-    private var pausedTimer: TimerHandle?
-    private var loggedDescriptorShortage = false
+    @exclusivity(unchecked) private var reserveFD: Int32
+    @exclusivity(unchecked) private var listening = false
+    @exclusivity(unchecked) private var pausedTimer: TimerHandle?
+    @exclusivity(unchecked) private var loggedDescriptorShortage = false
     let onAccept: (Int32, SocketAddress) -> Void
 
     init(address: SocketAddress, backlog: Int32, reusePort: Bool, loop: EventLoop, logger: Logger,

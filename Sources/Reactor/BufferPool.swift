@@ -16,10 +16,10 @@ final class BufferPool {
     static let classCount = maxShift - minShift + 1
     static let largestPooled = 1 << maxShift
 
-    private var free: [[UnsafeMutableRawPointer]]
-    private(set) var pooledBytes = 0
+    @exclusivity(unchecked) private var free: [[UnsafeMutableRawPointer]]
+    @exclusivity(unchecked) private(set) var pooledBytes = 0
     /// Bytes currently handed out (for statistics and tests).
-    private(set) var outstandingBytes = 0
+    @exclusivity(unchecked) private(set) var outstandingBytes = 0
     let capBytes: Int
     let maxBufferBytes: Int
 

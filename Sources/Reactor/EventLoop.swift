@@ -67,18 +67,18 @@ public final class EventLoop: @unchecked Sendable {
     // Loop thread only.
     let poller: any Poller
     private let wakeFD: Int32
-    private var handlers: [EventHandler?] = []
-    private var timers = TimerQueue()
+    @exclusivity(unchecked) private var handlers: [EventHandler?] = []
+    @exclusivity(unchecked) private var timers = TimerQueue()
     private let events: UnsafeMutablePointer<sy_event>
     private let eventCapacity = 512
-    private var runningTasks = false
+    @exclusivity(unchecked) private var runningTasks = false
     /// Monotonic time (ns) when the poller last returned: a cheap "now" for activity stamps. Loop thread only.
-    public private(set) var wakeTime: UInt64 = sy_monotonic_ns()
+    @exclusivity(unchecked) public private(set) var wakeTime: UInt64 = sy_monotonic_ns()
     /// Per-loop scratch area: reads land here first.
     let scratch: UnsafeMutableRawBufferPointer
     /// Per-loop buffer pool.
     let pool: BufferPool
-    private var wakeHandler: WakeupHandler?
+    @exclusivity(unchecked) private var wakeHandler: WakeupHandler?
 
     /// Creates a loop; it runs when some thread calls `run()`.
     public init(configuration: LoopConfiguration = LoopConfiguration(), index: Int = 0) throws {

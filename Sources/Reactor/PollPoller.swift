@@ -5,8 +5,8 @@ import CSwitchyardLinux
 
 /// poll(2) backend: a dense pollfd array plus a descriptor -> slot map. Loop thread only.
 final class PollPoller: Poller {
-    private var fds: [pollfd] = []
-    private var slotOf: [Int32: Int] = [:]
+    @exclusivity(unchecked) private var fds: [pollfd] = []
+    @exclusivity(unchecked) private var slotOf: [Int32: Int] = [:]
 
     private static func pollEvents(_ interest: IOInterest) -> Int16 {
         var e: Int16 = 0

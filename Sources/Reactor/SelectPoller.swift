@@ -7,8 +7,8 @@ import CSwitchyardLinux
 /// `ReactorError.descriptorOutOfRangeForSelect`; nothing is ever written outside an fd_set. Loop thread only.
 final class SelectPoller: Poller {
     static let limit = sy_fd_setsize()
-    private var interest: [Int32: IOInterest] = [:]
-    private var maxFD: Int32 = -1
+    @exclusivity(unchecked) private var interest: [Int32: IOInterest] = [:]
+    @exclusivity(unchecked) private var maxFD: Int32 = -1
     private let readSet: UnsafeMutableRawPointer
     private let writeSet: UnsafeMutableRawPointer
     private let errorSet: UnsafeMutableRawPointer

@@ -52,10 +52,10 @@ public final class TCPClient: @unchecked Sendable {
     private let attemptCounter = Atomic<Int>(0)
 
     // Loop thread only.
-    private var wantConnected = false
-    private var pending: PendingConnect?
-    private var retryTimer: TimerHandle?
-    private var backoff: Duration
+    @exclusivity(unchecked) private var wantConnected = false
+    @exclusivity(unchecked) private var pending: PendingConnect?
+    @exclusivity(unchecked) private var retryTimer: TimerHandle?
+    @exclusivity(unchecked) private var backoff: Duration
 
     /// Resolves the address now (a bad host throws `ReactorError.badAddress`); connects on `connect()`.
     public init(loop: EventLoop, configuration: ClientConfiguration, callbacks: ConnectionCallbacks,
@@ -203,7 +203,7 @@ public final class TCPClient: @unchecked Sendable {
 private final class PendingConnect: EventHandler {
     let fd: Int32
     unowned let client: TCPClient
-    var timer: TimerHandle?
+    @exclusivity(unchecked) var timer: TimerHandle?
     init(fd: Int32, client: TCPClient) {
         self.fd = fd
         self.client = client

@@ -37,40 +37,40 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     let options: ConnectionOptions
 
     /// Free slot for the application (a session, a user id). Loop thread only.
-    public var context: Any?
+    @exclusivity(unchecked) public var context: Any?
     /// Slot for the framework's own per-connection state (the messaging layer's session). Loop thread only.
-    package var protocolState: AnyObject?
+    @exclusivity(unchecked) package var protocolState: AnyObject?
 
     /// Bytes read from the peer. Loop thread only.
-    public private(set) var bytesRead: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var bytesRead: UInt64 = 0
     /// Bytes the socket accepted from us. Loop thread only.
-    public private(set) var bytesWritten: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var bytesWritten: UInt64 = 0
     /// Largest queued-output size this connection ever had. Loop thread only.
-    public private(set) var peakQueuedOutputBytes = 0
+    @exclusivity(unchecked) public private(set) var peakQueuedOutputBytes = 0
     /// Bytes waiting in the output queue. Loop thread only.
     public var queuedOutputBytes: Int { output.bytes }
     /// The error that closed the connection, if one did. Loop thread only.
-    public private(set) var closeReason: Error?
+    @exclusivity(unchecked) public private(set) var closeReason: Error?
     /// True while reading is paused by the high-water mark. Loop thread only.
-    public private(set) var isReadingPaused = false
+    @exclusivity(unchecked) public private(set) var isReadingPaused = false
     /// False while the application has paused reading (`setReadingEnabled(false)`). Loop thread only.
-    public private(set) var isReadingEnabled = true
+    @exclusivity(unchecked) public private(set) var isReadingEnabled = true
     /// When bytes last arrived (the loop's `wakeTime`, monotonic ns). Loop thread only.
-    public private(set) var lastReceiveTime: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var lastReceiveTime: UInt64 = 0
     /// When the application last sent (the loop's `wakeTime`, monotonic ns). Loop thread only.
-    public private(set) var lastSendTime: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var lastSendTime: UInt64 = 0
 
-    var state = State.connecting
-    private var interest: IOInterest = .none
-    private var input: Chunk?
-    private var inStart = 0
-    private var inEnd = 0
-    private var output = OutputQueue()
-    private var dispatching = false
-    private var closePendingAfterDispatch = false
-    private var lingerTimer: TimerHandle?
+    @exclusivity(unchecked) var state = State.connecting
+    @exclusivity(unchecked) private var interest: IOInterest = .none
+    @exclusivity(unchecked) private var input: Chunk?
+    @exclusivity(unchecked) private var inStart = 0
+    @exclusivity(unchecked) private var inEnd = 0
+    @exclusivity(unchecked) private var output = OutputQueue()
+    @exclusivity(unchecked) private var dispatching = false
+    @exclusivity(unchecked) private var closePendingAfterDispatch = false
+    @exclusivity(unchecked) private var lingerTimer: TimerHandle?
     /// Called after `onClose` by the owner (server registry, client reconnect). Loop thread only.
-    var onClosedByOwner: ((TCPConnection) -> Void)?
+    @exclusivity(unchecked) var onClosedByOwner: ((TCPConnection) -> Void)?
 
     private static let nextID = Atomic<UInt64>(1)
     static func makeID() -> UInt64 { nextID.wrappingAdd(1, ordering: .relaxed).oldValue }

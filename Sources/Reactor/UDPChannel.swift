@@ -19,7 +19,7 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
     public let localAddress: SocketAddress
     let fd: Int32
     private let handler: Handler
-    private var isOpen = true
+    @exclusivity(unchecked) private var isOpen = true
     private let receivedCount = Atomic<Int>(0)
     private let sentCount = Atomic<Int>(0)
     private let truncatedCount = Atomic<Int>(0)
