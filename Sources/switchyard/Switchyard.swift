@@ -3,7 +3,7 @@ import Logging
 import Reactor
 
 @main
-struct Switchyard: ParsableCommand {
+struct Switchyard: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "A reactor network framework and the services built on it.",
