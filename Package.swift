@@ -8,6 +8,9 @@ let package = Package(
         .library(name: "Reactor", targets: ["Reactor"]),
         .library(name: "Messaging", targets: ["Messaging"]),
         .library(name: "Storage", targets: ["Storage"]),
+        .library(name: "LoadBalancing", targets: ["LoadBalancing"]),
+        .library(name: "LoadBalanceAgent", targets: ["LoadBalanceAgent"]),
+        .library(name: "NameService", targets: ["NameService"]),
         .executable(name: "switchyard", targets: ["switchyard"]),
     ],
     traits: [
@@ -63,12 +66,39 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // ---- end Storage section ----
+        // Load balancing (issue 6): pure algorithms, the agent and its client API, the name service and reporter.
+        .target(
+            name: "LoadBalancing",
+            dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "LoadBalanceAgent",
+            dependencies: [
+                "LoadBalancing", "Messaging", "Reactor",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+        .target(
+            name: "NameService",
+            dependencies: [
+                "LoadBalancing", "Messaging", "Reactor", "Storage",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+        .testTarget(name: "LoadBalancingTests", dependencies: ["LoadBalancing"]),
+        .testTarget(name: "LoadBalanceAgentTests", dependencies: ["LoadBalanceAgent", "LoadBalancing", "Messaging", "Reactor"]),
+        .testTarget(name: "NameServiceTests", dependencies: ["NameService", "LoadBalanceAgent", "Messaging", "Reactor", "Storage"]),
         .executableTarget(
             name: "switchyard",
             dependencies: [
                 "Reactor",
                 "Messaging",
                 "Storage",
+                "LoadBalancing",
+                "LoadBalanceAgent",
+                "NameService",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -1,0 +1,2 @@
+// Placeholder until the LoadBalanceAgent sources land.
+enum LoadBalanceAgentPlaceholder {}

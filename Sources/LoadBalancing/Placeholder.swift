@@ -1,0 +1,2 @@
+// Placeholder until the LoadBalancing sources land.
+enum LoadBalancingPlaceholder {}

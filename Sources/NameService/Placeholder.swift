@@ -1,0 +1,2 @@
+// Placeholder until the NameService sources land.
+enum NameServicePlaceholder {}

@@ -1,0 +1,3 @@
+import Testing
+
+@Test func loadBalanceAgentPlaceholder() { #expect(Bool(true)) }

@@ -1,0 +1,3 @@
+import Testing
+
+@Test func nameServicePlaceholder() { #expect(Bool(true)) }
