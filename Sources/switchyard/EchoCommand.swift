@@ -36,6 +36,9 @@ struct EchoCommand: ParsableCommand {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.echo")
         let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger))
+        // Before accepting: a flood of clients right after the announce could otherwise take the descriptor the
+        // signal eventfd needs (EMFILE, exit 1), and a SIGTERM right after it could meet the default handler.
+        let termination = try TerminationWaiter(group: group, logger: logger)
         let server = TCPServer(
             group: group,
             configuration: ServerConfiguration(host: host, port: port, maxConnections: maxConnections, logger: logger),
@@ -48,7 +51,7 @@ struct EchoCommand: ParsableCommand {
             throw CleanExit.message("echo: cannot listen on \(host):\(port): \(error)")
         }
         announce("echo listening on \(address) (poller \(poller), \(threads) I/O threads)")
-        try waitForTermination(group: group, logger: logger)
+        termination.wait()
         server.shutdown(timeout: .seconds(5))
         group.shutdown()
     }
@@ -56,11 +59,25 @@ struct EchoCommand: ParsableCommand {
 
 /// Blocks the calling thread until SIGINT or SIGTERM.
 func waitForTermination(group: EventLoopGroup, logger: Logger) throws {
-    let done = DispatchSemaphore(value: 0)
-    let signals = try TerminationSignals(loop: group.acceptorLoop) { signo in
-        logger.info("signal received, shutting down", metadata: ["signal": "\(signo)"])
-        done.signal()
+    try TerminationWaiter(group: group, logger: logger).wait()
+}
+
+/// SIGINT/SIGTERM handlers installed at once (create it before the service starts accepting or announces itself);
+/// `wait()` blocks until one of the signals arrives, then restores the default handlers.
+struct TerminationWaiter {
+    private let done = DispatchSemaphore(value: 0)
+    private let signals: TerminationSignals
+
+    init(group: EventLoopGroup, logger: Logger) throws {
+        let done = self.done
+        signals = try TerminationSignals(loop: group.acceptorLoop) { signo in
+            logger.info("signal received, shutting down", metadata: ["signal": "\(signo)"])
+            done.signal()
+        }
     }
-    done.wait()
-    signals.uninstall()
+
+    func wait() {
+        done.wait()
+        signals.uninstall()
+    }
 }

@@ -11,6 +11,8 @@ import Glibc
 /// A plain blocking TCP socket for the client side of tests, independent of the reactor under test.
 final class BlockingSocket: @unchecked Sendable {
     let fd: Int32
+    /// Closing twice would close whatever descriptor another test opened under the same number meanwhile.
+    private let isClosed = Atomic<Bool>(false)
 
     init(port: UInt16, host: String = "127.0.0.1") throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -89,10 +91,13 @@ final class BlockingSocket: @unchecked Sendable {
     func reset() {
         var lg = linger(l_onoff: 1, l_linger: 0)
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, socklen_t(MemoryLayout<linger>.size))
-        Glibc.close(fd)
+        close()
     }
 
-    func close() { Glibc.close(fd) }
+    /// Closes the descriptor; a second call does nothing.
+    func close() {
+        if !isClosed.exchange(true, ordering: .acquiringAndReleasing) { Glibc.close(fd) }
+    }
 }
 
 /// Counts events and lets a test wait for a number of them (no sleeps).
