@@ -58,7 +58,7 @@ extension MessagingSocketTests {
                                      onConnect: { serverSide.set(LoopBound(value: $0)) }) { _, port in
                     let client = try FrameSocket(port: port)
                     defer { client.close() }
-                    #expect(try pollUntil { serverSide.get() != nil })
+                    #expect(pollUntil { serverSide.get() != nil })
                     let connection = serverSide.get()!.value
                     let loop = connection.loop
                     let expected = [TestFrame(id: 10, body: patternBytes(21, seed: 1)),
@@ -114,7 +114,7 @@ extension MessagingSocketTests {
                     defer { good.close() }
                     let offender = try FrameSocket(port: port, receiveTimeout: 5)
                     defer { offender.close() }
-                    #expect(try pollUntil { server.connectionCount == 2 })
+                    #expect(pollUntil { server.connectionCount == 2 })
                     // A body of exactly the limit is fine.
                     let atLimit = patternBytes(min(maxBodyLength, 1024), seed: 9)
                     try offender.sendFrame(id: 11, body: atLimit)
@@ -156,7 +156,7 @@ extension MessagingSocketTests {
                             defer { client.close() }
                             try client.sendFrame(id: 11, body: body)
                             #expect(client.seesClose())
-                            #expect(try pollUntil { small.statistics.protocolErrors == 1 })
+                            #expect(pollUntil { small.statistics.protocolErrors == 1 })
                             #expect(large.statistics.protocolErrors == 0)
                             #expect(byDefault.statistics.protocolErrors == 0)
                             // Above 4 KiB the middle server refuses too.
@@ -164,7 +164,7 @@ extension MessagingSocketTests {
                             defer { big.close() }
                             try big.sendAll(rawHeader(id: 11, length: 4097))
                             #expect(big.seesClose())
-                            #expect(try pollUntil { large.statistics.protocolErrors == 1 })
+                            #expect(pollUntil { large.statistics.protocolErrors == 1 })
                         }
                     }
                 }
@@ -185,7 +185,7 @@ extension MessagingSocketTests {
                 }) { server, port in
                     let clients = try (0..<3).map { _ in try FrameSocket(port: port) }
                     defer { for c in clients { c.close() } }
-                    #expect(try pollUntil { idsByPort.get().count == 3 })
+                    #expect(pollUntil { idsByPort.get().count == 3 })
                     let ids = clients.map { idsByPort.get()[$0.localPort]! }
 
                     @Sendable func response(_ modid: Int32) -> Lars_GetRouteResponse {
@@ -239,7 +239,7 @@ extension MessagingSocketTests {
                                      onConnect: { serverSide.set(LoopBound(value: $0)) }) { server, port in
                     let client = try FrameSocket(port: port)
                     defer { client.close() }
-                    #expect(try pollUntil { serverSide.get() != nil })
+                    #expect(pollUntil { serverSide.get() != nil })
                     let connection = serverSide.get()!.value
                     let threads = 4
                     let perThread = 250

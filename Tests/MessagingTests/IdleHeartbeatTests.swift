@@ -97,7 +97,7 @@ extension MessagingSocketTests {
                     client.connect()
                     #expect(connected.wait(for: 1))
                     // About one heartbeat per 100-150 ms: eight take at least 0.8 s, more than two idle timeouts.
-                    #expect(try pollUntil(timeout: 5, interval: 5_000) { server.statistics.heartbeats >= 8 })
+                    #expect(pollUntil(timeout: 5, interval: 5_000) { server.statistics.heartbeats >= 8 })
                     let elapsed = secondsSince(start)
                     #expect(elapsed > 0.6, "eight heartbeats in \(elapsed) s")
                     #expect(serverCloses.count == 0)

@@ -18,7 +18,7 @@ extension MessagingSocketTests {
                     // Two bad headers in one write: the first closes the connection, the second is never judged.
                     try client.sendAll(rawHeader(id: 10, length: 5000) + rawHeader(id: 10, length: -1))
                     #expect(client.seesClose())
-                    #expect(try pollUntil { server.connectionCount == 0 })
+                    #expect(pollUntil { server.connectionCount == 0 })
                     let errors = lines.get().filter { $0.level >= .notice }
                     #expect(errors.count == 1, "\(errors)")
                     #expect(errors.first?.metadata["peer"] == peer)
