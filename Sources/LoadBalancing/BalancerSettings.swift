@@ -1,0 +1,84 @@
+/// Tunables of a `RouteBalancer`, with the defaults of Lars (PROTOCOL.md, DESIGN.md "Load balancing").
+///
+/// Rates are fractions (0.1 is 10 %). Durations are measured on the clock the balancer is driven with
+/// (`now:` arguments, monotonic nanoseconds).
+public struct BalancerSettings: Sendable, Hashable, Codable {
+    /// Every `probeNum`-th request goes to an overloaded host (when there is one) as a probe. Default 10.
+    public var probeNum: Int
+    /// Virtual successes an idle host starts with (and gets back on every reset). Default 180.
+    public var initSuccCount: UInt32
+    /// Virtual errors an overloaded host starts with. Default 5.
+    public var initErrCount: UInt32
+    /// An idle host whose virtual error rate goes above this becomes overloaded. Default 0.1.
+    public var errRate: Double
+    /// An overloaded host whose virtual success rate goes above this becomes idle. Default 0.92.
+    public var succRate: Double
+    /// An idle host with this many consecutive errors becomes overloaded. Default 10.
+    public var continErrLimit: UInt32
+    /// An overloaded host with this many consecutive successes becomes idle. Default 10.
+    public var continSuccLimit: UInt32
+    /// At the end of each idle window, an idle host whose real error rate over the window is above this becomes
+    /// overloaded. Default 0.7.
+    public var windowErrRate: Double
+    /// Length of an idle host's window (its counters are reset at the end of each). Default 15 s.
+    public var idleTimeout: Duration
+    /// An overloaded host is forced back to idle after this long. Default 15 s.
+    public var overloadTimeout: Duration
+    /// The agent asks the name service for a module's route again after this long. Default 15 s.
+    public var updateTimeout: Duration
+
+    public init(
+        probeNum: Int = 10,
+        initSuccCount: UInt32 = 180,
+        initErrCount: UInt32 = 5,
+        errRate: Double = 0.1,
+        succRate: Double = 0.92,
+        continErrLimit: UInt32 = 10,
+        continSuccLimit: UInt32 = 10,
+        windowErrRate: Double = 0.7,
+        idleTimeout: Duration = .seconds(15),
+        overloadTimeout: Duration = .seconds(15),
+        updateTimeout: Duration = .seconds(15)
+    ) {
+        self.probeNum = probeNum
+        self.initSuccCount = initSuccCount
+        self.initErrCount = initErrCount
+        self.errRate = errRate
+        self.succRate = succRate
+        self.continErrLimit = continErrLimit
+        self.continSuccLimit = continSuccLimit
+        self.windowErrRate = windowErrRate
+        self.idleTimeout = idleTimeout
+        self.overloadTimeout = overloadTimeout
+        self.updateTimeout = updateTimeout
+    }
+
+    /// Problems that make the settings unusable, empty when they are fine.
+    public var problems: [String] {
+        var out: [String] = []
+        if probeNum < 1 { out.append("probe_num must be at least 1, got \(probeNum)") }
+        if !(0...1).contains(errRate) { out.append("err_rate must be 0...1, got \(errRate)") }
+        if !(0...1).contains(succRate) { out.append("succ_rate must be 0...1, got \(succRate)") }
+        if !(0...1).contains(windowErrRate) { out.append("window_err_rate must be 0...1, got \(windowErrRate)") }
+        if continErrLimit < 1 { out.append("contin_err_limit must be at least 1") }
+        if continSuccLimit < 1 { out.append("contin_succ_limit must be at least 1") }
+        for (name, d) in [("idle_timeout", idleTimeout), ("overload_timeout", overloadTimeout),
+                          ("update_timeout", updateTimeout)] where d <= .zero {
+            out.append("\(name) must be positive, got \(d)")
+        }
+        return out
+    }
+}
+
+extension Duration {
+    /// Whole nanoseconds, clamped to 0...UInt64.max.
+    @usableFromInline
+    var nanosecondsClamped: UInt64 {
+        let (s, atto) = components
+        if s < 0 { return 0 }
+        let (mul, o1) = UInt64(s).multipliedReportingOverflow(by: 1_000_000_000)
+        if o1 { return .max }
+        let (sum, o2) = mul.addingReportingOverflow(UInt64(max(0, atto) / 1_000_000_000))
+        return o2 ? .max : sum
+    }
+}

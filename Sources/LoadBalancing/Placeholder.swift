@@ -1,2 +1,0 @@
-// Placeholder until the LoadBalancing sources land.
-enum LoadBalancingPlaceholder {}

@@ -1,0 +1,243 @@
+/// What `RouteBalancer.pick(now:)` decided.
+public enum PickResult: Sendable, Hashable {
+    /// An idle host, round robin.
+    case host(Host)
+    /// An overloaded host sent one request to see whether it recovered (every `probeNum`-th request).
+    case probe(Host)
+    /// Every host is overloaded and this request is not a probe (Lars answers OVERLOAD).
+    case overloaded
+    /// The route has no hosts (Lars answers NOEXIST).
+    case empty
+
+    /// The chosen host, probe or not.
+    public var host: Host? {
+        switch self {
+        case .host(let h), .probe(let h): return h
+        case .overloaded, .empty: return nil
+        }
+    }
+}
+
+/// The balancer of one (modid, cmdid): Lars's semantics as a pure state machine, driven by the caller's clock.
+///
+/// ```
+///            virtual err rate > err_rate, or contin errors >= contin_err_limit,
+///            or real err rate over an idle window > window_err_rate
+///   +------+ ---------------------------------------------------------> +------------+
+///   | idle |                                                           | overloaded |
+///   +------+ <--------------------------------------------------------- +------------+
+///            virtual succ rate > succ_rate, or contin successes >= contin_succ_limit,
+///            or overload_timeout elapsed
+/// ```
+///
+/// - `pick` serves idle hosts round robin; every `probeNum`-th request goes to an overloaded host (round robin
+///   among them) as a probe. With no idle host, a request that is not a probe gets `.overloaded`.
+/// - `report` counts a call's outcome (virtual and real counters, consecutive runs) and applies the transitions.
+///   An idle host's window is checked when a report arrives at least `idleTimeout` after the window began: above
+///   `windowErrRate` real errors it becomes overloaded, otherwise its counters are reset and a new window begins.
+/// - An overloaded host returns to idle `overloadTimeout` after it was overloaded (checked on `pick` and `report`).
+///
+/// A value type: no locks, no clock, no I/O. The agent keeps one per module on its loop. `now` is any monotonic
+/// clock in nanoseconds, the same for every call.
+public struct RouteBalancer: Sendable {
+    public let settings: BalancerSettings
+    private var statuses: [Host: HostStatus] = [:]
+    private var idle: [Host] = []
+    private var overloaded: [Host] = []
+    private var idleCursor = 0
+    private var overloadCursor = 0
+    /// Requests since the last probe.
+    private var accessCount = 0
+    /// Calls per host since the last `takeReportSummary()`.
+    private var pendingReport: [Host: (succ: UInt32, err: UInt32)] = [:]
+    private let idleTimeoutNs: UInt64
+    private let overloadTimeoutNs: UInt64
+
+    public init(settings: BalancerSettings = BalancerSettings(), hosts: [Host] = [], now: UInt64 = 0) {
+        self.settings = settings
+        idleTimeoutNs = settings.idleTimeout.nanosecondsClamped
+        overloadTimeoutNs = settings.overloadTimeout.nanosecondsClamped
+        setHosts(hosts, now: now)
+    }
+
+    // MARK: Route
+
+    /// Replaces the route's hosts: hosts still present keep their state and counters, new ones start idle,
+    /// removed ones are forgotten (with their unreported counts). Duplicates count once.
+    public mutating func setHosts(_ hosts: [Host], now: UInt64) {
+        var seen = Set<Host>()
+        let unique = hosts.filter { seen.insert($0).inserted }
+        for host in statuses.keys where !seen.contains(host) {
+            statuses[host] = nil
+            pendingReport[host] = nil
+        }
+        for host in unique where statuses[host] == nil {
+            statuses[host] = HostStatus(idleAt: now, settings: settings)
+        }
+        // Lists follow the route's order, so round robin is predictable.
+        idle = unique.filter { statuses[$0]!.health == .idle }
+        overloaded = unique.filter { statuses[$0]!.health == .overloaded }
+        if idleCursor >= idle.count { idleCursor = 0 }
+        if overloadCursor >= overloaded.count { overloadCursor = 0 }
+    }
+
+    /// The route's hosts: idle ones first, then overloaded ones.
+    public var hosts: [Host] { idle + overloaded }
+
+    /// Idle hosts in serving order (route order, then hosts that recovered, in the order they did).
+    public var idleHosts: [Host] { idle }
+
+    /// Overloaded hosts in probing order.
+    public var overloadedHosts: [Host] { overloaded }
+
+    public var isEmpty: Bool { statuses.isEmpty }
+
+    /// The state and counters of `host`, nil when it is not in the route.
+    public func state(of host: Host) -> HostStatus? { statuses[host] }
+
+    /// Each host's fraction of the picks so far (0 when nothing was picked yet).
+    public var callShares: [Host: Double] {
+        let total = statuses.values.reduce(UInt64(0)) { $0 + $1.picks }
+        return statuses.mapValues { total == 0 ? 0 : Double($0.picks) / Double(total) }
+    }
+
+    // MARK: Requests
+
+    /// Chooses a host for one request.
+    public mutating func pick(now: UInt64) -> PickResult {
+        if statuses.isEmpty { return .empty }
+        recoverExpiredOverloads(now: now)
+        if idle.isEmpty {
+            if accessCount >= settings.probeNum - 1 {
+                accessCount = 0
+                return .probe(nextOverloaded())
+            }
+            accessCount += 1
+            return .overloaded
+        }
+        if !overloaded.isEmpty {
+            if accessCount >= settings.probeNum - 1 {
+                accessCount = 0
+                return .probe(nextOverloaded())
+            }
+            accessCount += 1
+        }
+        return .host(nextIdle())
+    }
+
+    private mutating func nextIdle() -> Host {
+        if idleCursor >= idle.count { idleCursor = 0 }
+        let host = idle[idleCursor]
+        idleCursor += 1
+        statuses[host]!.picks &+= 1
+        return host
+    }
+
+    private mutating func nextOverloaded() -> Host {
+        if overloadCursor >= overloaded.count { overloadCursor = 0 }
+        let host = overloaded[overloadCursor]
+        overloadCursor += 1
+        statuses[host]!.picks &+= 1
+        return host
+    }
+
+    // MARK: Reports
+
+    /// Counts one call's outcome and applies the transitions. Unknown hosts (not in the route) are ignored.
+    public mutating func report(host: Host, success: Bool, now: UInt64) {
+        guard var s = statuses[host] else { return }
+        if success {
+            s.virtualSuccesses &+= 1
+            s.realSuccesses &+= 1
+            s.consecutiveSuccesses &+= 1
+            s.consecutiveErrors = 0
+        } else {
+            s.virtualErrors &+= 1
+            s.realErrors &+= 1
+            s.consecutiveErrors &+= 1
+            s.consecutiveSuccesses = 0
+        }
+        pendingReport[host, default: (0, 0)].succ &+= success ? 1 : 0
+        pendingReport[host, default: (0, 0)].err &+= success ? 0 : 1
+
+        switch s.health {
+        case .idle:
+            if !success && (s.virtualErrorRate > settings.errRate || s.consecutiveErrors >= settings.continErrLimit) {
+                s.becomeOverloaded(at: now, settings: settings)
+            } else if now >= s.since && now - s.since >= idleTimeoutNs {
+                if s.realErrorRate > settings.windowErrRate {
+                    s.becomeOverloaded(at: now, settings: settings)
+                } else {
+                    s.becomeIdle(at: now, settings: settings)  // a new window
+                }
+            }
+        case .overloaded:
+            if success && (s.virtualSuccessRate > settings.succRate
+                           || s.consecutiveSuccesses >= settings.continSuccLimit) {
+                s.becomeIdle(at: now, settings: settings)
+            } else if now >= s.since && now - s.since >= overloadTimeoutNs {
+                s.becomeIdle(at: now, settings: settings)
+            }
+        }
+        let before = statuses[host]!.health
+        statuses[host] = s
+        if before != s.health { move(host, to: s.health) }
+    }
+
+    /// Counts one call's outcome by Lars return code: 0 is a success, anything else an error.
+    public mutating func report(host: Host, retcode: Int32, now: UInt64) {
+        report(host: host, success: retcode == 0, now: now)
+    }
+
+    /// Calls per host since the previous summary (hosts with calls, and every overloaded host), then starts over.
+    public mutating func takeReportSummary() -> [HostCallSummary] {
+        var out: [HostCallSummary] = []
+        for host in idle + overloaded {
+            let counts = pendingReport[host] ?? (0, 0)
+            let isOverloaded = statuses[host]!.health == .overloaded
+            if counts.succ == 0 && counts.err == 0 && !isOverloaded { continue }
+            out.append(HostCallSummary(host: host, successes: counts.succ, errors: counts.err,
+                                       overloaded: isOverloaded))
+        }
+        pendingReport.removeAll(keepingCapacity: true)
+        return out
+    }
+
+    /// True when calls were reported since the last summary.
+    public var hasUnreportedCalls: Bool { !pendingReport.isEmpty }
+
+    // MARK: Transitions
+
+    /// Forces overloaded hosts whose `overloadTimeout` has elapsed back to idle.
+    public mutating func recoverExpiredOverloads(now: UInt64) {
+        guard !overloaded.isEmpty else { return }
+        var i = 0
+        while i < overloaded.count {
+            let host = overloaded[i]
+            let since = statuses[host]!.since
+            if now >= since && now - since >= overloadTimeoutNs {
+                statuses[host]!.becomeIdle(at: now, settings: settings)
+                move(host, to: .idle)
+            } else {
+                i += 1
+            }
+        }
+    }
+
+    private mutating func move(_ host: Host, to health: HostHealth) {
+        switch health {
+        case .idle:
+            if let i = overloaded.firstIndex(of: host) {
+                overloaded.remove(at: i)
+                if overloadCursor > i { overloadCursor -= 1 }
+            }
+            idle.append(host)
+        case .overloaded:
+            if let i = idle.firstIndex(of: host) {
+                idle.remove(at: i)
+                if idleCursor > i { idleCursor -= 1 }
+            }
+            overloaded.append(host)
+        }
+    }
+}
