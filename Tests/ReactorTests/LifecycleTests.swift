@@ -28,9 +28,11 @@ struct LifecycleTests {
                 closes.signal()
             }
         ) { server, port in
-            let descriptorsBefore = SystemInfo.openDescriptorCount()
+            // The server's sockets only (listener + accepted): other suites open and close descriptors in parallel.
+            let descriptorsBefore = openSocketCount(localPort: port)
             let client = try BlockingSocket(port: port)
             #expect(connects.wait(for: 1))
+            #expect(openSocketCount(localPort: port) == descriptorsBefore + 1)
             // Push a megabyte and read only part of the echo, so the server has output queued when we go.
             let writer = Thread { try? client.sendAll(randomBytes(1 << 20)) }
             writer.start()
@@ -51,7 +53,7 @@ struct LifecycleTests {
             #expect(closedIDs.get().count == 1)
             #expect(loop.iterations - iterationsBefore <= 2)
             #expect(threadCPUTicks(tid: loop.kernelThreadID) - cpuBefore <= 2)
-            #expect(SystemInfo.openDescriptorCount() == descriptorsBefore)
+            #expect(openSocketCount(localPort: port) == descriptorsBefore)
         }
     }
 

@@ -293,3 +293,19 @@ extension ChildServer {
         return process.terminationStatus
     }
 }
+
+/// Descriptors of this process that are sockets bound to local port `port`: a server's listener and the
+/// connections it accepted. Unlike a process-wide descriptor count, descriptors that tests running in parallel
+/// open and close do not change it. (getsockname on each descriptor is a harmless query even if the number was
+/// just reused.) -1 if /proc/self/fd cannot be read.
+func openSocketCount(localPort port: UInt16) -> Int {
+    guard let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return -1 }
+    return fds.compactMap { Int32($0) }.filter { fd in
+        var sin = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let r = withUnsafeMutablePointer(to: &sin) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        return r == 0 && sin.sin_family == sa_family_t(AF_INET) && UInt16(bigEndian: sin.sin_port) == port
+    }.count
+}
