@@ -1,0 +1,242 @@
+import LoadBalancing
+import Logging
+import Messaging
+import Reactor
+import Storage
+import Synchronization
+
+/// The name service: answers "which hosts serve (modid, cmdid)?" (GetRouteRequest, id 1 -> GetRouteResponse, id 2)
+/// from an in-memory snapshot of RouteData, and pushes a fresh GetRouteResponse to every connection that asked
+/// for a route when that route changes.
+///
+///     database --(poll RouteVersion every pollInterval; reload on change, and every fullReloadInterval)--+
+///                                                                                                        v
+///     agent --GetRouteRequest--> loop: subscribe the connection, reply from the snapshot <-- RouteSnapshot (swapped
+///     agent <--GetRouteResponse-- push to the subscribers of changed routes <------------------  atomically)
+///
+/// Lookups read the current snapshot under a lock held only to copy a reference; a connection's subscriptions
+/// are kept on its loop, so a repeated request takes no other lock. The database is read by a task through the
+/// pool's async API, never on a reactor loop. When the database is unreachable the last snapshot is served and
+/// the outage is logged once (and its end once).
+///
+/// Safe to call from any thread.
+public final class NameService: Sendable {
+    /// The settings.
+    public let configuration: NameServiceConfiguration
+    private let core: Core
+    private let server: FramedServer
+    private let poller = Mutex<Task<Void, Never>?>(nil)
+
+    /// Creates the service; nothing is bound or read until ``start()``.
+    ///
+    /// - Parameters:
+    ///   - group: The loops that serve the agent connections.
+    ///   - configuration: Address, port and reload intervals.
+    ///   - pool: The database with the Lars tables (created when missing).
+    ///   - logger: Where the service logs start, stop, reloads and database outages (info and below).
+    public init(group: EventLoopGroup, configuration: NameServiceConfiguration, pool: ConnectionPool, logger: Logger) {
+        self.configuration = configuration
+        let core = Core(pool: pool, configuration: configuration, logger: logger)
+        self.core = core
+        let router = MessageRouter<TCPConnection>()
+        // Cannot throw: a fresh router with one route.
+        try! router.on(MessageID.getRouteRequest, as: Lars_GetRouteRequest.self) { request, message in
+            core.handleGetRoute(request, on: message.connection)
+        }
+        server = FramedServer(
+            group: group,
+            configuration: FramedServerConfiguration(server: ServerConfiguration(
+                host: configuration.host, port: configuration.port, maxConnections: configuration.maxConnections,
+                logger: logger)),
+            router: router,
+            onClose: { connection in core.connectionClosed(connection) })
+    }
+
+    /// Binds, starts answering from the (initially empty) snapshot and starts polling the database; the first load
+    /// runs at once and its routes are pushed to whoever asked before it. Returns the bound address.
+    @discardableResult
+    public func start() throws -> SocketAddress {
+        let address = try server.start()
+        let core = self.core
+        poller.withLock { task in
+            task = task ?? Task { await core.runPolling() }
+        }
+        core.logger.info("name service listening", metadata: ["address": "\(address)"])
+        return address
+    }
+
+    /// Stops polling, stops accepting and closes the connections. Blocks (bounded); not on a loop thread.
+    public func shutdown() {
+        poller.withLock { task in
+            task?.cancel()
+            task = nil
+        }
+        server.shutdown()
+        core.logger.info("name service stopped")
+    }
+
+    /// The bound address once started.
+    public var localAddress: SocketAddress? { server.localAddress }
+
+    /// The routes currently served.
+    public var snapshot: RouteSnapshot { core.snapshot.withLock { $0 } }
+
+    /// The counters.
+    public var statistics: NameServiceStatistics { core.statistics }
+
+    /// Reloads the routes now (as a poll that found a new version would) and pushes the changed ones. Throws the
+    /// database error; the snapshot is kept then.
+    public func reload() async throws { try await core.reload(since: nil) }
+
+    /// The state shared by the loops (handlers) and the polling task.
+    final class Core: Sendable {
+        let pool: ConnectionPool
+        let configuration: NameServiceConfiguration
+        let logger: Logger
+        let snapshot = Mutex<RouteSnapshot>(.empty)
+        /// Who asked for which route: route -> connection id -> connection.
+        let subscriptions = Mutex<[RouteKey: [UInt64: TCPConnection]]>([:])
+        let requests = Atomic<Int>(0)
+        let pushes = Atomic<Int>(0)
+        let reloads = Atomic<Int>(0)
+        let failedPolls = Atomic<Int>(0)
+        let reachable = Atomic<Bool>(true)
+
+        init(pool: ConnectionPool, configuration: NameServiceConfiguration, logger: Logger) {
+            self.pool = pool
+            self.configuration = configuration
+            self.logger = logger
+        }
+
+        var statistics: NameServiceStatistics {
+            NameServiceStatistics(
+                requests: requests.load(ordering: .relaxed), pushes: pushes.load(ordering: .relaxed),
+                reloads: reloads.load(ordering: .relaxed), failedPolls: failedPolls.load(ordering: .relaxed),
+                version: snapshot.withLock { $0.version },
+                subscriptions: subscriptions.withLock { $0.values.reduce(0) { $0 + $1.count } },
+                databaseReachable: reachable.load(ordering: .relaxed))
+        }
+
+        /// The routes one connection asked for. Loop thread only (kept in `connection.context`).
+        final class Subscriber {
+            var keys: Set<RouteKey> = []
+        }
+
+        /// Answers a GetRouteRequest. Loop thread only. Subscribes before reading the snapshot, so a reload that
+        /// swaps the snapshot after the read pushes the new routes to this connection too.
+        func handleGetRoute(_ request: Lars_GetRouteRequest, on connection: TCPConnection) {
+            requests.wrappingAdd(1, ordering: .relaxed)
+            let key = RouteKey(modid: request.modid, cmdid: request.cmdid)
+            let subscriber: Subscriber
+            if let existing = connection.context as? Subscriber {
+                subscriber = existing
+            } else {
+                subscriber = Subscriber()
+                connection.context = subscriber
+            }
+            if subscriber.keys.insert(key).inserted {
+                subscriptions.withLock { $0[key, default: [:]][connection.id] = connection }
+            }
+            let current = snapshot.withLock { $0 }
+            current.responseBody(for: key).withUnsafeBytes {
+                _ = connection.sendFrame(messageID: MessageID.getRouteResponse, body: $0)
+            }
+        }
+
+        /// Drops a closed connection's subscriptions. Loop thread only.
+        func connectionClosed(_ connection: TCPConnection) {
+            guard let subscriber = connection.context as? Subscriber, !subscriber.keys.isEmpty else { return }
+            subscriptions.withLock { subs in
+                for key in subscriber.keys {
+                    subs[key]?[connection.id] = nil
+                    if subs[key]?.isEmpty == true { subs[key] = nil }
+                }
+            }
+            subscriber.keys.removeAll()
+        }
+
+        /// Polls RouteVersion until cancelled; see ``NameService``.
+        func runPolling() async {
+            var schemaReady = false
+            var lastVersion: Int64?
+            var lastFullReload = ContinuousClock.now
+            var outageStart: ContinuousClock.Instant?
+            while !Task.isCancelled {
+                do {
+                    if !schemaReady {
+                        try await RouteSchema.create(on: pool)
+                        schemaReady = true
+                    }
+                    let version = try await RouteAdmin.currentVersion(on: pool)
+                    let now = ContinuousClock.now
+                    let full = now - lastFullReload >= configuration.fullReloadInterval
+                    if version != lastVersion || full {
+                        try await reload(since: lastVersion.flatMap { $0 == version ? nil : $0 }, version: version)
+                        lastVersion = version
+                        lastFullReload = now
+                    }
+                    if let start = outageStart {
+                        outageStart = nil
+                        reachable.store(true, ordering: .relaxed)
+                        logger.info("name service: database reachable again, routes reloaded", metadata: [
+                            "outage.seconds": "\((ContinuousClock.now - start).components.seconds)",
+                            "route.version": "\(version)",
+                        ])
+                    }
+                } catch {
+                    if Task.isCancelled { break }
+                    failedPolls.wrappingAdd(1, ordering: .relaxed)
+                    if outageStart == nil {
+                        outageStart = .now
+                        reachable.store(false, ordering: .relaxed)
+                        logger.info("name service: database unreachable, serving the last routes", metadata: [
+                            "error": "\(error)", "route.version": "\(snapshot.withLock { $0.version })",
+                        ])
+                    }
+                }
+                try? await Task.sleep(for: configuration.pollInterval)
+            }
+        }
+
+        /// Loads RouteData, swaps the snapshot and pushes every route that changed: those named by RouteChange rows
+        /// after `since` (when given) and those whose hosts differ from the previous snapshot.
+        func reload(since lastVersion: Int64?, version given: Int64? = nil) async throws {
+            let version: Int64
+            if let given { version = given } else { version = try await RouteAdmin.currentVersion(on: pool) }
+            var changed: Set<RouteKey> = []
+            if let lastVersion {
+                let rows = try await pool.query(
+                    "SELECT DISTINCT modid, cmdid FROM RouteChange WHERE version > ? AND version <= ?",
+                    [.integer(lastVersion), .integer(version)]).rows
+                for row in rows {
+                    if let modid = try? row.decode(0, as: Int32.self), let cmdid = try? row.decode(1, as: Int32.self) {
+                        changed.insert(RouteKey(modid: modid, cmdid: cmdid))
+                    }
+                }
+            }
+            let fresh = RouteSnapshot(version: version, entries: try await RouteAdmin.listRoutes(on: pool))
+            let old = snapshot.withLock { current in
+                defer { current = fresh }
+                return current
+            }
+            reloads.wrappingAdd(1, ordering: .relaxed)
+            changed.formUnion(fresh.changedRoutes(since: old))
+            push(changed, from: fresh)
+        }
+
+        /// Sends the routes in `keys` to their subscribers. Any thread.
+        func push(_ keys: Set<RouteKey>, from fresh: RouteSnapshot) {
+            guard !keys.isEmpty else { return }
+            let targets = subscriptions.withLock { subs -> [(RouteKey, [TCPConnection])] in
+                keys.compactMap { key in subs[key].map { (key, Array($0.values)) } }
+            }
+            for (key, connections) in targets {
+                let body = fresh.responseBody(for: key)
+                for connection in connections {
+                    connection.sendFrame(messageID: MessageID.getRouteResponse, body: body)
+                    pushes.wrappingAdd(1, ordering: .relaxed)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+/// Settings of a ``NameService``.
+public struct NameServiceConfiguration: Sendable {
+    /// Address to bind (default 127.0.0.1).
+    public var host: String
+    /// Port to bind (default 7778, PROTOCOL.md); 0 lets the kernel pick (read it back from `start()`).
+    public var port: Int
+    /// How often RouteVersion is read; a changed version reloads the routes and pushes the changed ones.
+    public var pollInterval: Duration
+    /// How often the routes are reloaded even when RouteVersion did not change.
+    public var fullReloadInterval: Duration
+    /// Most agent connections at once; more are refused.
+    public var maxConnections: Int
+
+    /// Creates a configuration; every setting has the default of PROTOCOL.md and DESIGN.md.
+    public init(host: String = "127.0.0.1", port: Int = 7778, pollInterval: Duration = .seconds(1),
+                fullReloadInterval: Duration = .seconds(10), maxConnections: Int = 100_000) {
+        self.host = host
+        self.port = port
+        self.pollInterval = pollInterval
+        self.fullReloadInterval = fullReloadInterval
+        self.maxConnections = maxConnections
+    }
+}
+
+/// A snapshot of a name service's counters.
+public struct NameServiceStatistics: Sendable, Hashable {
+    /// GetRouteRequests answered.
+    public var requests: Int
+    /// GetRouteResponses pushed to subscribers after a change.
+    public var pushes: Int
+    /// Times the routes were loaded from the database.
+    public var reloads: Int
+    /// Database polls that failed.
+    public var failedPolls: Int
+    /// The RouteVersion of the snapshot served (-1 before the first load).
+    public var version: Int64
+    /// (route, connection) subscriptions.
+    public var subscriptions: Int
+    /// False while the database is unreachable (the last snapshot is served).
+    public var databaseReachable: Bool
+}

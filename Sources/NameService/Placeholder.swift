@@ -1,2 +1,0 @@
-// Placeholder until the NameService sources land.
-enum NameServicePlaceholder {}

@@ -1,0 +1,120 @@
+import ArgumentParser
+import Dispatch
+import Logging
+import NameService
+import Reactor
+import Storage
+import Synchronization
+
+struct NamesCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "names",
+        abstract: "Run the name service: agents ask which hosts serve (modid, cmdid) and get pushes when that changes."
+    )
+
+    @Option(help: "Address to bind.")
+    var host = "127.0.0.1"
+
+    @Option(help: "Port to bind (0: let the kernel pick; the bound address is printed).")
+    var port = 7778
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Option(help: "Seconds between reads of RouteVersion (fractions allowed).")
+    var pollInterval: Double = 1
+
+    @Option(help: "Seconds between full reloads of RouteData.")
+    var fullReloadInterval: Double = 10
+
+    @Option(help: "I/O threads.")
+    var threads = 1
+
+    @OptionGroup var service: ServiceOptions
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
+        guard pollInterval > 0, pollInterval <= 3600 else { throw ValidationError("--poll-interval must be 0...3600 s") }
+        guard fullReloadInterval > 0 else { throw ValidationError("--full-reload-interval must be positive") }
+        guard (0...64).contains(threads) else { throw ValidationError("--threads must be 0...64, got \(threads)") }
+    }
+
+    func run() throws {
+        service.bootstrapLogging()
+        let logger = Logger(label: "switchyard.names")
+        let pool = try database.openReadyPool(logger: logger)
+        let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(logger: logger))
+        let termination = try TerminationWaiter(group: group, logger: logger)
+        let names = NameService(
+            group: group,
+            configuration: NameServiceConfiguration(
+                host: host, port: port, pollInterval: .seconds(pollInterval),
+                fullReloadInterval: .seconds(fullReloadInterval)),
+            pool: pool, logger: logger)
+        let address: SocketAddress
+        do {
+            address = try names.start()
+        } catch {
+            group.shutdown()
+            throw CommandFailure("names: cannot listen on \(host):\(port): \(error)")
+        }
+        announce("names listening on \(address) (db \(pool.url), polling every \(pollInterval) s)")
+        termination.wait()
+        names.shutdown()
+        group.shutdown()
+        try? runBlocking { await pool.close() }
+    }
+}
+
+/// The `--db` option of every command that touches the database.
+struct DatabaseOptions: ParsableArguments {
+    @Option(name: .customLong("db"),
+            help: "Database URL: sqlite:FILE, mysql://user:pass@host:port/db or postgres://user:pass@host:port/db.")
+    var url = "sqlite:switchyard.sqlite"
+
+    /// Opens a pool and creates the Lars tables when missing; a bad URL or an unreachable database is a
+    /// `CommandFailure` with the reason.
+    func openReadyPool(logger: Logger) throws -> ConnectionPool {
+        let pool: ConnectionPool
+        do {
+            pool = try ConnectionPool(
+                url: url,
+                configuration: PoolConfiguration(minConnections: 0, maxConnections: 4, acquireTimeout: .seconds(5),
+                                                 connectTimeout: .seconds(5)),
+                logger: logger)
+        } catch {
+            throw CommandFailure("\(error)")
+        }
+        do {
+            try runBlocking { try await RouteSchema.create(on: pool) }
+        } catch {
+            try? runBlocking { await pool.close() }
+            throw CommandFailure("cannot use the database \(pool.url): \(error)")
+        }
+        return pool
+    }
+}
+
+/// An error whose description is the whole message (ArgumentParser prints "Error: ..." and exits with 1).
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Runs async work from a synchronous command (on the main thread, never a loop) and waits for its result.
+func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let result = Mutex<Result<T, any Error>?>(nil)
+    let done = DispatchSemaphore(value: 0)
+    Task.detached {
+        let outcome: Result<T, any Error>
+        do { outcome = .success(try await body()) } catch { outcome = .failure(error) }
+        result.withLock { $0 = outcome }
+        done.signal()
+    }
+    done.wait()
+    return try result.withLock { $0! }.get()
+}
+
+extension Duration {
+    /// A duration from fractional seconds.
+    static func seconds(_ value: Double) -> Duration { .milliseconds(Int64((value * 1000).rounded())) }
+}

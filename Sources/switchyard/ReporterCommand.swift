@@ -1,0 +1,61 @@
+import ArgumentParser
+import Logging
+import NameService
+import Reactor
+
+struct ReporterCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reporter",
+        abstract: "Run the reporter: agents' call results are added up in ServerCallStatus, in batches."
+    )
+
+    @Option(help: "Address to bind.")
+    var host = "127.0.0.1"
+
+    @Option(help: "Port to bind (0: let the kernel pick; the bound address is printed).")
+    var port = 7779
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Option(help: "Reports held while the database is slow; the oldest are dropped beyond this.")
+    var queueCapacity = 10_000
+
+    @Option(help: "I/O threads.")
+    var threads = 1
+
+    @OptionGroup var service: ServiceOptions
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
+        guard queueCapacity > 0 else { throw ValidationError("--queue-capacity must be positive") }
+        guard (0...64).contains(threads) else { throw ValidationError("--threads must be 0...64, got \(threads)") }
+    }
+
+    func run() throws {
+        service.bootstrapLogging()
+        let logger = Logger(label: "switchyard.reporter")
+        let pool = try database.openReadyPool(logger: logger)
+        let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(logger: logger))
+        let termination = try TerminationWaiter(group: group, logger: logger)
+        let reporter = Reporter(
+            group: group, configuration: ReporterConfiguration(host: host, port: port, queueCapacity: queueCapacity),
+            pool: pool, logger: logger)
+        let address: SocketAddress
+        do {
+            address = try reporter.start()
+        } catch {
+            group.shutdown()
+            throw CommandFailure("reporter: cannot listen on \(host):\(port): \(error)")
+        }
+        announce("reporter listening on \(address) (db \(pool.url))")
+        termination.wait()
+        reporter.shutdown()
+        let stats = reporter.statistics
+        logger.info("reporter totals", metadata: [
+            "received": "\(stats.received)", "written": "\(stats.written)", "dropped": "\(stats.dropped)",
+            "failedWrites": "\(stats.failedWrites)",
+        ])
+        group.shutdown()
+        try? runBlocking { await pool.close() }
+    }
+}
