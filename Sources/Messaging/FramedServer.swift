@@ -1,5 +1,6 @@
 import Logging
 import Reactor
+import SwiftProtobuf
 import Synchronization
 
 /// Configuration of a `FramedServer`.
@@ -145,4 +146,24 @@ final class IdleReaper: @unchecked Sendable {
             connection.forceClose()
         }
     }
+}
+
+extension FramedServer {
+    /// Sends a frame to one connection by id. Safe to call from any thread. False if there is no such connection.
+    @discardableResult
+    public func sendFrame(to connectionID: UInt64, messageID: Int32, body: [UInt8]) -> Bool {
+        tcp.sendFrame(to: connectionID, messageID: messageID, body: body)
+    }
+
+    /// Sends a protobuf message to one connection by id. Safe to call from any thread.
+    @discardableResult
+    public func send<M: SwiftProtobuf.Message>(_ message: M, id: Int32, to connectionID: UInt64) -> Bool {
+        tcp.send(message, id: id, to: connectionID)
+    }
+
+    /// Sends a frame to every connection. Safe to call from any thread.
+    public func broadcastFrame(messageID: Int32, body: [UInt8]) { tcp.broadcastFrame(messageID: messageID, body: body) }
+
+    /// Sends a protobuf message to every connection. Safe to call from any thread.
+    public func broadcast<M: SwiftProtobuf.Message>(_ message: M, id: Int32) { tcp.broadcast(message, id: id) }
 }

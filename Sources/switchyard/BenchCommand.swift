@@ -82,13 +82,15 @@ struct FramedEchoServerCommand: ParsableCommand {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.bench")
         let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger))
+        // Before accepting, so an early client flood cannot take the descriptor signal handling needs.
+        let termination = try TerminationWaiter(group: group, logger: logger)
         let server = FramedServer(
             group: group,
             configuration: FramedServerConfiguration(server: ServerConfiguration(host: host, port: port, logger: logger)),
             router: EchoBenchmark.makeEchoRouter())
         let address = try server.start()
         announce("framed echo listening on \(address) (poller \(poller), \(threads) I/O threads)")
-        try waitForTermination(group: group, logger: logger)
+        termination.wait()
         server.shutdown(timeout: .seconds(5))
         group.shutdown()
     }
