@@ -227,9 +227,9 @@ public final class Reporter: Sendable {
 
         /// Queues a report's rows. Loop thread (any thread); a short lock, no I/O.
         func enqueue(_ report: Lars_ReportStatusRequest) {
-            received.wrappingAdd(1, ordering: .relaxed)
             let rows = Reporter.rows(of: report, now: UInt32(truncatingIfNeeded: time(nil)))
             queue.withLock { _ = $0.append(rows) }
+            received.wrappingAdd(1, ordering: .releasing)
         }
 
         /// Takes whole reports from the queue until `batchRows` rows are taken (at least one report).

@@ -1,0 +1,245 @@
+import Foundation
+import LoadBalancing
+import Logging
+import Messaging
+import NameService
+import Reactor
+import Storage
+import Synchronization
+import Testing
+
+/// Every socket suite of this target nests here, so they run one at a time (the name service's polling task,
+/// the pools' threads and the child processes share the machine's few cores).
+@Suite("Name service and reporter over real sockets", .serialized)
+enum NameServiceSocketTests {}
+
+/// A test failure with a message.
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The databases the tests run on: a temporary SQLite file always; MySQL and PostgreSQL when their URL is in the
+/// environment (SWITCHYARD_TEST_MYSQL_URL, SWITCHYARD_TEST_POSTGRES_URL) and their driver is in this build.
+enum TestDatabase: String, CustomStringConvertible, Sendable {
+    case sqlite
+    case mysql
+    case postgres
+
+    var description: String { rawValue }
+
+    static var all: [TestDatabase] {
+        var result: [TestDatabase] = [.sqlite]
+        if serverURL("SWITCHYARD_TEST_MYSQL_URL", .mysql) != nil { result.append(.mysql) }
+        if serverURL("SWITCHYARD_TEST_POSTGRES_URL", .postgres) != nil { result.append(.postgres) }
+        return result
+    }
+
+    private static func serverURL(_ variable: String, _ driver: DatabaseURL.Driver) -> String? {
+        guard driver.isAvailable, let url = ProcessInfo.processInfo.environment[variable], !url.isEmpty else {
+            return nil
+        }
+        return url
+    }
+
+    /// A URL: a fresh SQLite file, or the server's database (shared: tests use their own modids).
+    func url() -> String {
+        switch self {
+        case .sqlite: return "sqlite:" + temporaryFile("ns").path
+        case .mysql: return Self.serverURL("SWITCHYARD_TEST_MYSQL_URL", .mysql)!
+        case .postgres: return Self.serverURL("SWITCHYARD_TEST_POSTGRES_URL", .postgres)!
+        }
+    }
+}
+
+/// A path in a per-run temporary folder.
+func temporaryFile(_ prefix: String, _ suffix: String = ".sqlite") -> URL {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-nameservice-tests")
+    try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    return dir.appendingPathComponent("\(prefix)-\(UUID().uuidString)\(suffix)")
+}
+
+/// A module id no other test run uses (server databases are shared).
+func uniqueModid() -> Int32 { Int32.random(in: 100_000...2_000_000_000) }
+
+let quietLogger: Logger = {
+    var logger = Logger(label: "nameservice-tests")
+    logger.logLevel = .warning
+    return logger
+}()
+
+/// A pool on `url` with the Lars tables created.
+func makePool(_ url: String, _ configuration: PoolConfiguration = PoolConfiguration(minConnections: 0))
+    async throws -> ConnectionPool
+{
+    let pool = try ConnectionPool(url: url, configuration: configuration, logger: quietLogger)
+    try await RouteSchema.create(on: pool)
+    return pool
+}
+
+/// Records log messages (for "logged once" checks).
+final class LogRecorder: Sendable {
+    let messages = Mutex<[String]>([])
+
+    var logger: Logger {
+        Logger(label: "recorded") { _ in Handler(recorder: self) }
+    }
+
+    func count(containing text: String) -> Int {
+        messages.withLock { $0.filter { $0.contains(text) }.count }
+    }
+
+    struct Handler: LogHandler {
+        let recorder: LogRecorder
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .info
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) {
+            recorder.messages.withLock { $0.append(event.message.description) }
+        }
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
+func eventually(timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return try await condition()
+}
+
+/// The next frame of a client, or nil when none arrives within `timeout`.
+func nextFrame(_ client: AsyncFrameClient, timeout: Duration = .seconds(5)) async throws -> InboundFrame? {
+    try await withThrowingTaskGroup(of: InboundFrame?.self) { group in
+        group.addTask {
+            var iterator = client.frames.makeAsyncIterator()
+            return try await iterator.next()
+        }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        let first = try await group.next() ?? nil
+        group.cancelAll()
+        return first
+    }
+}
+
+/// Frames until one satisfies `match` (others are skipped), or nil after `timeout`.
+func nextFrame(_ client: AsyncFrameClient, timeout: Duration = .seconds(5),
+               where match: (InboundFrame) throws -> Bool) async throws -> InboundFrame? {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        guard let frame = try await nextFrame(client, timeout: deadline - ContinuousClock.now) else { return nil }
+        if try match(frame) { return frame }
+    }
+    return nil
+}
+
+/// The hosts of a GetRouteResponse frame.
+func routeHosts(_ frame: InboundFrame) throws -> [LoadBalancing.Host] {
+    let response = try frame.decode(as: Lars_GetRouteResponse.self)
+    return response.host.compactMap { LoadBalancing.Host(wireIP: $0.ip, wirePort: $0.port) }
+}
+
+/// A name service on a fresh group and port 0, stopped (with its group) by `stop()`.
+final class RunningNameService: Sendable {
+    let group: EventLoopGroup
+    let service: NameService
+    let port: Int
+
+    init(pool: ConnectionPool, pollInterval: Duration = .milliseconds(100), logger: Logger = quietLogger) throws {
+        group = try EventLoopGroup(ioLoops: 1)
+        service = NameService(
+            group: group,
+            configuration: NameServiceConfiguration(port: 0, pollInterval: pollInterval),
+            pool: pool, logger: logger)
+        port = Int(try service.start().port)
+    }
+
+    /// A client connected to the service on the group's loop.
+    func client() async throws -> AsyncFrameClient {
+        try await AsyncFrameClient.connect(port: port, loop: group.next())
+    }
+
+    func stop() async {
+        await onThread { [self] in
+            service.shutdown()
+            group.shutdown()
+        }
+    }
+}
+
+/// Runs blocking work on its own thread (never on the concurrency pool the services' tasks need).
+func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        let thread = Thread { continuation.resume(returning: body()) }
+        thread.start()
+    }
+}
+
+/// Sends a GetRouteRequest.
+func askRoute(_ client: AsyncFrameClient, _ key: RouteKey) async throws {
+    var request = Lars_GetRouteRequest()
+    request.modid = key.modid
+    request.cmdid = key.cmdid
+    try await client.send(request, id: MessageID.getRouteRequest)
+}
+
+/// The switchyard executable built beside the test bundle.
+func switchyardExecutable() -> String {
+    let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    var dir = exe.deletingLastPathComponent()
+    // The test runner may live inside a bundle folder; walk up to the build folder.
+    for _ in 0..<4 {
+        let candidate = dir.appendingPathComponent("switchyard").path
+        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        dir = dir.deletingLastPathComponent()
+    }
+    return dir.appendingPathComponent("switchyard").path
+}
+
+/// What a finished child process printed.
+struct ChildOutput: Sendable {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs `switchyard` with arguments to completion (killed after `timeout`).
+func runSwitchyard(_ arguments: [String], timeout: Duration = .seconds(60)) async throws -> ChildOutput {
+    let exe = switchyardExecutable()
+    guard FileManager.default.isExecutableFile(atPath: exe) else {
+        throw TestFailure("switchyard executable not found at \(exe); run `swift build` before `swift test`")
+    }
+    let seconds = Double(timeout.components.seconds)
+    return await onThread {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: exe)
+        process.arguments = arguments
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        do { try process.run() } catch {
+            return ChildOutput(status: -1, stdout: "", stderr: "cannot run: \(error)")
+        }
+        let killer = DispatchWorkItem { if process.isRunning { process.terminate() } }
+        DispatchQueue.global().asyncAfter(deadline: .now() + seconds, execute: killer)
+        // Read both pipes to the end before waiting, so a chatty child never blocks on a full pipe.
+        let errData = Mutex<Data>(Data())
+        let errReader = Thread { errData.withLock { $0 = err.fileHandleForReading.readDataToEndOfFile() } }
+        errReader.start()
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        killer.cancel()
+        while errReader.isExecuting || !errReader.isFinished { usleep(1000) }
+        return ChildOutput(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                           stderr: String(decoding: errData.withLock { $0 }, as: UTF8.self))
+    }
+}
