@@ -1,0 +1,202 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import LoadBalancing
+
+/// Configuration of a `LoadBalanceAgent`, with the defaults of PROTOCOL.md.
+public struct AgentConfiguration: Sendable {
+    /// Address the three UDP ports bind to.
+    public var host: String
+    /// The UDP ports (0: the kernel picks). A client sends a request for (modid, cmdid) to
+    /// `ports[(modid + cmdid) % ports.count]`. Default 8888, 8889, 8890.
+    public var ports: [Int]
+    /// The name service (TCP), asked for routes. Default 127.0.0.1:7778.
+    public var nameServiceHost: String
+    public var nameServicePort: Int
+    /// The reporter (TCP), sent aggregated call results. Default 127.0.0.1:7779.
+    public var reporterHost: String
+    public var reporterPort: Int
+    /// Reports are aggregated per module and sent at most once per interval. Default 1 s.
+    public var reportInterval: Duration
+    /// The `caller` field of reports (the reporter keeps results per caller). Default: this process's id.
+    public var caller: Int32
+    /// When set, routes are saved to this file on every change and loaded at start, so a restarted agent serves
+    /// while the name service is down.
+    public var routeCacheFile: String?
+    /// A module whose route request got no answer is asked again after this long. Default 1 s.
+    public var routeRetryInterval: Duration
+    /// First and largest delay between reconnects to the name service and the reporter.
+    public var initialBackoff: Duration
+    public var maxBackoff: Duration
+    /// The balancers' settings (update_timeout: how often a module's route is asked again).
+    public var balancer: BalancerSettings
+
+    public init(
+        host: String = "127.0.0.1",
+        ports: [Int] = [8888, 8889, 8890],
+        nameServiceHost: String = "127.0.0.1",
+        nameServicePort: Int = 7778,
+        reporterHost: String = "127.0.0.1",
+        reporterPort: Int = 7779,
+        reportInterval: Duration = .seconds(1),
+        caller: Int32 = Int32(getpid()),
+        routeCacheFile: String? = nil,
+        routeRetryInterval: Duration = .seconds(1),
+        initialBackoff: Duration = .milliseconds(100),
+        maxBackoff: Duration = .seconds(5),
+        balancer: BalancerSettings = BalancerSettings()
+    ) {
+        self.host = host
+        self.ports = ports
+        self.nameServiceHost = nameServiceHost
+        self.nameServicePort = nameServicePort
+        self.reporterHost = reporterHost
+        self.reporterPort = reporterPort
+        self.reportInterval = reportInterval
+        self.caller = caller
+        self.routeCacheFile = routeCacheFile
+        self.routeRetryInterval = routeRetryInterval
+        self.initialBackoff = initialBackoff
+        self.maxBackoff = maxBackoff
+        self.balancer = balancer
+    }
+
+    /// Problems that make the configuration unusable, empty when it is fine.
+    public var problems: [String] {
+        var out = balancer.problems
+        if ports.isEmpty { out.append("at least one agent port is needed") }
+        for p in ports where !(0...65535).contains(p) { out.append("port \(p) is not 0...65535") }
+        if !(1...65535).contains(nameServicePort) { out.append("name service port \(nameServicePort) is not 1...65535") }
+        if !(1...65535).contains(reporterPort) { out.append("reporter port \(reporterPort) is not 1...65535") }
+        if reportInterval <= .zero { out.append("report interval must be positive") }
+        return out
+    }
+}
+
+/// Errors of a configuration file.
+public enum AgentConfigurationError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// A line is not `key = value`, or its key is unknown, or its value does not parse.
+    case badLine(line: Int, text: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .badLine(let line, let text, let reason): return "line \(line) '\(text)': \(reason)"
+        }
+    }
+}
+
+extension AgentConfiguration {
+    /// The keys of a configuration file (Lars's names for the balancer settings).
+    public static let fileKeys = [
+        "host", "ports", "names", "reporter", "report_interval_ms", "caller", "route_cache",
+        "probe_num", "init_succ_cnt", "init_err_cnt", "err_rate", "succ_rate", "contin_err_limit",
+        "contin_succ_limit", "window_err_rate", "idle_timeout", "overload_timeout", "update_timeout",
+    ]
+
+    /// Applies a configuration file: `key = value` lines, `#` comments, blank lines ignored. Durations
+    /// (`idle_timeout`, `overload_timeout`, `update_timeout`) are seconds; `names` and `reporter` are HOST:PORT;
+    /// `ports` is a comma-separated list.
+    public mutating func apply(configurationText text: String) throws(AgentConfigurationError) {
+        for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            var line = Substring(rawLine)
+            if let hash = line.firstIndex(of: "#") { line = line[..<hash] }
+            let trimmed = line.trimmingWhitespace
+            if trimmed.isEmpty { continue }
+            guard let eq = trimmed.firstIndex(of: "=") else {
+                throw .badLine(line: index + 1, text: trimmed, reason: "expected key = value")
+            }
+            let key = String(trimmed[..<eq]).trimmingWhitespace
+            let value = String(trimmed[trimmed.index(after: eq)...]).trimmingWhitespace
+            if let reason = apply(key: key, value: value) {
+                throw .badLine(line: index + 1, text: trimmed, reason: reason)
+            }
+        }
+    }
+
+    /// Applies one setting; returns why it failed, nil when it was applied.
+    public mutating func apply(key: String, value: String) -> String? {
+        func int<T: FixedWidthInteger>(_: T.Type) -> T? { T(value) }
+        func rate() -> Double? { Double(value).flatMap { (0...1).contains($0) ? $0 : nil } }
+        func seconds() -> Duration? { Double(value).flatMap { $0 > 0 ? .milliseconds(Int64($0 * 1000)) : nil } }
+        switch key {
+        case "host": host = value
+        case "ports":
+            let list = value.split(separator: ",").map { Int($0.trimmingWhitespace) }
+            guard !list.isEmpty, list.allSatisfy({ $0 != nil }) else { return "expected ports like 8888,8889,8890" }
+            ports = list.map { $0! }
+        case "names", "reporter":
+            guard let colon = value.lastIndex(of: ":"), let port = Int(value[value.index(after: colon)...]) else {
+                return "expected HOST:PORT"
+            }
+            if key == "names" {
+                nameServiceHost = String(value[..<colon]); nameServicePort = port
+            } else {
+                reporterHost = String(value[..<colon]); reporterPort = port
+            }
+        case "report_interval_ms":
+            guard let v = int(Int64.self), v > 0 else { return "expected a positive number of milliseconds" }
+            reportInterval = .milliseconds(v)
+        case "caller":
+            guard let v = int(Int32.self) else { return "expected an int32" }
+            caller = v
+        case "route_cache": routeCacheFile = value.isEmpty ? nil : value
+        case "probe_num":
+            guard let v = int(Int.self), v >= 1 else { return "expected an integer >= 1" }
+            balancer.probeNum = v
+        case "init_succ_cnt":
+            guard let v = int(UInt32.self) else { return "expected a count" }
+            balancer.initSuccCount = v
+        case "init_err_cnt":
+            guard let v = int(UInt32.self) else { return "expected a count" }
+            balancer.initErrCount = v
+        case "contin_err_limit":
+            guard let v = int(UInt32.self), v >= 1 else { return "expected a count >= 1" }
+            balancer.continErrLimit = v
+        case "contin_succ_limit":
+            guard let v = int(UInt32.self), v >= 1 else { return "expected a count >= 1" }
+            balancer.continSuccLimit = v
+        case "err_rate":
+            guard let v = rate() else { return "expected a rate 0...1" }
+            balancer.errRate = v
+        case "succ_rate":
+            guard let v = rate() else { return "expected a rate 0...1" }
+            balancer.succRate = v
+        case "window_err_rate":
+            guard let v = rate() else { return "expected a rate 0...1" }
+            balancer.windowErrRate = v
+        case "idle_timeout":
+            guard let v = seconds() else { return "expected positive seconds" }
+            balancer.idleTimeout = v
+        case "overload_timeout":
+            guard let v = seconds() else { return "expected positive seconds" }
+            balancer.overloadTimeout = v
+        case "update_timeout":
+            guard let v = seconds() else { return "expected positive seconds" }
+            balancer.updateTimeout = v
+        default:
+            return "unknown key (known: \(Self.fileKeys.joined(separator: ", ")))"
+        }
+        return nil
+    }
+}
+
+extension StringProtocol {
+    var trimmingWhitespace: String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" || f == "\r" { s.removeFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\r" { s.removeLast() }
+        return String(s)
+    }
+}
+
+extension Duration {
+    var nanoseconds: UInt64 {
+        let (s, atto) = components
+        return s < 0 ? 0 : UInt64(s) * 1_000_000_000 + UInt64(max(0, atto) / 1_000_000_000)
+    }
+
+    var milliseconds: Int64 {
+        let (s, atto) = components
+        return s * 1000 + atto / 1_000_000_000_000_000
+    }
+}

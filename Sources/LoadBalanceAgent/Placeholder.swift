@@ -1,2 +1,0 @@
-// Placeholder until the LoadBalanceAgent sources land.
-enum LoadBalanceAgentPlaceholder {}

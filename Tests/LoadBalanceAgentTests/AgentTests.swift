@@ -1,0 +1,147 @@
+import Foundation
+import LoadBalanceAgent
+import LoadBalancing
+import Messaging
+import Reactor
+import Testing
+
+let h1 = LoadBalancing.Host(ip: 0x0A00_0001, port: 9000)  // 10.0.0.1:9000
+let h2 = LoadBalancing.Host(ip: 0x0A00_0002, port: 9000)
+let h3 = LoadBalancing.Host(ip: 0x0A00_0003, port: 9001)
+let route12 = RouteKey(modid: 1, cmdid: 2)
+
+@Suite("Load-balance agent over real sockets", .serialized)
+struct AgentTests {
+    @Test("a new module: NOEXIST, then hosts once the name service answered", arguments: PollerKind.allCases)
+    func noexistThenSuccess(poller: PollerKind) async throws {
+        let world = try AgentWorld.make(poller: poller, routes: [route12: [h1, h2]])
+        defer { world.shutdown() }
+        let first = try await world.client.getHost(modid: 1, cmdid: 2)
+        #expect(first.retcode == LarsReturnCode.notExist && first.host == nil)
+        #expect(try await eventually { try await world.client.getHost(modid: 1, cmdid: 2).isSuccess })
+        var seen: Set<LoadBalancing.Host> = []
+        for _ in 0..<4 { seen.insert(try await world.client.getHost(modid: 1, cmdid: 2).host!) }
+        #expect(seen == [h1, h2])  // round robin over both
+        #expect(Set(try await world.client.getRoute(modid: 1, cmdid: 2)) == [h1, h2])
+        // A module the name service does not know stays NOEXIST.
+        _ = try await world.client.getHost(modid: 9, cmdid: 9)
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(try await world.client.getHost(modid: 9, cmdid: 9).retcode == LarsReturnCode.notExist)
+    }
+
+    @Test("a pushed route replaces the hosts: a removed host is no longer returned", arguments: PollerKind.allCases)
+    func pushReplacesHosts(poller: PollerKind) async throws {
+        let world = try AgentWorld.make(poller: poller, routes: [route12: [h1, h2]])
+        defer { world.shutdown() }
+        _ = try await world.client.getHost(modid: 1, cmdid: 2)
+        #expect(try await eventually { try await world.client.getRoute(modid: 1, cmdid: 2).count == 2 })
+        world.names.push(route12, [h1, h3])
+        #expect(try await eventually { Set(try await world.client.getRoute(modid: 1, cmdid: 2)) == [h1, h3] })
+        var seen: Set<LoadBalancing.Host> = []
+        for _ in 0..<20 { seen.insert(try await world.client.getHost(modid: 1, cmdid: 2).host!) }
+        #expect(seen == [h1, h3])
+        let balancer = await world.agent.balancerSnapshot(modid: 1, cmdid: 2)
+        #expect(balancer?.state(of: h2) == nil)
+    }
+
+    @Test("name service stopped: GetHost keeps answering from the known route", arguments: PollerKind.allCases)
+    func nameServiceDown(poller: PollerKind) async throws {
+        let world = try AgentWorld.make(poller: poller, routes: [route12: [h1]]) {
+            $0.balancer.updateTimeout = .milliseconds(100)  // refreshes hit the dead name service
+        }
+        defer { world.shutdown() }
+        _ = try await world.client.getHost(modid: 1, cmdid: 2)
+        #expect(try await eventually { try await world.client.getHost(modid: 1, cmdid: 2).isSuccess })
+        world.names.stop()
+        for _ in 0..<30 {
+            let r = try await world.client.getHost(modid: 1, cmdid: 2)
+            #expect(r.host == h1)
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    @Test("an agent restarted while the name service is down serves from its route file",
+          arguments: PollerKind.allCases)
+    func restartFromRouteFile(poller: PollerKind) async throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("lb-routes-\(UUID()).json").path
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        do {
+            let world = try AgentWorld.make(poller: poller, routes: [route12: [h1, h2]]) { $0.routeCacheFile = file }
+            _ = try await world.client.getHost(modid: 1, cmdid: 2)
+            #expect(try await eventually { try await world.client.getHost(modid: 1, cmdid: 2).isSuccess })
+            world.shutdown()
+        }
+        #expect(try RouteCacheFile(path: file).load() == [route12: [h1, h2]])
+        let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller))
+        defer { group.shutdown() }
+        let deadNames = try freeTCPPort()
+        let agent = LoadBalanceAgent(group: group, configuration: AgentConfiguration(
+            ports: [0, 0, 0], nameServicePort: deadNames, reporterPort: try freeTCPPort(), routeCacheFile: file),
+            logger: testLogger)
+        let ports = try agent.start().map { Int($0.port) }
+        defer { agent.shutdown() }
+        let client = try LoadBalanceClient(agentPorts: ports, timeout: .seconds(2))
+        defer { client.close() }
+        let first = try await client.getHost(modid: 1, cmdid: 2)
+        #expect(first.isSuccess && [h1, h2].contains(first.host!))
+        #expect(Set(try await client.getRoute(modid: 1, cmdid: 2)) == [h1, h2])
+    }
+
+    @Test("reports are aggregated per module and carry the right counts", arguments: PollerKind.allCases)
+    func reportsAggregated(poller: PollerKind) async throws {
+        let world = try AgentWorld.make(poller: poller, routes: [route12: [h1, h2]]) { $0.caller = 4242 }
+        defer { world.shutdown() }
+        _ = try await world.client.getHost(modid: 1, cmdid: 2)
+        #expect(try await eventually { try await world.client.getHost(modid: 1, cmdid: 2).isSuccess })
+        let start = ContinuousClock.now
+        for i in 0..<300 {
+            // h1: 300 successes; h2: 240 successes, 60 errors (every fifth call, never 10 in a row).
+            world.client.report(modid: 1, cmdid: 2, host: h1, success: true)
+            world.client.report(modid: 1, cmdid: 2, host: h2, retcode: i % 5 == 0 ? 1 : 0)
+            if i % 50 == 0 { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(try await eventually {
+            let t = world.reporter.snapshot
+            return t.succ[h1] == 300 && t.succ[h2] == 240 && t.err[h2] == 60
+        })
+        let elapsed = ContinuousClock.now - start
+        let t = world.reporter.snapshot
+        #expect(t.err[h1, default: 0] == 0)
+        // 600 ReportRequests; one ReportStatusRequest per module per 200 ms interval at most.
+        let intervals = Int(elapsed / .milliseconds(200)) + 2
+        #expect(t.requests <= intervals, "\(t.requests) reports in \(elapsed)")
+        #expect(t.requests < 600 / 20)
+        #expect(t.callers == [4242] && t.modules == [route12])
+    }
+
+    @Test("the client API names the agent address when nobody answers")
+    func clientTimeout() async throws {
+        let port = try freeTCPPort()  // UDP on the same number: nobody listens there either, most likely
+        let client = try LoadBalanceClient(agentPorts: [port, port, port], timeout: .milliseconds(200))
+        defer { client.close() }
+        let start = ContinuousClock.now
+        await #expect(throws: LoadBalanceClientError.timeout("no agent answered on 127.0.0.1:\(port) within 200 ms")) {
+            _ = try await client.getHost(modid: 1, cmdid: 2)
+        }
+        await #expect(throws: LoadBalanceClientError.timeout("no agent answered on 127.0.0.1:\(port) within 200 ms")) {
+            _ = try await client.getRoute(modid: 1, cmdid: 2)
+        }
+        #expect(ContinuousClock.now - start < .seconds(2))
+    }
+
+    @Test("configuration file: Lars keys, seconds, HOST:PORT")
+    func configurationFile() throws {
+        var c = AgentConfiguration()
+        try c.apply(configurationText: """
+            # agent
+            probe_num = 5
+            err_rate = 0.2
+            idle_timeout = 30
+            names = 10.0.0.9:7000
+            ports = 9000, 9001,9002
+            """)
+        #expect(c.balancer.probeNum == 5 && c.balancer.errRate == 0.2 && c.balancer.idleTimeout == .seconds(30))
+        #expect(c.nameServiceHost == "10.0.0.9" && c.nameServicePort == 7000 && c.ports == [9000, 9001, 9002])
+        #expect(throws: AgentConfigurationError.self) { try c.apply(configurationText: "probe_nom = 3") }
+    }
+}
