@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "LoadBalancing", targets: ["LoadBalancing"]),
         .library(name: "LoadBalanceAgent", targets: ["LoadBalanceAgent"]),
         .library(name: "NameService", targets: ["NameService"]),
+        .library(name: "Chat", targets: ["Chat"]),
         .executable(name: "switchyard", targets: ["switchyard"]),
     ],
     traits: [
@@ -22,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         // C shim: epoll, eventfd, timerfd, accept4, fd_set macros, signal-to-eventfd.
@@ -82,11 +84,23 @@ let package = Package(
         .target(
             name: "NameService",
             dependencies: [
-                "LoadBalancing", "Messaging", "Reactor", "Storage",
+                "LoadBalancing", "LoadBalanceAgent", "Messaging", "Reactor", "Storage",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
+        // Chat service (issue 7).
+        .target(
+            name: "Chat",
+            dependencies: [
+                "Messaging", "Reactor", "Storage",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
+        .testTarget(name: "ChatTests", dependencies: ["Chat", "Messaging", "Reactor", "Storage"]),
         .testTarget(name: "LoadBalancingTests", dependencies: ["LoadBalancing"]),
         .testTarget(name: "LoadBalanceAgentTests", dependencies: ["LoadBalanceAgent", "LoadBalancing", "Messaging", "Reactor"]),
         .testTarget(name: "NameServiceTests", dependencies: ["NameService", "LoadBalanceAgent", "Messaging", "Reactor", "Storage"]),
@@ -99,6 +113,7 @@ let package = Package(
                 "LoadBalancing",
                 "LoadBalanceAgent",
                 "NameService",
+                "Chat",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

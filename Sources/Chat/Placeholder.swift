@@ -1,0 +1,2 @@
+// Placeholder until the chat sources land.
+enum ChatPlaceholder {}
