@@ -49,9 +49,17 @@ import Testing
         #endif
     }
 
+    /// A backoff far longer than the test, so "inside the backoff" holds however slow the machine is.
+    static var longBackoff: PoolConfiguration {
+        var c = PoolConfiguration(minConnections: 0)
+        c.reconnectBackoff = .seconds(600)
+        c.maxReconnectBackoff = .seconds(600)
+        return c
+    }
+
     @Test func sqliteFileInMissingDirectoryFailsClearly() async throws {
         let pool = try ConnectionPool(url: "sqlite:/nonexistent-dir-\(UInt32.random(in: 0...UInt32.max))/x.db",
-                                      configuration: PoolConfiguration(minConnections: 0), logger: testLogger)
+                                      configuration: Self.longBackoff, logger: testLogger)
         let error = await expectStorageError("connectionFailed") { _ = try await pool.query("SELECT 1") }
         #expect(error?.message.contains("cannot open") == true)
         #expect(pool.statistics.failed == 1)
