@@ -1,0 +1,110 @@
+import ArgumentParser
+import Foundation
+import LoadBalanceAgent
+import Logging
+import Reactor
+
+struct AgentCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent",
+        abstract: "The load-balancing agent: GetHost, Report and GetRoute over UDP on three ports.",
+        discussion: """
+            Settings come from the defaults, then --config FILE (key = value lines with the keys of the flags below \
+            in Lars spelling: probe_num, err_rate, idle_timeout, names, ports, ...), then the flags.
+            """
+    )
+
+    @Option(help: "Address to bind.") var host: String?
+    @Option(help: "The three UDP ports, comma-separated (default 8888,8889,8890; 0: the kernel picks).")
+    var ports: String?
+    @Option(help: "Name service HOST:PORT (default 127.0.0.1:7778).") var names: String?
+    @Option(help: "Reporter HOST:PORT (default 127.0.0.1:7779).") var reporter: String?
+    @Option(help: "File the routes are saved to and loaded from at start.") var routeCache: String?
+    @Option(help: "A configuration file (key = value).") var config: String?
+    @Option(help: "Milliseconds between aggregated reports of a module (default 1000).") var reportIntervalMs: Int?
+    @Option(help: "The caller id in reports (default: the process id).") var caller: Int32?
+
+    @Option(help: "Every N-th request probes an overloaded host (default 10).") var probeNum: Int?
+    @Option(help: "Virtual successes of an idle host (default 180).") var initSuccCnt: UInt32?
+    @Option(help: "Virtual errors of an overloaded host (default 5).") var initErrCnt: UInt32?
+    @Option(help: "Virtual error rate above which an idle host is overloaded (default 0.1).") var errRate: Double?
+    @Option(help: "Virtual success rate above which an overloaded host is idle again (default 0.92).")
+    var succRate: Double?
+    @Option(help: "Consecutive errors that overload an idle host (default 10).") var continErrLimit: UInt32?
+    @Option(help: "Consecutive successes that bring an overloaded host back (default 10).") var continSuccLimit: UInt32?
+    @Option(help: "Real error rate over an idle window that overloads a host (default 0.7).") var windowErrRate: Double?
+    @Option(help: "Seconds of an idle host's window (default 15).") var idleTimeout: Double?
+    @Option(help: "Seconds after which an overloaded host is forced back to idle (default 15).")
+    var overloadTimeout: Double?
+    @Option(help: "Seconds after which a module's route is asked for again (default 15).") var updateTimeout: Double?
+
+    @Option(help: "I/O multiplexer: epoll, poll or select.") var poller: PollerKind = .epoll
+    @OptionGroup var service: ServiceOptions
+
+    func makeConfiguration() throws -> AgentConfiguration {
+        var configuration = AgentConfiguration()
+        if let config {
+            let text: String
+            do {
+                text = try String(contentsOfFile: config, encoding: .utf8)
+            } catch {
+                throw ValidationError("--config \(config): \(error.localizedDescription)")
+            }
+            do {
+                try configuration.apply(configurationText: text)
+            } catch {
+                throw ValidationError("--config \(config): \(error)")
+            }
+        }
+        let flags: [(String, String, String?)] = [
+            ("--host", "host", host), ("--ports", "ports", ports), ("--names", "names", names),
+            ("--reporter", "reporter", reporter), ("--route-cache", "route_cache", routeCache),
+            ("--report-interval-ms", "report_interval_ms", reportIntervalMs.map(String.init)),
+            ("--caller", "caller", caller.map(String.init)),
+            ("--probe-num", "probe_num", probeNum.map(String.init)),
+            ("--init-succ-cnt", "init_succ_cnt", initSuccCnt.map(String.init)),
+            ("--init-err-cnt", "init_err_cnt", initErrCnt.map(String.init)),
+            ("--err-rate", "err_rate", errRate.map { "\($0)" }),
+            ("--succ-rate", "succ_rate", succRate.map { "\($0)" }),
+            ("--contin-err-limit", "contin_err_limit", continErrLimit.map(String.init)),
+            ("--contin-succ-limit", "contin_succ_limit", continSuccLimit.map(String.init)),
+            ("--window-err-rate", "window_err_rate", windowErrRate.map { "\($0)" }),
+            ("--idle-timeout", "idle_timeout", idleTimeout.map { "\($0)" }),
+            ("--overload-timeout", "overload_timeout", overloadTimeout.map { "\($0)" }),
+            ("--update-timeout", "update_timeout", updateTimeout.map { "\($0)" }),
+        ]
+        for (flag, key, value) in flags {
+            guard let value else { continue }
+            if let problem = configuration.apply(key: key, value: value) {
+                throw ValidationError("\(flag) \(value): \(problem)")
+            }
+        }
+        let problems = configuration.problems
+        if !problems.isEmpty { throw ValidationError(problems.joined(separator: "; ")) }
+        return configuration
+    }
+
+    func validate() throws { _ = try makeConfiguration() }
+
+    func run() throws {
+        service.bootstrapLogging()
+        let logger = Logger(label: "switchyard.agent")
+        let configuration = try makeConfiguration()
+        let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller, logger: logger))
+        let termination = try TerminationWaiter(group: group, logger: logger)
+        let agent = LoadBalanceAgent(group: group, configuration: configuration, logger: logger)
+        let addresses: [SocketAddress]
+        do {
+            addresses = try agent.start()
+        } catch {
+            group.shutdown()
+            throw CleanExit.message("agent: cannot start: \(error)")
+        }
+        announce("agent listening on udp \(addresses.map(\.description).joined(separator: ",")) "
+                 + "(names \(configuration.nameServiceHost):\(configuration.nameServicePort), "
+                 + "reporter \(configuration.reporterHost):\(configuration.reporterPort))")
+        termination.wait()
+        agent.shutdown()
+        group.shutdown()
+    }
+}

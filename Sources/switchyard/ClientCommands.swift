@@ -1,0 +1,124 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import LoadBalanceAgent
+import LoadBalancing
+import Messaging
+
+/// Where the agent is: every operator command takes these.
+struct AgentAddressOptions: ParsableArguments {
+    @Option(help: "Agent address.") var agent = "127.0.0.1"
+    @Option(help: "The agent's three UDP ports, comma-separated.") var ports = "8888,8889,8890"
+    @Option(help: "Milliseconds to wait for the agent's answer.") var timeoutMs = 500
+
+    var portList: [Int] { ports.split(separator: ",").compactMap { Int($0.filter { $0 != " " }) } }
+
+    func validate() throws {
+        let list = portList
+        guard !list.isEmpty, list.count == ports.split(separator: ",").count,
+              list.allSatisfy({ (1...65535).contains($0) }) else {
+            throw ValidationError("--ports must be comma-separated ports 1...65535, got '\(ports)'")
+        }
+        guard timeoutMs > 0 else { throw ValidationError("--timeout-ms must be positive") }
+    }
+
+    func makeClient() throws -> LoadBalanceClient {
+        try LoadBalanceClient(agentHost: agent, agentPorts: portList, timeout: .milliseconds(timeoutMs))
+    }
+}
+
+/// An agent fetches a module it has never seen on the first request; operators want the answer after that.
+private func retrying<T>(for milliseconds: Int, until done: (T) -> Bool, _ body: () async throws -> T) async throws -> T {
+    let deadline = ContinuousClock.now + .milliseconds(milliseconds)
+    var result = try await body()
+    while !done(result) && ContinuousClock.now < deadline {
+        try await Task.sleep(for: .milliseconds(50))
+        result = try await body()
+    }
+    return result
+}
+
+/// Prints a line to stderr.
+private func printError(_ line: String) {
+    let bytes = Array((line + "\n").utf8)
+    _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+}
+
+struct GetHostCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gethost", abstract: "Ask the agent for a host of (modid, cmdid); exit 1 unless SUCC, 2 when no agent answers.")
+
+    @Option(help: "Module id.") var modid: Int32
+    @Option(help: "Command id.") var cmdid: Int32
+    @Option(help: "Keep asking while the agent answers NOEXIST (it fetches new modules), for this many ms.")
+    var retryMs = 1000
+    @OptionGroup var address: AgentAddressOptions
+
+    func run() async throws {
+        let client = try address.makeClient()
+        defer { client.close() }
+        do {
+            let result = try await retrying(for: retryMs, until: { $0.retcode != LarsReturnCode.notExist }) {
+                try await client.getHost(modid: modid, cmdid: cmdid)
+            }
+            announce(result.description)
+            if !result.isSuccess { throw ExitCode(1) }
+        } catch let error as LoadBalanceClientError {
+            printError("gethost: \(error)")
+            throw ExitCode(2)
+        }
+    }
+}
+
+struct ReportCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "report", abstract: "Tell the agent how a call to a host went (retcode 0: success).")
+
+    @Option(help: "Module id.") var modid: Int32
+    @Option(help: "Command id.") var cmdid: Int32
+    @Option(help: "The host's IPv4 address.") var ip: String
+    @Option(help: "The host's port.") var port: Int
+    @Option(help: "0 success, anything else a failure (1 overload).") var retcode: Int32 = 0
+    @OptionGroup var address: AgentAddressOptions
+
+    func validate() throws {
+        guard Host(address: ip, port: port) != nil else {
+            throw ValidationError("--ip must be a dotted quad and --port 0...65535, got \(ip):\(port)")
+        }
+    }
+
+    func run() async throws {
+        let client = try address.makeClient()
+        defer { client.close() }
+        let host = Host(address: ip, port: port)!
+        client.report(modid: modid, cmdid: cmdid, host: host, retcode: retcode)
+        announce("reported \(host) retcode \(retcode) for \(modid)/\(cmdid)")
+    }
+}
+
+struct GetRouteCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "getroute", abstract: "Print the hosts the agent knows for (modid, cmdid), one per line.")
+
+    @Option(help: "Module id.") var modid: Int32
+    @Option(help: "Command id.") var cmdid: Int32
+    @Option(help: "Keep asking while the route is empty (the agent fetches new modules), for this many ms.")
+    var retryMs = 1000
+    @OptionGroup var address: AgentAddressOptions
+
+    func run() async throws {
+        let client = try address.makeClient()
+        defer { client.close() }
+        do {
+            let hosts = try await retrying(for: retryMs, until: { !$0.isEmpty }) {
+                try await client.getRoute(modid: modid, cmdid: cmdid)
+            }
+            if hosts.isEmpty { announce("no hosts for \(modid)/\(cmdid)") }
+            for host in hosts { announce(host.description) }
+        } catch let error as LoadBalanceClientError {
+            printError("getroute: \(error)")
+            throw ExitCode(2)
+        }
+    }
+}
