@@ -57,6 +57,8 @@ public final class EventLoop: @unchecked Sendable {
 
     // Cross-thread state.
     private let pendingTasks = Mutex<[@Sendable () -> Void]>([])
+    /// Tasks in `pendingTasks`, readable without the lock (the loop checks it every iteration).
+    private let pendingCount = Atomic<Int>(0)
     private let wakeupPending = Atomic<Bool>(false)
     private let quitRequested = Atomic<Bool>(false)
     private let threadID = Atomic<Int32>(0)
@@ -194,7 +196,7 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     private func computeTimeoutMs() -> Int32 {
-        if pendingTasks.withLock({ !$0.isEmpty }) { return 0 }
+        if pendingCount.load(ordering: .acquiring) > 0 { return 0 }
         guard let ns = timers.nanosecondsUntilNext(now: sy_monotonic_ns()) else { return 10_000 }
         if ns == 0 { return 0 }
         // Round up so a timer is never woken for early.
@@ -206,7 +208,10 @@ public final class EventLoop: @unchecked Sendable {
     /// Runs `task` on the loop's thread: soon, in order with the other tasks posted from the same thread.
     /// Safe to call from any thread. From the loop thread itself the task runs after the current handler.
     public func execute(_ task: @escaping @Sendable () -> Void) {
-        pendingTasks.withLock { $0.append(task) }
+        pendingTasks.withLock {
+            $0.append(task)
+            pendingCount.wrappingAdd(1, ordering: .releasing)
+        }
         if !inLoopThread || runningTasks {
             wakeup()
         }
@@ -229,10 +234,12 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     private func runPendingTasks() {
+        if pendingCount.load(ordering: .acquiring) == 0 { return }
         let tasks = pendingTasks.withLock { tasks -> [@Sendable () -> Void] in
             if tasks.isEmpty { return [] }
             let taken = tasks
             tasks.removeAll(keepingCapacity: true)
+            pendingCount.store(0, ordering: .releasing)
             return taken
         }
         if tasks.isEmpty { return }
