@@ -83,6 +83,28 @@ public final class LoadBalanceAgent: Sendable {
         // Posted before the endpoint registers its sockets (same queue, in order): no request sees an empty table.
         loop.execute { core.loadCachedRoutes(routes) }
 
+        // The name service and reporter links exist (unconnected) before any datagram can reach the core, which
+        // reads them on its loop.
+        let namesRouter = MessageRouter<TCPConnection>()
+        try namesRouter.on(MessageID.getRouteResponse, as: Lars_GetRouteResponse.self) { response, _ in
+            core.routeArrived(response)
+        }
+        let names = try FramedClient(
+            loop: loop,
+            configuration: FramedClientConfiguration(client: clientConfiguration(
+                host: configuration.nameServiceHost, port: configuration.nameServicePort)),
+            router: namesRouter,
+            onConnect: { _ in core.nameServiceConnected() },
+            onClose: { _ in core.nameServiceLost() },
+            onConnectFailed: { _ in core.nameServiceLost() })
+        let reporter = try FramedClient(
+            loop: loop,
+            configuration: FramedClientConfiguration(client: clientConfiguration(
+                host: configuration.reporterHost, port: configuration.reporterPort)),
+            router: MessageRouter<TCPConnection>())
+        core.names = names
+        core.reporter = reporter
+
         let router = MessageRouter<UDPPeer>()
         try router.on(MessageID.getHostRequest, as: Lars_GetHostRequest.self) { request, message in
             core.getHost(request, from: message.connection)
@@ -95,33 +117,6 @@ public final class LoadBalanceAgent: Sendable {
         }
         let endpoint = try FramedUDPEndpoint(loop: loop, host: configuration.host, ports: configuration.ports,
                                              router: router, logger: logger)
-
-        let namesRouter = MessageRouter<TCPConnection>()
-        try namesRouter.on(MessageID.getRouteResponse, as: Lars_GetRouteResponse.self) { response, _ in
-            core.routeArrived(response)
-        }
-        let names: FramedClient
-        let reporter: FramedClient
-        do {
-            names = try FramedClient(
-                loop: loop,
-                configuration: FramedClientConfiguration(client: clientConfiguration(
-                    host: configuration.nameServiceHost, port: configuration.nameServicePort)),
-                router: namesRouter,
-                onConnect: { _ in core.nameServiceConnected() },
-                onClose: { _ in core.nameServiceLost() },
-                onConnectFailed: { _ in core.nameServiceLost() })
-            reporter = try FramedClient(
-                loop: loop,
-                configuration: FramedClientConfiguration(client: clientConfiguration(
-                    host: configuration.reporterHost, port: configuration.reporterPort)),
-                router: MessageRouter<TCPConnection>())
-        } catch {
-            endpoint.close()
-            throw error
-        }
-        core.names = names
-        core.reporter = reporter
         names.connect()
         reporter.connect()
         let refresh = min(configuration.routeRetryInterval, .seconds(1))

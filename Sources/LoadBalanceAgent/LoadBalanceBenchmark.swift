@@ -26,10 +26,43 @@ public enum LoadBalanceBenchmark {
         let total = Atomic<Int>(0)
         let failures = Atomic<Int>(0)
         let stop = Atomic<Bool>(false)
+
+        func count(_ result: GetHostResult) {
+            if result.host == nil { failures.wrappingAdd(1, ordering: .relaxed) }
+            total.wrappingAdd(1, ordering: .relaxed)
+        }
     }
 
-    /// Runs `clients` concurrent client loops (each its own client, socket and loop) for `seconds`.
-    public static func run(seconds: Int, clients: Int, poller: PollerKind = .epoll, logger: Logger,
+    private final class UncheckedClient: @unchecked Sendable {
+        // @unchecked Sendable: handed to exactly one thread, which is the only one to use it.
+        let client: BlockingLoadBalanceClient
+        init(_ client: BlockingLoadBalanceClient) { self.client = client }
+    }
+
+    /// Reports progress every second, then tells the clients to stop.
+    private static func tick(seconds: Int, start: ContinuousClock.Instant, counters: Counters,
+                             progress: @Sendable (Int, Int) -> Void) async throws {
+        var last = 0
+        for second in 1...max(1, seconds) {
+            try await Task.sleep(until: start + .seconds(second), clock: .continuous)
+            let now = counters.total.load(ordering: .relaxed)
+            progress(second, now - last)
+            last = now
+        }
+        counters.stop.store(true, ordering: .relaxed)
+    }
+
+    /// Which client API drives the agent.
+    public enum API: String, Sendable, CaseIterable {
+        /// `LoadBalanceClient` from async tasks (each client its own socket and loop).
+        case async
+        /// `BlockingLoadBalanceClient` from threads (each thread its own client and socket).
+        case blocking
+    }
+
+    /// Runs `clients` concurrent clients for `seconds`, each calling GetHost then Report in a loop.
+    public static func run(seconds: Int, clients: Int, api: API = .async, poller: PollerKind = .epoll,
+                           logger: Logger,
                            progress: @Sendable (Int, Int) -> Void = { _, _ in }) async throws -> Result {
         let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller))
         defer { group.shutdown() }
@@ -58,33 +91,47 @@ public enum LoadBalanceBenchmark {
         let ports = try agent.start().map { Int($0.port) }
         defer { agent.shutdown() }
 
-        let clientObjects = try (0..<clients).map { _ in try LoadBalanceClient(agentPorts: ports) }
-        defer { for c in clientObjects { c.close() } }
         let counters = Counters()
         let start = ContinuousClock.now
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            for client in clientObjects {
-                tasks.addTask {
-                    while !counters.stop.load(ordering: .relaxed) {
-                        let result = try await client.getHost(modid: 1, cmdid: 1)
-                        if let host = result.host {
-                            client.report(modid: 1, cmdid: 1, host: host, success: true)
-                        } else {
-                            counters.failures.wrappingAdd(1, ordering: .relaxed)
+        switch api {
+        case .async:
+            let clientObjects = try (0..<clients).map { _ in try LoadBalanceClient(agentPorts: ports) }
+            defer { for c in clientObjects { c.close() } }
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                for client in clientObjects {
+                    tasks.addTask {
+                        while !counters.stop.load(ordering: .relaxed) {
+                            let result = try await client.getHost(modid: 1, cmdid: 1)
+                            counters.count(result)
+                            if let host = result.host { client.report(modid: 1, cmdid: 1, host: host, success: true) }
                         }
-                        counters.total.wrappingAdd(1, ordering: .relaxed)
                     }
                 }
+                try await tick(seconds: seconds, start: start, counters: counters, progress: progress)
+                try await tasks.waitForAll()
             }
-            var last = 0
-            for second in 1...max(1, seconds) {
-                try await Task.sleep(until: start + .seconds(second), clock: .continuous)
-                let now = counters.total.load(ordering: .relaxed)
-                progress(second, now - last)
-                last = now
+        case .blocking:
+            let done = DispatchGroup()
+            for _ in 0..<clients {
+                let client = try BlockingLoadBalanceClient(agentPorts: ports)
+                done.enter()
+                // @unchecked Sendable box: the client moves to its thread and is used there only.
+                let box = UncheckedClient(client)
+                Thread {
+                    defer { done.leave() }
+                    let client = box.client
+                    while !counters.stop.load(ordering: .relaxed) {
+                        guard let result = try? client.getHost(modid: 1, cmdid: 1) else {
+                            counters.failures.wrappingAdd(1, ordering: .relaxed)
+                            continue
+                        }
+                        counters.count(result)
+                        if let host = result.host { client.report(modid: 1, cmdid: 1, host: host, success: true) }
+                    }
+                }.start()
             }
-            counters.stop.store(true, ordering: .relaxed)
-            try await tasks.waitForAll()
+            try await tick(seconds: seconds, start: start, counters: counters, progress: progress)
+            await withCheckedContinuation { c in done.notify(queue: .global()) { c.resume() } }
         }
         let elapsed = ContinuousClock.now - start
         // Let the last aggregated report go out.

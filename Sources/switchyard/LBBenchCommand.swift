@@ -12,6 +12,8 @@ struct LBBenchCommand: AsyncParsableCommand {
     @Option(help: "Seconds to run.") var seconds = 5
     @Option(help: "Concurrent clients (each its own socket and loop thread).") var threads = 1
     @Option(help: "Poller of the agent and the clients.") var poller: PollerKind = .epoll
+    @Option(help: "Client API: async (LoadBalanceClient from tasks) or blocking (BlockingLoadBalanceClient, a thread each).")
+    var api: LoadBalanceBenchmark.API = .async
 
     func validate() throws {
         guard seconds > 0 && seconds <= 3600 else { throw ValidationError("--seconds must be 1...3600") }
@@ -20,8 +22,8 @@ struct LBBenchCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = Logger(label: "switchyard.bench.lb", factory: { _ in SwiftLogNoOpLogHandler() })
-        announce("lb: \(threads) client(s), \(seconds) s, GetHost + Report through an in-process agent")
-        let result = try await LoadBalanceBenchmark.run(seconds: seconds, clients: threads, poller: poller,
+        announce("lb: \(threads) \(api) client(s), \(seconds) s, GetHost + Report through an in-process agent")
+        let result = try await LoadBalanceBenchmark.run(seconds: seconds, clients: threads, api: api, poller: poller,
                                                         logger: logger) { second, calls in
             announce("second \(second): \(calls) calls/s")
         }
@@ -30,3 +32,5 @@ struct LBBenchCommand: AsyncParsableCommand {
                  + " covering \(result.reportedCalls) calls)")
     }
 }
+
+extension LoadBalanceBenchmark.API: ExpressibleByArgument {}

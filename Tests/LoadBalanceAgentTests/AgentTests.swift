@@ -129,6 +129,26 @@ struct AgentTests {
         #expect(ContinuousClock.now - start < .seconds(2))
     }
 
+    @Test("the blocking client: same answers, same timeout error", arguments: PollerKind.allCases)
+    func blockingClient(poller: PollerKind) async throws {
+        let world = try AgentWorld.make(poller: poller, routes: [route12: [h1, h2]])
+        defer { world.shutdown() }
+        let client = try BlockingLoadBalanceClient(agentPorts: world.ports, timeout: .seconds(2))
+        #expect(try client.getHost(modid: 1, cmdid: 2).retcode == LarsReturnCode.notExist)
+        #expect(try await eventually { try client.getHost(modid: 1, cmdid: 2).isSuccess })
+        #expect(Set((0..<4).compactMap { _ in try? client.getHost(modid: 1, cmdid: 2).host }) == [h1, h2])
+        #expect(Set(try client.getRoute(modid: 1, cmdid: 2)) == [h1, h2])
+        client.report(modid: 1, cmdid: 2, host: h1, success: false)
+        #expect(try await eventually {
+            await world.agent.balancerSnapshot(modid: 1, cmdid: 2)?.state(of: h1)?.consecutiveErrors == 1
+        })
+        let port = try freeTCPPort()
+        let lonely = try BlockingLoadBalanceClient(agentPorts: [port], timeout: .milliseconds(100))
+        #expect(throws: LoadBalanceClientError.timeout("no agent answered on 127.0.0.1:\(port) within 100 ms")) {
+            _ = try lonely.getHost(modid: 1, cmdid: 2)
+        }
+    }
+
     @Test("configuration file: Lars keys, seconds, HOST:PORT")
     func configurationFile() throws {
         var c = AgentConfiguration()

@@ -1,0 +1,134 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import LoadBalancing
+import Messaging
+import Reactor
+
+/// The client API for one thread that can block (Lars's API style): each call sends from the caller's thread and
+/// waits for the reply on the caller's own UDP socket, so a call costs two thread wake-ups (agent, caller) instead
+/// of the four of the async client's loop and executor hops. Give each thread its own instance.
+///
+/// Same wire, same port choice and same errors as `LoadBalanceClient`. Not for async code (it blocks the thread):
+/// use `LoadBalanceClient` there. Not thread-safe: one thread at a time.
+public final class BlockingLoadBalanceClient {
+    public let agentHost: String
+    public let agentPorts: [Int]
+    public let timeout: Duration
+    private let addresses: [SocketAddress]
+    private let fd: Int32
+    private var sequence: UInt32 = 0
+    private var buffer = [UInt8](repeating: 0, count: 65_536)
+
+    public init(agentHost: String = "127.0.0.1", agentPorts: [Int] = [8888, 8889, 8890],
+                timeout: Duration = .milliseconds(500)) throws {
+        precondition(!agentPorts.isEmpty, "agentPorts must not be empty")
+        self.agentHost = agentHost
+        self.agentPorts = agentPorts
+        self.timeout = timeout
+        addresses = try agentPorts.map { try SocketAddress(host: agentHost, port: $0) }
+        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { throw IOError(errnoCode: errno, call: "socket udp") }
+    }
+
+    deinit { close(fd) }
+
+    private func address(modid: Int32, cmdid: Int32) -> SocketAddress {
+        let n = addresses.count
+        return addresses[(((Int(modid) + Int(cmdid)) % n) + n) % n]
+    }
+
+    private func send(_ frame: [UInt8], to address: SocketAddress) {
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = address.port.bigEndian
+        sin.sin_addr.s_addr = address.ip.bigEndian
+        _ = frame.withUnsafeBytes { raw in
+            withUnsafePointer(to: &sin) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(fd, raw.baseAddress, raw.count, Int32(MSG_NOSIGNAL), $0,
+                           socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+        }
+    }
+
+    /// Waits for a frame accepted by `match` (stale replies of earlier, timed-out calls are skipped).
+    private func receive<R>(port: UInt16, _ match: (Int32, UnsafeRawBufferPointer) -> R?) throws -> R {
+        let deadline = SystemInfo.monotonicNanoseconds() &+ timeout.nanoseconds
+        while true {
+            let now = SystemInfo.monotonicNanoseconds()
+            guard now < deadline else {
+                throw LoadBalanceClientError.timeout(
+                    "no agent answered on \(agentHost):\(port) within \(timeout.milliseconds) ms")
+            }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let waitMs = Int32(min((deadline - now + 999_999) / 1_000_000, 60_000))
+            let ready = poll(&pfd, 1, waitMs)
+            if ready <= 0 { continue }  // timeout (checked above), EINTR
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if n < 0 { continue }  // EAGAIN, EINTR, or an ICMP error (nobody on the port): wait on
+            let result = buffer.withUnsafeBytes { raw -> R? in
+                guard case .success(let frame) = FrameParser.parseDatagram(UnsafeRawBufferPointer(rebasing:
+                    raw[0..<n])) else { return nil }
+                return match(frame.messageID, frame.body)
+            }
+            if let result { return result }
+        }
+    }
+
+    /// Asks the agent for a host of (modid, cmdid); blocks up to `timeout`.
+    public func getHost(modid: Int32, cmdid: Int32) throws -> GetHostResult {
+        sequence &+= 1
+        let seq = sequence
+        var request = Lars_GetHostRequest()
+        request.seq = seq
+        request.modid = modid
+        request.cmdid = cmdid
+        let destination = address(modid: modid, cmdid: cmdid)
+        send(FrameParser.encode(messageID: MessageID.getHostRequest, body: try request.serializedBytes() as [UInt8]),
+             to: destination)
+        let response = try receive(port: destination.port) { id, body -> Lars_GetHostResponse? in
+            guard id == MessageID.getHostResponse,
+                  let r = try? Lars_GetHostResponse(serializedBytes: body), r.seq == seq else { return nil }
+            return r
+        }
+        let host = response.hasHost ? Host(wireIP: response.host.ip, wirePort: response.host.port) : nil
+        return GetHostResult(retcode: response.retcode, host: response.retcode == 0 ? host : nil)
+    }
+
+    /// Tells the agent how a call to `host` went (retcode 0: success). Fire and forget.
+    public func report(modid: Int32, cmdid: Int32, host: Host, retcode: Int32) {
+        var request = Lars_ReportRequest()
+        request.modid = modid
+        request.cmdid = cmdid
+        var info = Lars_HostInfo()
+        info.ip = host.wireIP
+        info.port = Int32(host.port)
+        request.host = info
+        request.retcode = retcode
+        guard let body: [UInt8] = try? request.serializedBytes() else { return }
+        send(FrameParser.encode(messageID: MessageID.reportRequest, body: body), to: address(modid: modid, cmdid: cmdid))
+    }
+
+    /// Tells the agent whether a call to `host` succeeded. Fire and forget.
+    public func report(modid: Int32, cmdid: Int32, host: Host, success: Bool) {
+        report(modid: modid, cmdid: cmdid, host: host, retcode: success ? 0 : 1)
+    }
+
+    /// The hosts of (modid, cmdid) as the agent knows them; blocks up to `timeout`.
+    public func getRoute(modid: Int32, cmdid: Int32) throws -> [Host] {
+        var request = Lars_GetRouteRequest()
+        request.modid = modid
+        request.cmdid = cmdid
+        let destination = address(modid: modid, cmdid: cmdid)
+        send(FrameParser.encode(messageID: MessageID.apiGetRouteRequest,
+                                body: try request.serializedBytes() as [UInt8]), to: destination)
+        let response = try receive(port: destination.port) { id, body -> Lars_GetRouteResponse? in
+            guard id == MessageID.apiGetRouteResponse, let r = try? Lars_GetRouteResponse(serializedBytes: body),
+                  r.modid == modid, r.cmdid == cmdid else { return nil }
+            return r
+        }
+        return response.host.compactMap { Host(wireIP: $0.ip, wirePort: $0.port) }
+    }
+}
