@@ -1,2 +1,0 @@
-// Placeholder until the chat sources land.
-enum ChatPlaceholder {}

@@ -1,0 +1,70 @@
+import ArgumentParser
+import Chat
+import Dispatch
+import Logging
+import Reactor
+import Storage
+
+struct ChatCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "chat",
+        abstract: "The chat server: users, rooms with history, private messages, friends and presence."
+    )
+
+    @Option(help: "Address to bind.") var host = "127.0.0.1"
+    @Option(help: "Port to bind (0: the kernel picks; the bound address is printed).") var port = 7790
+    @Option(help: "Database URL for users, friends and room history (sqlite:PATH, mysql://..., postgres://...).")
+    var db = "sqlite:chat.sqlite"
+    @Option(help: "I/O threads (0: the acceptor thread does the I/O).") var threads = SystemInfo.coreCount
+    @Option(help: "I/O multiplexer: epoll, poll or select.") var poller: PollerKind = .epoll
+    @Option(help: "Seconds of silence (no heartbeat) before a client is disconnected and announced offline.")
+    var idleTimeout = 30
+    @Option(help: "Messages of a room sent to a member on join.") var history = 50
+    @Option(help: "Room and private messages per second per user.") var rate = 20
+    @OptionGroup var service: ServiceOptions
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
+        guard (0...1024).contains(threads) else { throw ValidationError("--threads must be 0...1024, got \(threads)") }
+        guard idleTimeout >= 0 else { throw ValidationError("--idle-timeout must be >= 0 (0: off)") }
+        guard history >= 0 && history <= 10_000 else { throw ValidationError("--history must be 0...10000") }
+        guard rate > 0 else { throw ValidationError("--rate must be positive") }
+    }
+
+    func run() async throws {
+        service.bootstrapLogging()
+        let logger = Logger(label: "switchyard.chat")
+        let pool: ConnectionPool
+        do {
+            pool = try ConnectionPool(url: db, logger: logger)
+        } catch {
+            throw CleanExit.message("chat: bad --db: \(error)")
+        }
+        let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger))
+        // Before accepting, so an early client flood cannot take the descriptor signal handling needs.
+        let termination = try TerminationWaiter(group: group, logger: logger)
+        let configuration = ChatConfiguration(
+            server: ServerConfiguration(host: host, port: port, logger: logger),
+            idleTimeout: idleTimeout == 0 ? nil : .seconds(idleTimeout),
+            messagesPerSecond: rate, historyLength: history)
+        let server = ChatServer(group: group, configuration: configuration, pool: pool, logger: logger)
+        let address: SocketAddress
+        do {
+            address = try await server.start()
+        } catch {
+            group.shutdown()
+            await pool.close()
+            throw CleanExit.message("chat: cannot start on \(host):\(port) with \(db): \(error)")
+        }
+        announce("chat listening on \(address) (db \(db), poller \(poller), \(threads) I/O threads)")
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async {
+                termination.wait()
+                c.resume()
+            }
+        }
+        await server.shutdown(timeout: .seconds(5))
+        group.shutdown()
+        await pool.close()
+    }
+}

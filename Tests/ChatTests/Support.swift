@@ -1,0 +1,190 @@
+import Chat
+import Foundation
+import Logging
+import Messaging
+import Reactor
+import Storage
+import SwiftProtobuf
+import Testing
+
+/// Every socket suite of this target nests here so they run one at a time (the machine has few cores and the
+/// password KDF is slow on purpose).
+@Suite("Chat over real sockets", .serialized)
+enum ChatSocketTests {}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+struct TimedOut: Error, CustomStringConvertible {
+    let what: String
+    var description: String { "timed out: \(what)" }
+}
+
+/// Runs `body`, failing with `TimedOut` after `seconds`.
+func withTimeout<T: Sendable>(_ seconds: Double, _ what: String = "operation",
+                              _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            throw TimedOut(what: what)
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}
+
+let quietLogger: Logger = {
+    var logger = Logger(label: "chat-tests")
+    logger.logLevel = .warning
+    return logger
+}()
+
+func temporaryDatabaseURL() -> String {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-chat-tests")
+    try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    return "sqlite:" + dir.appendingPathComponent("chat-\(UUID().uuidString).sqlite").path
+}
+
+/// A chat server on 127.0.0.1:0 with a fresh SQLite file, and a client loop group.
+final class ChatHarness: Sendable {
+    let serverGroup: EventLoopGroup
+    let clientGroup: EventLoopGroup
+    let pool: ConnectionPool
+    let server: ChatServer
+    let port: Int
+    let databaseURL: String
+
+    static func start(databaseURL: String = temporaryDatabaseURL(),
+                      _ configure: (inout ChatConfiguration) -> Void = { _ in }) async throws -> ChatHarness {
+        var configuration = ChatConfiguration(passwordIterations: PasswordHasher.minimumIterations)
+        configure(&configuration)
+        let serverGroup = try EventLoopGroup(ioLoops: 2)
+        let clientGroup = try EventLoopGroup(ioLoops: 2)
+        let pool = try ConnectionPool(url: databaseURL, configuration: PoolConfiguration(minConnections: 0),
+                                      logger: quietLogger)
+        let server = ChatServer(group: serverGroup, configuration: configuration, pool: pool, logger: quietLogger)
+        let address = try await server.start()
+        return ChatHarness(serverGroup: serverGroup, clientGroup: clientGroup, pool: pool, server: server,
+                           port: Int(address.port), databaseURL: databaseURL)
+    }
+
+    private init(serverGroup: EventLoopGroup, clientGroup: EventLoopGroup, pool: ConnectionPool, server: ChatServer,
+                 port: Int, databaseURL: String) {
+        self.serverGroup = serverGroup
+        self.clientGroup = clientGroup
+        self.pool = pool
+        self.server = server
+        self.port = port
+        self.databaseURL = databaseURL
+    }
+
+    func client(heartbeat: Duration? = .seconds(1)) async throws -> ChatClient {
+        try await ChatClient.connect(port: port, loop: clientGroup.next(), heartbeatInterval: heartbeat,
+                                     requestTimeout: .seconds(20))
+    }
+
+    /// A connected client with a fresh account, logged in.
+    func user(_ name: String, heartbeat: Duration? = .seconds(1), register: Bool = true) async throws -> ChatClient {
+        let c = try await client(heartbeat: heartbeat)
+        if register { try await c.register(name: name, password: "pw-\(name)") }
+        try await c.login(name: name, password: "pw-\(name)")
+        return c
+    }
+
+    func stop(_ clients: [ChatClient] = []) async {
+        for c in clients { await c.close() }
+        await server.shutdown(timeout: .seconds(2))
+        await pool.close()
+        serverGroup.shutdown()
+        clientGroup.shutdown()
+    }
+}
+
+/// Waits for the first event of `client` that matches; other events are skipped.
+@discardableResult
+func nextEvent(_ client: ChatClient, timeout: Double = 10, _ what: String = "event",
+               where match: @escaping @Sendable (ChatEvent) -> Bool = { _ in true }) async throws -> ChatEvent {
+    try await withTimeout(timeout, what) {
+        for await event in client.events where match(event) { return event }
+        throw TestFailure("event stream ended while waiting for \(what)")
+    }
+}
+
+/// Collects `count` room messages of `room` from `client`.
+func roomMessages(_ client: ChatClient, room: String, count: Int, timeout: Double = 20) async throws
+    -> [Switchyard_Chat_RoomMessage]
+{
+    try await withTimeout(timeout, "\(count) messages of \(room)") {
+        var got: [Switchyard_Chat_RoomMessage] = []
+        if count == 0 { return got }
+        for await event in client.events {
+            if case .roomMessage(let m) = event, m.room == room {
+                got.append(m)
+                if got.count == count { return got }
+            }
+        }
+        throw TestFailure("event stream ended after \(got.count) of \(count) messages")
+    }
+}
+
+/// Expects `body` to throw a refusal with `code`.
+@discardableResult
+func expectRefused(_ code: Switchyard_Chat_StatusCode, _ body: () async throws -> Void,
+                   sourceLocation: SourceLocation = #_sourceLocation) async -> ChatClientError? {
+    do {
+        try await body()
+        Issue.record("expected \(code), got success", sourceLocation: sourceLocation)
+        return nil
+    } catch let error as ChatClientError {
+        #expect(error.code == code, "expected \(code), got \(error)", sourceLocation: sourceLocation)
+        return error
+    } catch {
+        Issue.record("expected \(code), got \(error)", sourceLocation: sourceLocation)
+        return nil
+    }
+}
+
+/// A raw framed client for the cases `ChatClient` is too polite for (not reading, garbage).
+struct RawChat {
+    let frames: AsyncFrameClient
+
+    static func connect(port: Int, loop: EventLoop, bufferCapacity: Int = 256) async throws -> RawChat {
+        RawChat(frames: try await AsyncFrameClient.connect(port: port, loop: loop, bufferCapacity: bufferCapacity))
+    }
+
+    /// Sends `message` and returns the first frame with `replyID` (skipping others).
+    func call<M: SwiftProtobuf.Message>(_ message: M, id: Int32, replyID: Int32) async throws -> InboundFrame {
+        try await frames.send(message, id: id)
+        let frames = self.frames
+        return try await withTimeout(20, "reply \(replyID)") {
+            for try await f in frames.frames where f.messageID == replyID { return f }
+            throw TestFailure("closed before reply \(replyID)")
+        }
+    }
+
+    func registerAndLogin(_ name: String) async throws {
+        var r = Switchyard_Chat_RegisterRequest()
+        r.name = name
+        r.password = "pw-\(name)"
+        let reg = try await call(r, id: ChatMessageID.registerRequest, replyID: ChatMessageID.registerReply)
+        #expect(try reg.decode(as: Switchyard_Chat_RegisterReply.self).status.code == .ok)
+        var l = Switchyard_Chat_LoginRequest()
+        l.name = name
+        l.password = "pw-\(name)"
+        let login = try await call(l, id: ChatMessageID.loginRequest, replyID: ChatMessageID.loginReply)
+        #expect(try login.decode(as: Switchyard_Chat_LoginReply.self).status.code == .ok)
+    }
+}
+
+/// Polls a condition that another thread makes true (server-side counters), with a deadline.
+func eventually(_ what: String, timeout: Double = 10, _ condition: @escaping @Sendable () async -> Bool) async throws {
+    let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+    while ContinuousClock.now < deadline {
+        if await condition() { return }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    throw TimedOut(what: what)
+}
