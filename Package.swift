@@ -107,6 +107,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard",
             dependencies: [
+                "CSwitchyardLinux",
                 "Reactor",
                 "Messaging",
                 "Storage",

@@ -139,3 +139,6 @@ uint64_t sy_thread_cpu_ns(void) {
 
 #include <pthread.h>
 void sy_set_thread_name(pthread_t thread, const char *name) { pthread_setname_np(thread, name); }
+
+#include <stdio.h>
+void sy_flush_stdout(void) { fflush(stdout); }

@@ -1,5 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import CSwitchyardLinux
 
-func fflushStdout() { fflush(nil) }
+/// Flushes standard output only (flushing every stream would wait on a thread blocked reading stdin).
+func fflushStdout() { sy_flush_stdout() }

@@ -59,5 +59,7 @@ uint64_t sy_thread_cpu_ns(void);
 
 #include <pthread.h>
 void sy_set_thread_name(pthread_t thread, const char *name);
+/// fflush(stdout) (the stream itself is not visible to Swift 6 code: a mutable global).
+void sy_flush_stdout(void);
 
 #endif
