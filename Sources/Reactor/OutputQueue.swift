@@ -53,9 +53,11 @@ struct OutputQueue {
         var written = 0
         while bytes > 0 {
             let r: IOResult<Int>
+            var requested = 0
             if pieces.count == 1 {
                 let p = pieces[0]
-                r = try Posix.write(fd, p.chunk.base + p.start, p.end - p.start)
+                requested = p.end - p.start
+                r = try Posix.write(fd, p.chunk.base + p.start, requested)
             } else {
                 var iov = (
                     iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec(),
@@ -67,6 +69,7 @@ struct OutputQueue {
                     for i in 0..<count {
                         let p = pieces[i]
                         v[i] = iovec(iov_base: p.chunk.base + p.start, iov_len: p.end - p.start)
+                        requested += p.end - p.start
                     }
                     return try Posix.writev(fd, v.baseAddress!, Int32(count))
                 }
@@ -74,7 +77,8 @@ struct OutputQueue {
             guard case .processed(let n) = r else { break }
             written += n
             consume(n, pool: pool)
-            if n == 0 { break }
+            // A short write means the socket buffer is full: trying again now would only return EAGAIN.
+            if n < requested { break }
         }
         return written
     }
