@@ -61,10 +61,14 @@ public enum LoadBalanceBenchmark {
     }
 
     /// Runs `clients` concurrent clients for `seconds`, each calling GetHost then Report in a loop.
+    /// `agentBusyPoll`: the agent loop's busy-poll window; `clientSpin`: the blocking client's (see
+    /// `BlockingLoadBalanceClient.init`).
     public static func run(seconds: Int, clients: Int, api: API = .async, poller: PollerKind = .epoll,
-                           logger: Logger,
+                           agentBusyPoll: Duration = AgentConfiguration().busyPoll,
+                           clientSpin: Duration = .microseconds(50), logger: Logger,
                            progress: @Sendable (Int, Int) -> Void = { _, _ in }) async throws -> Result {
-        let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller))
+        let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(
+            poller: poller, busyPoll: agentBusyPoll))
         defer { group.shutdown() }
 
         // Reporter sink.
@@ -95,7 +99,9 @@ public enum LoadBalanceBenchmark {
         let start = ContinuousClock.now
         switch api {
         case .async:
-            let clientObjects = try (0..<clients).map { _ in try LoadBalanceClient(agentPorts: ports) }
+            let clientObjects = try (0..<clients).map { _ in
+                try LoadBalanceClient(agentPorts: ports, busyPoll: clientSpin)
+            }
             defer { for c in clientObjects { c.close() } }
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 for client in clientObjects {
@@ -113,7 +119,7 @@ public enum LoadBalanceBenchmark {
         case .blocking:
             let done = DispatchGroup()
             for _ in 0..<clients {
-                let client = try BlockingLoadBalanceClient(agentPorts: ports)
+                let client = try BlockingLoadBalanceClient(agentPorts: ports, spin: clientSpin)
                 done.enter()
                 // @unchecked Sendable box: the client moves to its thread and is used there only.
                 let box = UncheckedClient(client)

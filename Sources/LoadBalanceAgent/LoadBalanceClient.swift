@@ -74,15 +74,19 @@ public final class LoadBalanceClient: Sendable {
     private let sweepTimer: TimerHandle
     private let sequence = Atomic<UInt32>(0)
 
-    /// Binds a UDP socket on `loop` (or on a private one-thread loop when nil).
+    /// Binds a UDP socket on `loop` (or on a private one-thread loop when nil, which polls for `busyPoll` after
+    /// each datagram before sleeping: the reply to a request usually comes within microseconds, sooner than a
+    /// sleeping thread wakes up; `LoopConfiguration.busyPoll`).
     public init(agentHost: String = "127.0.0.1", agentPorts: [Int] = [8888, 8889, 8890],
-                timeout: Duration = .milliseconds(500), loop: EventLoop? = nil) throws {
+                timeout: Duration = .milliseconds(500), loop: EventLoop? = nil,
+                busyPoll: Duration = .microseconds(50)) throws {
         precondition(!agentPorts.isEmpty, "agentPorts must not be empty")
         self.agentHost = agentHost
         self.agentPorts = agentPorts
         self.timeout = timeout
         addresses = try agentPorts.map { try SocketAddress(host: agentHost, port: $0) }
-        let group: EventLoopGroup? = loop == nil ? try EventLoopGroup(ioLoops: 0) : nil
+        let group: EventLoopGroup? = loop == nil
+            ? try EventLoopGroup(ioLoops: 0, configuration: LoopConfiguration(busyPoll: busyPoll)) : nil
         ownedGroup = group
         let runLoop = loop ?? group!.acceptorLoop
         let waiters = Waiters(timeoutNs: timeout.nanoseconds, host: agentHost, timeoutMs: timeout.milliseconds)

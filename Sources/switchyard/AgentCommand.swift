@@ -23,6 +23,8 @@ struct AgentCommand: ParsableCommand {
     @Option(help: "A configuration file (key = value).") var config: String?
     @Option(help: "Milliseconds between aggregated reports of a module (default 1000).") var reportIntervalMs: Int?
     @Option(help: "The caller id in reports (default: the process id).") var caller: Int32?
+    @Option(help: "Microseconds the loop keeps polling after a request before sleeping (default 50; 0: off).")
+    var busyPollUs: Int64?
 
     @Option(help: "Every N-th request probes an overloaded host (default 10).") var probeNum: Int?
     @Option(help: "Virtual successes of an idle host (default 180).") var initSuccCnt: UInt32?
@@ -61,6 +63,7 @@ struct AgentCommand: ParsableCommand {
             ("--reporter", "reporter", reporter), ("--route-cache", "route_cache", routeCache),
             ("--report-interval-ms", "report_interval_ms", reportIntervalMs.map(String.init)),
             ("--caller", "caller", caller.map(String.init)),
+            ("--busy-poll-us", "busy_poll_us", busyPollUs.map(String.init)),
             ("--probe-num", "probe_num", probeNum.map(String.init)),
             ("--init-succ-cnt", "init_succ_cnt", initSuccCnt.map(String.init)),
             ("--init-err-cnt", "init_err_cnt", initErrCnt.map(String.init)),
@@ -90,7 +93,8 @@ struct AgentCommand: ParsableCommand {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.agent")
         let configuration = try makeConfiguration()
-        let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller, logger: logger))
+        let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(
+            poller: poller, busyPoll: configuration.busyPoll, logger: logger))
         let termination = try TerminationWaiter(group: group, logger: logger)
         let agent = LoadBalanceAgent(group: group, configuration: configuration, logger: logger)
         let addresses: [SocketAddress]

@@ -13,18 +13,25 @@ struct LBBenchCommand: AsyncParsableCommand {
     @Option(help: "Concurrent clients (each its own socket and loop thread).") var threads = 1
     @Option(help: "Poller of the agent and the clients.") var poller: PollerKind = .epoll
     @Option(help: "Client API: async (LoadBalanceClient from tasks) or blocking (BlockingLoadBalanceClient, a thread each).")
-    var api: LoadBalanceBenchmark.API = .async
+    var api: LoadBalanceBenchmark.API = .blocking
+    @Option(help: "Microseconds the agent's loop polls after a request before sleeping.") var agentBusyPollUs: Int64 = 50
+    @Option(help: "Microseconds a blocking client polls for the reply before sleeping.") var clientSpinUs: Int64 = 50
 
     func validate() throws {
         guard seconds > 0 && seconds <= 3600 else { throw ValidationError("--seconds must be 1...3600") }
         guard threads > 0 && threads <= 64 else { throw ValidationError("--threads must be 1...64") }
+        for (flag, v) in [("--agent-busy-poll-us", agentBusyPollUs), ("--client-spin-us", clientSpinUs)]
+        where !(0...1_000_000).contains(v) {
+            throw ValidationError("\(flag) must be 0...1000000")
+        }
     }
 
     func run() async throws {
         let logger = Logger(label: "switchyard.bench.lb", factory: { _ in SwiftLogNoOpLogHandler() })
         announce("lb: \(threads) \(api) client(s), \(seconds) s, GetHost + Report through an in-process agent")
         let result = try await LoadBalanceBenchmark.run(seconds: seconds, clients: threads, api: api, poller: poller,
-                                                        logger: logger) { second, calls in
+                                                        agentBusyPoll: .microseconds(agentBusyPollUs),
+                                                        clientSpin: .microseconds(clientSpinUs), logger: logger) { second, calls in
             announce("second \(second): \(calls) calls/s")
         }
         announce("total: \(result.calls) calls in \(format2(result.seconds)) s = \(Int(result.callsPerSecond)) calls/s"

@@ -129,11 +129,12 @@ struct AgentTests {
         #expect(ContinuousClock.now - start < .seconds(2))
     }
 
-    @Test("the blocking client: same answers, same timeout error", arguments: PollerKind.allCases)
-    func blockingClient(poller: PollerKind) async throws {
+    @Test("the blocking client: same answers, same timeout error, with and without spinning",
+          arguments: PollerKind.allCases, [Duration.zero, .microseconds(50)])
+    func blockingClient(poller: PollerKind, spin: Duration) async throws {
         let world = try AgentWorld.make(poller: poller, routes: [route12: [h1, h2]])
         defer { world.shutdown() }
-        let client = try BlockingLoadBalanceClient(agentPorts: world.ports, timeout: .seconds(2))
+        let client = try BlockingLoadBalanceClient(agentPorts: world.ports, timeout: .seconds(2), spin: spin)
         #expect(try client.getHost(modid: 1, cmdid: 2).retcode == LarsReturnCode.notExist)
         #expect(try await eventually { try client.getHost(modid: 1, cmdid: 2).isSuccess })
         #expect(Set((0..<4).compactMap { _ in try? client.getHost(modid: 1, cmdid: 2).host }) == [h1, h2])
@@ -143,10 +144,21 @@ struct AgentTests {
             await world.agent.balancerSnapshot(modid: 1, cmdid: 2)?.state(of: h1)?.consecutiveErrors == 1
         })
         let port = try freeTCPPort()
-        let lonely = try BlockingLoadBalanceClient(agentPorts: [port], timeout: .milliseconds(100))
+        let lonely = try BlockingLoadBalanceClient(agentPorts: [port], timeout: .milliseconds(100), spin: spin)
         #expect(throws: LoadBalanceClientError.timeout("no agent answered on 127.0.0.1:\(port) within 100 ms")) {
             _ = try lonely.getHost(modid: 1, cmdid: 2)
         }
+    }
+
+    @Test("a spin window longer than the timeout still ends at the timeout")
+    func spinLongerThanTimeout() throws {
+        let port = try freeTCPPort()
+        let lonely = try BlockingLoadBalanceClient(agentPorts: [port], timeout: .milliseconds(100), spin: .seconds(5))
+        let start = ContinuousClock.now
+        #expect(throws: LoadBalanceClientError.timeout("no agent answered on 127.0.0.1:\(port) within 100 ms")) {
+            _ = try lonely.getHost(modid: 1, cmdid: 2)
+        }
+        #expect(ContinuousClock.now - start < .seconds(2))
     }
 
     @Test("configuration file: Lars keys, seconds, HOST:PORT")
@@ -159,7 +171,10 @@ struct AgentTests {
             idle_timeout = 30
             names = 10.0.0.9:7000
             ports = 9000, 9001,9002
+            busy_poll_us = 0
             """)
+        #expect(c.busyPoll == .zero && AgentConfiguration().busyPoll == .microseconds(50))
+        #expect(throws: AgentConfigurationError.self) { try c.apply(configurationText: "busy_poll_us = -1") }
         #expect(c.balancer.probeNum == 5 && c.balancer.errRate == 0.2 && c.balancer.idleTimeout == .seconds(30))
         #expect(c.nameServiceHost == "10.0.0.9" && c.nameServicePort == 7000 && c.ports == [9000, 9001, 9002])
         #expect(throws: AgentConfigurationError.self) { try c.apply(configurationText: "probe_nom = 3") }

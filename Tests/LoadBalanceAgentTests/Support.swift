@@ -146,7 +146,8 @@ struct AgentWorld {
 
     static func make(poller: PollerKind, routes: [RouteKey: [LoadBalancing.Host]],
                      configure: (inout AgentConfiguration) -> Void = { _ in }) throws -> AgentWorld {
-        let group = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(poller: poller))
+        let group = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(
+            poller: poller, busyPoll: AgentConfiguration().busyPoll))
         let names = try FakeNameService(group: group, routes: routes)
         let reporter = try FakeReporter(group: group)
         var configuration = AgentConfiguration(

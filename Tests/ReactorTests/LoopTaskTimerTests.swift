@@ -9,8 +9,9 @@ import Glibc
 #endif
 
 /// A standalone loop run by its own thread for the duration of `body`; stopped and joined (bounded) afterwards.
-private func withRunningLoop<R>(poller: PollerKind, _ body: (EventLoop) throws -> R) throws -> R {
-    let loop = try EventLoop(configuration: LoopConfiguration(poller: poller))
+private func withRunningLoop<R>(poller: PollerKind, busyPoll: Duration = .zero,
+                                _ body: (EventLoop) throws -> R) throws -> R {
+    let loop = try EventLoop(configuration: LoopConfiguration(poller: poller, busyPoll: busyPoll))
     let finished = EventCounter()
     let thread = Thread {
         loop.run()
@@ -261,6 +262,43 @@ struct LoopTaskTimerTests {
             loop.run()  // returns at once: stop was requested
             loop.run()
             exit(0)
+        }
+    }
+
+    @Test("busy polling: the loop keeps polling for the window after an event, then sleeps again",
+          arguments: PollerKind.allCases)
+    func busyPollWindow(poller: PollerKind) throws {
+        let window = Duration.milliseconds(40)
+        try withRunningLoop(poller: poller, busyPoll: window) { loop in
+            // Asleep before any event (no timers, nothing posted): the count stands still.
+            let ran = EventCounter()
+            loop.execute { ran.signal() }
+            #expect(ran.wait(for: 1))
+            let afterEvent = loop.iterations
+            let start = monotonicNanoseconds()
+            // Inside the window the loop wakes up over and over without any event.
+            #expect(eventually { loop.iterations - afterEvent > 20 }, "the loop did not poll after the event")
+            #expect(monotonicNanoseconds() - start < 2_000_000_000)
+            // Once the window is over it sleeps: the count stays put over an observation window of 200 ms.
+            usleep(100_000)  // well past the 40 ms window
+            let quiet = loop.iterations
+            usleep(200_000)  // an observation window: a loop still polling would wake thousands of times in it
+            #expect(loop.iterations - quiet <= 1, "the loop kept polling after its window")
+            // A task posted later still runs (the loop sleeps in the poller, the wake-up reaches it).
+            loop.execute { ran.signal() }
+            #expect(ran.wait(for: 2))
+        }
+    }
+
+    @Test("no busy polling by default: an event costs one wake-up, not a spin", arguments: PollerKind.allCases)
+    func noBusyPollByDefault(poller: PollerKind) throws {
+        try withRunningLoop(poller: poller) { loop in
+            let ran = EventCounter()
+            loop.execute { ran.signal() }
+            #expect(ran.wait(for: 1))
+            let after = loop.iterations
+            usleep(100_000)  // an observation window
+            #expect(loop.iterations - after <= 1)
         }
     }
 }
