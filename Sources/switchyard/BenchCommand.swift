@@ -7,7 +7,8 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks and the servers the benchmark suite measures.",
-        subcommands: [QPSCommand.self, FramedEchoServerCommand.self, StorageBenchCommand.self, LBBenchCommand.self, ChatBenchCommand.self]
+        subcommands: [QPSCommand.self, FramedEchoServerCommand.self, StorageBenchCommand.self, LBBenchCommand.self, ChatBenchCommand.self,
+                      ChatIdleBenchCommand.self]
     )
 }
 

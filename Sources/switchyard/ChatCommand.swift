@@ -21,6 +21,8 @@ struct ChatCommand: AsyncParsableCommand {
     var idleTimeout = 30
     @Option(help: "Messages of a room sent to a member on join.") var history = 50
     @Option(help: "Room and private messages per second per user.") var rate = 20
+    @Option(help: "PBKDF2-SHA256 iterations for new password hashes (at least 100000).")
+    var passwordIterations = 210_000
     @OptionGroup var service: ServiceOptions
 
     func validate() throws {
@@ -29,6 +31,9 @@ struct ChatCommand: AsyncParsableCommand {
         guard idleTimeout >= 0 else { throw ValidationError("--idle-timeout must be >= 0 (0: off)") }
         guard history >= 0 && history <= 10_000 else { throw ValidationError("--history must be 0...10000") }
         guard rate > 0 else { throw ValidationError("--rate must be positive") }
+        guard passwordIterations >= PasswordHasher.minimumIterations else {
+            throw ValidationError("--password-iterations must be at least \(PasswordHasher.minimumIterations)")
+        }
     }
 
     func run() async throws {
@@ -46,7 +51,7 @@ struct ChatCommand: AsyncParsableCommand {
         let configuration = ChatConfiguration(
             server: ServerConfiguration(host: host, port: port, logger: logger),
             idleTimeout: idleTimeout == 0 ? nil : .seconds(idleTimeout),
-            messagesPerSecond: rate, historyLength: history)
+            messagesPerSecond: rate, historyLength: history, passwordIterations: passwordIterations)
         let server = ChatServer(group: group, configuration: configuration, pool: pool, logger: logger)
         let address: SocketAddress
         do {
