@@ -23,6 +23,7 @@ struct ChatClientCommand: AsyncParsableCommand {
     @Option(help: "Server port.") var port = 7790
     @Option(help: "Seconds between heartbeats.") var heartbeat = 5
     @Option(help: "Seconds to keep printing incoming messages after stdin ends.") var linger = 1.0
+    @Option(help: "I/O multiplexer: epoll, poll or select.") var poller: PollerKind = .epoll
 
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be 1...65535, got \(port)") }
@@ -31,7 +32,7 @@ struct ChatClientCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let group = try EventLoopGroup(ioLoops: 1)
+        let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller))
         defer { group.shutdown() }
         // On a terminal the client reads keys itself (see `Console`); the settings go back on every way out:
         // the defer below for returns and errors, the signal handler for Ctrl-C and kill.

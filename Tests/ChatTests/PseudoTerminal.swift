@@ -68,8 +68,8 @@ final class PseudoTerminal: Sendable {
             if let end = output.withLock({ Self.find(needle, in: $0, from: offset) }) { return end }
             let left = ContinuousClock.now.duration(to: deadline)
             guard left > .zero else {
-                throw TestFailure("no \"\(String(decoding: needle, as: UTF8.self))\" on the terminal in time; it showed:\n"
-                                  + transcript)
+                let text = String(decoding: needle, as: UTF8.self)
+                throw TestFailure("no \"\(text)\" on the terminal in time; it showed:\n\(transcript)")
             }
             var fds = pollfd(fd: master, events: Int16(POLLIN), revents: 0)
             let ready = poll(&fds, 1, Int32(left.components.seconds * 1000 + 1))

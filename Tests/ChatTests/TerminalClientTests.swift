@@ -1,5 +1,6 @@
 import Chat
 import Foundation
+import Reactor
 import Synchronization
 import Testing
 #if canImport(Glibc)
@@ -12,10 +13,11 @@ extension ChatSocketTests {
 
 extension ChatSocketTests.TerminalClient {
     /// One conversation: the terminal client (stdin piped, not a terminal) against a library client.
-    @Test func pipedConversation() async throws {
+    @Test(arguments: PollerKind.allCases)
+    func pipedConversation(poller: PollerKind) async throws {
         let exe = switchyardExecutable()
         try #require(FileManager.default.isExecutableFile(atPath: exe), "build switchyard before the tests")
-        let h = try await ChatHarness.start()
+        let h = try await ChatHarness.start(poller: poller)
         let alice = try await h.user("alice")
         try await alice.join("lobby")
         let script = """
@@ -39,7 +41,8 @@ extension ChatSocketTests.TerminalClient {
             }
             try await alice.say("hi bob", in: "lobby")
         }
-        let output = try await runClient(exe, ["chat-client", "--port", "\(h.port)", "--linger", "0"], stdin: script)
+        let arguments = ["chat-client", "--port", "\(h.port)", "--linger", "0", "--poller", "\(poller)"]
+        let output = try await runClient(exe, arguments, stdin: script)
         if case .failure(let error) = await answer.result {
             Issue.record("alice did not get bob's line: \(error); the client printed:\n\(output)")
         }
@@ -55,17 +58,19 @@ extension ChatSocketTests.TerminalClient {
 
     /// One conversation typed at a pseudo-terminal. The check that matters: a message that arrives while bob has
     /// half a line typed is printed above it, and the prompt with the half line is drawn again below.
-    @Test func terminalConversation() async throws {
+    @Test(arguments: PollerKind.allCases)
+    func terminalConversation(poller: PollerKind) async throws {
         let exe = switchyardExecutable()
         try #require(FileManager.default.isExecutableFile(atPath: exe), "build switchyard before the tests")
-        let h = try await ChatHarness.start()
+        let h = try await ChatHarness.start(poller: poller)
         let alice = try await h.user("alice")
         try await alice.join("lobby")
         let pty = try PseudoTerminal()
         defer { pty.close() }
         let original = try pty.slaveSettings()
         #expect(original.has(ICANON) && original.has(ECHO), "a fresh terminal is in canonical mode with echo")
-        let child = try TerminalChild(exe, ["chat-client", "--port", "\(h.port)", "--linger", "0"], terminal: pty)
+        let arguments = ["chat-client", "--port", "\(h.port)", "--linger", "0", "--poller", "\(poller)"]
+        let child = try TerminalChild(exe, arguments, terminal: pty)
         try await child.killedOnError {
             var at = try await pty.waitFor("connected to 127.0.0.1:\(h.port)")
             let raw = try pty.slaveSettings()
@@ -112,7 +117,7 @@ extension ChatSocketTests.TerminalClient {
     func terminalSettingsAreRestored(leaving: WayOut) async throws {
         let exe = switchyardExecutable()
         try #require(FileManager.default.isExecutableFile(atPath: exe), "build switchyard before the tests")
-        let h = try await ChatHarness.start()
+        let h = try await ChatHarness.start(poller: .epoll)
         let pty = try PseudoTerminal()
         defer { pty.close() }
         let original = try pty.slaveSettings()
