@@ -5,7 +5,6 @@ import ArgumentParser
 import Chat
 import Dispatch
 import Reactor
-import Synchronization
 
 struct ChatClientCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -15,6 +14,8 @@ struct ChatClientCommand: AsyncParsableCommand {
             Commands: /register NAME PASSWORD, /login NAME PASSWORD, /join ROOM, /leave, /rooms, /msg USER TEXT,
             /friend NAME, /friends, /quit. Any other line goes to the current room. Incoming messages are printed as
             they arrive. When stdin ends, the client waits --linger seconds for what is still coming, then quits.
+            On a terminal, incoming messages are printed above the line being typed, which stays as it was;
+            Backspace, Ctrl-U (clear the line), Enter; Ctrl-D on an empty line quits.
             """
     )
 
@@ -22,6 +23,7 @@ struct ChatClientCommand: AsyncParsableCommand {
     @Option(help: "Server port.") var port = 7790
     @Option(help: "Seconds between heartbeats.") var heartbeat = 5
     @Option(help: "Seconds to keep printing incoming messages after stdin ends.") var linger = 1.0
+    @Option(help: "I/O multiplexer: epoll, poll or select.") var poller: PollerKind = .epoll
 
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be 1...65535, got \(port)") }
@@ -30,9 +32,22 @@ struct ChatClientCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let group = try EventLoopGroup(ioLoops: 1)
+        let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller))
         defer { group.shutdown() }
-        let console = Console(interactive: isatty(0) != 0)
+        // On a terminal the client reads keys itself (see `Console`); the settings go back on every way out:
+        // the defer below for returns and errors, the signal handler for Ctrl-C and kill.
+        let terminal = isatty(0) != 0 ? RawTerminal.enter(fd: 0) : nil
+        defer { terminal?.restore() }
+        let console = Console(interactive: terminal != nil)
+        defer { console.close() }
+        let signals = try terminal.map { terminal in
+            try TerminationSignals(loop: group.acceptorLoop) { signo in
+                console.close()
+                terminal.restore()
+                Glibc.exit(128 + signo)
+            }
+        }
+        defer { signals?.uninstall() }
         let client: ChatClient
         do {
             client = try await ChatClient.connect(host: host, port: port, loop: group.next(),
@@ -46,7 +61,8 @@ struct ChatClientCommand: AsyncParsableCommand {
             console.show("* disconnected")
         }
         var session = Session()
-        lines: for await line in Self.stdinLines() {
+        let input = terminal == nil ? Self.stdinLines() : Self.terminalLines(console)
+        lines: for await line in input {
             let trimmed = line.trimmingSpaces()
             if trimmed.isEmpty { continue }
             do {
@@ -57,7 +73,6 @@ struct ChatClientCommand: AsyncParsableCommand {
             } catch {
                 console.show("error: \(error)")
             }
-            console.prompt()
         }
         if linger > 0 { try? await Task.sleep(for: .milliseconds(Int(linger * 1000))) }
         await client.close()
@@ -136,6 +151,28 @@ struct ChatClientCommand: AsyncParsableCommand {
         }
     }
 
+    /// Lines typed at the terminal (raw mode): keys are read on a thread of their own and edited by `console`.
+    /// Ends on Ctrl-D on an empty line, at end of input, or on a read error.
+    static func terminalLines(_ console: Console) -> AsyncStream<String> {
+        AsyncStream { continuation in
+            DispatchQueue.global().async {
+                var buffer = [UInt8](repeating: 0, count: 256)
+                reading: while true {
+                    let n = buffer.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
+                    if n < 0 && errno == EINTR { continue }
+                    if n <= 0 { break }
+                    for input in console.type(buffer[..<n]) {
+                        switch input {
+                        case .line(let line): continuation.yield(line)
+                        case .endOfInput: break reading
+                        }
+                    }
+                }
+                continuation.finish()
+            }
+        }
+    }
+
     /// Lines of stdin, read on a thread of their own (readLine blocks).
     static func stdinLines() -> AsyncStream<String> {
         AsyncStream { continuation in
@@ -144,40 +181,6 @@ struct ChatClientCommand: AsyncParsableCommand {
                 continuation.finish()
             }
         }
-    }
-}
-
-/// Serialized output. On a terminal each incoming line first clears the prompt line, then the prompt is redrawn,
-/// so arriving messages do not run into the prompt. Safe to call from any thread.
-final class Console: Sendable {
-    private let interactive: Bool
-    private let lock = Mutex(())
-
-    init(interactive: Bool) { self.interactive = interactive }
-
-    func show(_ line: String) {
-        lock.withLock { _ in
-            writeOut(interactive ? "\r\u{1B}[2K" + line + "\n> " : line + "\n")
-        }
-    }
-
-    func prompt() {
-        guard interactive else { return }
-        lock.withLock { _ in writeOut("> ") }
-    }
-
-    /// Straight to descriptor 1: stdio's `fflush(NULL)` would wait for the stdin lock that the thread blocked in
-    /// `readLine` holds, so output would stall until the next input line.
-    private func writeOut(_ text: String) {
-        var bytes = Array(text.utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { write(1, $0.baseAddress! + offset, $0.count - offset) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return }
-            offset += n
-        }
-        bytes.removeAll()
     }
 }
 

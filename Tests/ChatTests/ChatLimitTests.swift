@@ -11,8 +11,9 @@ extension ChatSocketTests {
 }
 
 extension ChatSocketTests.Limits {
-    @Test func limitsGetErrorRepliesAndTheServerGoesOn() async throws {
-        let h = try await ChatHarness.start {
+    @Test(arguments: PollerKind.allCases)
+    func limitsGetErrorRepliesAndTheServerGoesOn(poller: PollerKind) async throws {
+        let h = try await ChatHarness.start(poller: poller) {
             $0.maxMessageBytes = 100
             $0.maxRoomNameLength = 10
             $0.maxRoomsPerUser = 2
@@ -50,8 +51,9 @@ extension ChatSocketTests.Limits {
         await h.stop([a])
     }
 
-    @Test func slowConsumerIsCutOffWhileOthersKeepReceiving() async throws {
-        let h = try await ChatHarness.start {
+    @Test(arguments: PollerKind.allCases)
+    func slowConsumerIsCutOffWhileOthersKeepReceiving(poller: PollerKind) async throws {
+        let h = try await ChatHarness.start(poller: poller) {
             $0.maxQueuedOutputBytes = 64 * 1024
             $0.maxMessageBytes = 32 * 1024
             $0.messagesPerSecond = 100_000
@@ -101,8 +103,9 @@ extension ChatSocketTests.Limits {
         await h.stop([sender, fast])
     }
 
-    @Test func garbageFrameClosesOnlyTheSender() async throws {
-        let h = try await ChatHarness.start()
+    @Test(arguments: PollerKind.allCases)
+    func garbageFrameClosesOnlyTheSender(poller: PollerKind) async throws {
+        let h = try await ChatHarness.start(poller: poller)
         let a = try await h.user("alice")
         let b = try await h.user("bob")
         try await a.join("lobby")

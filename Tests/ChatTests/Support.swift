@@ -48,7 +48,57 @@ func temporaryDatabaseURL() -> String {
     return "sqlite:" + dir.appendingPathComponent("chat-\(UUID().uuidString).sqlite").path
 }
 
-/// A chat server on 127.0.0.1:0 with a fresh SQLite file, and a client loop group.
+/// The databases the storage-heavy chat tests run on: a fresh SQLite file always, MySQL and PostgreSQL when their
+/// trait is in this build. A server's URL comes from the environment (`scripts/db start && source .build-db/env`);
+/// when the driver is built but the URL is missing, the test fails rather than skips.
+enum TestDatabase: String, CustomStringConvertible, Sendable {
+    case sqlite
+    case mysql
+    case postgres
+
+    var description: String { rawValue }
+
+    /// Every database of this build.
+    static var all: [TestDatabase] {
+        var result: [TestDatabase] = [.sqlite]
+        #if MySQL
+        result.append(.mysql)
+        #endif
+        #if PostgreSQL
+        result.append(.postgres)
+        #endif
+        return result
+    }
+
+    var environmentVariable: String {
+        self == .mysql ? "SWITCHYARD_TEST_MYSQL_URL" : "SWITCHYARD_TEST_POSTGRES_URL"
+    }
+
+    /// A fresh SQLite file, or the server's URL. The server databases keep the chat tables between runs (and
+    /// another run may use them at the same time): tests that use them take their names from `UniqueNames`.
+    func url() throws -> String {
+        switch self {
+        case .sqlite:
+            return temporaryDatabaseURL()
+        case .mysql, .postgres:
+            guard let url = ProcessInfo.processInfo.environment[environmentVariable], !url.isEmpty else {
+                throw TestFailure(
+                    "\(environmentVariable) is not set, but the \(self) driver is built: run "
+                        + "`scripts/db start && source .build-db/env` before `swift test --traits MySQL,PostgreSQL`")
+            }
+            return url
+        }
+    }
+}
+
+/// User and room names no other test run uses: `names("alice")` is `alice-` and a random suffix of this value.
+struct UniqueNames: Sendable {
+    let suffix = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+    func callAsFunction(_ base: String) -> String { "\(base)-\(suffix)" }
+}
+
+/// A chat server on 127.0.0.1:0 with a fresh SQLite file (or the database given), and a client loop group, both on
+/// `poller`.
 final class ChatHarness: Sendable {
     let serverGroup: EventLoopGroup
     let clientGroup: EventLoopGroup
@@ -57,16 +107,26 @@ final class ChatHarness: Sendable {
     let port: Int
     let databaseURL: String
 
-    static func start(databaseURL: String = temporaryDatabaseURL(),
+    /// Passwords are hashed with the fewest iterations the server accepts unless `configure` asks for more.
+    static func start(poller: PollerKind, databaseURL: String = temporaryDatabaseURL(),
                       _ configure: (inout ChatConfiguration) -> Void = { _ in }) async throws -> ChatHarness {
         var configuration = ChatConfiguration(passwordIterations: PasswordHasher.minimumIterations)
         configure(&configuration)
-        let serverGroup = try EventLoopGroup(ioLoops: 2)
-        let clientGroup = try EventLoopGroup(ioLoops: 2)
+        let loops = LoopConfiguration(poller: poller)
+        let serverGroup = try EventLoopGroup(ioLoops: 2, configuration: loops)
+        let clientGroup = try EventLoopGroup(ioLoops: 2, configuration: loops)
         let pool = try ConnectionPool(url: databaseURL, configuration: PoolConfiguration(minConnections: 0),
                                       logger: quietLogger)
         let server = ChatServer(group: serverGroup, configuration: configuration, pool: pool, logger: quietLogger)
-        let address = try await server.start()
+        let address: SocketAddress
+        do {
+            address = try await server.start()
+        } catch {
+            await pool.close()
+            serverGroup.shutdown()
+            clientGroup.shutdown()
+            throw error
+        }
         return ChatHarness(serverGroup: serverGroup, clientGroup: clientGroup, pool: pool, server: server,
                            port: Int(address.port), databaseURL: databaseURL)
     }
