@@ -30,6 +30,11 @@ public struct AgentConfiguration: Sendable {
     public var maxBackoff: Duration
     /// The balancers' settings (update_timeout: how often a module's route is asked again).
     public var balancer: BalancerSettings
+    /// A module without hosts (one the name service does not know) that no request asked for within this long is
+    /// forgotten, so made-up module ids do not pile up. Default 60 s.
+    public var emptyModuleTimeout: Duration
+    /// Most modules kept; requests for further modules are answered NOEXIST. Default 100,000.
+    public var maxModules: Int
     /// How long the agent's loop polls without sleeping after a request (`LoopConfiguration.busyPoll` of the loop
     /// that runs the agent; `switchyard agent` passes it). A caller's next request then finds the loop awake
     /// instead of paying a thread wake-up; the price is at most this much CPU per request. Default 50 µs; zero
@@ -50,7 +55,9 @@ public struct AgentConfiguration: Sendable {
         initialBackoff: Duration = .milliseconds(100),
         maxBackoff: Duration = .seconds(5),
         balancer: BalancerSettings = BalancerSettings(),
-        busyPoll: Duration = .microseconds(50)
+        busyPoll: Duration = .microseconds(50),
+        emptyModuleTimeout: Duration = .seconds(60),
+        maxModules: Int = 100_000
     ) {
         self.host = host
         self.ports = ports
@@ -66,6 +73,8 @@ public struct AgentConfiguration: Sendable {
         self.maxBackoff = maxBackoff
         self.balancer = balancer
         self.busyPoll = busyPoll
+        self.emptyModuleTimeout = emptyModuleTimeout
+        self.maxModules = maxModules
     }
 
     /// Problems that make the configuration unusable, empty when it is fine.
@@ -76,6 +85,8 @@ public struct AgentConfiguration: Sendable {
         if !(1...65535).contains(nameServicePort) { out.append("name service port \(nameServicePort) is not 1...65535") }
         if !(1...65535).contains(reporterPort) { out.append("reporter port \(reporterPort) is not 1...65535") }
         if reportInterval <= .zero { out.append("report interval must be positive") }
+        if emptyModuleTimeout <= .zero { out.append("empty module timeout must be positive") }
+        if maxModules < 1 { out.append("max modules must be at least 1") }
         if busyPoll < .zero || busyPoll > .seconds(1) { out.append("busy poll must be 0...1 s") }
         return out
     }
@@ -99,7 +110,7 @@ extension AgentConfiguration {
         "host", "ports", "names", "reporter", "report_interval_ms", "caller", "route_cache",
         "probe_num", "init_succ_cnt", "init_err_cnt", "err_rate", "succ_rate", "contin_err_limit",
         "contin_succ_limit", "window_err_rate", "idle_timeout", "overload_timeout", "update_timeout",
-        "busy_poll_us",
+        "busy_poll_us", "empty_module_timeout", "max_modules",
     ]
 
     /// Applies a configuration file: `key = value` lines, `#` comments, blank lines ignored. Durations
@@ -149,6 +160,12 @@ extension AgentConfiguration {
             guard let v = int(Int32.self) else { return "expected an int32" }
             caller = v
         case "route_cache": routeCacheFile = value.isEmpty ? nil : value
+        case "empty_module_timeout":
+            guard let v = seconds() else { return "expected positive seconds" }
+            emptyModuleTimeout = v
+        case "max_modules":
+            guard let v = int(Int.self), v >= 1 else { return "expected an integer >= 1" }
+            maxModules = v
         case "busy_poll_us":
             guard let v = int(Int64.self), (0...1_000_000).contains(v) else {
                 return "expected microseconds 0...1000000"

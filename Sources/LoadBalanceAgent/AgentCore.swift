@@ -21,6 +21,9 @@ final class AgentCore: @unchecked Sendable {
         var updatedAt: UInt64 = 0
         /// When the route was last asked for (0: never).
         var askedAt: UInt64 = 0
+        /// When a request last found this module without hosts (an empty module unused for
+        /// `emptyModuleTimeout` is forgotten).
+        var emptyUsedAt: UInt64 = 0
     }
 
     let loop: EventLoop
@@ -31,6 +34,7 @@ final class AgentCore: @unchecked Sendable {
     private let cacheQueue = DispatchQueue(label: "switchyard.agent.route-cache")
     private let updateTimeoutNs: UInt64
     private let retryNs: UInt64
+    private let emptyModuleTimeoutNs: UInt64
 
     var names: FramedClient?
     var reporter: FramedClient?
@@ -39,6 +43,7 @@ final class AgentCore: @unchecked Sendable {
     private var modules: [RouteKey: Module] = [:]
     private var unreported: Set<RouteKey> = []
     private var nameServiceDown = false
+    private var atModuleLimit = false
 
     init(loop: EventLoop, configuration: AgentConfiguration, logger: Logger) {
         self.loop = loop
@@ -47,6 +52,7 @@ final class AgentCore: @unchecked Sendable {
         cache = configuration.routeCacheFile.map(RouteCacheFile.init(path:))
         updateTimeoutNs = configuration.balancer.updateTimeout.nanoseconds
         retryNs = configuration.routeRetryInterval.nanoseconds
+        emptyModuleTimeoutNs = configuration.emptyModuleTimeout.nanoseconds
     }
 
     private var now: UInt64 { SystemInfo.monotonicNanoseconds() }
@@ -103,9 +109,18 @@ final class AgentCore: @unchecked Sendable {
         nameServiceDown = true
     }
 
-    /// Asks again for routes older than update_timeout, and for modules still waiting for a first answer.
+    /// Forgets modules without hosts that nobody asked for within `emptyModuleTimeout` (module ids the name
+    /// service does not know, typos, probes), then asks again for routes older than update_timeout and for modules
+    /// still waiting for a first answer.
     func refreshRoutes() {
         let t = now
+        let forgotten = modules.filter { _, m in m.balancer.hosts.isEmpty && t &- m.emptyUsedAt >= emptyModuleTimeoutNs }
+        if !forgotten.isEmpty {
+            for key in forgotten.keys { modules[key] = nil }
+            logger.info("forgot modules without hosts", metadata: [
+                "count": "\(forgotten.count)", "idle_s": "\(configuration.emptyModuleTimeout)"])
+            saveCache()
+        }
         var due: [RouteKey] = []
         for (key, module) in modules {
             if !module.hasRoute || module.updatedAt == 0 {
@@ -154,6 +169,7 @@ final class AgentCore: @unchecked Sendable {
             case .overloaded:
                 response.retcode = LarsReturnCode.overload
             case .empty:
+                modules[key]!.emptyUsedAt = now
                 response.retcode = LarsReturnCode.notExist
             }
         } else {
@@ -176,6 +192,7 @@ final class AgentCore: @unchecked Sendable {
         response.modid = request.modid
         response.cmdid = request.cmdid
         if let module = modules[key] {
+            if module.balancer.hosts.isEmpty { modules[key]!.emptyUsedAt = now }
             response.host = module.balancer.hosts.map {
                 var info = Lars_HostInfo()
                 info.ip = $0.wireIP
@@ -188,10 +205,26 @@ final class AgentCore: @unchecked Sendable {
         peer.send(response, id: MessageID.apiGetRouteResponse)
     }
 
+    /// Starts fetching a module asked for the first time (a known one only has its use stamped). Past
+    /// `maxModules` nothing new is kept: the request is answered NOEXIST and the limit logged once per episode.
     private func newModule(_ key: RouteKey) {
-        guard modules[key] == nil else { return }
         let t = now
-        modules[key] = Module(balancer: RouteBalancer(settings: configuration.balancer, now: t))
+        if modules[key] != nil {
+            modules[key]!.emptyUsedAt = t
+            return
+        }
+        guard modules.count < configuration.maxModules else {
+            if !atModuleLimit {
+                atModuleLimit = true
+                logger.warning("module limit reached; requests for further modules get NOEXIST",
+                               metadata: ["max_modules": "\(configuration.maxModules)"])
+            }
+            return
+        }
+        atModuleLimit = false
+        var module = Module(balancer: RouteBalancer(settings: configuration.balancer, now: t))
+        module.emptyUsedAt = t
+        modules[key] = module
         ask(key, at: t)
     }
 

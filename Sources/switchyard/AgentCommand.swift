@@ -25,6 +25,9 @@ struct AgentCommand: ParsableCommand {
     @Option(help: "The caller id in reports (default: the process id).") var caller: Int32?
     @Option(help: "Microseconds the loop keeps polling after a request before sleeping (default 50; 0: off).")
     var busyPollUs: Int64?
+    @Option(help: "Seconds after which a module without hosts that nobody asks for is forgotten (default 60).")
+    var emptyModuleTimeout: Double?
+    @Option(help: "Most modules kept; requests for more get NOEXIST (default 100000).") var maxModules: Int?
 
     @Option(help: "Every N-th request probes an overloaded host (default 10).") var probeNum: Int?
     @Option(help: "Virtual successes of an idle host (default 180).") var initSuccCnt: UInt32?
@@ -64,6 +67,8 @@ struct AgentCommand: ParsableCommand {
             ("--report-interval-ms", "report_interval_ms", reportIntervalMs.map(String.init)),
             ("--caller", "caller", caller.map(String.init)),
             ("--busy-poll-us", "busy_poll_us", busyPollUs.map(String.init)),
+            ("--empty-module-timeout", "empty_module_timeout", emptyModuleTimeout.map { "\($0)" }),
+            ("--max-modules", "max_modules", maxModules.map(String.init)),
             ("--probe-num", "probe_num", probeNum.map(String.init)),
             ("--init-succ-cnt", "init_succ_cnt", initSuccCnt.map(String.init)),
             ("--init-err-cnt", "init_err_cnt", initErrCnt.map(String.init)),

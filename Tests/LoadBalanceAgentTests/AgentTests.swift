@@ -44,6 +44,41 @@ struct AgentTests {
         #expect(balancer?.state(of: h2) == nil)
     }
 
+    @Test("a module the name service does not know is forgotten once nobody asks for it",
+          arguments: PollerKind.allCases)
+    func unknownModuleForgotten(poller: PollerKind) async throws {
+        let world = try AgentWorld.make(poller: poller, routes: [route12: [h1]]) {
+            $0.emptyModuleTimeout = .milliseconds(300)
+            $0.routeRetryInterval = .milliseconds(50)
+        }
+        defer { world.shutdown() }
+        #expect(try await eventually { try await world.client.getHost(modid: 1, cmdid: 2).isSuccess })
+        // The name service answers 9/9 with no hosts: NOEXIST, and the agent keeps asking while it is asked.
+        #expect(try await world.client.getHost(modid: 9, cmdid: 9).retcode == LarsReturnCode.notExist)
+        #expect(await world.agent.balancerSnapshot(modid: 9, cmdid: 9) != nil)
+        // Nobody asks for 9/9 any more: it goes. The module with hosts stays, however long it is not used.
+        #expect(try await eventually { await world.agent.balancerSnapshot(modid: 9, cmdid: 9) == nil })
+        #expect(await world.agent.balancerSnapshot(modid: 1, cmdid: 2)?.hosts == [h1])
+        #expect(try await world.client.getHost(modid: 1, cmdid: 2).host == h1)
+        // Asked again, it is fetched again.
+        #expect(try await world.client.getHost(modid: 9, cmdid: 9).retcode == LarsReturnCode.notExist)
+        #expect(await world.agent.balancerSnapshot(modid: 9, cmdid: 9) != nil)
+    }
+
+    @Test("past max_modules new modules are answered NOEXIST and not kept", arguments: PollerKind.allCases)
+    func moduleLimit(poller: PollerKind) async throws {
+        let world = try AgentWorld.make(poller: poller, routes: [route12: [h1]]) { $0.maxModules = 3 }
+        defer { world.shutdown() }
+        #expect(try await eventually { try await world.client.getHost(modid: 1, cmdid: 2).isSuccess })
+        for modid in Int32(20)...Int32(22) {
+            #expect(try await world.client.getHost(modid: modid, cmdid: 1).retcode == LarsReturnCode.notExist)
+        }
+        #expect(await world.agent.balancerSnapshot(modid: 20, cmdid: 1) != nil)
+        #expect(await world.agent.balancerSnapshot(modid: 21, cmdid: 1) != nil)
+        #expect(await world.agent.balancerSnapshot(modid: 22, cmdid: 1) == nil)
+        #expect(try await world.client.getHost(modid: 1, cmdid: 2).host == h1)
+    }
+
     @Test("name service stopped: GetHost keeps answering from the known route", arguments: PollerKind.allCases)
     func nameServiceDown(poller: PollerKind) async throws {
         let world = try AgentWorld.make(poller: poller, routes: [route12: [h1]]) {
@@ -172,7 +207,10 @@ struct AgentTests {
             names = 10.0.0.9:7000
             ports = 9000, 9001,9002
             busy_poll_us = 0
+            empty_module_timeout = 90
+            max_modules = 500
             """)
+        #expect(c.emptyModuleTimeout == .seconds(90) && c.maxModules == 500)
         #expect(c.busyPoll == .zero && AgentConfiguration().busyPoll == .microseconds(50))
         #expect(throws: AgentConfigurationError.self) { try c.apply(configurationText: "busy_poll_us = -1") }
         #expect(c.balancer.probeNum == 5 && c.balancer.errRate == 0.2 && c.balancer.idleTimeout == .seconds(30))
