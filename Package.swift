@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "NameService", targets: ["NameService"]),
         .library(name: "Chat", targets: ["Chat"]),
         .executable(name: "switchyard", targets: ["switchyard"]),
+        .executable(name: "switchyard-echo", targets: ["switchyard-echo"]),
     ],
     traits: [
         .trait(name: "MySQL", description: "MySQL/MariaDB driver through libmariadb (Debian libmariadb-dev)."),
@@ -104,6 +105,7 @@ let package = Package(
         .testTarget(name: "LoadBalancingTests", dependencies: ["LoadBalancing"]),
         .testTarget(name: "LoadBalanceAgentTests", dependencies: ["LoadBalanceAgent", "LoadBalancing", "Messaging", "Reactor"]),
         .testTarget(name: "NameServiceTests", dependencies: ["NameService", "LoadBalanceAgent", "Messaging", "Reactor", "Storage"]),
+        .executableTarget(name: "switchyard-echo", dependencies: ["CSwitchyardLinux", "Reactor"]),
         .executableTarget(
             name: "switchyard",
             dependencies: [

@@ -116,4 +116,39 @@ struct ShutdownTests {
         #expect(status == 0)
         #expect(child.process.terminationReason == .exit)
     }
+
+    @Test("switchyard-echo (the reactor alone) echoes and exits 0 on SIGTERM", arguments: PollerKind.allCases)
+    func minimalEchoBinary(poller: PollerKind) throws {
+        let child = try ChildServer(executable: "switchyard-echo",
+                                    arguments: ["--port", "0", "--threads", "1", "--poller", poller.rawValue])
+        defer { _ = child.stop(within: 5) }
+        let client = try BlockingSocket(port: child.port)
+        defer { client.close() }
+        client.setReceiveTimeout(seconds: 10)
+        let payload = randomBytes(100_000)
+        let writer = Thread { try? client.sendAll(payload) }
+        writer.start()
+        #expect(try client.receive(exactly: payload.count) == payload)
+        kill(child.pid, SIGTERM)
+        #expect(try client.receiveUntilClose() == [])
+        client.shutdownWrite()
+        #expect(child.waitForExit(within: 10) == 0)
+    }
+
+    @Test("switchyard-echo refuses a bad flag with a message and exit status 64")
+    func minimalEchoBadFlag() throws {
+        let exe = URL(fileURLWithPath: switchyardExecutable()).deletingLastPathComponent()
+            .appendingPathComponent("switchyard-echo").path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: exe)
+        process.arguments = ["--poller", "kqueue"]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 64)
+        #expect(text.contains("--poller must be epoll, poll or select"), "\(text)")
+    }
 }

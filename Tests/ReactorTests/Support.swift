@@ -226,10 +226,11 @@ final class ChildServer: @unchecked Sendable {
     private let stdoutPipe: Pipe
 
     /// `fileLimit` sets RLIMIT_NOFILE in the child (through the shell's ulimit).
-    init(arguments: [String], fileLimit: Int? = nil) throws {
-        let exe = switchyardExecutable()
+    init(executable name: String = "switchyard", arguments: [String], fileLimit: Int? = nil) throws {
+        let exe = URL(fileURLWithPath: switchyardExecutable()).deletingLastPathComponent()
+            .appendingPathComponent(name).path
         guard FileManager.default.isExecutableFile(atPath: exe) else {
-            throw TestFailure("switchyard executable not found at \(exe); run `swift build` before `swift test`")
+            throw TestFailure("\(name) executable not found at \(exe); run `swift build` before `swift test`")
         }
         process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")

@@ -1,0 +1,68 @@
+// A minimal echo server on the reactor alone: what an application that links only `Reactor` costs (the full
+// `switchyard` CLI also carries Foundation, the database drivers and the crypto of the chat service). The
+// benchmark suite measures this binary; `switchyard echo` behaves the same.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import CSwitchyardLinux
+import Reactor
+
+let usage = """
+    usage: switchyard-echo [--host A.B.C.D] [--port P] [--threads N] [--poller epoll|poll|select]
+    Echoes raw bytes back to each client. Defaults: 127.0.0.1, 7777, one I/O thread per core, epoll.
+    """
+
+func printError(_ text: String) {
+    var text = text
+    text.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+func fail(_ message: String) -> Never {
+    printError("switchyard-echo: \(message)\n\(usage)\n")
+    exit(64)
+}
+
+var host = "127.0.0.1"
+var port = 7777
+var threads = SystemInfo.coreCount
+var poller = PollerKind.epoll
+var arguments = CommandLine.arguments.dropFirst()
+while let flag = arguments.popFirst() {
+    if flag == "-h" || flag == "--help" {
+        print(usage)
+        exit(0)
+    }
+    guard let value = arguments.popFirst() else { fail("\(flag) needs a value") }
+    switch flag {
+    case "--host": host = value
+    case "--port":
+        guard let p = Int(value), (0...65535).contains(p) else { fail("--port must be 0...65535, got \(value)") }
+        port = p
+    case "--threads":
+        guard let n = Int(value), (0...1024).contains(n) else { fail("--threads must be 0...1024, got \(value)") }
+        threads = n
+    case "--poller":
+        guard let p = PollerKind(rawValue: value) else { fail("--poller must be epoll, poll or select") }
+        poller = p
+    default: fail("unknown option \(flag)")
+    }
+}
+
+do {
+    let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(poller: poller))
+    let done = DispatchSemaphore(value: 0)
+    let signals = try TerminationSignals(loop: group.acceptorLoop) { _ in done.signal() }
+    let server = TCPServer(group: group, configuration: ServerConfiguration(host: host, port: port),
+                           callbacks: EchoService.callbacks())
+    let address = try server.start()
+    print("echo listening on \(address) (poller \(poller), \(threads) I/O threads)")
+    sy_flush_stdout()
+    done.wait()
+    withExtendedLifetime(signals) {}
+    server.shutdown(timeout: .seconds(5))
+    group.shutdown()
+} catch {
+    printError("switchyard-echo: \(error)\n")
+    exit(1)
+}
