@@ -152,14 +152,17 @@ final class AgentCore: @unchecked Sendable {
 
     // MARK: Requests
 
-    func getHost(_ request: Lars_GetHostRequest, from peer: UDPPeer) {
-        let key = RouteKey(modid: request.modid, cmdid: request.cmdid)
+    /// GetHost (id 4, answered with 5) and GetHost by key (id 100, answered with 101 and the same body).
+    func getHost(seq: UInt32, modid: Int32, cmdid: Int32, key hashedKey: UInt64?, from peer: UDPPeer) {
+        let key = RouteKey(modid: modid, cmdid: cmdid)
         var response = Lars_GetHostResponse()
-        response.seq = request.seq
-        response.modid = request.modid
-        response.cmdid = request.cmdid
+        response.seq = seq
+        response.modid = modid
+        response.cmdid = cmdid
         if modules[key]?.hasRoute == true {
-            switch modules[key]!.balancer.pick(now: now) {
+            let t = now
+            let picked = hashedKey.map { modules[key]!.balancer.pick(key: $0, now: t) } ?? modules[key]!.balancer.pick(now: t)
+            switch picked {
             case .host(let host), .probe(let host):
                 response.retcode = LarsReturnCode.success
                 var info = Lars_HostInfo()
@@ -176,7 +179,7 @@ final class AgentCore: @unchecked Sendable {
             newModule(key)
             response.retcode = LarsReturnCode.notExist
         }
-        peer.send(response, id: MessageID.getHostResponse)
+        peer.send(response, id: hashedKey == nil ? MessageID.getHostResponse : MessageID.getHostByKeyResponse)
     }
 
     func report(_ request: Lars_ReportRequest) {
@@ -230,8 +233,10 @@ final class AgentCore: @unchecked Sendable {
 
     // MARK: Reports
 
-    /// Sends one ReportStatusRequest per module with calls since the last flush. Loop thread only.
+    /// Sends one ReportStatusRequest per module with calls since the last flush, and lets unreported calls fade
+    /// from the keyed-pick loads. Loop thread only.
     func flushReports() {
+        for key in modules.keys { modules[key]!.balancer.decayOutstanding() }
         guard !unreported.isEmpty else { return }
         let ts = UInt32(truncatingIfNeeded: time(nil))
         for key in unreported {

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import struct Foundation.Data
 import LoadBalancing
 import Messaging
 import Reactor
@@ -97,16 +98,38 @@ public final class BlockingLoadBalanceClient {
     /// Asks the agent for a host of (modid, cmdid); blocks up to `timeout`.
     public func getHost(modid: Int32, cmdid: Int32) throws -> GetHostResult {
         sequence &+= 1
-        let seq = sequence
         var request = Lars_GetHostRequest()
-        request.seq = seq
+        request.seq = sequence
         request.modid = modid
         request.cmdid = cmdid
+        return try exchangeGetHost(request: MessageID.getHostRequest, body: try request.serializedBytes(),
+                                   reply: MessageID.getHostResponse, seq: sequence, modid: modid, cmdid: cmdid)
+    }
+
+    /// Asks the agent for the host of `key` (consistent hashing with bounded loads: the same key keeps going to
+    /// the same host while it has room; a Switchyard agent only). Blocks up to `timeout`.
+    public func getHost(modid: Int32, cmdid: Int32, key: [UInt8]) throws -> GetHostResult {
+        sequence &+= 1
+        var request = Switchyard_Lb_GetHostByKeyRequest()
+        request.seq = sequence
+        request.modid = modid
+        request.cmdid = cmdid
+        request.key = Data(key)
+        return try exchangeGetHost(request: MessageID.getHostByKeyRequest, body: try request.serializedBytes(),
+                                   reply: MessageID.getHostByKeyResponse, seq: sequence, modid: modid, cmdid: cmdid)
+    }
+
+    /// `getHost(modid:cmdid:key:)` with the key's UTF-8 bytes.
+    public func getHost(modid: Int32, cmdid: Int32, key: String) throws -> GetHostResult {
+        try getHost(modid: modid, cmdid: cmdid, key: Array(key.utf8))
+    }
+
+    private func exchangeGetHost(request id: Int32, body: [UInt8], reply replyID: Int32, seq: UInt32, modid: Int32,
+                                 cmdid: Int32) throws -> GetHostResult {
         let destination = address(modid: modid, cmdid: cmdid)
-        send(FrameParser.encode(messageID: MessageID.getHostRequest, body: try request.serializedBytes() as [UInt8]),
-             to: destination)
+        send(FrameParser.encode(messageID: id, body: body), to: destination)
         let response = try receive(port: destination.port) { id, body -> Lars_GetHostResponse? in
-            guard id == MessageID.getHostResponse,
+            guard id == replyID,
                   let r = try? Lars_GetHostResponse(serializedBytes: body), r.seq == seq else { return nil }
             return r
         }

@@ -107,7 +107,12 @@ public final class LoadBalanceAgent: Sendable {
 
         let router = MessageRouter<UDPPeer>()
         try router.on(MessageID.getHostRequest, as: Lars_GetHostRequest.self) { request, message in
-            core.getHost(request, from: message.connection)
+            core.getHost(seq: request.seq, modid: request.modid, cmdid: request.cmdid, key: nil,
+                         from: message.connection)
+        }
+        try router.on(MessageID.getHostByKeyRequest, as: Switchyard_Lb_GetHostByKeyRequest.self) { request, message in
+            core.getHost(seq: request.seq, modid: request.modid, cmdid: request.cmdid,
+                         key: BoundedLoadRing.hash(request.key), from: message.connection)
         }
         try router.on(MessageID.reportRequest, as: Lars_ReportRequest.self) { request, _ in
             core.report(request)

@@ -1,3 +1,4 @@
+import struct Foundation.Data
 import LoadBalancing
 import Messaging
 import Reactor
@@ -95,6 +96,9 @@ public final class LoadBalanceClient: Sendable {
         try router.on(MessageID.getHostResponse, as: Lars_GetHostResponse.self) { response, message in
             waiters.resume(seq: response.seq, with: .success(.host(response)))
         }
+        try router.on(MessageID.getHostByKeyResponse, as: Lars_GetHostResponse.self) { response, message in
+            waiters.resume(seq: response.seq, with: .success(.host(response)))
+        }
         try router.on(MessageID.apiGetRouteResponse, as: Lars_GetRouteResponse.self) { response, _ in
             waiters.resume(route: RouteKey(modid: response.modid, cmdid: response.cmdid), with: response)
         }
@@ -135,7 +139,34 @@ public final class LoadBalanceClient: Sendable {
         request.seq = seq
         request.modid = modid
         request.cmdid = cmdid
-        let bytes = FrameParser.encode(messageID: MessageID.getHostRequest, body: try request.serializedBytes() as [UInt8])
+        return try await exchangeGetHost(
+            FrameParser.encode(messageID: MessageID.getHostRequest, body: try request.serializedBytes() as [UInt8]),
+            seq: seq, modid: modid, cmdid: cmdid)
+    }
+
+    /// Asks the agent for the host of `key`: consistent hashing with bounded loads, so the same key keeps going to
+    /// the same host while that host has room (a Switchyard agent only; message id 100).
+    public func getHost(modid: Int32, cmdid: Int32, key: [UInt8]) async throws -> GetHostResult {
+        let seq = sequence.wrappingAdd(1, ordering: .relaxed).newValue
+        var request = Switchyard_Lb_GetHostByKeyRequest()
+        request.seq = seq
+        request.modid = modid
+        request.cmdid = cmdid
+        request.key = Data(key)
+        return try await exchangeGetHost(
+            FrameParser.encode(messageID: MessageID.getHostByKeyRequest,
+                               body: try request.serializedBytes() as [UInt8]),
+            seq: seq, modid: modid, cmdid: cmdid)
+    }
+
+    /// `getHost(modid:cmdid:key:)` with the key's UTF-8 bytes.
+    public func getHost(modid: Int32, cmdid: Int32, key: String) async throws -> GetHostResult {
+        try await getHost(modid: modid, cmdid: cmdid, key: Array(key.utf8))
+    }
+
+    private func exchangeGetHost(_ bytes: [UInt8], seq: UInt32, modid: Int32, cmdid: Int32) async throws
+        -> GetHostResult
+    {
         let destination = address(modid: modid, cmdid: cmdid)
         let reply = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Reply, Error>) in
             waiters.add(seq: seq, port: destination.port, continuation)

@@ -50,6 +50,10 @@ public struct RouteBalancer: Sendable {
     private var accessCount = 0
     /// Calls per host since the last `takeReportSummary()`.
     private var pendingReport: [Host: (succ: UInt32, err: UInt32)] = [:]
+    /// Calls picked and not yet reported, per host (the loads of keyed picks).
+    private var outstanding: [Host: Int] = [:]
+    private var outstandingTotal = 0
+    private var ring = BoundedLoadRing()
     private let idleTimeoutNs: UInt64
     private let overloadTimeoutNs: UInt64
 
@@ -70,7 +74,9 @@ public struct RouteBalancer: Sendable {
         for host in statuses.keys where !seen.contains(host) {
             statuses[host] = nil
             pendingReport[host] = nil
+            outstandingTotal -= outstanding.removeValue(forKey: host) ?? 0
         }
+        ring.setHosts(unique)
         for host in unique where statuses[host] == nil {
             statuses[host] = HostStatus(idleAt: now, settings: settings)
         }
@@ -125,11 +131,60 @@ public struct RouteBalancer: Sendable {
         return .host(nextIdle())
     }
 
+    /// Chooses a host for a request with a key (consistent hashing with bounded loads, `BoundedLoadRing`): the
+    /// key's host on the ring among the idle hosts while its load of unreported calls is within the bound, else
+    /// the next one. Overloaded hosts are left out (and probed every probe_num-th request, as with `pick(now:)`);
+    /// with no idle host this is `pick(now:)`.
+    public mutating func pick(key: UInt64, now: UInt64) -> PickResult {
+        if statuses.isEmpty { return .empty }
+        recoverExpiredOverloads(now: now)
+        if idle.isEmpty { return pick(now: now) }
+        if !overloaded.isEmpty {
+            if accessCount >= settings.probeNum - 1 {
+                accessCount = 0
+                return .probe(nextOverloaded())
+            }
+            accessCount += 1
+        }
+        let statuses = self.statuses
+        let outstanding = self.outstanding
+        guard let host = ring.pick(key: key, eligible: { statuses[$0]?.health == .idle },
+                                   load: { outstanding[$0] ?? 0 }, totalLoad: outstandingTotal,
+                                   eligibleCount: idle.count) else { return .host(nextIdle()) }
+        picked(host)
+        return .host(host)
+    }
+
+    /// Where `key` would go with no load anywhere (its owner on the ring), for inspection.
+    public func owner(of key: UInt64) -> Host? { ring.owner(of: key) }
+
+    /// Unreported calls of `host`.
+    public func outstandingCalls(of host: Host) -> Int { outstanding[host] ?? 0 }
+
+    /// Halves every host's count of unreported calls: calls whose report never comes (a caller that does not
+    /// report, a lost datagram) fade out of the loads instead of weighing on a host for ever. The agent calls it
+    /// once per report interval.
+    public mutating func decayOutstanding() {
+        guard outstandingTotal > 0 else { return }
+        outstandingTotal = 0
+        for (host, n) in outstanding {
+            let kept = n / 2
+            outstanding[host] = kept == 0 ? nil : kept
+            outstandingTotal += kept
+        }
+    }
+
+    private mutating func picked(_ host: Host) {
+        statuses[host]!.picks &+= 1
+        outstanding[host, default: 0] += 1
+        outstandingTotal += 1
+    }
+
     private mutating func nextIdle() -> Host {
         if idleCursor >= idle.count { idleCursor = 0 }
         let host = idle[idleCursor]
         idleCursor += 1
-        statuses[host]!.picks &+= 1
+        picked(host)
         return host
     }
 
@@ -137,7 +192,7 @@ public struct RouteBalancer: Sendable {
         if overloadCursor >= overloaded.count { overloadCursor = 0 }
         let host = overloaded[overloadCursor]
         overloadCursor += 1
-        statuses[host]!.picks &+= 1
+        picked(host)
         return host
     }
 
@@ -146,6 +201,10 @@ public struct RouteBalancer: Sendable {
     /// Counts one call's outcome and applies the transitions. Unknown hosts (not in the route) are ignored.
     public mutating func report(host: Host, success: Bool, now: UInt64) {
         guard var s = statuses[host] else { return }
+        if let n = outstanding[host], n > 0 {
+            outstanding[host] = n - 1
+            outstandingTotal -= 1
+        }
         if success {
             s.virtualSuccesses &+= 1
             s.realSuccesses &+= 1

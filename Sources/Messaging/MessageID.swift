@@ -13,6 +13,11 @@ public enum MessageID {
     public static let reportRequest: Int32 = 6
     public static let apiGetRouteRequest: Int32 = 7
     public static let apiGetRouteResponse: Int32 = 8
+    /// Switchyard extension: GetHost by key (consistent hashing with bounded loads), client API -> agent, UDP;
+    /// body `Switchyard_Lb_GetHostByKeyRequest`.
+    public static let getHostByKeyRequest: Int32 = 100
+    /// Its answer, agent -> client API: body `Lars_GetHostResponse`.
+    public static let getHostByKeyResponse: Int32 = 101
 
     /// The benchmark's protobuf echo (`Switchyard_Bench_EchoMessage`), outside every service's range.
     public static let benchEcho: Int32 = 1000

@@ -53,6 +53,8 @@ struct GetHostCommand: AsyncParsableCommand {
     @Option(help: "Command id.") var cmdid: Int32
     @Option(help: "Keep asking while the agent answers NOEXIST (it fetches new modules), for this many ms.")
     var retryMs = 1000
+    @Option(help: "Pick by key (consistent hashing with bounded loads: the same key, the same host while it has room).")
+    var key: String?
     @OptionGroup var address: AgentAddressOptions
 
     func run() async throws {
@@ -60,7 +62,8 @@ struct GetHostCommand: AsyncParsableCommand {
         defer { client.close() }
         do {
             let result = try await retrying(for: retryMs, until: { $0.retcode != LarsReturnCode.notExist }) {
-                try await client.getHost(modid: modid, cmdid: cmdid)
+                if let key { try await client.getHost(modid: modid, cmdid: cmdid, key: key) }
+                else { try await client.getHost(modid: modid, cmdid: cmdid) }
             }
             announce(result.description)
             if !result.isSuccess { throw ExitCode(1) }
