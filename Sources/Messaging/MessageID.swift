@@ -18,6 +18,11 @@ public enum MessageID {
     public static let getHostByKeyRequest: Int32 = 100
     /// Its answer, agent -> client API: body `Lars_GetHostResponse`.
     public static let getHostByKeyResponse: Int32 = 101
+    /// Switchyard extension: a server registers itself for a route with a time to live, server -> name service,
+    /// TCP; body `Switchyard_Lb_RegisterHostRequest`.
+    public static let registerHostRequest: Int32 = 102
+    /// Its answer, name service -> server: body `Switchyard_Lb_RegisterHostResponse`.
+    public static let registerHostResponse: Int32 = 103
 
     /// The benchmark's protobuf echo (`Switchyard_Bench_EchoMessage`), outside every service's range.
     public static let benchEcho: Int32 = 1000

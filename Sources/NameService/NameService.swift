@@ -19,13 +19,17 @@ import Synchronization
 /// pool's async API, never on a reactor loop. When the database is unreachable the last snapshot is served and
 /// the outage is logged once (and its end once).
 ///
+/// Servers may also register themselves for a route with a time to live (message id 102, answered with 103; see
+/// ``ServiceRegistration``): a registered host is served next to the hosts of RouteData until its registration
+/// runs out or is taken back, and its arrival and departure are pushed like a database change.
+///
 /// Safe to call from any thread.
 public final class NameService: Sendable {
     /// The settings.
     public let configuration: NameServiceConfiguration
     private let core: Core
     private let server: FramedServer
-    private let poller = Mutex<Task<Void, Never>?>(nil)
+    private let poller = Mutex<[Task<Void, Never>]>([])
 
     /// Creates the service; nothing is bound or read until ``start()``.
     ///
@@ -43,6 +47,9 @@ public final class NameService: Sendable {
         try! router.on(MessageID.getRouteRequest, as: Lars_GetRouteRequest.self) { request, message in
             core.handleGetRoute(request, on: message.connection)
         }
+        try! router.on(MessageID.registerHostRequest, as: Switchyard_Lb_RegisterHostRequest.self) { request, message in
+            core.handleRegister(request, on: message.connection)
+        }
         server = FramedServer(
             group: group,
             configuration: FramedServerConfiguration(server: ServerConfiguration(
@@ -58,8 +65,10 @@ public final class NameService: Sendable {
     public func start() throws -> SocketAddress {
         let address = try server.start()
         let core = self.core
-        poller.withLock { task in
-            task = task ?? Task { await core.runPolling() }
+        poller.withLock { tasks in
+            if tasks.isEmpty {
+                tasks = [Task { await core.runPolling() }, Task { await core.runExpiry() }]
+            }
         }
         core.logger.info("name service listening", metadata: ["address": "\(address)"])
         return address
@@ -67,9 +76,9 @@ public final class NameService: Sendable {
 
     /// Stops polling, stops accepting and closes the connections. Blocks (bounded); not on a loop thread.
     public func shutdown() {
-        poller.withLock { task in
-            task?.cancel()
-            task = nil
+        poller.withLock { tasks in
+            for task in tasks { task.cancel() }
+            tasks = []
         }
         server.shutdown()
         core.logger.info("name service stopped")
@@ -101,6 +110,12 @@ public final class NameService: Sendable {
         let reloads = Atomic<Int>(0)
         let failedPolls = Atomic<Int>(0)
         let reachable = Atomic<Bool>(true)
+        /// Self-registered hosts: route -> host -> expiry (monotonic nanoseconds).
+        let registrations = Mutex<[RouteKey: [Host: UInt64]]>([:])
+        /// RouteData as last loaded; the served snapshot is this plus the registrations.
+        let database = Mutex<(version: Int64, entries: [RouteEntry])>((-1, []))
+        /// Serializes building and swapping the served snapshot (reloads, registrations, expiries).
+        let rebuilding = Mutex<Void>(())
 
         init(pool: ConnectionPool, configuration: NameServiceConfiguration, logger: Logger) {
             self.pool = pool
@@ -214,14 +229,103 @@ public final class NameService: Sendable {
                     }
                 }
             }
-            let fresh = RouteSnapshot(version: version, entries: try await RouteAdmin.listRoutes(on: pool))
-            let old = snapshot.withLock { current in
-                defer { current = fresh }
-                return current
-            }
+            let entries = try await RouteAdmin.listRoutes(on: pool)
+            database.withLock { $0 = (version, entries) }
             reloads.wrappingAdd(1, ordering: .relaxed)
-            changed.formUnion(fresh.changedRoutes(since: old))
-            push(changed, from: fresh)
+            rebuild(alsoPushing: changed)
+        }
+
+        /// Builds the served snapshot from the last database load and the live registrations, swaps it in and
+        /// pushes the routes that changed (and `extra`). Any thread.
+        func rebuild(alsoPushing extra: Set<RouteKey> = []) {
+            rebuilding.withLock { _ in
+                let (version, entries) = database.withLock { $0 }
+                let registered = registrations.withLock { regs in
+                    regs.flatMap { key, hosts in hosts.keys.map { RouteEntry(key: key, host: $0) } }
+                }
+                let fresh = RouteSnapshot(version: version, entries: entries + registered)
+                let old = snapshot.withLock { current in
+                    defer { current = fresh }
+                    return current
+                }
+                push(extra.union(fresh.changedRoutes(since: old)), from: fresh)
+            }
+        }
+
+        /// A server registering itself (or taking its registration back, ttl 0). Loop thread only.
+        func handleRegister(_ request: Switchyard_Lb_RegisterHostRequest, on connection: TCPConnection) {
+            let key = RouteKey(modid: request.modid, cmdid: request.cmdid)
+            var reply = Switchyard_Lb_RegisterHostResponse()
+            reply.modid = request.modid
+            reply.cmdid = request.cmdid
+            let maxTTL = configuration.maxRegistrationTTL
+            let ttlNs = UInt64(request.ttlMs) * 1_000_000
+            guard let host = Host(wireIP: request.ip, wirePort: request.port), host.ip != 0, host.port != 0 else {
+                reply.reason = "bad host: ip \(UInt32(bitPattern: request.ip)), port \(request.port)"
+                return refuse(reply, on: connection)
+            }
+            guard Duration.milliseconds(Int64(request.ttlMs)) <= maxTTL else {
+                reply.reason = "ttl \(request.ttlMs) ms is above the limit of \(maxTTL)"
+                return refuse(reply, on: connection)
+            }
+            let now = SystemInfo.monotonicNanoseconds()
+            let limit = configuration.maxRegistrations
+            enum Outcome { case added, removed, refreshed, full }
+            let outcome = registrations.withLock { regs -> Outcome in
+                if ttlNs == 0 {
+                    guard regs[key]?.removeValue(forKey: host) != nil else { return .refreshed }
+                    if regs[key]?.isEmpty == true { regs[key] = nil }
+                    return .removed
+                }
+                if regs[key]?[host] != nil {
+                    regs[key]![host] = now &+ ttlNs
+                    return .refreshed
+                }
+                if regs.values.reduce(0, { $0 + $1.count }) >= limit { return .full }
+                regs[key, default: [:]][host] = now &+ ttlNs
+                return .added
+            }
+            if outcome == .full {
+                reply.reason = "the name service holds its limit of \(limit) registrations"
+                return refuse(reply, on: connection)
+            }
+            if outcome == .added || outcome == .removed {
+                logger.info(outcome == .added ? "host registered" : "host deregistered",
+                            metadata: ["route": "\(key)", "host": "\(host)", "ttl_ms": "\(request.ttlMs)"])
+                rebuild()
+            }
+            reply.ok = true
+            connection.send(reply, id: MessageID.registerHostResponse)
+        }
+
+        private func refuse(_ reply: Switchyard_Lb_RegisterHostResponse, on connection: TCPConnection) {
+            logger.info("registration refused", metadata: [
+                "peer": "\(connection.peerAddress)", "reason": "\(reply.reason)"])
+            connection.send(reply, id: MessageID.registerHostResponse)
+        }
+
+        /// Drops registrations whose time ran out, every 100 ms, until cancelled.
+        func runExpiry() async {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(100))
+                let now = SystemInfo.monotonicNanoseconds()
+                let expired = registrations.withLock { regs -> [RouteEntry] in
+                    var gone: [RouteEntry] = []
+                    for (key, hosts) in regs {
+                        for (host, expiry) in hosts where expiry <= now {
+                            gone.append(RouteEntry(key: key, host: host))
+                            regs[key]![host] = nil
+                        }
+                        if regs[key]?.isEmpty == true { regs[key] = nil }
+                    }
+                    return gone
+                }
+                if expired.isEmpty { continue }
+                for entry in expired {
+                    logger.info("host registration ran out", metadata: ["route": "\(entry.key)", "host": "\(entry.host)"])
+                }
+                rebuild()
+            }
         }
 
         /// Sends the routes in `keys` to their subscribers. Any thread.

@@ -10,15 +10,22 @@ public struct NameServiceConfiguration: Sendable {
     public var fullReloadInterval: Duration
     /// Most agent connections at once; more are refused.
     public var maxConnections: Int
+    /// The longest time to live a self-registered host may ask for (message id 102); longer is refused.
+    public var maxRegistrationTTL: Duration
+    /// Most self-registered hosts at once; further registrations are refused.
+    public var maxRegistrations: Int
 
     /// Creates a configuration; every setting has the default of PROTOCOL.md and DESIGN.md.
     public init(host: String = "127.0.0.1", port: Int = 7778, pollInterval: Duration = .seconds(1),
-                fullReloadInterval: Duration = .seconds(10), maxConnections: Int = 100_000) {
+                fullReloadInterval: Duration = .seconds(10), maxConnections: Int = 100_000,
+                maxRegistrationTTL: Duration = .seconds(3600), maxRegistrations: Int = 100_000) {
         self.host = host
         self.port = port
         self.pollInterval = pollInterval
         self.fullReloadInterval = fullReloadInterval
         self.maxConnections = maxConnections
+        self.maxRegistrationTTL = maxRegistrationTTL
+        self.maxRegistrations = maxRegistrations
     }
 }
 

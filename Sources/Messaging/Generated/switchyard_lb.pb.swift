@@ -49,6 +49,50 @@ public nonisolated struct Switchyard_Lb_GetHostByKeyRequest: Sendable {
   public init() {}
 }
 
+/// Id 102, a server -> name service, TCP: "I serve (modid, cmdid) at host, for ttl_ms more milliseconds". Sent
+/// again before the time runs out (a heartbeat); a host whose registration runs out leaves the route. ttl_ms 0
+/// takes the registration back at once. Registered hosts are served next to the hosts of RouteData; the database
+/// is not written. The name service answers with id 103.
+public nonisolated struct Switchyard_Lb_RegisterHostRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var modid: Int32 = 0
+
+  public var cmdid: Int32 = 0
+
+  /// as lars.HostInfo.ip
+  public var ip: Int32 = 0
+
+  public var port: Int32 = 0
+
+  public var ttlMs: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Id 103, name service -> server: ok, or why the registration was refused.
+public nonisolated struct Switchyard_Lb_RegisterHostResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var modid: Int32 = 0
+
+  public var cmdid: Int32 = 0
+
+  public var ok: Bool = false
+
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "switchyard.lb"
@@ -93,6 +137,101 @@ nonisolated extension Switchyard_Lb_GetHostByKeyRequest: SwiftProtobuf.Message, 
     if lhs.modid != rhs.modid {return false}
     if lhs.cmdid != rhs.cmdid {return false}
     if lhs.key != rhs.key {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Switchyard_Lb_RegisterHostRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RegisterHostRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}modid\0\u{1}cmdid\0\u{1}ip\0\u{1}port\0\u{3}ttl_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt32Field(value: &self.modid) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.cmdid) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.ip) }()
+      case 4: try { try decoder.decodeSingularInt32Field(value: &self.port) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.ttlMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.modid != 0 {
+      try visitor.visitSingularInt32Field(value: self.modid, fieldNumber: 1)
+    }
+    if self.cmdid != 0 {
+      try visitor.visitSingularInt32Field(value: self.cmdid, fieldNumber: 2)
+    }
+    if self.ip != 0 {
+      try visitor.visitSingularInt32Field(value: self.ip, fieldNumber: 3)
+    }
+    if self.port != 0 {
+      try visitor.visitSingularInt32Field(value: self.port, fieldNumber: 4)
+    }
+    if self.ttlMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.ttlMs, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Switchyard_Lb_RegisterHostRequest, rhs: Switchyard_Lb_RegisterHostRequest) -> Bool {
+    if lhs.modid != rhs.modid {return false}
+    if lhs.cmdid != rhs.cmdid {return false}
+    if lhs.ip != rhs.ip {return false}
+    if lhs.port != rhs.port {return false}
+    if lhs.ttlMs != rhs.ttlMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Switchyard_Lb_RegisterHostResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RegisterHostResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}modid\0\u{1}cmdid\0\u{1}ok\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt32Field(value: &self.modid) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.cmdid) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.ok) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.modid != 0 {
+      try visitor.visitSingularInt32Field(value: self.modid, fieldNumber: 1)
+    }
+    if self.cmdid != 0 {
+      try visitor.visitSingularInt32Field(value: self.cmdid, fieldNumber: 2)
+    }
+    if self.ok != false {
+      try visitor.visitSingularBoolField(value: self.ok, fieldNumber: 3)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Switchyard_Lb_RegisterHostResponse, rhs: Switchyard_Lb_RegisterHostResponse) -> Bool {
+    if lhs.modid != rhs.modid {return false}
+    if lhs.cmdid != rhs.cmdid {return false}
+    if lhs.ok != rhs.ok {return false}
+    if lhs.reason != rhs.reason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

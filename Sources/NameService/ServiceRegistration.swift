@@ -1,0 +1,109 @@
+import LoadBalancing
+import Logging
+import Messaging
+import Reactor
+import Synchronization
+
+/// A server's registration of itself with the name service (message id 102): "I serve (modid, cmdid) at `host`".
+/// Sent on connect and then every third of `ttl`, so the host stays in the route while this process lives and
+/// drops out within `ttl` once it stops; `stop()` takes it back at once. Reconnects with backoff when the name
+/// service goes away, registering again on every connection. Safe to call from any thread.
+///
+/// ```swift
+/// let registration = try ServiceRegistration(loop: group.next(), modid: 7, cmdid: 1,
+///                                            host: Host(address: "10.0.0.5", port: 9000)!, ttl: .seconds(10))
+/// registration.start()
+/// ...
+/// registration.stop()
+/// ```
+public final class ServiceRegistration: Sendable {
+    public let key: RouteKey
+    public let host: Host
+    public let ttl: Duration
+    private let client: FramedClient
+    private let loop: EventLoop
+    private let state = Mutex<(timer: TimerHandle?, stopped: Bool)>((nil, false))
+    private final class Replies: Sendable {
+        let accepted = Atomic<Int>(0)
+        let lastRefusal = Mutex<String?>(nil)
+    }
+    private let replies = Replies()
+
+    /// - Parameters:
+    ///   - nameServiceHost, nameServicePort: The name service (default 127.0.0.1:7778).
+    ///   - ttl: How long the host stays registered without a heartbeat (at least 300 ms).
+    public init(loop: EventLoop, nameServiceHost: String = "127.0.0.1", nameServicePort: Int = 7778,
+                modid: Int32, cmdid: Int32, host: Host, ttl: Duration = .seconds(10),
+                logger: Logger = Logger(label: "switchyard.registration", factory: { _ in SwiftLogNoOpLogHandler() }))
+        throws
+    {
+        precondition(ttl >= .milliseconds(300), "ttl must be at least 300 ms")
+        key = RouteKey(modid: modid, cmdid: cmdid)
+        self.host = host
+        self.ttl = ttl
+        self.loop = loop
+        let request = Self.request(key: key, host: host, ttl: ttl)
+        let router = MessageRouter<TCPConnection>()
+        let replies = self.replies
+        try router.on(MessageID.registerHostResponse, as: Switchyard_Lb_RegisterHostResponse.self) { reply, _ in
+            if reply.ok {
+                replies.accepted.wrappingAdd(1, ordering: .relaxed)
+            } else {
+                let known = replies.lastRefusal.withLock { last in
+                    defer { last = reply.reason }
+                    return last == reply.reason
+                }
+                if !known { logger.warning("registration refused", metadata: ["reason": "\(reply.reason)"]) }
+            }
+        }
+        client = try FramedClient(
+            loop: loop,
+            configuration: FramedClientConfiguration(client: ClientConfiguration(
+                host: nameServiceHost, port: nameServicePort, reconnect: true, logger: logger)),
+            router: router,
+            onConnect: { connection in
+                logger.info("registering", metadata: ["route": "\(RouteKey(modid: modid, cmdid: cmdid))",
+                                                       "host": "\(host)"])
+                connection.send(request, id: MessageID.registerHostRequest)
+            })
+    }
+
+    /// Connects and keeps the registration alive. Safe to call from any thread; once.
+    public func start() {
+        let request = Self.request(key: key, host: host, ttl: ttl)
+        let client = self.client
+        let period = ttl / 3
+        let timer = loop.scheduleRepeating(every: period) { _ = client.send(request, id: MessageID.registerHostRequest) }
+        state.withLock { $0.timer = timer }
+        client.connect()
+    }
+
+    /// Takes the registration back (ttl 0) and disconnects; the name service drops the host at once. Idempotent.
+    public func stop() {
+        let timer = state.withLock { s -> TimerHandle? in
+            if s.stopped { return nil }
+            s.stopped = true
+            return s.timer
+        }
+        timer?.cancel()
+        _ = client.send(Self.request(key: key, host: host, ttl: .zero), id: MessageID.registerHostRequest)
+        client.disconnect()
+    }
+
+    /// Registrations (and heartbeats) the name service accepted so far.
+    public var acceptedCount: Int { replies.accepted.load(ordering: .relaxed) }
+
+    /// The last reason the name service gave for refusing, if it ever did.
+    public var lastRefusalReason: String? { replies.lastRefusal.withLock { $0 } }
+
+    static func request(key: RouteKey, host: Host, ttl: Duration) -> Switchyard_Lb_RegisterHostRequest {
+        var request = Switchyard_Lb_RegisterHostRequest()
+        request.modid = key.modid
+        request.cmdid = key.cmdid
+        request.ip = host.wireIP
+        request.port = Int32(host.port)
+        let (s, atto) = ttl.components
+        request.ttlMs = UInt32(clamping: max(0, s * 1000 + atto / 1_000_000_000_000_000))
+        return request
+    }
+}

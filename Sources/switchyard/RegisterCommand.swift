@@ -1,0 +1,58 @@
+import ArgumentParser
+import Dispatch
+import LoadBalancing
+import Logging
+import NameService
+import Reactor
+
+struct RegisterCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "register",
+        abstract: "Register a host for a route with the name service, with a time to live, until stopped.",
+        discussion: """
+            The host is served to agents next to the hosts of RouteData while this command runs (it re-registers \
+            every third of --ttl); on SIGINT/SIGTERM the registration is taken back at once; if the process dies, \
+            the host leaves the route when the ttl runs out. The database is not written.
+            """
+    )
+
+    @Option(help: "Module id.") var modid: Int32
+    @Option(help: "Command id.") var cmdid: Int32
+    @Option(help: "The host's IPv4 address.") var ip: String
+    @Option(help: "The host's port.") var port: Int
+    @Option(help: "Seconds the registration lives without a heartbeat (at least 0.3).") var ttl = 10.0
+    @Option(help: "Name service HOST:PORT.") var names = "127.0.0.1:7778"
+    @OptionGroup var service: ServiceOptions
+
+    func validate() throws {
+        guard Host(address: ip, port: port) != nil, (1...65535).contains(port) else {
+            throw ValidationError("--ip must be an IPv4 address and --port 1...65535, got \(ip):\(port)")
+        }
+        guard ttl >= 0.3 && ttl <= 3600 else { throw ValidationError("--ttl must be 0.3...3600 seconds") }
+        _ = try nameService()
+    }
+
+    private func nameService() throws -> (String, Int) {
+        guard let colon = names.lastIndex(of: ":"), let p = Int(names[names.index(after: colon)...]),
+              (1...65535).contains(p) else {
+            throw ValidationError("--names must be HOST:PORT, got '\(names)'")
+        }
+        return (String(names[..<colon]), p)
+    }
+
+    func run() throws {
+        service.bootstrapLogging()
+        let logger = Logger(label: "switchyard.register")
+        let (namesHost, namesPort) = try nameService()
+        let group = try EventLoopGroup(ioLoops: 0)
+        let termination = try TerminationWaiter(group: group, logger: logger)
+        let registration = try ServiceRegistration(
+            loop: group.acceptorLoop, nameServiceHost: namesHost, nameServicePort: namesPort, modid: modid,
+            cmdid: cmdid, host: Host(address: ip, port: port)!, ttl: .milliseconds(Int64(ttl * 1000)), logger: logger)
+        registration.start()
+        announce("registering \(ip):\(port) for \(modid)/\(cmdid) with \(names), ttl \(ttl) s (Ctrl-C to take it back)")
+        termination.wait()
+        registration.stop()
+        group.shutdown()
+    }
+}

@@ -1,0 +1,130 @@
+import Foundation
+import LoadBalancing
+import Messaging
+import NameService
+import Reactor
+import Storage
+import Testing
+
+extension NameServiceSocketTests {
+    @Suite("Self-registration with a time to live (ids 102/103)")
+    struct RegistrationTests {
+        /// A subscribed agent-like client: asks for `key` and returns the first answer's hosts.
+        func subscribe(_ running: RunningNameService, _ key: RouteKey) async throws -> (AsyncFrameClient, [LoadBalancing.Host]) {
+            let client = try await running.client()
+            try await askRoute(client, key)
+            let first = try #require(try await nextFrame(client) { $0.messageID == MessageID.getRouteResponse })
+            return (client, try routeHosts(first))
+        }
+
+        /// The next pushed route of `key` whose hosts satisfy `match`, or nil after `timeout`.
+        func nextPush(_ client: AsyncFrameClient, timeout: Duration = .seconds(5),
+                      _ match: @escaping ([LoadBalancing.Host]) -> Bool) async throws -> [LoadBalancing.Host]? {
+            let frame = try await nextFrame(client, timeout: timeout) {
+                guard $0.messageID == MessageID.getRouteResponse else { return false }
+                return match(try routeHosts($0))
+            }
+            return try frame.map(routeHosts)
+        }
+
+        @Test("a registered host is pushed next to RouteData's; stop() takes it back at once")
+        func registerAndStop() async throws {
+            let pool = try await makePool(TestDatabase.sqlite.url())
+            let key = RouteKey(modid: uniqueModid(), cmdid: 3)
+            let fromDatabase = LoadBalancing.Host(address: "10.1.0.1", port: 7000)!
+            let registered = LoadBalancing.Host(address: "10.1.0.2", port: 7001)!
+            try await RouteAdmin.addHost(fromDatabase, to: key, on: pool)
+            let running = try RunningNameService(pool: pool)
+            #expect(await eventually { running.service.snapshot.hosts(for: key) == [fromDatabase] })
+            let (client, initial) = try await subscribe(running, key)
+            #expect(initial == [fromDatabase])
+
+            let registration = try ServiceRegistration(
+                loop: running.group.next(), nameServicePort: running.port, modid: key.modid, cmdid: key.cmdid,
+                host: registered, ttl: .seconds(5))
+            let start = ContinuousClock.now
+            registration.start()
+            let pushed = try await nextPush(client) { $0.contains(registered) }
+            #expect(pushed == [fromDatabase, registered].sorted())
+            #expect(ContinuousClock.now - start < .seconds(2))
+            #expect(registration.acceptedCount >= 1)
+            // A database reload keeps the registered host.
+            try await running.service.reload()
+            #expect(running.service.snapshot.hosts(for: key) == [fromDatabase, registered].sorted())
+
+            registration.stop()
+            let after = try await nextPush(client) { !$0.contains(registered) }
+            #expect(after == [fromDatabase])
+            await client.close()
+            await running.stop()
+            await pool.close()
+        }
+
+        @Test("heartbeats keep a host registered past its ttl; without them it drops out when the ttl runs out")
+        func ttlExpiry() async throws {
+            let pool = try await makePool(TestDatabase.sqlite.url())
+            let key = RouteKey(modid: uniqueModid(), cmdid: 4)
+            let host = LoadBalancing.Host(address: "10.1.0.3", port: 7002)!
+            let running = try RunningNameService(pool: pool)
+            let (client, initial) = try await subscribe(running, key)
+            #expect(initial.isEmpty)
+            // A group of its own, so the registration can be cut off without a goodbye (as a crashed server).
+            let serverGroup = try EventLoopGroup(ioLoops: 1)
+            let registration = try ServiceRegistration(
+                loop: serverGroup.next(), nameServicePort: running.port, modid: key.modid, cmdid: key.cmdid,
+                host: host, ttl: .milliseconds(600))
+            registration.start()
+            #expect(try await nextPush(client) { $0 == [host] } != nil)
+            // Three ttls with heartbeats: still there, and no push took it away.
+            let pushedAway = try await nextPush(client, timeout: .milliseconds(1800)) { !$0.contains(host) }
+            #expect(pushedAway == nil)
+            #expect(running.service.snapshot.hosts(for: key) == [host])
+            #expect(registration.acceptedCount >= 3)
+            // The server's process "dies": its loops stop, no deregistration is sent.
+            // (Its socket stays open in this process, so stopping the name service below waits out the linger.)
+            await onThread { serverGroup.shutdown() }
+            let dropped = ContinuousClock.now
+            #expect(try await nextPush(client) { $0.isEmpty } != nil)
+            #expect(ContinuousClock.now - dropped < .seconds(3))
+            #expect(running.service.snapshot.hosts(for: key).isEmpty)
+            await client.close()
+            await running.stop()
+            await pool.close()
+        }
+
+        @Test("bad registrations get a reason and change nothing; the connection stays usable")
+        func refusals() async throws {
+            let pool = try await makePool(TestDatabase.sqlite.url())
+            let running = try RunningNameService(pool: pool)
+            let client = try await running.client()
+            let key = RouteKey(modid: uniqueModid(), cmdid: 5)
+            func register(ip: String, port: Int32, ttlMs: UInt32) async throws -> Switchyard_Lb_RegisterHostResponse {
+                var request = Switchyard_Lb_RegisterHostRequest()
+                request.modid = key.modid
+                request.cmdid = key.cmdid
+                request.ip = Int32(bitPattern: LoadBalancing.Host(address: ip, port: 1)!.ip)
+                request.port = port
+                request.ttlMs = ttlMs
+                try await client.send(request, id: MessageID.registerHostRequest)
+                let frame = try #require(try await nextFrame(client) { $0.messageID == MessageID.registerHostResponse })
+                return try frame.decode(as: Switchyard_Lb_RegisterHostResponse.self)
+            }
+            let badPort = try await register(ip: "10.1.0.4", port: 70_000, ttlMs: 1000)
+            #expect(!badPort.ok && badPort.reason.contains("bad host"))
+            let zeroIP = try await register(ip: "0.0.0.0", port: 80, ttlMs: 1000)
+            #expect(!zeroIP.ok && zeroIP.reason.contains("bad host"))
+            let longTTL = try await register(ip: "10.1.0.4", port: 80, ttlMs: 4_000_000)
+            #expect(!longTTL.ok && longTTL.reason.contains("above the limit"), "\(longTTL.reason)")
+            #expect(running.service.snapshot.hosts(for: key).isEmpty)
+            let good = try await register(ip: "10.1.0.4", port: 80, ttlMs: 60_000)
+            #expect(good.ok && good.reason.isEmpty)
+            #expect(await eventually { running.service.snapshot.hosts(for: key) == [LoadBalancing.Host(address: "10.1.0.4", port: 80)!] })
+            let gone = try await register(ip: "10.1.0.4", port: 80, ttlMs: 0)
+            #expect(gone.ok)
+            #expect(await eventually { running.service.snapshot.hosts(for: key).isEmpty })
+            await client.close()
+            await running.stop()
+            await pool.close()
+        }
+    }
+}
