@@ -142,3 +142,9 @@ void sy_set_thread_name(pthread_t thread, const char *name) { pthread_setname_np
 
 #include <stdio.h>
 void sy_flush_stdout(void) { fflush(stdout); }
+
+ssize_t sy_read(int fd, void *buf, size_t count) { return syscall(SYS_read, fd, buf, count); }
+
+ssize_t sy_write(int fd, const void *buf, size_t count) { return syscall(SYS_write, fd, buf, count); }
+
+ssize_t sy_writev(int fd, const struct iovec *iov, int iovcnt) { return syscall(SYS_writev, fd, iov, iovcnt); }

@@ -52,17 +52,17 @@ enum Posix {
 
     @inline(__always)
     static func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int) throws -> IOResult<Int> {
-        try check("read") { Glibc.read(fd, buffer, count) }
+        try check("read") { sy_read(fd, buffer, count) }
     }
 
     @inline(__always)
     static func write(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) throws -> IOResult<Int> {
-        try check("write") { Glibc.write(fd, buffer, count) }
+        try check("write") { sy_write(fd, buffer, count) }
     }
 
     @inline(__always)
     static func writev(_ fd: Int32, _ iov: UnsafePointer<iovec>, _ count: Int32) throws -> IOResult<Int> {
-        try check("writev") { Glibc.writev(fd, iov, count) }
+        try check("writev") { sy_writev(fd, iov, count) }
     }
 
     static func accept(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>, _ len: UnsafeMutablePointer<socklen_t>)

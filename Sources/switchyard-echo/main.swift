@@ -9,8 +9,9 @@ import CSwitchyardLinux
 import Reactor
 
 let usage = """
-    usage: switchyard-echo [--host A.B.C.D] [--port P] [--threads N] [--poller epoll|poll|select]
-    Echoes raw bytes back to each client. Defaults: 127.0.0.1, 7777, one I/O thread per core, epoll.
+    usage: switchyard-echo [--host A.B.C.D] [--port P] [--threads N] [--poller epoll|poll|select] [--busy-poll-us U]
+    Echoes raw bytes back to each client. Defaults: 127.0.0.1, 7777, one I/O thread per core, epoll, no busy
+    polling (U: microseconds a loop keeps polling after an event before sleeping).
     """
 
 func printError(_ text: String) {
@@ -27,6 +28,7 @@ var host = "127.0.0.1"
 var port = 7777
 var threads = SystemInfo.coreCount
 var poller = PollerKind.epoll
+var busyPollMicroseconds: Int64 = 0
 var arguments = CommandLine.arguments.dropFirst()
 while let flag = arguments.popFirst() {
     if flag == "-h" || flag == "--help" {
@@ -45,12 +47,16 @@ while let flag = arguments.popFirst() {
     case "--poller":
         guard let p = PollerKind(rawValue: value) else { fail("--poller must be epoll, poll or select") }
         poller = p
+    case "--busy-poll-us":
+        guard let u = Int64(value), (0...1_000_000).contains(u) else { fail("--busy-poll-us must be 0...1000000") }
+        busyPollMicroseconds = u
     default: fail("unknown option \(flag)")
     }
 }
 
 do {
-    let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(poller: poller))
+    let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(
+        poller: poller, busyPoll: .microseconds(busyPollMicroseconds)))
     let done = DispatchSemaphore(value: 0)
     let signals = try TerminationSignals(loop: group.acceptorLoop) { _ in done.signal() }
     let server = TCPServer(group: group, configuration: ServerConfiguration(host: host, port: port),

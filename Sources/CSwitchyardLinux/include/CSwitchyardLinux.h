@@ -52,6 +52,13 @@ void sy_ignore_sigpipe(void);
 void *sy_current_loop(void);
 void sy_set_current_loop(void *loop);
 
+/* read, write and writev through syscall(2): the same calls without glibc's cancellation-point bookkeeping
+   (two extra calls around every read and write). The reactor's descriptors are non-blocking, so no thread is
+   ever cancelled inside them. -1 and errno on failure, as the glibc wrappers. */
+ssize_t sy_read(int fd, void *buf, size_t count);
+ssize_t sy_write(int fd, const void *buf, size_t count);
+ssize_t sy_writev(int fd, const struct iovec *iov, int iovcnt);
+
 pid_t sy_gettid(void);
 uint64_t sy_monotonic_ns(void);
 /// CPU time (user + system) of the calling thread, in nanoseconds.
