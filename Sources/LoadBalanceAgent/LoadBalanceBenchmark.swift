@@ -105,7 +105,8 @@ public enum LoadBalanceBenchmark {
             defer { for c in clientObjects { c.close() } }
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 for client in clientObjects {
-                    tasks.addTask {
+                    // On the client's own loop: the reply resumes the task there, with no hop to another thread.
+                    tasks.addTask(executorPreference: client.loop) {
                         while !counters.stop.load(ordering: .relaxed) {
                             let result = try await client.getHost(modid: 1, cmdid: 1)
                             counters.count(result)

@@ -70,6 +70,9 @@ public final class LoadBalanceClient: Sendable {
     public let timeout: Duration
     private let addresses: [SocketAddress]
     private let ownedGroup: EventLoopGroup?
+    /// The loop the client's socket is on. Tasks that prefer it as their executor (`Task(executorPreference:)`)
+    /// get their replies without a thread hop.
+    public let loop: EventLoop
     private let endpoint: FramedUDPEndpoint
     private let waiters: Waiters
     private let sweepTimer: TimerHandle
@@ -90,6 +93,7 @@ public final class LoadBalanceClient: Sendable {
             ? try EventLoopGroup(ioLoops: 0, configuration: LoopConfiguration(busyPoll: busyPoll)) : nil
         ownedGroup = group
         let runLoop = loop ?? group!.acceptorLoop
+        self.loop = runLoop
         let waiters = Waiters(timeoutNs: timeout.nanoseconds, host: agentHost, timeoutMs: timeout.milliseconds)
         self.waiters = waiters
         let router = MessageRouter<UDPPeer>()

@@ -186,7 +186,13 @@ public final class EventLoop: @unchecked Sendable {
             }
             iterationCounter.wrappingAdd(1, ordering: .relaxed)
             wakeTime = sy_monotonic_ns()
-            if n > 0 { lastEventTime = wakeTime }
+            if n > 0 {
+                lastEventTime = wakeTime
+            } else if timeout == 0 && busyPollNanoseconds > 0 {
+                // Polling with nothing to do: let a thread waiting for this core (often the peer this loop is
+                // waiting for) run first.
+                sched_yield()
+            }
             for i in 0..<n {
                 let ev = events[i]
                 let fd = Int(ev.fd)

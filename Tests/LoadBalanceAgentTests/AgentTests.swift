@@ -103,6 +103,29 @@ struct AgentTests {
         #expect(try blocking.getHost(modid: 5, cmdid: 5, key: "x").retcode == LarsReturnCode.notExist)
     }
 
+    @Test("the async client from a task on its own loop (executor preference): same answers, no thread hop",
+          arguments: PollerKind.allCases)
+    func asyncClientOnItsLoop(poller: PollerKind) async throws {
+        let world = try AgentWorld.make(poller: poller, routes: [route12: [h1, h2]])
+        defer { world.shutdown() }
+        let client = world.client
+        let seen = try await Task(executorPreference: client.loop) { () async throws -> (Set<LoadBalancing.Host>, Bool) in
+            var hosts: Set<LoadBalancing.Host> = []
+            var onLoop = true
+            for _ in 0..<200 {
+                let r = try await client.getHost(modid: 1, cmdid: 2)
+                onLoop = onLoop && client.loop.inLoopThread
+                if let host = r.host {
+                    hosts.insert(host)
+                    client.report(modid: 1, cmdid: 2, host: host, success: true)
+                }
+            }
+            return (hosts, onLoop)
+        }.value
+        #expect(seen.0 == [h1, h2])
+        #expect(seen.1)
+    }
+
     @Test("past max_modules new modules are answered NOEXIST and not kept", arguments: PollerKind.allCases)
     func moduleLimit(poller: PollerKind) async throws {
         let world = try AgentWorld.make(poller: poller, routes: [route12: [h1]]) { $0.maxModules = 3 }

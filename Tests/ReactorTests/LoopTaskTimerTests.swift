@@ -301,4 +301,37 @@ struct LoopTaskTimerTests {
             #expect(loop.iterations - after <= 1)
         }
     }
+
+    @Test("a task that prefers a loop as its executor runs on the loop thread, before and after a suspension",
+          arguments: PollerKind.allCases)
+    func loopAsTaskExecutor(poller: PollerKind) async throws {
+        let loop = try EventLoop(configuration: LoopConfiguration(poller: poller))
+        let finished = EventCounter()
+        Thread {
+            loop.run()
+            finished.signal()
+        }.start()
+        defer {
+            loop.stop()
+            #expect(finished.wait(for: 1, timeout: 10))
+        }
+        let observed = try await Task(executorPreference: loop) { () async throws -> [Bool] in
+            var onLoop = [loop.inLoopThread]
+            // Resumed from another thread: the task still carries on on the loop.
+            let value = await withCheckedContinuation { (c: CheckedContinuation<Int, Never>) in
+                Thread { c.resume(returning: 42) }.start()
+            }
+            onLoop.append(loop.inLoopThread && value == 42)
+            // Resumed from the loop itself (as a client's reply handler does).
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                loop.schedule(after: .milliseconds(5)) { c.resume() }
+            }
+            onLoop.append(loop.inLoopThread)
+            try await Task.sleep(for: .milliseconds(5))
+            onLoop.append(loop.inLoopThread)
+            return onLoop
+        }.value
+        #expect(observed == [true, true, true, true])
+        #expect(!loop.inLoopThread)
+    }
 }
