@@ -64,7 +64,7 @@ final class AgentCore: @unchecked Sendable {
         let t = now
         for (key, hosts) in routes {
             modules[key] = Module(balancer: RouteBalancer(settings: configuration.balancer, hosts: hosts, now: t),
-                                  hasRoute: true)
+                                  hasRoute: true, emptyUsedAt: t)
         }
     }
 
@@ -75,6 +75,8 @@ final class AgentCore: @unchecked Sendable {
         let t = now
         var module = modules[key] ?? Module(balancer: RouteBalancer(settings: configuration.balancer, now: t))
         let changed = !module.hasRoute || Set(module.balancer.hosts) != Set(hosts)
+        // A module that just lost its hosts (or arrives without any) starts its idle time now.
+        if hosts.isEmpty && (!module.balancer.hosts.isEmpty || module.emptyUsedAt == 0) { module.emptyUsedAt = t }
         module.balancer.setHosts(hosts, now: t)
         module.hasRoute = true
         module.updatedAt = t

@@ -1,4 +1,5 @@
 import struct Foundation.Data
+import Dispatch
 import LoadBalancing
 import Messaging
 import Reactor
@@ -120,13 +121,19 @@ public final class LoadBalanceClient: Sendable {
         close()
     }
 
-    /// Fails every pending request with `.closed` and closes the socket (and the private loop). Idempotent.
-    /// Not on the client's loop when the client owns it.
+    /// Fails every pending request with `.closed` and closes the socket (and the private loop). Idempotent. Safe
+    /// from any thread, the client's own loop included (a task running there may end the client's life).
     public func close() {
         sweepTimer.cancel()
         endpoint.close()
         waiters.closeAll()
-        ownedGroup?.shutdown()
+        guard let group = ownedGroup else { return }
+        if loop.inLoopThread {
+            // A loop cannot join its own thread: stop it from elsewhere.
+            DispatchQueue.global().async { group.shutdown() }
+        } else {
+            group.shutdown()
+        }
     }
 
     private func address(modid: Int32, cmdid: Int32) -> SocketAddress {

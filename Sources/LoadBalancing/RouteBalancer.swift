@@ -53,7 +53,8 @@ public struct RouteBalancer: Sendable {
     /// Calls picked and not yet reported, per host (the loads of keyed picks).
     private var outstanding: [Host: Int] = [:]
     private var outstandingTotal = 0
-    private var ring = BoundedLoadRing()
+    /// Built on the first keyed pick after the hosts changed (a module only asked without keys never pays for it).
+    private var ring: BoundedLoadRing?
     private let idleTimeoutNs: UInt64
     private let overloadTimeoutNs: UInt64
 
@@ -76,7 +77,7 @@ public struct RouteBalancer: Sendable {
             pendingReport[host] = nil
             outstandingTotal -= outstanding.removeValue(forKey: host) ?? 0
         }
-        ring.setHosts(unique)
+        ring = nil
         for host in unique where statuses[host] == nil {
             statuses[host] = HostStatus(idleAt: now, settings: settings)
         }
@@ -146,9 +147,10 @@ public struct RouteBalancer: Sendable {
             }
             accessCount += 1
         }
+        if ring == nil { ring = BoundedLoadRing(hosts: hosts) }
         let statuses = self.statuses
         let outstanding = self.outstanding
-        guard let host = ring.pick(key: key, eligible: { statuses[$0]?.health == .idle },
+        guard let host = ring!.pick(key: key, eligible: { statuses[$0]?.health == .idle },
                                    load: { outstanding[$0] ?? 0 }, totalLoad: outstandingTotal,
                                    eligibleCount: idle.count) else { return .host(nextIdle()) }
         picked(host)
@@ -156,7 +158,7 @@ public struct RouteBalancer: Sendable {
     }
 
     /// Where `key` would go with no load anywhere (its owner on the ring), for inspection.
-    public func owner(of key: UInt64) -> Host? { ring.owner(of: key) }
+    public func owner(of key: UInt64) -> Host? { (ring ?? BoundedLoadRing(hosts: hosts)).owner(of: key) }
 
     /// Unreported calls of `host`.
     public func outstandingCalls(of host: Host) -> Int { outstanding[host] ?? 0 }

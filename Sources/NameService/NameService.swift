@@ -329,15 +329,24 @@ public final class NameService: Sendable {
         }
 
         /// Sends the routes in `keys` to their subscribers. Any thread.
+        ///
+        /// Each push is handed to the subscriber's loop and encodes nothing itself: it sends the route as the
+        /// snapshot has it when the loop gets to it. Rebuilds on different threads may hand their pushes over in any
+        /// order, so a body taken from an older snapshot could otherwise arrive after a newer one and leave the
+        /// agent with a stale route.
         func push(_ keys: Set<RouteKey>, from fresh: RouteSnapshot) {
             guard !keys.isEmpty else { return }
             let targets = subscriptions.withLock { subs -> [(RouteKey, [TCPConnection])] in
                 keys.compactMap { key in subs[key].map { (key, Array($0.values)) } }
             }
             for (key, connections) in targets {
-                let body = fresh.responseBody(for: key)
                 for connection in connections {
-                    connection.sendFrame(messageID: MessageID.getRouteResponse, body: body)
+                    connection.loop.execute { [self] in
+                        let body = snapshot.withLock { $0 }.responseBody(for: key)
+                        body.withUnsafeBytes {
+                            _ = connection.sendFrame(messageID: MessageID.getRouteResponse, body: $0)
+                        }
+                    }
                     pushes.wrappingAdd(1, ordering: .relaxed)
                 }
             }

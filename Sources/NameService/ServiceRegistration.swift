@@ -68,17 +68,24 @@ public final class ServiceRegistration: Sendable {
             })
     }
 
-    /// Connects and keeps the registration alive. Safe to call from any thread; once.
+    /// Connects and keeps the registration alive. Safe to call from any thread. Does nothing when already started
+    /// or once stopped.
     public func start() {
         let request = Self.request(key: key, host: host, ttl: ttl)
         let client = self.client
+        let loop = self.loop
         let period = ttl / 3
-        let timer = loop.scheduleRepeating(every: period) { _ = client.send(request, id: MessageID.registerHostRequest) }
-        state.withLock { $0.timer = timer }
-        client.connect()
+        let started = state.withLock { s -> Bool in
+            guard !s.stopped, s.timer == nil else { return false }
+            s.timer = loop.scheduleRepeating(every: period) { _ = client.send(request, id: MessageID.registerHostRequest) }
+            return true
+        }
+        if started { client.connect() }
     }
 
     /// Takes the registration back (ttl 0) and disconnects; the name service drops the host at once. Idempotent.
+    /// When the name service is unreachable at that moment, nothing can be sent: the host then drops out when its
+    /// ttl runs out.
     public func stop() {
         let timer = state.withLock { s -> TimerHandle? in
             if s.stopped { return nil }

@@ -126,6 +126,18 @@ struct AgentTests {
         #expect(seen.1)
     }
 
+    @Test("a client with its own loop closed from a task running on that loop: no crash, calls fail with closed")
+    func closeFromItsOwnLoop() async throws {
+        let port = try freeTCPPort()
+        let client = try LoadBalanceClient(agentPorts: [port], timeout: .milliseconds(200))
+        let closedOnLoop = await Task(executorPreference: client.loop) { () async -> Bool in
+            client.close()
+            return client.loop.inLoopThread
+        }.value
+        #expect(closedOnLoop)
+        await #expect(throws: LoadBalanceClientError.closed) { _ = try await client.getHost(modid: 1, cmdid: 2) }
+    }
+
     @Test("past max_modules new modules are answered NOEXIST and not kept", arguments: PollerKind.allCases)
     func moduleLimit(poller: PollerKind) async throws {
         let world = try AgentWorld.make(poller: poller, routes: [route12: [h1]]) { $0.maxModules = 3 }
