@@ -116,6 +116,8 @@ public final class NameService: Sendable {
         let database = Mutex<(version: Int64, entries: [RouteEntry])>((-1, []))
         /// Serializes building and swapping the served snapshot (reloads, registrations, expiries).
         let rebuilding = Mutex<Void>(())
+        /// A rebuild for registration changes is scheduled and has not started yet.
+        let rebuildScheduled = Atomic<Bool>(false)
 
         init(pool: ConnectionPool, configuration: NameServiceConfiguration, logger: Logger) {
             self.pool = pool
@@ -135,6 +137,7 @@ public final class NameService: Sendable {
         /// The routes one connection asked for. Loop thread only (kept in `connection.context`).
         final class Subscriber {
             var keys: Set<RouteKey> = []
+            var warnedFull = false
         }
 
         /// Answers a GetRouteRequest. Loop thread only. Subscribes before reading the snapshot, so a reload that
@@ -149,8 +152,16 @@ public final class NameService: Sendable {
                 subscriber = Subscriber()
                 connection.context = subscriber
             }
-            if subscriber.keys.insert(key).inserted {
-                subscriptions.withLock { $0[key, default: [:]][connection.id] = connection }
+            if !subscriber.keys.contains(key) {
+                if subscriber.keys.count < configuration.maxSubscriptionsPerConnection {
+                    subscriber.keys.insert(key)
+                    subscriptions.withLock { $0[key, default: [:]][connection.id] = connection }
+                } else if !subscriber.warnedFull {
+                    subscriber.warnedFull = true
+                    logger.warning("subscription limit of a connection reached; further routes are answered, not pushed",
+                                   metadata: ["peer": "\(connection.peerAddress)",
+                                              "limit": "\(configuration.maxSubscriptionsPerConnection)"])
+                }
             }
             let current = snapshot.withLock { $0 }
             current.responseBody(for: key).withUnsafeBytes {
@@ -243,12 +254,24 @@ public final class NameService: Sendable {
                 let registered = registrations.withLock { regs in
                     regs.flatMap { key, hosts in hosts.keys.map { RouteEntry(key: key, host: $0) } }
                 }
-                let fresh = RouteSnapshot(version: version, entries: entries + registered)
+                let fresh = RouteSnapshot(version: version, entries: entries + registered,
+                                          reusing: snapshot.withLock { $0 })
                 let old = snapshot.withLock { current in
                     defer { current = fresh }
                     return current
                 }
                 push(extra.union(fresh.changedRoutes(since: old)), from: fresh)
+            }
+        }
+
+        /// Rebuilds soon, off the loops; registration changes arriving before it starts share it (a crowd of
+        /// servers registering after a restart costs a few rebuilds, not one each). Any thread.
+        func scheduleRebuild() {
+            if rebuildScheduled.exchange(true, ordering: .acquiringAndReleasing) { return }
+            Task.detached { [self] in
+                // Cleared before reading the registrations: a change after this point schedules another rebuild.
+                rebuildScheduled.store(false, ordering: .releasing)
+                rebuild()
             }
         }
 
@@ -292,7 +315,7 @@ public final class NameService: Sendable {
             if outcome == .added || outcome == .removed {
                 logger.info(outcome == .added ? "host registered" : "host deregistered",
                             metadata: ["route": "\(key)", "host": "\(host)", "ttl_ms": "\(request.ttlMs)"])
-                rebuild()
+                scheduleRebuild()
             }
             reply.ok = true
             connection.send(reply, id: MessageID.registerHostResponse)

@@ -14,11 +14,15 @@ public struct NameServiceConfiguration: Sendable {
     public var maxRegistrationTTL: Duration
     /// Most self-registered hosts at once; further registrations are refused.
     public var maxRegistrations: Int
+    /// Most routes one connection is subscribed to (pushed on change); further routes are answered but not
+    /// pushed, so made-up module ids cannot grow the table without bound.
+    public var maxSubscriptionsPerConnection: Int
 
     /// Creates a configuration; every setting has the default of PROTOCOL.md and DESIGN.md.
     public init(host: String = "127.0.0.1", port: Int = 7778, pollInterval: Duration = .seconds(1),
                 fullReloadInterval: Duration = .seconds(10), maxConnections: Int = 100_000,
-                maxRegistrationTTL: Duration = .seconds(3600), maxRegistrations: Int = 100_000) {
+                maxRegistrationTTL: Duration = .seconds(3600), maxRegistrations: Int = 100_000,
+                maxSubscriptionsPerConnection: Int = 100_000) {
         self.host = host
         self.port = port
         self.pollInterval = pollInterval
@@ -26,6 +30,7 @@ public struct NameServiceConfiguration: Sendable {
         self.maxConnections = maxConnections
         self.maxRegistrationTTL = maxRegistrationTTL
         self.maxRegistrations = maxRegistrations
+        self.maxSubscriptionsPerConnection = maxSubscriptionsPerConnection
     }
 }
 

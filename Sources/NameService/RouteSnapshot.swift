@@ -11,15 +11,22 @@ public final class RouteSnapshot: Sendable {
     public let routes: [RouteKey: [Host]]
     private let responseBodies: [RouteKey: [UInt8]]
 
-    /// Builds a snapshot from RouteData entries (duplicates are kept once).
-    public init(version: Int64, entries: [RouteEntry]) {
+    /// Builds a snapshot from RouteData entries (duplicates are kept once). Routes whose hosts are the same as in
+    /// `previous` reuse its encoded answer.
+    public init(version: Int64, entries: [RouteEntry], reusing previous: RouteSnapshot? = nil) {
         var routes: [RouteKey: [Host]] = [:]
         for entry in entries { routes[entry.key, default: []].append(entry.host) }
         for (key, hosts) in routes { routes[key] = Array(Set(hosts)).sorted() }
         self.version = version
         self.routes = routes
         var bodies: [RouteKey: [UInt8]] = [:]
-        for (key, hosts) in routes { bodies[key] = Self.encodeResponse(key, hosts) }
+        for (key, hosts) in routes {
+            if let previous, previous.routes[key] == hosts, let body = previous.responseBodies[key] {
+                bodies[key] = body
+            } else {
+                bodies[key] = Self.encodeResponse(key, hosts)
+            }
+        }
         self.responseBodies = bodies
     }
 

@@ -126,5 +126,54 @@ extension NameServiceSocketTests {
             await running.stop()
             await pool.close()
         }
+
+        @Test("a connection's subscriptions are capped: routes past the cap are answered but not pushed")
+        func subscriptionCap() async throws {
+            let pool = try await makePool(TestDatabase.sqlite.url())
+            let running = try RunningNameService(pool: pool) { $0.maxSubscriptionsPerConnection = 2 }
+            let client = try await running.client()
+            let modid = uniqueModid()
+            let keys = (1...3).map { RouteKey(modid: modid, cmdid: Int32($0)) }
+            for key in keys {
+                try await askRoute(client, key)
+                #expect(try await nextFrame(client) { $0.messageID == MessageID.getRouteResponse } != nil)
+            }
+            #expect(running.service.statistics.subscriptions == 2)
+            // A registration for the third route is not pushed; one for the first is.
+            let host = LoadBalancing.Host(address: "10.1.0.9", port: 9009)!
+            let third = try ServiceRegistration(loop: running.group.next(), nameServicePort: running.port,
+                                                modid: modid, cmdid: 3, host: host, ttl: .seconds(30))
+            third.start()
+            #expect(await eventually { running.service.snapshot.hosts(for: keys[2]) == [host] })
+            let first = try ServiceRegistration(loop: running.group.next(), nameServicePort: running.port,
+                                                modid: modid, cmdid: 1, host: host, ttl: .seconds(30))
+            first.start()
+            let pushed = try #require(try await nextFrame(client) { $0.messageID == MessageID.getRouteResponse })
+            let response = try pushed.decode(as: Lars_GetRouteResponse.self)
+            #expect(response.cmdid == 1, "the first push is for the subscribed route, not the third")
+            third.stop()
+            first.stop()
+            await client.close()
+            await running.stop()
+            await pool.close()
+        }
+
+        @Test("a rebuilt snapshot reuses the encoded answer of every route whose hosts did not change")
+        func snapshotReuse() {
+            let a = RouteKey(modid: 1, cmdid: 1)
+            let b = RouteKey(modid: 1, cmdid: 2)
+            let h1 = LoadBalancing.Host(address: "10.0.0.1", port: 1)!
+            let h2 = LoadBalancing.Host(address: "10.0.0.2", port: 2)!
+            let old = RouteSnapshot(version: 1, entries: [RouteEntry(key: a, host: h1), RouteEntry(key: b, host: h1)])
+            let new = RouteSnapshot(version: 2, entries: [RouteEntry(key: a, host: h1), RouteEntry(key: b, host: h2)],
+                                    reusing: old)
+            func base(_ s: RouteSnapshot, _ k: RouteKey) -> UnsafeRawPointer? {
+                s.responseBody(for: k).withUnsafeBytes { $0.baseAddress }
+            }
+            #expect(base(new, a) == base(old, a))  // the same storage: not encoded again
+            #expect(base(new, b) != base(old, b))
+            #expect(new.responseBody(for: b) == RouteSnapshot(version: 2, entries: [RouteEntry(key: b, host: h2)])
+                .responseBody(for: b))
+        }
     }
 }

@@ -153,12 +153,12 @@ final class RunningNameService: Sendable {
     let service: NameService
     let port: Int
 
-    init(pool: ConnectionPool, pollInterval: Duration = .milliseconds(100), logger: Logger = quietLogger) throws {
+    init(pool: ConnectionPool, pollInterval: Duration = .milliseconds(100), logger: Logger = quietLogger,
+         configure: (inout NameServiceConfiguration) -> Void = { _ in }) throws {
         group = try EventLoopGroup(ioLoops: 1)
-        service = NameService(
-            group: group,
-            configuration: NameServiceConfiguration(port: 0, pollInterval: pollInterval),
-            pool: pool, logger: logger)
+        var configuration = NameServiceConfiguration(port: 0, pollInterval: pollInterval)
+        configure(&configuration)
+        service = NameService(group: group, configuration: configuration, pool: pool, logger: logger)
         port = Int(try service.start().port)
     }
 
