@@ -33,11 +33,8 @@ struct RegisterCommand: ParsableCommand {
     }
 
     private func nameService() throws -> (String, Int) {
-        guard let colon = names.lastIndex(of: ":"), let p = Int(names[names.index(after: colon)...]),
-              (1...65535).contains(p) else {
-            throw ValidationError("--names must be HOST:PORT, got '\(names)'")
-        }
-        return (String(names[..<colon]), p)
+        guard let address = parseHostPort(names) else { throw ValidationError("--names must be HOST:PORT, got '\(names)'") }
+        return address
     }
 
     func run() throws {
