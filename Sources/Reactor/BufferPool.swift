@@ -15,6 +15,10 @@ final class BufferPool {
     static let maxShift = 23  // 8 MiB
     static let classCount = maxShift - minShift + 1
     static let largestPooled = 1 << maxShift
+    /// Chunks start on a cache line: the kernel's copy to and from user memory (`rep movsb`) runs several times
+    /// slower into a destination that is only 16-byte aligned (measured: 55% of an echo server's CPU in
+    /// `_copy_to_iter` with 64 KiB messages, 8% once aligned).
+    static let alignment = 64
 
     @exclusivity(unchecked) private var free: [[UnsafeMutableRawPointer]]
     @exclusivity(unchecked) private(set) var pooledBytes = 0
@@ -44,7 +48,7 @@ final class BufferPool {
         if minimumCapacity > Self.largestPooled {
             let size = (minimumCapacity + 65535) & ~65535
             outstandingBytes += size
-            return Chunk(base: .allocate(byteCount: size, alignment: 16), capacity: size)
+            return Chunk(base: .allocate(byteCount: size, alignment: BufferPool.alignment), capacity: size)
         }
         let c = Self.classIndex(for: minimumCapacity)
         let size = 1 << (c + Self.minShift)
@@ -53,7 +57,7 @@ final class BufferPool {
             pooledBytes -= size
             return Chunk(base: p, capacity: size)
         }
-        return Chunk(base: .allocate(byteCount: size, alignment: 16), capacity: size)
+        return Chunk(base: .allocate(byteCount: size, alignment: BufferPool.alignment), capacity: size)
     }
 
     func release(_ chunk: Chunk) {

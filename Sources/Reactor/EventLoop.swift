@@ -9,7 +9,9 @@ import Synchronization
 public struct LoopConfiguration: Sendable {
     /// Which multiplexer to use.
     public var poller: PollerKind
-    /// Bytes of the per-loop scratch area reads land in (whole frames are dispatched from it).
+    /// Bytes of the per-loop scratch area reads land in (whole frames are dispatched from it). The default, 256 KiB,
+    /// takes a 64 KiB message in one read with room to spare: a read that fills the area is followed by another
+    /// (more may be waiting), which for a message exactly the area's size only returns EAGAIN.
     public var scratchBytes: Int
     /// Upper bound of the memory a loop's buffer pool keeps for reuse; chunks beyond it go back to malloc.
     public var poolCapBytes: Int
@@ -26,7 +28,7 @@ public struct LoopConfiguration: Sendable {
 
     public init(
         poller: PollerKind = .epoll,
-        scratchBytes: Int = 64 * 1024,
+        scratchBytes: Int = 256 * 1024,
         poolCapBytes: Int = 64 * 1024 * 1024,
         maxBufferBytes: Int = 64 * 1024 * 1024,
         busyPoll: Duration = .zero,
@@ -107,7 +109,7 @@ public final class EventLoop: @unchecked Sendable {
         }
         wakeFD = fd
         events = .allocate(capacity: eventCapacity)
-        scratch = .allocate(byteCount: max(4096, configuration.scratchBytes), alignment: 16)
+        scratch = .allocate(byteCount: max(4096, configuration.scratchBytes), alignment: BufferPool.alignment)
         pool = BufferPool(capBytes: configuration.poolCapBytes, maxBufferBytes: configuration.maxBufferBytes)
         Posix.ignoreSIGPIPE()
         let handler = WakeupHandler(fd: fd, loop: self)

@@ -226,9 +226,9 @@ extension MessagingSocketTests {
                 try await AsyncFrameClient.connect(port: fixture.port, loop: fixture.group.ioLoops[0],
                                                    bufferCapacity: capacity)
             }
-            // Capacity plus the frames of one read (the loop's 64 KiB scratch area) that were already in hand.
+            // Capacity plus the frames of one read (the loop's scratch area) that were already in hand.
             let frameSize = 8 + bodySize
-            let bound = capacity + (64 * 1024) / frameSize + 1
+            let bound = capacity + LoopConfiguration().scratchBytes / frameSize + 1
             try await client.send(messageID: 50, body: [])
             #expect(await pollUntilAsync { client.bufferedFrames >= capacity })
             // Not consuming: the buffer stays bounded while the server has far more to give.
