@@ -10,8 +10,10 @@ import Reactor
 
 let usage = """
     usage: switchyard-echo [--host A.B.C.D] [--port P] [--threads N] [--poller epoll|poll|select] [--busy-poll-us U]
+                           [--scratch-kib K]
     Echoes raw bytes back to each client. Defaults: 127.0.0.1, 7777, one I/O thread per core, epoll, no busy
-    polling (U: microseconds a loop keeps polling after an event before sleeping).
+    polling (U: microseconds a loop keeps polling after an event before sleeping), a 64 KiB read area per loop
+    (K: its size in KiB, 4...65536).
     """
 
 func printError(_ text: String) {
@@ -29,6 +31,7 @@ var port = 7777
 var threads = SystemInfo.coreCount
 var poller = PollerKind.epoll
 var busyPollMicroseconds: Int64 = 0
+var scratchBytes = LoopConfiguration().scratchBytes
 var arguments = CommandLine.arguments.dropFirst()
 while let flag = arguments.popFirst() {
     if flag == "-h" || flag == "--help" {
@@ -50,13 +53,16 @@ while let flag = arguments.popFirst() {
     case "--busy-poll-us":
         guard let u = Int64(value), (0...1_000_000).contains(u) else { fail("--busy-poll-us must be 0...1000000") }
         busyPollMicroseconds = u
+    case "--scratch-kib":
+        guard let k = Int(value), (4...65536).contains(k) else { fail("--scratch-kib must be 4...65536, got \(value)") }
+        scratchBytes = k * 1024
     default: fail("unknown option \(flag)")
     }
 }
 
 do {
     let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(
-        poller: poller, busyPoll: .microseconds(busyPollMicroseconds)))
+        poller: poller, scratchBytes: scratchBytes, busyPoll: .microseconds(busyPollMicroseconds)))
     let done = DispatchSemaphore(value: 0)
     let signals = try TerminationSignals(loop: group.acceptorLoop) { _ in done.signal() }
     let server = TCPServer(group: group, configuration: ServerConfiguration(host: host, port: port),
