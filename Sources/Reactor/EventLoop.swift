@@ -75,6 +75,8 @@ public final class EventLoop: @unchecked Sendable {
     private let iterationCounter = Atomic<UInt64>(0)
     private let nextTimerID = Atomic<UInt64>(1)
     private let runningState = Atomic<Int>(0)  // 0 not started, 1 running, 2 finished
+    /// Server connections placed on this loop and not yet closed (the group's placement reads it).
+    let placedConnections = Atomic<Int>(0)
 
     // Loop thread only.
     let poller: any Poller
@@ -157,6 +159,9 @@ public final class EventLoop: @unchecked Sendable {
     /// Poller wake-ups so far: a loop that is idle does not count up. Safe to read from any thread.
     public var iterations: UInt64 { iterationCounter.load(ordering: .relaxed) }
 
+    /// Server connections placed on this loop and still open. Safe to read from any thread.
+    public var serverConnectionCount: Int { placedConnections.load(ordering: .relaxed) }
+
     /// True once `run()` has returned.
     public var hasFinished: Bool { runningState.load(ordering: .acquiring) == 2 }
 
@@ -219,7 +224,7 @@ public final class EventLoop: @unchecked Sendable {
     private func computeTimeoutMs() -> Int32 {
         if pendingCount.load(ordering: .acquiring) > 0 { return 0 }
         if busyPollNanoseconds > 0, wakeTime &- lastEventTime < busyPollNanoseconds { return 0 }
-        guard let ns = timers.nanosecondsUntilNext(now: sy_monotonic_ns()) else { return 10_000 }
+        guard let ns = timers.nanosecondsUntilNext(now: sy_monotonic_ns()) else { return -1 }
         if ns == 0 { return 0 }
         // Round up so a timer is never woken for early.
         return Int32(min((ns + 999_999) / 1_000_000, 10_000))

@@ -1,13 +1,14 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
 import CSwitchyardLinux
+import Logging
+import Synchronization
 
 /// An acceptor loop plus N I/O loops, each on its own thread (muduo's EventLoopThreadPool).
 ///
-/// With `ioLoops == 0` the acceptor loop does the I/O as well (one thread in all). New connections go round robin
-/// over the I/O loops. Safe to use from any thread.
+/// With `ioLoops == 0` the acceptor loop does the I/O as well (one thread in all). Servers' new connections go to
+/// the I/O loops by the group's `LoopPlacement`; `next()` hands out loops round robin. Safe to use from any thread.
 public final class EventLoopGroup: Sendable {
     /// The loop that accepts connections (and runs listening sockets' timers).
     public let acceptorLoop: EventLoop
@@ -17,11 +18,23 @@ public final class EventLoopGroup: Sendable {
     private let threads: Mutex<[pthread_t]>
     private let cursor = Atomic<Int>(0)
     private let isShutDown = Atomic<Bool>(false)
+    public let placement: LoopPlacement
+    /// I/O loops that take new server connections (the first N of `ioLoops`).
+    private let active: Atomic<Int>
+    /// When the free cores were last measured (monotonic ns).
+    private let lastMeasured = Atomic<UInt64>(0)
+    private let logger: Logger
 
     /// Starts `ioLoops` I/O threads (default: one per core) plus the acceptor thread.
-    public init(ioLoops: Int = SystemInfo.coreCount, configuration: LoopConfiguration = LoopConfiguration()) throws {
+    public init(
+        ioLoops: Int = SystemInfo.coreCount, configuration: LoopConfiguration = LoopConfiguration(),
+        placement: LoopPlacement = .adaptive
+    ) throws {
         precondition(ioLoops >= 0, "ioLoops must be >= 0")
         pollerKind = configuration.poller
+        self.placement = placement
+        logger = configuration.logger
+        active = Atomic(max(1, ioLoops))
         let acceptor = try EventLoop(configuration: configuration, index: 0)
         var loops: [EventLoop] = []
         for i in 0..<ioLoops {
@@ -34,6 +47,10 @@ public final class EventLoopGroup: Sendable {
             started.append(try Self.startThread(name: "sy-loop-\(loop.index)") { loop.run() })
         }
         threads = Mutex(started)
+        if case .adaptive = placement.kind {
+            _ = placement.freeCores()  // the baseline the first measurement counts from
+            lastMeasured.store(SystemInfo.monotonicNanoseconds(), ordering: .relaxed)
+        }
     }
 
     deinit {
@@ -45,6 +62,50 @@ public final class EventLoopGroup: Sendable {
         if ioLoops.count == 1 { return ioLoops[0] }
         let i = cursor.wrappingAdd(1, ordering: .relaxed).oldValue
         return ioLoops[(i & Int.max) % ioLoops.count]
+    }
+
+    /// I/O loops that take new server connections now (all of them with `.roundRobin`).
+    public var activeLoopCount: Int { active.load(ordering: .relaxed) }
+
+    /// The loop for a server's new connection, counted in its `placedConnections` (the server uncounts it when
+    /// the connection closes). Round robin, or with `.adaptive` the least loaded of the active loops.
+    func placeConnection() -> EventLoop {
+        let loop: EventLoop
+        if case .adaptive = placement.kind, ioLoops.count > 1 {
+            refreshPlacementIfDue()
+            let n = min(active.load(ordering: .relaxed), ioLoops.count)
+            var best = ioLoops[0]
+            var fewest = best.placedConnections.load(ordering: .relaxed)
+            for candidate in ioLoops[1..<n] {
+                let count = candidate.placedConnections.load(ordering: .relaxed)
+                if count < fewest {
+                    best = candidate
+                    fewest = count
+                }
+            }
+            loop = best
+        } else {
+            loop = next()
+        }
+        loop.placedConnections.wrappingAdd(1, ordering: .relaxed)
+        return loop
+    }
+
+    /// Measures the free cores since the last measurement (at most once per `placement.interval`: the window
+    /// is the time since then, a long idle spell included) and sets how many loops take new connections. Runs when
+    /// a connection is placed, so an idle server does no work for it.
+    private func refreshPlacementIfDue() {
+        let now = SystemInfo.monotonicNanoseconds()
+        let last = lastMeasured.load(ordering: .relaxed)
+        guard now &- last >= EventLoop.nanoseconds(placement.interval),
+              lastMeasured.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged,
+              let free = placement.freeCores()
+        else { return }
+        let n = LoopPlacement.activeLoops(freeCores: free, loopCount: ioLoops.count)
+        if active.exchange(n, ordering: .relaxed) != n {
+            logger.info("placement: new connections go to \(n) of \(ioLoops.count) loops",
+                        metadata: ["free-cores": "\((free * 10).rounded() / 10)"])
+        }
     }
 
     /// Posts `task` to every I/O loop.

@@ -39,7 +39,8 @@ public struct ServerConfiguration: Sendable {
     }
 }
 
-/// A TCP server: accepts on the group's acceptor loop and hands each connection to an I/O loop, round robin.
+/// A TCP server: accepts on the group's acceptor loop and hands each connection to an I/O loop chosen by the
+/// group's `LoopPlacement`.
 /// Keeps a registry of its connections: count, look up, send by id, broadcast, close. Safe to use from any thread.
 public final class TCPServer: @unchecked Sendable {
     // @unchecked Sendable: `acceptor` is touched only on the acceptor loop; everything else is immutable, a Mutex
@@ -122,7 +123,7 @@ public final class TCPServer: @unchecked Sendable {
         }
         loggedLimit = false
         liveCount.wrappingAdd(1, ordering: .relaxed)
-        let loop = group.next()
+        let loop = group.placeConnection()
         let local = SocketAddress.local(of: fd) ?? SocketAddress(ip: 0, port: 0)
         let conn = TCPConnection(
             id: TCPConnection.makeID(), fd: fd, loop: loop, peer: peer, local: local, callbacks: callbacks,
@@ -143,9 +144,10 @@ public final class TCPServer: @unchecked Sendable {
     }
 
     private func connectionClosed(_ conn: TCPConnection) {
+        conn.loop.placedConnections.wrappingSubtract(1, ordering: .relaxed)
         registry.withLock { _ = $0.removeValue(forKey: conn.id) }
         if liveCount.wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
-            drained.withLock { $0?.signal() }
+            _ = drained.withLock { $0?.signal() }
         }
     }
 

@@ -10,10 +10,11 @@ import Reactor
 
 let usage = """
     usage: switchyard-echo [--host A.B.C.D] [--port P] [--threads N] [--poller epoll|poll|select] [--busy-poll-us U]
-                           [--scratch-kib K]
+                           [--scratch-kib K] [--placement adaptive|round-robin]
     Echoes raw bytes back to each client. Defaults: 127.0.0.1, 7777, one I/O thread per core, epoll, no busy
     polling (U: microseconds a loop keeps polling after an event before sleeping), a 64 KiB read area per loop
-    (K: its size in KiB, 4...65536).
+    (K: its size in KiB, 4...65536), adaptive placement (new connections go to as many loops as the machine has
+    cores free; round-robin: every loop in turn).
     """
 
 func printError(_ text: String) {
@@ -32,6 +33,8 @@ var threads = SystemInfo.coreCount
 var poller = PollerKind.epoll
 var busyPollMicroseconds: Int64 = 0
 var scratchBytes = LoopConfiguration().scratchBytes
+var placement = LoopPlacement.adaptive
+var placementName = "adaptive"
 var arguments = CommandLine.arguments.dropFirst()
 while let flag = arguments.popFirst() {
     if flag == "-h" || flag == "--help" {
@@ -56,19 +59,27 @@ while let flag = arguments.popFirst() {
     case "--scratch-kib":
         guard let k = Int(value), (4...65536).contains(k) else { fail("--scratch-kib must be 4...65536, got \(value)") }
         scratchBytes = k * 1024
+    case "--placement":
+        switch value {
+        case "adaptive": placement = .adaptive
+        case "round-robin": placement = .roundRobin
+        default: fail("--placement must be adaptive or round-robin, got \(value)")
+        }
+        placementName = value
     default: fail("unknown option \(flag)")
     }
 }
 
 do {
     let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(
-        poller: poller, scratchBytes: scratchBytes, busyPoll: .microseconds(busyPollMicroseconds)))
+        poller: poller, scratchBytes: scratchBytes, busyPoll: .microseconds(busyPollMicroseconds)),
+        placement: placement)
     let done = DispatchSemaphore(value: 0)
     let signals = try TerminationSignals(loop: group.acceptorLoop) { _ in done.signal() }
     let server = TCPServer(group: group, configuration: ServerConfiguration(host: host, port: port),
                            callbacks: EchoService.callbacks())
     let address = try server.start()
-    print("echo listening on \(address) (poller \(poller), \(threads) I/O threads)")
+    print("echo listening on \(address) (poller \(poller), \(threads) I/O threads, \(placementName) placement)")
     sy_flush_stdout()
     done.wait()
     withExtendedLifetime(signals) {}

@@ -23,7 +23,8 @@ private func withServer<R>(
     poller: PollerKind, ioLoops: Int = 2, maxConnections: Int = 100_000, callbacks: ConnectionCallbacks,
     _ body: (TCPServer, UInt16) throws -> R
 ) throws -> R {
-    let group = try EventLoopGroup(ioLoops: ioLoops, configuration: LoopConfiguration(poller: poller))
+    let group = try EventLoopGroup(ioLoops: ioLoops, configuration: LoopConfiguration(poller: poller),
+                                   placement: .roundRobin)  // every loop serves: cross-loop paths stay covered
     defer { group.shutdown() }
     let server = TCPServer(
         group: group, configuration: ServerConfiguration(port: 0, maxConnections: maxConnections),

@@ -177,7 +177,8 @@ func withEchoServer<R>(
     onClose: @escaping @Sendable (TCPConnection) -> Void = { _ in },
     _ body: (TCPServer, UInt16) throws -> R
 ) throws -> R {
-    let group = try EventLoopGroup(ioLoops: ioLoops, configuration: LoopConfiguration(poller: poller))
+    let group = try EventLoopGroup(ioLoops: ioLoops, configuration: LoopConfiguration(poller: poller),
+                                   placement: .roundRobin)  // every loop serves: cross-loop paths stay covered
     defer { group.shutdown() }
     let server = TCPServer(
         group: group, configuration: ServerConfiguration(port: 0, connection: connection),

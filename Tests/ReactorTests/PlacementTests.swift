@@ -1,0 +1,162 @@
+import Dispatch
+import Reactor
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the server put each open connection: the count per I/O loop index.
+private func connectionsPerLoop(_ server: TCPServer) -> [Int: Int] {
+    var counts: [Int: Int] = [:]
+    for id in server.connectionIDs {
+        if let c = server.connection(id: id) { counts[c.loop.index, default: 0] += 1 }
+    }
+    return counts
+}
+
+/// Connects `n` clients one after another, each waiting for an echo (so the server has placed and registered it
+/// before the next one arrives).
+private func connectEchoing(_ n: Int, port: UInt16) throws -> [BlockingSocket] {
+    var out: [BlockingSocket] = []
+    for i in 0..<n {
+        let c = try BlockingSocket(port: port)
+        c.setReceiveTimeout(seconds: 10)
+        out.append(c)
+        try c.sendAll([UInt8(i)])
+        #expect(try c.receive(exactly: 1) == [UInt8(i)])
+    }
+    return out
+}
+
+@Suite("Loop placement: how many loops take new connections, and which", .serialized)
+struct PlacementTests {
+    @Test("active loops: one per core that is at least 0.7 free, at least one, at most the loop count")
+    func activeLoopArithmetic() {
+        #expect(LoopPlacement.activeLoops(freeCores: 0, loopCount: 4) == 1)
+        #expect(LoopPlacement.activeLoops(freeCores: 0.69, loopCount: 4) == 1)
+        #expect(LoopPlacement.activeLoops(freeCores: 1.69, loopCount: 4) == 1)
+        #expect(LoopPlacement.activeLoops(freeCores: 1.7, loopCount: 4) == 2)
+        #expect(LoopPlacement.activeLoops(freeCores: 3.7, loopCount: 4) == 4)
+        #expect(LoopPlacement.activeLoops(freeCores: 64, loopCount: 4) == 4)
+        #expect(LoopPlacement.activeLoops(freeCores: .nan, loopCount: 3) == 3)
+        #expect(LoopPlacement.activeLoops(freeCores: .infinity, loopCount: 3) == 3)
+        #expect(LoopPlacement.activeLoops(freeCores: -5, loopCount: 3) == 1)
+        // Property: within 1...loopCount and never fewer loops for more free cores.
+        for loops in 1...8 {
+            var previous = 0
+            for tenth in 0...100 {
+                let n = LoopPlacement.activeLoops(freeCores: Double(tenth) / 10, loopCount: loops)
+                #expect((1...loops).contains(n))
+                #expect(n >= previous)
+                previous = n
+            }
+        }
+    }
+
+    @Test("free cores: online cores minus what the rest of the machine used over the window")
+    func freeCoreArithmetic() {
+        typealias S = FreeCoreMeter.Sample
+        let a = S(machineTicks: 1000, processNanoseconds: 0, wallNanoseconds: 0)
+        // One second, 100 ticks per second: the machine used 1.5 cores, this process 0.5 of them.
+        let b = S(machineTicks: 1150, processNanoseconds: 500_000_000, wallNanoseconds: 1_000_000_000)
+        #expect(FreeCoreMeter.freeCores(from: a, to: b, cores: 2, ticksPerSecond: 100) == 1.0)
+        // This process alone: every core is free for it.
+        let c = S(machineTicks: 1050, processNanoseconds: 500_000_000, wallNanoseconds: 1_000_000_000)
+        #expect(FreeCoreMeter.freeCores(from: a, to: c, cores: 2, ticksPerSecond: 100) == 2.0)
+        // Tick rounding can make the process look busier than the machine: still at most every core.
+        let d = S(machineTicks: 1040, processNanoseconds: 500_000_000, wallNanoseconds: 1_000_000_000)
+        #expect(FreeCoreMeter.freeCores(from: a, to: d, cores: 2, ticksPerSecond: 100) == 2.0)
+        // Others take more than the machine has (steal, rounding): none free, never negative.
+        let e = S(machineTicks: 1300, processNanoseconds: 0, wallNanoseconds: 1_000_000_000)
+        #expect(FreeCoreMeter.freeCores(from: a, to: e, cores: 2, ticksPerSecond: 100) == 0.0)
+        // No time passed, or a counter went backwards: no answer.
+        #expect(FreeCoreMeter.freeCores(from: a, to: a, cores: 2, ticksPerSecond: 100) == nil)
+        let back = S(machineTicks: 999, processNanoseconds: 0, wallNanoseconds: 1_000_000_000)
+        #expect(FreeCoreMeter.freeCores(from: a, to: back, cores: 2, ticksPerSecond: 100) == nil)
+    }
+
+    @Test("/proc/stat: the busy columns of the cpu line; anything else is refused, never a crash")
+    func parseProcStat() {
+        let text = Array("cpu  100 2 30 5000 7 1 4 8 0 0\ncpu0 50 1 15 2500 3 0 2 4 0 0\n".utf8)
+        #expect(FreeCoreMeter.parseBusyTicks(text[...]) == 100 + 2 + 30 + 1 + 4 + 8)
+        for bad in ["", "cpu 1 2 3\n", "cpu0 1 2 3 4 5 6 7 8\n", "cpu 1 2 x 4 5 6 7 8\n", "cpu 1 2 3 4 5 6 7 8",
+                    "cpu 18446744073709551615 1 0 0 0 0 0 0\n", "intr 1 2 3 4 5 6 7 8\n"] {
+            #expect(FreeCoreMeter.parseBusyTicks(Array(bad.utf8)[...]) == nil, "accepted \(bad.debugDescription)")
+        }
+        // Random and mutated lines: an answer or nil, never a trap.
+        var g = SystemRandomNumberGenerator()
+        let alphabet = Array("cpu 0123456789\n-x".utf8)
+        for _ in 0..<20_000 {
+            var line = Array(text.prefix(Int.random(in: 0...text.count, using: &g)))
+            for _ in 0..<Int.random(in: 0...4, using: &g) where !line.isEmpty {
+                line[Int.random(in: 0..<line.count, using: &g)] = alphabet.randomElement(using: &g)!
+            }
+            if Bool.random(using: &g) { line.append(contentsOf: (0..<8).map { _ in UInt8.random(in: 0...255, using: &g) }) }
+            _ = FreeCoreMeter.parseBusyTicks(line[...])
+        }
+    }
+
+    @Test("the system meter reads this machine: between 0 and the online cores")
+    func systemMeter() throws {
+        let meter = FreeCoreMeter()
+        #expect(meter.sample() == nil)  // the first call only takes the baseline
+        var x: UInt64 = 1
+        for i in 0..<2_000_000 { x = x &* 6364136223846793005 &+ UInt64(i) }  // some CPU time in between
+        let free = try #require(meter.sample(), "no reading (x \(x))")
+        #expect(free >= 0 && free <= Double(SystemInfo.coreCount))
+    }
+
+    @Test("adaptive: a busy machine packs new connections on one loop; free cores spread them, fewest first",
+          arguments: PollerKind.allCases)
+    func adaptivePlacement(poller: PollerKind) throws {
+        let freeTenths = Atomic<Int>(5)
+        let placement = LoopPlacement.adaptive(interval: .zero) { Double(freeTenths.load(ordering: .relaxed)) / 10 }
+        let group = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(poller: poller),
+                                       placement: placement)
+        defer { group.shutdown() }
+        let server = TCPServer(group: group, callbacks: EchoService.callbacks())
+        let port = try server.start().port
+        defer { server.shutdown(timeout: .seconds(2)) }
+
+        // Half a core free: one loop takes everything.
+        var first = try connectEchoing(4, port: port)
+        defer { for c in first { c.close() } }
+        #expect(group.activeLoopCount == 1)
+        #expect(connectionsPerLoop(server) == [1: 4])
+        #expect(group.ioLoops.map(\.serverConnectionCount) == [4, 0])
+
+        // Two cores free: both loops, the empty one first until they are even.
+        freeTenths.store(20, ordering: .relaxed)
+        let second = try connectEchoing(6, port: port)
+        defer { for c in second { c.close() } }
+        #expect(group.activeLoopCount == 2)
+        #expect(connectionsPerLoop(server) == [1: 5, 2: 5])
+
+        // Closed connections leave their loop's count, and new ones fill the gap.
+        for c in first { c.close() }
+        first = []
+        #expect(eventually { server.connectionCount == 6 })
+        #expect(eventually { group.ioLoops.map(\.serverConnectionCount) == [1, 5] })
+        let third = try connectEchoing(4, port: port)
+        defer { for c in third { c.close() } }
+        #expect(connectionsPerLoop(server) == [1: 5, 2: 5])
+        for c in second + third { c.close() }
+        #expect(eventually { group.ioLoops.map(\.serverConnectionCount) == [0, 0] })
+    }
+
+    @Test("round robin: every loop in turn, whatever the machine's load", arguments: PollerKind.allCases)
+    func roundRobinPlacement(poller: PollerKind) throws {
+        let group = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(poller: poller),
+                                       placement: .roundRobin)
+        defer { group.shutdown() }
+        let server = TCPServer(group: group, callbacks: EchoService.callbacks())
+        let port = try server.start().port
+        defer { server.shutdown(timeout: .seconds(2)) }
+        let clients = try connectEchoing(6, port: port)
+        defer { for c in clients { c.close() } }
+        #expect(group.activeLoopCount == 2)
+        #expect(connectionsPerLoop(server) == [1: 3, 2: 3])
+    }
+}
