@@ -82,7 +82,9 @@ struct FramedEchoServerCommand: ParsableCommand {
     func run() throws {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.bench")
-        let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger))
+        let group = try EventLoopGroup(
+            ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
+            placement: service.placement.placement)
         // Before accepting, so an early client flood cannot take the descriptor signal handling needs.
         let termination = try TerminationWaiter(group: group, logger: logger)
         let server = FramedServer(

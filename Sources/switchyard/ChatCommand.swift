@@ -45,7 +45,9 @@ struct ChatCommand: AsyncParsableCommand {
         } catch {
             throw CleanExit.message("chat: bad --db: \(error)")
         }
-        let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger))
+        let group = try EventLoopGroup(
+            ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
+            placement: service.placement.placement)
         // Before accepting, so an early client flood cannot take the descriptor signal handling needs.
         let termination = try TerminationWaiter(group: group, logger: logger)
         let configuration = ChatConfiguration(

@@ -35,7 +35,9 @@ struct EchoCommand: ParsableCommand {
     func run() throws {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.echo")
-        let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger))
+        let group = try EventLoopGroup(
+            ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
+            placement: service.placement.placement)
         // Before accepting: a flood of clients right after the announce could otherwise take the descriptor the
         // signal eventfd needs (EMFILE, exit 1), and a SIGTERM right after it could meet the default handler.
         let termination = try TerminationWaiter(group: group, logger: logger)

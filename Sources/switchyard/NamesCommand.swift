@@ -42,7 +42,9 @@ struct NamesCommand: ParsableCommand {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.names")
         let pool = try database.openReadyPool(logger: logger)
-        let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(logger: logger))
+        let group = try EventLoopGroup(
+            ioLoops: threads, configuration: LoopConfiguration(logger: logger),
+            placement: service.placement.placement)
         let termination = try TerminationWaiter(group: group, logger: logger)
         let names = NameService(
             group: group,

@@ -35,7 +35,9 @@ struct ReporterCommand: ParsableCommand {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.reporter")
         let pool = try database.openReadyPool(logger: logger)
-        let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(logger: logger))
+        let group = try EventLoopGroup(
+            ioLoops: threads, configuration: LoopConfiguration(logger: logger),
+            placement: service.placement.placement)
         let termination = try TerminationWaiter(group: group, logger: logger)
         let reporter = Reporter(
             group: group, configuration: ReporterConfiguration(host: host, port: port, queueCapacity: queueCapacity),

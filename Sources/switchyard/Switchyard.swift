@@ -18,6 +18,12 @@ struct ServiceOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
+    @Option(help: """
+        How a server with several I/O threads spreads new connections: adaptive (over as many loops as the \
+        machine has cores free, the least loaded first) or round-robin (every loop in turn).
+        """)
+    var placement: PlacementChoice = .adaptive
+
     func bootstrapLogging() {
         let level = logLevel
         LoggingSystem.bootstrap { label in
@@ -29,6 +35,14 @@ struct ServiceOptions: ParsableArguments {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// `--placement`: the `LoopPlacement` of a server's event loop group.
+enum PlacementChoice: String, ExpressibleByArgument, CaseIterable {
+    case adaptive
+    case roundRobin = "round-robin"
+
+    var placement: LoopPlacement { self == .adaptive ? .adaptive : .roundRobin }
+}
 
 /// Prints a line to stdout and flushes it at once (scripts wait for it).
 func announce(_ line: String) {
