@@ -27,7 +27,8 @@ public struct LoopPlacement: Sendable {
     }
 
     /// New connections go to the first N loops, N the cores the machine has free for this process (from
-    /// /proc/stat and the process's CPU time), at least one; among them the loop with the fewest connections.
+    /// /proc/stat and the process's CPU time; see `FreeCoreMeter`), at least one; among them the loop with the
+    /// fewest connections.
     public static var adaptive: LoopPlacement {
         let meter = FreeCoreMeter()
         return LoopPlacement(kind: .adaptive, freeCores: { meter.sample() }, interval: .milliseconds(100))
@@ -52,6 +53,10 @@ public struct LoopPlacement: Sendable {
 
 /// Measures the cores free for this process between two calls: online cores minus the CPU time the rest of the
 /// machine used (all CPUs' busy time from /proc/stat, steal included, minus this process's CPU time).
+///
+/// The answer falls at once when the others get busier and rises back over about `riseSeconds`: connections arrive
+/// in bursts while the machine is quiet (the clients are connecting, not yet sending), and a loop chosen then
+/// keeps its connections.
 public final class FreeCoreMeter: Sendable {
     /// One reading of the machine's and this process's CPU time.
     public struct Sample: Sendable {
@@ -69,20 +74,36 @@ public final class FreeCoreMeter: Sendable {
         }
     }
 
-    private let last = Mutex<Sample?>(nil)
+    /// How long free cores take to count fully again after the others' use dropped.
+    public static let riseSeconds = 2.0
+
+    private let state = Mutex<(last: Sample?, free: Double?)>((nil, nil))
     private let ticksPerSecond = Double(max(1, sysconf(Int32(_SC_CLK_TCK))))
 
     public init() {}
 
-    /// Free cores since the previous call (nil on the first call or when /proc/stat cannot be read).
+    /// Free cores since the previous call, smoothed (nil on the first call or when /proc/stat cannot be read).
     public func sample() -> Double? {
         guard let now = Self.readNow() else { return nil }
-        let previous = last.withLock { old -> Sample? in
-            defer { old = now }
-            return old
+        return state.withLock { state -> Double? in
+            defer { state.last = now }
+            guard let previous = state.last,
+                  let measured = Self.freeCores(from: previous, to: now, cores: SystemInfo.coreCount,
+                                                ticksPerSecond: ticksPerSecond)
+            else { return state.free }
+            let elapsed = Double(now.wallNanoseconds &- previous.wallNanoseconds) / 1e9
+            let free = Self.smoothed(previous: state.free, measured: measured, elapsedSeconds: elapsed)
+            state.free = free
+            return free
         }
-        guard let previous else { return nil }
-        return Self.freeCores(from: previous, to: now, cores: SystemInfo.coreCount, ticksPerSecond: ticksPerSecond)
+    }
+
+    /// Falls to `measured` at once; rises toward it in proportion to the time passed (all the way after
+    /// `riseSeconds`).
+    public static func smoothed(previous: Double?, measured: Double, elapsedSeconds: Double) -> Double {
+        guard let previous, measured > previous else { return measured }
+        let share = min(1, max(0, elapsedSeconds) / riseSeconds)
+        return previous + (measured - previous) * share
     }
 
     /// The arithmetic of `sample()`, separate so it can be tested without a machine.

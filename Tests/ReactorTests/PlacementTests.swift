@@ -77,6 +77,27 @@ struct PlacementTests {
         #expect(FreeCoreMeter.freeCores(from: a, to: back, cores: 2, ticksPerSecond: 100) == nil)
     }
 
+    @Test("smoothing: free cores fall at once and rise back over riseSeconds")
+    func smoothing() {
+        let rise = FreeCoreMeter.riseSeconds
+        #expect(FreeCoreMeter.smoothed(previous: nil, measured: 1.5, elapsedSeconds: 0.1) == 1.5)
+        #expect(FreeCoreMeter.smoothed(previous: 2, measured: 0.25, elapsedSeconds: 0.1) == 0.25)
+        #expect(FreeCoreMeter.smoothed(previous: 0, measured: 2, elapsedSeconds: rise / 4) == 0.5)
+        #expect(FreeCoreMeter.smoothed(previous: 0, measured: 2, elapsedSeconds: rise * 10) == 2)
+        #expect(FreeCoreMeter.smoothed(previous: 0, measured: 2, elapsedSeconds: -1) == 0)
+        // Property: the answer lies between the previous value and the measurement, and never above either
+        // when the measurement fell.
+        var g = SystemRandomNumberGenerator()
+        for _ in 0..<10_000 {
+            let previous = Double.random(in: 0...64, using: &g)
+            let measured = Double.random(in: 0...64, using: &g)
+            let v = FreeCoreMeter.smoothed(previous: previous, measured: measured,
+                                           elapsedSeconds: Double.random(in: 0...5, using: &g))
+            #expect(v >= min(previous, measured) && v <= max(previous, measured))
+            if measured <= previous { #expect(v == measured) }
+        }
+    }
+
     @Test("/proc/stat: the busy columns of the cpu line; anything else is refused, never a crash")
     func parseProcStat() {
         let text = Array("cpu  100 2 30 5000 7 1 4 8 0 0\ncpu0 50 1 15 2500 3 0 2 4 0 0\n".utf8)
