@@ -105,7 +105,9 @@ let package = Package(
         .testTarget(name: "LoadBalancingTests", dependencies: ["LoadBalancing"]),
         .testTarget(name: "LoadBalanceAgentTests", dependencies: ["LoadBalanceAgent", "LoadBalancing", "Messaging", "Reactor"]),
         .testTarget(name: "NameServiceTests", dependencies: ["NameService", "LoadBalanceAgent", "Messaging", "Reactor", "Storage"]),
-        .executableTarget(name: "switchyard-echo", dependencies: ["CSwitchyardLinux", "Reactor"]),
+        .executableTarget(name: "switchyard-echo", dependencies: [
+            "CSwitchyardLinux", "Reactor", .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(
             name: "switchyard",
             dependencies: [

@@ -124,6 +124,10 @@ void *sy_current_loop(void) { return current_loop; }
 void sy_set_current_loop(void *loop) { current_loop = loop; }
 
 pid_t sy_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+long sy_sched_getaffinity(void *mask, size_t size) {
+    memset(mask, 0, size);
+    return syscall(SYS_sched_getaffinity, 0, size, mask);
+}
 
 uint64_t sy_monotonic_ns(void) {
     struct timespec ts;

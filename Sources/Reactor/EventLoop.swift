@@ -159,7 +159,8 @@ public final class EventLoop: @unchecked Sendable {
     /// Poller wake-ups so far: a loop that is idle does not count up. Safe to read from any thread.
     public var iterations: UInt64 { iterationCounter.load(ordering: .relaxed) }
 
-    /// Server connections placed on this loop and still open. Safe to read from any thread.
+    /// Server connections placed on this loop and not yet closed (a connection counts from the moment it is
+    /// placed, before it is registered). Safe to read from any thread.
     public var serverConnectionCount: Int { placedConnections.load(ordering: .relaxed) }
 
     /// True once `run()` has returned.
@@ -250,7 +251,7 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     private func wakeup() {
-        if !wakeupPending.exchange(true, ordering: .acquiringAndReleasing) {
+        if !wakeupPending.exchange(true, ordering: .sequentiallyConsistent) {
             _ = sy_eventfd_write(wakeFD, 1)
         }
     }
@@ -258,6 +259,10 @@ public final class EventLoop: @unchecked Sendable {
     fileprivate func handleWakeup() {
         _ = sy_eventfd_drain(wakeFD)
         wakeupPending.store(false, ordering: .releasing)
+        // The loop reads `pendingCount` and `quitRequested` next. Without a full fence that load may be served
+        // before the store above is visible (a store buffer): a poster would then still see `wakeupPending` set
+        // and skip the eventfd write, while the loop sees no task and sleeps with no timeout.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
     }
 
     private func runPendingTasks() {
@@ -324,7 +329,10 @@ public final class EventLoop: @unchecked Sendable {
     static func nanoseconds(_ d: Duration) -> UInt64 {
         let (s, atto) = d.components
         if s < 0 { return 0 }
-        return UInt64(s) * 1_000_000_000 + UInt64(atto / 1_000_000_000)
+        let (whole, overflow) = UInt64(s).multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return .max }
+        let (total, carry) = whole.addingReportingOverflow(UInt64(atto / 1_000_000_000))
+        return carry ? .max : total
     }
 
     private func runExpiredTimers() {

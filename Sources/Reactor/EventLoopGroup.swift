@@ -18,6 +18,7 @@ public final class EventLoopGroup: Sendable {
     private let threads: Mutex<[pthread_t]>
     private let cursor = Atomic<Int>(0)
     private let isShutDown = Atomic<Bool>(false)
+    /// How servers' new connections are spread over `ioLoops`.
     public let placement: LoopPlacement
     /// I/O loops that take new server connections (the first N of `ioLoops`).
     private let active: Atomic<Int>
@@ -25,7 +26,8 @@ public final class EventLoopGroup: Sendable {
     private let lastMeasured = Atomic<UInt64>(0)
     private let logger: Logger
 
-    /// Starts `ioLoops` I/O threads (default: one per core) plus the acceptor thread.
+    /// Starts `ioLoops` I/O threads (default: one per core) plus the acceptor thread. `placement` decides which
+    /// loop serves a server's new connection (default `.adaptive`; `.roundRobin` is muduo's rule).
     public init(
         ioLoops: Int = SystemInfo.coreCount, configuration: LoopConfiguration = LoopConfiguration(),
         placement: LoopPlacement = .adaptive
@@ -47,7 +49,7 @@ public final class EventLoopGroup: Sendable {
             started.append(try Self.startThread(name: "sy-loop-\(loop.index)") { loop.run() })
         }
         threads = Mutex(started)
-        if case .adaptive = placement.kind {
+        if case .adaptive = placement.kind, self.ioLoops.count > 1 {
             _ = placement.freeCores()  // the baseline the first measurement counts from
             lastMeasured.store(SystemInfo.monotonicNanoseconds(), ordering: .relaxed)
         }
@@ -95,16 +97,17 @@ public final class EventLoopGroup: Sendable {
     /// is the time since then, a long idle spell included) and sets how many loops take new connections. Runs when
     /// a connection is placed, so an idle server does no work for it.
     private func refreshPlacementIfDue() {
-        let now = SystemInfo.monotonicNanoseconds()
         let last = lastMeasured.load(ordering: .relaxed)
-        guard now &- last >= EventLoop.nanoseconds(placement.interval),
+        let now = SystemInfo.monotonicNanoseconds()
+        guard now > last, now - last >= EventLoop.nanoseconds(placement.interval),
               lastMeasured.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged,
               let free = placement.freeCores()
         else { return }
         let n = LoopPlacement.activeLoops(freeCores: free, loopCount: ioLoops.count)
         if active.exchange(n, ordering: .relaxed) != n {
-            logger.info("placement: new connections go to \(n) of \(ioLoops.count) loops",
-                        metadata: ["free-cores": "\((free * 10).rounded() / 10)"])
+            logger.info("placement changed", metadata: [
+                "active.loops": "\(n)", "loops": "\(ioLoops.count)", "free.cores": "\((free * 10).rounded() / 10)",
+            ])
         }
     }
 

@@ -105,12 +105,48 @@ enum Posix {
     }
 
     static func ignoreSIGPIPE() { sy_ignore_sigpipe() }
+
+    /// The first `limit` bytes of a file (a /proc file: read until end of file). Nil if it cannot be opened or read.
+    static func readFile(_ path: String, limit: Int) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return nil }
+        defer { close(fd) }
+        var out = [UInt8](repeating: 0, count: limit)
+        var used = 0
+        while used < limit {
+            let r = out.withUnsafeMutableBytes { raw in try? read(fd, raw.baseAddress! + used, limit - used) }
+            guard case .processed(let n)? = r else { return nil }
+            if n == 0 { break }
+            used += n
+        }
+        out.removeSubrange(used...)
+        return out
+    }
 }
 
 /// Facts about the machine.
 public enum SystemInfo {
     /// Online processor count (at least 1).
     public static var coreCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+
+    /// The CPUs this process may run on (sched_getaffinity: taskset, cpusets, containers); nil if unknown.
+    public static func allowedCPUs() -> [Int]? {
+        var mask = [UInt8](repeating: 0, count: 1024)  // room for 8192 CPUs
+        let written = mask.withUnsafeMutableBytes { sy_sched_getaffinity($0.baseAddress, $0.count) }
+        guard written > 0 else { return nil }
+        var cpus: [Int] = []
+        for (i, byte) in mask.prefix(Int(written)).enumerated() where byte != 0 {
+            for bit in 0..<8 where byte & (1 << bit) != 0 { cpus.append(i * 8 + bit) }
+        }
+        return cpus.isEmpty ? nil : cpus
+    }
+
+    /// CPU time this process has used (all threads), in nanoseconds.
+    public static func processCPUNanoseconds() -> UInt64 {
+        var ts = timespec()
+        guard clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0 else { return 0 }
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+    }
 
     /// Monotonic clock reading in nanoseconds.
     @inline(__always)

@@ -6,6 +6,7 @@ import Glibc
 #endif
 import Dispatch
 import CSwitchyardLinux
+import Logging
 import Reactor
 
 let usage = """
@@ -71,8 +72,14 @@ while let flag = arguments.popFirst() {
 }
 
 do {
+    // Errors, and each change of how many loops take new connections, go to stderr.
+    let logger = Logger(label: "switchyard.echo") { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = .info
+        return handler
+    }
     let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(
-        poller: poller, scratchBytes: scratchBytes, busyPoll: .microseconds(busyPollMicroseconds)),
+        poller: poller, scratchBytes: scratchBytes, busyPoll: .microseconds(busyPollMicroseconds), logger: logger),
         placement: placement)
     let done = DispatchSemaphore(value: 0)
     let signals = try TerminationSignals(loop: group.acceptorLoop) { _ in done.signal() }

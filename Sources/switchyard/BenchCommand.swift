@@ -73,6 +73,7 @@ struct FramedEchoServerCommand: ParsableCommand {
     @Option(help: "I/O threads (0: the acceptor thread does the I/O).") var threads = SystemInfo.coreCount
     @Option(help: "I/O multiplexer: epoll, poll or select.") var poller: PollerKind = .epoll
     @OptionGroup var service: ServiceOptions
+    @OptionGroup var loops: PlacementOptions
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
@@ -84,7 +85,7 @@ struct FramedEchoServerCommand: ParsableCommand {
         let logger = Logger(label: "switchyard.bench")
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
-            placement: service.placement.placement)
+            placement: loops.loopPlacement)
         // Before accepting, so an early client flood cannot take the descriptor signal handling needs.
         let termination = try TerminationWaiter(group: group, logger: logger)
         let server = FramedServer(

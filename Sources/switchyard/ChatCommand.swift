@@ -24,6 +24,7 @@ struct ChatCommand: AsyncParsableCommand {
     @Option(help: "PBKDF2-SHA256 iterations for new password hashes (at least 100000).")
     var passwordIterations = 210_000
     @OptionGroup var service: ServiceOptions
+    @OptionGroup var loops: PlacementOptions
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
@@ -47,7 +48,7 @@ struct ChatCommand: AsyncParsableCommand {
         }
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
-            placement: service.placement.placement)
+            placement: loops.loopPlacement)
         // Before accepting, so an early client flood cannot take the descriptor signal handling needs.
         let termination = try TerminationWaiter(group: group, logger: logger)
         let configuration = ChatConfiguration(

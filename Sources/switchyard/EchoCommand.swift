@@ -25,6 +25,7 @@ struct EchoCommand: ParsableCommand {
     var maxConnections = 100_000
 
     @OptionGroup var service: ServiceOptions
+    @OptionGroup var loops: PlacementOptions
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
@@ -37,7 +38,7 @@ struct EchoCommand: ParsableCommand {
         let logger = Logger(label: "switchyard.echo")
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
-            placement: service.placement.placement)
+            placement: loops.loopPlacement)
         // Before accepting: a flood of clients right after the announce could otherwise take the descriptor the
         // signal eventfd needs (EMFILE, exit 1), and a SIGTERM right after it could meet the default handler.
         let termination = try TerminationWaiter(group: group, logger: logger)

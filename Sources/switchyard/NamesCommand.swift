@@ -30,6 +30,7 @@ struct NamesCommand: ParsableCommand {
     var threads = 1
 
     @OptionGroup var service: ServiceOptions
+    @OptionGroup var loops: PlacementOptions
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
@@ -44,7 +45,7 @@ struct NamesCommand: ParsableCommand {
         let pool = try database.openReadyPool(logger: logger)
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(logger: logger),
-            placement: service.placement.placement)
+            placement: loops.loopPlacement)
         let termination = try TerminationWaiter(group: group, logger: logger)
         let names = NameService(
             group: group,

@@ -24,6 +24,7 @@ struct ReporterCommand: ParsableCommand {
     var threads = 1
 
     @OptionGroup var service: ServiceOptions
+    @OptionGroup var loops: PlacementOptions
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
@@ -37,7 +38,7 @@ struct ReporterCommand: ParsableCommand {
         let pool = try database.openReadyPool(logger: logger)
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(logger: logger),
-            placement: service.placement.placement)
+            placement: loops.loopPlacement)
         let termination = try TerminationWaiter(group: group, logger: logger)
         let reporter = Reporter(
             group: group, configuration: ReporterConfiguration(host: host, port: port, queueCapacity: queueCapacity),

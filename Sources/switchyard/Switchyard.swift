@@ -18,12 +18,6 @@ struct ServiceOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
-    @Option(help: """
-        How a server with several I/O threads spreads new connections: adaptive (over as many loops as the \
-        machine has cores free, the least loaded first) or round-robin (every loop in turn).
-        """)
-    var placement: PlacementChoice = .adaptive
-
     func bootstrapLogging() {
         let level = logLevel
         LoggingSystem.bootstrap { label in
@@ -36,12 +30,20 @@ struct ServiceOptions: ParsableArguments {
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
-/// `--placement`: the `LoopPlacement` of a server's event loop group.
-enum PlacementChoice: String, ExpressibleByArgument, CaseIterable {
-    case adaptive
-    case roundRobin = "round-robin"
+/// `--placement`: the `LoopPlacement` of a server's event loop group (servers with several I/O threads).
+struct PlacementOptions: ParsableArguments {
+    enum Choice: String, ExpressibleByArgument, CaseIterable {
+        case adaptive
+        case roundRobin = "round-robin"
+    }
 
-    var placement: LoopPlacement { self == .adaptive ? .adaptive : .roundRobin }
+    @Option(help: """
+        How new connections are spread over the I/O threads: adaptive (over as many loops as the machine has \
+        cores free, the least loaded first) or round-robin (every loop in turn).
+        """)
+    var placement: Choice = .adaptive
+
+    var loopPlacement: LoopPlacement { placement == .adaptive ? .adaptive : .roundRobin }
 }
 
 /// Prints a line to stdout and flushes it at once (scripts wait for it).

@@ -113,7 +113,7 @@ final class ChatHarness: Sendable {
         var configuration = ChatConfiguration(passwordIterations: PasswordHasher.minimumIterations)
         configure(&configuration)
         let loops = LoopConfiguration(poller: poller)
-        let serverGroup = try EventLoopGroup(ioLoops: 2, configuration: loops)
+        let serverGroup = try EventLoopGroup(ioLoops: 2, configuration: loops, placement: .roundRobin)
         let clientGroup = try EventLoopGroup(ioLoops: 2, configuration: loops)
         let pool = try ConnectionPool(url: databaseURL, configuration: PoolConfiguration(minConnections: 0),
                                       logger: quietLogger)

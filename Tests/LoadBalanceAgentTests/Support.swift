@@ -147,7 +147,7 @@ struct AgentWorld {
     static func make(poller: PollerKind, routes: [RouteKey: [LoadBalancing.Host]],
                      configure: (inout AgentConfiguration) -> Void = { _ in }) throws -> AgentWorld {
         let group = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(
-            poller: poller, busyPoll: AgentConfiguration().busyPoll))
+            poller: poller, busyPoll: AgentConfiguration().busyPoll), placement: .roundRobin)
         let names = try FakeNameService(group: group, routes: routes)
         let reporter = try FakeReporter(group: group)
         var configuration = AgentConfiguration(

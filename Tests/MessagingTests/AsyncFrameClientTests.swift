@@ -19,7 +19,8 @@ extension MessagingSocketTests {
             let port: Int
 
             init(poller: PollerKind, router: MessageRouter<TCPConnection>) throws {
-                group = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(poller: poller))
+                group = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(poller: poller),
+                                           placement: .roundRobin)
                 server = FramedServer(group: group, router: router)
                 do {
                     port = Int(try server.start().port)

@@ -298,7 +298,8 @@ func secondsSince(_ start: UInt64) -> Double {
 
 /// A fresh loop group with the given poller, shut down when `body` returns.
 func withGroup<R>(poller: PollerKind, ioLoops: Int = 2, _ body: (EventLoopGroup) throws -> R) throws -> R {
-    let group = try EventLoopGroup(ioLoops: ioLoops, configuration: LoopConfiguration(poller: poller))
+    let group = try EventLoopGroup(ioLoops: ioLoops, configuration: LoopConfiguration(poller: poller),
+                                   placement: .roundRobin)  // every loop serves: cross-loop paths stay covered
     defer { group.shutdown() }
     return try body(group)
 }

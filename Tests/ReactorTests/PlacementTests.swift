@@ -43,6 +43,8 @@ struct PlacementTests {
         #expect(LoopPlacement.activeLoops(freeCores: .nan, loopCount: 3) == 3)
         #expect(LoopPlacement.activeLoops(freeCores: .infinity, loopCount: 3) == 3)
         #expect(LoopPlacement.activeLoops(freeCores: -5, loopCount: 3) == 1)
+        #expect(LoopPlacement.activeLoops(freeCores: -.infinity, loopCount: 3) == 1)
+        #expect(LoopPlacement.activeLoops(freeCores: 4, loopCount: 0) == 1)
         // Property: within 1...loopCount and never fewer loops for more free cores.
         for loops in 1...8 {
             var previous = 0
@@ -98,15 +100,21 @@ struct PlacementTests {
         }
     }
 
-    @Test("/proc/stat: the busy columns of the cpu line; anything else is refused, never a crash")
+    @Test("/proc/stat: user, nice, system and steal of the allowed CPUs; anything else is refused, never a crash")
     func parseProcStat() {
-        let text = Array("cpu  100 2 30 5000 7 1 4 8 0 0\ncpu0 50 1 15 2500 3 0 2 4 0 0\n".utf8)
-        #expect(FreeCoreMeter.parseBusyTicks(text[...]) == 100 + 2 + 30 + 1 + 4 + 8)
-        for bad in ["", "cpu 1 2 3\n", "cpu0 1 2 3 4 5 6 7 8\n", "cpu 1 2 x 4 5 6 7 8\n", "cpu 1 2 3 4 5 6 7 8",
-                    "cpu 18446744073709551615 1 0 0 0 0 0 0\n", "intr 1 2 3 4 5 6 7 8\n"] {
-            #expect(FreeCoreMeter.parseBusyTicks(Array(bad.utf8)[...]) == nil, "accepted \(bad.debugDescription)")
+        let text = Array(("cpu  100 2 30 5000 7 1 4 8 0 0\ncpu0 50 1 15 2500 3 0 2 4 0 0\n"
+                          + "cpu1 50 1 15 2500 4 1 2 4 0 0\nintr 1 2 3\n").utf8)
+        #expect(FreeCoreMeter.parseBusyTicks(text[...], cpus: nil) == 100 + 2 + 30 + 8)
+        #expect(FreeCoreMeter.parseBusyTicks(text[...], cpus: [0]) == 50 + 1 + 15 + 4)
+        #expect(FreeCoreMeter.parseBusyTicks(text[...], cpus: [0, 1]) == 2 * (50 + 1 + 15 + 4))
+        #expect(FreeCoreMeter.parseBusyTicks(text[...], cpus: [0, 5]) == nil, "a CPU without a line")
+        for bad in ["", "cpu 1 2 3\n", "cpu0 1 2 3 4 5 6 7 8\n", "cpu 1 2 x 4 5 6 7 8\n",
+                    "cpu 18446744073709551615 1 0 0 0 0 0 0\n", "intr 1 2 3 4 5 6 7 8\n", "cpu 1 2 3 4 5 6 7 -8\n"] {
+            #expect(FreeCoreMeter.parseBusyTicks(Array(bad.utf8)[...], cpus: nil) == nil,
+                    "accepted \(bad.debugDescription)")
         }
-        // Random and mutated lines: an answer or nil, never a trap.
+        #expect(FreeCoreMeter.parseBusyTicks(Array("cpux 1 2 3 4 5 6 7 8\n".utf8)[...], cpus: [0]) == nil)
+        // Random and mutated text: an answer or nil, never a trap.
         var g = SystemRandomNumberGenerator()
         let alphabet = Array("cpu 0123456789\n-x".utf8)
         for _ in 0..<20_000 {
@@ -114,8 +122,10 @@ struct PlacementTests {
             for _ in 0..<Int.random(in: 0...4, using: &g) where !line.isEmpty {
                 line[Int.random(in: 0..<line.count, using: &g)] = alphabet.randomElement(using: &g)!
             }
-            if Bool.random(using: &g) { line.append(contentsOf: (0..<8).map { _ in UInt8.random(in: 0...255, using: &g) }) }
-            _ = FreeCoreMeter.parseBusyTicks(line[...])
+            if Bool.random(using: &g) {
+                line.append(contentsOf: (0..<8).map { _ in UInt8.random(in: 0...255, using: &g) })
+            }
+            _ = FreeCoreMeter.parseBusyTicks(line[...], cpus: Bool.random(using: &g) ? nil : [0, 1])
         }
     }
 
@@ -179,5 +189,87 @@ struct PlacementTests {
         defer { for c in clients { c.close() } }
         #expect(group.activeLoopCount == 2)
         #expect(connectionsPerLoop(server) == [1: 3, 2: 3])
+        // Empty loop 1; round robin still alternates (the least loaded loop would take both newcomers).
+        let onLoop1 = Set(server.connectionIDs.compactMap { server.connection(id: $0) }
+            .filter { $0.loop.index == 1 }.map(\.peerAddress.port))
+        for c in clients where onLoop1.contains(localPort(of: c.fd)) { c.close() }
+        #expect(eventually { connectionsPerLoop(server) == [2: 3] })
+        let more = try connectEchoing(2, port: port)
+        defer { for c in more { c.close() } }
+        #expect(connectionsPerLoop(server) == [1: 1, 2: 4])
+    }
+
+    @Test("adaptive: no measurement (nil) keeps the last decision; a long interval defers the first one",
+          arguments: PollerKind.allCases)
+    func adaptiveEdges(poller: PollerKind) throws {
+        let answer = Mutex<Double?>(0.5)
+        let group = try EventLoopGroup(
+            ioLoops: 2, configuration: LoopConfiguration(poller: poller),
+            placement: .adaptive(interval: .zero) { answer.withLock { $0 } })
+        defer { group.shutdown() }
+        let server = TCPServer(group: group, callbacks: EchoService.callbacks())
+        let port = try server.start().port
+        defer { server.shutdown(timeout: .seconds(2)) }
+        let first = try connectEchoing(1, port: port)
+        defer { for c in first { c.close() } }
+        #expect(group.activeLoopCount == 1)
+        answer.withLock { $0 = nil }
+        let second = try connectEchoing(3, port: port)
+        defer { for c in second { c.close() } }
+        #expect(group.activeLoopCount == 1)
+        #expect(connectionsPerLoop(server) == [1: 4])
+
+        // Within the interval nothing is measured: every loop takes connections until the first measurement.
+        let slow = try EventLoopGroup(
+            ioLoops: 2, configuration: LoopConfiguration(poller: poller),
+            placement: .adaptive(interval: .seconds(3600)) { 0.5 })
+        defer { slow.shutdown() }
+        let slowServer = TCPServer(group: slow, callbacks: EchoService.callbacks())
+        let slowPort = try slowServer.start().port
+        defer { slowServer.shutdown(timeout: .seconds(2)) }
+        let spread = try connectEchoing(4, port: slowPort)
+        defer { for c in spread { c.close() } }
+        #expect(slow.activeLoopCount == 2)
+        #expect(connectionsPerLoop(slowServer) == [1: 2, 2: 2])
+    }
+
+    @Test("adaptive with no separate I/O loops: the acceptor loop serves, nothing is measured",
+          arguments: PollerKind.allCases)
+    func adaptiveSingleLoop(poller: PollerKind) throws {
+        let calls = Atomic<Int>(0)
+        let group = try EventLoopGroup(
+            ioLoops: 0, configuration: LoopConfiguration(poller: poller),
+            placement: .adaptive(interval: .zero) {
+                calls.wrappingAdd(1, ordering: .relaxed)
+                return 0
+            })
+        defer { group.shutdown() }
+        let server = TCPServer(group: group, callbacks: EchoService.callbacks())
+        let port = try server.start().port
+        defer { server.shutdown(timeout: .seconds(2)) }
+        let clients = try connectEchoing(3, port: port)
+        defer { for c in clients { c.close() } }
+        #expect(connectionsPerLoop(server) == [0: 3])
+        #expect(group.acceptorLoop.serverConnectionCount == 3)
+        #expect(calls.load(ordering: .relaxed) == 0)
+    }
+
+    @Test("tasks posted to an idle loop from another thread always run (the loop sleeps without a timeout)",
+          arguments: PollerKind.allCases)
+    func idleLoopWakes(poller: PollerKind) throws {
+        let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller))
+        defer { group.shutdown() }
+        let loop = group.ioLoops[0]
+        let ran = DispatchSemaphore(value: 0)
+        var missed = 0
+        for i in 0..<20_000 {
+            if i % 1000 == 0 { usleep(200) }  // let the loop fall asleep in the poller now and then
+            loop.execute { ran.signal() }
+            if ran.wait(timeout: .now() + 5) == .timedOut { missed += 1 }
+        }
+        #expect(missed == 0)
+        let fired = DispatchSemaphore(value: 0)
+        loop.schedule(after: .milliseconds(5)) { fired.signal() }
+        #expect(fired.wait(timeout: .now() + 5) == .success)
     }
 }

@@ -108,6 +108,8 @@ private func highDescriptorScenario(poller: PollerKind) throws {
         #expect(sawEnd, "select should have closed the connection on a descriptor >= FD_SETSIZE")
         #expect(eventually { server.failedRegistrationCount == 1 })
         #expect(eventually { server.connectionCount == 1 })
+        // The refused connection was counted on the loop when placed and uncounted when it was closed.
+        #expect(eventually { group.ioLoops[0].serverConnectionCount == 1 })
         #expect(connects.count == 1)
         #expect(closes.count == 0)
 

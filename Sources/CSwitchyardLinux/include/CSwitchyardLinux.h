@@ -60,6 +60,8 @@ ssize_t sy_write(int fd, const void *buf, size_t count);
 ssize_t sy_writev(int fd, const struct iovec *iov, int iovcnt);
 
 pid_t sy_gettid(void);
+/// The calling thread's CPU affinity mask into `mask` (`size` bytes, zeroed first); bytes the kernel wrote, or -1.
+long sy_sched_getaffinity(void *mask, size_t size);
 uint64_t sy_monotonic_ns(void);
 /// CPU time (user + system) of the calling thread, in nanoseconds.
 uint64_t sy_thread_cpu_ns(void);
