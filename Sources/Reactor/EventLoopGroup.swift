@@ -22,8 +22,6 @@ public final class EventLoopGroup: Sendable {
     public let placement: LoopPlacement
     /// I/O loops that take new server connections (the first N of `ioLoops`).
     private let active: Atomic<Int>
-    /// When the free cores were last measured (monotonic ns).
-    private let lastMeasured = Atomic<UInt64>(0)
     private let logger: Logger
 
     /// Starts `ioLoops` I/O threads (default: one per core) plus the acceptor thread. `placement` decides which
@@ -51,7 +49,7 @@ public final class EventLoopGroup: Sendable {
         threads = Mutex(started)
         if case .adaptive = placement.kind, self.ioLoops.count > 1 {
             _ = placement.freeCores()  // the baseline the first measurement counts from
-            lastMeasured.store(SystemInfo.monotonicNanoseconds(), ordering: .relaxed)
+            acceptor.scheduleRepeating(every: placement.interval) { [weak self] in self?.refreshPlacement() }
         }
     }
 
@@ -74,7 +72,6 @@ public final class EventLoopGroup: Sendable {
     func placeConnection() -> EventLoop {
         let loop: EventLoop
         if case .adaptive = placement.kind, ioLoops.count > 1 {
-            refreshPlacementIfDue()
             let n = min(active.load(ordering: .relaxed), ioLoops.count)
             var best = ioLoops[0]
             var fewest = best.placedConnections.load(ordering: .relaxed)
@@ -93,17 +90,12 @@ public final class EventLoopGroup: Sendable {
         return loop
     }
 
-    /// Measures the free cores since the last measurement (at most once per `placement.interval`: the window
-    /// is the time since then, a long idle spell included) and sets how many loops take new connections. Runs when
-    /// a connection is placed, so an idle server does no work for it.
-    private func refreshPlacementIfDue() {
-        let last = lastMeasured.load(ordering: .relaxed)
-        let now = SystemInfo.monotonicNanoseconds()
-        guard now > last, now - last >= EventLoop.nanoseconds(placement.interval),
-              lastMeasured.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged,
-              let free = placement.freeCores()
-        else { return }
-        let n = LoopPlacement.activeLoops(freeCores: free, loopCount: ioLoops.count)
+    /// Measures the free cores (since the previous measurement) and sets how many loops take new connections.
+    /// The acceptor loop does this every `placement.interval`; call it to measure now. Safe from any thread.
+    public func refreshPlacement() {
+        guard case .adaptive = placement.kind, ioLoops.count > 1, let free = placement.freeCores() else { return }
+        let n = LoopPlacement.activeLoops(
+            freeCores: free, loopCount: ioLoops.count, current: active.load(ordering: .relaxed))
         if active.exchange(n, ordering: .relaxed) != n {
             logger.info("placement changed", metadata: [
                 "active.loops": "\(n)", "loops": "\(ioLoops.count)", "free.cores": "\((free * 10).rounded() / 10)",

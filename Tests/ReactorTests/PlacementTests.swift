@@ -45,14 +45,29 @@ struct PlacementTests {
         #expect(LoopPlacement.activeLoops(freeCores: -5, loopCount: 3) == 1)
         #expect(LoopPlacement.activeLoops(freeCores: -.infinity, loopCount: 3) == 1)
         #expect(LoopPlacement.activeLoops(freeCores: 4, loopCount: 0) == 1)
+        // With the count in force: up at 0.8 of the next core free, down below 0.6 of the last one.
+        #expect(LoopPlacement.activeLoops(freeCores: 1.75, loopCount: 4, current: 1) == 1)
+        #expect(LoopPlacement.activeLoops(freeCores: 1.8, loopCount: 4, current: 1) == 2)
+        #expect(LoopPlacement.activeLoops(freeCores: 1.65, loopCount: 4, current: 2) == 2)
+        #expect(LoopPlacement.activeLoops(freeCores: 1.55, loopCount: 4, current: 2) == 1)
+        #expect(LoopPlacement.activeLoops(freeCores: 3.9, loopCount: 4, current: 1) == 4)
+        #expect(LoopPlacement.activeLoops(freeCores: 0.1, loopCount: 4, current: 4) == 1)
+        #expect(LoopPlacement.activeLoops(freeCores: 9, loopCount: 4, current: 7) == 4)  // out of range: ignored
         // Property: within 1...loopCount and never fewer loops for more free cores.
         for loops in 1...8 {
             var previous = 0
             for tenth in 0...100 {
-                let n = LoopPlacement.activeLoops(freeCores: Double(tenth) / 10, loopCount: loops)
+                let free = Double(tenth) / 10
+                let n = LoopPlacement.activeLoops(freeCores: free, loopCount: loops)
                 #expect((1...loops).contains(n))
                 #expect(n >= previous)
                 previous = n
+                // Hysteresis only delays a change: never past the plain answer, never the wrong way.
+                for current in 1...loops {
+                    let h = LoopPlacement.activeLoops(freeCores: free, loopCount: loops, current: current)
+                    #expect(h == current || (h - current).signum() == (n - current).signum())
+                    #expect(abs(h - n) <= abs(current - n))
+                }
             }
         }
     }
@@ -143,7 +158,10 @@ struct PlacementTests {
           arguments: PollerKind.allCases)
     func adaptivePlacement(poller: PollerKind) throws {
         let freeTenths = Atomic<Int>(5)
-        let placement = LoopPlacement.adaptive(interval: .zero) { Double(freeTenths.load(ordering: .relaxed)) / 10 }
+        // The hour-long interval keeps the acceptor's own measurements out of the way: the test measures.
+        let placement = LoopPlacement.adaptive(interval: .seconds(3600)) {
+            Double(freeTenths.load(ordering: .relaxed)) / 10
+        }
         let group = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(poller: poller),
                                        placement: placement)
         defer { group.shutdown() }
@@ -152,6 +170,7 @@ struct PlacementTests {
         defer { server.shutdown(timeout: .seconds(2)) }
 
         // Half a core free: one loop takes everything.
+        group.refreshPlacement()
         var first = try connectEchoing(4, port: port)
         defer { for c in first { c.close() } }
         #expect(group.activeLoopCount == 1)
@@ -160,6 +179,7 @@ struct PlacementTests {
 
         // Two cores free: both loops, the empty one first until they are even.
         freeTenths.store(20, ordering: .relaxed)
+        group.refreshPlacement()
         let second = try connectEchoing(6, port: port)
         defer { for c in second { c.close() } }
         #expect(group.activeLoopCount == 2)
@@ -199,21 +219,24 @@ struct PlacementTests {
         #expect(connectionsPerLoop(server) == [1: 1, 2: 4])
     }
 
-    @Test("adaptive: no measurement (nil) keeps the last decision; a long interval defers the first one",
+    @Test("adaptive: no measurement (nil) keeps the last decision; until the first one every loop serves",
           arguments: PollerKind.allCases)
     func adaptiveEdges(poller: PollerKind) throws {
         let answer = Mutex<Double?>(0.5)
         let group = try EventLoopGroup(
             ioLoops: 2, configuration: LoopConfiguration(poller: poller),
-            placement: .adaptive(interval: .zero) { answer.withLock { $0 } })
+            placement: .adaptive(interval: .seconds(3600)) { answer.withLock { $0 } })
         defer { group.shutdown() }
         let server = TCPServer(group: group, callbacks: EchoService.callbacks())
         let port = try server.start().port
         defer { server.shutdown(timeout: .seconds(2)) }
+        #expect(group.activeLoopCount == 2)  // not measured yet
+        group.refreshPlacement()
         let first = try connectEchoing(1, port: port)
         defer { for c in first { c.close() } }
         #expect(group.activeLoopCount == 1)
         answer.withLock { $0 = nil }
+        group.refreshPlacement()
         let second = try connectEchoing(3, port: port)
         defer { for c in second { c.close() } }
         #expect(group.activeLoopCount == 1)
@@ -239,7 +262,7 @@ struct PlacementTests {
         let calls = Atomic<Int>(0)
         let group = try EventLoopGroup(
             ioLoops: 0, configuration: LoopConfiguration(poller: poller),
-            placement: .adaptive(interval: .zero) {
+            placement: .adaptive(interval: .milliseconds(1)) {
                 calls.wrappingAdd(1, ordering: .relaxed)
                 return 0
             })
@@ -251,6 +274,7 @@ struct PlacementTests {
         defer { for c in clients { c.close() } }
         #expect(connectionsPerLoop(server) == [0: 3])
         #expect(group.acceptorLoop.serverConnectionCount == 3)
+        group.refreshPlacement()
         #expect(calls.load(ordering: .relaxed) == 0)
     }
 
