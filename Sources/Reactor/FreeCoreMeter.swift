@@ -81,7 +81,7 @@ public final class FreeCoreMeter: Sendable {
     }
 
     private func readNow() -> Sample? {
-        guard let text = Posix.readFile("/proc/stat", limit: 1 << 20),
+        guard let text = Posix.readFile("/proc/stat", until: "intr", limit: 1 << 20),  // the cpu lines come first
               let ticks = Self.parseBusyTicks(text[...], cpus: cpus)
         else { return nil }
         return Sample(machineTicks: ticks, processNanoseconds: SystemInfo.processCPUNanoseconds(),

@@ -106,21 +106,37 @@ enum Posix {
 
     static func ignoreSIGPIPE() { sy_ignore_sigpipe() }
 
-    /// The first `limit` bytes of a file (a /proc file: read until end of file). Nil if it cannot be opened or read.
-    static func readFile(_ path: String, limit: Int) -> [UInt8]? {
+    /// A file's text up to the first line that starts with `stop` (a /proc file: read in small pieces until then,
+    /// or until end of file or `limit` bytes). Nil if it cannot be opened or read.
+    static func readFile(_ path: String, until stop: String, limit: Int) -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { return nil }
         defer { close(fd) }
-        var out = [UInt8](repeating: 0, count: limit)
-        var used = 0
-        while used < limit {
-            let r = out.withUnsafeMutableBytes { raw in try? read(fd, raw.baseAddress! + used, limit - used) }
+        let marker = Array(("\n" + stop).utf8)
+        var out: [UInt8] = []
+        var piece = [UInt8](repeating: 0, count: 4096)
+        while out.count < limit {
+            let r = piece.withUnsafeMutableBytes { raw in try? read(fd, raw.baseAddress!, raw.count) }
             guard case .processed(let n)? = r else { return nil }
             if n == 0 { break }
-            used += n
+            let searchFrom = max(0, out.count - marker.count)
+            out.append(contentsOf: piece[0..<n])
+            if let end = firstRange(of: marker, in: out, from: searchFrom) {
+                out.removeSubrange((end + 1)...)
+                break
+            }
         }
-        out.removeSubrange(used...)
         return out
+    }
+
+    private static func firstRange(of needle: [UInt8], in haystack: [UInt8], from start: Int) -> Int? {
+        guard haystack.count >= needle.count else { return nil }
+        var i = start
+        while i + needle.count <= haystack.count {
+            if haystack[i] == needle[0] && haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
+            i += 1
+        }
+        return nil
     }
 }
 
