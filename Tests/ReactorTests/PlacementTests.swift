@@ -16,6 +16,20 @@ private func connectionsPerLoop(_ server: TCPServer) -> [Int: Int] {
     return counts
 }
 
+/// An echo server on a fresh group with `placement`, torn down when `body` returns.
+private func withPlacedEchoServer<R>(
+    poller: PollerKind, ioLoops: Int = 2, placement: LoopPlacement,
+    _ body: (EventLoopGroup, TCPServer, UInt16) throws -> R
+) throws -> R {
+    let group = try EventLoopGroup(ioLoops: ioLoops, configuration: LoopConfiguration(poller: poller),
+                                   placement: placement)
+    defer { group.shutdown() }
+    let server = TCPServer(group: group, callbacks: EchoService.callbacks())
+    let port = try server.start().port
+    defer { server.shutdown(timeout: .seconds(2)) }
+    return try body(group, server, port)
+}
+
 /// Connects `n` clients one after another, each waiting for an echo (so the server has placed and registered it
 /// before the next one arrives).
 private func connectEchoing(_ n: Int, port: UInt16) throws -> [BlockingSocket] {
@@ -162,120 +176,99 @@ struct PlacementTests {
         let placement = LoopPlacement.adaptive(interval: .seconds(3600)) {
             Double(freeTenths.load(ordering: .relaxed)) / 10
         }
-        let group = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(poller: poller),
-                                       placement: placement)
-        defer { group.shutdown() }
-        let server = TCPServer(group: group, callbacks: EchoService.callbacks())
-        let port = try server.start().port
-        defer { server.shutdown(timeout: .seconds(2)) }
+        try withPlacedEchoServer(poller: poller, placement: placement) { group, server, port in
+            // Half a core free: one loop takes everything.
+            group.refreshPlacement()
+            var first = try connectEchoing(4, port: port)
+            defer { for c in first { c.close() } }
+            #expect(group.activeLoopCount == 1)
+            #expect(connectionsPerLoop(server) == [1: 4])
+            #expect(group.ioLoops.map(\.serverConnectionCount) == [4, 0])
 
-        // Half a core free: one loop takes everything.
-        group.refreshPlacement()
-        var first = try connectEchoing(4, port: port)
-        defer { for c in first { c.close() } }
-        #expect(group.activeLoopCount == 1)
-        #expect(connectionsPerLoop(server) == [1: 4])
-        #expect(group.ioLoops.map(\.serverConnectionCount) == [4, 0])
+            // Two cores free: both loops, the empty one first until they are even.
+            freeTenths.store(20, ordering: .relaxed)
+            group.refreshPlacement()
+            let second = try connectEchoing(6, port: port)
+            defer { for c in second { c.close() } }
+            #expect(group.activeLoopCount == 2)
+            #expect(connectionsPerLoop(server) == [1: 5, 2: 5])
 
-        // Two cores free: both loops, the empty one first until they are even.
-        freeTenths.store(20, ordering: .relaxed)
-        group.refreshPlacement()
-        let second = try connectEchoing(6, port: port)
-        defer { for c in second { c.close() } }
-        #expect(group.activeLoopCount == 2)
-        #expect(connectionsPerLoop(server) == [1: 5, 2: 5])
-
-        // Closed connections leave their loop's count, and new ones fill the gap.
-        for c in first { c.close() }
-        first = []
-        #expect(eventually { server.connectionCount == 6 })
-        #expect(eventually { group.ioLoops.map(\.serverConnectionCount) == [1, 5] })
-        let third = try connectEchoing(4, port: port)
-        defer { for c in third { c.close() } }
-        #expect(connectionsPerLoop(server) == [1: 5, 2: 5])
-        for c in second + third { c.close() }
-        #expect(eventually { group.ioLoops.map(\.serverConnectionCount) == [0, 0] })
+            // Closed connections leave their loop's count, and new ones fill the gap.
+            for c in first { c.close() }
+            first = []
+            #expect(eventually { server.connectionCount == 6 })
+            #expect(eventually { group.ioLoops.map(\.serverConnectionCount) == [1, 5] })
+            let third = try connectEchoing(4, port: port)
+            defer { for c in third { c.close() } }
+            #expect(connectionsPerLoop(server) == [1: 5, 2: 5])
+            for c in second + third { c.close() }
+            #expect(eventually { group.ioLoops.map(\.serverConnectionCount) == [0, 0] })
+        }
     }
 
     @Test("round robin: every loop in turn, whatever the machine's load", arguments: PollerKind.allCases)
     func roundRobinPlacement(poller: PollerKind) throws {
-        let group = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(poller: poller),
-                                       placement: .roundRobin)
-        defer { group.shutdown() }
-        let server = TCPServer(group: group, callbacks: EchoService.callbacks())
-        let port = try server.start().port
-        defer { server.shutdown(timeout: .seconds(2)) }
-        let clients = try connectEchoing(6, port: port)
-        defer { for c in clients { c.close() } }
-        #expect(group.activeLoopCount == 2)
-        #expect(connectionsPerLoop(server) == [1: 3, 2: 3])
-        // Empty loop 1; round robin still alternates (the least loaded loop would take both newcomers).
-        let onLoop1 = Set(server.connectionIDs.compactMap { server.connection(id: $0) }
-            .filter { $0.loop.index == 1 }.map(\.peerAddress.port))
-        for c in clients where onLoop1.contains(localPort(of: c.fd)) { c.close() }
-        #expect(eventually { connectionsPerLoop(server) == [2: 3] })
-        let more = try connectEchoing(2, port: port)
-        defer { for c in more { c.close() } }
-        #expect(connectionsPerLoop(server) == [1: 1, 2: 4])
+        try withPlacedEchoServer(poller: poller, placement: .roundRobin) { group, server, port in
+            let clients = try connectEchoing(6, port: port)
+            defer { for c in clients { c.close() } }
+            #expect(group.activeLoopCount == 2)
+            #expect(connectionsPerLoop(server) == [1: 3, 2: 3])
+            // Empty loop 1; round robin still alternates (the least loaded loop would take both newcomers).
+            let onLoop1 = Set(server.connectionIDs.compactMap { server.connection(id: $0) }
+                .filter { $0.loop.index == 1 }.map(\.peerAddress.port))
+            for c in clients where onLoop1.contains(localPort(of: c.fd)) { c.close() }
+            #expect(eventually { connectionsPerLoop(server) == [2: 3] })
+            let more = try connectEchoing(2, port: port)
+            defer { for c in more { c.close() } }
+            #expect(connectionsPerLoop(server) == [1: 1, 2: 4])
+        }
     }
 
     @Test("adaptive: no measurement (nil) keeps the last decision; until the first one every loop serves",
           arguments: PollerKind.allCases)
     func adaptiveEdges(poller: PollerKind) throws {
         let answer = Mutex<Double?>(0.5)
-        let group = try EventLoopGroup(
-            ioLoops: 2, configuration: LoopConfiguration(poller: poller),
-            placement: .adaptive(interval: .seconds(3600)) { answer.withLock { $0 } })
-        defer { group.shutdown() }
-        let server = TCPServer(group: group, callbacks: EchoService.callbacks())
-        let port = try server.start().port
-        defer { server.shutdown(timeout: .seconds(2)) }
-        #expect(group.activeLoopCount == 2)  // not measured yet
-        group.refreshPlacement()
-        let first = try connectEchoing(1, port: port)
-        defer { for c in first { c.close() } }
-        #expect(group.activeLoopCount == 1)
-        answer.withLock { $0 = nil }
-        group.refreshPlacement()
-        let second = try connectEchoing(3, port: port)
-        defer { for c in second { c.close() } }
-        #expect(group.activeLoopCount == 1)
-        #expect(connectionsPerLoop(server) == [1: 4])
+        let measured = LoopPlacement.adaptive(interval: .seconds(3600)) { answer.withLock { $0 } }
+        try withPlacedEchoServer(poller: poller, placement: measured) { group, server, port in
+            #expect(group.activeLoopCount == 2)  // not measured yet
+            group.refreshPlacement()
+            let first = try connectEchoing(1, port: port)
+            defer { for c in first { c.close() } }
+            #expect(group.activeLoopCount == 1)
+            answer.withLock { $0 = nil }
+            group.refreshPlacement()
+            let second = try connectEchoing(3, port: port)
+            defer { for c in second { c.close() } }
+            #expect(group.activeLoopCount == 1)
+            #expect(connectionsPerLoop(server) == [1: 4])
+        }
 
         // Within the interval nothing is measured: every loop takes connections until the first measurement.
-        let slow = try EventLoopGroup(
-            ioLoops: 2, configuration: LoopConfiguration(poller: poller),
-            placement: .adaptive(interval: .seconds(3600)) { 0.5 })
-        defer { slow.shutdown() }
-        let slowServer = TCPServer(group: slow, callbacks: EchoService.callbacks())
-        let slowPort = try slowServer.start().port
-        defer { slowServer.shutdown(timeout: .seconds(2)) }
-        let spread = try connectEchoing(4, port: slowPort)
-        defer { for c in spread { c.close() } }
-        #expect(slow.activeLoopCount == 2)
-        #expect(connectionsPerLoop(slowServer) == [1: 2, 2: 2])
+        let unmeasured = LoopPlacement.adaptive(interval: .seconds(3600)) { 0.5 }
+        try withPlacedEchoServer(poller: poller, placement: unmeasured) { group, server, port in
+            let spread = try connectEchoing(4, port: port)
+            defer { for c in spread { c.close() } }
+            #expect(group.activeLoopCount == 2)
+            #expect(connectionsPerLoop(server) == [1: 2, 2: 2])
+        }
     }
 
     @Test("adaptive with no separate I/O loops: the acceptor loop serves, nothing is measured",
           arguments: PollerKind.allCases)
     func adaptiveSingleLoop(poller: PollerKind) throws {
         let calls = Atomic<Int>(0)
-        let group = try EventLoopGroup(
-            ioLoops: 0, configuration: LoopConfiguration(poller: poller),
-            placement: .adaptive(interval: .milliseconds(1)) {
-                calls.wrappingAdd(1, ordering: .relaxed)
-                return 0
-            })
-        defer { group.shutdown() }
-        let server = TCPServer(group: group, callbacks: EchoService.callbacks())
-        let port = try server.start().port
-        defer { server.shutdown(timeout: .seconds(2)) }
-        let clients = try connectEchoing(3, port: port)
-        defer { for c in clients { c.close() } }
-        #expect(connectionsPerLoop(server) == [0: 3])
-        #expect(group.acceptorLoop.serverConnectionCount == 3)
-        group.refreshPlacement()
-        #expect(calls.load(ordering: .relaxed) == 0)
+        let placement = LoopPlacement.adaptive(interval: .milliseconds(1)) {
+            calls.wrappingAdd(1, ordering: .relaxed)
+            return 0
+        }
+        try withPlacedEchoServer(poller: poller, ioLoops: 0, placement: placement) { group, server, port in
+            let clients = try connectEchoing(3, port: port)
+            defer { for c in clients { c.close() } }
+            #expect(connectionsPerLoop(server) == [0: 3])
+            #expect(group.acceptorLoop.serverConnectionCount == 3)
+            group.refreshPlacement()
+            #expect(calls.load(ordering: .relaxed) == 0)
+        }
     }
 
     @Test("tasks posted to an idle loop from another thread always run (the loop sleeps without a timeout)",
