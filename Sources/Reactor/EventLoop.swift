@@ -116,15 +116,10 @@ public final class EventLoop: @unchecked Sendable {
         Posix.ignoreSIGPIPE()
         let handler = WakeupHandler(fd: fd, loop: self)
         wakeHandler = handler
-        do {
-            try register(fd: fd, interest: .read, handler: handler)
-        } catch {
-            Posix.close(fd)
-            poller.close()
-            events.deallocate()
-            scratch.deallocate()
-            throw error
-        }
+        // Every stored property is set by now, so a throw from here on runs `deinit`, which closes and frees
+        // all of it; closing here too would close the descriptor numbers twice (select refuses a wake-up
+        // descriptor >= FD_SETSIZE, which is how this path is taken).
+        try register(fd: fd, interest: .read, handler: handler)
     }
 
     deinit {

@@ -44,7 +44,14 @@ public final class EventLoopGroup: Sendable {
         self.ioLoops = loops.isEmpty ? [acceptor] : loops
         var started: [pthread_t] = []
         for loop in [acceptor] + loops {
-            started.append(try Self.startThread(name: "sy-loop-\(loop.index)") { loop.run() })
+            do {
+                started.append(try Self.startThread(name: "sy-loop-\(loop.index)") { loop.run() })
+            } catch {
+                // No thread is left running a loop nobody can stop.
+                for loop in [acceptor] + loops { loop.stop() }
+                for t in started { pthread_join(t, nil) }
+                throw error
+            }
         }
         threads = Mutex(started)
         if case .adaptive = placement.kind, self.ioLoops.count > 1 {

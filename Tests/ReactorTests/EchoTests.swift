@@ -50,48 +50,56 @@ struct EchoTests {
         }
     }
 
+    /// Server and clients each run as a process of their own (an exit test for the clients): with select, one
+    /// process would need descriptors above FD_SETSIZE, and 1,000 client sockets in the test process would push
+    /// the descriptors of tests running beside this one above it too.
     @Test("1,000 concurrent connections echo at once", arguments: PollerKind.allCases)
-    func thousandConnections(poller: PollerKind) throws {
-        // The server runs as its own process: with select, server and clients in one process would need
-        // descriptors above FD_SETSIZE.
-        let child = try ChildServer(arguments: ["echo", "--port", "0", "--threads", "2", "--poller", poller.rawValue,
-                                               "--log-level", "warning"])
-        defer { child.stop() }
-        let count = 1000
-        let messageSize = 512
-        var fds: [Int32] = []
-        defer { for fd in fds { close(fd) } }
-        for _ in 0..<count {
-            let s = try BlockingSocket(port: child.port)
-            fds.append(s.fd)
+    func thousandConnections(poller: PollerKind) async {
+        await #expect(processExitsWith: .success) { [name = poller.rawValue as String] in
+            try thousandConnectionsScenario(poller: PollerKind(rawValue: name)!)
         }
-        var expected: [[UInt8]] = []
-        for fd in fds {
-            let msg = randomBytes(messageSize)
-            expected.append(msg)
-            let n = msg.withUnsafeBytes { send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
-            #expect(n == messageSize)
-        }
-        // Read all replies with poll(2).
-        var received = Array(repeating: [UInt8](), count: count)
-        var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        var done = 0
-        let deadline = Date().addingTimeInterval(30)
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while done < count && Date() < deadline {
-            let n = poll(&pfds, nfds_t(pfds.count), 1000)
-            if n <= 0 { continue }
-            for i in 0..<count where pfds[i].revents != 0 {
-                let r = buffer.withUnsafeMutableBytes { recv(pfds[i].fd, $0.baseAddress!, $0.count, 0) }
-                if r > 0 { received[i].append(contentsOf: buffer[0..<r]) }
-                if r == 0 || received[i].count >= messageSize {
-                    pfds[i].events = 0
-                    pfds[i].fd = -1
-                    done += 1
-                }
+    }
+}
+
+/// Runs in the exit test's child process.
+private func thousandConnectionsScenario(poller: PollerKind) throws {
+    let child = try ChildServer(arguments: ["echo", "--port", "0", "--threads", "2", "--poller", poller.rawValue,
+                                           "--log-level", "warning"])
+    defer { child.stop() }
+    let count = 1000
+    let messageSize = 512
+    var fds: [Int32] = []
+    defer { for fd in fds { close(fd) } }
+    for _ in 0..<count {
+        let s = try BlockingSocket(port: child.port)
+        fds.append(s.fd)
+    }
+    var expected: [[UInt8]] = []
+    for fd in fds {
+        let msg = randomBytes(messageSize)
+        expected.append(msg)
+        let n = msg.withUnsafeBytes { send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
+        #expect(n == messageSize)
+    }
+    // Read all replies with poll(2).
+    var received = Array(repeating: [UInt8](), count: count)
+    var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+    var done = 0
+    let deadline = Date().addingTimeInterval(30)
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while done < count && Date() < deadline {
+        let n = poll(&pfds, nfds_t(pfds.count), 1000)
+        if n <= 0 { continue }
+        for i in 0..<count where pfds[i].revents != 0 {
+            let r = buffer.withUnsafeMutableBytes { recv(pfds[i].fd, $0.baseAddress!, $0.count, 0) }
+            if r > 0 { received[i].append(contentsOf: buffer[0..<r]) }
+            if r == 0 || received[i].count >= messageSize {
+                pfds[i].events = 0
+                pfds[i].fd = -1
+                done += 1
             }
         }
-        #expect(done == count)
-        #expect(received == expected)
     }
+    #expect(done == count)
+    #expect(received == expected)
 }

@@ -97,6 +97,16 @@ private func highDescriptorScenario(poller: PollerKind) throws {
     high.setReceiveTimeout(seconds: 10)
     #expect(high.fd >= setSize)
 
+    // A loop created now gets a wake-up descriptor >= 1024. select cannot watch it: the init throws a clear
+    // error and releases what it opened exactly once (a second close of a reused number would stop the process).
+    do {
+        let loop = try EventLoop(configuration: LoopConfiguration(poller: poller))
+        #expect(poller != .select, "a select loop accepted a wake-up descriptor >= FD_SETSIZE")
+        _ = loop
+    } catch ReactorError.descriptorOutOfRangeForSelect(let fd, let limit) {
+        #expect(poller == .select)
+        #expect(fd >= setSize && limit == setSize)
+    }
     if poller == .select {
         // Refused: the accepted descriptor is closed at once; no hooks fire for it.
         var sawEnd = false
