@@ -191,7 +191,11 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
                 if inStart == inEnd { releaseInput() }
             }
             rounds += 1
-            if n < requested || rounds >= 4 { return }
+            // Read again only for a frame still incomplete. When everything read was consumed, another read
+            // usually finds the socket empty (a peer that waits for its reply, like an echo client, has sent
+            // nothing more): a wasted syscall per message. The poller is level-triggered, so bytes still
+            // queued are reported on the next wait.
+            if n < requested || input == nil || rounds >= 4 { return }
         }
     }
 
