@@ -65,7 +65,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "StorageTests", dependencies: [
-            "Storage",
+            "Storage", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // ---- end Storage section ----
@@ -101,10 +101,12 @@ let package = Package(
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
         ),
-        .testTarget(name: "ChatTests", dependencies: ["Chat", "Messaging", "Reactor", "Storage"]),
+        .testTarget(name: "ChatTests", dependencies: ["Chat", "Messaging", "Reactor", "Storage", "TestSupport"]),
         .testTarget(name: "LoadBalancingTests", dependencies: ["LoadBalancing"]),
         .testTarget(name: "LoadBalanceAgentTests", dependencies: ["LoadBalanceAgent", "LoadBalancing", "Messaging", "Reactor"]),
-        .testTarget(name: "NameServiceTests", dependencies: ["NameService", "LoadBalanceAgent", "Messaging", "Reactor", "Storage"]),
+        .testTarget(name: "NameServiceTests", dependencies: [
+            "NameService", "LoadBalanceAgent", "Messaging", "Reactor", "Storage", "TestSupport",
+        ]),
         .executableTarget(name: "switchyard-echo", dependencies: [
             "CSwitchyardLinux", "Reactor", .product(name: "Logging", package: "swift-log"),
         ]),
@@ -123,7 +125,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "ReactorTests", dependencies: ["Reactor"]),
-        .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Reactor"]),
+        .testTarget(name: "ReactorTests", dependencies: ["Reactor", "TestSupport"]),
+        .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Reactor", "TestSupport"]),
+        // Helpers shared by the test targets (sockets, waiting, test databases, log capture); not a product.
+        .target(
+            name: "TestSupport",
+            dependencies: ["Reactor", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/TestSupport"
+        ),
     ]
 )

@@ -5,6 +5,7 @@ import Reactor
 import Storage
 import Synchronization
 import Testing
+import TestSupport
 
 extension ChatSocketTests {
     @Suite("Limits, slow consumers, bad frames") struct Limits {}
@@ -28,17 +29,23 @@ extension ChatSocketTests.Limits {
         await expectRefused(.limitExceeded) { _ = try await a.say(String(repeating: "x", count: 101), in: "r1") }
         await expectRefused(.limitExceeded) { try await a.msg(to: "alice", String(repeating: "x", count: 101)) }
 
-        // A burst past 5 per second: the first ones pass, then rate-limited replies.
-        var accepted = 0
-        var limited = 0
-        for i in 0..<12 {
-            do {
-                try await a.say("burst \(i)", in: "r1")
-                accepted += 1
-            } catch let e as ChatClientError where e.code == .rateLimited {
-                limited += 1
+        // A burst past 5 per second, sent at once (one request after another would let a slow machine refill the
+        // bucket between them): the first ones pass, then rate-limited replies.
+        let outcomes = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for i in 0..<12 {
+                group.addTask {
+                    do {
+                        _ = try await a.say("burst \(i)", in: "r1")
+                        return true
+                    } catch let e as ChatClientError where e.code == .rateLimited {
+                        return false
+                    }
+                }
             }
+            return try await group.reduce(into: [Bool]()) { $0.append($1) }
         }
+        let accepted = outcomes.filter { $0 }.count
+        let limited = outcomes.count - accepted
         #expect(accepted >= 5 && accepted < 12 && limited > 0, "accepted \(accepted), limited \(limited)")
         #expect(h.server.statistics.limitRejections >= 4 + limited)
 

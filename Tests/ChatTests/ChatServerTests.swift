@@ -5,6 +5,7 @@ import Reactor
 import Storage
 import Synchronization
 import Testing
+import TestSupport
 
 extension ChatSocketTests {
     @Suite("Users, rooms, presence") struct Basics {}
@@ -12,7 +13,7 @@ extension ChatSocketTests {
 
 extension ChatSocketTests.Basics {
     /// With the production iteration count of the password KDF (the other tests use the minimum).
-    @Test(arguments: PollerKind.allCases, TestDatabase.all)
+    @Test(arguments: PollerKind.allCases, TestDatabase.fileAndServers)
     func registerLoginAndUniformErrors(poller: PollerKind, db: TestDatabase) async throws {
         let production = ChatConfiguration().passwordIterations
         let names = UniqueNames()
@@ -125,7 +126,7 @@ extension ChatSocketTests.Basics {
         await h.stop([a, b])
     }
 
-    @Test(arguments: PollerKind.allCases, TestDatabase.all)
+    @Test(arguments: PollerKind.allCases, TestDatabase.fileAndServers)
     func historyOnJoinSurvivesRestart(poller: PollerKind, db: TestDatabase) async throws {
         let url = try db.url()
         let names = UniqueNames()
@@ -151,7 +152,7 @@ extension ChatSocketTests.Basics {
         await h2.stop([c])
     }
 
-    @Test(arguments: PollerKind.allCases, TestDatabase.all)
+    @Test(arguments: PollerKind.allCases, TestDatabase.fileAndServers)
     func friendsSeePresenceOnLoginAndLogout(poller: PollerKind, db: TestDatabase) async throws {
         let names = UniqueNames()
         let (alice, bob) = (names("alice"), names("bob"))

@@ -6,90 +6,18 @@ import Reactor
 import Storage
 import SwiftProtobuf
 import Testing
+import TestSupport
 
 /// Every socket suite of this target nests here so they run one at a time (the machine has few cores and the
 /// password KDF is slow on purpose).
 @Suite("Chat over real sockets", .serialized)
 enum ChatSocketTests {}
 
-struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
-}
-
-struct TimedOut: Error, CustomStringConvertible {
-    let what: String
-    var description: String { "timed out: \(what)" }
-}
-
-/// Runs `body`, failing with `TimedOut` after `seconds`.
-func withTimeout<T: Sendable>(_ seconds: Double, _ what: String = "operation",
-                              _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
-            throw TimedOut(what: what)
-        }
-        defer { group.cancelAll() }
-        return try await group.next()!
-    }
-}
-
 let quietLogger: Logger = {
     var logger = Logger(label: "chat-tests")
     logger.logLevel = .warning
     return logger
 }()
-
-func temporaryDatabaseURL() -> String {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-chat-tests")
-    try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    return "sqlite:" + dir.appendingPathComponent("chat-\(UUID().uuidString).sqlite").path
-}
-
-/// The databases the storage-heavy chat tests run on: a fresh SQLite file always, MySQL and PostgreSQL when their
-/// trait is in this build. A server's URL comes from the environment (`scripts/db start && source .build-db/env`);
-/// when the driver is built but the URL is missing, the test fails rather than skips.
-enum TestDatabase: String, CustomStringConvertible, Sendable {
-    case sqlite
-    case mysql
-    case postgres
-
-    var description: String { rawValue }
-
-    /// Every database of this build.
-    static var all: [TestDatabase] {
-        var result: [TestDatabase] = [.sqlite]
-        #if MySQL
-        result.append(.mysql)
-        #endif
-        #if PostgreSQL
-        result.append(.postgres)
-        #endif
-        return result
-    }
-
-    var environmentVariable: String {
-        self == .mysql ? "SWITCHYARD_TEST_MYSQL_URL" : "SWITCHYARD_TEST_POSTGRES_URL"
-    }
-
-    /// A fresh SQLite file, or the server's URL. The server databases keep the chat tables between runs (and
-    /// another run may use them at the same time): tests that use them take their names from `UniqueNames`.
-    func url() throws -> String {
-        switch self {
-        case .sqlite:
-            return temporaryDatabaseURL()
-        case .mysql, .postgres:
-            guard let url = ProcessInfo.processInfo.environment[environmentVariable], !url.isEmpty else {
-                throw TestFailure(
-                    "\(environmentVariable) is not set, but the \(self) driver is built: run "
-                        + "`scripts/db start && source .build-db/env` before `swift test --traits MySQL,PostgreSQL`")
-            }
-            return url
-        }
-    }
-}
 
 /// User and room names no other test run uses: `names("alice")` is `alice-` and a random suffix of this value.
 struct UniqueNames: Sendable {
@@ -108,7 +36,7 @@ final class ChatHarness: Sendable {
     let databaseURL: String
 
     /// Passwords are hashed with the fewest iterations the server accepts unless `configure` asks for more.
-    static func start(poller: PollerKind, databaseURL: String = temporaryDatabaseURL(),
+    static func start(poller: PollerKind, databaseURL: String = temporarySQLiteURL("chat"),
                       _ configure: (inout ChatConfiguration) -> Void = { _ in }) async throws -> ChatHarness {
         var configuration = ChatConfiguration(passwordIterations: PasswordHasher.minimumIterations)
         configure(&configuration)

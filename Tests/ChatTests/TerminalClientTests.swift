@@ -3,6 +3,7 @@ import Foundation
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -152,17 +153,6 @@ extension ChatEvent {
         if case .roomMessage(let m) = self { return m.text == text && m.sender == sender }
         return false
     }
-}
-
-func switchyardExecutable() -> String {
-    let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-    var dir = exe.deletingLastPathComponent()
-    for _ in 0..<4 {
-        let candidate = dir.appendingPathComponent("switchyard").path
-        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        dir = dir.deletingLastPathComponent()
-    }
-    return dir.appendingPathComponent("switchyard").path
 }
 
 /// Runs the client with its stdin a pipe: the script up to `/leave` goes in at once; the rest only once alice's

@@ -4,6 +4,7 @@ import Messaging
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc

@@ -4,14 +4,15 @@ import Messaging
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 
 extension MessagingSocketTests {
     @Suite("Frames over TCP", .serialized)
     struct FramedTCPTests {
         /// A server that records every frame of id 10 (in arrival order) and signals per frame.
         final class Recorder: Sendable {
-            let frames = Locked<[TestFrame]>([])
-            let arrived = Signals()
+            let frames = Shared<[TestFrame]>([])
+            let arrived = EventCounter()
             let router = MessageRouter<TCPConnection>()
             init() throws {
                 try router.on(10) { [frames, arrived] message in
@@ -29,7 +30,7 @@ extension MessagingSocketTests {
             let recorder = try Recorder()
             try withGroup(poller: poller) { group in
                 try withFramedServer(group: group, router: recorder.router) { server, port in
-                    let client = try FrameSocket(port: port)
+                    let client = try BlockingSocket.frameClient(port: port)
                     defer { client.close() }
                     // Bodies of 0 to 3,000 bytes, one frame ending exactly where the next begins; ~300 KB in all,
                     // so the write spans several reads and frames straddle read boundaries.
@@ -52,13 +53,13 @@ extension MessagingSocketTests {
               arguments: PollerKind.allCases)
         func oneByteAtATime(poller: PollerKind) throws {
             let recorder = try Recorder()
-            let serverSide = Locked<LoopBound<TCPConnection>?>(nil)
+            let serverSide = Shared<LoopBound<TCPConnection>?>(nil)
             try withGroup(poller: poller) { group in
                 try withFramedServer(group: group, router: recorder.router,
                                      onConnect: { serverSide.set(LoopBound(value: $0)) }) { _, port in
-                    let client = try FrameSocket(port: port)
+                    let client = try BlockingSocket.frameClient(port: port)
                     defer { client.close() }
-                    #expect(pollUntil { serverSide.get() != nil })
+                    #expect(eventually { serverSide.get() != nil })
                     let connection = serverSide.get()!.value
                     let loop = connection.loop
                     let expected = [TestFrame(id: 10, body: patternBytes(21, seed: 1)),
@@ -69,8 +70,8 @@ extension MessagingSocketTests {
                         try client.sendAll([byte])
                         // Wait until the server has read this byte, so every byte is a read of its own.
                         let box = LoopBound(value: connection)
-                        #expect(try pollUntil(interval: 100) {
-                            try runOnLoop(loop) { box.value.bytesRead } == UInt64(i + 1)
+                        #expect(try eventually(interval: 100) {
+                            try onLoop(loop) { box.value.bytesRead } == UInt64(i + 1)
                         })
                         let routed = recorder.frames.get().count
                         let whole = expected.indices.filter { k in
@@ -105,16 +106,16 @@ extension MessagingSocketTests {
         /// Connects a good and a bad client; the bad one sends `bad` after a valid frame. The bad one sees EOF,
         /// protocolErrors is 1, the good one and a later one keep working.
         private func closesOnlyOffender(poller: PollerKind, maxBodyLength: Int, bad: [UInt8]) throws {
-            let closes = Signals()
+            let closes = EventCounter()
             let recorder = try Recorder()
             try withGroup(poller: poller) { group in
                 try withFramedServer(group: group, router: recorder.router, maxBodyLength: maxBodyLength,
                                      onClose: { _ in closes.signal() }) { server, port in
-                    let good = try FrameSocket(port: port)
+                    let good = try BlockingSocket.frameClient(port: port)
                     defer { good.close() }
-                    let offender = try FrameSocket(port: port, receiveTimeout: 5)
+                    let offender = try BlockingSocket.frameClient(port: port, receiveTimeout: 5)
                     defer { offender.close() }
-                    #expect(pollUntil { server.connectionCount == 2 })
+                    #expect(eventually { server.connectionCount == 2 })
                     // A body of exactly the limit is fine.
                     let atLimit = patternBytes(min(maxBodyLength, 1024), seed: 9)
                     try offender.sendFrame(id: 11, body: atLimit)
@@ -126,7 +127,7 @@ extension MessagingSocketTests {
                     #expect(server.connectionCount == 1)
                     try good.sendFrame(id: 11, body: [1, 2, 3])
                     #expect(try good.receiveFrame() == TestFrame(id: 11, body: [1, 2, 3]))
-                    let later = try FrameSocket(port: port)
+                    let later = try BlockingSocket.frameClient(port: port)
                     defer { later.close() }
                     try later.sendFrame(id: 11, body: [4])
                     #expect(try later.receiveFrame() == TestFrame(id: 11, body: [4]))
@@ -147,24 +148,24 @@ extension MessagingSocketTests {
                             #expect(small.configuration.maxBodyLength == 1024)
                             #expect(byDefault.configuration.maxBodyLength == FrameParser.defaultMaxBodyLength)
                             for port in [largePort, defaultPort] {
-                                let client = try FrameSocket(port: port)
+                                let client = try BlockingSocket.frameClient(port: port)
                                 defer { client.close() }
                                 try client.sendFrame(id: 11, body: body)
                                 #expect(try client.receiveFrame() == TestFrame(id: 11, body: body))
                             }
-                            let client = try FrameSocket(port: smallPort, receiveTimeout: 5)
+                            let client = try BlockingSocket.frameClient(port: smallPort, receiveTimeout: 5)
                             defer { client.close() }
                             try client.sendFrame(id: 11, body: body)
                             #expect(client.seesClose())
-                            #expect(pollUntil { small.statistics.protocolErrors == 1 })
+                            #expect(eventually { small.statistics.protocolErrors == 1 })
                             #expect(large.statistics.protocolErrors == 0)
                             #expect(byDefault.statistics.protocolErrors == 0)
                             // Above 4 KiB the middle server refuses too.
-                            let big = try FrameSocket(port: largePort, receiveTimeout: 5)
+                            let big = try BlockingSocket.frameClient(port: largePort, receiveTimeout: 5)
                             defer { big.close() }
                             try big.sendAll(rawHeader(id: 11, length: 4097))
                             #expect(big.seesClose())
-                            #expect(pollUntil { large.statistics.protocolErrors == 1 })
+                            #expect(eventually { large.statistics.protocolErrors == 1 })
                         }
                     }
                 }
@@ -178,14 +179,14 @@ extension MessagingSocketTests {
               arguments: PollerKind.allCases)
         func sendByIDAndBroadcast(poller: PollerKind) throws {
             // Server-side connection id by the client's local port.
-            let idsByPort = Locked<[UInt16: UInt64]>([:])
+            let idsByPort = Shared<[UInt16: UInt64]>([:])
             try withGroup(poller: poller) { group in
                 try withFramedServer(group: group, router: MessageRouter<TCPConnection>(), onConnect: { c in
                     idsByPort.update { $0[c.peerAddress.port] = c.id }
                 }) { server, port in
-                    let clients = try (0..<3).map { _ in try FrameSocket(port: port) }
+                    let clients = try (0..<3).map { _ in try BlockingSocket.frameClient(port: port) }
                     defer { for c in clients { c.close() } }
-                    #expect(pollUntil { idsByPort.get().count == 3 })
+                    #expect(eventually { idsByPort.get().count == 3 })
                     let ids = clients.map { idsByPort.get()[$0.localPort]! }
 
                     @Sendable func response(_ modid: Int32) -> Lars_GetRouteResponse {
@@ -199,8 +200,8 @@ extension MessagingSocketTests {
                         return r
                     }
                     // From another (non-loop) thread: one message to client 1 by id, then one to all.
-                    let sent = Signals()
-                    let results = Locked<[Bool]>([])
+                    let sent = EventCounter()
+                    let results = Shared<[Bool]>([])
                     let sender = Thread {
                         let ok = server.tcp.send(response(1), id: MessageID.getRouteResponse, to: ids[1])
                         let missing = server.tcp.send(response(5), id: MessageID.getRouteResponse, to: 987_654_321)
@@ -212,7 +213,7 @@ extension MessagingSocketTests {
                     #expect(sent.wait(for: 1))
                     #expect(results.get() == [true, false])
 
-                    func nextResponse(_ client: FrameSocket) throws -> Lars_GetRouteResponse {
+                    func nextResponse(_ client: BlockingSocket) throws -> Lars_GetRouteResponse {
                         let frame = try client.receiveFrame()
                         #expect(frame.id == MessageID.getRouteResponse)
                         return try Lars_GetRouteResponse(serializedBytes: frame.body)
@@ -233,17 +234,17 @@ extension MessagingSocketTests {
         @Test("frames sent to one connection from several threads at once arrive whole, each thread's in order",
               arguments: PollerKind.allCases)
         func concurrentSenders(poller: PollerKind) throws {
-            let serverSide = Locked<LoopBound<TCPConnection>?>(nil)
+            let serverSide = Shared<LoopBound<TCPConnection>?>(nil)
             try withGroup(poller: poller) { group in
                 try withFramedServer(group: group, router: MessageRouter<TCPConnection>(),
                                      onConnect: { serverSide.set(LoopBound(value: $0)) }) { server, port in
-                    let client = try FrameSocket(port: port)
+                    let client = try BlockingSocket.frameClient(port: port)
                     defer { client.close() }
-                    #expect(pollUntil { serverSide.get() != nil })
+                    #expect(eventually { serverSide.get() != nil })
                     let connection = serverSide.get()!.value
                     let threads = 4
                     let perThread = 250
-                    let done = Signals()
+                    let done = EventCounter()
                     for t in 0..<threads {
                         Thread {
                             for i in 0..<perThread {

@@ -4,13 +4,14 @@ import Messaging
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 
 extension MessagingSocketTests {
     @Suite("Framed UDP", .serialized)
     struct FramedUDPTests {
         /// An agent-like router: GetHostRequest -> GetHostResponse with the request's seq, and the index of the
         /// port it arrived on (by the channel's local port) in `cmdid`.
-        static func agentRouter(ports: Locked<[UInt16]>) throws -> MessageRouter<UDPPeer> {
+        static func agentRouter(ports: Shared<[UInt16]>) throws -> MessageRouter<UDPPeer> {
             let router = MessageRouter<UDPPeer>()
             try router.on(MessageID.getHostRequest, as: Lars_GetHostRequest.self) { request, message in
                 var response = Lars_GetHostResponse()
@@ -44,7 +45,7 @@ extension MessagingSocketTests {
               arguments: PollerKind.allCases)
         func threePorts(poller: PollerKind) throws {
             try withGroup(poller: poller, ioLoops: 1) { group in
-                let ports = Locked<[UInt16]>([])
+                let ports = Shared<[UInt16]>([])
                 let endpoint = try FramedUDPEndpoint(loop: group.ioLoops[0], ports: [0, 0, 0],
                                                      router: try Self.agentRouter(ports: ports))
                 defer { endpoint.close() }
@@ -77,7 +78,7 @@ extension MessagingSocketTests {
         @Test("a port that another endpoint holds cannot be bound a second time", arguments: PollerKind.allCases)
         func portInUse(poller: PollerKind) throws {
             try withGroup(poller: poller, ioLoops: 1) { group in
-                let ports = Locked<[UInt16]>([])
+                let ports = Shared<[UInt16]>([])
                 let first = try FramedUDPEndpoint(loop: group.ioLoops[0], ports: [0],
                                                   router: try Self.agentRouter(ports: ports))
                 defer { first.close() }
@@ -101,7 +102,7 @@ extension MessagingSocketTests {
               arguments: PollerKind.allCases)
         func malformedDatagrams(poller: PollerKind) throws {
             try withGroup(poller: poller, ioLoops: 1) { group in
-                let ports = Locked<[UInt16]>([])
+                let ports = Shared<[UInt16]>([])
                 let endpoint = try FramedUDPEndpoint(loop: group.ioLoops[0], ports: [0, 0],
                                                      router: try Self.agentRouter(ports: ports))
                 defer { endpoint.close() }
@@ -145,7 +146,7 @@ extension MessagingSocketTests {
               arguments: PollerKind.allCases)
         func repliesReachTheirSenders(poller: PollerKind) throws {
             try withGroup(poller: poller, ioLoops: 1) { group in
-                let ports = Locked<[UInt16]>([])
+                let ports = Shared<[UInt16]>([])
                 let endpoint = try FramedUDPEndpoint(loop: group.ioLoops[0], ports: [0, 0, 0],
                                                      router: try Self.agentRouter(ports: ports))
                 defer { endpoint.close() }
@@ -154,9 +155,9 @@ extension MessagingSocketTests {
                 let perClient = 50
                 let clients = try (0..<clientCount).map { _ in try DatagramSocket() }
                 defer { for c in clients { c.close() } }
-                let outcomes = Locked<[Int: [UInt32]]>([:])
-                let failures = Locked<[String]>([])
-                let done = Signals()
+                let outcomes = Shared<[Int: [UInt32]]>([:])
+                let failures = Shared<[String]>([])
+                let done = EventCounter()
                 let start = DispatchSemaphore(value: 0)
                 for (c, client) in clients.enumerated() {
                     Thread {

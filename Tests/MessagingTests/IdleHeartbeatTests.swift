@@ -4,6 +4,7 @@ import Messaging
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 
 extension MessagingSocketTests {
     @Suite("Idle timeout and heartbeats", .serialized)
@@ -13,9 +14,9 @@ extension MessagingSocketTests {
         @Test("a silent connection is closed after the idle timeout; a talking one is not",
               arguments: PollerKind.allCases)
         func silentConnectionClosed(poller: PollerKind) throws {
-            let closes = Signals()
-            let closedIDs = Locked<[UInt64]>([])
-            let serverIDs = Locked<[UInt16: UInt64]>([:])
+            let closes = EventCounter()
+            let closedIDs = Shared<[UInt64]>([])
+            let serverIDs = Shared<[UInt16: UInt64]>([:])
             try withGroup(poller: poller) { group in
                 try withFramedServer(group: group, router: try echoRouter(), idleTimeout: Self.idleTimeout,
                                      onConnect: { c in serverIDs.update { $0[c.peerAddress.port] = c.id } },
@@ -24,15 +25,15 @@ extension MessagingSocketTests {
                                          closes.signal()
                                      }) { server, port in
                     let start = SystemInfo.monotonicNanoseconds()
-                    let silent = try FrameSocket(port: port, receiveTimeout: 5)
+                    let silent = try BlockingSocket.frameClient(port: port, receiveTimeout: 5)
                     defer { silent.close() }
-                    let talking = try FrameSocket(port: port, receiveTimeout: 5)
+                    let talking = try BlockingSocket.frameClient(port: port, receiveTimeout: 5)
                     defer { talking.close() }
                     // The talking client sends a frame every 100 ms (a third of the timeout) until the silent
                     // one has been closed.
-                    let stop = Locked(false)
-                    let talkerDone = Signals()
-                    let talkerErrors = Locked<[String]>([])
+                    let stop = Shared(false)
+                    let talkerDone = EventCounter()
+                    let talkerErrors = Shared<[String]>([])
                     Thread {
                         var n: UInt8 = 0
                         while !stop.get() {
@@ -67,12 +68,12 @@ extension MessagingSocketTests {
         @Test("a FramedClient with heartbeats stays connected over several idle periods; heartbeats reach no handler",
               arguments: PollerKind.allCases)
         func heartbeatsKeepConnectionOpen(poller: PollerKind) throws {
-            let handled = Signals()
-            let unknown = Signals()
-            let serverCloses = Signals()
-            let clientCloses = Signals()
-            let connected = Signals()
-            let replies = Signals()
+            let handled = EventCounter()
+            let unknown = EventCounter()
+            let serverCloses = EventCounter()
+            let clientCloses = EventCounter()
+            let connected = EventCounter()
+            let replies = EventCounter()
             try withGroup(poller: poller) { group in
                 let router = MessageRouter<TCPConnection>()
                 try router.on(10) { message in
@@ -97,7 +98,7 @@ extension MessagingSocketTests {
                     client.connect()
                     #expect(connected.wait(for: 1))
                     // About one heartbeat per 100-150 ms: eight take at least 0.8 s, more than two idle timeouts.
-                    #expect(pollUntil(timeout: 5, interval: 5_000) { server.statistics.heartbeats >= 8 })
+                    #expect(eventually(timeout: 5, interval: 5_000) { server.statistics.heartbeats >= 8 })
                     let elapsed = secondsSince(start)
                     #expect(elapsed > 0.6, "eight heartbeats in \(elapsed) s")
                     #expect(serverCloses.count == 0)

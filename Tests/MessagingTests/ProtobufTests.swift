@@ -4,6 +4,7 @@ import Messaging
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 
 extension MessagingSocketTests {
     @Suite("Protobuf bodies", .serialized)
@@ -33,9 +34,9 @@ extension MessagingSocketTests {
         @Test("typed TCP round trip: GetRouteRequest -> GetRouteResponse with hosts, typed on both sides",
               arguments: PollerKind.allCases)
         func tcpRoundTrip(poller: PollerKind) throws {
-            let responses = Locked<[Lars_GetRouteResponse]>([])
-            let arrived = Signals()
-            let connected = Signals()
+            let responses = Shared<[Lars_GetRouteResponse]>([])
+            let arrived = EventCounter()
+            let connected = EventCounter()
             try withGroup(poller: poller) { group in
                 try withFramedServer(group: group, router: try Self.routeRouter()) { server, port in
                     let clientRouter = MessageRouter<TCPConnection>()
@@ -74,7 +75,7 @@ extension MessagingSocketTests {
         func tcpWireFormat(poller: PollerKind) throws {
             try withGroup(poller: poller) { group in
                 try withFramedServer(group: group, router: try Self.routeRouter()) { _, port in
-                    let client = try FrameSocket(port: port)
+                    let client = try BlockingSocket.frameClient(port: port)
                     defer { client.close() }
                     var request = Lars_GetRouteRequest()
                     request.modid = 3
@@ -91,13 +92,13 @@ extension MessagingSocketTests {
 
         @Test("a garbage body on a typed TCP route closes only that connection", arguments: PollerKind.allCases)
         func garbageBodyClosesOnlyThatConnection(poller: PollerKind) throws {
-            let closes = Signals()
+            let closes = EventCounter()
             try withGroup(poller: poller) { group in
                 try withFramedServer(group: group, router: try Self.routeRouter(),
                                      onClose: { _ in closes.signal() }) { server, port in
-                    let good = try FrameSocket(port: port)
+                    let good = try BlockingSocket.frameClient(port: port)
                     defer { good.close() }
-                    let bad = try FrameSocket(port: port, receiveTimeout: 5)
+                    let bad = try BlockingSocket.frameClient(port: port, receiveTimeout: 5)
                     defer { bad.close() }
                     var request = Lars_GetRouteRequest()
                     request.modid = 1
@@ -121,8 +122,8 @@ extension MessagingSocketTests {
         @Test("typed UDP round trip: GetHostRequest -> GetHostResponse between two framed endpoints",
               arguments: PollerKind.allCases)
         func udpRoundTrip(poller: PollerKind) throws {
-            let responses = Locked<[Lars_GetHostResponse]>([])
-            let arrived = Signals()
+            let responses = Shared<[Lars_GetHostResponse]>([])
+            let arrived = EventCounter()
             try withGroup(poller: poller) { group in
                 let serverRouter = MessageRouter<UDPPeer>()
                 try serverRouter.on(MessageID.getHostRequest, as: Lars_GetHostRequest.self) { request, message in

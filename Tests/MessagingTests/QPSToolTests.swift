@@ -1,6 +1,7 @@
 import Messaging
 import Reactor
 import Testing
+import TestSupport
 
 extension MessagingSocketTests {
     @Suite("QPS tool", .serialized)
@@ -10,7 +11,7 @@ extension MessagingSocketTests {
         func smoke(poller: PollerKind) throws {
             try withGroup(poller: poller) { group in
                 try withFramedServer(group: group, router: EchoBenchmark.makeEchoRouter()) { server, port in
-                    let reports = Locked<[Int]>([])
+                    let reports = Shared<[Int]>([])
                     let result = try EchoBenchmark.runQPS(
                         group: group, address: SocketAddress(ip: 0x7F00_0001, port: port),
                         options: EchoBenchmark.QPSOptions(connections: 4, seconds: 1, payloadSize: 64),

@@ -4,6 +4,7 @@ import Messaging
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 
 extension MessagingSocketTests {
     @Suite("Router and hooks", .serialized)
@@ -38,7 +39,7 @@ extension MessagingSocketTests {
                     #expect(throws: RouterError.routerFrozen) { try router.on(12, as: Lars_GetRouteRequest.self) { _, _ in } }
                     #expect(throws: RouterError.routerFrozen) { try router.onUnknown { _ in } }
                     // The existing route still works.
-                    let client = try FrameSocket(port: port)
+                    let client = try BlockingSocket.frameClient(port: port)
                     defer { client.close() }
                     try client.sendFrame(id: 10, body: [1, 2, 3])
                     #expect(try client.receiveFrame() == TestFrame(id: 10, body: [1, 2, 3]))
@@ -49,11 +50,11 @@ extension MessagingSocketTests {
         @Test("an unknown id is counted, the connection stays open and still answers a known id",
               arguments: PollerKind.allCases)
         func unknownDefaultPath(poller: PollerKind) throws {
-            let closes = Signals()
+            let closes = EventCounter()
             try withGroup(poller: poller) { group in
                 let router = try echoRouter()
                 try withFramedServer(group: group, router: router, onClose: { _ in closes.signal() }) { server, port in
-                    let client = try FrameSocket(port: port)
+                    let client = try BlockingSocket.frameClient(port: port)
                     defer { client.close() }
                     try client.sendFrame(id: 77, body: [9, 9])
                     try client.sendFrame(id: 78, body: [])
@@ -77,7 +78,7 @@ extension MessagingSocketTests {
 
         @Test("onUnknown receives frames without a route, with their id and body", arguments: PollerKind.allCases)
         func unknownHandler(poller: PollerKind) throws {
-            let seen = Locked<[TestFrame]>([])
+            let seen = Shared<[TestFrame]>([])
             try withGroup(poller: poller) { group in
                 let router = try echoRouter()
                 try router.onUnknown { message in
@@ -87,7 +88,7 @@ extension MessagingSocketTests {
                     message.connection.sendFrame(messageID: 999, body: reply)
                 }
                 try withFramedServer(group: group, router: router) { server, port in
-                    let client = try FrameSocket(port: port)
+                    let client = try BlockingSocket.frameClient(port: port)
                     defer { client.close() }
                     try client.sendFrame(id: 321, body: [7, 8, 9])
                     let reply = try client.receiveFrame()
@@ -106,7 +107,7 @@ extension MessagingSocketTests {
         @Test("each route's user data reaches its handler", arguments: PollerKind.allCases)
         func perRouteUserData(poller: PollerKind) throws {
             struct Tag: Sendable, Equatable { let name: String }
-            let seen = Locked<[String]>([])
+            let seen = Shared<[String]>([])
             try withGroup(poller: poller) { group in
                 let router = MessageRouter<TCPConnection>()
                 let handler: MessageRouter<TCPConnection>.Handler = { message in
@@ -130,7 +131,7 @@ extension MessagingSocketTests {
                     message.connection.sendFrame(messageID: 23, body: Array(name.utf8))
                 }
                 try withFramedServer(group: group, router: router) { _, port in
-                    let client = try FrameSocket(port: port)
+                    let client = try BlockingSocket.frameClient(port: port)
                     defer { client.close() }
                     var request = Lars_GetRouteRequest()
                     request.modid = 17
@@ -151,14 +152,14 @@ extension MessagingSocketTests {
         @Test("connect and close hooks fire once each on server and client, with the connection's context",
               arguments: PollerKind.allCases)
         func hooksOnBothSides(poller: PollerKind) throws {
-            let serverConnects = Signals()
-            let serverCloses = Signals()
-            let clientConnects = Signals()
-            let clientCloses = Signals()
-            let serverContextAtClose = Locked<String?>(nil)
-            let clientContextAtClose = Locked<String?>(nil)
-            let contextInHandler = Locked<[String]>([])
-            let replies = Signals()
+            let serverConnects = EventCounter()
+            let serverCloses = EventCounter()
+            let clientConnects = EventCounter()
+            let clientCloses = EventCounter()
+            let serverContextAtClose = Shared<String?>(nil)
+            let clientContextAtClose = Shared<String?>(nil)
+            let contextInHandler = Shared<[String]>([])
+            let replies = EventCounter()
             try withGroup(poller: poller) { group in
                 let serverRouter = MessageRouter<TCPConnection>()
                 try serverRouter.on(30) { message in
@@ -204,7 +205,7 @@ extension MessagingSocketTests {
                     #expect(clientCloses.wait(for: 1))
                     #expect(serverCloses.wait(for: 1))
                     // Let every loop finish what it had queued; no hook may fire a second time.
-                    for loop in group.allLoops { _ = try runOnLoop(loop) { true } }
+                    for loop in group.allLoops { _ = try onLoop(loop) { true } }
                     #expect(serverConnects.count == 1)
                     #expect(serverCloses.count == 1)
                     #expect(clientConnects.count == 1)

@@ -5,11 +5,12 @@ import Messaging
 import Reactor
 import Storage
 import Testing
+import TestSupport
 
 extension NameServiceSocketTests {
     @Suite("Name service")
     struct NameServiceTests {
-        @Test("answers a GetRouteRequest with the route's hosts", arguments: TestDatabase.all)
+        @Test("answers a GetRouteRequest with the route's hosts", arguments: TestDatabase.fileAndServers)
         func answersGetRoute(db: TestDatabase) async throws {
             let pool = try await makePool(db.url())
             let key = RouteKey(modid: uniqueModid(), cmdid: 2)
@@ -35,9 +36,9 @@ extension NameServiceSocketTests {
         }
 
         @Test("a route added with RouteAdmin is pushed to a subscribed client within 2 s; a removed host is gone",
-              arguments: TestDatabase.all)
+              arguments: TestDatabase.fileAndServers)
         func pushOnChange(db: TestDatabase) async throws {
-            let url = db.url()
+            let url = try db.url()
             let pool = try await makePool(url)
             let admin = try await makePool(url)
             let key = RouteKey(modid: uniqueModid(), cmdid: 1)
@@ -78,9 +79,9 @@ extension NameServiceSocketTests {
         }
 
         @Test("the database made unreachable (pool closed): lookups keep working, the outage is logged once",
-              arguments: TestDatabase.all)
+              arguments: TestDatabase.fileAndServers)
         func closedPoolKeepsSnapshot(db: TestDatabase) async throws {
-            let url = db.url()
+            let url = try db.url()
             let pool = try await makePool(url)
             let key = RouteKey(modid: uniqueModid(), cmdid: 1)
             let host = LoadBalancing.Host(address: "10.1.2.3", port: 4000)!
@@ -105,7 +106,7 @@ extension NameServiceSocketTests {
 
         @Test("SQLite: a broken database (table gone) keeps the snapshot; repaired, it reloads and pushes")
         func brokenThenRepaired() async throws {
-            let url = TestDatabase.sqlite.url()
+            let url = try TestDatabase.sqliteFile.url()
             let pool = try await makePool(url)
             let admin = try await makePool(url)
             let key = RouteKey(modid: 5, cmdid: 5)
@@ -142,7 +143,7 @@ extension NameServiceSocketTests {
 
         @Test("wire compatibility: hand-built GetRouteRequest bytes get the exact reply bytes")
         func wireBytes() async throws {
-            let pool = try await makePool(TestDatabase.sqlite.url())
+            let pool = try await makePool(TestDatabase.sqliteFile.url())
             let key = RouteKey(modid: 1, cmdid: 2)
             try await RouteAdmin.addHost(LoadBalancing.Host(address: "127.0.0.1", port: 9000)!, to: key, on: pool)
             try await RouteAdmin.addHost(LoadBalancing.Host(address: "192.168.1.10", port: 80)!, to: key, on: pool)

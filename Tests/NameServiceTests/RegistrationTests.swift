@@ -5,6 +5,7 @@ import NameService
 import Reactor
 import Storage
 import Testing
+import TestSupport
 
 extension NameServiceSocketTests {
     @Suite("Self-registration with a time to live (ids 102/103)")
@@ -29,7 +30,7 @@ extension NameServiceSocketTests {
 
         @Test("a registered host is pushed next to RouteData's; stop() takes it back at once")
         func registerAndStop() async throws {
-            let pool = try await makePool(TestDatabase.sqlite.url())
+            let pool = try await makePool(TestDatabase.sqliteFile.url())
             let key = RouteKey(modid: uniqueModid(), cmdid: 3)
             let fromDatabase = LoadBalancing.Host(address: "10.1.0.1", port: 7000)!
             let registered = LoadBalancing.Host(address: "10.1.0.2", port: 7001)!
@@ -62,7 +63,7 @@ extension NameServiceSocketTests {
 
         @Test("heartbeats keep a host registered past its ttl; without them it drops out when the ttl runs out")
         func ttlExpiry() async throws {
-            let pool = try await makePool(TestDatabase.sqlite.url())
+            let pool = try await makePool(TestDatabase.sqliteFile.url())
             let key = RouteKey(modid: uniqueModid(), cmdid: 4)
             let host = LoadBalancing.Host(address: "10.1.0.3", port: 7002)!
             let running = try RunningNameService(pool: pool)
@@ -94,7 +95,7 @@ extension NameServiceSocketTests {
 
         @Test("bad registrations get a reason and change nothing; the connection stays usable")
         func refusals() async throws {
-            let pool = try await makePool(TestDatabase.sqlite.url())
+            let pool = try await makePool(TestDatabase.sqliteFile.url())
             let running = try RunningNameService(pool: pool)
             let client = try await running.client()
             let key = RouteKey(modid: uniqueModid(), cmdid: 5)
@@ -129,7 +130,7 @@ extension NameServiceSocketTests {
 
         @Test("a connection's subscriptions are capped: routes past the cap are answered but not pushed")
         func subscriptionCap() async throws {
-            let pool = try await makePool(TestDatabase.sqlite.url())
+            let pool = try await makePool(TestDatabase.sqliteFile.url())
             let running = try RunningNameService(pool: pool) { $0.maxSubscriptionsPerConnection = 2 }
             let client = try await running.client()
             let modid = uniqueModid()

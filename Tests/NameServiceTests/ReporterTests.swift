@@ -5,6 +5,7 @@ import Messaging
 import Reactor
 import Storage
 import Testing
+import TestSupport
 
 @Suite("Reporter queue")
 struct ReportQueueTests {
@@ -56,7 +57,7 @@ extension NameServiceSocketTests {
             return request
         }
 
-        @Test("reports land in ServerCallStatus; the upsert adds the counts up", arguments: TestDatabase.all)
+        @Test("reports land in ServerCallStatus; the upsert adds the counts up", arguments: TestDatabase.fileAndServers)
         func rowsLand(db: TestDatabase) async throws {
             let pool = try await makePool(db.url())
             let group = try EventLoopGroup(ioLoops: 1)
@@ -101,7 +102,7 @@ extension NameServiceSocketTests {
 
         @Test("a full queue drops the oldest reports and counts them; the rest are written")
         func dropsWhenFull() async throws {
-            let pool = try await makePool(TestDatabase.sqlite.url(), PoolConfiguration(minConnections: 0, maxConnections: 1))
+            let pool = try await makePool(TestDatabase.sqliteFile.url(), PoolConfiguration(minConnections: 0, maxConnections: 1))
             let group = try EventLoopGroup(ioLoops: 1)
             let reporter = Reporter(
                 group: group,

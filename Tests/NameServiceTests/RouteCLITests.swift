@@ -1,6 +1,7 @@
 import Foundation
 import Storage
 import Testing
+import TestSupport
 
 extension NameServiceSocketTests {
     @Suite("switchyard route")

@@ -7,57 +7,12 @@ import Reactor
 import Storage
 import Synchronization
 import Testing
+import TestSupport
 
 /// Every socket suite of this target nests here, so they run one at a time (the name service's polling task,
 /// the pools' threads and the child processes share the machine's few cores).
 @Suite("Name service and reporter over real sockets", .serialized)
 enum NameServiceSocketTests {}
-
-/// A test failure with a message.
-struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
-}
-
-/// The databases the tests run on: a temporary SQLite file always; MySQL and PostgreSQL when their URL is in the
-/// environment (SWITCHYARD_TEST_MYSQL_URL, SWITCHYARD_TEST_POSTGRES_URL) and their driver is in this build.
-enum TestDatabase: String, CustomStringConvertible, Sendable {
-    case sqlite
-    case mysql
-    case postgres
-
-    var description: String { rawValue }
-
-    static var all: [TestDatabase] {
-        var result: [TestDatabase] = [.sqlite]
-        if serverURL("SWITCHYARD_TEST_MYSQL_URL", .mysql) != nil { result.append(.mysql) }
-        if serverURL("SWITCHYARD_TEST_POSTGRES_URL", .postgres) != nil { result.append(.postgres) }
-        return result
-    }
-
-    private static func serverURL(_ variable: String, _ driver: DatabaseURL.Driver) -> String? {
-        guard driver.isAvailable, let url = ProcessInfo.processInfo.environment[variable], !url.isEmpty else {
-            return nil
-        }
-        return url
-    }
-
-    /// A URL: a fresh SQLite file, or the server's database (shared: tests use their own modids).
-    func url() -> String {
-        switch self {
-        case .sqlite: return "sqlite:" + temporaryFile("ns").path
-        case .mysql: return Self.serverURL("SWITCHYARD_TEST_MYSQL_URL", .mysql)!
-        case .postgres: return Self.serverURL("SWITCHYARD_TEST_POSTGRES_URL", .postgres)!
-        }
-    }
-}
-
-/// A path in a per-run temporary folder.
-func temporaryFile(_ prefix: String, _ suffix: String = ".sqlite") -> URL {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-nameservice-tests")
-    try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    return dir.appendingPathComponent("\(prefix)-\(UUID().uuidString)\(suffix)")
-}
 
 /// A module id no other test run uses (server databases are shared).
 func uniqueModid() -> Int32 { Int32.random(in: 100_000...2_000_000_000) }
@@ -77,29 +32,14 @@ func makePool(_ url: String, _ configuration: PoolConfiguration = PoolConfigurat
     return pool
 }
 
-/// Records log messages (for "logged once" checks).
+/// Records log messages at info and above (for "logged once" checks).
 final class LogRecorder: Sendable {
-    let messages = Mutex<[String]>([])
+    let lines = Shared<[CapturedLog]>([])
 
-    var logger: Logger {
-        Logger(label: "recorded") { _ in Handler(recorder: self) }
-    }
+    var logger: Logger { CapturingLogHandler.logger(into: lines, level: .info) }
 
     func count(containing text: String) -> Int {
-        messages.withLock { $0.filter { $0.contains(text) }.count }
-    }
-
-    struct Handler: LogHandler {
-        let recorder: LogRecorder
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .info
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(event: LogEvent) {
-            recorder.messages.withLock { $0.append(event.message.description) }
-        }
+        lines.get().filter { $0.message.contains(text) }.count
     }
 }
 
@@ -189,19 +129,6 @@ func askRoute(_ client: AsyncFrameClient, _ key: RouteKey) async throws {
     request.modid = key.modid
     request.cmdid = key.cmdid
     try await client.send(request, id: MessageID.getRouteRequest)
-}
-
-/// The switchyard executable built beside the test bundle.
-func switchyardExecutable() -> String {
-    let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-    var dir = exe.deletingLastPathComponent()
-    // The test runner may live inside a bundle folder; walk up to the build folder.
-    for _ in 0..<4 {
-        let candidate = dir.appendingPathComponent("switchyard").path
-        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        dir = dir.deletingLastPathComponent()
-    }
-    return dir.appendingPathComponent("switchyard").path
 }
 
 /// What a finished child process printed.

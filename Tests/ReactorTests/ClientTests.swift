@@ -3,6 +3,7 @@ import Foundation
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -201,7 +202,7 @@ struct ClientTests {
         retrying.connect()
         #expect(probe.failureCount.wait(for: 3))
         retrying.disconnect()
-        let attempts = onLoop(loop) { retrying.attempts }  // after the disconnect has run on the loop
+        let attempts = try onLoop(loop) { retrying.attempts }  // after the disconnect has run on the loop
         let window2 = EventCounter()
         loop.schedule(after: .milliseconds(200)) { window2.signal() }  // ten times the backoff cap
         #expect(window2.wait(for: 1))
@@ -215,19 +216,5 @@ struct ClientTests {
 /// A port bound (not listening) by a socket the test keeps open: connects to it are refused, and no other
 /// socket can take it meanwhile.
 private func reservePortWithoutListener() throws -> (Int32, UInt16) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw POSIXError(.init(rawValue: errno)!) }
-    var sin = sockaddr_in()
-    sin.sin_family = sa_family_t(AF_INET)
-    sin.sin_port = 0
-    inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr)
-    let r = withUnsafePointer(to: &sin) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard r == 0 else {
-        let e = errno
-        close(fd)
-        throw POSIXError(.init(rawValue: e)!)
-    }
-    return (fd, localPort(of: fd))
+    try boundLoopbackSocket()
 }

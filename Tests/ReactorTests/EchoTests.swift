@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Reactor
 import Testing
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc

@@ -3,6 +3,7 @@ import Foundation
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -68,11 +69,11 @@ struct LifecycleTests {
             let writer = Thread { try? client.sendAll(payload) }
             writer.start()
             #expect(try client.receive(exactly: payload.count) == payload)
-            let held = onLoop(loop) { loop.bufferStatistics.outstandingBytes }
+            let held = try onLoop(loop) { loop.bufferStatistics.outstandingBytes }
             #expect(held == 0)
             client.close()
             #expect(closes.wait(for: 1))
-            #expect(onLoop(loop) { loop.bufferStatistics.outstandingBytes } == 0)
+            #expect(try onLoop(loop) { loop.bufferStatistics.outstandingBytes } == 0)
         }
     }
 
@@ -104,8 +105,8 @@ struct LifecycleTests {
             #expect(eventually { connection.get() != nil })
             let conn = connection.get()!
             // The client is not reading: the server must stop reading from it.
-            #expect(eventually { onLoop(conn.loop) { conn.isReadingPaused } })
-            let queued = onLoop(conn.loop) { conn.queuedOutputBytes }
+            #expect(try eventually { try onLoop(conn.loop) { conn.isReadingPaused } })
+            let queued = try onLoop(conn.loop) { conn.queuedOutputBytes }
             #expect(queued <= highWater)
             #expect(queued > 0)
             // Now drain: everything comes back intact, and the writer finishes.

@@ -3,6 +3,7 @@ import Foundation
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -141,7 +142,7 @@ struct LoopTaskTimerTests {
     @Test("a cancelled timer never fires (cancelled on the loop thread, from another thread, by an earlier timer)",
           arguments: PollerKind.allCases)
     func cancelledTimersNeverFire(poller: PollerKind) throws {
-        try withRunningLoop(poller: poller) { loop in
+        try withRunningLoop(poller: poller) { loop throws in
             let wrongFires = Shared<[String]>([])
             let sentinel = EventCounter()
 
@@ -171,7 +172,7 @@ struct LoopTaskTimerTests {
             let h4 = loop.schedule(after: .milliseconds(1)) { fired.signal() }
             #expect(fired.wait(for: 1, timeout: 5))
             h4.cancel()
-            #expect(onLoop(loop) { true })
+            #expect(try onLoop(loop) { true })
         }
     }
 
@@ -184,7 +185,7 @@ struct LoopTaskTimerTests {
             #expect(ticks.wait(for: 5, timeout: 5))
             loop.cancel(handle)
             // The cancel was posted before this barrier task, so once it has run the timer is gone.
-            let afterCancel = onLoop(loop) { ticks.count }
+            let afterCancel = try onLoop(loop) { ticks.count }
             let window = EventCounter()
             loop.schedule(after: .milliseconds(120)) { window.signal() }  // 12 intervals
             #expect(window.wait(for: 1, timeout: 5))
@@ -194,7 +195,7 @@ struct LoopTaskTimerTests {
             let selfTicks = Shared<Int>(0)
             let third = EventCounter()
             let own = Shared<TimerHandle?>(nil)
-            _ = onLoop(loop) {
+            _ = try onLoop(loop) {
                 own.set(loop.scheduleRepeating(every: .milliseconds(5), initialDelay: .milliseconds(1)) {
                     selfTicks.update { $0 += 1 }
                     if selfTicks.get() == 3 {
@@ -224,7 +225,7 @@ struct LoopTaskTimerTests {
         #expect(eventually { loop.kernelThreadID != 0 })
         // The loop is asleep in its poller (a far timer, no I/O): stop must wake it.
         loop.schedule(after: .seconds(60)) {}
-        #expect(onLoop(loop) { true })
+        #expect(try onLoop(loop) { true })
         let lastTask = EventCounter()
         loop.execute { lastTask.signal() }
         let stopped = monotonicNanoseconds()

@@ -2,6 +2,7 @@ import Dispatch
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -21,13 +22,12 @@ private func withPlacedEchoServer<R>(
     poller: PollerKind, ioLoops: Int = 2, placement: LoopPlacement,
     _ body: (EventLoopGroup, TCPServer, UInt16) throws -> R
 ) throws -> R {
-    let group = try EventLoopGroup(ioLoops: ioLoops, configuration: LoopConfiguration(poller: poller),
-                                   placement: placement)
-    defer { group.shutdown() }
-    let server = TCPServer(group: group, callbacks: EchoService.callbacks())
-    let port = try server.start().port
-    defer { server.shutdown(timeout: .seconds(2)) }
-    return try body(group, server, port)
+    try withGroup(poller: poller, ioLoops: ioLoops, placement: placement) { group in
+        let server = TCPServer(group: group, callbacks: EchoService.callbacks())
+        let port = try server.start().port
+        defer { server.shutdown(timeout: .seconds(2)) }
+        return try body(group, server, port)
+    }
 }
 
 /// Connects `n` clients one after another, each waiting for an echo (so the server has placed and registered it

@@ -3,35 +3,25 @@ import Foundation
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// The local port of a connected test socket (the server sees it as the peer port).
-func localPort(of fd: Int32) -> UInt16 {
-    var sin = sockaddr_in()
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &sin) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-    }
-    return UInt16(bigEndian: sin.sin_port)
-}
 
 /// A server on a fresh group with the given callbacks and limits, torn down when `body` returns.
 private func withServer<R>(
     poller: PollerKind, ioLoops: Int = 2, maxConnections: Int = 100_000, callbacks: ConnectionCallbacks,
     _ body: (TCPServer, UInt16) throws -> R
 ) throws -> R {
-    let group = try EventLoopGroup(ioLoops: ioLoops, configuration: LoopConfiguration(poller: poller),
-                                   placement: .roundRobin)  // every loop serves: cross-loop paths stay covered
-    defer { group.shutdown() }
-    let server = TCPServer(
-        group: group, configuration: ServerConfiguration(port: 0, maxConnections: maxConnections),
-        callbacks: callbacks)
-    let address = try server.start()
-    defer { server.shutdown(timeout: .seconds(2)) }
-    return try body(server, address.port)
+    try withGroup(poller: poller, ioLoops: ioLoops) { group in
+        let server = TCPServer(
+            group: group, configuration: ServerConfiguration(port: 0, maxConnections: maxConnections),
+            callbacks: callbacks)
+        let address = try server.start()
+        defer { server.shutdown(timeout: .seconds(2)) }
+        return try body(server, address.port)
+    }
 }
 
 @Suite("Server registry: count, send by id, broadcast, close, connection limit", .serialized)

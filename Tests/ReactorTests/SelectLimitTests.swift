@@ -3,6 +3,7 @@ import Foundation
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -86,7 +87,7 @@ private func highDescriptorScenario(poller: PollerKind) throws {
     #expect(try echoes(early, "before"))
 
     // A listener nobody accepts from, for the client-side check below (keeps the server's counts apart).
-    let (sink, sinkPort) = try listeningSocket()
+    let (sink, sinkPort) = try boundLoopbackSocket(listenBacklog: 16)
     defer { close(sink) }
 
     var fillers = try occupyDescriptorsBelow(setSize)
@@ -160,22 +161,4 @@ private func highDescriptorScenario(poller: PollerKind) throws {
     #expect(later.fd < setSize)
     #expect(try echoes(later, "after"))
     #expect(server.failedRegistrationCount == (poller == .select ? 1 : 0))
-}
-
-/// A listening socket on 127.0.0.1 and a kernel-chosen port that nobody accepts from.
-private func listeningSocket() throws -> (Int32, UInt16) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw POSIXError(.init(rawValue: errno)!) }
-    var sin = sockaddr_in()
-    sin.sin_family = sa_family_t(AF_INET)
-    inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr)
-    let r = withUnsafePointer(to: &sin) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard r == 0, listen(fd, 16) == 0 else {
-        let e = errno
-        close(fd)
-        throw POSIXError(.init(rawValue: e)!)
-    }
-    return (fd, localPort(of: fd))
 }

@@ -3,6 +3,7 @@ import Foundation
 import Reactor
 import Synchronization
 import Testing
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -45,7 +46,7 @@ struct ShutdownTests {
         let closes = EventCounter()
         try withPushingServer(poller: poller, payload: payload, closes: closes) { server, port, client, conn in
             // The socket buffers cannot take 4 MiB the client does not read: the rest waits in the server's queue.
-            let queued = onLoop(conn.loop) { conn.queuedOutputBytes }
+            let queued = try onLoop(conn.loop) { conn.queuedOutputBytes }
             #expect(queued > 0, "nothing queued: the test would not show a flush")
 
             let shutdownDone = EventCounter()
@@ -57,7 +58,7 @@ struct ShutdownTests {
                 shutdownDone.signal()
             }.start()
             // The server has started closing (it closes the listener first, then the connections).
-            #expect(eventually { onLoop(conn.loop) { !conn.isActive } })
+            #expect(try eventually { try onLoop(conn.loop) { !conn.isActive } })
             #expect(shutdownDone.count == 0, "shutdown returned before the queued output was read")
 
             let received = try client.receiveUntilClose()
@@ -80,8 +81,8 @@ struct ShutdownTests {
     func shutdownTimeoutIsBounded(poller: PollerKind) throws {
         let payload = randomBytes(4 << 20)
         let closes = EventCounter()
-        try withPushingServer(poller: poller, payload: payload, closes: closes) { server, _, client, conn in
-            #expect(onLoop(conn.loop) { conn.queuedOutputBytes } > 0)
+        try withPushingServer(poller: poller, payload: payload, closes: closes) { server, _, client, conn throws in
+            #expect(try onLoop(conn.loop) { conn.queuedOutputBytes } > 0)
             let start = Date()
             server.shutdown(timeout: .milliseconds(300))
             let elapsed = Date().timeIntervalSince(start)

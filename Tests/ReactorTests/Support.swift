@@ -1,157 +1,11 @@
-import Dispatch
 import Foundation
 import Reactor
-import Synchronization
 import Testing
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// A plain blocking TCP socket for the client side of tests, independent of the reactor under test.
-final class BlockingSocket: @unchecked Sendable {
-    let fd: Int32
-    /// Closing twice would close whatever descriptor another test opened under the same number meanwhile.
-    private let isClosed = Atomic<Bool>(false)
-
-    init(port: UInt16, host: String = "127.0.0.1") throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw POSIXError(.init(rawValue: errno)!) }
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        sin.sin_port = port.bigEndian
-        inet_pton(AF_INET, host, &sin.sin_addr)
-        let r = withUnsafePointer(to: &sin) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        if r < 0 {
-            let e = errno
-            Glibc.close(fd)
-            throw POSIXError(.init(rawValue: e)!)
-        }
-    }
-
-    /// Sets a receive timeout so a broken server fails the test instead of hanging it.
-    func setReceiveTimeout(seconds: Int) {
-        var tv = timeval(tv_sec: seconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    }
-
-    func sendAll(_ bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { raw in
-            var off = 0
-            while off < raw.count {
-                let n = Glibc.send(fd, raw.baseAddress! + off, raw.count - off, Int32(MSG_NOSIGNAL))
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw POSIXError(.init(rawValue: errno)!)
-                }
-                off += n
-            }
-        }
-    }
-
-    /// Reads exactly `count` bytes (fewer if the peer closes first).
-    func receive(exactly count: Int) throws -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        var got = 0
-        while got < count {
-            let n = out.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress! + got, count - got, 0) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw POSIXError(.init(rawValue: errno)!)
-            }
-            if n == 0 { break }
-            got += n
-        }
-        return Array(out[0..<got])
-    }
-
-    /// Reads until the peer closes; returns everything read.
-    func receiveUntilClose(limit: Int = 1 << 30) throws -> [UInt8] {
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while out.count < limit {
-            let n = buf.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress!, $0.count, 0) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw POSIXError(.init(rawValue: errno)!)
-            }
-            if n == 0 { break }
-            out.append(contentsOf: buf[0..<n])
-        }
-        return out
-    }
-
-    func shutdownWrite() { Glibc.shutdown(fd, Int32(SHUT_WR)) }
-
-    /// Closes with an RST instead of a FIN (SO_LINGER 0).
-    func reset() {
-        var lg = linger(l_onoff: 1, l_linger: 0)
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, socklen_t(MemoryLayout<linger>.size))
-        close()
-    }
-
-    /// Closes the descriptor; a second call does nothing.
-    func close() {
-        if !isClosed.exchange(true, ordering: .acquiringAndReleasing) { Glibc.close(fd) }
-    }
-}
-
-/// Counts events and lets a test wait for a number of them (no sleeps).
-final class EventCounter: Sendable {
-    private let state = Mutex<Int>(0)
-    private let semaphore = DispatchSemaphore(value: 0)
-
-    func signal() {
-        state.withLock { $0 += 1 }
-        semaphore.signal()
-    }
-
-    var count: Int { state.withLock { $0 } }
-
-    /// Waits until `n` events have been signalled in all; false on timeout.
-    func wait(for n: Int, timeout: Double = 10) -> Bool {
-        let deadline = DispatchTime.now() + timeout
-        while count < n {
-            if semaphore.wait(timeout: deadline) == .timedOut { return count >= n }
-        }
-        return true
-    }
-}
-
-/// A value shared between a loop callback and the test.
-final class Shared<T: Sendable>: Sendable {
-    private let value: Mutex<T>
-    init(_ v: T) { value = Mutex(v) }
-    func get() -> T { value.withLock { $0 } }
-    func set(_ v: T) { value.withLock { $0 = v } }
-    func update(_ f: (inout T) -> Void) { value.withLock { f(&$0) } }
-}
-
-/// Runs `body` on `loop` and returns its result (the test thread waits).
-func onLoop<T: Sendable>(_ loop: EventLoop, _ body: @escaping @Sendable () -> T) -> T {
-    let result = Shared<T?>(nil)
-    let done = DispatchSemaphore(value: 0)
-    loop.execute {
-        result.set(body())
-        done.signal()
-    }
-    done.wait()
-    return result.get()!
-}
-
-/// Polls an observable condition until it holds (each check is cheap), failing after `timeout` seconds.
-func eventually(timeout: Double = 10, _ condition: () -> Bool) -> Bool {
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
-        if condition() { return true }
-        usleep(2000)
-    }
-    return condition()
-}
 
 func randomBytes(_ n: Int) -> [UInt8] {
     var g = SystemRandomNumberGenerator()
@@ -177,15 +31,14 @@ func withEchoServer<R>(
     onClose: @escaping @Sendable (TCPConnection) -> Void = { _ in },
     _ body: (TCPServer, UInt16) throws -> R
 ) throws -> R {
-    let group = try EventLoopGroup(ioLoops: ioLoops, configuration: LoopConfiguration(poller: poller),
-                                   placement: .roundRobin)  // every loop serves: cross-loop paths stay covered
-    defer { group.shutdown() }
-    let server = TCPServer(
-        group: group, configuration: ServerConfiguration(port: 0, connection: connection),
-        callbacks: EchoService.callbacks(onConnect: onConnect, onClose: onClose))
-    let address = try server.start()
-    defer { server.shutdown(timeout: .seconds(2)) }
-    return try body(server, address.port)
+    try withGroup(poller: poller, ioLoops: ioLoops) { group in
+        let server = TCPServer(
+            group: group, configuration: ServerConfiguration(port: 0, connection: connection),
+            callbacks: EchoService.callbacks(onConnect: onConnect, onClose: onClose))
+        let address = try server.start()
+        defer { server.shutdown(timeout: .seconds(2)) }
+        return try body(server, address.port)
+    }
 }
 
 /// CPU time (user + system, in clock ticks) of one thread of this process, from /proc.
@@ -205,19 +58,6 @@ private func cpuTicks(statPath: String) -> Int {
     // After the command: state(0) ppid(1) ... utime is field 14 overall => index 11 here, stime 12.
     guard fields.count > 12, let u = Int(fields[11]), let s = Int(fields[12]) else { return -1 }
     return u + s
-}
-
-/// The `switchyard` executable built next to the test bundle.
-func switchyardExecutable() -> String {
-    let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-    var dir = exe.deletingLastPathComponent()
-    // The test runner may live inside a bundle folder; walk up to the build folder.
-    for _ in 0..<4 {
-        let candidate = dir.appendingPathComponent("switchyard").path
-        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        dir = dir.deletingLastPathComponent()
-    }
-    return dir.appendingPathComponent("switchyard").path
 }
 
 /// A `switchyard` subprocess whose first stdout line carries its bound `127.0.0.1:PORT`.
@@ -268,11 +108,6 @@ final class ChildServer: @unchecked Sendable {
         process.waitUntilExit()
         return process.terminationStatus
     }
-}
-
-struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ d: String) { description = d }
 }
 
 extension ChildServer {

@@ -2,6 +2,7 @@ import Foundation
 import Storage
 import Synchronization
 import Testing
+import TestSupport
 
 /// Tests run on every driver of the build. Serialized: the server tests share one server, and one of them
 /// restarts it.

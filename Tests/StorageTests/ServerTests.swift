@@ -2,6 +2,7 @@
 import Foundation
 import Storage
 import Testing
+import TestSupport
 
 /// Server-only tests; part of the serialized ``DriverTests`` suite because one of them stops the server.
 extension DriverTests {

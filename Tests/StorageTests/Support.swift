@@ -4,62 +4,7 @@ import Logging
 import Storage
 import Synchronization
 import Testing
-
-/// The databases the driver tests run on: SQLite always, MySQL and PostgreSQL when their trait is on.
-enum TestDatabase: String, CustomStringConvertible, Sendable, CaseIterable {
-    case sqliteFile
-    case sqliteMemory
-    case mysql
-    case postgres
-
-    var description: String { rawValue }
-
-    /// Every database of this build.
-    static var all: [TestDatabase] { [.sqliteFile, .sqliteMemory] + servers }
-
-    /// The server databases of this build.
-    static var servers: [TestDatabase] {
-        var result: [TestDatabase] = []
-        #if MySQL
-        result.append(.mysql)
-        #endif
-        #if PostgreSQL
-        result.append(.postgres)
-        #endif
-        return result
-    }
-
-    var environmentVariable: String {
-        self == .mysql ? "SWITCHYARD_TEST_MYSQL_URL" : "SWITCHYARD_TEST_POSTGRES_URL"
-    }
-
-    /// The URL to test against. Fails (does not skip) when a server's URL is missing.
-    func url() throws -> String {
-        switch self {
-        case .sqliteFile:
-            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-storage-tests")
-            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            return "sqlite:" + dir.appendingPathComponent("t-\(UUID().uuidString).sqlite").path
-        case .sqliteMemory:
-            return "sqlite::memory:"
-        case .mysql, .postgres:
-            guard let url = ProcessInfo.processInfo.environment[environmentVariable], !url.isEmpty else {
-                throw TestSetupError(
-                    "\(environmentVariable) is not set, but the \(self) driver is built: "
-                        + "run `scripts/db start && source .build-db/env` before `swift test --traits MySQL,PostgreSQL`")
-            }
-            return url
-        }
-    }
-
-    /// The name of scripts/db's commands for this server (`mysql`, `postgres`).
-    var serverName: String { self == .mysql ? "mysql" : "postgres" }
-}
-
-struct TestSetupError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}
+import TestSupport
 
 /// A logger that prints warnings and errors only.
 let testLogger: Logger = {
@@ -137,5 +82,5 @@ func runDBScript(_ command: String) async throws {
         process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
         do { try process.run() } catch { continuation.resume(throwing: error) }
     }
-    guard status == 0 else { throw TestSetupError("scripts/db \(command) failed with status \(status)") }
+    guard status == 0 else { throw TestFailure("scripts/db \(command) failed with status \(status)") }
 }
