@@ -160,7 +160,9 @@ private final class ConnectWaiter: Sendable {
 /// The bounded inbound queue between the loop and the consumer.
 final class Inbox: @unchecked Sendable {
     // @unchecked Sendable: `connection` is written once on the loop before any frame is delivered and is only used
-    // through `loop.execute`; all other state is in the Mutex.
+    // through `loop.execute`; all other state is in the Mutex. It is weak: the connection's callbacks hold this
+    // inbox, so a strong reference back would keep both (and the connection's loop) alive for good. While the
+    // connection is open its loop and client hold it.
     struct State {
         var queue = Deque<InboundFrame>()
         var waiter: CheckedContinuation<InboundFrame?, Error>?
@@ -172,7 +174,7 @@ final class Inbox: @unchecked Sendable {
 
     let capacity: Int
     private let state = Mutex(State())
-    private var connection: TCPConnection?
+    private weak var connection: TCPConnection?
 
     init(capacity: Int) { self.capacity = capacity }
 

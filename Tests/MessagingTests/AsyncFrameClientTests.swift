@@ -83,6 +83,35 @@ extension MessagingSocketTests {
             #expect(await pollUntilAsync { fixture.server.connectionCount == 0 })
         }
 
+        @Test("a closed client leaves nothing behind: its connection and loop are freed once its group stops",
+              arguments: PollerKind.allCases)
+        func closedClientIsFreed(poller: PollerKind) async throws {
+            let fixture = try Fixture(poller: poller, router: try ProtobufTests.routeRouter())
+            defer { fixture.tearDown() }
+            weak var clientLoop: EventLoop?
+            do {
+                let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller),
+                                               placement: .roundRobin)
+                clientLoop = group.ioLoops[0]
+                let client = try await withTimeout(10) {
+                    try await AsyncFrameClient.connect(port: fixture.port, loop: group.ioLoops[0])
+                }
+                var request = Lars_GetRouteRequest()
+                request.modid = 7
+                request.cmdid = 8
+                try await client.send(request, id: MessageID.getRouteRequest)
+                let reply = try await withTimeout(10) {
+                    var iterator = client.frames.makeAsyncIterator()
+                    return try await iterator.next()
+                }
+                #expect(reply?.messageID == MessageID.getRouteResponse)
+                await client.close()
+                group.shutdown()
+            }
+            // A reference cycle through the connection would keep the loop, its descriptors and its buffers.
+            #expect(clientLoop == nil, "the client's loop outlived its group and client")
+        }
+
         @Test("the sequence ends when the server closes the connection", arguments: PollerKind.allCases)
         func serverCloseEndsSequence(poller: PollerKind) async throws {
             let router = MessageRouter<TCPConnection>()
