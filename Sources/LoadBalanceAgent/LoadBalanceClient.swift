@@ -71,6 +71,7 @@ public final class LoadBalanceClient: Sendable {
     public let timeout: Duration
     private let addresses: [SocketAddress]
     private let ownedGroup: EventLoopGroup?
+    private let isClosed = Atomic<Bool>(false)
     /// The loop the client's socket is on. Tasks that prefer it as their executor (`Task(executorPreference:)`)
     /// get their replies without a thread hop.
     public let loop: EventLoop
@@ -124,6 +125,7 @@ public final class LoadBalanceClient: Sendable {
     /// Fails every pending request with `.closed` and closes the socket (and the private loop). Idempotent. Safe
     /// from any thread, the client's own loop included (a task running there may end the client's life).
     public func close() {
+        if isClosed.exchange(true, ordering: .acquiringAndReleasing) { return }
         sweepTimer.cancel()
         endpoint.close()
         waiters.closeAll()

@@ -66,7 +66,7 @@ public final class EventLoop: @unchecked Sendable {
     var logger: Logger { configuration.logger }
 
     // Cross-thread state.
-    private let pendingTasks = Mutex<[@Sendable () -> Void]>([])
+    private let pendingTasks = Mutex(TaskQueue())
     /// Tasks in `pendingTasks`, readable without the lock (the loop checks it every iteration).
     private let pendingCount = Atomic<Int>(0)
     private let wakeupPending = Atomic<Bool>(false)
@@ -206,9 +206,27 @@ public final class EventLoop: @unchecked Sendable {
             runExpiredTimers()
             runPendingTasks()
         }
-        // Tasks posted before the stop still run, so nothing handed to the loop is lost.
-        runPendingTasks()
         timers.removeAll()
+        // Tasks posted before the stop still run (and what they post in turn), so nothing handed to the loop is
+        // lost. Then the queue closes: a task posted later is released at once instead of being kept, with all it
+        // holds (often this loop itself), by a loop that will never run it.
+        for _ in 0..<100 {
+            runPendingTasks()
+            let drained = pendingTasks.withLock { q -> Bool in
+                guard q.tasks.isEmpty else { return false }
+                q.closed = true
+                return true
+            }
+            if drained { break }
+        }
+        // A task that kept posting itself: what is left is released outside the lock (a released task's captures
+        // may post again, and are then refused).
+        let left = pendingTasks.withLock { q -> [@Sendable () -> Void] in
+            q.closed = true
+            defer { q.tasks.removeAll() }
+            return q.tasks
+        }
+        _ = consume left
     }
 
     /// Asks the loop to return from `run()` after its current iteration. Safe to call from any thread.
@@ -230,15 +248,29 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Runs `task` on the loop's thread: soon, in order with the other tasks posted from the same thread.
     /// Safe to call from any thread. From the loop thread itself the task runs after the current handler.
+    /// A task posted after the loop has returned from `run()` is released without running (logged at debug).
     public func execute(_ task: @escaping @Sendable () -> Void) {
-        pendingTasks.withLock {
-            $0.append(task)
-            pendingCount.wrappingAdd(1, ordering: .releasing)
-        }
-        if !inLoopThread || runningTasks {
-            wakeup()
+        if !enqueue(task) {
+            logger.debug("task posted to a stopped loop, dropped", metadata: ["loop": "\(index)"])
         }
     }
+
+    /// Queues `task`; false, with the task released, when the loop has returned from `run()` for good.
+    func enqueue(_ task: @escaping @Sendable () -> Void) -> Bool {
+        let queued = pendingTasks.withLock { q -> Bool in
+            if q.closed { return false }
+            q.tasks.append(task)
+            pendingCount.wrappingAdd(1, ordering: .releasing)
+            return true
+        }
+        if queued && (!inLoopThread || runningTasks) {
+            wakeup()
+        }
+        return queued
+    }
+
+    /// True once the loop has returned from `run()` and takes no more tasks.
+    var isClosedForTasks: Bool { pendingTasks.withLock { $0.closed } }
 
     /// Runs `task` now when called on the loop thread, else posts it with `execute`.
     public func executeInLoop(_ task: @escaping @Sendable () -> Void) {
@@ -262,10 +294,10 @@ public final class EventLoop: @unchecked Sendable {
 
     private func runPendingTasks() {
         if pendingCount.load(ordering: .acquiring) == 0 { return }
-        let tasks = pendingTasks.withLock { tasks -> [@Sendable () -> Void] in
-            if tasks.isEmpty { return [] }
-            let taken = tasks
-            tasks.removeAll(keepingCapacity: true)
+        let tasks = pendingTasks.withLock { q -> [@Sendable () -> Void] in
+            if q.tasks.isEmpty { return [] }
+            let taken = q.tasks
+            q.tasks.removeAll(keepingCapacity: true)
             pendingCount.store(0, ordering: .releasing)
             return taken
         }
@@ -389,4 +421,11 @@ extension EventLoop {
         assertInLoopThread()
         return BufferStatistics(outstandingBytes: pool.outstandingBytes, pooledBytes: pool.pooledBytes)
     }
+}
+
+/// The tasks posted to a loop, and whether it still takes them.
+private struct TaskQueue {
+    var tasks: [@Sendable () -> Void] = []
+    /// Set when the loop has returned from `run()`: later tasks are dropped.
+    var closed = false
 }

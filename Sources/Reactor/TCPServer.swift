@@ -128,7 +128,7 @@ public final class TCPServer: @unchecked Sendable {
         let conn = TCPConnection(
             id: TCPConnection.makeID(), fd: fd, loop: loop, peer: peer, local: local, callbacks: callbacks,
             options: configuration.connection)
-        loop.executeInLoop { [self] in
+        let handOver: @Sendable () -> Void = { [self] in
             conn.onClosedByOwner = { [self] c in connectionClosed(c) }
             registry.withLock { $0[conn.id] = conn }
             do {
@@ -140,6 +140,13 @@ public final class TCPServer: @unchecked Sendable {
                              metadata: ["peer": "\(peer)", "error": "\(error)"])
                 connectionClosed(conn)
             }
+        }
+        if loop.inLoopThread {
+            handOver()
+        } else if !loop.enqueue(handOver) {
+            // The I/O loop has stopped (its group is shutting down): nobody will serve this connection.
+            Posix.close(fd)
+            connectionClosed(conn)
         }
     }
 
@@ -194,16 +201,29 @@ public final class TCPServer: @unchecked Sendable {
         precondition(!group.allLoops.contains { $0.inLoopThread }, "TCPServer.shutdown() called on a loop thread")
         let loop = group.acceptorLoop
         let stopped = DispatchSemaphore(value: 0)
-        loop.execute { [self] in
-            acceptor?.close()
-            acceptor = nil
+        if loop.enqueue({ [self] in
+            closeAcceptor()
             stopped.signal()
+        }) {
+            stopped.wait()
+        } else {
+            closeAcceptor()  // its loop has returned from run(): no other thread touches the acceptor now
         }
-        stopped.wait()
         let sem = DispatchSemaphore(value: 0)
         drained.withLock { $0 = sem }
-        if connectionCount > 0 {
-            for conn in registry.withLock({ Array($0.values) }) { conn.close() }
+        // Each I/O loop closes its own connections in a task queued behind the hand-overs of connections the
+        // acceptor took just before it closed, so those are registered by then and close with the rest.
+        var stranded = 0
+        for ioLoop in group.ioLoops {
+            let closeAll: @Sendable () -> Void = { [self] in
+                for conn in connections(on: ioLoop) { conn.closeGracefullyInLoop() }
+            }
+            if !ioLoop.enqueue(closeAll) { stranded += connections(on: ioLoop).count }
+        }
+        if stranded > 0 {
+            logger.warning("server shut down after its event loops stopped: their connections stay open",
+                           metadata: ["count": "\(stranded)"])
+        } else if connectionCount > 0 {
             let deadline = DispatchTime.now() + .nanoseconds(Int(EventLoop.nanoseconds(timeout)))
             if connectionCount > 0 && sem.wait(timeout: deadline) == .timedOut && connectionCount > 0 {
                 let left = registry.withLock { Array($0.values) }
@@ -214,6 +234,16 @@ public final class TCPServer: @unchecked Sendable {
         }
         drained.withLock { $0 = nil }
         logger.info("server stopped")
+    }
+
+    /// Acceptor loop (or any thread once that loop has stopped).
+    private func closeAcceptor() {
+        acceptor?.close()
+        acceptor = nil
+    }
+
+    private func connections(on loop: EventLoop) -> [TCPConnection] {
+        registry.withLock { $0.values.filter { $0.loop === loop } }
     }
 }
 

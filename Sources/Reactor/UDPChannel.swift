@@ -48,14 +48,20 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
         self.loop = loop
         self.handler = handler
         self.localAddress = SocketAddress.local(of: fd) ?? address
-        try loop.submitAndWait { [self] in
-            do {
-                try loop.register(fd: fd, interest: .read, handler: self)
-            } catch {
-                isOpen = false
-                Posix.close(fd)
-                throw error
+        do {
+            try loop.submitAndWait { [self] in
+                do {
+                    try loop.register(fd: fd, interest: .read, handler: self)
+                } catch {
+                    isOpen = false
+                    Posix.close(fd)
+                    throw error
+                }
             }
+        } catch ReactorError.loopStopped {
+            isOpen = false
+            Posix.close(fd)
+            throw ReactorError.loopStopped
         }
     }
 
@@ -148,17 +154,19 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
 
 extension EventLoop {
     /// Runs `body` on the loop and waits for it; runs it inline on the loop's own thread. Must not be called from
-    /// another loop that this one is waiting on.
+    /// another loop that this one is waiting on. Throws `ReactorError.loopStopped` when the loop has returned from
+    /// `run()`.
     func submitAndWait<T>(_ body: @escaping () throws -> T) throws -> T {
         if inLoopThread { return try body() }
         let result = Mutex<Result<T, Error>?>(nil)
         let done = DispatchSemaphore(value: 0)
         let box = UncheckedBox(body)
-        execute {
+        let queued = enqueue {
             let r = Result { try box.value() }
             result.withLock { $0 = UncheckedBox(r).value }
             done.signal()
         }
+        guard queued else { throw ReactorError.loopStopped }
         done.wait()
         return try result.withLock { $0! }.get()
     }

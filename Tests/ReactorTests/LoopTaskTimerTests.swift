@@ -236,6 +236,44 @@ struct LoopTaskTimerTests {
         #expect(Double(monotonicNanoseconds() - stopped) / 1e9 < 5)
     }
 
+    @Test("a task posted after the loop stopped is released, not kept: what it holds is freed; waiting on it throws",
+          arguments: PollerKind.allCases)
+    func taskAfterStopIsReleased(poller: PollerKind) throws {
+        let loop = try EventLoop(configuration: LoopConfiguration(poller: poller))
+        let returned = EventCounter()
+        Thread {
+            loop.run()
+            returned.signal()
+        }.start()
+        #expect(eventually { loop.kernelThreadID != 0 })
+        // A task posted before the stop posts another: both run while the loop winds down.
+        let ran = EventCounter()
+        loop.execute {
+            ran.signal()
+            loop.execute { ran.signal() }
+        }
+        loop.stop()
+        #expect(returned.wait(for: 1, timeout: 5))
+        #expect(ran.count == 2)
+
+        // Posted afterwards: never runs, and the closure (with what it captured) is released at once. A queue
+        // that kept it would keep the captured object, often the loop itself, alive for good.
+        final class Payload: Sendable {}
+        weak var weakPayload: Payload?
+        do {
+            let payload = Payload()
+            weakPayload = payload
+            loop.execute { _ = payload; ran.signal() }
+        }
+        #expect(weakPayload == nil, "the stopped loop kept the task")
+        #expect(ran.count == 2)
+
+        // Anything that waits for the loop fails at once instead of waiting forever.
+        #expect(throws: ReactorError.loopStopped) {
+            _ = try UDPChannel(loop: loop) { _, _, _ in }
+        }
+    }
+
     @Test("a second loop on a thread that already runs one stops the process")
     func secondLoopOnOneThread() async {
         let result = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) {

@@ -97,6 +97,31 @@ struct ShutdownTests {
         }
     }
 
+    @Test("a server shut down after its group returns at once: the listener is closed, nothing waits on dead loops",
+          arguments: PollerKind.allCases)
+    func serverShutdownAfterGroup(poller: PollerKind) throws {
+        let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller),
+                                       placement: .roundRobin)
+        let connects = EventCounter()
+        let server = TCPServer(
+            group: group, configuration: ServerConfiguration(port: 0),
+            callbacks: ConnectionCallbacks(onConnect: { _ in connects.signal() }))
+        let port = try server.start().port
+        let client = try BlockingSocket(port: port)
+        defer { client.close() }
+        #expect(connects.wait(for: 1))
+        group.shutdown()
+        // Before, this waited forever for a task the stopped acceptor loop would never run.
+        let done = EventCounter()
+        Thread {
+            server.shutdown(timeout: .seconds(30))
+            done.signal()
+        }.start()
+        #expect(done.wait(for: 1, timeout: 20), "TCPServer.shutdown() hung on a stopped group")
+        // The listening socket is closed: a new client is refused.
+        #expect(throws: POSIXError.self) { _ = try BlockingSocket(port: port) }
+    }
+
     @Test("switchyard echo exits 0 on SIGTERM and closes its clients cleanly", arguments: PollerKind.allCases)
     func cliExitsZeroOnSIGTERM(poller: PollerKind) throws {
         let child = try ChildServer(arguments: ["echo", "--port", "0", "--threads", "1", "--poller", poller.rawValue,
