@@ -41,7 +41,7 @@ public final class BlockingLoadBalanceClient {
         if fd < 0 { throw IOError(errnoCode: errno, call: "socket udp") }
     }
 
-    deinit { close(fd) }
+    deinit { if fd >= 0 { close(fd) } }  // a failed init stores -1 and still runs deinit
 
     private func address(modid: Int32, cmdid: Int32) -> SocketAddress {
         let n = addresses.count

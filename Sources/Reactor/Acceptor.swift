@@ -70,6 +70,9 @@ final class Acceptor: EventHandler, @unchecked Sendable {
             if conn >= 0 {
                 loggedDescriptorShortage = false
                 onAccept(conn, SocketAddress(sin))
+                // The spare descriptor is lost when another thread took the number it freed: take a new one
+                // once descriptors are free again, or every later EMFILE could only pause accepting.
+                if reserveFD < 0 { reserveFD = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC) }
                 continue
             }
             switch err {

@@ -25,10 +25,9 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         hints.ai_family = AF_INET
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var result: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, nil, &hints, &result) == 0, let first = result, let sa = first.pointee.ai_addr else {
-            throw ReactorError.badAddress(host)
-        }
+        guard getaddrinfo(host, nil, &hints, &result) == 0 else { throw ReactorError.badAddress(host) }
         defer { freeaddrinfo(result) }
+        guard let first = result, let sa = first.pointee.ai_addr else { throw ReactorError.badAddress(host) }
         let ip = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
         self.init(ip: ip, port: UInt16(port))
     }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CSwitchyardLinux
+import Synchronization
 
 /// Turns SIGINT/SIGTERM into a callback on a loop, so a service can shut down gracefully.
 /// The signal handler only writes to an eventfd (async-signal-safe); the loop does the rest.
@@ -10,6 +11,7 @@ public final class TerminationSignals: @unchecked Sendable {
     public let loop: EventLoop
     private let fd: Int32
     private let watcher: Watcher
+    private let installed = Atomic<Bool>(true)
 
     /// Installs the handlers; `onSignal` runs on `loop` with the signal number. Call from any thread.
     public init(loop: EventLoop, onSignal: @escaping @Sendable (Int32) -> Void) throws {
@@ -19,15 +21,36 @@ public final class TerminationSignals: @unchecked Sendable {
         self.loop = loop
         self.watcher = Watcher(fd: fd, onSignal: onSignal)
         let w = UncheckedBox(watcher)
+        let logger = loop.configuration.logger
         loop.executeInLoop {
-            try? loop.register(fd: fd, interest: .read, handler: w.value)
+            do {
+                try loop.register(fd: fd, interest: .read, handler: w.value)
+            } catch {
+                logger.error("cannot watch for termination signals", metadata: ["error": "\(error)"])
+            }
         }
-        if sy_install_termination_signals(fd) != 0 { throw IOError(errnoCode: errno, call: "sigaction") }
+        if sy_install_termination_signals(fd) != 0 {
+            let error = IOError(errnoCode: errno, call: "sigaction")
+            installed.store(false, ordering: .relaxed)
+            Self.release(fd: fd, loop: loop)
+            throw error
+        }
     }
 
-    /// Restores the default handlers.
+    /// Restores the default handlers and closes the descriptor they wrote to. Idempotent.
     public func uninstall() {
+        guard installed.exchange(false, ordering: .acquiringAndReleasing) else { return }
         _ = sy_install_termination_signals(-1)
+        Self.release(fd: fd, loop: loop)
+    }
+
+    /// Unregisters and closes `fd` on `loop`, or here when the loop has stopped (nothing else uses it then).
+    private static func release(fd: Int32, loop: EventLoop) {
+        let release: @Sendable () -> Void = {
+            loop.unregister(fd: fd)
+            Posix.close(fd)
+        }
+        if loop.inLoopThread || !loop.enqueue(release) { release() }
     }
 
     private final class Watcher: EventHandler {
