@@ -9,17 +9,24 @@ import TestSupport
 import Glibc
 #endif
 
+/// A standalone loop, running on a thread of its own; `returned` is signalled when `run()` returns.
+private func startLoop(poller: PollerKind, busyPoll: Duration = .zero) throws
+    -> (loop: EventLoop, returned: EventCounter)
+{
+    let loop = try EventLoop(configuration: LoopConfiguration(poller: poller, busyPoll: busyPoll))
+    let returned = EventCounter()
+    Thread {
+        loop.run()
+        returned.signal()
+    }.start()
+    #expect(eventually { loop.kernelThreadID != 0 }, "the loop thread never started running")
+    return (loop, returned)
+}
+
 /// A standalone loop run by its own thread for the duration of `body`; stopped and joined (bounded) afterwards.
 private func withRunningLoop<R>(poller: PollerKind, busyPoll: Duration = .zero,
                                 _ body: (EventLoop) throws -> R) throws -> R {
-    let loop = try EventLoop(configuration: LoopConfiguration(poller: poller, busyPoll: busyPoll))
-    let finished = EventCounter()
-    let thread = Thread {
-        loop.run()
-        finished.signal()
-    }
-    thread.start()
-    #expect(eventually { loop.kernelThreadID != 0 }, "the loop thread never started running")
+    let (loop, finished) = try startLoop(poller: poller, busyPoll: busyPoll)
     defer {
         loop.stop()
         #expect(finished.wait(for: 1, timeout: 10), "run() did not return after stop()")
@@ -216,13 +223,7 @@ struct LoopTaskTimerTests {
     @Test("stop() from another thread makes run() return; tasks posted before the stop still run",
           arguments: PollerKind.allCases)
     func stopFromAnotherThread(poller: PollerKind) throws {
-        let loop = try EventLoop(configuration: LoopConfiguration(poller: poller))
-        let returned = EventCounter()
-        Thread {
-            loop.run()
-            returned.signal()
-        }.start()
-        #expect(eventually { loop.kernelThreadID != 0 })
+        let (loop, returned) = try startLoop(poller: poller)
         // The loop is asleep in its poller (a far timer, no I/O): stop must wake it.
         loop.schedule(after: .seconds(60)) {}
         #expect(try onLoop(loop) { true })
@@ -239,13 +240,7 @@ struct LoopTaskTimerTests {
     @Test("a task posted after the loop stopped is released, not kept: what it holds is freed; waiting on it throws",
           arguments: PollerKind.allCases)
     func taskAfterStopIsReleased(poller: PollerKind) throws {
-        let loop = try EventLoop(configuration: LoopConfiguration(poller: poller))
-        let returned = EventCounter()
-        Thread {
-            loop.run()
-            returned.signal()
-        }.start()
-        #expect(eventually { loop.kernelThreadID != 0 })
+        let (loop, returned) = try startLoop(poller: poller)
         // A task posted before the stop posts another: both run while the loop winds down.
         let ran = EventCounter()
         loop.execute {
