@@ -96,6 +96,11 @@ public final class EventLoop: @unchecked Sendable {
     /// Per-loop buffer pool.
     let pool: BufferPool
     @exclusivity(unchecked) private var wakeHandler: WakeupHandler?
+    /// True while the events of one poller wait are handled. Loop thread only.
+    @exclusivity(unchecked) private var handlingBatch = false
+    /// Descriptors unregistered while the current batch is handled: the batch's later events for those numbers
+    /// are stale. Loop thread only.
+    @exclusivity(unchecked) private var retiredInBatch: [Int32] = []
 
     /// Creates a loop; it runs when some thread calls `run()`.
     public init(configuration: LoopConfiguration = LoopConfiguration(), index: Int = 0) throws {
@@ -196,13 +201,19 @@ public final class EventLoop: @unchecked Sendable {
                 // waiting for) run first.
                 sched_yield()
             }
+            handlingBatch = true
             for i in 0..<n {
                 let ev = events[i]
+                // An event of a descriptor unregistered earlier in this batch belongs to the old registration,
+                // even if the number already serves a new socket (accepted on this loop since).
+                if !retiredInBatch.isEmpty && retiredInBatch.contains(ev.fd) { continue }
                 let fd = Int(ev.fd)
                 if fd < handlers.count, let handler = handlers[fd] {
                     handler.handleEvents(ev.events)
                 }
             }
+            handlingBatch = false
+            if !retiredInBatch.isEmpty { retiredInBatch.removeAll(keepingCapacity: true) }
             runExpiredTimers()
             runPendingTasks()
         }
@@ -390,6 +401,7 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     func unregister(fd: Int32) {
+        if handlingBatch { retiredInBatch.append(fd) }
         poller.unregister(fd: fd)
         let i = Int(fd)
         if i < handlers.count { handlers[i] = nil }

@@ -61,6 +61,17 @@ public final class EventLoopGroup: Sendable {
     }
 
     deinit {
+        if allLoops.contains(where: { $0.inLoopThread }) {
+            // The last reference went away on one of the group's own loops (the placement timer holds the group
+            // for a moment): a thread cannot join itself, so stop the loops and let their threads end on their own.
+            if isShutDown.exchange(true, ordering: .acquiringAndReleasing) { return }
+            for loop in allLoops { loop.stop() }
+            threads.withLock { t in
+                for thread in t { pthread_detach(thread) }
+                t.removeAll()
+            }
+            return
+        }
         shutdown()
     }
 

@@ -120,3 +120,94 @@ struct LifecycleTests {
         }
     }
 }
+
+/// One wake-up reports, in this order: data on B, whose handler closes A; a pending connection C, accepted on the
+/// same loop (`ioLoops: 0`), which takes the number A just freed; and A's reset. That reset belongs to A and must
+/// not close C. Runs in a child process, where no other test takes the freed number first. epoll only: it reports
+/// in the order the events happened, while poll and select report in registration or descriptor order, where the
+/// listener comes before the connections and this sequence cannot be lined up from outside.
+@Suite("Descriptor numbers reused within one wake-up")
+struct ReusedNumberTests {
+    @Test("an event of a connection closed earlier in the same wake-up never reaches the socket that took its number")
+    func staleEventSkipped() async {
+        await #expect(processExitsWith: .success) {
+            try staleEventScenario()
+        }
+    }
+}
+
+/// Opens /dev/null on every free descriptor number below the highest one in use, so the next numbers handed out
+/// are predictable (the lowest free one is always the one just closed).
+private func fillDescriptorGaps() -> [Int32] {
+    let open = Set((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd"))?.compactMap { Int32($0) } ?? [])
+    guard let highest = open.max() else { return [] }
+    var fillers: [Int32] = []
+    for n in 0..<highest where !open.contains(n) {
+        let fd = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)
+        if fd >= 0 { fillers.append(fd) }
+    }
+    return fillers
+}
+
+private func staleEventScenario() throws {
+    let group = try EventLoopGroup(ioLoops: 0, configuration: LoopConfiguration(poller: .epoll))
+    defer { group.shutdown() }
+    let opened = Shared<[TCPConnection]>([])
+    let connects = EventCounter()
+    let closedIDs = Shared<[UInt64]>([])
+    let server = TCPServer(
+        group: group, configuration: ServerConfiguration(port: 0),
+        callbacks: ConnectionCallbacks(
+            onConnect: { c in
+                opened.update { $0.append(c) }
+                connects.signal()
+            },
+            onData: { c, bytes in
+                let data = bytes.consumeAll()
+                if Array(data) == Array("close A".utf8) {
+                    opened.get()[0].forceClose()
+                } else {
+                    c.send(data)
+                }
+            },
+            onClose: { c in closedIDs.update { $0.append(c.id) } }))
+    let port = try server.start().port
+    defer { server.shutdown(timeout: .seconds(2)) }
+
+    let fillers = fillDescriptorGaps()
+    defer { for f in fillers { close(f) } }
+    let a = try BlockingSocket(port: port, receiveTimeout: 10)
+    #expect(connects.wait(for: 1))
+    let b = try BlockingSocket(port: port, receiveTimeout: 10)
+    defer { b.close() }
+    #expect(connects.wait(for: 2))
+    try b.sendAll(Array("x".utf8))
+    #expect(try b.receive(exactly: 1) == Array("x".utf8))
+    let aID = opened.get()[0].id
+
+    // Hold the loop while the three events line up on its ready list.
+    let lined = DispatchSemaphore(value: 0)
+    let holding = DispatchSemaphore(value: 0)
+    group.acceptorLoop.execute {
+        holding.signal()
+        _ = lined.wait(timeout: .now() + 10)
+    }
+    holding.wait()
+    try b.sendAll(Array("close A".utf8))
+    usleep(20_000)  // readiness order is the order of the events: B, then the listener, then A
+    let c = try BlockingSocket(port: port, receiveTimeout: 10)
+    defer { c.close() }
+    usleep(20_000)
+    a.reset()
+    let refill = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)  // takes the number A's client side freed
+    defer { close(refill) }
+    usleep(20_000)  // the loop is held: there is no event to await, only loopback delivery to let finish
+    lined.signal()
+
+    #expect(connects.wait(for: 3))
+    #expect(eventually { closedIDs.get() == [aID] })
+    // C is served: A's reset did not reach it.
+    try c.sendAll(Array("hello".utf8))
+    #expect(try c.receive(exactly: 5) == Array("hello".utf8))
+    #expect(closedIDs.get() == [aID])
+}

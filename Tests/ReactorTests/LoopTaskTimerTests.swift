@@ -269,6 +269,26 @@ struct LoopTaskTimerTests {
         }
     }
 
+    @Test("a group whose last reference goes away on one of its own loops stops its loops (it cannot join itself)",
+          arguments: PollerKind.allCases)
+    func groupReleasedOnItsOwnLoop(poller: PollerKind) async {
+        await #expect(processExitsWith: .success) { [name = poller.rawValue as String] in
+            var group: EventLoopGroup? = try EventLoopGroup(
+                ioLoops: 1, configuration: LoopConfiguration(poller: PollerKind(rawValue: name)!),
+                placement: .roundRobin)
+            let loop = group!.ioLoops[0]
+            let release = DispatchSemaphore(value: 0)
+            // The task holds the group; once it has run, the loop drops the last reference, on its own thread.
+            loop.execute { [group] in
+                _ = release.wait(timeout: .now() + 10)
+                _ = group
+            }
+            group = nil
+            release.signal()
+            #expect(eventually { loop.hasFinished }, "the loops of a released group kept running")
+        }
+    }
+
     @Test("a second loop on a thread that already runs one stops the process")
     func secondLoopOnOneThread() async {
         let result = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) {
