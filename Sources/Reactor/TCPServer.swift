@@ -67,6 +67,15 @@ public final class TCPServer: @unchecked Sendable {
         self.callbacks = callbacks
     }
 
+    deinit {
+        // Released without shutdown() (open connections keep a server alive, so there are none): stop listening,
+        // or the loop would keep accepting for a server that is gone.
+        guard let acceptor else { return }
+        let box = UncheckedBox(acceptor)
+        let loop = group.acceptorLoop
+        if loop.inLoopThread || !loop.enqueue({ box.value.close() }) { box.value.close() }
+    }
+
     /// Binds, listens and starts accepting. Returns the bound address (with the kernel's port when 0 was asked).
     /// Call from any thread but the group's own loops.
     @discardableResult
@@ -77,7 +86,10 @@ public final class TCPServer: @unchecked Sendable {
         let acceptor = try Acceptor(
             address: address, backlog: configuration.backlog, reusePort: configuration.reusePort, loop: loop,
             logger: logger
-        ) { [unowned self] fd, peer in handleAccepted(fd: fd, peer: peer) }
+        ) { [weak self] fd, peer in
+            guard let self else { return Posix.close(fd) }  // released meanwhile: its deinit is closing the listener
+            handleAccepted(fd: fd, peer: peer)
+        }
         let bound = acceptor.localAddress ?? address
         let result = Mutex<Error?>(nil)
         let done = DispatchSemaphore(value: 0)

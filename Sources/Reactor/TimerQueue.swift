@@ -1,9 +1,11 @@
 import HeapModule
 
-/// Identifies a scheduled timer; pass it to `EventLoop.cancel(_:)` (or call `cancel()`) to stop it.
+/// Identifies a scheduled timer; pass it to `EventLoop.cancel(_:)` (or call `cancel()`) to stop it. It holds its
+/// loop, so a handle kept after the loop's group is gone can still be cancelled (the loop has stopped: nothing
+/// happens).
 public struct TimerHandle: Sendable, Hashable {
     let id: UInt64
-    unowned(unsafe) let loop: EventLoop
+    let loop: EventLoop
 
     public static func == (a: TimerHandle, b: TimerHandle) -> Bool { a.id == b.id && a.loop === b.loop }
     public func hash(into h: inout Hasher) { h.combine(id) }

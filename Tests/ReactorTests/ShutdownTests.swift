@@ -122,6 +122,32 @@ struct ShutdownTests {
         #expect(throws: POSIXError.self) { _ = try BlockingSocket(port: port) }
     }
 
+    @Test("a server released without shutdown stops listening; a client arriving meanwhile is closed, not a crash",
+          arguments: PollerKind.allCases)
+    func serverReleasedWithoutShutdown(poller: PollerKind) async {
+        await #expect(processExitsWith: .success) { [name = poller.rawValue as String] in
+            let group = try EventLoopGroup(
+                ioLoops: 1, configuration: LoopConfiguration(poller: PollerKind(rawValue: name)!),
+                placement: .roundRobin)
+            defer { group.shutdown() }
+            var server: TCPServer? = TCPServer(
+                group: group, configuration: ServerConfiguration(port: 0), callbacks: EchoService.callbacks())
+            let port = try server!.start().port
+            let served = try BlockingSocket(port: port, receiveTimeout: 10)
+            try served.sendAll([1])
+            #expect(try served.receive(exactly: 1) == [1])
+            served.close()
+            #expect(eventually { server!.connectionCount == 0 })
+            server = nil
+            // Refused once the listener is closed; a client that comes before is accepted and closed at once.
+            #expect(eventually {
+                guard let s = try? BlockingSocket(port: port) else { return true }
+                s.close()
+                return false
+            })
+        }
+    }
+
     @Test("switchyard echo exits 0 on SIGTERM and closes its clients cleanly", arguments: PollerKind.allCases)
     func cliExitsZeroOnSIGTERM(poller: PollerKind) throws {
         let child = try ChildServer(arguments: ["echo", "--port", "0", "--threads", "1", "--poller", poller.rawValue,
