@@ -280,9 +280,6 @@ public final class EventLoop: @unchecked Sendable {
         return queued
     }
 
-    /// True once the loop has returned from `run()` and takes no more tasks.
-    var isClosedForTasks: Bool { pendingTasks.withLock { $0.closed } }
-
     /// Runs `task` now when called on the loop thread, else posts it with `execute`.
     public func executeInLoop(_ task: @escaping @Sendable () -> Void) {
         if inLoopThread { task() } else { execute(task) }
