@@ -109,6 +109,12 @@ struct AgentTests {
         let world = try AgentWorld.make(poller: poller, routes: [route12: [h1, h2]])
         defer { world.shutdown() }
         let client = world.client
+        // Wait for the route first: on a loaded machine the 200 calls below could all come before it.
+        #expect(try await eventually {
+            guard let host = try await client.getHost(modid: 1, cmdid: 2).host else { return false }
+            client.report(modid: 1, cmdid: 2, host: host, success: true)
+            return true
+        })
         let seen = try await Task(executorPreference: client.loop) { () async throws -> (Set<LoadBalancing.Host>, Bool) in
             var hosts: Set<LoadBalancing.Host> = []
             var onLoop = true
