@@ -280,6 +280,12 @@ public final class EventLoop: @unchecked Sendable {
         return queued
     }
 
+    /// Runs `task` on the loop (at once on its own thread), or on the calling thread when the loop has returned
+    /// from `run()`: for releasing what the loop owned, which nothing else touches once it has stopped.
+    func executeOrRunIfStopped(_ task: @escaping @Sendable () -> Void) {
+        if inLoopThread || !enqueue(task) { task() }
+    }
+
     /// Runs `task` now when called on the loop thread, else posts it with `execute`.
     public func executeInLoop(_ task: @escaping @Sendable () -> Void) {
         if inLoopThread { task() } else { execute(task) }

@@ -72,8 +72,7 @@ public final class TCPServer: @unchecked Sendable {
         // or the loop would keep accepting for a server that is gone.
         guard let acceptor else { return }
         let box = UncheckedBox(acceptor)
-        let loop = group.acceptorLoop
-        if loop.inLoopThread || !loop.enqueue({ box.value.close() }) { box.value.close() }
+        group.acceptorLoop.executeOrRunIfStopped { box.value.close() }
     }
 
     /// Binds, listens and starts accepting. Returns the bound address (with the kernel's port when 0 was asked).

@@ -44,13 +44,12 @@ public final class TerminationSignals: @unchecked Sendable {
         Self.release(fd: fd, loop: loop)
     }
 
-    /// Unregisters and closes `fd` on `loop`, or here when the loop has stopped (nothing else uses it then).
+    /// Unregisters and closes `fd` on `loop`, or here when the loop has stopped.
     private static func release(fd: Int32, loop: EventLoop) {
-        let release: @Sendable () -> Void = {
+        loop.executeOrRunIfStopped {
             loop.unregister(fd: fd)
             Posix.close(fd)
         }
-        if loop.inLoopThread || !loop.enqueue(release) { release() }
     }
 
     private final class Watcher: EventHandler {

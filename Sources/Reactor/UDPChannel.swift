@@ -49,19 +49,12 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
         self.handler = handler
         self.localAddress = SocketAddress.local(of: fd) ?? address
         do {
-            try loop.submitAndWait { [self] in
-                do {
-                    try loop.register(fd: fd, interest: .read, handler: self)
-                } catch {
-                    isOpen = false
-                    Posix.close(fd)
-                    throw error
-                }
-            }
-        } catch ReactorError.loopStopped {
+            try loop.submitAndWait { [self] in try loop.register(fd: fd, interest: .read, handler: self) }
+        } catch {
+            // Not registered (the loop refused it, or has stopped): no other thread knows this channel yet.
             isOpen = false
             Posix.close(fd)
-            throw ReactorError.loopStopped
+            throw error
         }
     }
 
