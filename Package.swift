@@ -1,16 +1,30 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+// The module graph (arrows point down only; no service module imports another service module):
+//
+//   switchyard (CLI)   SwitchyardDemo, SwitchyardBench (internal; only the CLI links them)
+//   services:          NameService  Reporter  LoadBalanceAgent  Chat
+//   clients:           LoadBalanceClient (async, blocking, ServiceRegistration)
+//   RouteStore (route tables)    LoadBalancing (pure)    LarsProtocol (messages, ids, return codes)
+//   Storage                      Messaging (router, framed TCP/UDP, async client)
+//                                Reactor                 LarsWire (frame header and decoder)
+//                                CSwitchyardLinux
 let package = Package(
     name: "Switchyard",
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "Reactor", targets: ["Reactor"]),
+        .library(name: "LarsWire", targets: ["LarsWire"]),
         .library(name: "Messaging", targets: ["Messaging"]),
+        .library(name: "LarsProtocol", targets: ["LarsProtocol"]),
         .library(name: "Storage", targets: ["Storage"]),
         .library(name: "LoadBalancing", targets: ["LoadBalancing"]),
+        .library(name: "RouteStore", targets: ["RouteStore"]),
+        .library(name: "LoadBalanceClient", targets: ["LoadBalanceClient"]),
         .library(name: "LoadBalanceAgent", targets: ["LoadBalanceAgent"]),
         .library(name: "NameService", targets: ["NameService"]),
+        .library(name: "Reporter", targets: ["Reporter"]),
         .library(name: "Chat", targets: ["Chat"]),
         .executable(name: "switchyard", targets: ["switchyard"]),
         .executable(name: "switchyard-echo", targets: ["switchyard-echo"]),
@@ -25,29 +39,48 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
     ],
     targets: [
+        // Standard library only: what every module shares (Duration units).
+        .target(name: "SwitchyardCore"),
+
+        // ---- The reactor ----
         // C shim: epoll, eventfd, timerfd, accept4, fd_set macros, signal-to-eventfd.
         .target(name: "CSwitchyardLinux"),
         .target(
             name: "Reactor",
             dependencies: [
-                "CSwitchyardLinux",
+                "CSwitchyardLinux", "SwitchyardCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
+
+        // ---- Frames and messages ----
+        // The Lars frame header and decoder: standard library only (the fuzz target compiles these files alone).
+        .target(name: "LarsWire"),
         .target(
             name: "Messaging",
             dependencies: [
-                "Reactor",
+                "Reactor", "LarsWire", "SwitchyardCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
-        // ---- Storage section (owned by the storage work) ----
+        // The Lars protocol: generated messages, typed message ids, return codes, Host <-> HostInfo.
+        .target(
+            name: "LarsProtocol",
+            dependencies: [
+                "LarsWire", "LoadBalancing",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+
+        // ---- Storage ----
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
         // Server drivers: only built and linked when their trait is on, so the default build needs neither.
@@ -58,80 +91,136 @@ let package = Package(
         .target(
             name: "Storage",
             dependencies: [
-                "CSQLite",
+                "CSQLite", "SwitchyardCore",
                 .target(name: "CMariaDB", condition: .when(traits: ["MySQL"])),
                 .target(name: "CLibPQ", condition: .when(traits: ["PostgreSQL"])),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
-        .testTarget(name: "StorageTests", dependencies: [
-            "Storage", "TestSupport",
-            .product(name: "Logging", package: "swift-log"),
-        ]),
-        // ---- end Storage section ----
-        // Load balancing (issue 6): pure algorithms, the agent and its client API, the name service and reporter.
+
+        // ---- Load balancing ----
+        // The balancer state machine, rings and weights: pure, no I/O.
         .target(
             name: "LoadBalancing",
-            dependencies: [.product(name: "Logging", package: "swift-log")]
+            dependencies: ["SwitchyardCore", .product(name: "Logging", package: "swift-log")]
         ),
+        // The route tables (RouteData, RouteVersion, RouteChange, ServerCallStatus): schema and admin.
+        .target(name: "RouteStore", dependencies: ["LoadBalancing", "Storage"]),
+        // The client APIs an application links to reach its agent: no agent server, no Storage, no Foundation.
+        .target(
+            name: "LoadBalanceClient",
+            dependencies: [
+                "SwitchyardCore", "LoadBalancing", "LarsProtocol", "Messaging", "Reactor",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // ---- Services ----
         .target(
             name: "LoadBalanceAgent",
             dependencies: [
-                "LoadBalancing", "Messaging", "Reactor",
+                "SwitchyardCore", "LoadBalancing", "LarsProtocol", "Messaging", "Reactor",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
         .target(
             name: "NameService",
             dependencies: [
-                "LoadBalancing", "LoadBalanceAgent", "Messaging", "Reactor", "Storage",
+                "LoadBalancing", "LarsProtocol", "Messaging", "Reactor", "RouteStore", "Storage",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
-        // Chat service (issue 7).
+        .target(
+            name: "Reporter",
+            dependencies: [
+                "SwitchyardCore", "LarsProtocol", "Messaging", "Reactor", "RouteStore", "Storage",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
         .target(
             name: "Chat",
             dependencies: [
-                "Messaging", "Reactor", "Storage",
+                "SwitchyardCore", "LarsWire", "Messaging", "Reactor", "Storage",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
-        .testTarget(name: "ChatTests", dependencies: ["Chat", "Messaging", "Reactor", "Storage", "TestSupport"]),
-        .testTarget(name: "LoadBalancingTests", dependencies: ["LoadBalancing"]),
-        .testTarget(name: "LoadBalanceAgentTests", dependencies: ["LoadBalanceAgent", "LoadBalancing", "Messaging", "Reactor"]),
-        .testTarget(name: "NameServiceTests", dependencies: [
-            "NameService", "LoadBalanceAgent", "Messaging", "Reactor", "Storage", "TestSupport",
-        ]),
+
+        // ---- Internal targets (not products): the demo, the benchmarks, the echo service ----
+        .target(name: "EchoServer", dependencies: ["Reactor"]),
+        .target(
+            name: "SwitchyardDemo",
+            dependencies: [
+                "SwitchyardCore", "LoadBalancing", "LoadBalanceAgent", "LoadBalanceClient", "NameService", "Reporter", "RouteStore",
+                "Reactor", "Storage", "EchoServer",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "SwitchyardBench",
+            dependencies: [
+                "SwitchyardCore", "Chat", "LarsWire", "LoadBalancing", "LoadBalanceAgent", "LoadBalanceClient", "Messaging", "Reactor",
+                "Storage",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+
+        // ---- Executables: argument parsing and wiring ----
         .executableTarget(name: "switchyard-echo", dependencies: [
-            "CSwitchyardLinux", "Reactor", .product(name: "Logging", package: "swift-log"),
+            "CSwitchyardLinux", "Reactor", "EchoServer", .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "CSwitchyardLinux",
-                "Reactor",
-                "Messaging",
-                "Storage",
-                "LoadBalancing",
-                "LoadBalanceAgent",
-                "NameService",
-                "Chat",
+                "SwitchyardCore", "CSwitchyardLinux", "Reactor", "LarsProtocol", "Messaging", "Storage", "LoadBalancing", "RouteStore",
+                "LoadBalanceClient", "LoadBalanceAgent", "NameService", "Reporter", "Chat",
+                "EchoServer", "SwitchyardDemo", "SwitchyardBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
-        .testTarget(name: "ReactorTests", dependencies: ["Reactor", "TestSupport"]),
-        .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Reactor", "TestSupport"]),
+
+        // ---- Tests ----
         // Helpers shared by the test targets (sockets, waiting, test databases, log capture); not a product.
         .target(
             name: "TestSupport",
             dependencies: ["Reactor", .product(name: "Logging", package: "swift-log")],
             path: "Tests/TestSupport"
         ),
+        .testTarget(name: "ReactorTests", dependencies: ["Reactor", "EchoServer", "TestSupport"]),
+        .testTarget(name: "MessagingTests", dependencies: [
+            "Messaging", "LarsWire", "LarsProtocol", "LoadBalancing", "Reactor", "SwitchyardBench", "TestSupport",
+        ]),
+        .testTarget(name: "StorageTests", dependencies: [
+            "Storage", "TestSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "LoadBalancingTests", dependencies: ["LoadBalancing"]),
+        .testTarget(name: "LoadBalanceAgentTests", dependencies: [
+            "LoadBalanceAgent", "LoadBalanceClient", "LoadBalancing", "LarsProtocol", "Messaging", "Reactor",
+            "TestSupport",
+        ]),
+        .testTarget(name: "NameServiceTests", dependencies: [
+            "NameService", "Reporter", "RouteStore", "LoadBalanceClient", "LoadBalancing", "LarsProtocol",
+            "Messaging", "Reactor", "Storage", "TestSupport",
+        ]),
+        .testTarget(name: "ChatTests", dependencies: ["Chat", "Messaging", "Reactor", "Storage", "TestSupport"]),
     ]
 )

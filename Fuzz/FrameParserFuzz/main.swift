@@ -1,5 +1,5 @@
-// libFuzzer target for the frame parser. Built by scripts/fuzz together with Sources/Messaging/FrameParser.swift:
-//   swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/Messaging/FrameParser.swift Fuzz/FrameParserFuzz/main.swift
+// libFuzzer target for the frame parser. Built by scripts/fuzz together with Sources/LarsWire/FrameParser.swift:
+//   swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LarsWire/FrameParser.swift Fuzz/FrameParserFuzz/main.swift
 //
 // Each input is fed to a FrameAccumulator in pieces whose sizes come from the input itself; the frames it yields
 // must equal those of a simple reference reading of the same bytes, and parseDatagram must agree with the size rule.

@@ -1,3 +1,4 @@
+import LarsWire
 import Messaging
 import Reactor
 import SwiftProtobuf
@@ -110,7 +111,7 @@ public final class ChatClient: Sendable {
             while !Task.isCancelled {
                 do {
                     try await Task.sleep(for: interval)
-                    try await frames.send(messageID: MessageID.heartbeat, body: [])
+                    try await frames.send(messageID: ReservedMessageID.heartbeat, body: [])
                 } catch {
                     return
                 }

@@ -1,4 +1,5 @@
 import Reactor
+import SwitchyardCore
 import Synchronization
 
 /// Counts failed logins per user name; past `maxFailures` within `window` the name is locked for `window`.
@@ -19,8 +20,7 @@ public final class LoginThrottle: Sendable {
     public init(maxFailures: Int, window: Duration,
                 now: @escaping @Sendable () -> UInt64 = { SystemInfo.monotonicNanoseconds() }) {
         self.maxFailures = max(1, maxFailures)
-        let (s, atto) = window.components
-        windowNs = UInt64(max(0, s)) * 1_000_000_000 + UInt64(max(0, atto) / 1_000_000_000)
+        windowNs = window.nanosecondsSaturated
         self.now = now
     }
 

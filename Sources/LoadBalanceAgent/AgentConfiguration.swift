@@ -220,14 +220,3 @@ extension StringProtocol {
     }
 }
 
-extension Duration {
-    var nanoseconds: UInt64 {
-        let (s, atto) = components
-        return s < 0 ? 0 : UInt64(s) * 1_000_000_000 + UInt64(max(0, atto) / 1_000_000_000)
-    }
-
-    var milliseconds: Int64 {
-        let (s, atto) = components
-        return s * 1000 + atto / 1_000_000_000_000_000
-    }
-}

@@ -2,10 +2,12 @@
 import Glibc
 #endif
 import Dispatch
+import LarsProtocol
 import LoadBalancing
 import Logging
 import Messaging
 import Reactor
+import SwitchyardCore
 
 /// The agent's state: a balancer per module, the name service and reporter links. Loop thread only (the agent's
 /// loop): every handler, timer and callback that touches it runs there, so the request path takes no lock.
@@ -50,9 +52,9 @@ final class AgentCore: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         cache = configuration.routeCacheFile.map(RouteCacheFile.init(path:))
-        updateTimeoutNs = configuration.balancer.updateTimeout.nanoseconds
-        retryNs = configuration.routeRetryInterval.nanoseconds
-        emptyModuleTimeoutNs = configuration.emptyModuleTimeout.nanoseconds
+        updateTimeoutNs = configuration.balancer.updateTimeout.nanosecondsSaturated
+        retryNs = configuration.routeRetryInterval.nanosecondsSaturated
+        emptyModuleTimeoutNs = configuration.emptyModuleTimeout.nanosecondsSaturated
     }
 
     private var now: UInt64 { SystemInfo.monotonicNanoseconds() }

@@ -1,3 +1,4 @@
+import LarsProtocol
 import LoadBalancing
 import Logging
 import Messaging

@@ -70,15 +70,3 @@ public struct BalancerSettings: Sendable, Hashable, Codable {
     }
 }
 
-extension Duration {
-    /// Whole nanoseconds, clamped to 0...UInt64.max.
-    @usableFromInline
-    var nanosecondsClamped: UInt64 {
-        let (s, atto) = components
-        if s < 0 { return 0 }
-        let (mul, o1) = UInt64(s).multipliedReportingOverflow(by: 1_000_000_000)
-        if o1 { return .max }
-        let (sum, o2) = mul.addingReportingOverflow(UInt64(max(0, atto) / 1_000_000_000))
-        return o2 ? .max : sum
-    }
-}

@@ -1,3 +1,4 @@
+import SwitchyardCore
 /// What `RouteBalancer.pick(now:)` decided.
 public enum PickResult: Sendable, Hashable {
     /// An idle host, round robin.
@@ -60,8 +61,8 @@ public struct RouteBalancer: Sendable {
 
     public init(settings: BalancerSettings = BalancerSettings(), hosts: [Host] = [], now: UInt64 = 0) {
         self.settings = settings
-        idleTimeoutNs = settings.idleTimeout.nanosecondsClamped
-        overloadTimeoutNs = settings.overloadTimeout.nanosecondsClamped
+        idleTimeoutNs = settings.idleTimeout.nanosecondsSaturated
+        overloadTimeoutNs = settings.overloadTimeout.nanosecondsSaturated
         setHosts(hosts, now: now)
     }
 

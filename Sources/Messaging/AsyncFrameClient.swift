@@ -1,3 +1,4 @@
+import LarsWire
 import DequeModule
 import Reactor
 import SwiftProtobuf
@@ -76,7 +77,7 @@ public final class AsyncFrameClient: Sendable {
                             let body = Array(UnsafeRawBufferPointer(
                                 start: view.baseAddress! + FrameParser.headerSize, count: length))
                             bytes.moveReaderIndex(forwardBy: FrameParser.headerSize + length)
-                            if id != MessageID.heartbeat { inbox.deliver(InboundFrame(messageID: id, body: body)) }
+                            if id != ReservedMessageID.heartbeat { inbox.deliver(InboundFrame(messageID: id, body: body)) }
                         }
                     }
                 },

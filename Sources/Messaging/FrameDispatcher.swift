@@ -1,3 +1,4 @@
+import LarsWire
 import Logging
 import Reactor
 import Synchronization
@@ -48,7 +49,7 @@ struct FrameDispatcher: Sendable {
             case .frame(let id, let length):
                 let body = UnsafeRawBufferPointer(start: view.baseAddress! + FrameParser.headerSize, count: length)
                 bytes.moveReaderIndex(forwardBy: FrameParser.headerSize + length)
-                if id == MessageID.heartbeat {
+                if id == ReservedMessageID.heartbeat {
                     statistics.heartbeatsIn.wrappingAdd(1, ordering: .relaxed)
                     continue
                 }

@@ -1,13 +1,15 @@
+import LarsWire
 import Logging
 import Reactor
 import SwiftProtobuf
+import SwitchyardCore
 
 /// Configuration of a `FramedClient`.
 public struct FramedClientConfiguration: Sendable {
     /// Address, timeouts, reconnect policy, logger.
     public var client: ClientConfiguration
     public var maxBodyLength: Int
-    /// When set, a heartbeat frame (`MessageID.heartbeat`) is sent whenever the client has sent nothing for this
+    /// When set, a heartbeat frame (`ReservedMessageID.heartbeat`) is sent whenever the client has sent nothing for this
     /// long, so a server's idle timeout does not close a quiet but healthy connection.
     public var heartbeatInterval: Duration?
 
@@ -78,14 +80,13 @@ public final class FramedClient: Sendable {
 
     static func startHeartbeats(_ connection: TCPConnection, interval: Duration) {
         let session = FrameDispatcher.session(of: connection)
-        let intervalNs = UInt64(interval.components.seconds) * 1_000_000_000
-            + UInt64(interval.components.attoseconds / 1_000_000_000)
+        let intervalNs = interval.nanosecondsSaturated
         let check = Duration.nanoseconds(Int64(max(intervalNs / 2, 1_000_000)))
         session.heartbeatTimer = connection.loop.scheduleRepeating(every: check) { [weak connection] in
             guard let connection, connection.isActive else { return }
             let now = SystemInfo.monotonicNanoseconds()
             if now &- connection.lastSendTime >= intervalNs {
-                connection.sendFrame(messageID: MessageID.heartbeat, body: UnsafeRawBufferPointer(start: nil, count: 0))
+                connection.sendFrame(messageID: ReservedMessageID.heartbeat, body: UnsafeRawBufferPointer(start: nil, count: 0))
             }
         }
     }

@@ -1,6 +1,8 @@
+import LarsWire
 import Logging
 import Reactor
 import SwiftProtobuf
+import SwitchyardCore
 import Synchronization
 
 /// Configuration of a `FramedServer`.
@@ -101,8 +103,7 @@ final class IdleReaper: @unchecked Sendable {
     let closedCount = Atomic<Int>(0)
 
     init(timeout: Duration, loops: [EventLoop], logger: Logger) {
-        let (s, atto) = timeout.components
-        timeoutNs = UInt64(max(0, s)) * 1_000_000_000 + UInt64(max(0, atto) / 1_000_000_000)
+        timeoutNs = timeout.nanosecondsSaturated
         self.loops = loops
         var map: [ObjectIdentifier: LoopConnections] = [:]
         for loop in loops { map[ObjectIdentifier(loop)] = LoopConnections() }

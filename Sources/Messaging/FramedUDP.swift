@@ -1,3 +1,4 @@
+import LarsWire
 import Logging
 import Reactor
 import SwiftProtobuf

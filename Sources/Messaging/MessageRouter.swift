@@ -1,3 +1,4 @@
+import LarsWire
 import Reactor
 import SwiftProtobuf
 import Synchronization
@@ -6,7 +7,7 @@ import Synchronization
 public enum RouterError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The id already has a handler.
     case duplicateRoute(Int32)
-    /// The id is reserved by the framework (`MessageID.heartbeat`).
+    /// The id is reserved by the framework (`ReservedMessageID.heartbeat`).
     case reservedID(Int32)
     /// Routes are fixed once a server or client using the router has started.
     case routerFrozen
@@ -73,7 +74,7 @@ public final class MessageRouter<Connection>: @unchecked Sendable {
     public func on(_ id: Int32, userData: (any Sendable)? = nil, _ handler: @escaping Handler) throws {
         try registration.withLock { frozen in
             if frozen { throw RouterError.routerFrozen }
-            if id == MessageID.heartbeat { throw RouterError.reservedID(id) }
+            if id == ReservedMessageID.heartbeat { throw RouterError.reservedID(id) }
             if lookup(id) != nil { throw RouterError.duplicateRoute(id) }
             let route = Route(handler: handler, userData: userData)
             if id >= 0 && id < Self.denseLimit { dense[Int(id)] = route } else { sparse[id] = route }

@@ -1,3 +1,4 @@
+import LarsWire
 import Reactor
 import SwiftProtobuf
 

@@ -1,7 +1,9 @@
+import LarsProtocol
 import LoadBalancing
 import Logging
 import Messaging
 import Reactor
+import RouteStore
 import Storage
 import Synchronization
 

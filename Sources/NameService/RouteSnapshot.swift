@@ -1,4 +1,6 @@
+import LarsProtocol
 import LoadBalancing
+import RouteStore
 import Messaging
 import SwiftProtobuf
 

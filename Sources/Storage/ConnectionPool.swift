@@ -1,5 +1,6 @@
 import Dispatch
 import Logging
+import SwitchyardCore
 import Synchronization
 
 /// A pool of connections to one database.
@@ -291,7 +292,7 @@ public final class ConnectionPool: SQLQueryable, Sendable {
         -> StorageError
     {
         let last = s.lastConnectError?.detail ?? .init("connect failed")
-        let wait = (until - now).milliseconds
+        let wait = (until - now).millisecondsRoundedUp
         var detail = last
         detail.message = "database unreachable (\(s.consecutiveFailures) failed attempts, next in \(wait) ms): "
             + last.message
@@ -326,7 +327,7 @@ public final class ConnectionPool: SQLQueryable, Sendable {
             case .close(let connection):
                 connection.close()
             case .scheduleTimeout(let id, let deadline):
-                let delay = (deadline - ContinuousClock.now).milliseconds
+                let delay = (deadline - ContinuousClock.now).millisecondsRoundedUp
                 timerQueue.asyncAfter(deadline: .now() + .milliseconds(Int(delay))) { [weak self] in
                     self?.timeOut(waiter: id)
                 }
@@ -405,7 +406,7 @@ public final class ConnectionPool: SQLQueryable, Sendable {
 
     /// Runs ``maintain()`` every maintenance interval until the pool is closed or released.
     private func scheduleMaintenance() {
-        let interval = max(1, configuration.maintenanceInterval.milliseconds)
+        let interval = max(1, configuration.maintenanceInterval.millisecondsRoundedUp)
         timerQueue.asyncAfter(deadline: .now() + .milliseconds(Int(interval))) { [weak self] in
             guard let self, !self.state.withLock({ $0.isClosed }) else { return }
             self.maintain()

@@ -48,10 +48,3 @@ enum Drivers {
     }
 }
 
-extension Duration {
-    /// Whole milliseconds, rounded up, at least 0.
-    var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return max(0, seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
-    }
-}

@@ -1,5 +1,6 @@
 #if MySQL
 import CMariaDB
+import SwitchyardCore
 
 /// Initializes libmariadb once, before any connection (mysql_init is not thread-safe the first time).
 private let mysqlLibraryInitialized: Bool = {
@@ -20,7 +21,7 @@ final class MySQLConnector: DriverConnector {
         guard let mysql = mysql_init(nil) else {
             throw StorageError.connectionFailed(.init("mysql_init failed (out of memory)", driver: "mysql"))
         }
-        var seconds = UInt32(clamping: max(1, (timeout.milliseconds + 999) / 1000))
+        var seconds = UInt32(clamping: max(1, (timeout.millisecondsRoundedUp + 999) / 1000))
         mysql_options(mysql, MYSQL_OPT_CONNECT_TIMEOUT, &seconds)
         mysql_options(mysql, MYSQL_SET_CHARSET_NAME, "utf8mb4")
         var reconnect: my_bool = 0  // the pool reconnects; a silent reconnect would lose session state

@@ -1,5 +1,6 @@
 #if PostgreSQL
 import CLibPQ
+import SwitchyardCore
 
 /// Opens PostgreSQL connections through libpq. URL query items are passed to libpq as connection keywords
 /// (`sslmode`, `application_name`, ...); `connect_timeout` comes from the pool (at least 2 s, libpq's minimum).
@@ -15,7 +16,7 @@ final class PostgresConnector: DriverConnector {
         var parameters: [(String, String)] = [
             ("host", url.host), ("port", String(url.port)), ("user", url.user), ("password", url.password),
             ("dbname", url.database.isEmpty ? url.user : url.database),
-            ("connect_timeout", String(max(2, (timeout.milliseconds + 999) / 1000))),
+            ("connect_timeout", String(max(2, (timeout.millisecondsRoundedUp + 999) / 1000))),
             ("client_encoding", "UTF8"), ("application_name", "switchyard"),
             ("keepalives", "1"), ("keepalives_idle", "30"), ("keepalives_interval", "10"), ("keepalives_count", "3"),
         ]

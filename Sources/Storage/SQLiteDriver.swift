@@ -1,4 +1,5 @@
 import CSQLite
+import SwitchyardCore
 import Synchronization
 
 /// Opens SQLite connections. Files get WAL journaling and a busy timeout; `:memory:` becomes one in-memory
@@ -71,7 +72,7 @@ final class SQLiteConnection: DriverConnection {
                                                       code: String(rc), driver: "sqlite"))
         }
         sqlite3_extended_result_codes(handle, 1)
-        sqlite3_busy_timeout(handle, Int32(clamping: options.sqliteBusyTimeout.milliseconds))
+        sqlite3_busy_timeout(handle, Int32(clamping: options.sqliteBusyTimeout.millisecondsRoundedUp))
         let connection = SQLiteConnection(db: handle)
         do {
             if wal {

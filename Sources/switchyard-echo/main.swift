@@ -2,6 +2,7 @@
 // `switchyard` CLI also carries Foundation, the database drivers and the crypto of the chat service). The
 // benchmark suite measures this binary; `switchyard echo` behaves the same.
 #if canImport(Glibc)
+import EchoServer
 import Glibc
 #endif
 import Dispatch

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Logging
+import SwitchyardBench
 import Messaging
 import Reactor
 

@@ -2,7 +2,9 @@
 import Glibc
 #endif
 import ArgumentParser
+import LarsProtocol
 import LoadBalanceAgent
+import LoadBalanceClient
 import LoadBalancing
 import Messaging
 

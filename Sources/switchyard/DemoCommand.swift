@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Logging
+import SwitchyardDemo
 import NameService
 import Reactor
 import Synchronization

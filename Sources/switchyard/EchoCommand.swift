@@ -1,3 +1,4 @@
+import EchoServer
 import ArgumentParser
 import Dispatch
 import Logging

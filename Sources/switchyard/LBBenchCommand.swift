@@ -1,6 +1,8 @@
 import ArgumentParser
 import LoadBalanceAgent
+import LoadBalanceClient
 import Logging
+import SwitchyardBench
 import Reactor
 
 struct LBBenchCommand: AsyncParsableCommand {

@@ -3,6 +3,7 @@ import Dispatch
 import Logging
 import NameService
 import Reactor
+import RouteStore
 import Storage
 import Synchronization
 
@@ -115,9 +116,4 @@ func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) 
     }
     done.wait()
     return try result.withLock { $0! }.get()
-}
-
-extension Duration {
-    /// A duration from fractional seconds.
-    static func seconds(_ value: Double) -> Duration { .milliseconds(Int64((value * 1000).rounded())) }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Dispatch
+import LoadBalanceClient
 import LoadBalancing
 import Logging
 import NameService

@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import NameService
 import Reactor
+import Reporter
 
 struct ReporterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -2,6 +2,7 @@ import ArgumentParser
 import LoadBalancing
 import Logging
 import NameService
+import RouteStore
 import Storage
 
 struct RouteCommand: ParsableCommand {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Logging
+import SwitchyardBench
 import Foundation
 import Storage
 

@@ -1,5 +1,7 @@
 import Foundation
+import LarsProtocol
 import LoadBalanceAgent
+import LoadBalanceClient
 import LoadBalancing
 import Messaging
 import Reactor

@@ -1,5 +1,7 @@
 import Dispatch
 import Foundation
+import LarsProtocol
+import LarsWire
 import Messaging
 import Reactor
 import Synchronization

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import LarsProtocol
 import Messaging
 import Reactor
 import Synchronization

@@ -1,5 +1,6 @@
 import Messaging
 import Reactor
+import SwitchyardBench
 import Testing
 import TestSupport
 

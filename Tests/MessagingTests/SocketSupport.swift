@@ -1,4 +1,5 @@
 import Foundation
+import LarsWire
 import Logging
 import Messaging
 import Reactor

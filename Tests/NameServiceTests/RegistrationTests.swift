@@ -1,8 +1,11 @@
 import Foundation
+import LarsProtocol
+import LoadBalanceClient
 import LoadBalancing
 import Messaging
 import NameService
 import Reactor
+import RouteStore
 import Storage
 import Testing
 import TestSupport

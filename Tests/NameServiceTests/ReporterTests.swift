@@ -1,8 +1,10 @@
 import Foundation
+import LarsProtocol
 import LoadBalancing
 import Messaging
 @testable import NameService
 import Reactor
+@testable import Reporter
 import Storage
 import Testing
 import TestSupport

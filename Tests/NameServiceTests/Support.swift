@@ -1,9 +1,11 @@
 import Foundation
+import LarsProtocol
 import LoadBalancing
 import Logging
 import Messaging
 import NameService
 import Reactor
+import RouteStore
 import Storage
 import Synchronization
 import Testing

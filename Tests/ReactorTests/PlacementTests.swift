@@ -1,3 +1,4 @@
+import EchoServer
 import Dispatch
 import Reactor
 import Synchronization

@@ -1,3 +1,4 @@
+import EchoServer
 import Foundation
 import Reactor
 import Testing

@@ -1,7 +1,9 @@
+import LarsProtocol
 import LoadBalancing
 import Logging
 import Messaging
 import Reactor
+import SwitchyardCore
 import Synchronization
 
 /// A server's registration of itself with the name service (message id 102): "I serve (modid, cmdid) at `host`".
@@ -109,8 +111,7 @@ public final class ServiceRegistration: Sendable {
         request.cmdid = key.cmdid
         request.ip = host.wireIP
         request.port = Int32(host.port)
-        let (s, atto) = ttl.components
-        request.ttlMs = UInt32(clamping: max(0, s * 1000 + atto / 1_000_000_000_000_000))
+        request.ttlMs = UInt32(clamping: ttl.millisecondsTruncated)
         return request
     }
 }

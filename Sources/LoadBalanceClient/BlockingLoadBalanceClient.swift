@@ -1,10 +1,17 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+#if canImport(FoundationEssentials)
+import struct FoundationEssentials.Data  // the protobuf `bytes` type; not the whole of Foundation
+#else
 import struct Foundation.Data
+#endif
+import LarsProtocol
+import LarsWire
 import LoadBalancing
 import Messaging
 import Reactor
+import SwitchyardCore
 
 /// The client API for one thread that can block (Lars's API style): each call sends from the caller's thread and
 /// waits for the reply on the caller's own UDP socket, so a call costs two thread wake-ups (agent, caller) instead
@@ -35,7 +42,7 @@ public final class BlockingLoadBalanceClient {
         self.agentPorts = agentPorts
         self.timeout = timeout
         self.spin = spin
-        spinNanoseconds = spin.nanoseconds
+        spinNanoseconds = spin.nanosecondsSaturated
         addresses = try agentPorts.map { try SocketAddress(host: agentHost, port: $0) }
         fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { throw IOError(errnoCode: errno, call: "socket udp") }
@@ -66,13 +73,13 @@ public final class BlockingLoadBalanceClient {
     /// Waits for a frame accepted by `match` (stale replies of earlier, timed-out calls are skipped).
     private func receive<R>(port: UInt16, _ match: (Int32, UnsafeRawBufferPointer) -> R?) throws -> R {
         let start = SystemInfo.monotonicNanoseconds()
-        let deadline = start &+ timeout.nanoseconds
-        let spinUntil = start &+ min(spinNanoseconds, timeout.nanoseconds)
+        let deadline = start &+ timeout.nanosecondsSaturated
+        let spinUntil = start &+ min(spinNanoseconds, timeout.nanosecondsSaturated)
         while true {
             let now = SystemInfo.monotonicNanoseconds()
             guard now < deadline else {
                 throw LoadBalanceClientError.timeout(
-                    "no agent answered on \(agentHost):\(port) within \(timeout.milliseconds) ms")
+                    "no agent answered on \(agentHost):\(port) within \(timeout.millisecondsTruncated) ms")
             }
             if now >= spinUntil {
                 var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)

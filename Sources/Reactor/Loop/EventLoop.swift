@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CSwitchyardLinux
 import Logging
+import SwitchyardCore
 import Synchronization
 
 /// Tunables of one event loop.
@@ -107,7 +108,7 @@ public final class EventLoop: @unchecked Sendable {
         self.configuration = configuration
         self.index = index
         self.pollerKind = configuration.poller
-        self.busyPollNanoseconds = EventLoop.nanoseconds(configuration.busyPoll)
+        self.busyPollNanoseconds = configuration.busyPoll.nanosecondsSaturated
         self.poller = try makePoller(configuration.poller)
         let fd = sy_eventfd()
         if fd < 0 {
@@ -354,8 +355,8 @@ public final class EventLoop: @unchecked Sendable {
     {
         let id = nextTimerID.wrappingAdd(1, ordering: .relaxed).oldValue
         let handle = TimerHandle(id: id, loop: self)
-        let delayNs = Self.nanoseconds(delay)
-        let intervalNs = interval.map { max(1, Self.nanoseconds($0)) } ?? 0
+        let delayNs = delay.nanosecondsSaturated
+        let intervalNs = interval.map { max(1, $0.nanosecondsSaturated) } ?? 0
         if inLoopThread {
             timers.schedule(id: id, deadline: sy_monotonic_ns() + delayNs, interval: intervalNs, task)
         } else {
@@ -365,15 +366,6 @@ public final class EventLoop: @unchecked Sendable {
             }
         }
         return handle
-    }
-
-    static func nanoseconds(_ d: Duration) -> UInt64 {
-        let (s, atto) = d.components
-        if s < 0 { return 0 }
-        let (whole, overflow) = UInt64(s).multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return .max }
-        let (total, carry) = whole.addingReportingOverflow(UInt64(atto / 1_000_000_000))
-        return carry ? .max : total
     }
 
     private func runExpiredTimers() {

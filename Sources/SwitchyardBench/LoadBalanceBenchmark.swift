@@ -1,8 +1,12 @@
 import Foundation
+import LarsProtocol
+import LoadBalanceAgent
+import LoadBalanceClient
 import LoadBalancing
 import Logging
 import Messaging
 import Reactor
+import SwitchyardCore
 import Synchronization
 
 /// GetHost + Report calls per second through a real agent over UDP, with the client API and reporting on (an
@@ -144,8 +148,7 @@ public enum LoadBalanceBenchmark {
         // Let the last aggregated report go out.
         try await Task.sleep(for: agent.configuration.reportInterval + .milliseconds(300))
         let r = reported.withLock { $0 }
-        let (s, atto) = elapsed.components
-        return Result(calls: counters.total.load(ordering: .relaxed), seconds: Double(s) + Double(atto) / 1e18,
+        return Result(calls: counters.total.load(ordering: .relaxed), seconds: elapsed.secondsValue,
                       failures: counters.failures.load(ordering: .relaxed), reportStatusRequests: r.requests,
                       reportedCalls: r.calls)
     }

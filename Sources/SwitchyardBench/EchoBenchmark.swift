@@ -1,5 +1,8 @@
 import Dispatch
+import LarsWire
 import Foundation
+import LarsProtocol
+import Messaging
 import Reactor
 import SwiftProtobuf
 import Synchronization
@@ -7,11 +10,11 @@ import Synchronization
 /// The protobuf echo used by `switchyard bench`: a server that answers every `Switchyard_Bench_EchoMessage` with
 /// the same message, and a ping-pong load (the seed log's QPS test).
 public enum EchoBenchmark {
-    /// A router whose `MessageID.benchEcho` route decodes the body and sends the message back re-encoded.
+    /// A router whose `BenchMessageID.echo` route decodes the body and sends the message back re-encoded.
     public static func makeEchoRouter() -> MessageRouter<TCPConnection> {
         let router = MessageRouter<TCPConnection>()
-        try! router.on(MessageID.benchEcho, as: Switchyard_Bench_EchoMessage.self) { message, inbound in
-            inbound.connection.send(message, id: MessageID.benchEcho)
+        try! router.on(BenchMessageID.echo, as: Switchyard_Bench_EchoMessage.self) { message, inbound in
+            inbound.connection.send(message, id: BenchMessageID.echo)
         }
         return router
     }
@@ -51,12 +54,12 @@ public enum EchoBenchmark {
         message.payload = Data(repeating: 0x5A, count: options.payloadSize)
         let body: [UInt8] = try message.serializedBytes()
         let router = MessageRouter<TCPConnection>()
-        try router.on(MessageID.benchEcho) { inbound in
+        try router.on(BenchMessageID.echo) { inbound in
             counter.wrappingAdd(1, ordering: .relaxed)
             // Decode and re-encode, as a real client would.
             var reply = try Switchyard_Bench_EchoMessage(serializedBytes: inbound.body)
             reply.seq &+= 1
-            inbound.connection.send(reply, id: MessageID.benchEcho)
+            inbound.connection.send(reply, id: BenchMessageID.echo)
         }
         var clients: [FramedClient] = []
         for i in 0..<options.connections {
@@ -68,7 +71,7 @@ public enum EchoBenchmark {
                 router: router,
                 onConnect: { connection in
                     connected.signal()
-                    _ = body.withUnsafeBytes { connection.sendFrame(messageID: MessageID.benchEcho, body: $0) }
+                    _ = body.withUnsafeBytes { connection.sendFrame(messageID: BenchMessageID.echo, body: $0) }
                 },
                 onConnectFailed: { _ in
                     failures.wrappingAdd(1, ordering: .relaxed)

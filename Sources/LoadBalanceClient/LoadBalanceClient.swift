@@ -1,8 +1,15 @@
+#if canImport(FoundationEssentials)
+import struct FoundationEssentials.Data  // the protobuf `bytes` type; not the whole of Foundation
+#else
 import struct Foundation.Data
+#endif
 import Dispatch
+import LarsProtocol
+import LarsWire
 import LoadBalancing
 import Messaging
 import Reactor
+import SwitchyardCore
 import Synchronization
 
 /// Errors of the client API.
@@ -96,7 +103,7 @@ public final class LoadBalanceClient: Sendable {
         ownedGroup = group
         let runLoop = loop ?? group!.acceptorLoop
         self.loop = runLoop
-        let waiters = Waiters(timeoutNs: timeout.nanoseconds, host: agentHost, timeoutMs: timeout.milliseconds)
+        let waiters = Waiters(timeoutNs: timeout.nanosecondsSaturated, host: agentHost, timeoutMs: timeout.millisecondsTruncated)
         self.waiters = waiters
         let router = MessageRouter<UDPPeer>()
         try router.on(MessageID.getHostResponse, as: Lars_GetHostResponse.self) { response, message in
@@ -114,7 +121,7 @@ public final class LoadBalanceClient: Sendable {
             group?.shutdown()
             throw error
         }
-        let period = Duration.nanoseconds(Int64(min(max(timeout.nanoseconds / 10, 1_000_000), 100_000_000)))
+        let period = Duration.nanoseconds(Int64(min(max(timeout.nanosecondsSaturated / 10, 1_000_000), 100_000_000)))
         sweepTimer = runLoop.scheduleRepeating(every: period) { waiters.expire() }
     }
 

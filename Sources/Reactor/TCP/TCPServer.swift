@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Dispatch
 import Logging
+import SwitchyardCore
 import Synchronization
 
 /// Configuration of a `TCPServer`.
@@ -235,7 +236,7 @@ public final class TCPServer: @unchecked Sendable {
             logger.warning("server shut down after its event loops stopped: their connections stay open",
                            metadata: ["count": "\(stranded)"])
         } else if connectionCount > 0 {
-            let deadline = DispatchTime.now() + .nanoseconds(Int(EventLoop.nanoseconds(timeout)))
+            let deadline = DispatchTime.now() + .nanoseconds(Int(clamping: timeout.nanosecondsSaturated))
             if connectionCount > 0 && sem.wait(timeout: deadline) == .timedOut && connectionCount > 0 {
                 let left = registry.withLock { Array($0.values) }
                 logger.warning("shutdown timeout: closing connections that did not finish", metadata: ["count": "\(left.count)"])

@@ -3,10 +3,15 @@ import Glibc
 #endif
 import Dispatch
 import LoadBalanceAgent
+import LoadBalanceClient
 import LoadBalancing
+import NameService
 import Logging
 import Reactor
+import Reporter
+import RouteStore
 import Storage
+import SwitchyardCore
 import Synchronization
 
 /// Settings of the ``LoadBalanceDemo``.
@@ -140,7 +145,7 @@ public final class LoadBalanceDemo: Sendable {
         while !stopRequested.load(ordering: .relaxed) {
             let elapsed = ContinuousClock.now - start
             if elapsed >= total { break }
-            let t = elapsed.demoSeconds
+            let t = elapsed.secondsValue
             if phase == 0 && elapsed >= failAt {
                 phase = 1
                 failing.refusing.set(true)
@@ -164,7 +169,7 @@ public final class LoadBalanceDemo: Sendable {
                 let text = state.withLock { s -> String in
                     defer { s.resetWindow() }
                     return configuration.interactive
-                        ? s.table(seconds: t, total: total.demoSeconds, phase: phaseText)
+                        ? s.table(seconds: t, total: total.secondsValue, phase: phaseText)
                         : s.line(seconds: t)
                 }
                 output(text)
@@ -172,7 +177,7 @@ public final class LoadBalanceDemo: Sendable {
             try? await Task.sleep(for: .milliseconds(50))
         }
         let interrupted = stopRequested.load(ordering: .relaxed)
-        let seconds = (ContinuousClock.now - start).demoSeconds
+        let seconds = (ContinuousClock.now - start).secondsValue
 
         // Reverse order: the client, the agent (sends its last reports), the reporter (writes them), the name
         // service, the backends.
@@ -244,9 +249,9 @@ public final class LoadBalanceDemo: Sendable {
             "route 1/1: backends " + hosts.map(\.description).joined(separator: ", ")
                 + " (registered with RouteAdmin in a temporary SQLite file)",
             "client loop: getHost -> TCP echo to the chosen backend -> report; "
-                + "\(Int(configuration.duration.demoSeconds)) s, one backend fails from "
-                + "\(Self.format(configuration.duration.demoSeconds * 0.25)) s to "
-                + "\(Self.format(configuration.duration.demoSeconds * 0.55)) s",
+                + "\(Int(configuration.duration.secondsValue)) s, one backend fails from "
+                + "\(Self.format(configuration.duration.secondsValue * 0.25)) s to "
+                + "\(Self.format(configuration.duration.secondsValue * 0.55)) s",
         ]
         return lines.joined(separator: "\n")
     }
@@ -470,10 +475,3 @@ final class DemoBackend: Sendable {
     }
 }
 
-extension Duration {
-    /// The duration in seconds, as a Double.
-    var demoSeconds: Double {
-        let (s, atto) = components
-        return Double(s) + Double(atto) / 1e18
-    }
-}

@@ -1,3 +1,5 @@
+import Reactor
+
 /// The echo service: every byte a client sends comes back to it, in order.
 public enum EchoService {
     /// Callbacks that write back whatever arrives (straight from the loop's scratch area).

@@ -1,9 +1,10 @@
+import LoadBalancing
+import LarsWire
+
 /// Message ids of the wire protocol (PROTOCOL.md). Ids are unique across services so one router can serve several.
 public enum MessageID {
-    /// Reserved by Switchyard for heartbeats: a client that has been silent sends a frame with this id and an empty
-    /// body; servers and clients swallow it (it never reaches a handler) and count it as activity. Lars uses 1...8,
-    /// so 0 cannot collide with a Lars peer.
-    public static let heartbeat: Int32 = 0
+    /// Reserved by the framework for heartbeats (`ReservedMessageID.heartbeat`).
+    public static let heartbeat: Int32 = ReservedMessageID.heartbeat
 
     public static let getRouteRequest: Int32 = 1
     public static let getRouteResponse: Int32 = 2
@@ -23,9 +24,6 @@ public enum MessageID {
     public static let registerHostRequest: Int32 = 102
     /// Its answer, name service -> server: body `Switchyard_Lb_RegisterHostResponse`.
     public static let registerHostResponse: Int32 = 103
-
-    /// The benchmark's protobuf echo (`Switchyard_Bench_EchoMessage`), outside every service's range.
-    public static let benchEcho: Int32 = 1000
 }
 
 /// Return codes of GetHostResponse.retcode.
@@ -34,4 +32,20 @@ public enum LarsReturnCode {
     public static let overload: Int32 = 1
     public static let systemError: Int32 = 2
     public static let notExist: Int32 = 3
+}
+
+extension Host {
+    /// A host from the wire's `HostInfo`; nil when the port is out of range.
+    public init?(_ info: Lars_HostInfo) {
+        self.init(wireIP: info.ip, wirePort: info.port)
+    }
+}
+
+extension Lars_HostInfo {
+    /// The wire's `HostInfo` of a host.
+    public init(_ host: Host) {
+        self.init()
+        ip = host.wireIP
+        port = Int32(host.port)
+    }
 }

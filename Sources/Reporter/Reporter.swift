@@ -2,10 +2,13 @@
 import Glibc
 #endif
 import Dispatch
+import LarsProtocol
 import Logging
 import Messaging
 import Reactor
+import RouteStore
 import Storage
+import SwitchyardCore
 import Synchronization
 
 /// Settings of a ``Reporter``.
@@ -120,8 +123,7 @@ public final class Reporter: Sendable {
             await task.value
             done.signal()
         }
-        let (seconds, attoseconds) = timeout.components
-        let nanos = Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000)
+        let nanos = Int(clamping: timeout.nanosecondsSaturated)
         if done.wait(timeout: .now() + .nanoseconds(nanos)) == .timedOut {
             task.cancel()
             core.logger.info("reporter stopped before its queue was written",

@@ -1,4 +1,6 @@
 import Logging
+import Storage
+import SwitchyardCore
 
 /// Measures queries per second through a ``ConnectionPool`` and through one bare ``SQLConnection``, with 1, 4
 /// and 16 concurrent callers by default. Each query is a primary-key lookup with one bound parameter in a small
@@ -157,8 +159,7 @@ public enum StorageBenchmark {
             }
             return try await group.reduce(0, +)
         }
-        let (seconds, attoseconds) = duration.components
-        return (counts, Double(seconds) + Double(attoseconds) / 1e18)
+        return (counts, duration.secondsValue)
     }
 
     private struct SplitMix {
