@@ -1,8 +1,9 @@
-// libFuzzer target for the frame parser. Built by scripts/fuzz together with Sources/LarsWire/FrameParser.swift:
-//   swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LarsWire/FrameParser.swift Fuzz/FrameParserFuzz/main.swift
+// libFuzzer target for the frame decoder. Built by scripts/fuzz together with Sources/LarsWire (standard library only):
+//   swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LarsWire/*.swift Fuzz/FrameParserFuzz/main.swift
 //
-// Each input is fed to a FrameAccumulator in pieces whose sizes come from the input itself; the frames it yields
-// must equal those of a simple reference reading of the same bytes, and parseDatagram must agree with the size rule.
+// Each input is fed to a FrameAccumulator in pieces whose sizes come from the input itself, and to FrameDecoder whole;
+// the frames both yield must equal those of a simple reference reading of the same bytes, and parseDatagram must
+// agree with the size rule.
 
 /// Reference: reads frames from a whole byte array the obvious way.
 func referenceFrames(_ bytes: [UInt8], limit: Int) -> (frames: [(Int32, [UInt8])], invalid: Bool) {
@@ -54,6 +55,25 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     precondition(got.count == expected.frames.count, "frame count differs")
     for (a, b) in zip(got, expected.frames) {
         precondition(a.0 == b.0 && a.1 == b.1, "frame differs")
+    }
+
+    // The whole input at once, as a connection's read hands it to the dispatcher.
+    var whole: [(Int32, [UInt8])] = []
+    let (consumed, stop) = input.withUnsafeBytes { raw in
+        FrameDecoder(maxBodyLength: limit).decode(raw) { id, body in
+            whole.append((id, Array(body)))
+            return true
+        }
+    }
+    if case .invalid = stop {
+        precondition(expected.invalid, "decoder found an invalid header the reference did not")
+    } else {
+        precondition(!expected.invalid, "decoder missed an invalid header")
+    }
+    precondition(whole.count == expected.frames.count, "decoder frame count differs")
+    precondition(consumed == whole.reduce(0) { $0 + 8 + $1.1.count }, "decoder consumed more than its frames")
+    for (a, b) in zip(whole, expected.frames) {
+        precondition(a.0 == b.0 && a.1 == b.1, "decoder frame differs")
     }
 
     input.withUnsafeBytes { raw in

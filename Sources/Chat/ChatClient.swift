@@ -121,7 +121,7 @@ public final class ChatClient: Sendable {
     }
 
     private func handle(_ frame: InboundFrame) {
-        switch frame.messageID {
+        switch ChatMessageID(rawValue: frame.messageID) {
         case ChatMessageID.roomMessage:
             if let m = try? frame.decode(as: Switchyard_Chat_RoomMessage.self) { eventSink.yield(.roomMessage(m)) }
         case ChatMessageID.privateMessage:
@@ -152,7 +152,7 @@ public final class ChatClient: Sendable {
 
     /// Sends a request with a fresh request id and waits for the frame that answers it.
     private func request<Reply: SwiftProtobuf.Message>(
-        _ id: Int32, _ replyType: Reply.Type, _ build: (UInt32) -> [UInt8]?
+        _ id: ChatMessageID, _ replyType: Reply.Type, _ build: (UInt32) -> [UInt8]?
     ) async throws -> Reply {
         let requestID = pending.withLock { p -> UInt32 in
             defer { p.nextID = p.nextID &+ 1 == 0 ? 1 : p.nextID &+ 1 }
@@ -176,7 +176,7 @@ public final class ChatClient: Sendable {
             if closed { return c.resume(throwing: ChatClientError.closed) }
             Task {
                 do {
-                    try await frames.send(messageID: id, body: body)
+                    try await frames.send(messageID: id.rawValue, body: body)
                 } catch {
                     let w = pending.withLock { $0.waiters.removeValue(forKey: requestID) }
                     w?.resume(throwing: ChatClientError.closed)

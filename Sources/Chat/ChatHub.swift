@@ -125,18 +125,18 @@ final class ChatHub: Sendable {
     // MARK: Delivery
 
     /// Posts a frame to one connection's loop (in lock order when called under the lock). Safe from any thread.
-    func post<M: SwiftProtobuf.Message>(_ message: M, id: Int32, to c: TCPConnection) {
+    func post<M: SwiftProtobuf.Message>(_ message: M, id: ChatMessageID, to c: TCPConnection) {
         guard let body: [UInt8] = try? message.serializedBytes() else { return }
         post(body: body, id: id, to: [c], on: c.loop)
     }
 
     /// Posts one frame to several connections of one loop: one task, one encoding. Safe from any thread.
-    func post(body: [UInt8], id: Int32, to connections: [TCPConnection], on loop: EventLoop) {
+    func post(body: [UInt8], id: ChatMessageID, to connections: [TCPConnection], on loop: EventLoop) {
         let bound = configuration.maxQueuedOutputBytes
         loop.execute { [self] in
             body.withUnsafeBytes { raw in
                 for c in connections where c.isActive {
-                    c.sendFrame(messageID: id, body: raw)
+                    c.sendFrame(messageID: id.rawValue, body: raw)
                     if c.queuedOutputBytes > bound { cutOffInLoop(c) }
                 }
             }

@@ -1,3 +1,5 @@
+import LarsWire
+
 /// Frame ids of the chat protocol (PROTOCOL.md: 200+), with the protobuf body of each (Protos/chat.proto).
 ///
 /// Requests carry a `request_id` that their reply echoes. Pushed frames (room and private messages, presence,
@@ -29,29 +31,32 @@
 /// | 221 | notice (push)        | server -> client | `Switchyard_Chat_Notice`              |
 ///
 /// Heartbeats are the framework's (`MessageID.heartbeat`, id 0, empty body).
-public enum ChatMessageID {
-    public static let registerRequest: Int32 = 200
-    public static let registerReply: Int32 = 201
-    public static let loginRequest: Int32 = 202
-    public static let loginReply: Int32 = 203
-    public static let joinRequest: Int32 = 204
-    public static let joinReply: Int32 = 205
-    public static let leaveRequest: Int32 = 206
-    public static let leaveReply: Int32 = 207
-    public static let listRoomsRequest: Int32 = 208
-    public static let listRoomsReply: Int32 = 209
-    public static let sayRequest: Int32 = 210
-    public static let sayReply: Int32 = 211
-    public static let roomMessage: Int32 = 212
-    public static let privateMessageRequest: Int32 = 213
-    public static let privateMessageReply: Int32 = 214
-    public static let privateMessage: Int32 = 215
-    public static let friendAddRequest: Int32 = 216
-    public static let friendAddReply: Int32 = 217
-    public static let friendListRequest: Int32 = 218
-    public static let friendListReply: Int32 = 219
-    public static let presenceEvent: Int32 = 220
-    public static let notice: Int32 = 221
+public struct ChatMessageID: FrameMessageID {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+
+    public static let registerRequest = ChatMessageID(rawValue: 200)
+    public static let registerReply = ChatMessageID(rawValue: 201)
+    public static let loginRequest = ChatMessageID(rawValue: 202)
+    public static let loginReply = ChatMessageID(rawValue: 203)
+    public static let joinRequest = ChatMessageID(rawValue: 204)
+    public static let joinReply = ChatMessageID(rawValue: 205)
+    public static let leaveRequest = ChatMessageID(rawValue: 206)
+    public static let leaveReply = ChatMessageID(rawValue: 207)
+    public static let listRoomsRequest = ChatMessageID(rawValue: 208)
+    public static let listRoomsReply = ChatMessageID(rawValue: 209)
+    public static let sayRequest = ChatMessageID(rawValue: 210)
+    public static let sayReply = ChatMessageID(rawValue: 211)
+    public static let roomMessage = ChatMessageID(rawValue: 212)
+    public static let privateMessageRequest = ChatMessageID(rawValue: 213)
+    public static let privateMessageReply = ChatMessageID(rawValue: 214)
+    public static let privateMessage = ChatMessageID(rawValue: 215)
+    public static let friendAddRequest = ChatMessageID(rawValue: 216)
+    public static let friendAddReply = ChatMessageID(rawValue: 217)
+    public static let friendListRequest = ChatMessageID(rawValue: 218)
+    public static let friendListReply = ChatMessageID(rawValue: 219)
+    public static let presenceEvent = ChatMessageID(rawValue: 220)
+    public static let notice = ChatMessageID(rawValue: 221)
 }
 
 extension Switchyard_Chat_Status {

@@ -1,29 +1,33 @@
 import LoadBalancing
 import LarsWire
 
-/// Message ids of the wire protocol (PROTOCOL.md). Ids are unique across services so one router can serve several.
-public enum MessageID {
-    /// Reserved by the framework for heartbeats (`ReservedMessageID.heartbeat`).
-    public static let heartbeat: Int32 = ReservedMessageID.heartbeat
+/// Message ids of the Lars protocol and Switchyard's load-balancing extensions (PROTOCOL.md). Ids are unique across
+/// services so one router can serve several.
+public struct MessageID: FrameMessageID {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
 
-    public static let getRouteRequest: Int32 = 1
-    public static let getRouteResponse: Int32 = 2
-    public static let reportStatusRequest: Int32 = 3
-    public static let getHostRequest: Int32 = 4
-    public static let getHostResponse: Int32 = 5
-    public static let reportRequest: Int32 = 6
-    public static let apiGetRouteRequest: Int32 = 7
-    public static let apiGetRouteResponse: Int32 = 8
+    /// Reserved by the framework for heartbeats (`ReservedMessageID.heartbeat`).
+    public static let heartbeat = MessageID(rawValue: ReservedMessageID.heartbeat)
+
+    public static let getRouteRequest = MessageID(rawValue: 1)
+    public static let getRouteResponse = MessageID(rawValue: 2)
+    public static let reportStatusRequest = MessageID(rawValue: 3)
+    public static let getHostRequest = MessageID(rawValue: 4)
+    public static let getHostResponse = MessageID(rawValue: 5)
+    public static let reportRequest = MessageID(rawValue: 6)
+    public static let apiGetRouteRequest = MessageID(rawValue: 7)
+    public static let apiGetRouteResponse = MessageID(rawValue: 8)
     /// Switchyard extension: GetHost by key (consistent hashing with bounded loads), client API -> agent, UDP;
     /// body `Switchyard_Lb_GetHostByKeyRequest`.
-    public static let getHostByKeyRequest: Int32 = 100
+    public static let getHostByKeyRequest = MessageID(rawValue: 100)
     /// Its answer, agent -> client API: body `Lars_GetHostResponse`.
-    public static let getHostByKeyResponse: Int32 = 101
+    public static let getHostByKeyResponse = MessageID(rawValue: 101)
     /// Switchyard extension: a server registers itself for a route with a time to live, server -> name service,
     /// TCP; body `Switchyard_Lb_RegisterHostRequest`.
-    public static let registerHostRequest: Int32 = 102
+    public static let registerHostRequest = MessageID(rawValue: 102)
     /// Its answer, name service -> server: body `Switchyard_Lb_RegisterHostResponse`.
-    public static let registerHostResponse: Int32 = 103
+    public static let registerHostResponse = MessageID(rawValue: 103)
 }
 
 /// Return codes of GetHostResponse.retcode.

@@ -131,12 +131,12 @@ public final class BlockingLoadBalanceClient {
         try getHost(modid: modid, cmdid: cmdid, key: Array(key.utf8))
     }
 
-    private func exchangeGetHost(request id: Int32, body: [UInt8], reply replyID: Int32, seq: UInt32, modid: Int32,
+    private func exchangeGetHost(request id: MessageID, body: [UInt8], reply replyID: MessageID, seq: UInt32, modid: Int32,
                                  cmdid: Int32) throws -> GetHostResult {
         let destination = address(modid: modid, cmdid: cmdid)
-        send(FrameParser.encode(messageID: id, body: body), to: destination)
+        send(FrameParser.encode(messageID: id.rawValue, body: body), to: destination)
         let response = try receive(port: destination.port) { id, body -> Lars_GetHostResponse? in
-            guard id == replyID,
+            guard id == replyID.rawValue,
                   let r = try? Lars_GetHostResponse(serializedBytes: body), r.seq == seq else { return nil }
             return r
         }
@@ -155,7 +155,7 @@ public final class BlockingLoadBalanceClient {
         request.host = info
         request.retcode = retcode
         guard let body: [UInt8] = try? request.serializedBytes() else { return }
-        send(FrameParser.encode(messageID: MessageID.reportRequest, body: body), to: address(modid: modid, cmdid: cmdid))
+        send(FrameParser.encode(messageID: MessageID.reportRequest.rawValue, body: body), to: address(modid: modid, cmdid: cmdid))
     }
 
     /// Tells the agent whether a call to `host` succeeded. Fire and forget.
@@ -169,10 +169,10 @@ public final class BlockingLoadBalanceClient {
         request.modid = modid
         request.cmdid = cmdid
         let destination = address(modid: modid, cmdid: cmdid)
-        send(FrameParser.encode(messageID: MessageID.apiGetRouteRequest,
+        send(FrameParser.encode(messageID: MessageID.apiGetRouteRequest.rawValue,
                                 body: try request.serializedBytes() as [UInt8]), to: destination)
         let response = try receive(port: destination.port) { id, body -> Lars_GetRouteResponse? in
-            guard id == MessageID.apiGetRouteResponse, let r = try? Lars_GetRouteResponse(serializedBytes: body),
+            guard id == MessageID.apiGetRouteResponse.rawValue, let r = try? Lars_GetRouteResponse(serializedBytes: body),
                   r.modid == modid, r.cmdid == cmdid else { return nil }
             return r
         }

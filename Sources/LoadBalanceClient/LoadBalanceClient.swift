@@ -160,7 +160,7 @@ public final class LoadBalanceClient: Sendable {
         request.modid = modid
         request.cmdid = cmdid
         return try await exchangeGetHost(
-            FrameParser.encode(messageID: MessageID.getHostRequest, body: try request.serializedBytes() as [UInt8]),
+            FrameParser.encode(messageID: MessageID.getHostRequest.rawValue, body: try request.serializedBytes() as [UInt8]),
             seq: seq, modid: modid, cmdid: cmdid)
     }
 
@@ -174,7 +174,7 @@ public final class LoadBalanceClient: Sendable {
         request.cmdid = cmdid
         request.key = Data(key)
         return try await exchangeGetHost(
-            FrameParser.encode(messageID: MessageID.getHostByKeyRequest,
+            FrameParser.encode(messageID: MessageID.getHostByKeyRequest.rawValue,
                                body: try request.serializedBytes() as [UInt8]),
             seq: seq, modid: modid, cmdid: cmdid)
     }
@@ -209,7 +209,7 @@ public final class LoadBalanceClient: Sendable {
         request.host = info
         request.retcode = retcode
         guard let body: [UInt8] = try? request.serializedBytes() else { return }
-        endpoint.channels[0].send(FrameParser.encode(messageID: MessageID.reportRequest, body: body),
+        endpoint.channels[0].send(FrameParser.encode(messageID: MessageID.reportRequest.rawValue, body: body),
                                   to: address(modid: modid, cmdid: cmdid))
     }
 
@@ -223,7 +223,7 @@ public final class LoadBalanceClient: Sendable {
         var request = Lars_GetRouteRequest()
         request.modid = modid
         request.cmdid = cmdid
-        let bytes = FrameParser.encode(messageID: MessageID.apiGetRouteRequest, body: try request.serializedBytes() as [UInt8])
+        let bytes = FrameParser.encode(messageID: MessageID.apiGetRouteRequest.rawValue, body: try request.serializedBytes() as [UInt8])
         let destination = address(modid: modid, cmdid: cmdid)
         let key = RouteKey(modid: modid, cmdid: cmdid)
         let reply = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Reply, Error>) in

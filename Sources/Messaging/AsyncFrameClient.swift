@@ -54,6 +54,7 @@ public final class AsyncFrameClient: Sendable {
     ) async throws -> AsyncFrameClient {
         let inbox = Inbox(capacity: max(2, bufferCapacity))
         let waiter = ConnectWaiter()
+        let decoder = FrameDecoder(maxBodyLength: maxBodyLength)
         let client = try TCPClient(
             loop: loop,
             configuration: ClientConfiguration(host: host, port: port, connectTimeout: connectTimeout, reconnect: false),
@@ -63,22 +64,18 @@ public final class AsyncFrameClient: Sendable {
                     waiter.finish(.success(()))
                 },
                 onData: { connection, bytes in
-                    while true {
-                        let view = bytes.readableView
-                        switch FrameParser.parse(view, maxBodyLength: maxBodyLength) {
-                        case .needMore:
-                            return
-                        case .invalid(let error):
-                            bytes.consumeAll()
-                            inbox.fail(AsyncClientError.protocolError("\(error)"))
-                            connection.forceClose()
-                            return
-                        case .frame(let id, let length):
-                            let body = Array(UnsafeRawBufferPointer(
-                                start: view.baseAddress! + FrameParser.headerSize, count: length))
-                            bytes.moveReaderIndex(forwardBy: FrameParser.headerSize + length)
-                            if id != ReservedMessageID.heartbeat { inbox.deliver(InboundFrame(messageID: id, body: body)) }
+                    let (consumed, stop) = decoder.decode(bytes.readableView) { id, body in
+                        if id != ReservedMessageID.heartbeat {
+                            inbox.deliver(InboundFrame(messageID: id, body: Array(body)))
                         }
+                        return true
+                    }
+                    if case .invalid(let error) = stop {
+                        bytes.consumeAll()
+                        inbox.fail(AsyncClientError.protocolError("\(error)"))
+                        connection.forceClose()
+                    } else {
+                        bytes.moveReaderIndex(forwardBy: consumed)
                     }
                 },
                 onClose: { connection in
@@ -104,8 +101,8 @@ public final class AsyncFrameClient: Sendable {
     }
 
     /// Sends a protobuf message as the body of a frame.
-    public func send<M: SwiftProtobuf.Message>(_ message: M, id: Int32) async throws {
-        try await send(messageID: id, body: try message.serializedBytes())
+    public func send<M: SwiftProtobuf.Message>(_ message: M, id: some FrameMessageID) async throws {
+        try await send(messageID: id.rawValue, body: try message.serializedBytes())
     }
 
     /// The inbound frames, in order; ends when the connection closes (throws if it closed on an error).

@@ -37,37 +37,33 @@ struct FrameDispatcher: Sendable {
     /// (the connection keeps it). A bad frame closes the connection after one log line.
     @inline(__always)
     func handle(_ connection: TCPConnection, _ bytes: inout InboundBytes) {
-        while true {
-            let view = bytes.readableView
-            switch FrameParser.parse(view, maxBodyLength: maxBodyLength) {
-            case .needMore:
-                return
-            case .invalid(let error):
-                protocolError(connection, error)
-                bytes.consumeAll()
-                return
-            case .frame(let id, let length):
-                let body = UnsafeRawBufferPointer(start: view.baseAddress! + FrameParser.headerSize, count: length)
-                bytes.moveReaderIndex(forwardBy: FrameParser.headerSize + length)
+        let decoder = FrameDecoder(maxBodyLength: maxBodyLength)
+        let result: (consumed: Int, stop: FrameDecoder.Stop)
+        do {
+            result = try decoder.decode(bytes.readableView) { id, body in
                 if id == ReservedMessageID.heartbeat {
                     statistics.heartbeatsIn.wrappingAdd(1, ordering: .relaxed)
-                    continue
+                    return true
                 }
                 statistics.framesIn.wrappingAdd(1, ordering: .relaxed)
-                do {
-                    if try router.dispatch(messageID: id, body: body, connection: connection) == .unknown {
-                        unknown(connection, id)
-                    }
-                } catch {
-                    protocolError(connection, error)
-                    bytes.consumeAll()
-                    return
+                if try router.dispatch(messageID: id, body: body, connection: connection) == .unknown {
+                    unknown(connection, id)
                 }
-                if !connection.isActive {
-                    bytes.consumeAll()
-                    return
-                }
+                return connection.isActive
             }
+        } catch {
+            protocolError(connection, error)
+            bytes.consumeAll()
+            return
+        }
+        switch result.stop {
+        case .needMore:
+            bytes.moveReaderIndex(forwardBy: result.consumed)
+        case .invalid(let error):
+            protocolError(connection, error)
+            bytes.consumeAll()
+        case .stopped:
+            bytes.consumeAll()
         }
     }
 

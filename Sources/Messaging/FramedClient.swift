@@ -73,7 +73,7 @@ public final class FramedClient: Sendable {
 
     /// Sends a protobuf message on the current connection. Safe to call from any thread.
     @discardableResult
-    public func send<M: SwiftProtobuf.Message>(_ message: M, id: Int32) -> Bool {
+    public func send<M: SwiftProtobuf.Message>(_ message: M, id: some FrameMessageID) -> Bool {
         guard let c = connection else { return false }
         return c.send(message, id: id)
     }

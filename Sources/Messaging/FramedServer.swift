@@ -158,7 +158,7 @@ extension FramedServer {
 
     /// Sends a protobuf message to one connection by id. Safe to call from any thread.
     @discardableResult
-    public func send<M: SwiftProtobuf.Message>(_ message: M, id: Int32, to connectionID: UInt64) -> Bool {
+    public func send<M: SwiftProtobuf.Message>(_ message: M, id: some FrameMessageID, to connectionID: UInt64) -> Bool {
         tcp.send(message, id: id, to: connectionID)
     }
 
@@ -166,5 +166,5 @@ extension FramedServer {
     public func broadcastFrame(messageID: Int32, body: [UInt8]) { tcp.broadcastFrame(messageID: messageID, body: body) }
 
     /// Sends a protobuf message to every connection. Safe to call from any thread.
-    public func broadcast<M: SwiftProtobuf.Message>(_ message: M, id: Int32) { tcp.broadcast(message, id: id) }
+    public func broadcast<M: SwiftProtobuf.Message>(_ message: M, id: some FrameMessageID) { tcp.broadcast(message, id: id) }
 }

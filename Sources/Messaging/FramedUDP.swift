@@ -19,7 +19,8 @@ public struct UDPPeer: Sendable {
 
     /// Sends a protobuf message to this peer. Safe to call from any thread.
     @discardableResult
-    public func send<M: SwiftProtobuf.Message>(_ message: M, id: Int32) -> Bool {
+    public func send<M: SwiftProtobuf.Message>(_ message: M, id: some FrameMessageID) -> Bool {
+        let id = id.rawValue
         guard let body: [UInt8] = try? message.serializedBytes(),
               body.count <= FrameParser.maxDatagramBodyLength else { return false }
         if channel.loop.inLoopThread {
@@ -100,7 +101,7 @@ public final class FramedUDPEndpoint: Sendable {
     }
 
     /// Sends a protobuf message from the first socket. Safe to call from any thread.
-    public func send<M: SwiftProtobuf.Message>(_ message: M, id: Int32, to address: SocketAddress) {
+    public func send<M: SwiftProtobuf.Message>(_ message: M, id: some FrameMessageID, to address: SocketAddress) {
         UDPPeer(channel: channels[0], address: address).send(message, id: id)
     }
 

@@ -71,7 +71,11 @@ public final class MessageRouter<Connection>: @unchecked Sendable {
     public init() {}
 
     /// Adds a route for `id`. Throws `RouterError.duplicateRoute` when `id` already has one.
-    public func on(_ id: Int32, userData: (any Sendable)? = nil, _ handler: @escaping Handler) throws {
+    public func on(_ id: some FrameMessageID, userData: (any Sendable)? = nil, _ handler: @escaping Handler) throws {
+        try on(rawID: id.rawValue, userData: userData, handler)
+    }
+
+    private func on(rawID id: Int32, userData: (any Sendable)?, _ handler: @escaping Handler) throws {
         try registration.withLock { frozen in
             if frozen { throw RouterError.routerFrozen }
             if id == ReservedMessageID.heartbeat { throw RouterError.reservedID(id) }
@@ -83,10 +87,11 @@ public final class MessageRouter<Connection>: @unchecked Sendable {
 
     /// Adds a typed route: the body is decoded as `M` (protobuf); a body that does not decode is a protocol error.
     public func on<M: SwiftProtobuf.Message>(
-        _ id: Int32, as type: M.Type, userData: (any Sendable)? = nil,
+        _ id: some FrameMessageID, as type: M.Type, userData: (any Sendable)? = nil,
         _ handler: @escaping @Sendable (M, InboundMessage<Connection>) throws -> Void
     ) throws {
-        try on(id, userData: userData) { message in
+        let id = id.rawValue
+        try on(rawID: id, userData: userData) { message in
             let decoded: M
             do {
                 decoded = try M(serializedBytes: message.body)
@@ -112,7 +117,7 @@ public final class MessageRouter<Connection>: @unchecked Sendable {
     public var unknownMessages: Int { unknownCount.load(ordering: .relaxed) }
 
     /// True when `id` has a route.
-    public func hasRoute(_ id: Int32) -> Bool { lookup(id) != nil }
+    public func hasRoute(_ id: some FrameMessageID) -> Bool { lookup(id.rawValue) != nil }
 
     @inline(__always)
     private func lookup(_ id: Int32) -> Route? {

@@ -22,9 +22,9 @@ extension TCPConnection {
 
     /// Sends a protobuf message as the body of a frame with id `id`. Safe to call from any thread.
     @discardableResult
-    public func send<M: SwiftProtobuf.Message>(_ message: M, id: Int32) -> Bool {
+    public func send<M: SwiftProtobuf.Message>(_ message: M, id: some FrameMessageID) -> Bool {
         guard let body: [UInt8] = try? message.serializedBytes() else { return false }
-        return sendFrame(messageID: id, body: body)
+        return sendFrame(messageID: id.rawValue, body: body)
     }
 }
 
@@ -37,9 +37,9 @@ extension TCPServer {
 
     /// Sends a protobuf message to one connection by id. Safe to call from any thread.
     @discardableResult
-    public func send<M: SwiftProtobuf.Message>(_ message: M, id: Int32, to connectionID: UInt64) -> Bool {
+    public func send<M: SwiftProtobuf.Message>(_ message: M, id: some FrameMessageID, to connectionID: UInt64) -> Bool {
         guard let body: [UInt8] = try? message.serializedBytes() else { return false }
-        return sendFrame(to: connectionID, messageID: id, body: body)
+        return sendFrame(to: connectionID, messageID: id.rawValue, body: body)
     }
 
     /// Sends a frame to every connection. Safe to call from any thread.
@@ -48,8 +48,8 @@ extension TCPServer {
     }
 
     /// Sends a protobuf message to every connection. Safe to call from any thread.
-    public func broadcast<M: SwiftProtobuf.Message>(_ message: M, id: Int32) {
+    public func broadcast<M: SwiftProtobuf.Message>(_ message: M, id: some FrameMessageID) {
         guard let body: [UInt8] = try? message.serializedBytes() else { return }
-        broadcastFrame(messageID: id, body: body)
+        broadcastFrame(messageID: id.rawValue, body: body)
     }
 }

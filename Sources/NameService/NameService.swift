@@ -167,7 +167,7 @@ public final class NameService: Sendable {
             }
             let current = snapshot.withLock { $0 }
             current.responseBody(for: key).withUnsafeBytes {
-                _ = connection.sendFrame(messageID: MessageID.getRouteResponse, body: $0)
+                _ = connection.sendFrame(messageID: MessageID.getRouteResponse.rawValue, body: $0)
             }
         }
 
@@ -369,7 +369,7 @@ public final class NameService: Sendable {
                     connection.loop.execute { [self] in
                         let body = snapshot.withLock { $0 }.responseBody(for: key)
                         body.withUnsafeBytes {
-                            _ = connection.sendFrame(messageID: MessageID.getRouteResponse, body: $0)
+                            _ = connection.sendFrame(messageID: MessageID.getRouteResponse.rawValue, body: $0)
                         }
                     }
                     pushes.wrappingAdd(1, ordering: .relaxed)

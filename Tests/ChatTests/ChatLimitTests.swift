@@ -100,7 +100,7 @@ extension ChatSocketTests.Limits {
         // Draining the slow socket now: its frames, then the notice, then the end of the stream.
         let notice = try await withTimeout(30, "the slow member's notice and close") {
             var notice: Switchyard_Chat_Notice?
-            for try await f in slow.frames.frames where f.messageID == ChatMessageID.notice {
+            for try await f in slow.frames.frames where f.messageID == ChatMessageID.notice.rawValue {
                 notice = try f.decode(as: Switchyard_Chat_Notice.self)
             }
             return notice
@@ -119,7 +119,7 @@ extension ChatSocketTests.Limits {
         try await b.join("lobby")
         // A body that is not a SayRequest: that connection is closed.
         let raw = try await AsyncFrameClient.connect(port: h.port, loop: h.clientGroup.next())
-        try await raw.send(messageID: ChatMessageID.sayRequest, body: [0xFF, 0xFF, 0xFF])
+        try await raw.send(messageID: ChatMessageID.sayRequest.rawValue, body: [0xFF, 0xFF, 0xFF])
         try await withTimeout(10, "the undecodable body to close its connection") {
             for try await _ in raw.frames {}
         }

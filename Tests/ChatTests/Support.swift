@@ -144,11 +144,11 @@ struct RawChat {
     }
 
     /// Sends `message` and returns the first frame with `replyID` (skipping others).
-    func call<M: SwiftProtobuf.Message>(_ message: M, id: Int32, replyID: Int32) async throws -> InboundFrame {
+    func call<M: SwiftProtobuf.Message>(_ message: M, id: ChatMessageID, replyID: ChatMessageID) async throws -> InboundFrame {
         try await frames.send(message, id: id)
         let frames = self.frames
         return try await withTimeout(20, "reply \(replyID)") {
-            for try await f in frames.frames where f.messageID == replyID { return f }
+            for try await f in frames.frames where f.messageID == replyID.rawValue { return f }
             throw TestFailure("closed before reply \(replyID)")
         }
     }

@@ -57,7 +57,7 @@ extension MessagingSocketTests {
             let responses = try await withTimeout(10) {
                 var out: [Lars_GetRouteResponse] = []
                 for try await frame in client.frames {
-                    #expect(frame.messageID == MessageID.getRouteResponse)
+                    #expect(frame.messageID == MessageID.getRouteResponse.rawValue)
                     out.append(try frame.decode(as: Lars_GetRouteResponse.self))
                     if out.count == 10 { break }
                 }
@@ -79,7 +79,7 @@ extension MessagingSocketTests {
                 return try await iterator.next()
             } == nil)
             await #expect(throws: AsyncClientError.closed) {
-                try await client.send(messageID: MessageID.getRouteRequest, body: [])
+                try await client.send(messageID: MessageID.getRouteRequest.rawValue, body: [])
             }
             #expect(await pollUntilAsync { fixture.server.connectionCount == 0 })
         }
@@ -105,7 +105,7 @@ extension MessagingSocketTests {
                     var iterator = client.frames.makeAsyncIterator()
                     return try await iterator.next()
                 }
-                #expect(reply?.messageID == MessageID.getRouteResponse)
+                #expect(reply?.messageID == MessageID.getRouteResponse.rawValue)
                 await client.close()
                 group.shutdown()
             }
@@ -116,7 +116,7 @@ extension MessagingSocketTests {
         @Test("the sequence ends when the server closes the connection", arguments: PollerKind.allCases)
         func serverCloseEndsSequence(poller: PollerKind) async throws {
             let router = MessageRouter<TCPConnection>()
-            try router.on(40) { message in
+            try router.on(TestID(40)) { message in
                 message.connection.sendFrame(messageID: 41, body: message.body)
                 message.connection.close()  // graceful: the reply is flushed first
             }
@@ -139,11 +139,11 @@ extension MessagingSocketTests {
               arguments: PollerKind.allCases)
         func heartbeatsSkippedAndProtocolError(poller: PollerKind) async throws {
             let router = MessageRouter<TCPConnection>()
-            try router.on(60) { message in
+            try router.on(TestID(60)) { message in
                 let c = message.connection
-                c.sendFrame(messageID: MessageID.heartbeat, body: [])
+                c.sendFrame(messageID: MessageID.heartbeat.rawValue, body: [])
                 c.sendFrame(messageID: 61, body: [1])
-                c.sendFrame(messageID: MessageID.heartbeat, body: [])
+                c.sendFrame(messageID: MessageID.heartbeat.rawValue, body: [])
                 c.sendFrame(messageID: 62, body: [])
                 // Then a header with a negative length.
                 c.send(rawHeader(id: 63, length: -7))
@@ -244,7 +244,7 @@ extension MessagingSocketTests {
             let total = 2000
             let bodySize = 100
             let router = MessageRouter<TCPConnection>()
-            try router.on(50) { message in
+            try router.on(TestID(50)) { message in
                 for i in 0..<total {
                     var body = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: bodySize)
                     withUnsafeBytes(of: UInt32(i).littleEndian) { body.replaceSubrange(0..<4, with: $0) }

@@ -17,11 +17,11 @@ extension MessagingSocketTests {
             let arrived = EventCounter()
             let router = MessageRouter<TCPConnection>()
             init() throws {
-                try router.on(10) { [frames, arrived] message in
+                try router.on(TestID(10)) { [frames, arrived] message in
                     frames.update { $0.append(TestFrame(id: message.messageID, body: message.bodyBytes)) }
                     arrived.signal()
                 }
-                try router.on(11) { message in
+                try router.on(TestID(11)) { message in
                     message.connection.sendFrame(messageID: 11, body: message.body)
                 }
             }
@@ -144,9 +144,9 @@ extension MessagingSocketTests {
         func limitPerServer(poller: PollerKind) throws {
             try withGroup(poller: poller) { group in
                 let body = patternBytes(2000, seed: 4)
-                try withFramedServer(group: group, router: try echoRouter(ids: [11]), maxBodyLength: 1024) { small, smallPort in
-                    try withFramedServer(group: group, router: try echoRouter(ids: [11]), maxBodyLength: 4096) { large, largePort in
-                        try withFramedServer(group: group, router: try echoRouter(ids: [11])) { byDefault, defaultPort in
+                try withFramedServer(group: group, router: try echoRouter(ids: [TestID(11)]), maxBodyLength: 1024) { small, smallPort in
+                    try withFramedServer(group: group, router: try echoRouter(ids: [TestID(11)]), maxBodyLength: 4096) { large, largePort in
+                        try withFramedServer(group: group, router: try echoRouter(ids: [TestID(11)])) { byDefault, defaultPort in
                             #expect(small.configuration.maxBodyLength == 1024)
                             #expect(byDefault.configuration.maxBodyLength == FrameParser.defaultMaxBodyLength)
                             for port in [largePort, defaultPort] {
@@ -217,7 +217,7 @@ extension MessagingSocketTests {
 
                     func nextResponse(_ client: BlockingSocket) throws -> Lars_GetRouteResponse {
                         let frame = try client.receiveFrame()
-                        #expect(frame.id == MessageID.getRouteResponse)
+                        #expect(frame.id == MessageID.getRouteResponse.rawValue)
                         return try Lars_GetRouteResponse(serializedBytes: frame.body)
                     }
                     #expect(try nextResponse(clients[1]) == response(1))
@@ -265,7 +265,7 @@ extension MessagingSocketTests {
                     var next = Array(repeating: UInt32(0), count: threads)
                     for _ in 0..<(threads * perThread) {
                         let frame = try client.receiveFrame()
-                        #expect(frame.id == MessageID.getHostRequest)
+                        #expect(frame.id == MessageID.getHostRequest.rawValue)
                         let request = try Lars_GetHostRequest(serializedBytes: frame.body)
                         let t = Int(request.modid)
                         #expect(request.seq == next[t], "thread \(t)")

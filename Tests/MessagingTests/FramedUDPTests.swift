@@ -35,11 +35,11 @@ extension MessagingSocketTests {
             request.modid = modid
             request.cmdid = 2
             let body: [UInt8] = try request.serializedBytes()
-            return FrameParser.encode(messageID: MessageID.getHostRequest, body: body)
+            return FrameParser.encode(messageID: MessageID.getHostRequest.rawValue, body: body)
         }
 
         static func response(_ frame: TestFrame) throws -> Lars_GetHostResponse {
-            #expect(frame.id == MessageID.getHostResponse)
+            #expect(frame.id == MessageID.getHostResponse.rawValue)
             return try Lars_GetHostResponse(serializedBytes: frame.body)
         }
 
@@ -120,11 +120,11 @@ extension MessagingSocketTests {
                     ("header only, length says more", Array(valid[0..<8])),
                     ("body shorter than the length", Array(valid.dropLast())),
                     ("body longer than the length", valid + [0]),
-                    ("length says less", rawHeader(id: MessageID.getHostRequest, length: Int32(body.count - 1)) + body),
-                    ("negative length", rawHeader(id: MessageID.getHostRequest, length: -1)),
-                    ("negative length with a body", rawHeader(id: MessageID.getHostRequest, length: -8) + body),
+                    ("length says less", rawHeader(id: MessageID.getHostRequest.rawValue, length: Int32(body.count - 1)) + body),
+                    ("negative length", rawHeader(id: MessageID.getHostRequest.rawValue, length: -1)),
+                    ("negative length with a body", rawHeader(id: MessageID.getHostRequest.rawValue, length: -8) + body),
                     ("length above the datagram maximum",
-                     rawHeader(id: MessageID.getHostRequest, length: Int32(FrameParser.maxDatagramBodyLength + 1))),
+                     rawHeader(id: MessageID.getHostRequest.rawValue, length: Int32(FrameParser.maxDatagramBodyLength + 1))),
                 ]
                 var seq: UInt32 = 100
                 for (i, (name, bytes)) in malformed.enumerated() {

@@ -76,7 +76,7 @@ extension MessagingSocketTests {
             let replies = EventCounter()
             try withGroup(poller: poller) { group in
                 let router = MessageRouter<TCPConnection>()
-                try router.on(10) { message in
+                try router.on(TestID(10)) { message in
                     handled.signal()
                     message.connection.sendFrame(messageID: 10, body: message.body)
                 }
@@ -84,7 +84,7 @@ extension MessagingSocketTests {
                 try withFramedServer(group: group, router: router, idleTimeout: Self.idleTimeout,
                                      onClose: { _ in serverCloses.signal() }) { server, port in
                     let clientRouter = MessageRouter<TCPConnection>()
-                    try clientRouter.on(10) { _ in replies.signal() }
+                    try clientRouter.on(TestID(10)) { _ in replies.signal() }
                     let client = try FramedClient(
                         loop: group.ioLoops[1],
                         configuration: FramedClientConfiguration(

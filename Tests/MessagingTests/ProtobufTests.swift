@@ -82,9 +82,9 @@ extension MessagingSocketTests {
                     request.modid = 3
                     request.cmdid = 4
                     // Field 1 varint 3, field 2 varint 4.
-                    try client.sendFrame(id: MessageID.getRouteRequest, body: [0x08, 0x03, 0x10, 0x04])
+                    try client.sendFrame(id: MessageID.getRouteRequest.rawValue, body: [0x08, 0x03, 0x10, 0x04])
                     let frame = try client.receiveFrame()
-                    #expect(frame.id == MessageID.getRouteResponse)
+                    #expect(frame.id == MessageID.getRouteResponse.rawValue)
                     let expected: [UInt8] = try Self.routeResponse(for: request).serializedBytes()
                     #expect(frame.body == expected)
                 }
@@ -103,15 +103,15 @@ extension MessagingSocketTests {
                     defer { bad.close() }
                     var request = Lars_GetRouteRequest()
                     request.modid = 1
-                    try bad.sendFrame(id: MessageID.getRouteRequest, body: try request.serializedBytes())
-                    #expect(try bad.receiveFrame().id == MessageID.getRouteResponse)
+                    try bad.sendFrame(id: MessageID.getRouteRequest.rawValue, body: try request.serializedBytes())
+                    #expect(try bad.receiveFrame().id == MessageID.getRouteResponse.rawValue)
                     // A truncated varint tag: not a GetRouteRequest.
-                    try bad.sendFrame(id: MessageID.getRouteRequest, body: [0xFF, 0xFF, 0xFF])
+                    try bad.sendFrame(id: MessageID.getRouteRequest.rawValue, body: [0xFF, 0xFF, 0xFF])
                     #expect(bad.seesClose())
                     #expect(closes.wait(for: 1))
                     #expect(server.statistics.protocolErrors == 1)
                     request.modid = 2
-                    try good.sendFrame(id: MessageID.getRouteRequest, body: try request.serializedBytes())
+                    try good.sendFrame(id: MessageID.getRouteRequest.rawValue, body: try request.serializedBytes())
                     let frame = try good.receiveFrame()
                     #expect(try Lars_GetRouteResponse(serializedBytes: frame.body) == Self.routeResponse(for: request))
                     #expect(server.connectionCount == 1)
@@ -163,7 +163,7 @@ extension MessagingSocketTests {
                 #expect(server.statistics.frames == 20)
                 #expect(server.statistics.dropped == 0)
                 // A garbage body on a typed UDP route is rejected and counted; the endpoint goes on.
-                client.sendFrame(messageID: MessageID.getHostRequest, body: [0xFF, 0xFF, 0xFF],
+                client.sendFrame(messageID: MessageID.getHostRequest.rawValue, body: [0xFF, 0xFF, 0xFF],
                                  to: server.localAddresses[0])
                 var request = Lars_GetHostRequest()
                 request.seq = 99

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import LarsProtocol
+import LarsWire
 import Messaging
 import Reactor
 import Synchronization
@@ -13,22 +14,22 @@ extension MessagingSocketTests {
         @Test("registering an id twice throws duplicateRoute at registration; the heartbeat id is reserved")
         func duplicateAndReserved() throws {
             let router = MessageRouter<TCPConnection>()
-            try router.on(5) { _ in }
-            #expect(throws: RouterError.duplicateRoute(5)) { try router.on(5) { _ in } }
+            try router.on(TestID(5)) { _ in }
+            #expect(throws: RouterError.duplicateRoute(5)) { try router.on(TestID(5)) { _ in } }
             #expect(throws: RouterError.duplicateRoute(5)) {
-                try router.on(5, as: Lars_GetRouteRequest.self) { _, _ in }
+                try router.on(TestID(5), as: Lars_GetRouteRequest.self) { _, _ in }
             }
             // Sparse ids (outside the dense table) too.
-            try router.on(70_000) { _ in }
-            #expect(throws: RouterError.duplicateRoute(70_000)) { try router.on(70_000) { _ in } }
-            try router.on(-3) { _ in }
-            #expect(throws: RouterError.duplicateRoute(-3)) { try router.on(-3) { _ in } }
-            #expect(throws: RouterError.reservedID(MessageID.heartbeat)) { try router.on(MessageID.heartbeat) { _ in } }
-            #expect(throws: RouterError.reservedID(MessageID.heartbeat)) {
+            try router.on(TestID(70_000)) { _ in }
+            #expect(throws: RouterError.duplicateRoute(70_000)) { try router.on(TestID(70_000)) { _ in } }
+            try router.on(TestID(-3)) { _ in }
+            #expect(throws: RouterError.duplicateRoute(-3)) { try router.on(TestID(-3)) { _ in } }
+            #expect(throws: RouterError.reservedID(ReservedMessageID.heartbeat)) { try router.on(MessageID.heartbeat) { _ in } }
+            #expect(throws: RouterError.reservedID(ReservedMessageID.heartbeat)) {
                 try router.on(MessageID.heartbeat, as: Lars_GetRouteRequest.self) { _, _ in }
             }
-            #expect(router.hasRoute(5) && router.hasRoute(70_000) && router.hasRoute(-3))
-            #expect(!router.hasRoute(MessageID.heartbeat) && !router.hasRoute(6))
+            #expect(router.hasRoute(TestID(5)) && router.hasRoute(TestID(70_000)) && router.hasRoute(TestID(-3)))
+            #expect(!router.hasRoute(MessageID.heartbeat) && !router.hasRoute(TestID(6)))
         }
 
         @Test("routes cannot be added once the server has started", arguments: PollerKind.allCases)
@@ -36,8 +37,8 @@ extension MessagingSocketTests {
             try withGroup(poller: poller) { group in
                 let router = try echoRouter()
                 try withFramedServer(group: group, router: router) { _, port in
-                    #expect(throws: RouterError.routerFrozen) { try router.on(11) { _ in } }
-                    #expect(throws: RouterError.routerFrozen) { try router.on(12, as: Lars_GetRouteRequest.self) { _, _ in } }
+                    #expect(throws: RouterError.routerFrozen) { try router.on(TestID(11)) { _ in } }
+                    #expect(throws: RouterError.routerFrozen) { try router.on(TestID(12), as: Lars_GetRouteRequest.self) { _, _ in } }
                     #expect(throws: RouterError.routerFrozen) { try router.onUnknown { _ in } }
                     // The existing route still works.
                     let client = try BlockingSocket.frameClient(port: port)
@@ -122,11 +123,11 @@ extension MessagingSocketTests {
                     seen.update { $0.append("\(message.messageID)=\(description)") }
                     message.connection.sendFrame(messageID: message.messageID, body: Array(description.utf8))
                 }
-                try router.on(20, userData: Tag(name: "alpha"), handler)
-                try router.on(21, userData: 42, handler)
-                try router.on(22, handler)
-                try router.on(100_000, userData: Tag(name: "sparse"), handler)
-                try router.on(23, as: Lars_GetRouteRequest.self, userData: Tag(name: "typed")) { request, message in
+                try router.on(TestID(20), userData: Tag(name: "alpha"), handler)
+                try router.on(TestID(21), userData: 42, handler)
+                try router.on(TestID(22), handler)
+                try router.on(TestID(100_000), userData: Tag(name: "sparse"), handler)
+                try router.on(TestID(23), as: Lars_GetRouteRequest.self, userData: Tag(name: "typed")) { request, message in
                     let name = (message.userData as? Tag)?.name ?? "missing"
                     seen.update { $0.append("23=typed:\(name):\(request.modid)") }
                     message.connection.sendFrame(messageID: 23, body: Array(name.utf8))
@@ -163,7 +164,7 @@ extension MessagingSocketTests {
             let replies = EventCounter()
             try withGroup(poller: poller) { group in
                 let serverRouter = MessageRouter<TCPConnection>()
-                try serverRouter.on(30) { message in
+                try serverRouter.on(TestID(30)) { message in
                     contextInHandler.update { $0.append("server:\(message.connection.context as? String ?? "nil")") }
                     message.connection.sendFrame(messageID: 31, body: message.body)
                 }
@@ -180,7 +181,7 @@ extension MessagingSocketTests {
                     }
                 ) { server, port in
                     let clientRouter = MessageRouter<TCPConnection>()
-                    try clientRouter.on(31) { message in
+                    try clientRouter.on(TestID(31)) { message in
                         contextInHandler.update { $0.append("client:\(message.connection.context as? String ?? "nil")") }
                         replies.signal()
                     }

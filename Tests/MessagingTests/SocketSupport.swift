@@ -167,10 +167,17 @@ func withFramedServer<R>(
 }
 
 /// A router that echoes every frame of `ids` back unchanged.
-func echoRouter(ids: [Int32] = [10]) throws -> MessageRouter<TCPConnection> {
+func echoRouter(ids: [TestID] = [TestID(10)]) throws -> MessageRouter<TCPConnection> {
     let router = MessageRouter<TCPConnection>()
     for id in ids {
         try router.on(id) { message in message.connection.sendFrame(messageID: message.messageID, body: message.body) }
     }
     return router
+}
+
+/// Message ids of the tests' own frames (the generic layer's tests use numbers outside every service's range too).
+struct TestID: FrameMessageID {
+    let rawValue: Int32
+    init(rawValue: Int32) { self.rawValue = rawValue }
+    init(_ value: Int32) { self.rawValue = value }
 }

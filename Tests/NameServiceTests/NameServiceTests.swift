@@ -24,7 +24,7 @@ extension NameServiceSocketTests {
             let client = try await running.client()
             try await askRoute(client, key)
             let frame = try #require(try await nextFrame(client))
-            #expect(frame.messageID == MessageID.getRouteResponse)
+            #expect(frame.messageID == MessageID.getRouteResponse.rawValue)
             let response = try frame.decode(as: Lars_GetRouteResponse.self)
             #expect(response.modid == key.modid && response.cmdid == key.cmdid)
             #expect(try routeHosts(frame) == hosts.sorted())
@@ -60,7 +60,7 @@ extension NameServiceSocketTests {
             let push = try #require(try await nextFrame(client, timeout: .seconds(2)) { try routeHosts($0).count == 2 },
                                     "no push within 2 s")
             #expect(ContinuousClock.now - added < .seconds(2))
-            #expect(push.messageID == MessageID.getRouteResponse)
+            #expect(push.messageID == MessageID.getRouteResponse.rawValue)
             #expect(try routeHosts(push) == [first, second])
 
             // Removed: the next push no longer has it.

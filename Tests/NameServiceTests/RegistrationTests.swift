@@ -17,7 +17,7 @@ extension NameServiceSocketTests {
         func subscribe(_ running: RunningNameService, _ key: RouteKey) async throws -> (AsyncFrameClient, [LoadBalancing.Host]) {
             let client = try await running.client()
             try await askRoute(client, key)
-            let first = try #require(try await nextFrame(client) { $0.messageID == MessageID.getRouteResponse })
+            let first = try #require(try await nextFrame(client) { $0.messageID == MessageID.getRouteResponse.rawValue })
             return (client, try routeHosts(first))
         }
 
@@ -25,7 +25,7 @@ extension NameServiceSocketTests {
         func nextPush(_ client: AsyncFrameClient, timeout: Duration = .seconds(5),
                       _ match: @escaping ([LoadBalancing.Host]) -> Bool) async throws -> [LoadBalancing.Host]? {
             let frame = try await nextFrame(client, timeout: timeout) {
-                guard $0.messageID == MessageID.getRouteResponse else { return false }
+                guard $0.messageID == MessageID.getRouteResponse.rawValue else { return false }
                 return match(try routeHosts($0))
             }
             return try frame.map(routeHosts)
@@ -110,7 +110,7 @@ extension NameServiceSocketTests {
                 request.port = port
                 request.ttlMs = ttlMs
                 try await client.send(request, id: MessageID.registerHostRequest)
-                let frame = try #require(try await nextFrame(client) { $0.messageID == MessageID.registerHostResponse })
+                let frame = try #require(try await nextFrame(client) { $0.messageID == MessageID.registerHostResponse.rawValue })
                 return try frame.decode(as: Switchyard_Lb_RegisterHostResponse.self)
             }
             let badPort = try await register(ip: "10.1.0.4", port: 70_000, ttlMs: 1000)
@@ -140,7 +140,7 @@ extension NameServiceSocketTests {
             let keys = (1...3).map { RouteKey(modid: modid, cmdid: Int32($0)) }
             for key in keys {
                 try await askRoute(client, key)
-                #expect(try await nextFrame(client) { $0.messageID == MessageID.getRouteResponse } != nil)
+                #expect(try await nextFrame(client) { $0.messageID == MessageID.getRouteResponse.rawValue } != nil)
             }
             #expect(running.service.statistics.subscriptions == 2)
             // A registration for the third route is not pushed; one for the first is.
@@ -152,7 +152,7 @@ extension NameServiceSocketTests {
             let first = try ServiceRegistration(loop: running.group.next(), nameServicePort: running.port,
                                                 modid: modid, cmdid: 1, host: host, ttl: .seconds(30))
             first.start()
-            let pushed = try #require(try await nextFrame(client) { $0.messageID == MessageID.getRouteResponse })
+            let pushed = try #require(try await nextFrame(client) { $0.messageID == MessageID.getRouteResponse.rawValue })
             let response = try pushed.decode(as: Lars_GetRouteResponse.self)
             #expect(response.cmdid == 1, "the first push is for the subscribed route, not the third")
             third.stop()
