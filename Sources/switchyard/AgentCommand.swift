@@ -107,7 +107,7 @@ struct AgentCommand: ParsableCommand {
             addresses = try agent.start()
         } catch {
             group.shutdown()
-            throw CleanExit.message("agent: cannot start: \(error)")
+            throw CommandFailure("agent: cannot start: \(error)")
         }
         announce("agent listening on udp \(addresses.map(\.description).joined(separator: ",")) "
                  + "(names \(configuration.nameServiceHost):\(configuration.nameServicePort), "

@@ -53,7 +53,7 @@ struct ChatBenchCommand: AsyncParsableCommand {
             port = Int(try await server.start().port)
             stopServer = {
                 await server.shutdown(timeout: .seconds(2))
-                serverGroup.shutdown()
+                await serverGroup.shutdown()
                 await pool.close()
                 if self.db == nil { try? FileManager.default.removeItem(atPath: path) }
             }

@@ -53,7 +53,7 @@ struct ChatClientCommand: AsyncParsableCommand {
             client = try await ChatClient.connect(host: host, port: port, loop: group.next(),
                                                   heartbeatInterval: .seconds(heartbeat))
         } catch {
-            throw CleanExit.message("chat-client: cannot connect to \(host):\(port): \(error)")
+            throw CommandFailure("chat-client: cannot connect to \(host):\(port): \(error)")
         }
         console.show("connected to \(host):\(port); /register, /login, /join ROOM, then type to talk (/quit to leave)")
         let printer = Task {

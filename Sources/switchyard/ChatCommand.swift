@@ -44,7 +44,7 @@ struct ChatCommand: AsyncParsableCommand {
         do {
             pool = try ConnectionPool(url: db, logger: logger)
         } catch {
-            throw CleanExit.message("chat: bad --db: \(error)")
+            throw CommandFailure("chat: bad --db: \(error)")
         }
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
@@ -60,9 +60,9 @@ struct ChatCommand: AsyncParsableCommand {
         do {
             address = try await server.start()
         } catch {
-            group.shutdown()
+            await group.shutdown()
             await pool.close()
-            throw CleanExit.message("chat: cannot start on \(host):\(port) with \(db): \(error)")
+            throw CommandFailure("chat: cannot start on \(host):\(port) with \(db): \(error)")
         }
         announce("chat listening on \(address) (db \(db), poller \(poller), \(threads) I/O threads)")
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
@@ -72,7 +72,7 @@ struct ChatCommand: AsyncParsableCommand {
             }
         }
         await server.shutdown(timeout: .seconds(5))
-        group.shutdown()
+        await group.shutdown()
         await pool.close()
     }
 }

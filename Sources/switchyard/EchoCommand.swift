@@ -1,10 +1,10 @@
 import EchoServer
 import ArgumentParser
-import Dispatch
 import Logging
 import Reactor
+import ServiceLifecycle
 
-struct EchoCommand: ParsableCommand {
+struct EchoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "echo",
         abstract: "Echo raw bytes of any length back to each client (try it with nc)."
@@ -34,15 +34,12 @@ struct EchoCommand: ParsableCommand {
         guard maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
     }
 
-    func run() throws {
+    func run() async throws {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.echo")
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
             placement: loops.loopPlacement)
-        // Before accepting: a flood of clients right after the announce could otherwise take the descriptor the
-        // signal eventfd needs (EMFILE, exit 1), and a SIGTERM right after it could meet the default handler.
-        let termination = try TerminationWaiter(group: group, logger: logger)
         let server = TCPServer(
             group: group,
             configuration: ServerConfiguration(host: host, port: port, maxConnections: maxConnections, logger: logger),
@@ -51,37 +48,11 @@ struct EchoCommand: ParsableCommand {
         do {
             address = try server.start()
         } catch {
-            group.shutdown()
-            throw CleanExit.message("echo: cannot listen on \(host):\(port): \(error)")
+            await group.shutdown()
+            throw CommandFailure("echo: cannot listen on \(host):\(port): \(error)")
         }
-        announce("echo listening on \(address) (poller \(poller), \(threads) I/O threads)")
-        termination.wait()
-        server.shutdown(timeout: .seconds(5))
-        group.shutdown()
-    }
-}
-
-/// Blocks the calling thread until SIGINT or SIGTERM.
-func waitForTermination(group: EventLoopGroup, logger: Logger) throws {
-    try TerminationWaiter(group: group, logger: logger).wait()
-}
-
-/// SIGINT/SIGTERM handlers installed at once (create it before the service starts accepting or announces itself);
-/// `wait()` blocks until one of the signals arrives, then restores the default handlers.
-struct TerminationWaiter {
-    private let done = DispatchSemaphore(value: 0)
-    private let signals: TerminationSignals
-
-    init(group: EventLoopGroup, logger: Logger) throws {
-        let done = self.done
-        signals = try TerminationSignals(loop: group.acceptorLoop) { signo in
-            logger.info("signal received, shutting down", metadata: ["signal": "\(signo)"])
-            done.signal()
-        }
-    }
-
-    func wait() {
-        done.wait()
-        signals.uninstall()
+        try await runServices(
+            [EventLoopGroupService(group: group), TCPServerService(server: server)],
+            announcing: "echo listening on \(address) (poller \(poller), \(threads) I/O threads)", logger: logger)
     }
 }

@@ -51,8 +51,8 @@ final class ChatHarness: Sendable {
             address = try await server.start()
         } catch {
             await pool.close()
-            serverGroup.shutdown()
-            clientGroup.shutdown()
+            await serverGroup.shutdown()
+            await clientGroup.shutdown()
             throw error
         }
         return ChatHarness(serverGroup: serverGroup, clientGroup: clientGroup, pool: pool, server: server,
@@ -86,8 +86,8 @@ final class ChatHarness: Sendable {
         for c in clients { await c.close() }
         await server.shutdown(timeout: .seconds(2))
         await pool.close()
-        serverGroup.shutdown()
-        clientGroup.shutdown()
+        await serverGroup.shutdown()
+        await clientGroup.shutdown()
     }
 }
 

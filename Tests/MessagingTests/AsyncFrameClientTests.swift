@@ -107,7 +107,7 @@ extension MessagingSocketTests {
                 }
                 #expect(reply?.messageID == MessageID.getRouteResponse.rawValue)
                 await client.close()
-                group.shutdown()
+                await group.shutdown()
             }
             // A reference cycle through the connection would keep the loop, its descriptors and its buffers.
             #expect(clientLoop == nil, "the client's loop outlived its group and client")
