@@ -4,7 +4,7 @@ import SwitchyardBench
 import Messaging
 import Reactor
 
-struct BenchCommand: ParsableCommand {
+struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks and the servers the benchmark suite measures.",
@@ -25,6 +25,17 @@ struct QPSCommand: ParsableCommand {
     @Option(help: "Payload bytes per message.") var size = 16
     @Option(help: "Server address host:port; without it a server is started in this process.") var server: String?
     @Option(help: "Poller of the in-process server and the clients.") var poller: PollerKind = .epoll
+    @OptionGroup var output: JSONOutputOption
+
+    /// The `--json` result.
+    struct Summary: Encodable {
+        let connections: Int
+        let payloadBytes: Int
+        let messages: Int
+        let seconds: Double
+        let messagesPerSecond: Double
+        let perSecond: [Int]
+    }
 
     func validate() throws {
         guard connections > 0 && connections <= 100_000 else { throw ValidationError("--connections must be 1...100000") }
@@ -51,19 +62,26 @@ struct QPSCommand: ParsableCommand {
             serverGroup = group
             framed = s
         }
-        announce("qps: \(connections) connections, \(size)-byte payload, \(seconds) s against \(address)")
+        let json = output.json
+        if !json { announce("qps: \(connections) connections, \(size)-byte payload, \(seconds) s against \(address)") }
         let result = try EchoBenchmark.runQPS(
             group: clientGroup, address: address,
             options: .init(connections: connections, seconds: seconds, payloadSize: size)
-        ) { second, count in announce("second \(second): \(count) msgs/s") }
-        announce("total: \(result.total) messages in \(String(format2(result.seconds))) s = "
-                 + "\(Int(result.messagesPerSecond)) msgs/s")
+        ) { second, count in if !json { announce("second \(second): \(count) msgs/s") } }
+        if json {
+            try output.emit(Summary(connections: connections, payloadBytes: size, messages: result.total,
+                                    seconds: result.seconds, messagesPerSecond: result.messagesPerSecond,
+                                    perSecond: result.perSecond))
+        } else {
+            announce("total: \(result.total) messages in \(String(format2(result.seconds))) s = "
+                     + "\(Int(result.messagesPerSecond)) msgs/s")
+        }
         framed?.shutdown(timeout: .seconds(1))
         serverGroup?.shutdown()
     }
 }
 
-struct FramedEchoServerCommand: ParsableCommand {
+struct FramedEchoServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "framed-echo-server",
         abstract: "A protobuf echo server (message id 1000) for the benchmark suite."
@@ -81,23 +99,27 @@ struct FramedEchoServerCommand: ParsableCommand {
         guard (0...1024).contains(threads) else { throw ValidationError("--threads must be 0...1024, got \(threads)") }
     }
 
-    func run() throws {
+    func run() async throws {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.bench")
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
             placement: loops.loopPlacement)
-        // Before accepting, so an early client flood cannot take the descriptor signal handling needs.
-        let termination = try TerminationWaiter(group: group, logger: logger)
         let server = FramedServer(
             group: group,
             configuration: FramedServerConfiguration(server: ServerConfiguration(host: host, port: port, logger: logger)),
             router: EchoBenchmark.makeEchoRouter())
-        let address = try server.start()
-        announce("framed echo listening on \(address) (poller \(poller), \(threads) I/O threads)")
-        termination.wait()
-        server.shutdown(timeout: .seconds(5))
-        group.shutdown()
+        let address: SocketAddress
+        do {
+            address = try server.start()
+        } catch {
+            await group.shutdown()
+            throw CommandFailure("framed-echo-server: cannot listen on \(host):\(port): \(error)")
+        }
+        try await runServices(
+            [EventLoopGroupService(group: group), TCPServerService(server: server.tcp)],
+            announcing: "framed echo listening on \(address) (poller \(poller), \(threads) I/O threads)",
+            logger: logger)
     }
 }
 
