@@ -109,16 +109,9 @@ struct FramedEchoServerCommand: AsyncParsableCommand {
             group: group,
             configuration: FramedServerConfiguration(server: ServerConfiguration(host: host, port: port, logger: logger)),
             router: EchoBenchmark.makeEchoRouter())
-        let address: SocketAddress
-        do {
-            address = try server.start()
-        } catch {
-            await group.shutdown()
-            throw CommandFailure("framed-echo-server: cannot listen on \(host):\(port): \(error)")
-        }
-        try await runServices(
-            [EventLoopGroupService(group: group), TCPServerService(server: server.tcp)],
-            announcing: "framed echo listening on \(address) (poller \(poller), \(threads) I/O threads)",
+        try await serveTCP(
+            server.tcp, group: group, command: "framed-echo-server", host: host, port: port,
+            announcing: { "framed echo listening on \($0) (poller \(poller), \(threads) I/O threads)" },
             logger: logger)
     }
 }
