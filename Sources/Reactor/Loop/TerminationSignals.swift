@@ -10,7 +10,8 @@ public final class TerminationSignals: @unchecked Sendable {
     // @unchecked Sendable: `handler` registration and callbacks happen on `loop` only.
     public let loop: EventLoop
     private let fd: Int32
-    private let watcher: Watcher
+    /// Registered on `loop`, and handling the descriptor's events there.
+    private let watcher: LoopBound<Watcher>
     private let installed = Atomic<Bool>(true)
 
     /// Installs the handlers; `onSignal` runs on `loop` with the signal number. Call from any thread.
@@ -19,12 +20,12 @@ public final class TerminationSignals: @unchecked Sendable {
         if fd < 0 { throw IOError(errnoCode: errno, call: "eventfd") }
         self.fd = fd
         self.loop = loop
-        self.watcher = Watcher(fd: fd, onSignal: onSignal)
-        let w = UncheckedBox(watcher)
+        let watcher = LoopBound(Watcher(fd: fd, onSignal: onSignal), loop: loop)
+        self.watcher = watcher
         let logger = loop.configuration.logger
         loop.executeInLoop {
             do {
-                try loop.register(fd: fd, interest: .read, handler: w.value)
+                try loop.register(fd: fd, interest: .read, handler: watcher.value)
             } catch {
                 logger.error("cannot watch for termination signals", metadata: ["error": "\(error)"])
             }

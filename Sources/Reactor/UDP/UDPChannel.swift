@@ -148,15 +148,14 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
 extension EventLoop {
     /// Runs `body` on the loop and waits for it; runs it inline on the loop's own thread. Must not be called from
     /// another loop that this one is waiting on. Throws `ReactorError.loopStopped` when the loop has returned from
-    /// `run()`.
-    func submitAndWait<T>(_ body: @escaping () throws -> T) throws -> T {
+    /// `run()`. The result crosses back to the waiting thread through a Mutex.
+    func submitAndWait<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
         if inLoopThread { return try body() }
         let result = Mutex<Result<T, Error>?>(nil)
         let done = DispatchSemaphore(value: 0)
-        let box = UncheckedBox(body)
         let queued = enqueue {
-            let r = Result { try box.value() }
-            result.withLock { $0 = UncheckedBox(r).value }
+            let r = Result { try body() }
+            result.withLock { $0 = r }
             done.signal()
         }
         guard queued else { throw ReactorError.loopStopped }
