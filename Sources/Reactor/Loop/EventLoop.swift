@@ -407,6 +407,7 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Watches `fd` for `interest` and hands its events to `handler`. Loop thread only.
     func register(fd: Int32, interest: IOInterest, handler: EventHandler) throws {
+        assertInLoopThread()
         try poller.register(fd: fd, interest: interest)
         setHandler(handler, for: fd)
     }
@@ -421,6 +422,7 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Changes what `fd` is watched for (a failure is logged). Loop thread only.
     func modify(fd: Int32, interest: IOInterest) {
+        assertInLoopThread()
         do {
             try poller.modify(fd: fd, interest: interest)
         } catch {
@@ -431,6 +433,7 @@ public final class EventLoop: @unchecked Sendable {
     /// Stops watching `fd`; its events still in the current batch are dropped. Loop thread only, or any thread
     /// once the loop has stopped (releasing what it owned).
     func unregister(fd: Int32) {
+        assertInLoopThreadOrStopped()
         if handlingBatch { retiredInBatch.append(fd) }
         poller.unregister(fd: fd)
         let i = Int(fd)

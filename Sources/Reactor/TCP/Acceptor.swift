@@ -42,14 +42,16 @@ final class Acceptor: EventHandler, @unchecked Sendable {
 
     var localAddress: SocketAddress? { SocketAddress.local(of: fd) }
 
-    /// Loop thread only.
+    /// Starts watching the listener. Loop thread only.
     func startListening() throws {
+        loop.assertInLoopThread()
         try loop.register(fd: fd, interest: .read, handler: self)
         listening = true
     }
 
-    /// Stops accepting and closes the listening socket. Loop thread only.
+    /// Stops accepting and closes the listening socket. Loop thread only, or any thread once the loop has stopped.
     func close() {
+        loop.assertInLoopThreadOrStopped()
         pausedTimer?.cancel()
         pausedTimer = nil
         if listening { loop.unregister(fd: fd) }
@@ -59,7 +61,9 @@ final class Acceptor: EventHandler, @unchecked Sendable {
         reserveFD = -1
     }
 
+    /// Accepts what is pending. Loop thread only.
     func handleEvents(_ events: UInt32) {
+        loop.assertInLoopThread()
         // A bounded batch per wakeup keeps the acceptor from starving its own loop's other work.
         for _ in 0..<64 {
             var sin = sockaddr_in()

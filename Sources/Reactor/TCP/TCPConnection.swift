@@ -117,7 +117,9 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
 
     // MARK: Events
 
+    /// Handles readiness. Loop thread only.
     func handleEvents(_ bits: UInt32) {
+        loop.assertInLoopThread()
         if case .closed = state { return }
         if bits & PollBits.error != 0 {
             let err = Posix.socketError(fd)
@@ -420,7 +422,9 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         }
     }
 
+    /// `close()` on the loop. Loop thread only.
     func closeGracefullyInLoop() {
+        loop.assertInLoopThread()
         guard case .connected = state else { return }
         state = .closingAfterFlush(peerClosed: false)
         if output.isEmpty {
@@ -460,6 +464,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
 
     /// Closes now, exactly once: unregister, close the descriptor, return the buffers, fire `onClose`.
     func closeNow(reason: Error?) {
+        loop.assertInLoopThread()
         if case .closed = state { return }
         if dispatching {
             closeReason = reason ?? closeReason

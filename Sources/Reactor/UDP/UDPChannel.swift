@@ -67,7 +67,9 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
     /// Sends the kernel refused (full socket buffer, unreachable peer): UDP drops them.
     public var failedSends: Int { sendFailures.load(ordering: .relaxed) }
 
+    /// Reads and dispatches what is pending. Loop thread only.
     func handleEvents(_ events: UInt32) {
+        loop.assertInLoopThread()
         // A bounded batch per wakeup, so one busy socket cannot starve the loop's other descriptors.
         let scratch = loop.scratch
         for _ in 0..<64 {
@@ -103,6 +105,7 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
     public func send(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer, to address: SocketAddress)
         -> Bool
     {
+        loop.assertInLoopThread()
         guard isOpen else { return false }
         var sin = address.sockaddrIn
         var iov = (
