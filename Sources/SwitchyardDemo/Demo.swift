@@ -426,7 +426,7 @@ final class DemoBackend: Sendable {
         server = TCPServer(group: group, configuration: ServerConfiguration(port: 0, logger: logger),
                            callbacks: ConnectionCallbacks(
                                onConnect: { connection in if refusing.isOn { connection.forceClose() } },
-                               onData: { connection, bytes in connection.send(bytes.consumeAll()) },
+                               onData: { connection, bytes in connection.sendInLoop(bytes.consumeAll()) },
                                onClose: { _ in }))
     }
 

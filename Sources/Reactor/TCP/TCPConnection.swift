@@ -8,8 +8,11 @@ import Synchronization
 /// One TCP connection, bound to one loop.
 ///
 /// Loop thread only, except where a member says "Safe to call from any thread" (`send(_: [UInt8])`, `close()`,
-/// `forceClose()`, the identity properties). Reads land in the loop's scratch area; an unconsumed tail moves into a
-/// pooled chunk owned by the connection, so an idle connection holds no buffer. Writes go straight to the socket
+/// `forceClose()`, the identity properties). The loop-only methods that have an any-thread counterpart say so in
+/// their names (`sendInLoop`), so which overload a call picks never decides its thread contract.
+///
+/// Reads land in the loop's scratch area; an unconsumed tail moves into a pooled chunk owned by the connection, so
+/// an idle connection holds no buffer. Writes go straight to the socket
 /// when nothing is queued; only the remainder is queued. When the queue reaches the high-water mark the connection
 /// stops reading from the peer until it drains to the low mark.
 public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStringConvertible {
@@ -301,15 +304,15 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     @discardableResult
     public func send(_ bytes: [UInt8]) -> Bool {
         if loop.inLoopThread {
-            return bytes.withUnsafeBytes { send($0) }
+            return bytes.withUnsafeBytes { sendInLoop($0) }
         }
-        loop.execute { [self] in _ = bytes.withUnsafeBytes { send($0) } }
+        loop.execute { [self] in _ = bytes.withUnsafeBytes { sendInLoop($0) } }
         return true
     }
 
     /// Sends bytes. Loop thread only. The bytes are copied if the socket does not take them at once.
     @discardableResult
-    public func send(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    public func sendInLoop(_ bytes: UnsafeRawBufferPointer) -> Bool {
         loop.assertInLoopThread()
         guard case .connected = state else { return false }
         if bytes.count == 0 { return true }
@@ -330,11 +333,11 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
 
     /// Sends two pieces (a header and a body) as one write when possible. Loop thread only.
     @discardableResult
-    public func send(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) -> Bool {
+    public func sendInLoop(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) -> Bool {
         loop.assertInLoopThread()
         guard case .connected = state else { return false }
-        if second.count == 0 { return send(first) }
-        if first.count == 0 { return send(second) }
+        if second.count == 0 { return sendInLoop(first) }
+        if first.count == 0 { return sendInLoop(second) }
         lastSendTime = loop.wakeTime
         var written = 0
         if output.isEmpty {

@@ -192,7 +192,7 @@ public final class TCPServer: @unchecked Sendable {
         for conns in byLoop.values {
             let list = LoopBound(conns, loop: conns[0].loop)
             list.loop.execute {
-                bytes.withUnsafeBytes { raw in for c in list.value { c.send(raw) } }
+                bytes.withUnsafeBytes { raw in for c in list.value { c.sendInLoop(raw) } }
             }
         }
     }

@@ -4,7 +4,8 @@ import Glibc
 import Dispatch
 import Synchronization
 
-/// A UDP socket on a loop: datagrams in through a handler, datagrams out with `send(_:to:)`.
+/// A UDP socket on a loop: datagrams in through a handler, datagrams out with `send(_:to:)` (any thread) or
+/// `sendInLoop(_:to:)` (loop thread, no copy).
 ///
 /// Used for servers (bound to a known port) and clients (bound to port 0). Each datagram is handed to the
 /// handler straight from the loop's scratch area, with its sender, so a reply goes to the address that sent that
@@ -96,15 +97,15 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
 
     /// Sends one datagram. Loop thread only. False if the kernel refused it (it is dropped, and counted).
     @discardableResult
-    public func send(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress) -> Bool {
-        send(bytes, UnsafeRawBufferPointer(start: nil, count: 0), to: address)
+    public func sendInLoop(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress) -> Bool {
+        sendInLoop(bytes, UnsafeRawBufferPointer(start: nil, count: 0), to: address)
     }
 
     /// Sends one datagram made of two pieces (a header and a body). Loop thread only.
     @discardableResult
-    public func send(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer, to address: SocketAddress)
-        -> Bool
-    {
+    public func sendInLoop(
+        _ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer, to address: SocketAddress
+    ) -> Bool {
         loop.assertInLoopThread()
         guard isOpen else { return false }
         var sin = address.sockaddrIn
@@ -134,7 +135,7 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
 
     /// Sends one datagram. Safe to call from any thread.
     public func send(_ bytes: [UInt8], to address: SocketAddress) {
-        loop.executeInLoop { [self] in bytes.withUnsafeBytes { _ = send($0, to: address) } }
+        loop.executeInLoop { [self] in bytes.withUnsafeBytes { _ = sendInLoop($0, to: address) } }
     }
 
     /// Stops receiving and closes the socket. Safe to call from any thread.
