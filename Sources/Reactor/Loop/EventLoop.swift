@@ -82,7 +82,8 @@ public final class EventLoop: @unchecked Sendable {
     /// Server connections placed on this loop and not yet closed (the group's placement reads it).
     let placedConnections = Atomic<Int>(0)
 
-    // Loop thread only.
+    // Loop thread only. @exclusivity(unchecked): run() and the handlers it calls are one thread; handlers are
+    // taken out of `handlers` before they run and timers are popped before they fire, so no access spans a callback.
     let poller: any Poller
     private let wakeFD: Int32
     @exclusivity(unchecked) private var handlers: [EventHandler?] = []

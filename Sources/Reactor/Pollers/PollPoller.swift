@@ -5,6 +5,7 @@ import CSwitchyardLinux
 
 /// poll(2) backend: a dense pollfd array plus a descriptor -> slot map. Loop thread only.
 final class PollPoller: Poller {
+    // @exclusivity(unchecked): a poller is used by its loop's thread only, with no reentrant access.
     @exclusivity(unchecked) private var fds: [pollfd] = []
     @exclusivity(unchecked) private var slotOf: [Int32: Int] = [:]
 

@@ -7,6 +7,7 @@ import CSwitchyardLinux
 /// `ReactorError.descriptorOutOfRangeForSelect`; nothing is ever written outside an fd_set. Loop thread only.
 final class SelectPoller: Poller {
     static let limit = sy_fd_setsize()
+    // @exclusivity(unchecked): a poller is used by its loop's thread only, with no reentrant access.
     @exclusivity(unchecked) private var interest: [Int32: IOInterest] = [:]
     @exclusivity(unchecked) private var maxFD: Int32 = -1
     private let readSet: UnsafeMutableRawPointer

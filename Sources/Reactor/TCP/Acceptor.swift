@@ -14,6 +14,7 @@ final class Acceptor: EventHandler, @unchecked Sendable {
     let fd: Int32
     unowned let loop: EventLoop
     let logger: Logger
+    // @exclusivity(unchecked): the acceptor's state is touched on its loop only, never across a reentrant call.
     @exclusivity(unchecked) private var reserveFD: Int32
     @exclusivity(unchecked) private var listening = false
     @exclusivity(unchecked) private var pausedTimer: TimerHandle?

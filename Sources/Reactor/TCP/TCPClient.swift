@@ -51,7 +51,7 @@ public final class TCPClient: @unchecked Sendable {
     private let current = Mutex<TCPConnection?>(nil)
     private let attemptCounter = Atomic<Int>(0)
 
-    // Loop thread only.
+    // Loop thread only. @exclusivity(unchecked): one thread, and no access spans a call that reaches these again.
     @exclusivity(unchecked) private var wantConnected = false
     @exclusivity(unchecked) private var pending: PendingConnect?
     @exclusivity(unchecked) private var retryTimer: TimerHandle?
@@ -203,6 +203,7 @@ public final class TCPClient: @unchecked Sendable {
 private final class PendingConnect: EventHandler {
     let fd: Int32
     unowned let client: TCPClient
+    // @exclusivity(unchecked): set and read on the client's loop only, by short accesses.
     @exclusivity(unchecked) var timer: TimerHandle?
     init(fd: Int32, client: TCPClient) {
         self.fd = fd

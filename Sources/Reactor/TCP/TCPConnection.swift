@@ -39,6 +39,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     let callbacks: ConnectionCallbacks
     let options: ConnectionOptions
 
+    // @exclusivity(unchecked): every such property below is loop thread only, and no access is held across a callback.
     /// Free slot for the application (a session, a user id). Loop thread only.
     @exclusivity(unchecked) public var context: Any?
     /// Slot for the framework's own per-connection state (the messaging layer's session). Loop thread only.

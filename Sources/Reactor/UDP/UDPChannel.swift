@@ -20,6 +20,7 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
     public let localAddress: SocketAddress
     let fd: Int32
     private let handler: Handler
+    // @exclusivity(unchecked): read and written on the loop thread only, never across a reentrant call.
     @exclusivity(unchecked) private var isOpen = true
     private let receivedCount = Atomic<Int>(0)
     private let sentCount = Atomic<Int>(0)
