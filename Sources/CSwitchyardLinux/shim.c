@@ -2,6 +2,7 @@
 #include "CSwitchyardLinux.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <pthread.h>
 #include <string.h>
@@ -17,6 +18,10 @@ _Static_assert(SY_EV_WRITE == EPOLLOUT, "write bit");
 _Static_assert(SY_EV_ERROR == EPOLLERR, "error bit");
 _Static_assert(SY_EV_HUP == EPOLLHUP, "hup bit");
 _Static_assert(SY_EV_RDHUP == EPOLLRDHUP, "rdhup bit");
+_Static_assert(SY_EV_RDHUP == POLLRDHUP, "poll rdhup bit");
+_Static_assert(SY_EPOLL_CTL_ADD == EPOLL_CTL_ADD, "epoll_ctl add");
+_Static_assert(SY_EPOLL_CTL_DEL == EPOLL_CTL_DEL, "epoll_ctl delete");
+_Static_assert(SY_EPOLL_CTL_MOD == EPOLL_CTL_MOD, "epoll_ctl modify");
 
 int sy_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 
@@ -143,9 +148,6 @@ uint64_t sy_thread_cpu_ns(void) {
 
 #include <pthread.h>
 void sy_set_thread_name(pthread_t thread, const char *name) { pthread_setname_np(thread, name); }
-
-#include <stdio.h>
-void sy_flush_stdout(void) { fflush(stdout); }
 
 ssize_t sy_read(int fd, void *buf, size_t count) { return syscall(SYS_read, fd, buf, count); }
 

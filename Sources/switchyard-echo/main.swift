@@ -6,7 +6,6 @@ import EchoServer
 import Glibc
 #endif
 import Dispatch
-import CSwitchyardLinux
 import Logging
 import Reactor
 
@@ -22,6 +21,12 @@ let usage = """
 func printError(_ text: String) {
     var text = text
     text.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+/// Writes to standard output at once (unbuffered: a test reads the first line while the server runs).
+func printLine(_ text: String) {
+    var text = text + "\n"
+    text.withUTF8 { _ = write(1, $0.baseAddress, $0.count) }
 }
 
 func fail(_ message: String) -> Never {
@@ -87,8 +92,7 @@ do {
     let server = TCPServer(group: group, configuration: ServerConfiguration(host: host, port: port),
                            callbacks: EchoService.callbacks())
     let address = try server.start()
-    print("echo listening on \(address) (poller \(poller), \(threads) I/O threads, \(placementName) placement)")
-    sy_flush_stdout()
+    printLine("echo listening on \(address) (poller \(poller), \(threads) I/O threads, \(placementName) placement)")
     done.wait()
     withExtendedLifetime(signals) {}
     server.shutdown(timeout: .seconds(5))

@@ -20,8 +20,13 @@ typedef struct {
 #define SY_EV_HUP    0x010u
 #define SY_EV_RDHUP  0x2000u
 
+/* epoll_ctl operations (the values of EPOLL_CTL_ADD, _DEL, _MOD; checked in shim.c). */
+#define SY_EPOLL_CTL_ADD 1
+#define SY_EPOLL_CTL_DEL 2
+#define SY_EPOLL_CTL_MOD 3
+
 int sy_epoll_create(void);
-/// op: 1 add, 2 delete, 3 modify (EPOLL_CTL_*). interest: SY_EV_READ | SY_EV_WRITE.
+/// op: SY_EPOLL_CTL_ADD, _DEL or _MOD. interest: SY_EV_READ | SY_EV_WRITE (| SY_EV_RDHUP).
 int sy_epoll_ctl(int epfd, int op, int fd, uint32_t interest);
 /// Waits and unpacks at most `max` events into `out`. Returns the count or -1 (errno set).
 int sy_epoll_wait(int epfd, sy_event *out, int max, int timeout_ms);
@@ -68,7 +73,5 @@ uint64_t sy_thread_cpu_ns(void);
 
 #include <pthread.h>
 void sy_set_thread_name(pthread_t thread, const char *name);
-/// fflush(stdout) (the stream itself is not visible to Swift 6 code: a mutable global).
-void sy_flush_stdout(void);
 
 #endif

@@ -27,9 +27,8 @@ final class Acceptor: EventHandler, @unchecked Sendable {
         do {
             try Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
             if reusePort { try Posix.setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1) }
-            let r = address.withSockaddr { bind(fd, $0, $1) }
-            if r < 0 { throw IOError(errnoCode: errno, call: "bind \(address)") }
-            if Glibc.listen(fd, backlog) < 0 { throw IOError(errnoCode: errno, call: "listen") }
+            try Posix.bind(fd, to: address)
+            try Posix.listen(fd, backlog: backlog)
         } catch {
             Posix.close(fd)
             throw error

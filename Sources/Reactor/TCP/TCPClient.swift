@@ -113,12 +113,18 @@ public final class TCPClient: @unchecked Sendable {
             failed(error)
             return
         }
-        let r = address.withSockaddr { Glibc.connect(fd, $0, $1) }
-        let err = r == 0 ? 0 : errno
-        switch err {
-        case 0:
+        let started: IOResult<Void>
+        do {
+            started = try Posix.connect(fd, to: address)
+        } catch {
+            Posix.close(fd)
+            failed(error)
+            return
+        }
+        switch started {
+        case .processed:
             established(fd)
-        case EINPROGRESS, EINTR:
+        case .wouldBlock:
             let p = PendingConnect(fd: fd, client: self)
             do {
                 try loop.register(fd: fd, interest: .write, handler: p)
@@ -134,9 +140,6 @@ public final class TCPClient: @unchecked Sendable {
                 pending = nil
                 failed(ReactorError.connectTimeout)
             }
-        default:
-            Posix.close(fd)
-            failed(IOError(errnoCode: err, call: "connect \(address)"))
         }
     }
 

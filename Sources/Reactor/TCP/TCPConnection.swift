@@ -439,7 +439,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     }
 
     private func startLingering() {
-        _ = shutdown(fd, Int32(SHUT_WR))
+        try? Posix.shutdown(fd, Int32(SHUT_WR))  // fails only when the peer is gone, which the read that follows sees
         state = .lingering
         if input != nil && !dispatching { releaseInput() }
         setInterest(.read)

@@ -38,8 +38,7 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
         do {
             // No SO_REUSEADDR: UDP has no TIME_WAIT to step over, and on Linux it would let a second socket bind
             // a port in use and silently take its datagrams. A busy port is an error (EADDRINUSE).
-            let r = address.withSockaddr { bind(fd, $0, $1) }
-            if r < 0 { throw IOError(errnoCode: errno, call: "bind udp \(address)") }
+            try Posix.bind(fd, to: address, label: "bind udp")
             // Room for bursts of requests between two loop iterations.
             try? Posix.setOption(fd, SOL_SOCKET, SO_RCVBUF, 4 << 20)
         } catch {
@@ -76,23 +75,14 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
         let scratch = loop.scratch
         for _ in 0..<64 {
             guard isOpen else { return }
-            var sin = sockaddr_in()
-            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let n = withUnsafeMutablePointer(to: &sin) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    recvfrom(fd, scratch.baseAddress!, scratch.count, Int32(MSG_TRUNC), $0, &len)
-                }
-            }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return  // EAGAIN, or an ICMP error reported on the socket: nothing more to read now
-            }
+            // EAGAIN, or an ICMP error reported on the socket: nothing more to read now.
+            guard case .processed(let (n, sender))? = try? Posix.receiveDatagram(fd, into: scratch) else { return }
             receivedCount.wrappingAdd(1, ordering: .relaxed)
             if n > scratch.count {
                 truncatedCount.wrappingAdd(1, ordering: .relaxed)
                 continue
             }
-            handler(self, UnsafeRawBufferPointer(start: scratch.baseAddress!, count: n), SocketAddress(sin))
+            handler(self, UnsafeRawBufferPointer(start: scratch.baseAddress!, count: n), sender)
         }
     }
 
@@ -121,12 +111,10 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
                 msg.msg_namelen = socklen_t(MemoryLayout<sockaddr_in>.size)
                 msg.msg_iov = iovRaw.baseAddress!.assumingMemoryBound(to: iovec.self)
                 msg.msg_iovlen = second.count > 0 ? 2 : 1
-                var r: Int
-                repeat { r = sendmsg(fd, &msg, Int32(MSG_NOSIGNAL)) } while r < 0 && errno == EINTR
-                return r
+                return (try? Posix.sendMessage(fd, &msg)) ?? .wouldBlock
             }
         }
-        if n < 0 {
+        guard case .processed = n else {
             sendFailures.wrappingAdd(1, ordering: .relaxed)
             return false
         }
