@@ -46,9 +46,17 @@ void sy_fd_set(int fd, void *set);
 int sy_fd_isset(int fd, const void *set);
 int sy_select(int nfds, void *readfds, void *writefds, void *exceptfds, int timeout_ms);
 
-/// Installs SIGINT/SIGTERM handlers that write to `fd` (an eventfd); async-signal-safe.
-/// Pass -1 to restore the default handlers.
-int sy_install_termination_signals(int fd);
+/* SIGINT/SIGTERM to eventfds. The handler (async-signal-safe) writes to every registered descriptor. */
+/// Most descriptors registered at once.
+#define SY_TERMINATION_SLOTS 32
+/// Registers `fd` (an eventfd); the first registration installs the handlers. 0, or -1 with errno (ENOSPC: the
+/// table is full; EEXIST: already registered; or the sigaction error). Safe from any thread.
+int sy_termination_signals_add(int fd);
+/// Removes `fd`; the last removal restores the default handlers. When it returns, no handler writes to `fd` any
+/// more, so it may be closed. 0, or -1 with errno (ENOENT: not registered). Safe from any thread.
+int sy_termination_signals_remove(int fd);
+/// Descriptors registered now.
+int sy_termination_signals_count(void);
 /// The signal number that last fired the handler (0 if none).
 int sy_last_termination_signal(void);
 void sy_ignore_sigpipe(void);
