@@ -74,7 +74,9 @@ public final class BlockingLoadBalanceClient {
                 let ready = (try? Posix.waitReadable(fd, timeoutMs: waitMs)) ?? false
                 if !ready { continue }  // timeout (checked above), EINTR
             }
-            let received = buffer.withUnsafeMutableBytes { try? Posix.receive(fd, into: $0, flags: Int32(MSG_DONTWAIT)) }
+            let received = buffer.withUnsafeMutableBytes {
+                try? Posix.receive(fd, into: $0, flags: Int32(MSG_DONTWAIT))
+            }
             guard case .processed(let n)? = received else {  // EAGAIN, or an ICMP error (nobody on the port): wait on
                 // While spinning, let the agent (or another caller) have this core if it is waiting for one.
                 if now < spinUntil { sched_yield() }

@@ -126,7 +126,10 @@ struct ConnectionStateMachineTests {
 
     @Test("forceClose (abort) closes at once from every open state")
     func abortCloses() {
-        for setup in [MachineEvent.closeGracefully, .closeGracefullyWithOutputQueued, .peerFINWithOutputQueued, .drained] {
+        let setups: [MachineEvent] = [
+            .closeGracefully, .closeGracefullyWithOutputQueued, .peerFINWithOutputQueued, .drained,
+        ]
+        for setup in setups {
             var m = connected()
             _ = setup.apply(to: &m)
             #expect(m.abort() == .close, "after \(setup)")

@@ -12,9 +12,9 @@ import Synchronization
 /// their names (`sendInLoop`), so which overload a call picks never decides its thread contract.
 ///
 /// Reads land in the loop's scratch area; an unconsumed tail moves into a pooled chunk owned by the connection, so
-/// an idle connection holds no buffer. Writes go straight to the socket
-/// when nothing is queued; only the remainder is queued. When the queue reaches the high-water mark the connection
-/// stops reading from the peer until it drains to the low mark.
+/// an idle connection holds no buffer. Writes go straight to the socket when nothing is queued; only the remainder
+/// is queued. When the queue reaches the high-water mark the connection stops reading from the peer until it drains
+/// to the low mark. How it closes is `ConnectionStateMachine`'s to decide.
 public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStringConvertible {
     // @unchecked Sendable: the mutable state is touched only on `loop`'s thread; the methods callable from other
     // threads hop there with `loop.execute`.
