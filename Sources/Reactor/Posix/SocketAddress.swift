@@ -51,23 +51,11 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { "\(host):\(port)" }
 
-    static func local(of fd: Int32) -> SocketAddress? {
-        var sin = sockaddr_in()
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let r = withUnsafeMutablePointer(to: &sin) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        return r == 0 ? SocketAddress(sin) : nil
-    }
+    /// The address `fd` is bound to (getsockname); nil if it has none.
+    static func local(of fd: Int32) -> SocketAddress? { Posix.address(of: fd, peer: false) }
 
-    static func peer(of fd: Int32) -> SocketAddress? {
-        var sin = sockaddr_in()
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let r = withUnsafeMutablePointer(to: &sin) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
-        }
-        return r == 0 ? SocketAddress(sin) : nil
-    }
+    /// The address `fd` is connected to (getpeername); nil if it is not connected.
+    static func peer(of fd: Int32) -> SocketAddress? { Posix.address(of: fd, peer: true) }
 }
 
 extension SocketAddress {
