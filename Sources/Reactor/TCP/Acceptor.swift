@@ -23,7 +23,7 @@ final class Acceptor: EventHandler, @unchecked Sendable {
 
     init(address: SocketAddress, backlog: Int32, reusePort: Bool, loop: EventLoop, logger: Logger,
          onAccept: @escaping (Int32, SocketAddress) -> Void) throws {
-        let fd = try Posix.socket(domain: AF_INET, type: Int32(SOCK_STREAM.rawValue))
+        let fd = try Posix.socket(domain: AF_INET, type: Int32(Glibc.SOCK_STREAM.rawValue))
         do {
             try Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
             if reusePort { try Posix.setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1) }

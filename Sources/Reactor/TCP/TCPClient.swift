@@ -108,7 +108,7 @@ public final class TCPClient: @unchecked Sendable {
         attemptCounter.wrappingAdd(1, ordering: .relaxed)
         let fd: Int32
         do {
-            fd = try Posix.socket(domain: AF_INET, type: Int32(SOCK_STREAM.rawValue))
+            fd = try Posix.socket(domain: AF_INET, type: Int32(Glibc.SOCK_STREAM.rawValue))
         } catch {
             failed(error)
             return
