@@ -13,7 +13,7 @@ import TestSupport
 
 /// Every socket suite of this target nests here, so they run one at a time (the name service's polling task,
 /// the pools' threads and the child processes share the machine's few cores).
-@Suite("Name service and reporter over real sockets", .serialized)
+@Suite("Name service over real sockets", .serialized)
 enum NameServiceSocketTests {}
 
 /// A module id no other test run uses (server databases are shared).
@@ -89,19 +89,24 @@ func routeHosts(_ frame: InboundFrame) throws -> [LoadBalancing.Host] {
     return response.host.compactMap { LoadBalancing.Host(wireIP: $0.ip, wirePort: $0.port) }
 }
 
-/// A name service on a fresh group and port 0, stopped (with its group) by `stop()`.
+/// A name service on a fresh group and port 0: bound, then run in a task of its own (as a `ServiceGroup` would);
+/// `stop()` cancels it (for the name service as good as a graceful shutdown: it has nothing to drain) and stops the
+/// group.
 final class RunningNameService: Sendable {
     let group: EventLoopGroup
     let service: NameService
     let port: Int
+    private let task: Task<Void, any Error>
 
     init(pool: ConnectionPool, pollInterval: Duration = .milliseconds(100), logger: Logger = quietLogger,
-         configure: (inout NameServiceConfiguration) -> Void = { _ in }) throws {
+         configure: (inout NameServiceConfiguration) -> Void = { _ in }) async throws {
         group = try EventLoopGroup(ioLoops: 1)
         var configuration = NameServiceConfiguration(port: 0, pollInterval: pollInterval)
         configure(&configuration)
-        service = NameService(group: group, configuration: configuration, pool: pool, logger: logger)
-        port = Int(try service.start().port)
+        let service = NameService(group: group, configuration: configuration, pool: pool, logger: logger)
+        self.service = service
+        port = Int(try await service.bind().port)
+        task = Task { try await service.run() }
     }
 
     /// A client connected to the service on the group's loop.
@@ -109,11 +114,11 @@ final class RunningNameService: Sendable {
         try await AsyncFrameClient.connect(port: port, loop: group.next())
     }
 
+    /// Stops the service (its `run()` returns) and the group.
     func stop() async {
-        await onThread { [self] in
-            service.shutdown()
-            group.shutdown()
-        }
+        task.cancel()
+        if case .failure(let error) = await task.result { Issue.record("run() threw \(error)") }
+        await onThread { [group] in group.shutdown() }
     }
 }
 
