@@ -225,6 +225,7 @@ let package = Package(
             "Reporter", "RouteStore", "LoadBalancing", "LarsProtocol", "Messaging", "Reactor", "Storage", "TestSupport",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
         .testTarget(name: "ChatTests", dependencies: ["Chat", "Messaging", "Reactor", "Storage", "TestSupport"]),
     ]
 )

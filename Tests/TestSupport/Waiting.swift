@@ -70,6 +70,17 @@ public func eventually(timeout: Double = 10, interval: useconds_t = 2000, _ cond
     return try condition()
 }
 
+/// The same for async code: polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it
+/// held. The one `eventually` of the async tests (`#expect(try await eventually { ... })`).
+public func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(10))
+    }
+    return try await condition()
+}
+
 /// A fresh loop group with the given poller, shut down when `body` returns. Every loop serves by default
 /// (round-robin placement), so cross-loop paths stay covered.
 public func withGroup<R>(poller: PollerKind, ioLoops: Int = 2, placement: LoopPlacement = .roundRobin,
