@@ -43,12 +43,13 @@ extension NameService {
 
         /// swift-metrics instruments (no-ops until the executable bootstraps a backend).
         struct Metrics: Sendable {
-            let requests = Counter(label: "switchyard_names_requests_total")
-            let pushes = Counter(label: "switchyard_names_pushes_total")
-            let reloads = Counter(label: "switchyard_names_reloads_total")
-            let failedPolls = Counter(label: "switchyard_names_failed_polls_total")
-            let subscriptions = Gauge(label: "switchyard_names_subscriptions")
-            let registrations = Gauge(label: "switchyard_names_registrations")
+            static let dimensions = [("service", "names")]
+            let requests = Counter(label: "switchyard_names_requests_total", dimensions: dimensions)
+            let pushes = Counter(label: "switchyard_names_pushes_total", dimensions: dimensions)
+            let reloads = Counter(label: "switchyard_names_reloads_total", dimensions: dimensions)
+            let failedPolls = Counter(label: "switchyard_names_failed_polls_total", dimensions: dimensions)
+            let subscriptions = Gauge(label: "switchyard_names_subscriptions", dimensions: dimensions)
+            let registrations = Gauge(label: "switchyard_names_registrations", dimensions: dimensions)
         }
 
         init(pool: ConnectionPool, configuration: NameServiceConfiguration, logger: Logger) {
@@ -155,20 +156,24 @@ extension NameService {
             if pushes > 0 { metrics.pushes.increment(by: pushes) }
         }
 
+        /// Everything here is a peer's doing (or its timer's): info at most.
         private func log(_ event: NameServiceCore.Event, peer: SocketAddress?) {
             let peer = peer.map { "\($0)" } ?? "gone"
             switch event {
-            case .subscriptionLimitReached(_, let limit):
-                logger.warning("subscription limit of a connection reached; further routes are answered, not pushed",
-                               metadata: ["peer": "\(peer)", "limit": "\(limit)"])
+            case .subscriptionLimitReached(let connection, let limit):
+                logger.info("subscription limit of a connection reached; further routes are answered, not pushed",
+                            metadata: ["peer.address": "\(peer)", "connection.id": "\(connection)",
+                                       "subscription.limit": "\(limit)"])
             case .registered(let key, let host, let ttlMs):
-                logger.info("host registered", metadata: ["route": "\(key)", "host": "\(host)", "ttl_ms": "\(ttlMs)"])
+                logger.info("host registered", metadata: [
+                    "route.key": "\(key)", "host.address": "\(host)", "registration.ttl_ms": "\(ttlMs)"])
             case .deregistered(let key, let host):
-                logger.info("host deregistered", metadata: ["route": "\(key)", "host": "\(host)", "ttl_ms": "0"])
-            case .registrationRefused(_, let reason):
-                logger.info("registration refused", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+                logger.info("host deregistered", metadata: ["route.key": "\(key)", "host.address": "\(host)"])
+            case .registrationRefused(let connection, let reason):
+                logger.info("registration refused", metadata: [
+                    "peer.address": "\(peer)", "connection.id": "\(connection)", "registration.reason": "\(reason)"])
             case .registrationExpired(let key, let host):
-                logger.info("host registration ran out", metadata: ["route": "\(key)", "host": "\(host)"])
+                logger.info("host registration ran out", metadata: ["route.key": "\(key)", "host.address": "\(host)"])
             }
         }
 
@@ -269,7 +274,7 @@ extension NameService {
                         outageStart = .now
                         reachable.store(false, ordering: .relaxed)
                         logger.info("name service: database unreachable, serving the last routes", metadata: [
-                            "error": "\(error)", "route.version": "\(snapshot.version)",
+                            "error.description": "\(error)", "route.version": "\(snapshot.version)",
                         ])
                     }
                 }

@@ -1,4 +1,3 @@
-import Dispatch
 import LarsProtocol
 import LoadBalancing
 import Logging
@@ -28,7 +27,7 @@ import Synchronization
 /// `ServiceRegistration`): a registered host is served next to the hosts of RouteData until its registration
 /// runs out or is taken back, and its arrival and departure are pushed like a database change.
 ///
-/// A `Service`: ``run()`` binds (unless ``bind()`` did), polls the database, expires registrations and rebuilds the
+/// A `Service`: ``run()`` binds (unless ``start()`` did), polls the database, expires registrations and rebuilds the
 /// snapshot in child tasks, and on graceful shutdown (or cancellation) stops accepting and closes the connections.
 /// The tables must exist (`RouteSchema.create`). Safe to call from any thread.
 public final class NameService: Service, Sendable {
@@ -37,10 +36,8 @@ public final class NameService: Service, Sendable {
     private let engine: Engine
     private let server: FramedServer
     private let running = Atomic<Bool>(false)
-    /// `start()`'s private group (transitional).
-    private let standalone = Mutex<(group: ServiceGroup, task: Task<Void, Never>)?>(nil)
 
-    /// Creates the service; nothing is bound or read until ``bind()`` or ``run()``.
+    /// Creates the service; nothing is bound or read until ``start()`` or ``run()``.
     ///
     /// - Parameters:
     ///   - group: The loops that serve the agent connections.
@@ -70,27 +67,27 @@ public final class NameService: Service, Sendable {
     }
 
     /// Binds and starts answering from the (still empty) snapshot; returns the bound address. Lets a caller learn
-    /// the address (port 0) before ``run()``, which loads the routes and pushes them to whoever asked meanwhile.
-    /// A second call returns the address. Throws when the configuration is out of range or the port is taken. Waits
-    /// for the listener on a thread of its own.
+    /// the address (port 0), or that the port is taken, before ``run()``, which loads the routes and pushes them to
+    /// whoever asked meanwhile. Idempotent: a second call returns the address. Throws
+    /// ``NameServiceError/invalidConfiguration(_:)`` or the bind error. Blocks briefly (until the acceptor loop
+    /// listens); not on a loop thread.
     @discardableResult
-    public func bind() async throws -> SocketAddress {
-        try await runOnDedicatedThread(name: "sy-names-bind") { [self] in Result { try bindNow() } }.get()
-    }
-
-    private func bindNow() throws -> SocketAddress {
+    public func start() throws -> SocketAddress {
         if let address = server.localAddress { return address }
         try configuration.validate()
         let address = try server.start()
-        engine.logger.info("name service listening", metadata: ["address": "\(address)"])
+        engine.logger.info("name service listening", metadata: ["local.address": "\(address)"])
         return address
     }
 
-    /// Runs the service until graceful shutdown or cancellation (see ``NameService``), then stops accepting and
-    /// closes the connections. Throws when it cannot bind, or ``NameServiceError/alreadyRunning``.
+    /// Runs the service until graceful shutdown or cancellation (see ``NameService``): binds unless ``start()``
+    /// did, then stops accepting and closes the connections before it returns. Throws the error of ``start()``, or
+    /// ``NameServiceError/alreadyRunning``.
     public func run() async throws {
         if running.exchange(true, ordering: .acquiringAndReleasing) { throw NameServiceError.alreadyRunning }
-        try await bind()
+        if server.localAddress == nil {
+            try await runOnDedicatedThread(name: "sy-names-bind") { [self] in Result { try start() } }.get()
+        }
         let engine = self.engine
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask { await engine.runPolling() }
@@ -99,37 +96,21 @@ public final class NameService: Service, Sendable {
             try? await gracefulShutdown()
             tasks.cancelAll()
         }
-        await runOnDedicatedThread(name: "sy-names-stop") { [server] in server.shutdown() }
+        await stopServer()
         engine.logger.info("name service stopped")
     }
 
-    /// Binds and runs the service in a private `ServiceGroup` of its own, for callers that do not run services in
-    /// a group yet. Returns the bound address. Blocks briefly; not on a loop thread.
-    @available(*, deprecated, message: "run the service in a ServiceGroup: bind(), then run()")
-    @discardableResult
-    public func start() throws -> SocketAddress {
-        let address = try bindNow()
-        let group = ServiceGroup(services: [self], logger: engine.logger)
-        let task = Task { _ = try? await group.run() }
-        standalone.withLock { $0 = (group, task) }
-        return address
+    /// Stops accepting and closes the connections, waiting on a thread of its own.
+    private func stopServer() async {
+        await runOnDedicatedThread(name: "sy-names-stop") { [server] in server.shutdown() }
     }
 
-    /// Stops what ``start()`` started: stops polling, stops accepting and closes the connections. Blocks
-    /// (bounded); not on a loop thread.
-    @available(*, deprecated, message: "run the service in a ServiceGroup and shut the group down")
+    /// Transitional, for callers that ``start()`` the service without running it (the demo, until it runs its
+    /// services in a `ServiceGroup`): stops accepting and closes the connections. Blocks the calling thread (not a
+    /// loop, not a cooperative-pool thread); a running service stops by graceful shutdown instead.
+    @available(*, deprecated, message: "run the service in a ServiceGroup: start(), then run(); stop the group")
     public func shutdown() {
-        guard let (group, task) = standalone.withLock({ state in defer { state = nil }; return state }) else {
-            if server.localAddress != nil { server.shutdown() }
-            return
-        }
-        let done = DispatchSemaphore(value: 0)
-        Task.detached {
-            await group.triggerGracefulShutdown()
-            await task.value
-            done.signal()
-        }
-        done.wait()
+        if server.localAddress != nil { server.shutdown() }
     }
 
     /// The bound address once bound.

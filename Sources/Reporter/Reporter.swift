@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Dispatch
 import LarsProtocol
 import Logging
 import Messaging
@@ -21,7 +20,7 @@ import Synchronization
 /// The loops only take the writer's short lock to enqueue; all database work runs in the writer through the pool's
 /// async API. The ServerCallStatus table must exist (`RouteSchema.create`).
 ///
-/// A `Service`: ``run()`` binds (unless ``bind()`` did) and runs the writer as a child task; on graceful shutdown it
+/// A `Service`: ``run()`` binds (unless ``start()`` did) and runs the writer as a child task; on graceful shutdown it
 /// stops accepting, then writes what is queued (at most ``ReporterConfiguration/drainTimeout``) and returns. On
 /// cancellation it stops at once. Safe to call from any thread.
 public final class Reporter: Service, Sendable {
@@ -32,19 +31,18 @@ public final class Reporter: Service, Sendable {
     private let logger: Logger
     private let metrics: Metrics
     private let running = Atomic<Bool>(false)
-    /// `start()`'s private group (transitional).
-    private let standalone = Mutex<(group: ServiceGroup, task: Task<Void, Never>)?>(nil)
 
     /// swift-metrics instruments (no-ops until the executable bootstraps a backend).
     struct Metrics: Sendable {
-        let received = Counter(label: "switchyard_reporter_received_total")
-        let written = Counter(label: "switchyard_reporter_written_total")
-        let dropped = Counter(label: "switchyard_reporter_dropped_total")
-        let failed = Counter(label: "switchyard_reporter_failed_total")
-        let queued = Gauge(label: "switchyard_reporter_queued")
+        static let dimensions = [("service", "reporter")]
+        let received = Counter(label: "switchyard_reporter_received_total", dimensions: dimensions)
+        let written = Counter(label: "switchyard_reporter_written_total", dimensions: dimensions)
+        let dropped = Counter(label: "switchyard_reporter_dropped_total", dimensions: dimensions)
+        let failed = Counter(label: "switchyard_reporter_failed_total", dimensions: dimensions)
+        let queued = Gauge(label: "switchyard_reporter_queued", dimensions: dimensions)
     }
 
-    /// Creates the reporter; nothing is bound until ``bind()`` or ``run()``.
+    /// Creates the reporter; nothing is bound until ``start()`` or ``run()``.
     ///
     /// - Parameters:
     ///   - group: The loops that serve the agent connections.
@@ -75,7 +73,7 @@ public final class Reporter: Service, Sendable {
                     metrics.failed.increment(by: count)
                     if !failing.exchange(true, ordering: .relaxed) {
                         logger.info("reporter: database write failed; reports are lost until it works again",
-                                    metadata: ["error": "\(error)"])
+                                    metadata: ["error.description": "\(error)"])
                     }
                 }
                 metrics.queued.record(statistics.queued)
@@ -96,27 +94,26 @@ public final class Reporter: Service, Sendable {
             router: router)
     }
 
-    /// Binds and starts accepting reports (queued until ``run()`` writes them); returns the bound address. A second
-    /// call returns the address. Throws when the configuration is out of range or the port is taken. Waits for
-    /// the listener on a thread of its own.
+    /// Binds and starts accepting reports (queued until ``run()`` writes them); returns the bound address. Lets a
+    /// caller learn the address (port 0), or that the port is taken, before ``run()``. Idempotent: a second call
+    /// returns the address. Throws ``ReporterError/invalidConfiguration(_:)`` or the bind error. Blocks briefly
+    /// (until the acceptor loop listens); not on a loop thread.
     @discardableResult
-    public func bind() async throws -> SocketAddress {
-        try await runOnDedicatedThread(name: "sy-rep-bind") { [self] in Result { try bindNow() } }.get()
-    }
-
-    private func bindNow() throws -> SocketAddress {
+    public func start() throws -> SocketAddress {
         if let address = server.localAddress { return address }
         try configuration.validate()
         let address = try server.start()
-        logger.info("reporter listening", metadata: ["address": "\(address)"])
+        logger.info("reporter listening", metadata: ["local.address": "\(address)"])
         return address
     }
 
-    /// Runs the reporter until graceful shutdown or cancellation (see ``Reporter``). Throws when it cannot bind, or
-    /// ``ReporterError/alreadyRunning``.
+    /// Runs the reporter until graceful shutdown or cancellation (see ``Reporter``); binds unless ``start()`` did.
+    /// Throws the error of ``start()``, or ``ReporterError/alreadyRunning``.
     public func run() async throws {
         if running.exchange(true, ordering: .acquiringAndReleasing) { throw ReporterError.alreadyRunning }
-        try await bind()
+        if server.localAddress == nil {
+            try await runOnDedicatedThread(name: "sy-rep-bind") { [self] in Result { try start() } }.get()
+        }
         let (writer, server) = (self.writer, self.server)
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask { await writer.run() }
@@ -129,33 +126,12 @@ public final class Reporter: Service, Sendable {
         logger.info("reporter stopped")
     }
 
-    /// Binds and runs the reporter in a private `ServiceGroup` of its own, for callers that do not run services in
-    /// a group yet. Returns the bound address. Blocks briefly; not on a loop thread.
-    @available(*, deprecated, message: "run the reporter in a ServiceGroup: bind(), then run()")
-    @discardableResult
-    public func start() throws -> SocketAddress {
-        let address = try bindNow()
-        let group = ServiceGroup(services: [self], logger: logger)
-        let task = Task { _ = try? await group.run() }
-        standalone.withLock { $0 = (group, task) }
-        return address
-    }
-
-    /// Stops what ``start()`` started: stops accepting, then writes what is queued (at most the drain timeout).
-    /// Blocks; not on a loop thread.
-    @available(*, deprecated, message: "run the reporter in a ServiceGroup and shut the group down")
+    /// Transitional, for callers that ``start()`` the reporter without running it (the demo, until it runs its
+    /// services in a `ServiceGroup`): stops accepting and closes the connections; queued reports stay unwritten (only
+    /// ``run()`` writes). Blocks the calling thread (not a loop, not a cooperative-pool thread).
+    @available(*, deprecated, message: "run the reporter in a ServiceGroup: start(), then run(); stop the group")
     public func shutdown() {
-        guard let (group, task) = standalone.withLock({ state in defer { state = nil }; return state }) else {
-            if server.localAddress != nil { server.shutdown() }
-            return
-        }
-        let done = DispatchSemaphore(value: 0)
-        Task.detached {
-            await group.triggerGracefulShutdown()
-            await task.value
-            done.signal()
-        }
-        done.wait()
+        if server.localAddress != nil { server.shutdown() }
     }
 
     /// The bound address once bound.

@@ -261,7 +261,7 @@ public final class BatchWriter<Element: Sendable>: Sendable {
     ///
     /// - Parameters:
     ///   - configuration: Bounds, batch size, timing.
-    ///   - label: Names the writer in its log lines (`writer` metadata).
+    ///   - label: Names the writer in its log lines (`writer.label` metadata).
     ///   - logger: Where the writer logs the start of an episode of drops and a drain cut short (info).
     ///   - cost: What one element costs against ``BatchWriterConfiguration/maxCost`` and
     ///     ``BatchWriterConfiguration/batchCost`` (negative counts as 0). Called outside the lock.
@@ -331,7 +331,8 @@ public final class BatchWriter<Element: Sendable>: Sendable {
         for waiter in flushed { waiter.resume() }
         if firstDrop {
             logger.info("batch writer full: dropping the oldest until it catches up", metadata: [
-                "writer": "\(label)", "capacity": "\(capacity)", "maxCost": "\(maxCost.map(String.init) ?? "none")",
+                "writer.label": "\(label)", "writer.capacity": "\(capacity)",
+                "writer.max_cost": "\(maxCost.map(String.init) ?? "none")",
             ])
         }
         if let stats { observe(.dropped(dropped), stats) }
@@ -603,7 +604,7 @@ public final class BatchWriter<Element: Sendable>: Sendable {
         for waiter in flushed { waiter.resume() }
         if queued > 0 {
             logger.info("batch writer stopped before its queue was written",
-                        metadata: ["writer": "\(label)", "queued": "\(queued)", "reason": "\(reason)"])
+                        metadata: ["writer.label": "\(label)", "writer.queued": "\(queued)", "writer.reason": "\(reason)"])
         }
     }
 

@@ -36,18 +36,21 @@ struct NamesCommand: AsyncParsableCommand {
         guard pollInterval > 0, pollInterval <= 3600 else { throw ValidationError("--poll-interval must be 0...3600 s") }
         guard fullReloadInterval > 0 else { throw ValidationError("--full-reload-interval must be positive") }
         guard (0...64).contains(threads) else { throw ValidationError("--threads must be 0...64, got \(threads)") }
+        do {
+            try configuration.validate()
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+
+    var configuration: NameServiceConfiguration {
+        NameServiceConfiguration(host: host, port: port, pollInterval: .seconds(pollInterval),
+                                 fullReloadInterval: .seconds(fullReloadInterval))
     }
 
     func run() async throws {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.names")
-        let configuration = NameServiceConfiguration(
-            host: host, port: port, pollInterval: .seconds(pollInterval), fullReloadInterval: .seconds(fullReloadInterval))
-        do {
-            try configuration.validate()
-        } catch {
-            throw CommandFailure("names: \(error)")
-        }
         let pool = try await database.openReadyPool(logger: logger)
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(logger: logger),
@@ -55,7 +58,7 @@ struct NamesCommand: AsyncParsableCommand {
         let names = NameService(group: group, configuration: configuration, pool: pool, logger: logger)
         let address: SocketAddress
         do {
-            address = try await names.bind()
+            address = try names.start()
         } catch {
             await group.shutdown()
             await pool.close()

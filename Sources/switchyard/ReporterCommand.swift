@@ -30,17 +30,20 @@ struct ReporterCommand: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
         guard queueCapacity > 0 else { throw ValidationError("--queue-capacity must be positive") }
         guard (0...64).contains(threads) else { throw ValidationError("--threads must be 0...64, got \(threads)") }
+        do {
+            try configuration.validate()
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+
+    var configuration: ReporterConfiguration {
+        ReporterConfiguration(host: host, port: port, queueCapacity: queueCapacity)
     }
 
     func run() async throws {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.reporter")
-        let configuration = ReporterConfiguration(host: host, port: port, queueCapacity: queueCapacity)
-        do {
-            try configuration.validate()
-        } catch {
-            throw CommandFailure("reporter: \(error)")
-        }
         let pool = try await database.openReadyPool(logger: logger)
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(logger: logger),
@@ -48,7 +51,7 @@ struct ReporterCommand: AsyncParsableCommand {
         let reporter = Reporter(group: group, configuration: configuration, pool: pool, logger: logger)
         let address: SocketAddress
         do {
-            address = try await reporter.bind()
+            address = try reporter.start()
         } catch {
             await group.shutdown()
             await pool.close()

@@ -45,16 +45,6 @@ final class LogRecorder: Sendable {
     }
 }
 
-/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
-func eventually(timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return try await condition()
-}
-
 /// The next frame of a client, or nil when none arrives within `timeout`.
 func nextFrame(_ client: AsyncFrameClient, timeout: Duration = .seconds(5)) async throws -> InboundFrame? {
     try await withThrowingTaskGroup(of: InboundFrame?.self) { group in
@@ -105,7 +95,7 @@ final class RunningNameService: Sendable {
         configure(&configuration)
         let service = NameService(group: group, configuration: configuration, pool: pool, logger: logger)
         self.service = service
-        port = Int(try await service.bind().port)
+        port = Int(try service.start().port)
         task = Task { try await service.run() }
     }
 
@@ -175,5 +165,77 @@ func runSwitchyard(_ arguments: [String], timeout: Duration = .seconds(60)) asyn
         while errReader.isExecuting || !errReader.isFinished { usleep(1000) }
         return ChildOutput(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
                            stderr: String(decoding: errData.withLock { $0 }, as: UTF8.self))
+    }
+}
+
+/// A `switchyard` service run as a child process: its first stdout line (which names `127.0.0.1:PORT`) is read
+/// at start; `terminate` sends SIGTERM and returns the exit status and what it printed on stderr.
+final class ChildService: Sendable {
+    let firstLine: String
+    let port: UInt16
+    private let pid: Int32
+    private let exit: Task<(status: Int32, stderr: String), Never>
+
+    private init(firstLine: String, port: UInt16, pid: Int32, exit: Task<(status: Int32, stderr: String), Never>) {
+        self.firstLine = firstLine
+        self.port = port
+        self.pid = pid
+        self.exit = exit
+    }
+
+    /// Starts `switchyard ARGS` and waits (at most 30 s) for its first line.
+    static func start(_ arguments: [String]) async throws -> ChildService {
+        let exe = switchyardExecutable()
+        guard FileManager.default.isExecutableFile(atPath: exe) else {
+            throw TestFailure("switchyard executable not found at \(exe); run `swift build` before `swift test`")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: exe)
+        process.arguments = arguments
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let pid = process.processIdentifier
+        let killer = DispatchWorkItem { kill(pid, SIGKILL) }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 30, execute: killer)
+        let line = await onThread { () -> String in
+            var line = Data()
+            while !line.contains(UInt8(ascii: "\n")) {
+                let chunk = out.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                line.append(chunk)
+            }
+            return String(decoding: line, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? ""
+        }
+        killer.cancel()
+        let exit = Task {
+            await onThread { () -> (status: Int32, stderr: String) in
+                let data = err.fileHandleForReading.readDataToEndOfFile()
+                process.waitUntilExit()
+                let status = process.terminationReason == .exit ? process.terminationStatus : 128 + process.terminationStatus
+                return (status, String(decoding: data, as: UTF8.self))
+            }
+        }
+        guard let range = line.range(of: #"127\.0\.0\.1:[0-9]+"#, options: .regularExpression),
+              let port = UInt16(line[range].split(separator: ":")[1]) else {
+            kill(pid, SIGKILL)
+            throw TestFailure("the child did not print its address; got: \(line); stderr: \(await exit.value.stderr)")
+        }
+        return ChildService(firstLine: line, port: port, pid: pid, exit: exit)
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after `timeout`: status 137). Returns the status and stderr.
+    func terminate(within timeout: Duration) async -> (status: Int32, stderr: String) {
+        kill(pid, SIGTERM)
+        let pid = self.pid
+        let killer = Task {
+            try? await Task.sleep(for: timeout)
+            if !Task.isCancelled { kill(pid, SIGKILL) }
+        }
+        let result = await exit.value
+        killer.cancel()
+        return result
     }
 }

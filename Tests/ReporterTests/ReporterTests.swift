@@ -171,7 +171,7 @@ extension ReporterSocketTests {
             await pool.close()
         }
 
-        @Test("a port already taken: bind() and run() throw, nothing is left listening")
+        @Test("a port already taken: start() and run() throw, nothing is left listening")
         func portTaken() async throws {
             let pool = try await makePool(TestDatabase.sqliteFile.url())
             let (fd, port) = try boundLoopbackSocket(listenBacklog: 8)
@@ -179,7 +179,7 @@ extension ReporterSocketTests {
             let group = try EventLoopGroup(ioLoops: 1)
             let reporter = Reporter(group: group, configuration: ReporterConfiguration(port: Int(port)), pool: pool,
                                     logger: quietLogger)
-            await #expect(throws: (any Error).self) { try await reporter.bind() }
+            #expect(throws: (any Error).self) { try reporter.start() }
             let other = Reporter(group: group, configuration: ReporterConfiguration(port: Int(port)), pool: pool,
                                  logger: quietLogger)
             await #expect(throws: (any Error).self) {

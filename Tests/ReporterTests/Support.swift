@@ -32,16 +32,6 @@ func makePool(_ url: String, _ configuration: PoolConfiguration = PoolConfigurat
     return pool
 }
 
-/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
-func eventually(timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return try await condition()
-}
-
 /// A reporter on a fresh group and port 0, run in a `ServiceGroup` as the CLI runs it; `stop()` shuts the group
 /// down gracefully (the reporter stops accepting and writes what is queued) and returns how long that took.
 final class RunningReporter: Sendable {
@@ -57,7 +47,7 @@ final class RunningReporter: Sendable {
         configuration.port = 0
         let reporter = Reporter(group: group, configuration: configuration, pool: pool, logger: logger)
         self.reporter = reporter
-        port = Int(try await reporter.bind().port)
+        port = Int(try reporter.start().port)
         let services = ServiceGroup(services: [reporter], logger: logger)
         self.services = services
         task = Task { try await services.run() }

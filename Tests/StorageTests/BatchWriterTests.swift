@@ -60,16 +60,6 @@ final class RecordingSink: Sendable {
     }
 }
 
-/// Polls `condition` every 5 ms until it holds or `timeout` passes.
-private func soon(timeout: Duration = .seconds(5), _ condition: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    return condition()
-}
-
 private func balanced(_ s: BatchWriterStatistics) -> Bool {
     s.received == s.written + s.dropped + s.failed + s.queued
 }
@@ -103,10 +93,10 @@ struct BatchWriterTests {
         try await running(writer) {
             let start = ContinuousClock.now
             for i in 0..<7 { writer.append(i) }
-            #expect(await soon { sink.written.count >= 6 })
+            #expect(await eventually { sink.written.count >= 6 })
             #expect(ContinuousClock.now - start < .milliseconds(900), "full batches wait for nothing")
             #expect(sink.batches.prefix(2) == [[0, 1, 2], [3, 4, 5]])
-            #expect(await soon { sink.written.count == 7 })
+            #expect(await eventually { sink.written.count == 7 })
             #expect(ContinuousClock.now - start >= .milliseconds(900), "the partial batch waited for the interval")
         }
         #expect(sink.batches == [[0, 1, 2], [3, 4, 5], [6]])
@@ -122,14 +112,14 @@ struct BatchWriterTests {
             label: "test", logger: logger, write: sink.write)
         try await running(writer) {
             writer.append(0)
-            #expect(await soon { sink.attempts == 1 }, "element 0 is in the writer's hands")
+            #expect(await eventually { sink.attempts == 1 }, "element 0 is in the writer's hands")
             var dropped = 0
             for i in 1...10 { dropped += writer.append(i) }
             let during = writer.statistics
             #expect(during.queued == 5 && during.dropped == 6 && dropped == 6, "\(during)")
             #expect(balanced(during))
             sink.open()
-            #expect(await soon { writer.statistics.queued == 0 })
+            #expect(await eventually { writer.statistics.queued == 0 })
         }
         #expect(sink.written == [0, 7, 8, 9, 10], "the newest survive")
         let stats = writer.statistics
@@ -145,7 +135,7 @@ struct BatchWriterTests {
         try await running(writer) {
             writer.append(0)
             writer.append(1)  // a full batch: written at once
-            #expect(await soon { sink.attempts == 1 })
+            #expect(await eventually { sink.attempts == 1 })
             #expect(writer.append(2) == 1, "nothing waiting to drop: the new one goes")
             let stats = writer.statistics
             #expect(stats.dropped == 1 && stats.queued == 2 && balanced(stats), "\(stats)")
@@ -163,7 +153,7 @@ struct BatchWriterTests {
             label: "test", logger: logger, cost: { $0 }, write: sink.write)
         try await running(writer) {
             writer.append(1)
-            #expect(await soon { sink.attempts == 1 })
+            #expect(await eventually { sink.attempts == 1 })
             #expect(writer.append(11) == 1, "costs more than the bound on its own")
             writer.append(4)
             writer.append(4)  // held: 1 + 4 + 4 = 9
@@ -184,7 +174,7 @@ struct BatchWriterTests {
             label: "test", logger: logger, cost: { $0 }, write: sink.write)
         try await running(writer) {
             for value in [2, 2, 2, 9, 1, 1] { writer.append(value) }
-            #expect(await soon { sink.written.count == 6 })
+            #expect(await eventually { sink.written.count == 6 })
         }
         // [2, 2] is below 5, so the third 2 joins (6); 9 alone passes it; then [1, 1].
         #expect(sink.batches == [[2, 2, 2], [9], [1, 1]])
@@ -208,10 +198,10 @@ struct BatchWriterTests {
         try await running(writer) {
             writer.append(1)
             writer.append(2)
-            #expect(await soon { writer.statistics.failed == 2 })
+            #expect(await eventually { writer.statistics.failed == 2 })
             writer.append(3)
             writer.append(4)
-            #expect(await soon { writer.statistics.written == 2 })
+            #expect(await eventually { writer.statistics.written == 2 })
         }
         #expect(sink.written == [3, 4])
         let stats = writer.statistics
@@ -227,7 +217,7 @@ struct BatchWriterTests {
             label: "test", logger: logger, write: sink.write)
         try await running(writer) {
             writer.append(1)
-            #expect(await soon { writer.statistics.written == 1 })
+            #expect(await eventually { writer.statistics.written == 1 })
         }
         #expect(sink.written == [1] && sink.attempts == 3)
         #expect(writer.statistics.failedWrites == 2 && writer.statistics.failed == 0)
@@ -238,7 +228,7 @@ struct BatchWriterTests {
             label: "test", logger: logger, write: always.write)
         try await running(giving) {
             giving.append(1)
-            #expect(await soon { giving.statistics.failed == 1 })
+            #expect(await eventually { giving.statistics.failed == 1 })
         }
         let stats = giving.statistics
         #expect(always.attempts == 2 && stats.failedWrites == 2 && stats.queued == 0 && balanced(stats))
@@ -279,7 +269,7 @@ struct BatchWriterTests {
         try await running(writer) {
             writer.append(1)
             writer.append(2)
-            #expect(await soon { sink.attempts == 1 })
+            #expect(await eventually { sink.attempts == 1 })
         }
         let took = ContinuousClock.now - start
         #expect(took < .seconds(3), "run() returned \(took) after finish")
@@ -287,7 +277,7 @@ struct BatchWriterTests {
         #expect(stats.queued == 2 && stats.written == 0 && balanced(stats), "\(stats)")
         #expect(lines.get().filter { $0.message.contains("stopped before its queue was written") }.count == 1)
         sink.open()
-        #expect(await soon { writer.statistics.written == 1 })
+        #expect(await eventually { writer.statistics.written == 1 })
         stats = writer.statistics
         #expect(stats.queued == 1 && balanced(stats), "the late write counts; element 2 was never taken: \(stats)")
     }
@@ -299,14 +289,14 @@ struct BatchWriterTests {
                                       label: "test", logger: logger, write: sink.write)
         let task = Task { await writer.run() }
         writer.append(1)
-        #expect(await soon { sink.attempts == 1 })
+        #expect(await eventually { sink.attempts == 1 })
         let start = ContinuousClock.now
         task.cancel()
         try await withTimeout(5, "cancelled run()") { await task.value }
         #expect(ContinuousClock.now - start < .seconds(2))
         #expect(writer.statistics.queued == 1)
         sink.open()
-        #expect(await soon { writer.statistics.written == 1 })
+        #expect(await eventually { writer.statistics.written == 1 })
 
         // Cancelled while idle.
         let idle = BatchWriter<Int>(label: "test", logger: logger, write: sink.write)
@@ -367,18 +357,18 @@ struct BatchWriterTests {
             for i in 0..<50 { writer.append(i) }
             #expect(writer.statistics.dropped == 47)
             #expect(episodes().count == 1)
-            #expect(episodes().first?.metadata["writer"] == "episodes")
+            #expect(episodes().first?.metadata["writer.label"] == "episodes")
             sink.open()
-            #expect(await soon { writer.statistics.queued == 0 })
+            #expect(await eventually { writer.statistics.queued == 0 })
             try await Task.sleep(for: .milliseconds(20))  // the writer has looked at its empty queue: the episode ended
             sink.close()
             let before = sink.attempts
             writer.append(100)
-            #expect(await soon { sink.attempts == before + 1 })
+            #expect(await eventually { sink.attempts == before + 1 })
             for i in 101..<110 { writer.append(i) }
             #expect(episodes().count == 2, "a second episode")
             sink.open()
-            #expect(await soon { writer.statistics.queued == 0 })
+            #expect(await eventually { writer.statistics.queued == 0 })
         }
         #expect(writer.statistics.dropped == 47 + 7)
     }
