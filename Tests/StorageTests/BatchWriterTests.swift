@@ -104,6 +104,25 @@ struct BatchWriterTests {
         #expect(stats.received == 7 && stats.written == 7 && stats.queued == 0 && balanced(stats))
     }
 
+    @Test("the reporter's old drop-oldest queue: 1...7 into 5 keeps 3...7 in order, counts 2 drops, then takes more")
+    func dropOldestQueue() async throws {
+        let sink = RecordingSink()
+        let writer = BatchWriter<Int>(
+            configuration: BatchWriterConfiguration(capacity: 5, batchSize: 100, flushInterval: .seconds(3600)),
+            label: "test", logger: logger, write: sink.write)
+        for i in 1...7 { writer.append(i) }
+        #expect(writer.statistics.queued == 5)
+        #expect(writer.statistics.dropped == 2)
+        try await running(writer) {
+            await writer.flush()
+            #expect(sink.written == [3, 4, 5, 6, 7])
+            writer.append(8)
+            await writer.flush()
+            #expect(sink.written.last == 8)
+            #expect(writer.statistics.queued == 0)
+        }
+    }
+
     @Test("full: the oldest waiting are dropped and counted; the batch being written counts against the capacity")
     func dropsOldest() async throws {
         let sink = RecordingSink(gated: true)
