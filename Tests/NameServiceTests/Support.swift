@@ -135,21 +135,27 @@ struct ChildOutput: Sendable {
     var stderr: String
 }
 
-/// Runs `switchyard` with arguments to completion (killed after `timeout`).
-func runSwitchyard(_ arguments: [String], timeout: Duration = .seconds(60)) async throws -> ChildOutput {
+/// `switchyard ARGS` as a process with stdout and stderr piped, not started yet.
+func switchyardProcess(_ arguments: [String]) throws -> (process: Process, stdout: Pipe, stderr: Pipe) {
     let exe = switchyardExecutable()
     guard FileManager.default.isExecutableFile(atPath: exe) else {
         throw TestFailure("switchyard executable not found at \(exe); run `swift build` before `swift test`")
     }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: exe)
+    process.arguments = arguments
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    return (process, out, err)
+}
+
+/// Runs `switchyard` with arguments to completion (killed after `timeout`).
+func runSwitchyard(_ arguments: [String], timeout: Duration = .seconds(60)) async throws -> ChildOutput {
+    let (process, out, err) = try switchyardProcess(arguments)
     let seconds = Double(timeout.components.seconds)
     return await onThread {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: exe)
-        process.arguments = arguments
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
         do { try process.run() } catch {
             return ChildOutput(status: -1, stdout: "", stderr: "cannot run: \(error)")
         }
@@ -185,17 +191,7 @@ final class ChildService: Sendable {
 
     /// Starts `switchyard ARGS` and waits (at most 30 s) for its first line.
     static func start(_ arguments: [String]) async throws -> ChildService {
-        let exe = switchyardExecutable()
-        guard FileManager.default.isExecutableFile(atPath: exe) else {
-            throw TestFailure("switchyard executable not found at \(exe); run `swift build` before `swift test`")
-        }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: exe)
-        process.arguments = arguments
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
+        let (process, out, err) = try switchyardProcess(arguments)
         try process.run()
         let pid = process.processIdentifier
         let killer = DispatchWorkItem { kill(pid, SIGKILL) }
