@@ -223,6 +223,10 @@ let package = Package(
             "NameService", "Reporter", "RouteStore", "LoadBalanceClient", "LoadBalancing", "LarsProtocol",
             "Messaging", "Reactor", "Storage", "TestSupport",
         ]),
+        .testTarget(name: "ReporterTests", dependencies: [
+            "Reporter", "RouteStore", "LoadBalancing", "LarsProtocol", "Messaging", "Reactor", "Storage", "TestSupport",
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
         .testTarget(name: "ChatTests", dependencies: ["Chat", "Messaging", "Reactor", "Storage", "TestSupport"]),
     ]
