@@ -3,7 +3,6 @@ import struct FoundationEssentials.Data  // the protobuf `bytes` type; not the w
 #else
 import struct Foundation.Data
 #endif
-import Dispatch
 import LarsProtocol
 import LarsWire
 import LoadBalancing
@@ -27,34 +26,6 @@ public enum LoadBalanceClientError: Error, Equatable, Sendable, CustomStringConv
         case .closed: return "the load-balance client is closed"
         case .badReply(let text): return "bad reply from the agent: \(text)"
         }
-    }
-}
-
-/// The answer to `getHost`: the agent's return code and, on success, the host to call.
-public struct GetHostResult: Sendable, Hashable, CustomStringConvertible {
-    /// `LarsReturnCode`: 0 success, 1 overload, 2 system error, 3 no such module (yet).
-    public var retcode: Int32
-    /// The host to call (set when `retcode` is 0).
-    public var host: Host?
-
-    public init(retcode: Int32, host: Host?) {
-        self.retcode = retcode
-        self.host = host
-    }
-
-    /// True when the agent chose a host.
-    public var isSuccess: Bool { retcode == LarsReturnCode.success && host != nil }
-
-    public var description: String {
-        let name: String
-        switch retcode {
-        case LarsReturnCode.success: name = "SUCC"
-        case LarsReturnCode.overload: name = "OVERLOAD"
-        case LarsReturnCode.systemError: name = "SYSTEM_ERROR"
-        case LarsReturnCode.notExist: name = "NOEXIST"
-        default: name = "retcode \(retcode)"
-        }
-        return host.map { "\(name) \($0)" } ?? name
     }
 }
 
@@ -129,20 +100,28 @@ public final class LoadBalanceClient: Sendable {
         close()
     }
 
-    /// Fails every pending request with `.closed` and closes the socket (and the private loop). Idempotent. Safe
-    /// from any thread, the client's own loop included (a task running there may end the client's life).
+    /// Fails every pending request with `.closed`, closes the socket and stops the private loop. Idempotent. Safe
+    /// from any thread, the client's own loop included (a task running there may end the client's life), and never
+    /// blocks: the private loop's thread is joined on a thread of its own (`shutdown()` waits for that).
     public func close() {
-        if isClosed.exchange(true, ordering: .acquiringAndReleasing) { return }
+        guard let group = closeSocket() else { return }
+        Task.detached { await group.shutdown() }
+    }
+
+    /// Closes the client as `close()` does and returns once the private loop's thread has stopped, without holding
+    /// the caller's thread. Not from a task running on the client's own loop (that loop cannot wait for itself).
+    public func shutdown() async {
+        _ = closeSocket()
+        await ownedGroup?.shutdown()
+    }
+
+    /// The first call closes the socket and fails the waiters, and returns the private group to stop (if any).
+    private func closeSocket() -> EventLoopGroup? {
+        if isClosed.exchange(true, ordering: .acquiringAndReleasing) { return nil }
         sweepTimer.cancel()
         endpoint.close()
         waiters.closeAll()
-        guard let group = ownedGroup else { return }
-        if loop.inLoopThread {
-            // A loop cannot join its own thread: stop it from elsewhere.
-            DispatchQueue.global().async { group.shutdown() }
-        } else {
-            group.shutdown()
-        }
+        return ownedGroup
     }
 
     private func address(modid: Int32, cmdid: Int32) -> SocketAddress {
@@ -193,8 +172,7 @@ public final class LoadBalanceClient: Sendable {
             endpoint.channels[0].send(bytes, to: destination)
         }
         guard case .host(let response) = reply else { throw LoadBalanceClientError.badReply("not a GetHostResponse") }
-        let host = response.hasHost ? Host(wireIP: response.host.ip, wirePort: response.host.port) : nil
-        return GetHostResult(retcode: response.retcode, host: response.retcode == 0 ? host : nil)
+        return try GetHostResult(response)
     }
 
     /// Tells the agent how a call to `host` went: retcode 0 is a success, anything else a failure (1 overload).

@@ -3,6 +3,7 @@ import LoadBalancing
 import Logging
 import Messaging
 import Reactor
+import ServiceLifecycle
 import SwitchyardCore
 import Synchronization
 
@@ -11,6 +12,9 @@ import Synchronization
 /// drops out within `ttl` once it stops; `stop()` takes it back at once. Reconnects with backoff when the name
 /// service goes away, registering again on every connection. Safe to call from any thread.
 ///
+/// A `Service`: in a `ServiceGroup`, `run()` registers, keeps the heartbeat until the group's graceful shutdown,
+/// and takes the registration back on the way out. Without a group, call `start()` and `stop()`:
+///
 /// ```swift
 /// let registration = try ServiceRegistration(loop: group.next(), modid: 7, cmdid: 1,
 ///                                            host: Host(address: "10.0.0.5", port: 9000)!, ttl: .seconds(10))
@@ -18,7 +22,7 @@ import Synchronization
 /// ...
 /// registration.stop()
 /// ```
-public final class ServiceRegistration: Sendable {
+public final class ServiceRegistration: Service, Sendable {
     public let key: RouteKey
     public let host: Host
     public let ttl: Duration
@@ -99,6 +103,16 @@ public final class ServiceRegistration: Sendable {
         client.disconnect()
     }
 
+    /// Registers and keeps the heartbeat until the graceful shutdown of the `ServiceGroup` (or cancellation), then
+    /// takes the registration back (ttl 0) and returns once the loop has handed that to the connection, so the
+    /// loop may be stopped right after.
+    public func run() async throws {
+        start()
+        try? await gracefulShutdown()
+        stop()
+        await afterPendingTasks(on: loop)
+    }
+
     /// Registrations (and heartbeats) the name service accepted so far.
     public var acceptedCount: Int { replies.accepted.load(ordering: .relaxed) }
 
@@ -113,5 +127,21 @@ public final class ServiceRegistration: Sendable {
         request.port = Int32(host.port)
         request.ttlMs = UInt32(clamping: ttl.millisecondsTruncated)
         return request
+    }
+}
+
+/// Returns once `loop` has run the tasks posted to it before this call (at once when the loop has stopped: a task
+/// posted to a stopped loop is released without running, which resumes the caller too).
+func afterPendingTasks(on loop: EventLoop) async {
+    final class ResumeOnce: Sendable {
+        // Resumed exactly once: by the task, or by the release of a task that never ran.
+        let continuation: Mutex<CheckedContinuation<Void, Never>?>
+        init(_ c: CheckedContinuation<Void, Never>) { continuation = Mutex(c) }
+        func resume() { continuation.withLock { c in defer { c = nil }; return c }?.resume() }
+        deinit { resume() }
+    }
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        let once = ResumeOnce(continuation)
+        loop.execute { once.resume() }
     }
 }

@@ -5,6 +5,7 @@ import LoadBalanceClient
 import LoadBalancing
 import Messaging
 import Reactor
+import TestSupport
 import Testing
 
 let h1 = LoadBalancing.Host(ip: 0x0A00_0001, port: 9000)  // 10.0.0.1:9000

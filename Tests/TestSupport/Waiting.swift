@@ -70,6 +70,20 @@ public func eventually(timeout: Double = 10, interval: useconds_t = 2000, _ cond
     return try condition()
 }
 
+/// Polls an async condition (a round trip to a server, a value read on a loop) until it holds, failing after
+/// `timeout` seconds: the async form of `eventually`, which pauses without holding a thread. (Disfavoured, so a
+/// condition without `await` keeps the synchronous form rather than being ambiguous.)
+@_disfavoredOverload
+public func eventually(timeout: Double = 10, interval: Duration = .milliseconds(10),
+                       _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + .milliseconds(Int64(timeout * 1000))
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: interval)
+    }
+    return try await condition()
+}
+
 /// A fresh loop group with the given poller, shut down when `body` returns. Every loop serves by default
 /// (round-robin placement), so cross-loop paths stay covered.
 public func withGroup<R>(poller: PollerKind, ioLoops: Int = 2, placement: LoopPlacement = .roundRobin,
