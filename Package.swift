@@ -221,6 +221,7 @@ let package = Package(
             "NameService", "Reporter", "RouteStore", "LoadBalanceClient", "LoadBalancing", "LarsProtocol",
             "Messaging", "Reactor", "Storage", "TestSupport",
         ]),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
         .testTarget(name: "ChatTests", dependencies: ["Chat", "Messaging", "Reactor", "Storage", "TestSupport"]),
     ]
 )

@@ -80,12 +80,12 @@ public final class FramedClient: Sendable {
 
     static func startHeartbeats(_ connection: TCPConnection, interval: Duration) {
         let session = FrameDispatcher.session(of: connection)
-        let intervalNs = interval.nanosecondsSaturated
-        let check = Duration.nanoseconds(Int64(max(intervalNs / 2, 1_000_000)))
-        session.heartbeatTimer = connection.loop.scheduleRepeating(every: check) { [weak connection] in
+        let policy = HeartbeatPolicy(interval: interval)
+        session.heartbeatTimer = connection.loop.scheduleRepeating(every: policy.checkInterval) { [weak connection] in
             guard let connection, connection.isActive else { return }
             let now = SystemInfo.monotonicNanoseconds()
-            if now &- connection.lastSendTime >= intervalNs {
+            // The server's idle timeout decides about silence; this side only keeps the connection warm.
+            if policy.decide(now: now, lastSent: connection.lastSendTime, lastReceived: now) == .sendHeartbeat {
                 connection.sendFrame(messageID: ReservedMessageID.heartbeat, body: UnsafeRawBufferPointer(start: nil, count: 0))
             }
         }

@@ -1,10 +1,11 @@
 import ArgumentParser
 import Logging
 import SwitchyardBench
+import SwitchyardCore
 import Messaging
 import Reactor
 
-struct BenchCommand: ParsableCommand {
+struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks and the servers the benchmark suite measures.",
@@ -25,6 +26,17 @@ struct QPSCommand: ParsableCommand {
     @Option(help: "Payload bytes per message.") var size = 16
     @Option(help: "Server address host:port; without it a server is started in this process.") var server: String?
     @Option(help: "Poller of the in-process server and the clients.") var poller: PollerKind = .epoll
+    @OptionGroup var output: JSONOutputOption
+
+    /// The `--json` result.
+    struct Summary: Encodable {
+        let connections: Int
+        let payloadBytes: Int
+        let messages: Int
+        let seconds: Double
+        let messagesPerSecond: Double
+        let perSecond: [Int]
+    }
 
     func validate() throws {
         guard connections > 0 && connections <= 100_000 else { throw ValidationError("--connections must be 1...100000") }
@@ -51,19 +63,26 @@ struct QPSCommand: ParsableCommand {
             serverGroup = group
             framed = s
         }
-        announce("qps: \(connections) connections, \(size)-byte payload, \(seconds) s against \(address)")
+        let json = output.json
+        if !json { announce("qps: \(connections) connections, \(size)-byte payload, \(seconds) s against \(address)") }
         let result = try EchoBenchmark.runQPS(
             group: clientGroup, address: address,
             options: .init(connections: connections, seconds: seconds, payloadSize: size)
-        ) { second, count in announce("second \(second): \(count) msgs/s") }
-        announce("total: \(result.total) messages in \(String(format2(result.seconds))) s = "
-                 + "\(Int(result.messagesPerSecond)) msgs/s")
+        ) { second, count in if !json { announce("second \(second): \(count) msgs/s") } }
+        if json {
+            try output.emit(Summary(connections: connections, payloadBytes: size, messages: result.total,
+                                    seconds: result.seconds, messagesPerSecond: result.messagesPerSecond,
+                                    perSecond: result.perSecond))
+        } else {
+            announce("total: \(result.total) messages in \(String(format2(result.seconds))) s = "
+                     + "\(Int(result.messagesPerSecond)) msgs/s")
+        }
         framed?.shutdown(timeout: .seconds(1))
         serverGroup?.shutdown()
     }
 }
 
-struct FramedEchoServerCommand: ParsableCommand {
+struct FramedEchoServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "framed-echo-server",
         abstract: "A protobuf echo server (message id 1000) for the benchmark suite."
@@ -81,31 +100,26 @@ struct FramedEchoServerCommand: ParsableCommand {
         guard (0...1024).contains(threads) else { throw ValidationError("--threads must be 0...1024, got \(threads)") }
     }
 
-    func run() throws {
+    func run() async throws {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.bench")
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
             placement: loops.loopPlacement)
-        // Before accepting, so an early client flood cannot take the descriptor signal handling needs.
-        let termination = try TerminationWaiter(group: group, logger: logger)
         let server = FramedServer(
             group: group,
             configuration: FramedServerConfiguration(server: ServerConfiguration(host: host, port: port, logger: logger)),
             router: EchoBenchmark.makeEchoRouter())
-        let address = try server.start()
-        announce("framed echo listening on \(address) (poller \(poller), \(threads) I/O threads)")
-        termination.wait()
-        server.shutdown(timeout: .seconds(5))
-        group.shutdown()
+        try await serveTCP(
+            server.tcp, group: group, command: "framed-echo-server", host: host, port: port,
+            announcing: { "framed echo listening on \($0) (poller \(poller), \(threads) I/O threads)" },
+            logger: logger)
     }
 }
 
 func parseHostPort(_ text: String) -> (String, Int)? {
-    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
-          (1...65535).contains(port) else { return nil }
-    let host = String(text[..<colon])
-    return host.isEmpty ? nil : (host, port)
+    guard let (host, port) = IPv4Endpoint.splitHostPort(text), port > 0 else { return nil }
+    return (host, port)
 }
 
 func format2(_ x: Double) -> String {

@@ -44,15 +44,8 @@ struct EchoCommand: AsyncParsableCommand {
             group: group,
             configuration: ServerConfiguration(host: host, port: port, maxConnections: maxConnections, logger: logger),
             callbacks: EchoService.callbacks())
-        let address: SocketAddress
-        do {
-            address = try server.start()
-        } catch {
-            await group.shutdown()
-            throw CommandFailure("echo: cannot listen on \(host):\(port): \(error)")
-        }
-        try await runServices(
-            [EventLoopGroupService(group: group), TCPServerService(server: server)],
-            announcing: "echo listening on \(address) (poller \(poller), \(threads) I/O threads)", logger: logger)
+        try await serveTCP(server, group: group, command: "echo", host: host, port: port,
+                           announcing: { "echo listening on \($0) (poller \(poller), \(threads) I/O threads)" },
+                           logger: logger)
     }
 }

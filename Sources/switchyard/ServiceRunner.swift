@@ -43,3 +43,18 @@ struct TCPServerService: Service {
         await server.shutdown(timeout: drainTimeout)
     }
 }
+
+/// Binds `server` (a failure is a `CommandFailure` naming `command` and the address), then runs it and its group
+/// until SIGTERM/SIGINT: the shape of every command that serves one TCP server.
+func serveTCP(_ server: TCPServer, group: EventLoopGroup, command: String, host: String, port: Int,
+              announcing line: (SocketAddress) -> String, logger: Logger) async throws {
+    let address: SocketAddress
+    do {
+        address = try server.start()
+    } catch {
+        await group.shutdown()
+        throw CommandFailure("\(command): cannot listen on \(host):\(port): \(error)")
+    }
+    try await runServices([EventLoopGroupService(group: group), TCPServerService(server: server)],
+                          announcing: line(address), logger: logger)
+}

@@ -70,16 +70,13 @@ public func eventually(timeout: Double = 10, interval: useconds_t = 2000, _ cond
     return try condition()
 }
 
-/// Polls an async condition (a round trip to a server, a value read on a loop) until it holds, failing after
-/// `timeout` seconds: the async form of `eventually`, which pauses without holding a thread. (Disfavoured, so a
-/// condition without `await` keeps the synchronous form rather than being ambiguous.)
-@_disfavoredOverload
-public func eventually(timeout: Double = 10, interval: Duration = .milliseconds(10),
-                       _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + .milliseconds(Int64(timeout * 1000))
+/// The same for async code: polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it
+/// held. The one `eventually` of the async tests (`#expect(try await eventually { ... })`).
+public func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if try await condition() { return true }
-        try? await Task.sleep(for: interval)
+        try? await Task.sleep(for: .milliseconds(10))
     }
     return try await condition()
 }

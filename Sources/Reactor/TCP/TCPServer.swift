@@ -80,6 +80,7 @@ public final class TCPServer: @unchecked Sendable {
     /// Call from any thread but the group's own loops.
     @discardableResult
     public func start() throws -> SocketAddress {
+        try configuration.validate()
         if started.exchange(true, ordering: .acquiringAndReleasing) { throw ReactorError.alreadyStarted }
         let address = try SocketAddress(host: configuration.host, port: configuration.port)
         let loop = group.acceptorLoop

@@ -97,6 +97,7 @@ public final class ConnectionPool: SQLQueryable, Sendable {
 
     /// Creates a pool for a parsed URL.
     public init(url: DatabaseURL, configuration: PoolConfiguration = PoolConfiguration(), logger: Logger) throws {
+        try configuration.validate()
         self.url = url
         self.configuration = configuration
         var options = DriverOptions()

@@ -29,8 +29,6 @@ public struct PoolConfiguration: Sendable {
                 connectTimeout: Duration = .seconds(5), reconnectBackoff: Duration = .milliseconds(100),
                 maxReconnectBackoff: Duration = .seconds(5), maintenanceInterval: Duration = .seconds(1),
                 sqliteBusyTimeout: Duration = .seconds(5)) {
-        precondition(maxConnections >= 1, "maxConnections must be at least 1")
-        precondition(minConnections >= 0 && minConnections <= maxConnections, "need 0 <= minConnections <= max")
         self.minConnections = minConnections
         self.maxConnections = maxConnections
         self.acquireTimeout = acquireTimeout
@@ -41,6 +39,46 @@ public struct PoolConfiguration: Sendable {
         self.maxReconnectBackoff = maxReconnectBackoff
         self.maintenanceInterval = maintenanceInterval
         self.sqliteBusyTimeout = sqliteBusyTimeout
+    }
+}
+
+/// A pool configuration that cannot work.
+public enum PoolConfigurationError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// `maxConnections` is below 1.
+    case noConnections(maxConnections: Int)
+    /// `minConnections` is negative or above `maxConnections`.
+    case minimumOutOfRange(minConnections: Int, maxConnections: Int)
+    /// A duration that must be positive (`acquireTimeout`, `connectTimeout`, `maintenanceInterval`,
+    /// `reconnectBackoff`) is zero or negative, or `maxReconnectBackoff` is below `reconnectBackoff`.
+    case badDuration(name: String, value: Duration)
+
+    public var description: String {
+        switch self {
+        case .noConnections(let max): return "pool maxConnections must be at least 1, got \(max)"
+        case .minimumOutOfRange(let min, let max):
+            return "pool minConnections must be 0...maxConnections (\(max)), got \(min)"
+        case .badDuration(let name, let value): return "pool \(name) of \(value) is out of range"
+        }
+    }
+}
+
+extension PoolConfiguration {
+    /// Throws the first setting that cannot work. `ConnectionPool.init` calls it.
+    public func validate() throws(PoolConfigurationError) {
+        if maxConnections < 1 { throw .noConnections(maxConnections: maxConnections) }
+        if minConnections < 0 || minConnections > maxConnections {
+            throw .minimumOutOfRange(minConnections: minConnections, maxConnections: maxConnections)
+        }
+        for (name, value) in [("acquireTimeout", acquireTimeout), ("connectTimeout", connectTimeout),
+                              ("maintenanceInterval", maintenanceInterval), ("reconnectBackoff", reconnectBackoff)]
+        where value <= .zero {
+            throw .badDuration(name: name, value: value)
+        }
+        if maxReconnectBackoff < reconnectBackoff { throw .badDuration(name: "maxReconnectBackoff", value: maxReconnectBackoff) }
+        for (name, value) in [("idleTimeout", idleTimeout), ("healthCheckAfterIdle", healthCheckAfterIdle),
+                              ("sqliteBusyTimeout", sqliteBusyTimeout)] where value < .zero {
+            throw .badDuration(name: name, value: value)
+        }
     }
 }
 

@@ -1,0 +1,69 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// Runs `switchyard ARGS` and returns its exit status and output (the command must end by itself).
+private func runSwitchyard(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: switchyardExecutable())
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    let stderr = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+}
+
+@Suite("switchyard CLI: failures exit non-zero with one line; bench results as JSON")
+struct CLITests {
+    @Test("a server command on a port already taken exits 1 and names the address", arguments: [
+        ["echo"], ["bench", "framed-echo-server"],
+    ])
+    func portTaken(command: [String]) throws {
+        let listener = try boundLoopbackSocket(listenBacklog: 1)
+        defer { close(listener.fd) }
+        let port = Int(listener.port)
+        let result = try runSwitchyard(command + ["--port", "\(port)"])
+        #expect(result.status == 1)
+        #expect(result.stdout.isEmpty, "nothing announced: \(result.stdout)")
+        let lines = result.stderr.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+        #expect(lines.count == 1)
+        #expect(lines.first?.contains("\(command[command.count - 1]): cannot listen on 127.0.0.1:\(port)") == true,
+                "stderr: \(result.stderr)")
+    }
+
+    @Test("a server stopped by SIGTERM right after its address line shuts down gracefully and exits 0")
+    func sigtermRightAfterTheAnnounce() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: switchyardExecutable())
+        process.arguments = ["echo", "--port", "0", "--threads", "1"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line.append(chunk)
+        }
+        #expect(String(decoding: line, as: UTF8.self).hasPrefix("echo listening on 127.0.0.1:"))
+        process.terminate()  // SIGTERM
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit && process.terminationStatus == 0)
+    }
+
+    @Test("bench qps --json prints one JSON object with the message count")
+    func qpsJSON() throws {
+        let result = try runSwitchyard(["bench", "qps", "--seconds", "1", "--connections", "2", "--json"])
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        let last = try #require(result.stdout.split(separator: "\n").last)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any])
+        #expect((object["messages"] as? Int ?? 0) > 0)
+        #expect((object["per_second"] as? [Int])?.count == 1)
+        #expect(object["connections"] as? Int == 2)
+    }
+}
