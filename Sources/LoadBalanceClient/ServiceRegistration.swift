@@ -8,8 +8,9 @@ import SwitchyardCore
 import Synchronization
 
 /// A server's registration of itself with the name service (message id 102): "I serve (modid, cmdid) at `host`".
-/// Sent on connect and then every third of `ttl`, so the host stays in the route while this process lives and
-/// drops out within `ttl` once it stops; `stop()` takes it back at once. Reconnects with backoff when the name
+/// Sent on connect and then again whenever a third of `ttl` has passed since the last one (the heartbeat, by the
+/// `HeartbeatPolicy` of the framed clients), so the host stays in the route while this process lives and drops out
+/// within `ttl` once it stops; `stop()` takes it back at once. Reconnects with backoff when the name
 /// service goes away, registering again on every connection. Safe to call from any thread.
 ///
 /// A `Service`: in a `ServiceGroup`, `run()` registers, keeps the heartbeat until the group's graceful shutdown,
@@ -80,10 +81,16 @@ public final class ServiceRegistration: Service, Sendable {
         let request = Self.request(key: key, host: host, ttl: ttl)
         let client = self.client
         let loop = self.loop
-        let period = ttl / 3
+        let policy = HeartbeatPolicy(interval: ttl / 3)
         let started = state.withLock { s -> Bool in
             guard !s.stopped, s.timer == nil else { return false }
-            s.timer = loop.scheduleRepeating(every: period) { _ = client.send(request, id: MessageID.registerHostRequest) }
+            s.timer = loop.scheduleRepeating(every: policy.checkInterval) {
+                guard let connection = client.connection else { return }
+                let now = SystemInfo.monotonicNanoseconds()
+                if policy.decide(now: now, lastSent: connection.lastSendTime, lastReceived: now) == .sendHeartbeat {
+                    _ = client.send(request, id: MessageID.registerHostRequest)
+                }
+            }
             return true
         }
         if started { client.connect() }
