@@ -36,7 +36,9 @@ final class AgentLoopState: @unchecked Sendable {
         self.loop = loop
         self.logger = logger
         metrics = AgentMetrics()
-        cacheWriter = configuration.routeCacheFile.map { RouteCacheWriter(file: RouteCacheFile(path: $0), logger: logger) }
+        cacheWriter = configuration.routeCacheFile.map {
+            RouteCacheWriter(file: RouteCacheFile(path: $0), logger: logger)
+        }
         core = Core(configuration: configuration)
         actions.reserveCapacity(8)
     }

@@ -177,7 +177,8 @@ public final class LoadBalanceClient: Sendable {
     {
         let destination = address(modid: modid, cmdid: cmdid)
         let endpoint = self.endpoint
-        let response = try await hostRequests.request(seq, deadline: deadline(), timeoutError: timeoutError(destination)) {
+        let response = try await hostRequests.request(seq, deadline: deadline(),
+                                                      timeoutError: timeoutError(destination)) {
             endpoint.channels[0].send(bytes, to: destination)
         }
         return try GetHostResult(response)
@@ -219,7 +220,8 @@ public final class LoadBalanceClient: Sendable {
         let destination = address(modid: modid, cmdid: cmdid)
         let key = RouteKey(modid: modid, cmdid: cmdid)
         let endpoint = self.endpoint
-        let response = try await routeRequests.request(key, deadline: deadline(), timeoutError: timeoutError(destination)) {
+        let response = try await routeRequests.request(key, deadline: deadline(),
+                                                       timeoutError: timeoutError(destination)) {
             endpoint.channels[0].send(bytes, to: destination)
         }
         return response.host.compactMap { Host(wireIP: $0.ip, wirePort: $0.port) }
