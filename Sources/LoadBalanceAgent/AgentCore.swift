@@ -3,8 +3,9 @@ import LoadBalancing
 import SwitchyardCore
 
 /// The agent's logic: a balancer per module, which modules to fetch and when, what to report. A value type with no
-/// I/O, no locks and no clock (the model is `RouteBalancer`): every input takes the time (`now`, monotonic
-/// nanoseconds) and appends what must happen to `actions`, which the shell (`LoadBalanceAgent`) performs in order.
+/// I/O, no locks and no clock (the model is `RouteBalancer`): every input that depends on time takes it (`now`,
+/// monotonic nanoseconds; the reports' wall-clock `timestamp`) and appends what must happen to `actions`, which the
+/// shell (`AgentLoopState`, on the agent's loop) performs in order.
 ///
 /// ```
 ///  GetHost / GetHost by key / GetRoute  --> answer (.replyHost / .replyRoute); a first request also .askNameService

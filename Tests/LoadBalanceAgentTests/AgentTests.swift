@@ -231,6 +231,21 @@ struct AgentTests {
         #expect(t.callers == [4242] && t.modules == [route12])
     }
 
+    @Test("a cancelled call ends at once with CancellationError, long before its timeout")
+    func cancelledCall() async throws {
+        let port = try freeTCPPort()
+        let client = try LoadBalanceClient(agentPorts: [port], timeout: .seconds(30))
+        defer { client.close() }
+        let start = ContinuousClock.now
+        let call = Task { try await client.getHost(modid: 1, cmdid: 2) }
+        try await Task.sleep(for: .milliseconds(50))
+        call.cancel()
+        await #expect(throws: CancellationError.self) { _ = try await call.value }
+        #expect(ContinuousClock.now - start < .seconds(5))
+        await client.shutdown()
+        await #expect(throws: LoadBalanceClientError.closed) { _ = try await client.getRoute(modid: 1, cmdid: 2) }
+    }
+
     @Test("the client API names the agent address when nobody answers")
     func clientTimeout() async throws {
         let port = try freeTCPPort()  // UDP on the same number: nobody listens there either, most likely
