@@ -185,10 +185,12 @@ let package = Package(
         .executableTarget(name: "switchyard-echo", dependencies: [
             "CSwitchyardLinux", "Reactor", "EchoServer", .product(name: "Logging", package: "swift-log"),
         ]),
+        // C helpers only the command line uses (stdout flushing).
+        .target(name: "CSwitchyardCLI"),
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "SwitchyardCore", "CSwitchyardLinux", "Reactor", "LarsProtocol", "Messaging", "Storage", "LoadBalancing", "RouteStore",
+                "SwitchyardCore", "CSwitchyardCLI", "Reactor", "LarsProtocol", "Messaging", "Storage", "LoadBalancing", "RouteStore",
                 "LoadBalanceClient", "LoadBalanceAgent", "NameService", "Reporter", "Chat",
                 "EchoServer", "SwitchyardDemo", "SwitchyardBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
