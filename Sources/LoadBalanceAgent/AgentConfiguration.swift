@@ -77,29 +77,60 @@ public struct AgentConfiguration: Sendable {
         self.maxModules = maxModules
     }
 
-    /// Problems that make the configuration unusable, empty when it is fine.
-    public var problems: [String] {
-        var out = balancer.problems
-        if ports.isEmpty { out.append("at least one agent port is needed") }
-        for p in ports where !(0...65535).contains(p) { out.append("port \(p) is not 0...65535") }
-        if !(1...65535).contains(nameServicePort) { out.append("name service port \(nameServicePort) is not 1...65535") }
-        if !(1...65535).contains(reporterPort) { out.append("reporter port \(reporterPort) is not 1...65535") }
-        if reportInterval <= .zero { out.append("report interval must be positive") }
-        if emptyModuleTimeout <= .zero { out.append("empty module timeout must be positive") }
-        if maxModules < 1 { out.append("max modules must be at least 1") }
-        if busyPoll < .zero || busyPoll > .seconds(1) { out.append("busy poll must be 0...1 s") }
-        return out
+    /// Throws the first setting that makes the configuration unusable. `LoadBalanceAgent.start()` calls it; the
+    /// command line calls it while it parses its flags.
+    public func validate() throws(AgentConfigurationError) {
+        do {
+            try balancer.validate()
+        } catch {
+            throw .balancer(error)
+        }
+        if ports.isEmpty { throw .noPorts }
+        for p in ports where !(0...65535).contains(p) { throw .portOutOfRange(p) }
+        if !(1...65535).contains(nameServicePort) { throw .nameServicePortOutOfRange(nameServicePort) }
+        if !(1...65535).contains(reporterPort) { throw .reporterPortOutOfRange(reporterPort) }
+        if reportInterval <= .zero { throw .reportIntervalNotPositive }
+        if emptyModuleTimeout <= .zero { throw .emptyModuleTimeoutNotPositive }
+        if maxModules < 1 { throw .maxModulesBelowOne(maxModules) }
+        if busyPoll < .zero || busyPoll > .seconds(1) { throw .busyPollOutOfRange(busyPoll) }
     }
 }
 
-/// Errors of a configuration file.
+/// Why a configuration is refused: a line of a configuration file, or a setting `validate()` rejects.
 public enum AgentConfigurationError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A line is not `key = value`, or its key is unknown, or its value does not parse.
     case badLine(line: Int, text: String, reason: String)
+    /// A balancer setting is out of range.
+    case balancer(BalancerSettingsError)
+    /// `ports` is empty: the agent needs at least one UDP port.
+    case noPorts
+    /// An agent port is outside 0...65535.
+    case portOutOfRange(Int)
+    /// The name service port is outside 1...65535.
+    case nameServicePortOutOfRange(Int)
+    /// The reporter port is outside 1...65535.
+    case reporterPortOutOfRange(Int)
+    /// `reportInterval` is zero or negative.
+    case reportIntervalNotPositive
+    /// `emptyModuleTimeout` is zero or negative.
+    case emptyModuleTimeoutNotPositive
+    /// `maxModules` is below 1.
+    case maxModulesBelowOne(Int)
+    /// `busyPoll` is outside 0...1 s.
+    case busyPollOutOfRange(Duration)
 
     public var description: String {
         switch self {
         case .badLine(let line, let text, let reason): return "line \(line) '\(text)': \(reason)"
+        case .balancer(let error): return error.description
+        case .noPorts: return "at least one agent port is needed"
+        case .portOutOfRange(let p): return "port \(p) is not 0...65535"
+        case .nameServicePortOutOfRange(let p): return "name service port \(p) is not 1...65535"
+        case .reporterPortOutOfRange(let p): return "reporter port \(p) is not 1...65535"
+        case .reportIntervalNotPositive: return "report interval must be positive"
+        case .emptyModuleTimeoutNotPositive: return "empty module timeout must be positive"
+        case .maxModulesBelowOne: return "max modules must be at least 1"
+        case .busyPollOutOfRange: return "busy poll must be 0...1 s"
         }
     }
 }

@@ -1,19 +1,40 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-import Dispatch
 import LarsProtocol
 import LoadBalancing
-import Logging
-import Messaging
-import Reactor
 import SwitchyardCore
 
-/// The agent's state: a balancer per module, the name service and reporter links. Loop thread only (the agent's
-/// loop): every handler, timer and callback that touches it runs there, so the request path takes no lock.
-final class AgentCore: @unchecked Sendable {
-    // @unchecked Sendable: all mutable state is touched on `loop` only (handlers, timers and client callbacks of
-    // the agent all run on it); `names` and `reporter` are set once before anything runs.
+/// The agent's logic: a balancer per module, which modules to fetch and when, what to report. A value type with no
+/// I/O, no locks and no clock (the model is `RouteBalancer`): every input that depends on time takes it (`now`,
+/// monotonic nanoseconds; the reports' wall-clock `timestamp`) and appends what must happen to `actions`, which the
+/// shell (`AgentLoopState`, on the agent's loop) performs in order.
+///
+/// ```
+///  GetHost / GetHost by key / GetRoute  --> answer (.replyHost / .replyRoute); a first request also .askNameService
+///  Report                               --> counted in the module's balancer (nothing to send)
+///  GetRouteResponse (reply or push)     --> hosts replaced; .saveCache and .log when they changed
+///  name service connected / lost        --> .askNameService for every module / .log once per outage
+///  refreshRoutes (timer)                --> empty modules forgotten, stale routes asked again
+///  flushReports (timer)                 --> one .sendReport per module with calls since the last flush
+/// ```
+///
+/// `Peer` is whatever identifies the sender of a request to the shell (the agent uses `UDPPeer`; tests an `Int`):
+/// the core only hands it back in the answer. The shell reuses one `actions` buffer, so the request path allocates
+/// nothing for it. Not thread-safe (a value): the agent keeps it on its loop.
+public struct AgentCore<Peer> {
+    /// What the shell must do after an input, in order.
+    public enum Action {
+        /// Answer a GetHost with `response`: id 5, or 101 when the request was by key (id 100).
+        case replyHost(Lars_GetHostResponse, byKey: Bool, to: Peer)
+        /// Answer an API GetRoute with `response` (id 8).
+        case replyRoute(Lars_GetRouteResponse, to: Peer)
+        /// Send a GetRouteRequest (id 1) to the name service (dropped when it is not connected).
+        case askNameService(Lars_GetRouteRequest)
+        /// Send a ReportStatusRequest (id 3) to the reporter (dropped when it is not connected).
+        case sendReport(Lars_ReportStatusRequest)
+        /// Write these routes to the route cache file (every module that has a route; hosts sorted).
+        case saveCache([RouteKey: [Host]])
+        /// Log this event (each is emitted once per occurrence, never per request).
+        case log(AgentEvent)
+    }
 
     struct Module {
         var balancer: RouteBalancer
@@ -28,151 +49,124 @@ final class AgentCore: @unchecked Sendable {
         var emptyUsedAt: UInt64 = 0
     }
 
-    let loop: EventLoop
-    let configuration: AgentConfiguration
-    let logger: Logger
-    let cache: RouteCacheFile?
-    /// Writes the cache file off the loop, in order.
-    private let cacheQueue = DispatchQueue(label: "switchyard.agent.route-cache")
+    public let configuration: AgentConfiguration
     private let updateTimeoutNs: UInt64
     private let retryNs: UInt64
     private let emptyModuleTimeoutNs: UInt64
 
-    var names: FramedClient?
-    var reporter: FramedClient?
-
-    // Loop thread only.
     private var modules: [RouteKey: Module] = [:]
     private var unreported: Set<RouteKey> = []
     private var nameServiceDown = false
     private var atModuleLimit = false
+    /// Counts since the start (`statistics` adds the module count).
+    private var counts = AgentStatistics()
 
-    init(loop: EventLoop, configuration: AgentConfiguration, logger: Logger) {
-        self.loop = loop
+    public init(configuration: AgentConfiguration) {
         self.configuration = configuration
-        self.logger = logger
-        cache = configuration.routeCacheFile.map(RouteCacheFile.init(path:))
         updateTimeoutNs = configuration.balancer.updateTimeout.nanosecondsSaturated
         retryNs = configuration.routeRetryInterval.nanosecondsSaturated
         emptyModuleTimeoutNs = configuration.emptyModuleTimeout.nanosecondsSaturated
     }
 
-    private var now: UInt64 { SystemInfo.monotonicNanoseconds() }
-
     // MARK: Routes
 
-    /// Installs routes read from the cache file. Loop thread only.
-    func loadCachedRoutes(_ routes: [RouteKey: [Host]]) {
-        let t = now
+    /// Installs routes read from the cache file (before any request).
+    public mutating func loadCachedRoutes(_ routes: [RouteKey: [Host]], now: UInt64) {
         for (key, hosts) in routes {
-            modules[key] = Module(balancer: RouteBalancer(settings: configuration.balancer, hosts: hosts, now: t),
-                                  hasRoute: true, emptyUsedAt: t)
+            modules[key] = Module(balancer: RouteBalancer(settings: configuration.balancer, hosts: hosts, now: now),
+                                  hasRoute: true, emptyUsedAt: now)
         }
     }
 
-    /// A GetRouteResponse from the name service, a reply or a push. Loop thread only.
-    func routeArrived(_ response: Lars_GetRouteResponse) {
+    /// A GetRouteResponse from the name service, a reply or a push: the module's hosts become these. The cache is
+    /// saved (and the change logged) only when the hosts changed or the module had no route yet.
+    public mutating func routeArrived(_ response: Lars_GetRouteResponse, now: UInt64, actions: inout [Action]) {
         let key = RouteKey(modid: response.modid, cmdid: response.cmdid)
         let hosts = response.host.compactMap { Host(wireIP: $0.ip, wirePort: $0.port) }
-        let t = now
-        var module = modules[key] ?? Module(balancer: RouteBalancer(settings: configuration.balancer, now: t))
+        var module = modules[key] ?? Module(balancer: RouteBalancer(settings: configuration.balancer, now: now))
         let changed = !module.hasRoute || Set(module.balancer.hosts) != Set(hosts)
         // A module that just lost its hosts (or arrives without any) starts its idle time now.
-        if hosts.isEmpty && (!module.balancer.hosts.isEmpty || module.emptyUsedAt == 0) { module.emptyUsedAt = t }
-        module.balancer.setHosts(hosts, now: t)
+        if hosts.isEmpty && (!module.balancer.hosts.isEmpty || module.emptyUsedAt == 0) { module.emptyUsedAt = now }
+        module.balancer.setHosts(hosts, now: now)
         module.hasRoute = true
-        module.updatedAt = t
+        module.updatedAt = now
         modules[key] = module
         if changed {
-            logger.info("route updated", metadata: ["route": "\(key)", "hosts": "\(hosts.count)"])
-            saveCache()
+            actions.append(.log(.routeUpdated(key, hostCount: hosts.count)))
+            saveCache(&actions)
         }
     }
 
-    private func ask(_ key: RouteKey, at t: UInt64) {
-        modules[key]?.askedAt = t
+    private mutating func ask(_ key: RouteKey, now: UInt64, actions: inout [Action]) {
+        modules[key]?.askedAt = now
         var request = Lars_GetRouteRequest()
         request.modid = key.modid
         request.cmdid = key.cmdid
-        _ = names?.send(request, id: MessageID.getRouteRequest)
+        actions.append(.askNameService(request))
     }
 
-    /// Connected (or reconnected) to the name service: ask again for every module. Loop thread only.
-    func nameServiceConnected() {
-        if nameServiceDown { logger.info("name service reachable again") }
+    /// Connected (or reconnected) to the name service: ask again for every module.
+    public mutating func nameServiceConnected(now: UInt64, actions: inout [Action]) {
+        if nameServiceDown { actions.append(.log(.nameServiceReachable)) }
         nameServiceDown = false
-        let t = now
-        for key in modules.keys { ask(key, at: t) }
+        for key in modules.keys { ask(key, now: now, actions: &actions) }
     }
 
-    func nameServiceLost() {
-        if !nameServiceDown {
-            logger.warning("name service unreachable; serving known routes",
-                           metadata: ["names": "\(configuration.nameServiceHost):\(configuration.nameServicePort)"])
-        }
+    /// The name service connection closed or could not be made: logged once until it is back.
+    public mutating func nameServiceLost(actions: inout [Action]) {
+        if !nameServiceDown { actions.append(.log(.nameServiceUnreachable)) }
         nameServiceDown = true
     }
 
     /// Forgets modules without hosts that nobody asked for within `emptyModuleTimeout` (module ids the name
     /// service does not know, typos, probes), then asks again for routes older than update_timeout and for modules
-    /// still waiting for a first answer.
-    func refreshRoutes() {
-        let t = now
-        let forgotten = modules.filter { _, m in m.balancer.hosts.isEmpty && t &- m.emptyUsedAt >= emptyModuleTimeoutNs }
+    /// still waiting for a first answer (after `routeRetryInterval`). The shell calls it about once a second.
+    public mutating func refreshRoutes(now: UInt64, actions: inout [Action]) {
+        let timeout = emptyModuleTimeoutNs
+        let forgotten = modules.filter { _, m in m.balancer.hosts.isEmpty && now &- m.emptyUsedAt >= timeout }
         if !forgotten.isEmpty {
             for key in forgotten.keys { modules[key] = nil }
-            logger.info("forgot modules without hosts", metadata: [
-                "count": "\(forgotten.count)", "idle_s": "\(configuration.emptyModuleTimeout)"])
-            saveCache()
+            actions.append(.log(.forgotEmptyModules(count: forgotten.count)))
+            saveCache(&actions)
         }
         var due: [RouteKey] = []
         for (key, module) in modules {
             if !module.hasRoute || module.updatedAt == 0 {
-                if t &- module.askedAt >= retryNs { due.append(key) }
-            } else if t &- module.updatedAt >= updateTimeoutNs && t &- module.askedAt >= updateTimeoutNs {
+                if now &- module.askedAt >= retryNs { due.append(key) }
+            } else if now &- module.updatedAt >= updateTimeoutNs && now &- module.askedAt >= updateTimeoutNs {
                 due.append(key)
             }
         }
-        for key in due { ask(key, at: t) }
+        for key in due { ask(key, now: now, actions: &actions) }
     }
 
-    private func saveCache() {
-        guard let cache else { return }
+    private func saveCache(_ actions: inout [Action]) {
+        guard configuration.routeCacheFile != nil else { return }
         var routes: [RouteKey: [Host]] = [:]
         for (key, module) in modules where module.hasRoute { routes[key] = module.balancer.hosts.sorted() }
-        let logger = self.logger
-        let snapshot = routes
-        cacheQueue.async {
-            do {
-                try cache.save(snapshot)
-            } catch {
-                logger.warning("cannot save the route cache", metadata: ["file": "\(cache.path)", "error": "\(error)"])
-            }
-        }
+        actions.append(.saveCache(routes))
     }
-
-    /// Waits until pending cache writes are on disk. Not on the loop.
-    func flushCache() { cacheQueue.sync {} }
 
     // MARK: Requests
 
-    /// GetHost (id 4, answered with 5) and GetHost by key (id 100, answered with 101 and the same body).
-    func getHost(seq: UInt32, modid: Int32, cmdid: Int32, key hashedKey: UInt64?, from peer: UDPPeer) {
+    /// GetHost (id 4, answered with 5) or, with `key` (the key's hash, `BoundedLoadRing.hash`), GetHost by key
+    /// (id 100, answered with 101 and the same body). A module seen for the first time is answered NOEXIST and
+    /// asked for.
+    public mutating func getHost(seq: UInt32, modid: Int32, cmdid: Int32, key hashedKey: UInt64? = nil,
+                                 from peer: Peer, now: UInt64, actions: inout [Action]) {
         let key = RouteKey(modid: modid, cmdid: cmdid)
+        if hashedKey == nil { counts.getHostRequests += 1 } else { counts.getHostByKeyRequests += 1 }
         var response = Lars_GetHostResponse()
         response.seq = seq
         response.modid = modid
         response.cmdid = cmdid
         if modules[key]?.hasRoute == true {
-            let t = now
-            let picked = hashedKey.map { modules[key]!.balancer.pick(key: $0, now: t) } ?? modules[key]!.balancer.pick(now: t)
+            let picked = hashedKey.map { modules[key]!.balancer.pick(key: $0, now: now) }
+                ?? modules[key]!.balancer.pick(now: now)
             switch picked {
             case .host(let host), .probe(let host):
                 response.retcode = LarsReturnCode.success
-                var info = Lars_HostInfo()
-                info.ip = host.wireIP
-                info.port = Int32(host.port)
-                response.host = info
+                response.host = Lars_HostInfo(host)
             case .overloaded:
                 response.retcode = LarsReturnCode.overload
             case .empty:
@@ -180,76 +174,76 @@ final class AgentCore: @unchecked Sendable {
                 response.retcode = LarsReturnCode.notExist
             }
         } else {
-            newModule(key)
+            newModule(key, now: now, actions: &actions)
             response.retcode = LarsReturnCode.notExist
         }
-        peer.send(response, id: hashedKey == nil ? MessageID.getHostResponse : MessageID.getHostByKeyResponse)
+        if response.retcode == LarsReturnCode.notExist { counts.notExistAnswers += 1 }
+        actions.append(.replyHost(response, byKey: hashedKey != nil, to: peer))
     }
 
-    func report(_ request: Lars_ReportRequest) {
+    /// A ReportRequest (id 6, no answer): the call's outcome counts in the module's balancer and goes into the
+    /// module's next report. Reports for unknown modules or hosts are ignored.
+    public mutating func report(_ request: Lars_ReportRequest, now: UInt64) {
+        counts.reportRequests += 1
         let key = RouteKey(modid: request.modid, cmdid: request.cmdid)
         guard modules[key] != nil, let host = Host(wireIP: request.host.ip, wirePort: request.host.port) else { return }
         modules[key]!.balancer.report(host: host, retcode: request.retcode, now: now)
         unreported.insert(key)
     }
 
-    func getRoute(_ request: Lars_GetRouteRequest, from peer: UDPPeer) {
+    /// An API GetRoute (id 7, answered with 8): the hosts the agent knows (none while a new module is fetched).
+    public mutating func getRoute(_ request: Lars_GetRouteRequest, from peer: Peer, now: UInt64,
+                                  actions: inout [Action]) {
+        counts.getRouteRequests += 1
         let key = RouteKey(modid: request.modid, cmdid: request.cmdid)
         var response = Lars_GetRouteResponse()
         response.modid = request.modid
         response.cmdid = request.cmdid
         if let module = modules[key] {
             if module.balancer.hosts.isEmpty { modules[key]!.emptyUsedAt = now }
-            response.host = module.balancer.hosts.map {
-                var info = Lars_HostInfo()
-                info.ip = $0.wireIP
-                info.port = Int32($0.port)
-                return info
-            }
+            response.host = module.balancer.hosts.map { Lars_HostInfo($0) }
         } else {
-            newModule(key)
+            newModule(key, now: now, actions: &actions)
         }
-        peer.send(response, id: MessageID.apiGetRouteResponse)
+        actions.append(.replyRoute(response, to: peer))
     }
 
     /// Starts fetching a module asked for the first time (a known one only has its use stamped). Past
     /// `maxModules` nothing new is kept: the request is answered NOEXIST and the limit logged once per episode.
-    private func newModule(_ key: RouteKey) {
-        let t = now
+    private mutating func newModule(_ key: RouteKey, now: UInt64, actions: inout [Action]) {
         if modules[key] != nil {
-            modules[key]!.emptyUsedAt = t
+            modules[key]!.emptyUsedAt = now
             return
         }
         guard modules.count < configuration.maxModules else {
             if !atModuleLimit {
                 atModuleLimit = true
-                logger.warning("module limit reached; requests for further modules get NOEXIST",
-                               metadata: ["max_modules": "\(configuration.maxModules)"])
+                actions.append(.log(.moduleLimitReached))
             }
             return
         }
         atModuleLimit = false
-        var module = Module(balancer: RouteBalancer(settings: configuration.balancer, now: t))
-        module.emptyUsedAt = t
+        var module = Module(balancer: RouteBalancer(settings: configuration.balancer, now: now))
+        module.emptyUsedAt = now
         modules[key] = module
-        ask(key, at: t)
+        ask(key, now: now, actions: &actions)
     }
 
     // MARK: Reports
 
-    /// Sends one ReportStatusRequest per module with calls since the last flush, and lets unreported calls fade
-    /// from the keyed-pick loads. Loop thread only.
-    func flushReports() {
+    /// Appends one ReportStatusRequest per module with calls since the last flush (the shell calls it every
+    /// `reportInterval`, so a module is reported at most once per interval), and lets unreported calls fade from
+    /// the keyed-pick loads. `timestamp`: the reports' `ts`, wall-clock seconds (Lars's `time(NULL)`).
+    public mutating func flushReports(timestamp: UInt32, actions: inout [Action]) {
         for key in modules.keys { modules[key]!.balancer.decayOutstanding() }
         guard !unreported.isEmpty else { return }
-        let ts = UInt32(truncatingIfNeeded: time(nil))
         for key in unreported {
             guard let summary = modules[key]?.balancer.takeReportSummary(), !summary.isEmpty else { continue }
             var request = Lars_ReportStatusRequest()
             request.modid = key.modid
             request.cmdid = key.cmdid
             request.caller = configuration.caller
-            request.ts = ts
+            request.ts = timestamp
             request.results = summary.map {
                 var r = Lars_HostCallResult()
                 r.ip = $0.host.wireIP
@@ -259,13 +253,58 @@ final class AgentCore: @unchecked Sendable {
                 r.overload = $0.overloaded
                 return r
             }
-            _ = reporter?.send(request, id: MessageID.reportStatusRequest)
+            counts.reportsSent += 1
+            actions.append(.sendReport(request))
         }
         unreported.removeAll(keepingCapacity: true)
     }
 
     // MARK: Inspection
 
-    /// The state of one module's balancer (nil when unknown). Loop thread only.
-    func balancer(for key: RouteKey) -> RouteBalancer? { modules[key]?.balancer }
+    /// The state of one module's balancer (nil when the agent does not know the module).
+    public func balancer(for key: RouteKey) -> RouteBalancer? { modules[key]?.balancer }
+
+    /// Requests and answers so far, and the modules known now.
+    public var statistics: AgentStatistics {
+        var s = counts
+        s.modules = modules.count
+        return s
+    }
+}
+
+extension AgentCore: Sendable where Peer: Sendable {}
+extension AgentCore.Action: Sendable where Peer: Sendable {}
+
+/// What the agent logs: once per occurrence (a route change, an outage), never per request.
+public enum AgentEvent: Sendable, Hashable {
+    /// A module's hosts changed (or its first route arrived).
+    case routeUpdated(RouteKey, hostCount: Int)
+    /// The name service is connected again after an outage.
+    case nameServiceReachable
+    /// The name service connection closed or failed; the agent serves the routes it knows.
+    case nameServiceUnreachable
+    /// Modules without hosts that nobody asked for within `emptyModuleTimeout` were dropped.
+    case forgotEmptyModules(count: Int)
+    /// `maxModules` modules are known: requests for further ones get NOEXIST (logged once per episode).
+    case moduleLimitReached
+}
+
+/// Counters of an agent since it started, and the modules it knows now.
+public struct AgentStatistics: Sendable, Hashable {
+    /// GetHost requests (id 4).
+    public var getHostRequests = 0
+    /// GetHost-by-key requests (id 100).
+    public var getHostByKeyRequests = 0
+    /// Report requests (id 6).
+    public var reportRequests = 0
+    /// API GetRoute requests (id 7).
+    public var getRouteRequests = 0
+    /// GetHost answers (either id) with NOEXIST: the module is unknown, still fetched, or has no hosts.
+    public var notExistAnswers = 0
+    /// ReportStatusRequests handed to the reporter link (one per module per report interval with calls).
+    public var reportsSent = 0
+    /// Modules the agent knows (with a route, or being fetched).
+    public var modules = 0
+
+    public init() {}
 }

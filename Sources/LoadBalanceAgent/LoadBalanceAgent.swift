@@ -3,21 +3,22 @@ import LoadBalancing
 import Logging
 import Messaging
 import Reactor
+import ServiceLifecycle
 import Synchronization
 
 /// Errors of the agent.
 public enum LoadBalanceAgentError: Error, CustomStringConvertible {
     /// The configuration cannot be used.
-    case badConfiguration([String])
-    /// `start()` was called twice, or after `shutdown()`.
-    case alreadyStarted
+    case badConfiguration(AgentConfigurationError)
+    /// `start()` was called after `shutdown()`.
+    case shutDown
     /// The route cache file exists but cannot be read.
     case unreadableRouteCache(path: String, reason: String)
 
     public var description: String {
         switch self {
-        case .badConfiguration(let problems): return "bad agent configuration: " + problems.joined(separator: "; ")
-        case .alreadyStarted: return "the agent was already started"
+        case .badConfiguration(let error): return "bad agent configuration: \(error)"
+        case .shutDown: return "the agent was shut down"
         case .unreadableRouteCache(let path, let reason): return "cannot read route cache \(path): \(reason)"
         }
     }
@@ -29,97 +30,120 @@ public enum LoadBalanceAgentError: Error, CustomStringConvertible {
 ///
 /// ```
 ///  client API --UDP--> [8888 | 8889 | 8890] --+
-///                                              |  agent loop: balancers, route table, report aggregation
+///                                              |  agent loop: AgentLoopState -> AgentCore (pure) -> actions
 ///  name service <--TCP (GetRoute 1/2)----------+
 ///  reporter     <--TCP (ReportStatus 3)--------+
 /// ```
 ///
-/// Everything runs on one loop of the group (the agent's), so the request path takes no lock. A lost name
-/// service never stops GetHost answers: the agent serves the routes it knows (or read from its route file) and
-/// reconnects with backoff. Safe to call from any thread (but `shutdown()` not from the agent's loop).
-public final class LoadBalanceAgent: Sendable {
+/// This type is the shell: it owns the UDP endpoint, the name service and reporter clients, the timers and the
+/// route cache writer, and runs everything on one loop of the group (the agent's), where `AgentLoopState` feeds
+/// the pure `AgentCore` and performs its actions, so the request path takes no lock. A lost name service never
+/// stops GetHost answers: the agent serves the routes it knows (or read from its route file) and reconnects with
+/// backoff.
+///
+/// A `Service`: `run()` starts it (when `start()` was not called), serves until the group's graceful shutdown, then
+/// sends the last reports and stops. Safe to call from any thread (but the blocking `shutdown()` not from the
+/// agent's loop, nor from async code).
+public final class LoadBalanceAgent: Service, Sendable {
     public let configuration: AgentConfiguration
     /// The loop the agent runs on.
     public let loop: EventLoop
     private let logger: Logger
-    let core: AgentCore
+    let loopState: AgentLoopState
 
-    private struct Running {
-        var endpoint: FramedUDPEndpoint?
-        var names: FramedClient?
-        var reporter: FramedClient?
-        var timers: [TimerHandle] = []
-        var started = false
+    private struct Running: Sendable {
+        var endpoint: FramedUDPEndpoint
+        var names: FramedClient
+        var reporter: FramedClient
+        var timers: [TimerHandle]
     }
-    private let running = Mutex(Running())
+
+    /// initial --start()--> running --shutdown()--> stopped (Hummingbird's `Server.State` in small).
+    private enum State {
+        case initial
+        case running(Running)
+        case stopped
+    }
+    private let state = Mutex(State.initial)
 
     /// Prepares the agent on one loop of `group` (nothing is bound until `start()`).
     public init(group: EventLoopGroup, configuration: AgentConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
         loop = group.next()
-        core = AgentCore(loop: loop, configuration: configuration, logger: logger)
+        loopState = AgentLoopState(loop: loop, configuration: configuration, logger: logger)
     }
 
-    /// Loads the route file, binds the UDP ports, connects to the name service and the reporter, starts the
-    /// timers. Returns the bound UDP addresses in the order of `configuration.ports`.
+    /// Validates the configuration, loads the route file, binds the UDP ports, connects to the name service and
+    /// the reporter, starts the timers. Returns the bound UDP addresses in the order of `configuration.ports`.
+    /// Idempotent: a second call returns the same addresses. Throws after `shutdown()`.
     @discardableResult
     public func start() throws -> [SocketAddress] {
-        let problems = configuration.problems
-        if !problems.isEmpty { throw LoadBalanceAgentError.badConfiguration(problems) }
-        try running.withLock { r in
-            if r.started { throw LoadBalanceAgentError.alreadyStarted }
-            r.started = true
-        }
-        var cached: [RouteKey: [Host]] = [:]
-        if let cache = core.cache {
-            do {
-                cached = try cache.load()
-            } catch {
-                throw LoadBalanceAgentError.unreadableRouteCache(path: cache.path, reason: "\(error)")
+        try state.withLock { state throws -> [SocketAddress] in
+            switch state {
+            case .running(let running):
+                return running.endpoint.localAddresses
+            case .stopped:
+                throw LoadBalanceAgentError.shutDown
+            case .initial:
+                let running = try startRunning()
+                state = .running(running)
+                return running.endpoint.localAddresses
             }
         }
-        let core = self.core
-        let routes = cached
-        // Posted before the endpoint registers its sockets (same queue, in order): no request sees an empty table.
-        loop.execute { core.loadCachedRoutes(routes) }
+    }
 
-        // The name service and reporter links exist (unconnected) before any datagram can reach the core, which
-        // reads them on its loop.
+    private func startRunning() throws -> Running {
+        do {
+            try configuration.validate()
+        } catch {
+            throw LoadBalanceAgentError.badConfiguration(error)
+        }
+        var cached: [RouteKey: [Host]] = [:]
+        if let file = loopState.cacheWriter?.file {
+            do {
+                cached = try file.load()
+            } catch {
+                throw LoadBalanceAgentError.unreadableRouteCache(path: file.path, reason: "\(error)")
+            }
+        }
+        let loopState = self.loopState
         let namesRouter = MessageRouter<TCPConnection>()
         try namesRouter.on(MessageID.getRouteResponse, as: Lars_GetRouteResponse.self) { response, _ in
-            core.routeArrived(response)
+            loopState.routeArrived(response)
         }
         let names = try FramedClient(
             loop: loop,
             configuration: FramedClientConfiguration(client: clientConfiguration(
                 host: configuration.nameServiceHost, port: configuration.nameServicePort)),
             router: namesRouter,
-            onConnect: { _ in core.nameServiceConnected() },
-            onClose: { _ in core.nameServiceLost() },
-            onConnectFailed: { _ in core.nameServiceLost() })
+            onConnect: { _ in loopState.nameServiceConnected() },
+            onClose: { _ in loopState.nameServiceLost() },
+            onConnectFailed: { _ in loopState.nameServiceLost() })
         let reporter = try FramedClient(
             loop: loop,
             configuration: FramedClientConfiguration(client: clientConfiguration(
                 host: configuration.reporterHost, port: configuration.reporterPort)),
             router: MessageRouter<TCPConnection>())
-        core.names = names
-        core.reporter = reporter
+        // Posted before the endpoint registers its sockets (same queue, in order): no request sees an empty table
+        // or a missing link.
+        let routes = cached
+        loop.execute { loopState.install(names: names, reporter: reporter, cachedRoutes: routes) }
 
         let router = MessageRouter<UDPPeer>()
         try router.on(MessageID.getHostRequest, as: Lars_GetHostRequest.self) { request, message in
-            core.getHost(seq: request.seq, modid: request.modid, cmdid: request.cmdid, key: nil,
-                         from: message.connection)
+            loopState.getHost(seq: request.seq, modid: request.modid, cmdid: request.cmdid, key: nil,
+                              from: message.connection)
         }
         try router.on(MessageID.getHostByKeyRequest, as: Switchyard_Lb_GetHostByKeyRequest.self) { request, message in
-            core.getHost(seq: request.seq, modid: request.modid, cmdid: request.cmdid,
-                         key: BoundedLoadRing.hash(request.key), from: message.connection)
+            loopState.getHost(seq: request.seq, modid: request.modid, cmdid: request.cmdid,
+                              key: BoundedLoadRing.hash(request.key), from: message.connection)
         }
         try router.on(MessageID.reportRequest, as: Lars_ReportRequest.self) { request, _ in
-            core.report(request)
+            loopState.report(request)
         }
         try router.on(MessageID.apiGetRouteRequest, as: Lars_GetRouteRequest.self) { request, message in
-            core.getRoute(request, from: message.connection)
+            loopState.getRoute(request, from: message.connection)
         }
         let endpoint = try FramedUDPEndpoint(loop: loop, host: configuration.host, ports: configuration.ports,
                                              router: router, logger: logger)
@@ -127,23 +151,16 @@ public final class LoadBalanceAgent: Sendable {
         reporter.connect()
         let refresh = min(configuration.routeRetryInterval, .seconds(1))
         let timers = [
-            loop.scheduleRepeating(every: configuration.reportInterval) { core.flushReports() },
-            loop.scheduleRepeating(every: refresh) { core.refreshRoutes() },
+            loop.scheduleRepeating(every: configuration.reportInterval) { loopState.flushReports() },
+            loop.scheduleRepeating(every: refresh) { loopState.refreshRoutes() },
         ]
-        running.withLock { r in
-            r.endpoint = endpoint
-            r.names = names
-            r.reporter = reporter
-            r.timers = timers
-        }
-        let addresses = endpoint.localAddresses
         logger.info("agent started", metadata: [
-            "udp": "\(addresses.map(\.description).joined(separator: ","))",
-            "names": "\(configuration.nameServiceHost):\(configuration.nameServicePort)",
-            "reporter": "\(configuration.reporterHost):\(configuration.reporterPort)",
-            "cached.routes": "\(cached.count)",
+            "udp.addresses": "\(endpoint.localAddresses.map(\.description).joined(separator: ","))",
+            "names.address": "\(configuration.nameServiceHost):\(configuration.nameServicePort)",
+            "reporter.address": "\(configuration.reporterHost):\(configuration.reporterPort)",
+            "cache.routes": "\(cached.count)",
         ])
-        return addresses
+        return Running(endpoint: endpoint, names: names, reporter: reporter, timers: timers)
     }
 
     private func clientConfiguration(host: String, port: Int) -> ClientConfiguration {
@@ -152,34 +169,113 @@ public final class LoadBalanceAgent: Sendable {
                             logger: logger)
     }
 
-    /// The bound UDP addresses (empty before `start()`).
-    public var localAddresses: [SocketAddress] { running.withLock { $0.endpoint?.localAddresses ?? [] } }
+    /// The bound UDP addresses (empty before `start()` and after `shutdown()`).
+    public var localAddresses: [SocketAddress] {
+        state.withLock { state in
+            guard case .running(let running) = state else { return [] }
+            return running.endpoint.localAddresses
+        }
+    }
+
+    // MARK: Service
+
+    /// Starts the agent (unless `start()` was called), serves until the graceful shutdown of the `ServiceGroup`
+    /// (or cancellation), then stops as `shutdown()` does.
+    public func run() async throws {
+        try start()
+        try? await gracefulShutdown()
+        await shutdown()
+    }
+
+    /// Marks the agent stopped and stops answering; returns what must still be stopped (nil when it was not
+    /// running).
+    private func stopAnswering() -> Running? {
+        let running = state.withLock { state -> Running? in
+            defer { state = .stopped }
+            guard case .running(let running) = state else { return nil }
+            return running
+        }
+        guard let running else { return nil }
+        running.endpoint.close()
+        for timer in running.timers { timer.cancel() }
+        running.names.disconnect()
+        return running
+    }
 
     /// Stops answering, sends the last aggregated reports, disconnects, and waits for the route file to be
-    /// written. Idempotent. Not on the agent's loop.
-    public func shutdown() {
-        let r = running.withLock { r -> Running in
-            defer { r = Running(started: true) }
-            return r
+    /// written. Idempotent. Waits without holding the caller's thread.
+    public func shutdown() async {
+        guard let running = stopAnswering() else { return }
+        let loopState = self.loopState
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let once = ResumeOnce(continuation)
+            loop.execute {
+                loopState.flushReports()
+                running.reporter.disconnect()
+                once.resume()
+            }
         }
-        r.endpoint?.close()
-        for t in r.timers { t.cancel() }
-        let core = self.core
-        let reporter = r.reporter
-        loop.execute {
-            core.flushReports()
-            reporter?.disconnect()
-        }
-        r.names?.disconnect()
-        core.flushCache()
+        await loopState.cacheWriter?.flush()
     }
 
-    /// A copy of the balancer of (modid, cmdid), for tests and tools; nil when the agent does not know the module.
-    /// Waits for the agent's loop; not on it.
+    /// Stops answering, sends the last aggregated reports, disconnects, and waits for the route file to be
+    /// written. Idempotent. Blocks the calling thread while the file is written: not on the agent's loop, not from
+    /// async code (use `await shutdown()` there).
+    public func shutdown() {
+        guard let running = stopAnswering() else { return }
+        let loopState = self.loopState
+        loop.execute {
+            loopState.flushReports()
+            running.reporter.disconnect()
+        }
+        loopState.cacheWriter?.flushBlocking()
+    }
+
+    // MARK: Inspection
+
+    /// A copy of the balancer of (modid, cmdid), for tests and tools; nil when the agent does not know the module
+    /// (or its loop has stopped). Waits for the agent's loop; not on it.
     public func balancerSnapshot(modid: Int32, cmdid: Int32) async -> RouteBalancer? {
-        let core = self.core
-        return await withCheckedContinuation { continuation in
-            loop.execute { continuation.resume(returning: core.balancer(for: RouteKey(modid: modid, cmdid: cmdid))) }
+        await onLoop { $0.balancer(for: RouteKey(modid: modid, cmdid: cmdid)) } ?? nil
+    }
+
+    /// The agent's counters (also published through swift-metrics once per report interval); nil when its loop
+    /// has stopped. Waits for the agent's loop; not on it.
+    public func statistics() async -> AgentStatistics? {
+        await onLoop { $0.statistics }
+    }
+
+    private func onLoop<T: Sendable>(_ body: @escaping @Sendable (AgentLoopState) -> T) async -> T? {
+        let loopState = self.loopState
+        return await withCheckedContinuation { (continuation: CheckedContinuation<T?, Never>) in
+            let once = ResumeOnce(continuation, ifReleased: nil)
+            loop.execute { once.resume(returning: body(loopState)) }
         }
     }
+}
+
+/// A continuation resumed exactly once: by `resume`, or with the default value when the box is released first (a
+/// task posted to a loop that has stopped is released without running, and must not leave its caller waiting).
+final class ResumeOnce<T: Sendable>: Sendable {
+    private let state: Mutex<CheckedContinuation<T, Never>?>
+    private let ifReleased: T
+
+    init(_ continuation: CheckedContinuation<T, Never>, ifReleased: T) {
+        state = Mutex(continuation)
+        self.ifReleased = ifReleased
+    }
+
+    func resume(returning value: T) {
+        state.withLock { c -> CheckedContinuation<T, Never>? in
+            defer { c = nil }
+            return c
+        }?.resume(returning: value)
+    }
+
+    deinit { resume(returning: ifReleased) }
+}
+
+extension ResumeOnce where T == Void {
+    convenience init(_ continuation: CheckedContinuation<Void, Never>) { self.init(continuation, ifReleased: ()) }
+    func resume() { resume(returning: ()) }
 }

@@ -1,5 +1,7 @@
+import Dispatch
 import Foundation
 import LoadBalancing
+import Logging
 
 /// Routes saved on disk, so an agent restarted while the name service is down serves its last known routes.
 ///
@@ -45,4 +47,40 @@ public struct RouteCacheFile: Sendable {
             throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path])
         }
     }
+}
+
+/// Writes the route cache file off the agent's loop, in order (a serial queue). Safe to call from any thread.
+final class RouteCacheWriter: Sendable {
+    let file: RouteCacheFile
+    private let logger: Logger
+    private let queue = DispatchQueue(label: "switchyard.agent.route-cache")
+
+    init(file: RouteCacheFile, logger: Logger) {
+        self.file = file
+        self.logger = logger
+    }
+
+    /// Queues a write of `routes`; a failure is logged (the agent goes on serving).
+    func save(_ routes: [RouteKey: [LoadBalancing.Host]]) {
+        let file = self.file
+        let logger = self.logger
+        queue.async {
+            do {
+                try file.save(routes)
+            } catch {
+                logger.warning("cannot save the route cache", metadata: ["file.path": "\(file.path)",
+                                                                         "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Returns once the writes queued so far are on disk, without holding the caller's thread.
+    func flush() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            queue.async { continuation.resume() }
+        }
+    }
+
+    /// Waits until the writes queued so far are on disk. Blocks the calling thread: not from async code.
+    func flushBlocking() { queue.sync {} }
 }

@@ -129,8 +129,7 @@ public final class BlockingLoadBalanceClient {
                   let r = try? Lars_GetHostResponse(serializedBytes: body), r.seq == seq else { return nil }
             return r
         }
-        let host = response.hasHost ? Host(wireIP: response.host.ip, wirePort: response.host.port) : nil
-        return GetHostResult(retcode: response.retcode, host: response.retcode == 0 ? host : nil)
+        return try GetHostResult(response)
     }
 
     /// Tells the agent how a call to `host` went (retcode 0: success). Fire and forget.

@@ -3,7 +3,6 @@ import struct FoundationEssentials.Data  // the protobuf `bytes` type; not the w
 #else
 import struct Foundation.Data
 #endif
-import Dispatch
 import LarsProtocol
 import LarsWire
 import LoadBalancing
@@ -30,36 +29,9 @@ public enum LoadBalanceClientError: Error, Equatable, Sendable, CustomStringConv
     }
 }
 
-/// The answer to `getHost`: the agent's return code and, on success, the host to call.
-public struct GetHostResult: Sendable, Hashable, CustomStringConvertible {
-    /// `LarsReturnCode`: 0 success, 1 overload, 2 system error, 3 no such module (yet).
-    public var retcode: Int32
-    /// The host to call (set when `retcode` is 0).
-    public var host: Host?
-
-    public init(retcode: Int32, host: Host?) {
-        self.retcode = retcode
-        self.host = host
-    }
-
-    /// True when the agent chose a host.
-    public var isSuccess: Bool { retcode == LarsReturnCode.success && host != nil }
-
-    public var description: String {
-        let name: String
-        switch retcode {
-        case LarsReturnCode.success: name = "SUCC"
-        case LarsReturnCode.overload: name = "OVERLOAD"
-        case LarsReturnCode.systemError: name = "SYSTEM_ERROR"
-        case LarsReturnCode.notExist: name = "NOEXIST"
-        default: name = "retcode \(retcode)"
-        }
-        return host.map { "\(name) \($0)" } ?? name
-    }
-}
-
 /// The application's side of load balancing: asks the local agent for a host, reports how the call went, reads
-/// routes. UDP, one socket per client, requests matched to replies by sequence number, each with a timeout.
+/// routes. UDP, one socket per client, requests matched to replies by sequence number (a `RequestCorrelator`), each
+/// with a timeout; a cancelled call ends at once with `CancellationError`.
 ///
 /// ```swift
 /// let client = try LoadBalanceClient()
@@ -83,7 +55,9 @@ public final class LoadBalanceClient: Sendable {
     /// get their replies without a thread hop.
     public let loop: EventLoop
     private let endpoint: FramedUDPEndpoint
-    private let waiters: Waiters
+    /// GetHost requests by sequence number, GetRoute requests by route (its reply carries no sequence number).
+    private let hostRequests = RequestCorrelator<UInt32, Lars_GetHostResponse>()
+    private let routeRequests = RequestCorrelator<RouteKey, Lars_GetRouteResponse>()
     private let sweepTimer: TimerHandle
     private let sequence = Atomic<UInt32>(0)
 
@@ -103,17 +77,17 @@ public final class LoadBalanceClient: Sendable {
         ownedGroup = group
         let runLoop = loop ?? group!.acceptorLoop
         self.loop = runLoop
-        let waiters = Waiters(timeoutNs: timeout.nanosecondsSaturated, host: agentHost, timeoutMs: timeout.millisecondsTruncated)
-        self.waiters = waiters
+        let hostRequests = self.hostRequests
+        let routeRequests = self.routeRequests
         let router = MessageRouter<UDPPeer>()
-        try router.on(MessageID.getHostResponse, as: Lars_GetHostResponse.self) { response, message in
-            waiters.resume(seq: response.seq, with: .success(.host(response)))
+        try router.on(MessageID.getHostResponse, as: Lars_GetHostResponse.self) { response, _ in
+            hostRequests.resume(response.seq, with: response)
         }
-        try router.on(MessageID.getHostByKeyResponse, as: Lars_GetHostResponse.self) { response, message in
-            waiters.resume(seq: response.seq, with: .success(.host(response)))
+        try router.on(MessageID.getHostByKeyResponse, as: Lars_GetHostResponse.self) { response, _ in
+            hostRequests.resume(response.seq, with: response)
         }
         try router.on(MessageID.apiGetRouteResponse, as: Lars_GetRouteResponse.self) { response, _ in
-            waiters.resume(route: RouteKey(modid: response.modid, cmdid: response.cmdid), with: response)
+            routeRequests.resume(RouteKey(modid: response.modid, cmdid: response.cmdid), with: response)
         }
         do {
             endpoint = try FramedUDPEndpoint(loop: runLoop, host: "0.0.0.0", ports: [0], router: router)
@@ -122,27 +96,41 @@ public final class LoadBalanceClient: Sendable {
             throw error
         }
         let period = Duration.nanoseconds(Int64(min(max(timeout.nanosecondsSaturated / 10, 1_000_000), 100_000_000)))
-        sweepTimer = runLoop.scheduleRepeating(every: period) { waiters.expire() }
+        // The requests' deadlines are swept here, on the loop, rather than by a sleeping task per request.
+        sweepTimer = runLoop.scheduleRepeating(every: period) {
+            let now = SystemInfo.monotonicNanoseconds()
+            hostRequests.expire(now: now)
+            routeRequests.expire(now: now)
+        }
     }
 
     deinit {
         close()
     }
 
-    /// Fails every pending request with `.closed` and closes the socket (and the private loop). Idempotent. Safe
-    /// from any thread, the client's own loop included (a task running there may end the client's life).
+    /// Fails every pending request with `.closed`, closes the socket and stops the private loop. Idempotent. Safe
+    /// from any thread, the client's own loop included (a task running there may end the client's life), and never
+    /// blocks: the private loop's thread is joined on a thread of its own (`shutdown()` waits for that).
     public func close() {
-        if isClosed.exchange(true, ordering: .acquiringAndReleasing) { return }
+        guard let group = closeSocket() else { return }
+        Task.detached { await group.shutdown() }
+    }
+
+    /// Closes the client as `close()` does and returns once the private loop's thread has stopped, without holding
+    /// the caller's thread. Not from a task running on the client's own loop (that loop cannot wait for itself).
+    public func shutdown() async {
+        _ = closeSocket()
+        await ownedGroup?.shutdown()
+    }
+
+    /// The first call closes the socket and fails the waiters, and returns the private group to stop (if any).
+    private func closeSocket() -> EventLoopGroup? {
+        if isClosed.exchange(true, ordering: .acquiringAndReleasing) { return nil }
         sweepTimer.cancel()
         endpoint.close()
-        waiters.closeAll()
-        guard let group = ownedGroup else { return }
-        if loop.inLoopThread {
-            // A loop cannot join its own thread: stop it from elsewhere.
-            DispatchQueue.global().async { group.shutdown() }
-        } else {
-            group.shutdown()
-        }
+        hostRequests.failAll(LoadBalanceClientError.closed)
+        routeRequests.failAll(LoadBalanceClientError.closed)
+        return ownedGroup
     }
 
     private func address(modid: Int32, cmdid: Int32) -> SocketAddress {
@@ -188,13 +176,18 @@ public final class LoadBalanceClient: Sendable {
         -> GetHostResult
     {
         let destination = address(modid: modid, cmdid: cmdid)
-        let reply = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Reply, Error>) in
-            waiters.add(seq: seq, port: destination.port, continuation)
+        let endpoint = self.endpoint
+        let response = try await hostRequests.request(seq, deadline: deadline(),
+                                                      timeoutError: timeoutError(destination)) {
             endpoint.channels[0].send(bytes, to: destination)
         }
-        guard case .host(let response) = reply else { throw LoadBalanceClientError.badReply("not a GetHostResponse") }
-        let host = response.hasHost ? Host(wireIP: response.host.ip, wirePort: response.host.port) : nil
-        return GetHostResult(retcode: response.retcode, host: response.retcode == 0 ? host : nil)
+        return try GetHostResult(response)
+    }
+
+    private func deadline() -> UInt64 { SystemInfo.monotonicNanoseconds() &+ timeout.nanosecondsSaturated }
+
+    private func timeoutError(_ destination: SocketAddress) -> LoadBalanceClientError {
+        .timeout("no agent answered on \(agentHost):\(destination.port) within \(timeout.millisecondsTruncated) ms")
     }
 
     /// Tells the agent how a call to `host` went: retcode 0 is a success, anything else a failure (1 overload).
@@ -226,108 +219,11 @@ public final class LoadBalanceClient: Sendable {
         let bytes = FrameParser.encode(messageID: MessageID.apiGetRouteRequest.rawValue, body: try request.serializedBytes() as [UInt8])
         let destination = address(modid: modid, cmdid: cmdid)
         let key = RouteKey(modid: modid, cmdid: cmdid)
-        let reply = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Reply, Error>) in
-            waiters.add(route: key, port: destination.port, continuation)
+        let endpoint = self.endpoint
+        let response = try await routeRequests.request(key, deadline: deadline(),
+                                                       timeoutError: timeoutError(destination)) {
             endpoint.channels[0].send(bytes, to: destination)
         }
-        guard case .route(let response) = reply else { throw LoadBalanceClientError.badReply("not a GetRouteResponse") }
         return response.host.compactMap { Host(wireIP: $0.ip, wirePort: $0.port) }
-    }
-}
-
-enum Reply: Sendable {
-    case host(Lars_GetHostResponse)
-    case route(Lars_GetRouteResponse)
-}
-
-/// Requests waiting for their reply, with deadlines. Safe to use from any thread (a Mutex).
-final class Waiters: Sendable {
-    struct Waiter {
-        let continuation: CheckedContinuation<Reply, Error>
-        let deadline: UInt64
-        let port: UInt16
-    }
-
-    struct Table {
-        var bySeq: [UInt32: Waiter] = [:]
-        /// GetRouteResponse carries no sequence number: waiters are matched by (modid, cmdid).
-        var byRoute: [RouteKey: [Waiter]] = [:]
-        var closed = false
-    }
-
-    private let table = Mutex(Table())
-    let timeoutNs: UInt64
-    let host: String
-    let timeoutMs: Int64
-
-    init(timeoutNs: UInt64, host: String, timeoutMs: Int64) {
-        self.timeoutNs = timeoutNs
-        self.host = host
-        self.timeoutMs = timeoutMs
-    }
-
-    func add(seq: UInt32, port: UInt16, _ continuation: CheckedContinuation<Reply, Error>) {
-        let waiter = Waiter(continuation: continuation, deadline: SystemInfo.monotonicNanoseconds() &+ timeoutNs,
-                            port: port)
-        let rejected = table.withLock { t -> Waiter? in
-            if t.closed { return waiter }
-            // A sequence number reused after 2^32 requests while its first use still waits: fail the old one.
-            let old = t.bySeq.updateValue(waiter, forKey: seq)
-            return old
-        }
-        rejected?.continuation.resume(throwing: LoadBalanceClientError.closed)
-    }
-
-    func add(route: RouteKey, port: UInt16, _ continuation: CheckedContinuation<Reply, Error>) {
-        let waiter = Waiter(continuation: continuation, deadline: SystemInfo.monotonicNanoseconds() &+ timeoutNs,
-                            port: port)
-        let closed = table.withLock { t -> Bool in
-            if t.closed { return true }
-            t.byRoute[route, default: []].append(waiter)
-            return false
-        }
-        if closed { continuation.resume(throwing: LoadBalanceClientError.closed) }
-    }
-
-    func resume(seq: UInt32, with result: Result<Reply, Error>) {
-        table.withLock { $0.bySeq.removeValue(forKey: seq) }?.continuation.resume(with: result)
-    }
-
-    func resume(route: RouteKey, with response: Lars_GetRouteResponse) {
-        for w in table.withLock({ $0.byRoute.removeValue(forKey: route) }) ?? [] {
-            w.continuation.resume(returning: .route(response))
-        }
-    }
-
-    private func timeoutError(_ w: Waiter) -> LoadBalanceClientError {
-        .timeout("no agent answered on \(host):\(w.port) within \(timeoutMs) ms")
-    }
-
-    /// Fails the requests whose deadline has passed. Called by the client's timer.
-    func expire() {
-        let now = SystemInfo.monotonicNanoseconds()
-        let expired = table.withLock { t -> [Waiter] in
-            var out: [Waiter] = []
-            for (seq, w) in t.bySeq where w.deadline <= now {
-                out.append(w)
-                t.bySeq[seq] = nil
-            }
-            for (key, list) in t.byRoute {
-                let (late, waiting) = (list.filter { $0.deadline <= now }, list.filter { $0.deadline > now })
-                out += late
-                t.byRoute[key] = waiting.isEmpty ? nil : waiting
-            }
-            return out
-        }
-        for w in expired { w.continuation.resume(throwing: timeoutError(w)) }
-    }
-
-    func closeAll() {
-        let all = table.withLock { t -> [Waiter] in
-            t.closed = true
-            defer { t.bySeq = [:]; t.byRoute = [:] }
-            return Array(t.bySeq.values) + t.byRoute.values.flatMap { $0 }
-        }
-        for w in all { w.continuation.resume(throwing: LoadBalanceClientError.closed) }
     }
 }

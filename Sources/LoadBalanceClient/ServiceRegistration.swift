@@ -3,13 +3,18 @@ import LoadBalancing
 import Logging
 import Messaging
 import Reactor
+import ServiceLifecycle
 import SwitchyardCore
 import Synchronization
 
 /// A server's registration of itself with the name service (message id 102): "I serve (modid, cmdid) at `host`".
-/// Sent on connect and then every third of `ttl`, so the host stays in the route while this process lives and
-/// drops out within `ttl` once it stops; `stop()` takes it back at once. Reconnects with backoff when the name
+/// Sent on connect and then again whenever a third of `ttl` has passed since the last one (the heartbeat, by the
+/// `HeartbeatPolicy` of the framed clients), so the host stays in the route while this process lives and drops out
+/// within `ttl` once it stops; `stop()` takes it back at once. Reconnects with backoff when the name
 /// service goes away, registering again on every connection. Safe to call from any thread.
+///
+/// A `Service`: in a `ServiceGroup`, `run()` registers, keeps the heartbeat until the group's graceful shutdown,
+/// and takes the registration back on the way out. Without a group, call `start()` and `stop()`:
 ///
 /// ```swift
 /// let registration = try ServiceRegistration(loop: group.next(), modid: 7, cmdid: 1,
@@ -18,7 +23,7 @@ import Synchronization
 /// ...
 /// registration.stop()
 /// ```
-public final class ServiceRegistration: Sendable {
+public final class ServiceRegistration: Service, Sendable {
     public let key: RouteKey
     public let host: Host
     public let ttl: Duration
@@ -76,10 +81,16 @@ public final class ServiceRegistration: Sendable {
         let request = Self.request(key: key, host: host, ttl: ttl)
         let client = self.client
         let loop = self.loop
-        let period = ttl / 3
+        let policy = HeartbeatPolicy(interval: ttl / 3)
         let started = state.withLock { s -> Bool in
             guard !s.stopped, s.timer == nil else { return false }
-            s.timer = loop.scheduleRepeating(every: period) { _ = client.send(request, id: MessageID.registerHostRequest) }
+            s.timer = loop.scheduleRepeating(every: policy.checkInterval) {
+                guard let connection = client.connection else { return }
+                let now = SystemInfo.monotonicNanoseconds()
+                if policy.decide(now: now, lastSent: connection.lastSendTime, lastReceived: now) == .sendHeartbeat {
+                    _ = client.send(request, id: MessageID.registerHostRequest)
+                }
+            }
             return true
         }
         if started { client.connect() }
@@ -99,6 +110,16 @@ public final class ServiceRegistration: Sendable {
         client.disconnect()
     }
 
+    /// Registers and keeps the heartbeat until the graceful shutdown of the `ServiceGroup` (or cancellation), then
+    /// takes the registration back (ttl 0) and returns once the loop has handed that to the connection, so the
+    /// loop may be stopped right after.
+    public func run() async throws {
+        start()
+        try? await gracefulShutdown()
+        stop()
+        await afterPendingTasks(on: loop)
+    }
+
     /// Registrations (and heartbeats) the name service accepted so far.
     public var acceptedCount: Int { replies.accepted.load(ordering: .relaxed) }
 
@@ -113,5 +134,21 @@ public final class ServiceRegistration: Sendable {
         request.port = Int32(host.port)
         request.ttlMs = UInt32(clamping: ttl.millisecondsTruncated)
         return request
+    }
+}
+
+/// Returns once `loop` has run the tasks posted to it before this call (at once when the loop has stopped: a task
+/// posted to a stopped loop is released without running, which resumes the caller too).
+func afterPendingTasks(on loop: EventLoop) async {
+    final class ResumeOnce: Sendable {
+        // Resumed exactly once: by the task, or by the release of a task that never ran.
+        let continuation: Mutex<CheckedContinuation<Void, Never>?>
+        init(_ c: CheckedContinuation<Void, Never>) { continuation = Mutex(c) }
+        func resume() { continuation.withLock { c in defer { c = nil }; return c }?.resume() }
+        deinit { resume() }
+    }
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        let once = ResumeOnce(continuation)
+        loop.execute { once.resume() }
     }
 }

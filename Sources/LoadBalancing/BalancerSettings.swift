@@ -53,20 +53,39 @@ public struct BalancerSettings: Sendable, Hashable, Codable {
         self.updateTimeout = updateTimeout
     }
 
-    /// Problems that make the settings unusable, empty when they are fine.
-    public var problems: [String] {
-        var out: [String] = []
-        if probeNum < 1 { out.append("probe_num must be at least 1, got \(probeNum)") }
-        if !(0...1).contains(errRate) { out.append("err_rate must be 0...1, got \(errRate)") }
-        if !(0...1).contains(succRate) { out.append("succ_rate must be 0...1, got \(succRate)") }
-        if !(0...1).contains(windowErrRate) { out.append("window_err_rate must be 0...1, got \(windowErrRate)") }
-        if continErrLimit < 1 { out.append("contin_err_limit must be at least 1") }
-        if continSuccLimit < 1 { out.append("contin_succ_limit must be at least 1") }
+    /// Throws the first setting that makes the balancer unusable.
+    public func validate() throws(BalancerSettingsError) {
+        if probeNum < 1 { throw .probeNumBelowOne(probeNum) }
+        for (name, rate) in [("err_rate", errRate), ("succ_rate", succRate), ("window_err_rate", windowErrRate)]
+        where !(0...1).contains(rate) {
+            throw .rateOutOfRange(name: name, rate)
+        }
+        if continErrLimit < 1 { throw .limitBelowOne(name: "contin_err_limit") }
+        if continSuccLimit < 1 { throw .limitBelowOne(name: "contin_succ_limit") }
         for (name, d) in [("idle_timeout", idleTimeout), ("overload_timeout", overloadTimeout),
                           ("update_timeout", updateTimeout)] where d <= .zero {
-            out.append("\(name) must be positive, got \(d)")
+            throw .durationNotPositive(name: name, d)
         }
-        return out
     }
 }
 
+/// Why `BalancerSettings.validate()` refused the settings (settings named as in Lars's configuration).
+public enum BalancerSettingsError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// `probe_num` is below 1 (every n-th request probes, so n must be at least 1).
+    case probeNumBelowOne(Int)
+    /// A rate (`err_rate`, `succ_rate`, `window_err_rate`) is outside 0...1.
+    case rateOutOfRange(name: String, Double)
+    /// A consecutive-call limit (`contin_err_limit`, `contin_succ_limit`) is 0.
+    case limitBelowOne(name: String)
+    /// A duration (`idle_timeout`, `overload_timeout`, `update_timeout`) is zero or negative.
+    case durationNotPositive(name: String, Duration)
+
+    public var description: String {
+        switch self {
+        case .probeNumBelowOne(let n): return "probe_num must be at least 1, got \(n)"
+        case .rateOutOfRange(let name, let rate): return "\(name) must be 0...1, got \(rate)"
+        case .limitBelowOne(let name): return "\(name) must be at least 1"
+        case .durationNotPositive(let name, let d): return "\(name) must be positive, got \(d)"
+        }
+    }
+}

@@ -32,7 +32,7 @@ public enum LoadBalanceBenchmark {
         let stop = Atomic<Bool>(false)
 
         func count(_ result: GetHostResult) {
-            if result.host == nil { failures.wrappingAdd(1, ordering: .relaxed) }
+            if case .host = result {} else { failures.wrappingAdd(1, ordering: .relaxed) }
             total.wrappingAdd(1, ordering: .relaxed)
         }
     }

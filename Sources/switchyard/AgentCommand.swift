@@ -3,8 +3,9 @@ import Foundation
 import LoadBalanceAgent
 import Logging
 import Reactor
+import ServiceLifecycle
 
-struct AgentCommand: ParsableCommand {
+struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "agent",
         abstract: "The load-balancing agent: GetHost, Report and GetRoute over UDP on three ports.",
@@ -87,33 +88,35 @@ struct AgentCommand: ParsableCommand {
                 throw ValidationError("\(flag) \(value): \(problem)")
             }
         }
-        let problems = configuration.problems
-        if !problems.isEmpty { throw ValidationError(problems.joined(separator: "; ")) }
+        do {
+            try configuration.validate()
+        } catch {
+            throw ValidationError("\(error)")
+        }
         return configuration
     }
 
     func validate() throws { _ = try makeConfiguration() }
 
-    func run() throws {
+    func run() async throws {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.agent")
         let configuration = try makeConfiguration()
         let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(
             poller: poller, busyPoll: configuration.busyPoll, logger: logger))
-        let termination = try TerminationWaiter(group: group, logger: logger)
         let agent = LoadBalanceAgent(group: group, configuration: configuration, logger: logger)
         let addresses: [SocketAddress]
         do {
             addresses = try agent.start()
         } catch {
-            group.shutdown()
+            await group.shutdown()
             throw CommandFailure("agent: cannot start: \(error)")
         }
-        announce("agent listening on udp \(addresses.map(\.description).joined(separator: ",")) "
-                 + "(names \(configuration.nameServiceHost):\(configuration.nameServicePort), "
-                 + "reporter \(configuration.reporterHost):\(configuration.reporterPort))")
-        termination.wait()
-        agent.shutdown()
-        group.shutdown()
+        try await runServices(
+            [EventLoopGroupService(group: group), agent],
+            announcing: "agent listening on udp \(addresses.map(\.description).joined(separator: ",")) "
+                + "(names \(configuration.nameServiceHost):\(configuration.nameServicePort), "
+                + "reporter \(configuration.reporterHost):\(configuration.reporterPort))",
+            logger: logger)
     }
 }

@@ -63,7 +63,8 @@ struct GetHostCommand: AsyncParsableCommand {
         let client = try address.makeClient()
         defer { client.close() }
         do {
-            let result = try await retrying(for: retryMs, until: { $0.retcode != LarsReturnCode.notExist }) {
+            let result = try await retrying(for: retryMs,
+                                            until: { (result: GetHostResult) in result != .noSuchModule }) {
                 if let key { try await client.getHost(modid: modid, cmdid: cmdid, key: key) }
                 else { try await client.getHost(modid: modid, cmdid: cmdid) }
             }

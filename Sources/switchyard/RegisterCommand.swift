@@ -1,12 +1,12 @@
 import ArgumentParser
-import Dispatch
 import LoadBalanceClient
 import LoadBalancing
 import Logging
 import NameService
 import Reactor
+import ServiceLifecycle
 
-struct RegisterCommand: ParsableCommand {
+struct RegisterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "register",
         abstract: "Register a host for a route with the name service, with a time to live, until stopped.",
@@ -38,19 +38,25 @@ struct RegisterCommand: ParsableCommand {
         return address
     }
 
-    func run() throws {
+    func run() async throws {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.register")
         let (namesHost, namesPort) = try nameService()
         let group = try EventLoopGroup(ioLoops: 0)
-        let termination = try TerminationWaiter(group: group, logger: logger)
-        let registration = try ServiceRegistration(
-            loop: group.acceptorLoop, nameServiceHost: namesHost, nameServicePort: namesPort, modid: modid,
-            cmdid: cmdid, host: Host(address: ip, port: port)!, ttl: .milliseconds(Int64(ttl * 1000)), logger: logger)
-        registration.start()
-        announce("registering \(ip):\(port) for \(modid)/\(cmdid) with \(names), ttl \(ttl) s (Ctrl-C to take it back)")
-        termination.wait()
-        registration.stop()
-        group.shutdown()
+        let registration: ServiceRegistration
+        do {
+            registration = try ServiceRegistration(
+                loop: group.acceptorLoop, nameServiceHost: namesHost, nameServicePort: namesPort, modid: modid,
+                cmdid: cmdid, host: Host(address: ip, port: port)!, ttl: .milliseconds(Int64(ttl * 1000)),
+                logger: logger)
+        } catch {
+            await group.shutdown()
+            throw error
+        }
+        try await runServices(
+            [EventLoopGroupService(group: group), registration],
+            announcing: "registering \(ip):\(port) for \(modid)/\(cmdid) with \(names), ttl \(ttl) s "
+                + "(Ctrl-C to take it back)",
+            logger: logger)
     }
 }

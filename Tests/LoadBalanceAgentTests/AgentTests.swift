@@ -5,6 +5,7 @@ import LoadBalanceClient
 import LoadBalancing
 import Messaging
 import Reactor
+import TestSupport
 import Testing
 
 let h1 = LoadBalancing.Host(ip: 0x0A00_0001, port: 9000)  // 10.0.0.1:9000
@@ -228,6 +229,21 @@ struct AgentTests {
         #expect(t.requests <= intervals, "\(t.requests) reports in \(elapsed)")
         #expect(t.requests < 600 / 20)
         #expect(t.callers == [4242] && t.modules == [route12])
+    }
+
+    @Test("a cancelled call ends at once with CancellationError, long before its timeout")
+    func cancelledCall() async throws {
+        let port = try freeTCPPort()
+        let client = try LoadBalanceClient(agentPorts: [port], timeout: .seconds(30))
+        defer { client.close() }
+        let start = ContinuousClock.now
+        let call = Task { try await client.getHost(modid: 1, cmdid: 2) }
+        try await Task.sleep(for: .milliseconds(50))
+        call.cancel()
+        await #expect(throws: CancellationError.self) { _ = try await call.value }
+        #expect(ContinuousClock.now - start < .seconds(5))
+        await client.shutdown()
+        await #expect(throws: LoadBalanceClientError.closed) { _ = try await client.getRoute(modid: 1, cmdid: 2) }
     }
 
     @Test("the client API names the agent address when nobody answers")

@@ -7,6 +7,7 @@ import Logging
 import Messaging
 import Reactor
 import Synchronization
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -170,16 +171,6 @@ struct AgentWorld {
         reporter.stop()
         group.shutdown()
     }
-}
-
-/// Polls `condition` until it holds or `timeout` passes.
-func eventually(_ timeout: Duration = .seconds(3), _ condition: () async throws -> Bool) async throws -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try await Task.sleep(for: .milliseconds(10))
-    }
-    return try await condition()
 }
 
 /// A plain blocking UDP socket: the peer side of the wire tests, independent of our encoder.

@@ -2,6 +2,7 @@ import LoadBalanceAgent
 import LoadBalancing
 import Messaging
 import Reactor
+import TestSupport
 import Testing
 
 /// Frames written out byte by byte from PROTOCOL.md (header: id and body length, Int32 little-endian; protobuf

@@ -39,8 +39,8 @@ struct RouteBalancerTests {
         #expect(s.errRate == 0.1 && s.succRate == 0.92 && s.windowErrRate == 0.7)
         #expect(s.continErrLimit == 10 && s.continSuccLimit == 10)
         #expect(s.idleTimeout == .seconds(15) && s.overloadTimeout == .seconds(15) && s.updateTimeout == .seconds(15))
-        #expect(s.problems.isEmpty)
-        #expect(!BalancerSettings(probeNum: 0).problems.isEmpty)
+        #expect(throws: Never.self) { try s.validate() }
+        #expect(throws: BalancerSettingsError.probeNumBelowOne(0)) { try BalancerSettings(probeNum: 0).validate() }
     }
 
     @Test func emptyRoute() {

@@ -1,0 +1,171 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import LarsProtocol
+import LoadBalancing
+import Logging
+import Messaging
+import Reactor
+
+/// The agent's loop-bound half: the `AgentCore`, the links its actions go through (the name service and reporter
+/// clients, the route cache writer, the logger, the metrics), and the performing of those actions.
+///
+/// Each input reads the clock once, hands it to the core with the one action buffer, and performs what the core
+/// appended, in order. A perform that calls back in (a send that fails and closes the name service connection, whose
+/// callback reports the loss) only appends: the outer call performs those actions too, after the current ones.
+///
+/// Loop thread only (the agent's loop): every handler, timer and client callback of the agent runs there, and each
+/// entry asserts it, so the request path takes no lock.
+final class AgentLoopState: @unchecked Sendable {
+    // @unchecked Sendable: the mutable state is touched on `loop` only (`assertInLoopThread` at every entry);
+    // the links are installed by a task posted to the loop before any datagram or callback can reach it.
+    typealias Core = AgentCore<UDPPeer>
+
+    let loop: EventLoop
+    private let logger: Logger
+    private let metrics: AgentMetrics
+    let cacheWriter: RouteCacheWriter?
+    private var core: Core
+    private var actions: [Core.Action] = []
+    private var performing = false
+    private var names: FramedClient?
+    private var reporter: FramedClient?
+    private var published = AgentStatistics()
+
+    init(loop: EventLoop, configuration: AgentConfiguration, logger: Logger) {
+        self.loop = loop
+        self.logger = logger
+        metrics = AgentMetrics()
+        cacheWriter = configuration.routeCacheFile.map {
+            RouteCacheWriter(file: RouteCacheFile(path: $0), logger: logger)
+        }
+        core = Core(configuration: configuration)
+        actions.reserveCapacity(8)
+    }
+
+    private var now: UInt64 { SystemInfo.monotonicNanoseconds() }
+
+    // MARK: Inputs
+
+    /// Installs the links and the routes of the cache file, before any request.
+    func install(names: FramedClient, reporter: FramedClient, cachedRoutes: [RouteKey: [Host]]) {
+        loop.assertInLoopThread()
+        self.names = names
+        self.reporter = reporter
+        core.loadCachedRoutes(cachedRoutes, now: now)
+    }
+
+    func getHost(seq: UInt32, modid: Int32, cmdid: Int32, key: UInt64?, from peer: UDPPeer) {
+        loop.assertInLoopThread()
+        core.getHost(seq: seq, modid: modid, cmdid: cmdid, key: key, from: peer, now: now, actions: &actions)
+        performActions()
+    }
+
+    func report(_ request: Lars_ReportRequest) {
+        loop.assertInLoopThread()
+        core.report(request, now: now)
+    }
+
+    func getRoute(_ request: Lars_GetRouteRequest, from peer: UDPPeer) {
+        loop.assertInLoopThread()
+        core.getRoute(request, from: peer, now: now, actions: &actions)
+        performActions()
+    }
+
+    func routeArrived(_ response: Lars_GetRouteResponse) {
+        loop.assertInLoopThread()
+        core.routeArrived(response, now: now, actions: &actions)
+        performActions()
+    }
+
+    func nameServiceConnected() {
+        loop.assertInLoopThread()
+        core.nameServiceConnected(now: now, actions: &actions)
+        performActions()
+    }
+
+    func nameServiceLost() {
+        loop.assertInLoopThread()
+        core.nameServiceLost(actions: &actions)
+        performActions()
+    }
+
+    /// The refresh timer: forget empty modules, ask for stale routes.
+    func refreshRoutes() {
+        loop.assertInLoopThread()
+        core.refreshRoutes(now: now, actions: &actions)
+        performActions()
+    }
+
+    /// The report timer (and shutdown): send the aggregated reports, publish the counters.
+    func flushReports() {
+        loop.assertInLoopThread()
+        core.flushReports(timestamp: UInt32(truncatingIfNeeded: time(nil)), actions: &actions)
+        performActions()
+        let statistics = core.statistics
+        metrics.publish(statistics, since: published)
+        published = statistics
+    }
+
+    // MARK: Inspection
+
+    func balancer(for key: RouteKey) -> RouteBalancer? {
+        loop.assertInLoopThread()
+        return core.balancer(for: key)
+    }
+
+    var statistics: AgentStatistics {
+        loop.assertInLoopThread()
+        return core.statistics
+    }
+
+    // MARK: Actions
+
+    private func performActions() {
+        guard !performing else { return }  // called back from a perform below: that loop takes these actions too
+        performing = true
+        var index = 0
+        while index < actions.count {
+            perform(actions[index])
+            index += 1
+        }
+        actions.removeAll(keepingCapacity: true)
+        performing = false
+    }
+
+    private func perform(_ action: Core.Action) {
+        switch action {
+        case .replyHost(let response, let byKey, let peer):
+            peer.send(response, id: byKey ? MessageID.getHostByKeyResponse : MessageID.getHostResponse)
+        case .replyRoute(let response, let peer):
+            peer.send(response, id: MessageID.apiGetRouteResponse)
+        case .askNameService(let request):
+            _ = names?.send(request, id: MessageID.getRouteRequest)
+        case .sendReport(let request):
+            _ = reporter?.send(request, id: MessageID.reportStatusRequest)
+        case .saveCache(let routes):
+            cacheWriter?.save(routes)
+        case .log(let event):
+            log(event)
+        }
+    }
+
+    private func log(_ event: AgentEvent) {
+        let configuration = core.configuration
+        switch event {
+        case .routeUpdated(let key, let hostCount):
+            logger.info("route updated", metadata: ["route.key": "\(key)", "route.hosts": "\(hostCount)"])
+        case .nameServiceReachable:
+            logger.info("name service reachable again")
+        case .nameServiceUnreachable:
+            logger.info("name service unreachable; serving known routes", metadata: [
+                "names.address": "\(configuration.nameServiceHost):\(configuration.nameServicePort)"])
+        case .forgotEmptyModules(let count):
+            logger.info("forgot modules without hosts", metadata: [
+                "modules.forgotten": "\(count)", "modules.idle": "\(configuration.emptyModuleTimeout)"])
+        case .moduleLimitReached:
+            logger.info("module limit reached; requests for further modules get NOEXIST",
+                        metadata: ["modules.max": "\(configuration.maxModules)"])
+        }
+    }
+}
