@@ -105,14 +105,6 @@ public final class NameService: Service, Sendable {
         await runOnDedicatedThread(name: "sy-names-stop") { [server] in server.shutdown() }
     }
 
-    /// Transitional, for callers that ``start()`` the service without running it (the demo, until it runs its
-    /// services in a `ServiceGroup`): stops accepting and closes the connections. Blocks the calling thread (not a
-    /// loop, not a cooperative-pool thread); a running service stops by graceful shutdown instead.
-    @available(*, deprecated, message: "run the service in a ServiceGroup: start(), then run(); stop the group")
-    public func shutdown() {
-        if server.localAddress != nil { server.shutdown() }
-    }
-
     /// The bound address once bound.
     public var localAddress: SocketAddress? { server.localAddress }
 

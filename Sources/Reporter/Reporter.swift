@@ -126,14 +126,6 @@ public final class Reporter: Service, Sendable {
         logger.info("reporter stopped")
     }
 
-    /// Transitional, for callers that ``start()`` the reporter without running it (the demo, until it runs its
-    /// services in a `ServiceGroup`): stops accepting and closes the connections; queued reports stay unwritten (only
-    /// ``run()`` writes). Blocks the calling thread (not a loop, not a cooperative-pool thread).
-    @available(*, deprecated, message: "run the reporter in a ServiceGroup: start(), then run(); stop the group")
-    public func shutdown() {
-        if server.localAddress != nil { server.shutdown() }
-    }
-
     /// The bound address once bound.
     public var localAddress: SocketAddress? { server.localAddress }
 

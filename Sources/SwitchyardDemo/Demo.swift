@@ -9,6 +9,8 @@ import NameService
 import Logging
 import Reactor
 import Reporter
+import ServiceLifecycle
+import UnixSignals
 import RouteStore
 import Storage
 import SwitchyardCore
@@ -95,13 +97,28 @@ public final class LoadBalanceDemo: Sendable {
     /// Ends the run early (the summary is still printed). Safe from any thread, a signal handler's loop included.
     public func stop() { stopRequested.store(true, ordering: .relaxed) }
 
-    /// Runs the demo to its end (or ``stop()``), tears everything down in reverse order, prints and returns the
-    /// summary. Throws when a service cannot start.
-    public func run() async throws -> DemoSummary {
+    /// ``stop()`` was called.
+    var stopWasRequested: Bool { stopRequested.load(ordering: .relaxed) }
+
+    /// Runs the demo to its end (or ``stop()``, or one of `signals`, which end it early), then stops the services in
+    /// reverse order (the agent sends its last reports, the reporter writes them, then the name service and the
+    /// backends stop), prints and returns the summary. Throws when a service cannot start.
+    public func run(stoppingOn signals: [UnixSignal] = []) async throws -> DemoSummary {
         let path = Self.temporaryPath()
         defer { for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) } }
         let pool = try ConnectionPool(url: "sqlite:" + path, configuration: PoolConfiguration(minConnections: 1),
                                       logger: logger)
+        do {
+            let summary = try await run(pool: pool, signals: signals)
+            await pool.close()
+            return summary
+        } catch {
+            await pool.close()
+            throw error
+        }
+    }
+
+    private func run(pool: ConnectionPool, signals: [UnixSignal]) async throws -> DemoSummary {
         try await RouteSchema.create(on: pool)
 
         // Backends: echo servers that can be told to refuse (accept and close at once).
@@ -129,12 +146,55 @@ public final class LoadBalanceDemo: Sendable {
         let agentAddresses = try agent.start()
         let client = try LoadBalanceClient(agentPorts: agentAddresses.map { Int($0.port) }, timeout: .milliseconds(500),
                                            loop: group.next())
-
         let state = DemoState.Shared(DemoState(hosts: hosts))
-        let failing = backends[1]
-        output(header(names: namesAddress, reporter: reporterAddress, agent: agentAddresses, hosts: hosts))
+        let driver = DemoDriver(demo: self, agent: agent, client: client, backends: backends, state: state)
 
-        let clientTask = Task { await callLoop(client: client, state: state) }
+        // One group, started in order and stopped in reverse: the driver first (its end, or a signal, stops the
+        // group), then the agent (sends its last reports), the reporter (writes them), the name service, the backends.
+        let services: [any Service] = backends + [names, reporter, agent]
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
+                + [ServiceGroupConfiguration.ServiceConfiguration(service: driver,
+                                                                   successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: signals,
+            logger: logger))
+        output(header(names: namesAddress, reporter: reporterAddress, agent: agentAddresses, hosts: hosts))
+        try await group.run()
+        await client.shutdown()
+
+        let written = reporter.statistics.written
+        let status = (try? await pool.query(
+            "SELECT ip, port, SUM(succ_cnt), SUM(err_cnt) FROM ServerCallStatus WHERE modid = ? AND cmdid = ? "
+                + "GROUP BY ip, port", [SQLValue(key.modid), SQLValue(key.cmdid)]).rows) ?? []
+        let summary = state.withLock { s in
+            DemoSummary(seconds: driver.elapsed.withLock { $0 }, hosts: hosts.map { s.summary(of: $0) },
+                        failingHost: backends[1].host, reportsWritten: written, interrupted: driver.interrupted)
+        }
+        var stored: [Host: (Int64, Int64)] = [:]
+        for row in status {
+            if let ip = try? row.decode(0, as: UInt32.self), let port = try? row.decode(1, as: Int.self),
+               let port16 = UInt16(exactly: port) {
+                stored[Host(ip: ip, port: port16)] = ((try? row.decode(2, as: Int64.self)) ?? 0,
+                                                      (try? row.decode(3, as: Int64.self)) ?? 0)
+            }
+        }
+        output(Self.render(summary, stored: stored))
+        return summary
+    }
+
+    /// The timeline: the client's calls in a child task, the failure and the recovery at their times, the live
+    /// table. Returns the seconds it ran.
+    fileprivate func drive(agent: LoadBalanceAgent, client: LoadBalanceClient, failing: DemoBackend, hosts: [Host],
+                           state: DemoState.Shared) async -> Double {
+        await withTaskGroup(of: Void.self) { calls in
+            calls.addTask { await self.callLoop(client: client, state: state) }
+            defer { calls.cancelAll() }
+            return await timeline(agent: agent, failing: failing, hosts: hosts, state: state)
+        }
+    }
+
+    private func timeline(agent: LoadBalanceAgent, failing: DemoBackend, hosts: [Host],
+                          state: DemoState.Shared) async -> Double {
         let start = ContinuousClock.now
         let total = configuration.duration
         let failAt = total * 0.25
@@ -176,47 +236,12 @@ public final class LoadBalanceDemo: Sendable {
             }
             try? await Task.sleep(for: .milliseconds(50))
         }
-        let interrupted = stopRequested.load(ordering: .relaxed)
-        let seconds = (ContinuousClock.now - start).secondsValue
-
-        // Reverse order: the client, the agent (sends its last reports), the reporter (writes them), the name
-        // service, the backends.
-        clientTask.cancel()
-        await clientTask.value
-        client.close()
-        await offLoop { agent.shutdown() }
-        try? await Task.sleep(for: .milliseconds(300))
-        let started = backends
-        await offLoop {
-            reporter.shutdown()
-            names.shutdown()
-            for backend in started { backend.shutdown() }
-        }
-        let written = reporter.statistics.written
-        let status = (try? await pool.query(
-            "SELECT ip, port, SUM(succ_cnt), SUM(err_cnt) FROM ServerCallStatus WHERE modid = ? AND cmdid = ? "
-                + "GROUP BY ip, port", [SQLValue(key.modid), SQLValue(key.cmdid)]).rows) ?? []
-        await pool.close()
-
-        let summary = state.withLock { s in
-            DemoSummary(seconds: seconds, hosts: hosts.map { s.summary(of: $0) }, failingHost: failing.host,
-                        reportsWritten: written, interrupted: interrupted)
-        }
-        var stored: [Host: (Int64, Int64)] = [:]
-        for row in status {
-            if let ip = try? row.decode(0, as: UInt32.self), let port = try? row.decode(1, as: Int.self),
-               let port16 = UInt16(exactly: port) {
-                stored[Host(ip: ip, port: port16)] = ((try? row.decode(2, as: Int64.self)) ?? 0,
-                                                      (try? row.decode(3, as: Int64.self)) ?? 0)
-            }
-        }
-        output(Self.render(summary, stored: stored))
-        return summary
+        return (ContinuousClock.now - start).secondsValue
     }
 
     /// getHost -> TCP request to the backend -> report, as fast as the answers come (with a short pause on
     /// errors), until cancelled.
-    private func callLoop(client: LoadBalanceClient, state: DemoState.Shared) async {
+    fileprivate func callLoop(client: LoadBalanceClient, state: DemoState.Shared) async {
         let payload: [UInt8] = Array("switchyard demo\n".utf8)
         while !Task.isCancelled {
             let result: GetHostResult
@@ -291,15 +316,41 @@ public final class LoadBalanceDemo: Sendable {
         let dir = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
         return "\(dir)/switchyard-demo-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sqlite"
     }
+}
 
-    /// Runs blocking shutdowns on a dispatch thread, never on a loop or the concurrency pool.
-    private func offLoop(_ work: @escaping @Sendable () -> Void) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            DispatchQueue.global().async {
-                work()
-                continuation.resume()
-            }
+/// The demo's timeline as the last service of its group: it drives the calls and the failure, and when it ends (its
+/// time is up, ``LoadBalanceDemo/stop()``, or the group's graceful shutdown on a signal) the group stops the others.
+private final class DemoDriver: Service, Sendable {
+    let demo: LoadBalanceDemo
+    let agent: LoadBalanceAgent
+    let client: LoadBalanceClient
+    let backends: [DemoBackend]
+    let state: DemoState.Shared
+    /// Seconds the timeline ran.
+    let elapsed = Mutex<Double>(0)
+    private let stoppedEarly = Atomic<Bool>(false)
+
+    init(demo: LoadBalanceDemo, agent: LoadBalanceAgent, client: LoadBalanceClient, backends: [DemoBackend],
+         state: DemoState.Shared) {
+        self.demo = demo
+        self.agent = agent
+        self.client = client
+        self.backends = backends
+        self.state = state
+    }
+
+    /// The run ended before its time (a signal or `stop()`).
+    var interrupted: Bool { stoppedEarly.load(ordering: .relaxed) || demo.stopWasRequested }
+
+    func run() async throws {
+        let seconds = await withGracefulShutdownHandler {
+            await demo.drive(agent: agent, client: client, failing: backends[1], hosts: backends.map(\.host),
+                             state: state)
+        } onGracefulShutdown: { [self] in
+            stoppedEarly.store(true, ordering: .relaxed)
+            demo.stop()
         }
+        elapsed.withLock { $0 = seconds }
     }
 }
 
@@ -409,7 +460,7 @@ struct DemoState {
 
 /// A backend echo server that can be told to refuse: while `refusing`, each connection is closed as soon as it
 /// is accepted, so the caller's request fails.
-final class DemoBackend: Sendable {
+final class DemoBackend: Service, Sendable {
     /// Set while the backend refuses.
     final class Flag: Sendable {
         private let value = Atomic<Bool>(false)
@@ -441,7 +492,11 @@ final class DemoBackend: Sendable {
         return Host(ip: a.ip, port: a.port)
     }
 
-    func shutdown() { server.shutdown(timeout: .seconds(1)) }
+    /// Serves until the group's graceful shutdown, then drains its connections.
+    func run() async throws {
+        try? await gracefulShutdown()
+        await server.shutdown(timeout: .seconds(1))
+    }
 
     /// One request: connect, send `payload`, read it back (500 ms timeout). Blocking; a few hundred microseconds
     /// on loopback.

@@ -1,15 +1,12 @@
 import ArgumentParser
-import Dispatch
 import Logging
 import SwitchyardDemo
-import NameService
 import Reactor
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
-struct DemoCommand: ParsableCommand {
+struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
         abstract: "The whole load-balancing system in one process: watch a failing backend go to overload and back."
@@ -27,7 +24,7 @@ struct DemoCommand: ParsableCommand {
         guard (4...3600).contains(seconds) else { throw ValidationError("--seconds must be 4...3600, got \(seconds)") }
     }
 
-    func run() throws {
+    func run() async throws {
         // The demo's own output is the point: services log errors only, unless asked for another level.
         var options = service
         if options.logLevel == .info { options.logLevel = .error }
@@ -43,20 +40,13 @@ struct DemoCommand: ParsableCommand {
                 print(text)
                 fflushStdout()
             })
-        let signals = try TerminationSignals(loop: group.acceptorLoop) { _ in demo.stop() }
-        let outcome = Mutex<Result<DemoSummary, any Error>?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        Task.detached {
-            let result: Result<DemoSummary, any Error>
-            do { result = .success(try await demo.run()) } catch { result = .failure(error) }
-            outcome.withLock { $0 = result }
-            done.signal()
-        }
-        done.wait()
-        signals.uninstall()
-        group.shutdown()
-        if case .failure(let error) = outcome.withLock({ $0 })! {
+        do {
+            // SIGINT/SIGTERM end the run early; the summary is still printed.
+            _ = try await demo.run(stoppingOn: [.sigint, .sigterm])
+        } catch {
+            await group.shutdown()
             throw CommandFailure("demo: \(error)")
         }
+        await group.shutdown()
     }
 }
