@@ -102,7 +102,7 @@ struct BatchWriterTests {
             // Within the hour-long interval: only full batches are written.
             #expect(await eventually(timeout: patience) { sink.written.count == 6 })
             #expect(sink.batches == [[0, 1, 2], [3, 4, 5]])
-            #expect(writer.statistics.queued == 1)
+            #expect(await eventually(timeout: patience) { writer.statistics.queued == 1 }, "the counters follow the write")
         }
         #expect(sink.batches == [[0, 1, 2], [3, 4, 5], [6]], "the partial batch, at the end")
         let stats = writer.statistics
