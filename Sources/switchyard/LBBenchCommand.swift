@@ -18,6 +18,19 @@ struct LBBenchCommand: AsyncParsableCommand {
     var api: LoadBalanceBenchmark.API = .blocking
     @Option(help: "Microseconds the agent's loop polls after a request before sleeping.") var agentBusyPollUs: Int64 = 50
     @Option(help: "Microseconds a blocking client polls for the reply before sleeping.") var clientSpinUs: Int64 = 50
+    @OptionGroup var output: JSONOutputOption
+
+    /// The `--json` result.
+    struct Summary: Encodable {
+        let api: String
+        let clients: Int
+        let calls: Int
+        let seconds: Double
+        let callsPerSecond: Double
+        let notSuccess: Int
+        let reportStatusRequests: Int
+        let reportedCalls: Int
+    }
 
     func validate() throws {
         guard seconds > 0 && seconds <= 3600 else { throw ValidationError("--seconds must be 1...3600") }
@@ -30,11 +43,18 @@ struct LBBenchCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = Logger(label: "switchyard.bench.lb", factory: { _ in SwiftLogNoOpLogHandler() })
-        announce("lb: \(threads) \(api) client(s), \(seconds) s, GetHost + Report through an in-process agent")
+        let json = output.json
+        if !json { announce("lb: \(threads) \(api) client(s), \(seconds) s, GetHost + Report through an in-process agent") }
         let result = try await LoadBalanceBenchmark.run(seconds: seconds, clients: threads, api: api, poller: poller,
                                                         agentBusyPoll: .microseconds(agentBusyPollUs),
                                                         clientSpin: .microseconds(clientSpinUs), logger: logger) { second, calls in
-            announce("second \(second): \(calls) calls/s")
+            if !json { announce("second \(second): \(calls) calls/s") }
+        }
+        if json {
+            return try output.emit(Summary(
+                api: "\(api)", clients: threads, calls: result.calls, seconds: result.seconds,
+                callsPerSecond: result.callsPerSecond, notSuccess: result.failures,
+                reportStatusRequests: result.reportStatusRequests, reportedCalls: result.reportedCalls))
         }
         announce("total: \(result.calls) calls in \(format2(result.seconds)) s = \(Int(result.callsPerSecond)) calls/s"
                  + " (\(result.failures) not SUCC; reporter got \(result.reportStatusRequests) reports"
