@@ -222,6 +222,9 @@ let package = Package(
             "Messaging", "Reactor", "Storage", "TestSupport",
         ]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
-        .testTarget(name: "ChatTests", dependencies: ["Chat", "Messaging", "Reactor", "Storage", "TestSupport"]),
+        .testTarget(name: "ChatTests", dependencies: [
+            "Chat", "Messaging", "Reactor", "Storage", "TestSupport",
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
     ]
 )
