@@ -93,7 +93,9 @@ public final class ChatClient: Sendable {
         func handle(_ m: InboundMessage<TCPConnection>) {
             switch ChatMessageID(rawValue: m.messageID) {
             case ChatMessageID.roomMessage:
-                if let e = try? Switchyard_Chat_RoomMessage(serializedBytes: m.body) { eventSink.yield(.roomMessage(e)) }
+                if let e = try? Switchyard_Chat_RoomMessage(serializedBytes: m.body) {
+                    eventSink.yield(.roomMessage(e))
+                }
             case ChatMessageID.privateMessage:
                 if let e = try? Switchyard_Chat_PrivateMessage(serializedBytes: m.body) {
                     eventSink.yield(.privateMessage(e))
@@ -317,7 +319,8 @@ public final class ChatClient: Sendable {
 
     /// Sends a private message to an online user.
     public func msg(to user: String, _ text: String) async throws {
-        let reply = try await request(ChatMessageID.privateMessageRequest, Switchyard_Chat_PrivateMessageReply.self) { rid in
+        let reply = try await request(ChatMessageID.privateMessageRequest,
+                                      Switchyard_Chat_PrivateMessageReply.self) { rid in
             var r = Switchyard_Chat_PrivateMessageRequest()
             r.requestID = rid
             r.to = user

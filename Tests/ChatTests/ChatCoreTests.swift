@@ -352,7 +352,9 @@ extension [ChatAction] {
         compactMap { if case .broadcast(let f, let m) = $0 { return (f, m) } else { return nil } }
     }
 
-    var logLevels: [Logger.Level] { compactMap { if case .log(let level, _, _) = $0 { return level } else { return nil } } }
+    var logLevels: [Logger.Level] {
+        compactMap { if case .log(let level, _, _) = $0 { return level } else { return nil } }
+    }
 
     var containsJob: Bool {
         contains { action in

@@ -46,7 +46,8 @@ extension ChatCore {
         }
         guard Self.isValidUserName(r.name), r.name != me else {
             reply.status = Switchyard_Chat_Status(.badRequest, "not a name you can add")
-            return [.send(ChatFrame(reply, id: .friendAddReply), to: peer), Self.refusalLog("friend add", peer, reply.status)]
+            return [.send(ChatFrame(reply, id: .friendAddReply), to: peer),
+                    Self.refusalLog("friend add", peer, reply.status)]
         }
         return [.addFriend(FriendJob(peer: peer, requestID: r.requestID, user: me, friend: r.name))]
     }

@@ -44,7 +44,9 @@ extension ChatCore {
     }
 
     /// nil when `peer` may join `room`.
-    private func joinRefusal(room: String, peer: ChatPeer, into actions: inout [ChatAction]) -> Switchyard_Chat_Status? {
+    private func joinRefusal(room: String, peer: ChatPeer, into actions: inout [ChatAction])
+        -> Switchyard_Chat_Status?
+    {
         guard let session = sessions[peer.id], !session.cutOff else { return Self.internalError }
         guard session.user != nil else { return Self.notLoggedIn }
         if !session.rooms.contains(room) && session.rooms.count >= configuration.maxRoomsPerUser {

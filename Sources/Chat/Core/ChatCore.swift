@@ -10,7 +10,7 @@ import Logging
 ///
 /// ```
 ///  request --> ChatCore.login --> [.verifyLogin(job)] --(shell: storage + KDF)--> ChatCore.loginVerified
-///                                                                                   --> [.send(reply), .send(presence)...]
+///                                                                      --> [.send(reply), .send(presence), ...]
 /// ```
 ///
 /// A value type: the shell (`ChatHub`) keeps it behind one lock; tests drive it directly with a mock clock.
@@ -74,7 +74,8 @@ struct ChatCore: Sendable {
             .slowConsumer, "output queue passed \(configuration.maxQueuedOutputBytes) bytes; disconnecting")
         return [
             .count(.slowConsumerCutOff, 1),
-            .log(.info, "slow consumer cut off", ["connection.id": "\(id)", "connection.queued_bytes": "\(queuedBytes)"]),
+            .log(.info, "slow consumer cut off", [
+                "connection.id": "\(id)", "connection.queued_bytes": "\(queuedBytes)"]),
             .cutOff(session.peer, notice: ChatFrame(notice, id: .notice), grace: configuration.slowConsumerGrace),
         ]
     }
@@ -86,11 +87,13 @@ struct ChatCore: Sendable {
         reply.requestID = r.requestID
         guard Self.isValidUserName(r.name) else {
             reply.status = Switchyard_Chat_Status(.badRequest, "names are 1-32 letters, digits, '_', '-' or '.'")
-            return [.send(ChatFrame(reply, id: .registerReply), to: peer), Self.refusalLog("register", peer, reply.status)]
+            return [.send(ChatFrame(reply, id: .registerReply), to: peer),
+                    Self.refusalLog("register", peer, reply.status)]
         }
         guard Self.isValidPassword(r.password) else {
             reply.status = Switchyard_Chat_Status(.badRequest, "passwords are 1-1024 bytes")
-            return [.send(ChatFrame(reply, id: .registerReply), to: peer), Self.refusalLog("register", peer, reply.status)]
+            return [.send(ChatFrame(reply, id: .registerReply), to: peer),
+                    Self.refusalLog("register", peer, reply.status)]
         }
         return [.register(RegisterJob(peer: peer, requestID: r.requestID, name: r.name, password: r.password,
                                       iterations: configuration.passwordIterations))]
