@@ -1,5 +1,7 @@
 @testable import Chat
 import Logging
+import Reactor
+import Storage
 import SwiftProtobuf
 import Testing
 import TestSupport
@@ -363,5 +365,41 @@ extension [ChatAction] {
             default: return false
             }
         }
+    }
+}
+
+@Suite("Chat configuration")
+struct ChatConfigurationTests {
+    @Test func defaultsAreValid() throws {
+        try ChatConfiguration().validate()
+    }
+
+    @Test(arguments: [
+        (ChatConfiguration(messagesPerSecond: 0), ChatConfigurationError.notPositive("messagesPerSecond", 0)),
+        (ChatConfiguration(historyLength: -1), .negativeHistoryLength(-1)),
+        (ChatConfiguration(maxQueuedOutputBytes: 0), .notPositive("maxQueuedOutputBytes", 0)),
+        (ChatConfiguration(passwordIterations: 1000), .tooFewIterations(1000)),
+        (ChatConfiguration(maxLoginFailures: 0), .notPositive("maxLoginFailures", 0)),
+        (ChatConfiguration(idleTimeout: .zero), .idleTimeoutNotPositive(.zero)),
+        (ChatConfiguration(maxFrameBodyLength: 1024, maxMessageBytes: 4096),
+         .messageLongerThanFrame(maxMessageBytes: 4096, maxFrameBodyLength: 1024)),
+    ])
+    func nonsenseIsRefusedWithItsName(configuration: ChatConfiguration, expected: ChatConfigurationError) {
+        #expect(throws: expected) { try configuration.validate() }
+        #expect("\(expected)".contains(" must "))
+    }
+}
+
+extension ChatSocketTests.Command {
+    /// `start()` checks the configuration before it touches the database or binds.
+    @Test func startRefusesANonsenseConfiguration() async throws {
+        let group = try EventLoopGroup(ioLoops: 1)
+        let pool = try ConnectionPool(url: temporarySQLiteURL("chat-bad-config"), logger: quietLogger)
+        let server = ChatServer(group: group, configuration: ChatConfiguration(maxRoomsPerUser: 0), pool: pool,
+                                logger: quietLogger)
+        await #expect(throws: ChatConfigurationError.notPositive("maxRoomsPerUser", 0)) { try await server.start() }
+        #expect(server.localAddress == nil)
+        await pool.close()
+        await group.shutdown()
     }
 }
