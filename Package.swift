@@ -185,10 +185,12 @@ let package = Package(
         .executableTarget(name: "switchyard-echo", dependencies: [
             "CSwitchyardLinux", "Reactor", "EchoServer", .product(name: "Logging", package: "swift-log"),
         ]),
+        // C helpers only the command line uses (stdout flushing).
+        .target(name: "CSwitchyardCLI"),
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "SwitchyardCore", "CSwitchyardLinux", "Reactor", "LarsProtocol", "Messaging", "Storage", "LoadBalancing", "RouteStore",
+                "SwitchyardCore", "CSwitchyardCLI", "Reactor", "LarsProtocol", "Messaging", "Storage", "LoadBalancing", "RouteStore",
                 "LoadBalanceClient", "LoadBalanceAgent", "NameService", "Reporter", "Chat",
                 "EchoServer", "SwitchyardDemo", "SwitchyardBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -220,6 +222,10 @@ let package = Package(
         .testTarget(name: "NameServiceTests", dependencies: [
             "NameService", "Reporter", "RouteStore", "LoadBalanceClient", "LoadBalancing", "LarsProtocol",
             "Messaging", "Reactor", "Storage", "TestSupport",
+        ]),
+        .testTarget(name: "ReporterTests", dependencies: [
+            "Reporter", "RouteStore", "LoadBalancing", "LarsProtocol", "Messaging", "Reactor", "Storage", "TestSupport",
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
         .testTarget(name: "ChatTests", dependencies: [

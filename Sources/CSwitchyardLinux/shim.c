@@ -2,8 +2,11 @@
 #include "CSwitchyardLinux.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -17,6 +20,10 @@ _Static_assert(SY_EV_WRITE == EPOLLOUT, "write bit");
 _Static_assert(SY_EV_ERROR == EPOLLERR, "error bit");
 _Static_assert(SY_EV_HUP == EPOLLHUP, "hup bit");
 _Static_assert(SY_EV_RDHUP == EPOLLRDHUP, "rdhup bit");
+_Static_assert(SY_EV_RDHUP == POLLRDHUP, "poll rdhup bit");
+_Static_assert(SY_EPOLL_CTL_ADD == EPOLL_CTL_ADD, "epoll_ctl add");
+_Static_assert(SY_EPOLL_CTL_DEL == EPOLL_CTL_DEL, "epoll_ctl delete");
+_Static_assert(SY_EPOLL_CTL_MOD == EPOLL_CTL_MOD, "epoll_ctl modify");
 
 int sy_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 
@@ -82,37 +89,120 @@ int sy_select(int nfds, void *readfds, void *writefds, void *exceptfds, int time
     return select(nfds, (fd_set *)readfds, (fd_set *)writefds, (fd_set *)exceptfds, tvp);
 }
 
-static volatile sig_atomic_t termination_fd = -1;
+/* Termination signals. Every registered descriptor gets a write from the handler. Each slot is one lock-free atomic
+   int, so the handler (which takes no lock: it may interrupt the thread holding it) never sees a torn entry; adding
+   and removing take `termination_lock` against each other. `handlers_running` counts handler invocations in
+   progress: a removal waits for it to reach zero, so once it returns no handler can still write to the removed
+   descriptor, and its owner may close it without a late write landing on a descriptor that reused the number. */
+static _Atomic int termination_fds[SY_TERMINATION_SLOTS] = {[0 ... SY_TERMINATION_SLOTS - 1] = -1};
+static _Atomic int handlers_running = 0;
+static pthread_mutex_t termination_lock = PTHREAD_MUTEX_INITIALIZER;
+static int termination_count = 0; /* registered descriptors; guarded by termination_lock */
 static volatile sig_atomic_t last_termination_signal = 0;
+
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "the handler needs lock-free atomics");
 
 static void on_termination_signal(int signo) {
     int saved = errno;
+    atomic_fetch_add_explicit(&handlers_running, 1, memory_order_seq_cst);
     last_termination_signal = signo;
-    int fd = termination_fd;
-    if (fd >= 0) {
-        uint64_t one = 1;
-        ssize_t r = write(fd, &one, sizeof one);
-        (void)r;
+    for (int i = 0; i < SY_TERMINATION_SLOTS; i++) {
+        int fd = atomic_load_explicit(&termination_fds[i], memory_order_seq_cst);
+        if (fd >= 0) {
+            uint64_t one = 1;
+            ssize_t r = write(fd, &one, sizeof one);
+            (void)r;
+        }
     }
+    atomic_fetch_sub_explicit(&handlers_running, 1, memory_order_seq_cst);
     errno = saved;
 }
 
-int sy_install_termination_signals(int fd) {
+/* Sets SIGINT and SIGTERM to the handler or to the default. Called with termination_lock held. */
+static int set_termination_handlers(int install) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
-    termination_fd = fd;
-    sa.sa_handler = fd >= 0 ? on_termination_signal : SIG_DFL;
+    sa.sa_handler = install ? on_termination_signal : SIG_DFL;
     sa.sa_flags = SA_RESTART;
     if (sigaction(SIGINT, &sa, NULL) != 0) return -1;
     if (sigaction(SIGTERM, &sa, NULL) != 0) return -1;
-    /* A parent (a thread pool's worker, say) may have spawned us with these blocked: unblock them here. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    if (install) {
+        /* A parent (a thread pool's worker, say) may have spawned us with these blocked: unblock them here. */
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGTERM);
+        pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    }
     return 0;
+}
+
+int sy_termination_signals_add(int fd) {
+    if (fd < 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    pthread_mutex_lock(&termination_lock);
+    int slot = -1;
+    for (int i = 0; i < SY_TERMINATION_SLOTS; i++) {
+        int current = atomic_load_explicit(&termination_fds[i], memory_order_relaxed);
+        if (current == fd) {
+            pthread_mutex_unlock(&termination_lock);
+            errno = EEXIST;
+            return -1;
+        }
+        if (current < 0 && slot < 0) slot = i;
+    }
+    if (slot < 0) {
+        pthread_mutex_unlock(&termination_lock);
+        errno = ENOSPC;
+        return -1;
+    }
+    /* The handlers first: the slot is filled only once they are in place, so a failure leaves nothing behind. */
+    if (termination_count == 0 && set_termination_handlers(1) != 0) {
+        int saved = errno;
+        pthread_mutex_unlock(&termination_lock);
+        errno = saved;
+        return -1;
+    }
+    atomic_store_explicit(&termination_fds[slot], fd, memory_order_seq_cst);
+    termination_count++;
+    pthread_mutex_unlock(&termination_lock);
+    return 0;
+}
+
+int sy_termination_signals_remove(int fd) {
+    pthread_mutex_lock(&termination_lock);
+    int found = 0;
+    for (int i = 0; i < SY_TERMINATION_SLOTS && fd >= 0; i++) {
+        if (atomic_load_explicit(&termination_fds[i], memory_order_relaxed) == fd) {
+            atomic_store_explicit(&termination_fds[i], -1, memory_order_seq_cst);
+            found = 1;
+            break;
+        }
+    }
+    if (!found) {
+        pthread_mutex_unlock(&termination_lock);
+        errno = ENOENT;
+        return -1;
+    }
+    termination_count--;
+    int result = termination_count == 0 ? set_termination_handlers(0) : 0;
+    int saved = errno;
+    pthread_mutex_unlock(&termination_lock);
+    /* A handler that loaded the descriptor before the store above may still be writing to it: wait it out (a
+       handler is a few system calls long). */
+    while (atomic_load_explicit(&handlers_running, memory_order_seq_cst) != 0) sched_yield();
+    errno = saved;
+    return result;
+}
+
+int sy_termination_signals_count(void) {
+    pthread_mutex_lock(&termination_lock);
+    int n = termination_count;
+    pthread_mutex_unlock(&termination_lock);
+    return n;
 }
 
 int sy_last_termination_signal(void) { return last_termination_signal; }
@@ -143,9 +233,6 @@ uint64_t sy_thread_cpu_ns(void) {
 
 #include <pthread.h>
 void sy_set_thread_name(pthread_t thread, const char *name) { pthread_setname_np(thread, name); }
-
-#include <stdio.h>
-void sy_flush_stdout(void) { fflush(stdout); }
 
 ssize_t sy_read(int fd, void *buf, size_t count) { return syscall(SYS_read, fd, buf, count); }
 

@@ -116,71 +116,57 @@ struct ChatStore: Sendable {
     }
 }
 
-/// Writes room messages to the store in batches, in the background: `append` never waits for the database, and
-/// one task at a time drains what accumulated into one transaction. Safe to call from any thread.
+/// Writes room messages to the store in batches, in the background, through a bounded ``BatchWriter``: `append`
+/// never waits for the database, a flood cannot grow memory past ``defaultConfiguration``'s bounds (the oldest
+/// unwritten messages are dropped and counted), and one writer at a time puts what accumulated into one
+/// transaction. The writer starts with the first message and ends once this object is released (after writing
+/// what it holds) or ``finish()`` is called. Safe to call from any thread.
 final class HistoryWriter: Sendable {
-    private struct State {
-        var pending: [Switchyard_Chat_RoomMessage] = []
-        var running = false
-        var idleWaiters: [CheckedContinuation<Void, Never>] = []
+    /// At most 100,000 messages or 64 MiB of text held; at most 500 messages per transaction; written as soon as
+    /// the writer is free; a failed batch is lost (logged), as before the bound.
+    static let defaultConfiguration = BatchWriterConfiguration(
+        capacity: 100_000, maxCost: 64 << 20, batchSize: 500, flushInterval: .zero, retries: 0,
+        drainTimeout: .seconds(5))
+
+    private let batches: BatchWriter<Switchyard_Chat_RoomMessage>
+    private let writerTask = Mutex<Task<Void, Never>?>(nil)
+
+    init(store: ChatStore, logger: Logger, configuration: BatchWriterConfiguration = HistoryWriter.defaultConfiguration) {
+        batches = BatchWriter(
+            configuration: configuration, label: "chat history", logger: logger,
+            cost: { m in m.text.utf8.count + m.room.utf8.count + m.sender.utf8.count + 32 },
+            observe: { event, _ in
+                if case .writeFailed(let count, let error, _) = event {
+                    logger.warning("could not store chat history", metadata: ["messages": "\(count)", "error": "\(error)"])
+                }
+            },
+            write: { messages in try await store.insertMessages(messages) })
     }
 
-    private let store: ChatStore
-    private let logger: Logger
-    private let state = Mutex(State())
-    private let failures = Atomic<Int>(0)
-
-    init(store: ChatStore, logger: Logger) {
-        self.store = store
-        self.logger = logger
-    }
+    deinit { batches.finish() }
 
     /// Batches that failed to be written (logged once each).
-    var failedBatches: Int { failures.load(ordering: .relaxed) }
+    var failedBatches: Int { batches.statistics.failedWrites }
+
+    /// The writer's counters (received, written, dropped, failed, queued).
+    var statistics: BatchWriterStatistics { batches.statistics }
 
     func append(_ message: Switchyard_Chat_RoomMessage) {
-        let start = state.withLock { s -> Bool in
-            s.pending.append(message)
-            if s.running { return false }
-            s.running = true
-            return true
+        writerTask.withLock { task in
+            // The task holds the batch writer, not this object, so releasing the server ends it (see deinit).
+            if task == nil { task = Task { [batches] in await batches.run() } }
         }
-        if start { Task { await drain() } }
+        batches.append(message)
     }
 
-    private func drain() async {
-        while true {
-            let (batch, waiters) = state.withLock { s -> ([Switchyard_Chat_RoomMessage], [CheckedContinuation<Void, Never>]) in
-                if s.pending.isEmpty {
-                    s.running = false
-                    defer { s.idleWaiters = [] }
-                    return ([], s.idleWaiters)
-                }
-                defer { s.pending = [] }
-                return (s.pending, [])
-            }
-            if batch.isEmpty {
-                for w in waiters { w.resume() }
-                return
-            }
-            do {
-                try await store.insertMessages(batch)
-            } catch {
-                failures.wrappingAdd(1, ordering: .relaxed)
-                logger.warning("could not store chat history", metadata: ["messages": "\(batch.count)", "error": "\(error)"])
-            }
-        }
-    }
-
-    /// Waits until everything appended so far is written (or failed).
+    /// Waits until everything appended so far is written (or failed, or dropped).
     func flush() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let idle = state.withLock { s -> Bool in
-                if !s.running && s.pending.isEmpty { return true }
-                s.idleWaiters.append(c)
-                return false
-            }
-            if idle { c.resume() }
-        }
+        await batches.flush()
+    }
+
+    /// Writes what is held (at most the drain timeout) and stops the writer.
+    func finish() async {
+        batches.finish()
+        await writerTask.withLock { $0 }?.value
     }
 }

@@ -10,7 +10,7 @@ public enum EchoService {
         ConnectionCallbacks(
             onConnect: onConnect,
             onData: { connection, bytes in
-                connection.send(bytes.consumeAll())
+                connection.sendInLoop(bytes.consumeAll())
             },
             onClose: onClose
         )

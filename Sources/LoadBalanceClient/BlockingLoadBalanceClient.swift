@@ -44,11 +44,10 @@ public final class BlockingLoadBalanceClient {
         self.spin = spin
         spinNanoseconds = spin.nanosecondsSaturated
         addresses = try agentPorts.map { try SocketAddress(host: agentHost, port: $0) }
-        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        if fd < 0 { throw IOError(errnoCode: errno, call: "socket udp") }
+        fd = try Posix.blockingSocket(type: Int32(SOCK_DGRAM.rawValue))
     }
 
-    deinit { if fd >= 0 { close(fd) } }  // a failed init stores -1 and still runs deinit
+    deinit { if fd >= 0 { Posix.close(fd) } }
 
     private func address(modid: Int32, cmdid: Int32) -> SocketAddress {
         let n = addresses.count
@@ -56,18 +55,7 @@ public final class BlockingLoadBalanceClient {
     }
 
     private func send(_ frame: [UInt8], to address: SocketAddress) {
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        sin.sin_port = address.port.bigEndian
-        sin.sin_addr.s_addr = address.ip.bigEndian
-        _ = frame.withUnsafeBytes { raw in
-            withUnsafePointer(to: &sin) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    sendto(fd, raw.baseAddress, raw.count, Int32(MSG_NOSIGNAL), $0,
-                           socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
-            }
-        }
+        _ = frame.withUnsafeBytes { raw in try? Posix.send(fd, raw, to: address) }
     }
 
     /// Waits for a frame accepted by `match` (stale replies of earlier, timed-out calls are skipped).
@@ -82,13 +70,14 @@ public final class BlockingLoadBalanceClient {
                     "no agent answered on \(agentHost):\(port) within \(timeout.millisecondsTruncated) ms")
             }
             if now >= spinUntil {
-                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
                 let waitMs = Int32(min((deadline - now + 999_999) / 1_000_000, 60_000))
-                let ready = poll(&pfd, 1, waitMs)
-                if ready <= 0 { continue }  // timeout (checked above), EINTR
+                let ready = (try? Posix.waitReadable(fd, timeoutMs: waitMs)) ?? false
+                if !ready { continue }  // timeout (checked above), EINTR
             }
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-            if n < 0 {  // EAGAIN, EINTR, or an ICMP error (nobody on the port): wait on
+            let received = buffer.withUnsafeMutableBytes {
+                try? Posix.receive(fd, into: $0, flags: Int32(MSG_DONTWAIT))
+            }
+            guard case .processed(let n)? = received else {  // EAGAIN, or an ICMP error (nobody on the port): wait on
                 // While spinning, let the agent (or another caller) have this core if it is waiting for one.
                 if now < spinUntil { sched_yield() }
                 continue

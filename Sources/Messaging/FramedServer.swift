@@ -70,6 +70,7 @@ public final class FramedServer: Sendable {
     /// Fixes the routes, binds and starts accepting. Returns the bound address.
     @discardableResult
     public func start() throws -> SocketAddress {
+        try configuration.validate()
         router.freeze()
         let address = try tcp.start()
         idle?.start()

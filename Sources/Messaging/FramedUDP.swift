@@ -14,7 +14,7 @@ public struct UDPPeer: Sendable {
     public func sendFrame(messageID: Int32, body: UnsafeRawBufferPointer) -> Bool {
         guard body.count <= FrameParser.maxDatagramBodyLength else { return false }
         var header = FrameParser.header(messageID: messageID, bodyLength: body.count)
-        return withUnsafeBytes(of: &header) { channel.send($0, body, to: address) }
+        return withUnsafeBytes(of: &header) { channel.sendInLoop($0, body, to: address) }
     }
 
     /// Sends a protobuf message to this peer. Safe to call from any thread.

@@ -7,7 +7,7 @@ extension TCPConnection {
     @discardableResult
     public func sendFrame(messageID: Int32, body: UnsafeRawBufferPointer) -> Bool {
         var header = FrameParser.header(messageID: messageID, bodyLength: body.count)
-        return withUnsafeBytes(of: &header) { send($0, body) }
+        return withUnsafeBytes(of: &header) { sendInLoop($0, body) }
     }
 
     /// Sends one frame. Safe to call from any thread.

@@ -32,6 +32,22 @@ public struct NameServiceConfiguration: Sendable {
         self.maxRegistrations = maxRegistrations
         self.maxSubscriptionsPerConnection = maxSubscriptionsPerConnection
     }
+
+    /// Throws ``NameServiceError/invalidConfiguration(_:)`` naming the first setting out of range.
+    public func validate() throws {
+        func check(_ ok: Bool, _ message: @autoclosure () -> String) throws {
+            if !ok { throw NameServiceError.invalidConfiguration(message()) }
+        }
+        try check(!host.isEmpty, "host must not be empty")
+        try check((0...65535).contains(port), "port must be 0...65535, got \(port)")
+        try check(pollInterval > .zero, "pollInterval must be positive, got \(pollInterval)")
+        try check(fullReloadInterval > .zero, "fullReloadInterval must be positive, got \(fullReloadInterval)")
+        try check(maxConnections >= 1, "maxConnections must be at least 1, got \(maxConnections)")
+        try check(maxRegistrationTTL >= .zero, "maxRegistrationTTL must not be negative, got \(maxRegistrationTTL)")
+        try check(maxRegistrations >= 0, "maxRegistrations must not be negative, got \(maxRegistrations)")
+        try check(maxSubscriptionsPerConnection >= 0,
+                  "maxSubscriptionsPerConnection must not be negative, got \(maxSubscriptionsPerConnection)")
+    }
 }
 
 /// A snapshot of a name service's counters.

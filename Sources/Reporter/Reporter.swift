@@ -1,92 +1,90 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Dispatch
 import LarsProtocol
 import Logging
 import Messaging
+import Metrics
 import Reactor
-import RouteStore
+import ServiceLifecycle
 import Storage
-import SwitchyardCore
 import Synchronization
-
-/// Settings of a ``Reporter``.
-public struct ReporterConfiguration: Sendable {
-    /// Address to bind (default 127.0.0.1).
-    public var host: String
-    /// Port to bind (default 7779, PROTOCOL.md); 0 lets the kernel pick.
-    public var port: Int
-    /// Reports held while the database is slow; when full the oldest is dropped (and counted).
-    public var queueCapacity: Int
-    /// Most ServerCallStatus rows written in one transaction.
-    public var batchRows: Int
-    /// How long reports are collected before a batch smaller than ``batchRows`` is written.
-    public var flushInterval: Duration
-    /// Most agent connections at once; more are refused.
-    public var maxConnections: Int
-
-    /// Creates a configuration; every setting has a default.
-    public init(host: String = "127.0.0.1", port: Int = 7779, queueCapacity: Int = 10_000, batchRows: Int = 500,
-                flushInterval: Duration = .milliseconds(100), maxConnections: Int = 100_000) {
-        precondition(queueCapacity >= 1 && batchRows >= 1, "queueCapacity and batchRows must be positive")
-        self.host = host
-        self.port = port
-        self.queueCapacity = queueCapacity
-        self.batchRows = batchRows
-        self.flushInterval = flushInterval
-        self.maxConnections = maxConnections
-    }
-}
-
-/// A snapshot of a reporter's counters. Every received report ends up written, dropped, in a failed write, or
-/// still queued: `received == written + dropped + failed + queued`.
-public struct ReporterStatistics: Sendable, Hashable {
-    /// ReportStatusRequests received.
-    public var received: Int
-    /// Reports whose rows were committed.
-    public var written: Int
-    /// Reports dropped because the queue was full (the oldest go first).
-    public var dropped: Int
-    /// Transactions that failed; their reports are lost (counted in ``failedReports``).
-    public var failedWrites: Int
-    /// Reports lost in failed transactions.
-    public var failedReports: Int
-    /// Reports waiting to be written.
-    public var queued: Int
-}
 
 /// The reporter: agents send ReportStatusRequest (id 3, no reply) with per-host call results; the reporter upserts
 /// them into ServerCallStatus, adding up succ_cnt and err_cnt and overwriting ts and overload, per
 /// (modid, cmdid, ip, port, caller).
 ///
-///     loop: decode -> bounded queue (drops the oldest when full) -> writer task: every flushInterval, or at once
-///     when batchRows rows wait, one transaction of upserts through the pool
+///     loop: decode -> BatchWriter (bounded: drops the oldest when full) -> its writer: every flushInterval, or at
+///     once when batchRows rows wait, one transaction of upserts through the pool
 ///
-/// The loops only take a short lock to enqueue; all database work runs in the writer task through the pool's
-/// async API. Safe to call from any thread.
-public final class Reporter: Sendable {
+/// The loops only take the writer's short lock to enqueue; all database work runs in the writer through the pool's
+/// async API. The ServerCallStatus table must exist (`RouteSchema.create`).
+///
+/// A `Service`: ``run()`` binds (unless ``start()`` did) and runs the writer as a child task; on graceful shutdown it
+/// stops accepting, then writes what is queued (at most ``ReporterConfiguration/drainTimeout``) and returns. On
+/// cancellation it stops at once. Safe to call from any thread.
+public final class Reporter: Service, Sendable {
     /// The settings.
     public let configuration: ReporterConfiguration
-    private let core: Core
     private let server: FramedServer
-    private let writer = Mutex<Task<Void, Never>?>(nil)
+    private let writer: BatchWriter<[Row]>
+    private let logger: Logger
+    private let metrics: Metrics
+    private let running = Atomic<Bool>(false)
 
-    /// Creates the reporter; nothing is bound until ``start()``.
+    /// swift-metrics instruments (no-ops until the executable bootstraps a backend).
+    struct Metrics: Sendable {
+        static let dimensions = [("service", "reporter")]
+        let received = Counter(label: "switchyard_reporter_received_total", dimensions: dimensions)
+        let written = Counter(label: "switchyard_reporter_written_total", dimensions: dimensions)
+        let dropped = Counter(label: "switchyard_reporter_dropped_total", dimensions: dimensions)
+        let failed = Counter(label: "switchyard_reporter_failed_total", dimensions: dimensions)
+        let queued = Gauge(label: "switchyard_reporter_queued", dimensions: dimensions)
+    }
+
+    /// Creates the reporter; nothing is bound until ``start()`` or ``run()``.
     ///
     /// - Parameters:
     ///   - group: The loops that serve the agent connections.
-    ///   - configuration: Address, port, queue and batch sizes.
-    ///   - pool: The database with the ServerCallStatus table (created when missing).
-    ///   - logger: Where the reporter logs start, stop and write failures (once per outage; info and below).
+    ///   - configuration: Address, port, queue and batch sizes (see ``ReporterConfiguration/validate()``;
+    ///     ``run()`` throws when it is out of range).
+    ///   - pool: The database with the ServerCallStatus table.
+    ///   - logger: Where the reporter logs start, stop, drops and write failures (once per episode; info and below).
     public init(group: EventLoopGroup, configuration: ReporterConfiguration, pool: ConnectionPool, logger: Logger) {
         self.configuration = configuration
-        let core = Core(pool: pool, configuration: configuration, logger: logger)
-        self.core = core
+        self.logger = logger
+        let metrics = Metrics()
+        self.metrics = metrics
+        let upsert = Reporter.upsertStatement(pool.dialect)
+        let failing = Atomic<Bool>(false)
+        let writer = BatchWriter<[Row]>(
+            configuration: configuration.writerConfiguration, label: "reporter", logger: logger,
+            cost: { $0.count },
+            observe: { event, statistics in
+                switch event {
+                case .dropped(let count):
+                    metrics.dropped.increment(by: count)
+                case .written(let count):
+                    metrics.written.increment(by: count)
+                    if failing.exchange(false, ordering: .relaxed) {
+                        logger.info("reporter: database writes work again")
+                    }
+                case .writeFailed(let count, let error, _):
+                    metrics.failed.increment(by: count)
+                    if !failing.exchange(true, ordering: .relaxed) {
+                        logger.info("reporter: database write failed; reports are lost until it works again",
+                                    metadata: ["error.description": "\(error)"])
+                    }
+                }
+                metrics.queued.record(statistics.queued)
+            },
+            write: { reports in try await Reporter.write(Reporter.merge(reports.flatMap { $0 }), upsert, on: pool) })
+        self.writer = writer
         let router = MessageRouter<TCPConnection>()
         // Cannot throw: a fresh router with one route.
         try! router.on(MessageID.reportStatusRequest, as: Lars_ReportStatusRequest.self) { request, _ in
-            core.enqueue(request)
+            metrics.received.increment()
+            writer.append(Reporter.rows(of: request, now: UInt32(truncatingIfNeeded: time(nil))))
         }
         server = FramedServer(
             group: group,
@@ -96,47 +94,55 @@ public final class Reporter: Sendable {
             router: router)
     }
 
-    /// Binds, starts accepting reports and starts the writer. Returns the bound address.
+    /// Binds and starts accepting reports (queued until ``run()`` writes them); returns the bound address. Lets a
+    /// caller learn the address (port 0), or that the port is taken, before ``run()``. Idempotent: a second call
+    /// returns the address. Throws ``ReporterError/invalidConfiguration(_:)`` or the bind error. Blocks briefly
+    /// (until the acceptor loop listens); not on a loop thread.
     @discardableResult
     public func start() throws -> SocketAddress {
+        if let address = server.localAddress { return address }
+        try configuration.validate()
         let address = try server.start()
-        let core = self.core
-        writer.withLock { task in
-            task = task ?? Task { await core.runWriter() }
-        }
-        core.logger.info("reporter listening", metadata: ["address": "\(address)"])
+        logger.info("reporter listening", metadata: ["local.address": "\(address)"])
         return address
     }
 
-    /// Stops accepting, then writes what is queued and stops the writer. Blocks (bounded by `timeout`); not on a
-    /// loop thread.
-    public func shutdown(timeout: Duration = .seconds(5)) {
-        server.shutdown()
-        let done = DispatchSemaphore(value: 0)
-        let task = writer.withLock { task in
-            defer { task = nil }
-            return task
+    /// Runs the reporter until graceful shutdown or cancellation (see ``Reporter``); binds unless ``start()`` did.
+    /// Throws the error of ``start()``, or ``ReporterError/alreadyRunning``.
+    public func run() async throws {
+        if running.exchange(true, ordering: .acquiringAndReleasing) { throw ReporterError.alreadyRunning }
+        if server.localAddress == nil {
+            try await runOnDedicatedThread(name: "sy-rep-bind") { [self] in Result { try start() } }.get()
         }
-        core.stopping.store(true, ordering: .releasing)
-        guard let task else { return }
-        Task.detached {
-            await task.value
-            done.signal()
+        let (writer, server) = (self.writer, self.server)
+        await withTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { await writer.run() }
+            try? await gracefulShutdown()
+            // Graceful: no more reports come in once the server has stopped; then what is queued is written.
+            // Cancelled: the writer child is cancelled with this task and stops at once.
+            await runOnDedicatedThread(name: "sy-rep-stop") { server.shutdown() }
+            writer.finish()
         }
-        let nanos = Int(clamping: timeout.nanosecondsSaturated)
-        if done.wait(timeout: .now() + .nanoseconds(nanos)) == .timedOut {
-            task.cancel()
-            core.logger.info("reporter stopped before its queue was written",
-                             metadata: ["queued": "\(core.statistics.queued)"])
-        }
-        core.logger.info("reporter stopped")
+        logger.info("reporter stopped")
     }
 
-    /// The bound address once started.
+    /// Transitional, for callers that ``start()`` the reporter without running it (the demo, until it runs its
+    /// services in a `ServiceGroup`): stops accepting and closes the connections; queued reports stay unwritten (only
+    /// ``run()`` writes). Blocks the calling thread (not a loop, not a cooperative-pool thread).
+    @available(*, deprecated, message: "run the reporter in a ServiceGroup: start(), then run(); stop the group")
+    public func shutdown() {
+        if server.localAddress != nil { server.shutdown() }
+    }
+
+    /// The bound address once bound.
     public var localAddress: SocketAddress? { server.localAddress }
 
     /// The counters.
-    public var statistics: ReporterStatistics { core.statistics }
+    public var statistics: ReporterStatistics {
+        let s = writer.statistics
+        return ReporterStatistics(received: s.received, written: s.written, dropped: s.dropped,
+                                  failedWrites: s.failedWrites, failedReports: s.failed, queued: s.queued)
+    }
 
     /// One ServerCallStatus row to add.
     struct Row: Sendable, Hashable {
@@ -200,100 +206,31 @@ public final class Reporter: Sendable {
         }
     }
 
-    /// The queue and counters shared by the loops and the writer task.
-    final class Core: Sendable {
-        let pool: ConnectionPool
-        let configuration: ReporterConfiguration
-        let logger: Logger
-        let queue: Mutex<DropOldestQueue<[Row]>>
-        let received = Atomic<Int>(0)
-        let written = Atomic<Int>(0)
-        let failedWrites = Atomic<Int>(0)
-        let failedReports = Atomic<Int>(0)
-        let stopping = Atomic<Bool>(false)
-
-        init(pool: ConnectionPool, configuration: ReporterConfiguration, logger: Logger) {
-            self.pool = pool
-            self.configuration = configuration
-            self.logger = logger
-            queue = Mutex(DropOldestQueue(capacity: configuration.queueCapacity))
-        }
-
-        var statistics: ReporterStatistics {
-            let (dropped, queued) = queue.withLock { ($0.dropped, $0.count) }
-            return ReporterStatistics(
-                received: received.load(ordering: .relaxed), written: written.load(ordering: .relaxed),
-                dropped: dropped, failedWrites: failedWrites.load(ordering: .relaxed),
-                failedReports: failedReports.load(ordering: .relaxed), queued: queued)
-        }
-
-        /// Queues a report's rows. Loop thread (any thread); a short lock, no I/O.
-        func enqueue(_ report: Lars_ReportStatusRequest) {
-            let rows = Reporter.rows(of: report, now: UInt32(truncatingIfNeeded: time(nil)))
-            queue.withLock { _ = $0.append(rows) }
-            received.wrappingAdd(1, ordering: .releasing)
-        }
-
-        /// Takes whole reports from the queue until `batchRows` rows are taken (at least one report).
-        func takeBatch() -> (reports: Int, rows: [Row]) {
-            queue.withLock { q in
-                var reports = 0
-                var rows: [Row] = []
-                while rows.count < configuration.batchRows, let next = q.popFirst() {
-                    reports += 1
-                    rows += next
-                }
-                return (reports, rows)
+    /// Writes merged rows in one transaction.
+    static func write(_ rows: [Row], _ upsert: String, on pool: ConnectionPool) async throws {
+        try await pool.transaction { conn in
+            for row in rows {
+                try await conn.execute(upsert, [
+                    SQLValue(row.key.modid), SQLValue(row.key.cmdid), .integer(Int64(row.key.ip)),
+                    SQLValue(row.key.port), SQLValue(row.key.caller), .integer(Int64(row.succ)),
+                    .integer(Int64(row.err)), .integer(Int64(row.ts)), SQLValue(row.overload),
+                ])
             }
         }
+    }
+}
 
-        /// Writes batches until stopped (then writes what is left) or cancelled.
-        func runWriter() async {
-            var schemaReady = false
-            var failing = false
-            let upsert = Reporter.upsertStatement(pool.dialect)
-            while !Task.isCancelled {
-                let (reports, rows) = takeBatch()
-                if reports == 0 {
-                    if stopping.load(ordering: .acquiring) { break }
-                    try? await Task.sleep(for: configuration.flushInterval)
-                    continue
-                }
-                let merged = Reporter.merge(rows)
-                do {
-                    if !schemaReady {
-                        try await RouteSchema.create(on: pool)
-                        schemaReady = true
-                    }
-                    try await pool.transaction { conn in
-                        for row in merged {
-                            try await conn.execute(upsert, [
-                                SQLValue(row.key.modid), SQLValue(row.key.cmdid), .integer(Int64(row.key.ip)),
-                                SQLValue(row.key.port), SQLValue(row.key.caller), .integer(Int64(row.succ)),
-                                .integer(Int64(row.err)), .integer(Int64(row.ts)), SQLValue(row.overload),
-                            ])
-                        }
-                    }
-                    written.wrappingAdd(reports, ordering: .relaxed)
-                    if failing {
-                        failing = false
-                        logger.info("reporter: database writes work again")
-                    }
-                } catch {
-                    failedWrites.wrappingAdd(1, ordering: .relaxed)
-                    failedReports.wrappingAdd(reports, ordering: .relaxed)
-                    if !failing {
-                        failing = true
-                        logger.info("reporter: database write failed; reports are lost until it works again",
-                                    metadata: ["error": "\(error)"])
-                    }
-                }
-                // Collect for a while unless a full batch is already waiting.
-                let waiting = queue.withLock { $0.count }
-                if waiting < configuration.batchRows && !stopping.load(ordering: .acquiring) {
-                    try? await Task.sleep(for: configuration.flushInterval)
-                }
-            }
+/// The errors of a ``Reporter``.
+public enum ReporterError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// A setting is out of range; the text names it.
+    case invalidConfiguration(String)
+    /// ``Reporter/run()`` was called while the reporter runs.
+    case alreadyRunning
+
+    public var description: String {
+        switch self {
+        case .invalidConfiguration(let text): return "invalid reporter configuration: \(text)"
+        case .alreadyRunning: return "the reporter is running already"
         }
     }
 }

@@ -426,7 +426,7 @@ final class DemoBackend: Sendable {
         server = TCPServer(group: group, configuration: ServerConfiguration(port: 0, logger: logger),
                            callbacks: ConnectionCallbacks(
                                onConnect: { connection in if refusing.isOn { connection.forceClose() } },
-                               onData: { connection, bytes in connection.send(bytes.consumeAll()) },
+                               onData: { connection, bytes in connection.sendInLoop(bytes.consumeAll()) },
                                onClose: { _ in }))
     }
 
@@ -446,29 +446,22 @@ final class DemoBackend: Sendable {
     /// One request: connect, send `payload`, read it back (500 ms timeout). Blocking; a few hundred microseconds
     /// on loopback.
     static func call(_ host: Host, _ payload: [UInt8]) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var tv = timeval(tv_sec: 0, tv_usec: 500_000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        sin.sin_port = host.port.bigEndian
-        sin.sin_addr.s_addr = host.ip.bigEndian
-        let connected = withUnsafePointer(to: &sin) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
+        guard let fd = try? Posix.blockingSocket(type: Int32(SOCK_STREAM.rawValue)) else { return false }
+        defer { Posix.close(fd) }
+        try? Posix.setTimeout(fd, option: SO_RCVTIMEO, .milliseconds(500))
+        try? Posix.setTimeout(fd, option: SO_SNDTIMEO, .milliseconds(500))
+        guard case .processed? = try? Posix.connect(fd, to: SocketAddress(ip: host.ip, port: host.port)) else {
+            return false
         }
-        guard connected == 0 else { return false }
-        let sent = payload.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        guard sent == payload.count else { return false }
+        let sent = payload.withUnsafeBytes { try? Posix.send(fd, $0) }
+        guard sent == .processed(payload.count) else { return false }
         var reply = [UInt8](repeating: 0, count: payload.count)
         var got = 0
         while got < payload.count {
-            let n = reply.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, payload.count - got, 0) }
-            if n <= 0 { return false }
+            let received = reply.withUnsafeMutableBytes {
+                try? Posix.receive(fd, into: UnsafeMutableRawBufferPointer(rebasing: $0[got...]))
+            }
+            guard case .processed(let n)? = received, n > 0 else { return false }
             got += n
         }
         return reply == payload

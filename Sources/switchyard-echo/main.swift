@@ -6,22 +6,29 @@ import EchoServer
 import Glibc
 #endif
 import Dispatch
-import CSwitchyardLinux
 import Logging
 import Reactor
 
 let usage = """
     usage: switchyard-echo [--host A.B.C.D] [--port P] [--threads N] [--poller epoll|poll|select] [--busy-poll-us U]
-                           [--scratch-kib K] [--placement adaptive|round-robin]
+                           [--scratch-kib K] [--placement adaptive|round-robin] [--max-connections C]
+                           [--log-level trace|debug|info|notice|warning|error|critical]
     Echoes raw bytes back to each client. Defaults: 127.0.0.1, 7777, one I/O thread per core, epoll, no busy
     polling (U: microseconds a loop keeps polling after an event before sleeping), a 64 KiB read area per loop
     (K: its size in KiB, 4...65536), adaptive placement (new connections go to as many loops as the machine has
-    cores free; round-robin: every loop in turn).
+    cores free; round-robin: every loop in turn), at most 100000 connections (more are refused), log level info
+    (on standard error).
     """
 
 func printError(_ text: String) {
     var text = text
     text.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+/// Writes to standard output at once (unbuffered: a test reads the first line while the server runs).
+func printLine(_ text: String) {
+    var text = text + "\n"
+    text.withUTF8 { _ = write(1, $0.baseAddress, $0.count) }
 }
 
 func fail(_ message: String) -> Never {
@@ -37,6 +44,8 @@ var busyPollMicroseconds: Int64 = 0
 var scratchBytes = LoopConfiguration().scratchBytes
 var placement = LoopPlacement.adaptive
 var placementName = "adaptive"
+var maxConnections = ServerConfiguration().maxConnections
+var logLevel = Logger.Level.info
 var arguments = CommandLine.arguments.dropFirst()
 while let flag = arguments.popFirst() {
     if flag == "-h" || flag == "--help" {
@@ -68,27 +77,39 @@ while let flag = arguments.popFirst() {
         default: fail("--placement must be adaptive or round-robin, got \(value)")
         }
         placementName = value
+    case "--max-connections":
+        guard let c = Int(value), c > 0 else { fail("--max-connections must be positive, got \(value)") }
+        maxConnections = c
+    case "--log-level":
+        guard let level = Logger.Level(rawValue: value) else {
+            fail("--log-level must be trace, debug, info, notice, warning, error or critical, got \(value)")
+        }
+        logLevel = level
     default: fail("unknown option \(flag)")
     }
 }
 
 do {
-    // Errors, and each change of how many loops take new connections, go to stderr.
+    // Errors, and (at info) each change of how many loops take new connections, go to stderr.
+    let level = logLevel
     let logger = Logger(label: "switchyard.echo") { label in
         var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = .info
+        handler.logLevel = level
         return handler
     }
     let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(
         poller: poller, scratchBytes: scratchBytes, busyPoll: .microseconds(busyPollMicroseconds), logger: logger),
         placement: placement)
     let done = DispatchSemaphore(value: 0)
+    // Before accepting: a flood of clients right after the announce could otherwise take the descriptor the signal
+    // eventfd needs, and a SIGTERM right after it could meet the default handler.
     let signals = try TerminationSignals(loop: group.acceptorLoop) { _ in done.signal() }
-    let server = TCPServer(group: group, configuration: ServerConfiguration(host: host, port: port),
-                           callbacks: EchoService.callbacks())
+    let server = TCPServer(
+        group: group,
+        configuration: ServerConfiguration(host: host, port: port, maxConnections: maxConnections, logger: logger),
+        callbacks: EchoService.callbacks())
     let address = try server.start()
-    print("echo listening on \(address) (poller \(poller), \(threads) I/O threads, \(placementName) placement)")
-    sy_flush_stdout()
+    printLine("echo listening on \(address) (poller \(poller), \(threads) I/O threads, \(placementName) placement)")
     done.wait()
     withExtendedLifetime(signals) {}
     server.shutdown(timeout: .seconds(5))

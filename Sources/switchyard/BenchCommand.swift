@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import SwitchyardBench
+import SwitchyardCore
 import Messaging
 import Reactor
 
@@ -117,10 +118,8 @@ struct FramedEchoServerCommand: AsyncParsableCommand {
 }
 
 func parseHostPort(_ text: String) -> (String, Int)? {
-    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
-          (1...65535).contains(port) else { return nil }
-    let host = String(text[..<colon])
-    return host.isEmpty ? nil : (host, port)
+    guard let (host, port) = IPv4Endpoint.splitHostPort(text), port > 0 else { return nil }
+    return (host, port)
 }
 
 func format2(_ x: Double) -> String {

@@ -1,13 +1,11 @@
 import ArgumentParser
-import Dispatch
 import Logging
 import NameService
 import Reactor
 import RouteStore
 import Storage
-import Synchronization
 
-struct NamesCommand: ParsableCommand {
+struct NamesCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "names",
         abstract: "Run the name service: agents ask which hosts serve (modid, cmdid) and get pushes when that changes."
@@ -38,34 +36,38 @@ struct NamesCommand: ParsableCommand {
         guard pollInterval > 0, pollInterval <= 3600 else { throw ValidationError("--poll-interval must be 0...3600 s") }
         guard fullReloadInterval > 0 else { throw ValidationError("--full-reload-interval must be positive") }
         guard (0...64).contains(threads) else { throw ValidationError("--threads must be 0...64, got \(threads)") }
+        do {
+            try configuration.validate()
+        } catch {
+            throw ValidationError("\(error)")
+        }
     }
 
-    func run() throws {
+    var configuration: NameServiceConfiguration {
+        NameServiceConfiguration(host: host, port: port, pollInterval: .seconds(pollInterval),
+                                 fullReloadInterval: .seconds(fullReloadInterval))
+    }
+
+    func run() async throws {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.names")
-        let pool = try database.openReadyPool(logger: logger)
+        let pool = try await database.openReadyPool(logger: logger)
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(logger: logger),
             placement: loops.loopPlacement)
-        let termination = try TerminationWaiter(group: group, logger: logger)
-        let names = NameService(
-            group: group,
-            configuration: NameServiceConfiguration(
-                host: host, port: port, pollInterval: .seconds(pollInterval),
-                fullReloadInterval: .seconds(fullReloadInterval)),
-            pool: pool, logger: logger)
+        let names = NameService(group: group, configuration: configuration, pool: pool, logger: logger)
         let address: SocketAddress
         do {
             address = try names.start()
         } catch {
-            group.shutdown()
+            await group.shutdown()
+            await pool.close()
             throw CommandFailure("names: cannot listen on \(host):\(port): \(error)")
         }
-        announce("names listening on \(address) (db \(pool.url), polling every \(pollInterval) s)")
-        termination.wait()
-        names.shutdown()
-        group.shutdown()
-        try? runBlocking { await pool.close() }
+        // Stopped in reverse: the name service (stops accepting, closes its connections), the pool, the loops.
+        try await runServices(
+            [EventLoopGroupService(group: group), pool, names],
+            announcing: "names listening on \(address) (db \(pool.url), polling every \(pollInterval) s)", logger: logger)
     }
 }
 
@@ -75,9 +77,9 @@ struct DatabaseOptions: ParsableArguments {
             help: "Database URL: sqlite:FILE, mysql://user:pass@host:port/db or postgres://user:pass@host:port/db.")
     var url = "sqlite:switchyard.sqlite"
 
-    /// Opens a pool and creates the Lars tables when missing; a bad URL or an unreachable database is a
-    /// `CommandFailure` with the reason.
-    func openReadyPool(logger: Logger) throws -> ConnectionPool {
+    /// Opens a pool and creates the Lars tables when missing (the one place the CLI creates them: `RouteSchema`);
+    /// a bad URL or an unreachable database is a `CommandFailure` with the reason.
+    func openReadyPool(logger: Logger) async throws -> ConnectionPool {
         let pool: ConnectionPool
         do {
             pool = try ConnectionPool(
@@ -89,9 +91,9 @@ struct DatabaseOptions: ParsableArguments {
             throw CommandFailure("\(error)")
         }
         do {
-            try runBlocking { try await RouteSchema.create(on: pool) }
+            try await RouteSchema.create(on: pool)
         } catch {
-            try? runBlocking { await pool.close() }
+            await pool.close()
             throw CommandFailure("cannot use the database \(pool.url): \(error)")
         }
         return pool
@@ -102,18 +104,4 @@ struct DatabaseOptions: ParsableArguments {
 struct CommandFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
-}
-
-/// Runs async work from a synchronous command (on the main thread, never a loop) and waits for its result.
-func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
-    let result = Mutex<Result<T, any Error>?>(nil)
-    let done = DispatchSemaphore(value: 0)
-    Task.detached {
-        let outcome: Result<T, any Error>
-        do { outcome = .success(try await body()) } catch { outcome = .failure(error) }
-        result.withLock { $0 = outcome }
-        done.signal()
-    }
-    done.wait()
-    return try result.withLock { $0! }.get()
 }

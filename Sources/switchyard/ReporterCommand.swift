@@ -1,10 +1,9 @@
 import ArgumentParser
 import Logging
-import NameService
 import Reactor
 import Reporter
 
-struct ReporterCommand: ParsableCommand {
+struct ReporterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reporter",
         abstract: "Run the reporter: agents' call results are added up in ServerCallStatus, in batches."
@@ -31,35 +30,41 @@ struct ReporterCommand: ParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
         guard queueCapacity > 0 else { throw ValidationError("--queue-capacity must be positive") }
         guard (0...64).contains(threads) else { throw ValidationError("--threads must be 0...64, got \(threads)") }
+        do {
+            try configuration.validate()
+        } catch {
+            throw ValidationError("\(error)")
+        }
     }
 
-    func run() throws {
+    var configuration: ReporterConfiguration {
+        ReporterConfiguration(host: host, port: port, queueCapacity: queueCapacity)
+    }
+
+    func run() async throws {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.reporter")
-        let pool = try database.openReadyPool(logger: logger)
+        let pool = try await database.openReadyPool(logger: logger)
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(logger: logger),
             placement: loops.loopPlacement)
-        let termination = try TerminationWaiter(group: group, logger: logger)
-        let reporter = Reporter(
-            group: group, configuration: ReporterConfiguration(host: host, port: port, queueCapacity: queueCapacity),
-            pool: pool, logger: logger)
+        let reporter = Reporter(group: group, configuration: configuration, pool: pool, logger: logger)
         let address: SocketAddress
         do {
             address = try reporter.start()
         } catch {
-            group.shutdown()
+            await group.shutdown()
+            await pool.close()
             throw CommandFailure("reporter: cannot listen on \(host):\(port): \(error)")
         }
-        announce("reporter listening on \(address) (db \(pool.url))")
-        termination.wait()
-        reporter.shutdown()
+        // Stopped in reverse: the reporter (stops accepting, writes what is queued), the pool, the loops.
+        try await runServices(
+            [EventLoopGroupService(group: group), pool, reporter],
+            announcing: "reporter listening on \(address) (db \(pool.url))", logger: logger)
         let stats = reporter.statistics
         logger.info("reporter totals", metadata: [
             "received": "\(stats.received)", "written": "\(stats.written)", "dropped": "\(stats.dropped)",
             "failedWrites": "\(stats.failedWrites)",
         ])
-        group.shutdown()
-        try? runBlocking { await pool.close() }
     }
 }

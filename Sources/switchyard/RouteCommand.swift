@@ -1,11 +1,10 @@
 import ArgumentParser
 import LoadBalancing
 import Logging
-import NameService
 import RouteStore
 import Storage
 
-struct RouteCommand: ParsableCommand {
+struct RouteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "route",
         abstract: "Add, remove and list the hosts of routes (RouteData); changes reach the name service's agents.",
@@ -35,15 +34,15 @@ struct RouteCommand: ParsableCommand {
         var host: LoadBalancing.Host { LoadBalancing.Host(ip: LoadBalancing.Host.parseIPv4(ip)!, port: UInt16(port)) }
     }
 
-    struct Add: ParsableCommand {
+    struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add a host to a route.")
 
         @OptionGroup var target: HostOptions
         @OptionGroup var database: DatabaseOptions
 
-        func run() throws {
+        func run() async throws {
             let (key, host) = (target.key, target.host)
-            let outcome = try withAdminPool(database) { pool in try await RouteAdmin.addHost(host, to: key, on: pool) }
+            let outcome = try await withAdminPool(database) { pool in try await RouteAdmin.addHost(host, to: key, on: pool) }
             switch outcome {
             case .changed(let version): print("added \(host) to route \(key) (route version \(version))")
             case .unchanged: print("\(host) is already in route \(key) (nothing changed)")
@@ -51,15 +50,15 @@ struct RouteCommand: ParsableCommand {
         }
     }
 
-    struct Remove: ParsableCommand {
+    struct Remove: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Remove a host from a route.")
 
         @OptionGroup var target: HostOptions
         @OptionGroup var database: DatabaseOptions
 
-        func run() throws {
+        func run() async throws {
             let (key, host) = (target.key, target.host)
-            let outcome = try withAdminPool(database) { pool in try await RouteAdmin.removeHost(host, from: key, on: pool) }
+            let outcome = try await withAdminPool(database) { pool in try await RouteAdmin.removeHost(host, from: key, on: pool) }
             switch outcome {
             case .changed(let version): print("removed \(host) from route \(key) (route version \(version))")
             case .unchanged: print("\(host) is not in route \(key) (nothing changed)")
@@ -67,7 +66,7 @@ struct RouteCommand: ParsableCommand {
         }
     }
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List routes and their hosts.")
 
         @Option(help: "Only this module's routes.")
@@ -75,9 +74,9 @@ struct RouteCommand: ParsableCommand {
 
         @OptionGroup var database: DatabaseOptions
 
-        func run() throws {
+        func run() async throws {
             let modid = self.modid
-            let (entries, version) = try withAdminPool(database) { pool in
+            let (entries, version) = try await withAdminPool(database) { pool in
                 (try await RouteAdmin.listRoutes(modid: modid, on: pool), try await RouteAdmin.currentVersion(on: pool))
             }
             print("route version \(version), \(entries.count) host\(entries.count == 1 ? "" : "s")")
@@ -97,14 +96,16 @@ struct RouteCommand: ParsableCommand {
 /// Opens the database (creating the tables when missing), runs `body`, closes it. Errors become a clear message
 /// and exit status 1.
 private func withAdminPool<T: Sendable>(_ database: DatabaseOptions,
-                                        _ body: @escaping @Sendable (ConnectionPool) async throws -> T) throws -> T {
+                                        _ body: @Sendable (ConnectionPool) async throws -> T) async throws -> T {
     var logger = Logger(label: "switchyard.route")
     logger.logLevel = .warning
-    let pool = try database.openReadyPool(logger: logger)
-    defer { try? runBlocking { await pool.close() } }
+    let pool = try await database.openReadyPool(logger: logger)
     do {
-        return try runBlocking { try await body(pool) }
+        let value = try await body(pool)
+        await pool.close()
+        return value
     } catch {
+        await pool.close()
         throw CommandFailure("database \(pool.url): \(error)")
     }
 }

@@ -19,7 +19,7 @@ extension NameServiceSocketTests {
             let hosts = [LoadBalancing.Host(address: "127.0.0.1", port: 9000)!,
                          LoadBalancing.Host(address: "192.168.1.10", port: 80)!]
             for host in hosts { try await RouteAdmin.addHost(host, to: key, on: pool) }
-            let running = try RunningNameService(pool: pool)
+            let running = try await RunningNameService(pool: pool)
             #expect(await eventually { running.service.snapshot.hosts(for: key).count == 2 })
             let client = try await running.client()
             try await askRoute(client, key)
@@ -47,7 +47,7 @@ extension NameServiceSocketTests {
             let first = LoadBalancing.Host(address: "10.0.0.1", port: 7001)!
             let second = LoadBalancing.Host(address: "10.0.0.2", port: 7002)!
             try await RouteAdmin.addHost(first, to: key, on: admin)
-            let running = try RunningNameService(pool: pool)
+            let running = try await RunningNameService(pool: pool)
             #expect(await eventually { !running.service.snapshot.hosts(for: key).isEmpty })
             let client = try await running.client()
             try await askRoute(client, key)
@@ -89,7 +89,7 @@ extension NameServiceSocketTests {
             let host = LoadBalancing.Host(address: "10.1.2.3", port: 4000)!
             try await RouteAdmin.addHost(host, to: key, on: pool)
             let log = LogRecorder()
-            let running = try RunningNameService(pool: pool, pollInterval: .milliseconds(50), logger: log.logger)
+            let running = try await RunningNameService(pool: pool, pollInterval: .milliseconds(50), logger: log.logger)
             #expect(await eventually { running.service.snapshot.hosts(for: key) == [host] })
 
             await pool.close()
@@ -115,7 +115,7 @@ extension NameServiceSocketTests {
             let host = LoadBalancing.Host(address: "10.9.9.9", port: 999)!
             try await RouteAdmin.addHost(host, to: key, on: admin)
             let log = LogRecorder()
-            let running = try RunningNameService(pool: pool, pollInterval: .milliseconds(50), logger: log.logger)
+            let running = try await RunningNameService(pool: pool, pollInterval: .milliseconds(50), logger: log.logger)
             #expect(await eventually { running.service.snapshot.hosts(for: key) == [host] })
             let client = try await running.client()
             try await askRoute(client, key)
@@ -149,7 +149,7 @@ extension NameServiceSocketTests {
             let key = RouteKey(modid: 1, cmdid: 2)
             try await RouteAdmin.addHost(LoadBalancing.Host(address: "127.0.0.1", port: 9000)!, to: key, on: pool)
             try await RouteAdmin.addHost(LoadBalancing.Host(address: "192.168.1.10", port: 80)!, to: key, on: pool)
-            let running = try RunningNameService(pool: pool)
+            let running = try await RunningNameService(pool: pool)
             #expect(await eventually { running.service.snapshot.hosts(for: key).count == 2 })
 
             // PROTOCOL.md: id 1 (Int32 LE), body length 4 (Int32 LE), GetRouteRequest{modid: 1, cmdid: 2}.

@@ -38,7 +38,7 @@ extension NameServiceSocketTests {
             let fromDatabase = LoadBalancing.Host(address: "10.1.0.1", port: 7000)!
             let registered = LoadBalancing.Host(address: "10.1.0.2", port: 7001)!
             try await RouteAdmin.addHost(fromDatabase, to: key, on: pool)
-            let running = try RunningNameService(pool: pool)
+            let running = try await RunningNameService(pool: pool)
             #expect(await eventually { running.service.snapshot.hosts(for: key) == [fromDatabase] })
             let (client, initial) = try await subscribe(running, key)
             #expect(initial == [fromDatabase])
@@ -69,7 +69,7 @@ extension NameServiceSocketTests {
             let pool = try await makePool(TestDatabase.sqliteFile.url())
             let key = RouteKey(modid: uniqueModid(), cmdid: 4)
             let host = LoadBalancing.Host(address: "10.1.0.3", port: 7002)!
-            let running = try RunningNameService(pool: pool)
+            let running = try await RunningNameService(pool: pool)
             let (client, initial) = try await subscribe(running, key)
             #expect(initial.isEmpty)
             // A group of its own, so the registration can be cut off without a goodbye (as a crashed server).
@@ -99,7 +99,7 @@ extension NameServiceSocketTests {
         @Test("bad registrations get a reason and change nothing; the connection stays usable")
         func refusals() async throws {
             let pool = try await makePool(TestDatabase.sqliteFile.url())
-            let running = try RunningNameService(pool: pool)
+            let running = try await RunningNameService(pool: pool)
             let client = try await running.client()
             let key = RouteKey(modid: uniqueModid(), cmdid: 5)
             func register(ip: String, port: Int32, ttlMs: UInt32) async throws -> Switchyard_Lb_RegisterHostResponse {
@@ -134,7 +134,7 @@ extension NameServiceSocketTests {
         @Test("a connection's subscriptions are capped: routes past the cap are answered but not pushed")
         func subscriptionCap() async throws {
             let pool = try await makePool(TestDatabase.sqliteFile.url())
-            let running = try RunningNameService(pool: pool) { $0.maxSubscriptionsPerConnection = 2 }
+            let running = try await RunningNameService(pool: pool) { $0.maxSubscriptionsPerConnection = 2 }
             let client = try await running.client()
             let modid = uniqueModid()
             let keys = (1...3).map { RouteKey(modid: modid, cmdid: Int32($0)) }

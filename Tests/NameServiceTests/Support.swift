@@ -13,7 +13,7 @@ import TestSupport
 
 /// Every socket suite of this target nests here, so they run one at a time (the name service's polling task,
 /// the pools' threads and the child processes share the machine's few cores).
-@Suite("Name service and reporter over real sockets", .serialized)
+@Suite("Name service over real sockets", .serialized)
 enum NameServiceSocketTests {}
 
 /// A module id no other test run uses (server databases are shared).
@@ -43,16 +43,6 @@ final class LogRecorder: Sendable {
     func count(containing text: String) -> Int {
         lines.get().filter { $0.message.contains(text) }.count
     }
-}
-
-/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
-func eventually(timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return try await condition()
 }
 
 /// The next frame of a client, or nil when none arrives within `timeout`.
@@ -89,19 +79,24 @@ func routeHosts(_ frame: InboundFrame) throws -> [LoadBalancing.Host] {
     return response.host.compactMap { LoadBalancing.Host(wireIP: $0.ip, wirePort: $0.port) }
 }
 
-/// A name service on a fresh group and port 0, stopped (with its group) by `stop()`.
+/// A name service on a fresh group and port 0: bound, then run in a task of its own (as a `ServiceGroup` would);
+/// `stop()` cancels it (for the name service as good as a graceful shutdown: it has nothing to drain) and stops the
+/// group.
 final class RunningNameService: Sendable {
     let group: EventLoopGroup
     let service: NameService
     let port: Int
+    private let task: Task<Void, any Error>
 
     init(pool: ConnectionPool, pollInterval: Duration = .milliseconds(100), logger: Logger = quietLogger,
-         configure: (inout NameServiceConfiguration) -> Void = { _ in }) throws {
+         configure: (inout NameServiceConfiguration) -> Void = { _ in }) async throws {
         group = try EventLoopGroup(ioLoops: 1)
         var configuration = NameServiceConfiguration(port: 0, pollInterval: pollInterval)
         configure(&configuration)
-        service = NameService(group: group, configuration: configuration, pool: pool, logger: logger)
+        let service = NameService(group: group, configuration: configuration, pool: pool, logger: logger)
+        self.service = service
         port = Int(try service.start().port)
+        task = Task { try await service.run() }
     }
 
     /// A client connected to the service on the group's loop.
@@ -109,11 +104,11 @@ final class RunningNameService: Sendable {
         try await AsyncFrameClient.connect(port: port, loop: group.next())
     }
 
+    /// Stops the service (its `run()` returns) and the group.
     func stop() async {
-        await onThread { [self] in
-            service.shutdown()
-            group.shutdown()
-        }
+        task.cancel()
+        if case .failure(let error) = await task.result { Issue.record("run() threw \(error)") }
+        await onThread { [group] in group.shutdown() }
     }
 }
 
@@ -140,21 +135,27 @@ struct ChildOutput: Sendable {
     var stderr: String
 }
 
-/// Runs `switchyard` with arguments to completion (killed after `timeout`).
-func runSwitchyard(_ arguments: [String], timeout: Duration = .seconds(60)) async throws -> ChildOutput {
+/// `switchyard ARGS` as a process with stdout and stderr piped, not started yet.
+func switchyardProcess(_ arguments: [String]) throws -> (process: Process, stdout: Pipe, stderr: Pipe) {
     let exe = switchyardExecutable()
     guard FileManager.default.isExecutableFile(atPath: exe) else {
         throw TestFailure("switchyard executable not found at \(exe); run `swift build` before `swift test`")
     }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: exe)
+    process.arguments = arguments
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    return (process, out, err)
+}
+
+/// Runs `switchyard` with arguments to completion (killed after `timeout`).
+func runSwitchyard(_ arguments: [String], timeout: Duration = .seconds(60)) async throws -> ChildOutput {
+    let (process, out, err) = try switchyardProcess(arguments)
     let seconds = Double(timeout.components.seconds)
     return await onThread {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: exe)
-        process.arguments = arguments
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
         do { try process.run() } catch {
             return ChildOutput(status: -1, stdout: "", stderr: "cannot run: \(error)")
         }
@@ -170,5 +171,67 @@ func runSwitchyard(_ arguments: [String], timeout: Duration = .seconds(60)) asyn
         while errReader.isExecuting || !errReader.isFinished { usleep(1000) }
         return ChildOutput(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
                            stderr: String(decoding: errData.withLock { $0 }, as: UTF8.self))
+    }
+}
+
+/// A `switchyard` service run as a child process: its first stdout line (which names `127.0.0.1:PORT`) is read
+/// at start; `terminate` sends SIGTERM and returns the exit status and what it printed on stderr.
+final class ChildService: Sendable {
+    let firstLine: String
+    let port: UInt16
+    private let pid: Int32
+    private let exit: Task<(status: Int32, stderr: String), Never>
+
+    private init(firstLine: String, port: UInt16, pid: Int32, exit: Task<(status: Int32, stderr: String), Never>) {
+        self.firstLine = firstLine
+        self.port = port
+        self.pid = pid
+        self.exit = exit
+    }
+
+    /// Starts `switchyard ARGS` and waits (at most 30 s) for its first line.
+    static func start(_ arguments: [String]) async throws -> ChildService {
+        let (process, out, err) = try switchyardProcess(arguments)
+        try process.run()
+        let pid = process.processIdentifier
+        let killer = DispatchWorkItem { kill(pid, SIGKILL) }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 30, execute: killer)
+        let line = await onThread { () -> String in
+            var line = Data()
+            while !line.contains(UInt8(ascii: "\n")) {
+                let chunk = out.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                line.append(chunk)
+            }
+            return String(decoding: line, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? ""
+        }
+        killer.cancel()
+        let exit = Task {
+            await onThread { () -> (status: Int32, stderr: String) in
+                let data = err.fileHandleForReading.readDataToEndOfFile()
+                process.waitUntilExit()
+                let status = process.terminationReason == .exit ? process.terminationStatus : 128 + process.terminationStatus
+                return (status, String(decoding: data, as: UTF8.self))
+            }
+        }
+        guard let range = line.range(of: #"127\.0\.0\.1:[0-9]+"#, options: .regularExpression),
+              let port = UInt16(line[range].split(separator: ":")[1]) else {
+            kill(pid, SIGKILL)
+            throw TestFailure("the child did not print its address; got: \(line); stderr: \(await exit.value.stderr)")
+        }
+        return ChildService(firstLine: line, port: port, pid: pid, exit: exit)
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after `timeout`: status 137). Returns the status and stderr.
+    func terminate(within timeout: Duration) async -> (status: Int32, stderr: String) {
+        kill(pid, SIGTERM)
+        let pid = self.pid
+        let killer = Task {
+            try? await Task.sleep(for: timeout)
+            if !Task.isCancelled { kill(pid, SIGKILL) }
+        }
+        let result = await exit.value
+        killer.cancel()
+        return result
     }
 }

@@ -54,7 +54,7 @@ struct DescriptorExhaustionTests {
           arguments: PollerKind.allCases)
     func emfileDoesNotSpin(poller: PollerKind) throws {
         let child = try ChildServer(
-            arguments: ["echo", "--port", "0", "--threads", "1", "--poller", poller.rawValue, "--log-level", "error"],
+            arguments: ["--port", "0", "--threads", "1", "--poller", poller.rawValue, "--log-level", "error"],
             fileLimit: 64)
         defer { _ = child.stop(within: 5) }
         let port = child.port

@@ -64,7 +64,7 @@ struct EchoTests {
 
 /// Runs in the exit test's child process.
 private func thousandConnectionsScenario(poller: PollerKind) throws {
-    let child = try ChildServer(arguments: ["echo", "--port", "0", "--threads", "2", "--poller", poller.rawValue,
+    let child = try ChildServer(arguments: ["--port", "0", "--threads", "2", "--poller", poller.rawValue,
                                            "--log-level", "warning"])
     defer { child.stop() }
     let count = 1000

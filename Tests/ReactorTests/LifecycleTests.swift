@@ -167,7 +167,7 @@ private func staleEventScenario() throws {
                 if Array(data) == Array("close A".utf8) {
                     opened.get()[0].forceClose()
                 } else {
-                    c.send(data)
+                    c.sendInLoop(data)
                 }
             },
             onClose: { c in closedIDs.update { $0.append(c.id) } }))

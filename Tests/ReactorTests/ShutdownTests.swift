@@ -149,9 +149,9 @@ struct ShutdownTests {
         }
     }
 
-    @Test("switchyard echo exits 0 on SIGTERM and closes its clients cleanly", arguments: PollerKind.allCases)
-    func cliExitsZeroOnSIGTERM(poller: PollerKind) throws {
-        let child = try ChildServer(arguments: ["echo", "--port", "0", "--threads", "1", "--poller", poller.rawValue,
+    @Test("switchyard-echo exits 0 on SIGTERM and closes its idle clients cleanly", arguments: PollerKind.allCases)
+    func echoExitsZeroOnSIGTERM(poller: PollerKind) throws {
+        let child = try ChildServer(arguments: ["--port", "0", "--threads", "1", "--poller", poller.rawValue,
                                                "--log-level", "error"])
         defer { _ = child.stop(within: 5) }
         let client = try BlockingSocket(port: child.port)
@@ -172,8 +172,7 @@ struct ShutdownTests {
 
     @Test("switchyard-echo (the reactor alone) echoes and exits 0 on SIGTERM", arguments: PollerKind.allCases)
     func minimalEchoBinary(poller: PollerKind) throws {
-        let child = try ChildServer(executable: "switchyard-echo",
-                                    arguments: ["--port", "0", "--threads", "1", "--poller", poller.rawValue])
+        let child = try ChildServer(arguments: ["--port", "0", "--threads", "1", "--poller", poller.rawValue])
         defer { _ = child.stop(within: 5) }
         let client = try BlockingSocket(port: child.port)
         defer { client.close() }
@@ -188,13 +187,16 @@ struct ShutdownTests {
         #expect(child.waitForExit(within: 10) == 0)
     }
 
-    @Test("switchyard-echo refuses a bad flag with a message and exit status 64")
-    func minimalEchoBadFlag() throws {
-        let exe = URL(fileURLWithPath: switchyardExecutable()).deletingLastPathComponent()
-            .appendingPathComponent("switchyard-echo").path
+    @Test("switchyard-echo refuses a bad flag with a message and exit status 64", arguments: [
+        (["--poller", "kqueue"], "--poller must be epoll, poll or select"),
+        (["--log-level", "loud"], "--log-level must be trace, debug, info, notice, warning, error or critical"),
+        (["--max-connections", "0"], "--max-connections must be positive"),
+    ])
+    func minimalEchoBadFlag(arguments: [String], message: String) throws {
+        let exe = switchyardEchoExecutable()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: exe)
-        process.arguments = ["--poller", "kqueue"]
+        process.arguments = arguments
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice
@@ -202,6 +204,6 @@ struct ShutdownTests {
         let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         #expect(process.terminationStatus == 64)
-        #expect(text.contains("--poller must be epoll, poll or select"), "\(text)")
+        #expect(text.contains(message), "\(text)")
     }
 }

@@ -61,18 +61,18 @@ private func cpuTicks(statPath: String) -> Int {
     return u + s
 }
 
-/// A `switchyard` subprocess whose first stdout line carries its bound `127.0.0.1:PORT`.
+/// A `switchyard-echo` subprocess (the echo server on the reactor alone) whose first stdout line carries its bound
+/// `127.0.0.1:PORT`.
 final class ChildServer: @unchecked Sendable {
     let process: Process
     let port: UInt16
     private let stdoutPipe: Pipe
 
     /// `fileLimit` sets RLIMIT_NOFILE in the child (through the shell's ulimit).
-    init(executable name: String = "switchyard", arguments: [String], fileLimit: Int? = nil) throws {
-        let exe = URL(fileURLWithPath: switchyardExecutable()).deletingLastPathComponent()
-            .appendingPathComponent(name).path
+    init(arguments: [String], fileLimit: Int? = nil) throws {
+        let exe = switchyardEchoExecutable()
         guard FileManager.default.isExecutableFile(atPath: exe) else {
-            throw TestFailure("\(name) executable not found at \(exe); run `swift build` before `swift test`")
+            throw TestFailure("switchyard-echo not found at \(exe); run `swift build` before `swift test`")
         }
         process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")

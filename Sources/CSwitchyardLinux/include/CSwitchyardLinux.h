@@ -20,8 +20,13 @@ typedef struct {
 #define SY_EV_HUP    0x010u
 #define SY_EV_RDHUP  0x2000u
 
+/* epoll_ctl operations (the values of EPOLL_CTL_ADD, _DEL, _MOD; checked in shim.c). */
+#define SY_EPOLL_CTL_ADD 1
+#define SY_EPOLL_CTL_DEL 2
+#define SY_EPOLL_CTL_MOD 3
+
 int sy_epoll_create(void);
-/// op: 1 add, 2 delete, 3 modify (EPOLL_CTL_*). interest: SY_EV_READ | SY_EV_WRITE.
+/// op: SY_EPOLL_CTL_ADD, _DEL or _MOD. interest: SY_EV_READ | SY_EV_WRITE (| SY_EV_RDHUP).
 int sy_epoll_ctl(int epfd, int op, int fd, uint32_t interest);
 /// Waits and unpacks at most `max` events into `out`. Returns the count or -1 (errno set).
 int sy_epoll_wait(int epfd, sy_event *out, int max, int timeout_ms);
@@ -41,9 +46,17 @@ void sy_fd_set(int fd, void *set);
 int sy_fd_isset(int fd, const void *set);
 int sy_select(int nfds, void *readfds, void *writefds, void *exceptfds, int timeout_ms);
 
-/// Installs SIGINT/SIGTERM handlers that write to `fd` (an eventfd); async-signal-safe.
-/// Pass -1 to restore the default handlers.
-int sy_install_termination_signals(int fd);
+/* SIGINT/SIGTERM to eventfds. The handler (async-signal-safe) writes to every registered descriptor. */
+/// Most descriptors registered at once.
+#define SY_TERMINATION_SLOTS 32
+/// Registers `fd` (an eventfd); the first registration installs the handlers. 0, or -1 with errno (ENOSPC: the
+/// table is full; EEXIST: already registered; or the sigaction error). Safe from any thread.
+int sy_termination_signals_add(int fd);
+/// Removes `fd`; the last removal restores the default handlers. When it returns, no handler writes to `fd` any
+/// more, so it may be closed. 0, or -1 with errno (ENOENT: not registered). Safe from any thread.
+int sy_termination_signals_remove(int fd);
+/// Descriptors registered now.
+int sy_termination_signals_count(void);
 /// The signal number that last fired the handler (0 if none).
 int sy_last_termination_signal(void);
 void sy_ignore_sigpipe(void);
@@ -68,7 +81,5 @@ uint64_t sy_thread_cpu_ns(void);
 
 #include <pthread.h>
 void sy_set_thread_name(pthread_t thread, const char *name);
-/// fflush(stdout) (the stream itself is not visible to Swift 6 code: a mutable global).
-void sy_flush_stdout(void);
 
 #endif

@@ -20,6 +20,7 @@ final class BufferPool {
     /// `_copy_to_iter` with 64 KiB messages, 8% once aligned).
     static let alignment = 64
 
+    // @exclusivity(unchecked): the pool belongs to one loop and its methods call nothing that comes back to it.
     @exclusivity(unchecked) private var free: [[UnsafeMutableRawPointer]]
     @exclusivity(unchecked) private(set) var pooledBytes = 0
     /// Bytes currently handed out (for statistics and tests).

@@ -20,7 +20,8 @@ struct OutputQueue {
 
     private var pieces = Deque<Piece>()
     private(set) var bytes = 0
-    static let maxIOVecs = 64
+    /// Pieces per writev (the iovec array lives on the stack); far below IOV_MAX (1024).
+    static let maxIOVecs = 16
     /// Largest chunk taken for a single append; bigger remainders span several chunks.
     static let appendChunkBytes = 1 << 20
 
@@ -48,8 +49,25 @@ struct OutputQueue {
         bytes += total
     }
 
-    /// Writes as much as the socket takes. Returns the bytes written; throws on a socket error.
-    mutating func flush(fd: Int32, pool: BufferPool) throws -> Int {
+    /// Writes as much as the socket `fd` takes. Returns the bytes written; throws on a socket error.
+    @inline(__always)
+    mutating func flush(fd: Int32, pool: BufferPool) throws(IOError) -> Int {
+        try flush(
+            pool: pool,
+            write: { (base, count) throws(IOError) in try Posix.write(fd, base, count) },
+            writev: { (iov, count) throws(IOError) in try Posix.writev(fd, iov, count) })
+    }
+
+    /// Writes as much as `write` and `writev` take (a socket's calls, or a test's): one piece with `write`, up to
+    /// `maxIOVecs` with `writev`, and again while each call takes all it was given. Returns the bytes written;
+    /// written pieces go back to `pool`. Stops at `.wouldBlock` or a short write (the socket buffer is full); an error
+    /// is rethrown, with what was written before it already consumed.
+    @inline(__always)
+    mutating func flush(
+        pool: BufferPool,
+        write: (UnsafeRawPointer, Int) throws(IOError) -> IOResult<Int>,
+        writev: (UnsafePointer<iovec>, Int32) throws(IOError) -> IOResult<Int>
+    ) throws(IOError) -> Int {
         var written = 0
         while bytes > 0 {
             let r: IOResult<Int>
@@ -57,21 +75,21 @@ struct OutputQueue {
             if pieces.count == 1 {
                 let p = pieces[0]
                 requested = p.end - p.start
-                r = try Posix.write(fd, p.chunk.base + p.start, requested)
+                r = try write(p.chunk.base + p.start, requested)
             } else {
                 var iov = (
                     iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec(),
                     iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec()
                 )
-                let count = min(pieces.count, 16)
-                r = try withUnsafeMutableBytes(of: &iov) { raw -> IOResult<Int> in
+                let count = min(pieces.count, Self.maxIOVecs)
+                r = try withUnsafeMutableBytes(of: &iov) { (raw) throws(IOError) -> IOResult<Int> in
                     let v = raw.bindMemory(to: iovec.self)
                     for i in 0..<count {
                         let p = pieces[i]
                         v[i] = iovec(iov_base: p.chunk.base + p.start, iov_len: p.end - p.start)
                         requested += p.end - p.start
                     }
-                    return try Posix.writev(fd, v.baseAddress!, Int32(count))
+                    return try writev(v.baseAddress!, Int32(count))
                 }
             }
             guard case .processed(let n) = r else { break }

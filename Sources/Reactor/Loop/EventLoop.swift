@@ -76,10 +76,14 @@ public final class EventLoop: @unchecked Sendable {
     private let iterationCounter = Atomic<UInt64>(0)
     private let nextTimerID = Atomic<UInt64>(1)
     private let runningState = Atomic<Int>(0)  // 0 not started, 1 running, 2 finished
+    /// Set when the task queue closes at the end of `run()`: from then on no task runs on the loop, and what it
+    /// owned is released by whoever holds it (`executeOrRunIfStopped`).
+    private let tasksClosed = Atomic<Bool>(false)
     /// Server connections placed on this loop and not yet closed (the group's placement reads it).
     let placedConnections = Atomic<Int>(0)
 
-    // Loop thread only.
+    // Loop thread only. @exclusivity(unchecked): run() and the handlers it calls are one thread; handlers are
+    // taken out of `handlers` before they run and timers are popped before they fire, so no access spans a callback.
     let poller: any Poller
     private let wakeFD: Int32
     @exclusivity(unchecked) private var handlers: [EventHandler?] = []
@@ -125,7 +129,9 @@ public final class EventLoop: @unchecked Sendable {
         // Every stored property is set by now, so a throw from here on runs `deinit`, which closes and frees
         // all of it; closing here too would close the descriptor numbers twice (select refuses a wake-up
         // descriptor >= FD_SETSIZE, which is how this path is taken).
-        try register(fd: fd, interest: .read, handler: handler)
+        // Not `register`: no thread runs this loop yet, and its creator is the only one that knows it.
+        try poller.register(fd: fd, interest: .read)
+        setHandler(handler, for: fd)
     }
 
     deinit {
@@ -148,10 +154,30 @@ public final class EventLoop: @unchecked Sendable {
     @inline(__always)
     public var inLoopThread: Bool { sy_current_loop() == Unmanaged.passUnretained(self).toOpaque() }
 
-    /// Stops the process when called off the loop's thread (debug builds only).
+    /// Stops the process when called off the loop's thread (debug builds only): the check of every loop-only entry
+    /// point. Safe to call from any thread.
     @inline(__always)
     public func assertInLoopThread(file: StaticString = #fileID, line: UInt = #line) {
-        assert(inLoopThread, "called off the loop thread of loop \(index)", file: file, line: line)
+        assert(inLoopThread, "called off the thread of loop \(index): loop thread only", file: file, line: line)
+    }
+
+    /// True on the loop's thread, or on any thread once the loop has stopped for good (its task queue has closed at
+    /// the end of `run()`): then no task runs on it, and whoever holds what it owned may release it
+    /// (`executeOrRunIfStopped`). Safe to call from any thread.
+    var isOwnedByCallingThread: Bool { inLoopThread || tasksClosed.load(ordering: .acquiring) }
+
+    /// `assertInLoopThread` for the calls that also release what a stopped loop owned (unregistering a descriptor,
+    /// closing a listener): passes as well once the loop has returned from `run()` for good. Debug builds only.
+    @inline(__always)
+    func assertInLoopThreadOrStopped(file: StaticString = #fileID, line: UInt = #line) {
+        assert(isOwnedByCallingThread, "called off the thread of loop \(index) while it runs: loop thread only",
+               file: file, line: line)
+    }
+
+    /// The check of `LoopBound`: stops the process, in release builds too, unless `isOwnedByCallingThread`.
+    func preconditionOwned(_ what: StaticString, file: StaticString = #fileID, line: UInt = #line) {
+        precondition(isOwnedByCallingThread, "\(what) off the thread of loop \(index) while it runs: loop thread only",
+                     file: file, line: line)
     }
 
     /// Kernel thread id of the thread running the loop (0 before `run()`); for /proc/self/task/TID/stat.
@@ -227,6 +253,7 @@ public final class EventLoop: @unchecked Sendable {
             let drained = pendingTasks.withLock { q -> Bool in
                 guard q.tasks.isEmpty else { return false }
                 q.closed = true
+                tasksClosed.store(true, ordering: .releasing)
                 return true
             }
             if drained { break }
@@ -235,6 +262,7 @@ public final class EventLoop: @unchecked Sendable {
         // may post again, and are then refused).
         let left = pendingTasks.withLock { q -> [@Sendable () -> Void] in
             q.closed = true
+            tasksClosed.store(true, ordering: .releasing)
             defer { q.tasks.removeAll() }
             return q.tasks
         }
@@ -378,8 +406,14 @@ public final class EventLoop: @unchecked Sendable {
 
     // MARK: Registration (loop thread only)
 
+    /// Watches `fd` for `interest` and hands its events to `handler`. Loop thread only.
     func register(fd: Int32, interest: IOInterest, handler: EventHandler) throws {
+        assertInLoopThread()
         try poller.register(fd: fd, interest: interest)
+        setHandler(handler, for: fd)
+    }
+
+    private func setHandler(_ handler: EventHandler, for fd: Int32) {
         let i = Int(fd)
         if i >= handlers.count {
             handlers.append(contentsOf: repeatElement(nil, count: max(i + 1 - handlers.count, handlers.count)))
@@ -387,7 +421,9 @@ public final class EventLoop: @unchecked Sendable {
         handlers[i] = handler
     }
 
+    /// Changes what `fd` is watched for (a failure is logged). Loop thread only.
     func modify(fd: Int32, interest: IOInterest) {
+        assertInLoopThread()
         do {
             try poller.modify(fd: fd, interest: interest)
         } catch {
@@ -395,7 +431,10 @@ public final class EventLoop: @unchecked Sendable {
         }
     }
 
+    /// Stops watching `fd`; its events still in the current batch are dropped. Loop thread only, or any thread
+    /// once the loop has stopped (releasing what it owned).
     func unregister(fd: Int32) {
+        assertInLoopThreadOrStopped()
         if handlingBatch { retiredInBatch.append(fd) }
         poller.unregister(fd: fd)
         let i = Int(fd)

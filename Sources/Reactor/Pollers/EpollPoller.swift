@@ -6,27 +6,24 @@ import CSwitchyardLinux
 /// epoll backend, level-triggered. Loop thread only.
 final class EpollPoller: Poller {
     private let epfd: Int32
-    private static let ctlAdd: Int32 = 1
-    private static let ctlDelete: Int32 = 2
-    private static let ctlModify: Int32 = 3
 
     init() throws {
-        let fd = sy_epoll_create()
-        if fd < 0 { throw IOError(errnoCode: errno, call: "epoll_create1") }
-        epfd = fd
+        epfd = Int32(try Posix.complete("epoll_create1") { Int(sy_epoll_create()) })
     }
 
     func register(fd: Int32, interest: IOInterest) throws {
-        if sy_epoll_ctl(epfd, Self.ctlAdd, fd, Self.mask(interest)) < 0 {
-            if errno == EEXIST { throw ReactorError.alreadyRegistered(fd: fd) }
-            throw IOError(errnoCode: errno, call: "epoll_ctl(ADD)")
+        let mask = Self.mask(interest)
+        do {
+            _ = try Posix.complete("epoll_ctl(ADD)") { Int(sy_epoll_ctl(epfd, SY_EPOLL_CTL_ADD, fd, mask)) }
+        } catch {
+            if error.errnoCode == EEXIST { throw ReactorError.alreadyRegistered(fd: fd) }
+            throw error
         }
     }
 
     func modify(fd: Int32, interest: IOInterest) throws {
-        if sy_epoll_ctl(epfd, Self.ctlModify, fd, Self.mask(interest)) < 0 {
-            throw IOError(errnoCode: errno, call: "epoll_ctl(MOD)")
-        }
+        let mask = Self.mask(interest)
+        _ = try Posix.complete("epoll_ctl(MOD)") { Int(sy_epoll_ctl(epfd, SY_EPOLL_CTL_MOD, fd, mask)) }
     }
 
     /// Read-hangup is asked for only with read interest; otherwise a half-closed peer would wake the loop forever.
@@ -35,16 +32,16 @@ final class EpollPoller: Poller {
     }
 
     func unregister(fd: Int32) {
-        _ = sy_epoll_ctl(epfd, Self.ctlDelete, fd, 0)
+        _ = try? Posix.complete("epoll_ctl(DEL)") { Int(sy_epoll_ctl(epfd, SY_EPOLL_CTL_DEL, fd, 0)) }
     }
 
+    /// A signal (EINTR) ends the wait with no events: the loop checks its tasks and timers, then waits again.
     func wait(timeoutMs: Int32, events: UnsafeMutablePointer<sy_event>, capacity: Int) throws -> Int {
-        let n = sy_epoll_wait(epfd, events, Int32(capacity), timeoutMs)
-        if n < 0 {
-            if errno == EINTR { return 0 }
-            throw IOError(errnoCode: errno, call: "epoll_wait")
+        let r = try Posix.check("epoll_wait", retryInterrupted: false) {
+            Int(sy_epoll_wait(epfd, events, Int32(capacity), timeoutMs))
         }
-        return Int(n)
+        guard case .processed(let n) = r else { return 0 }
+        return n
     }
 
     func close() { Posix.close(epfd) }

@@ -5,6 +5,7 @@ import CSwitchyardLinux
 
 /// poll(2) backend: a dense pollfd array plus a descriptor -> slot map. Loop thread only.
 final class PollPoller: Poller {
+    // @exclusivity(unchecked): a poller is used by its loop's thread only, with no reentrant access.
     @exclusivity(unchecked) private var fds: [pollfd] = []
     @exclusivity(unchecked) private var slotOf: [Int32: Int] = [:]
 
@@ -37,13 +38,14 @@ final class PollPoller: Poller {
     }
 
     func wait(timeoutMs: Int32, events: UnsafeMutablePointer<sy_event>, capacity: Int) throws -> Int {
-        let n = fds.withUnsafeMutableBufferPointer { buf in Glibc.poll(buf.baseAddress, nfds_t(buf.count), timeoutMs) }
-        if n < 0 {
-            if errno == EINTR { return 0 }
-            throw IOError(errnoCode: errno, call: "poll")
+        // A signal (EINTR) ends the wait with no events, as for epoll.
+        let r = try fds.withUnsafeMutableBufferPointer { buf throws(IOError) in
+            try Posix.check("poll", retryInterrupted: false) {
+                Int(Glibc.poll(buf.baseAddress, nfds_t(buf.count), timeoutMs))
+            }
         }
+        guard case .processed(let n) = r, n > 0 else { return 0 }
         var out = 0
-        if n == 0 { return 0 }
         for i in 0..<fds.count where fds[i].revents != 0 {
             let r = Int32(fds[i].revents)
             var bits: UInt32 = 0

@@ -7,6 +7,7 @@ import CSwitchyardLinux
 /// `ReactorError.descriptorOutOfRangeForSelect`; nothing is ever written outside an fd_set. Loop thread only.
 final class SelectPoller: Poller {
     static let limit = sy_fd_setsize()
+    // @exclusivity(unchecked): a poller is used by its loop's thread only, with no reentrant access.
     @exclusivity(unchecked) private var interest: [Int32: IOInterest] = [:]
     @exclusivity(unchecked) private var maxFD: Int32 = -1
     private let readSet: UnsafeMutableRawPointer
@@ -54,12 +55,11 @@ final class SelectPoller: Poller {
             if i.contains(.write) { sy_fd_set(fd, writeSet) }
             sy_fd_set(fd, errorSet)
         }
-        let n = sy_select(maxFD + 1, readSet, writeSet, errorSet, timeoutMs)
-        if n < 0 {
-            if errno == EINTR { return 0 }
-            throw IOError(errnoCode: errno, call: "select")
+        // A signal (EINTR) ends the wait with no events, as for epoll.
+        let r = try Posix.check("select", retryInterrupted: false) {
+            Int(sy_select(maxFD + 1, readSet, writeSet, errorSet, timeoutMs))
         }
-        if n == 0 { return 0 }
+        guard case .processed(let n) = r, n > 0 else { return 0 }
         var out = 0
         for fd in interest.keys {
             var bits: UInt32 = 0

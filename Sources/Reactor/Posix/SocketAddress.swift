@@ -2,17 +2,13 @@
 import Glibc
 #endif
 
-/// An IPv4 socket address (the wire protocol carries IPv4 only).
-public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
-    /// The address as a number in reading order: 127.0.0.1 is 0x7F000001.
-    public var ip: UInt32
-    public var port: UInt16
+import SwitchyardCore
 
-    public init(ip: UInt32, port: UInt16) {
-        self.ip = ip
-        self.port = port
-    }
+/// An IPv4 socket address (the wire protocol carries IPv4 only): the project's one endpoint type, `IPv4Endpoint`,
+/// which LoadBalancing calls `Host`.
+public typealias SocketAddress = IPv4Endpoint
 
+extension IPv4Endpoint {
     /// Parses a dotted quad or resolves a host name to its first IPv4 address.
     public init(host: String, port: Int) throws {
         guard (0...65535).contains(port) else { throw ReactorError.badAddress("\(host):\(port)") }
@@ -44,33 +40,17 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         return sin
     }
 
-    /// Dotted quad of `ip`.
-    public var host: String {
-        "\(ip >> 24).\((ip >> 16) & 0xFF).\((ip >> 8) & 0xFF).\(ip & 0xFF)"
-    }
+    /// Dotted quad of `ip` (the same as `address`; the name a socket address has in this module).
+    public var host: String { address }
 
-    public var description: String { "\(host):\(port)" }
+    /// The address `fd` is bound to (getsockname); nil if it has none.
+    static func local(of fd: Int32) -> SocketAddress? { Posix.address(of: fd, peer: false) }
 
-    static func local(of fd: Int32) -> SocketAddress? {
-        var sin = sockaddr_in()
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let r = withUnsafeMutablePointer(to: &sin) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        return r == 0 ? SocketAddress(sin) : nil
-    }
-
-    static func peer(of fd: Int32) -> SocketAddress? {
-        var sin = sockaddr_in()
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let r = withUnsafeMutablePointer(to: &sin) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
-        }
-        return r == 0 ? SocketAddress(sin) : nil
-    }
+    /// The address `fd` is connected to (getpeername); nil if it is not connected.
+    static func peer(of fd: Int32) -> SocketAddress? { Posix.address(of: fd, peer: true) }
 }
 
-extension SocketAddress {
+extension IPv4Endpoint {
     func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         var sin = sockaddrIn
         return withUnsafePointer(to: &sin) {

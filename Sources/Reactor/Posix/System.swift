@@ -22,26 +22,41 @@ public struct IOError: Error, CustomStringConvertible, Sendable, Equatable {
     }
 }
 
-/// The outcome of a non-blocking call: done, or it would block.
-@usableFromInline
-enum IOResult<T> {
+/// The outcome of a call on a non-blocking descriptor: done, or it would block.
+public enum IOResult<T> {
+    /// The call completed with this value.
     case processed(T)
+    /// The call would block (EAGAIN; for `Posix.connect`, a connect still in progress).
     case wouldBlock
 }
 
-/// Every system call of the reactor goes through here: EINTR is retried, EAGAIN becomes `.wouldBlock`,
-/// other failures throw `IOError` carrying errno and the call's name. EBADF and EFAULT are programmer
-/// errors (a descriptor used after close, a bad pointer) and stop the process at once.
-enum Posix {
+extension IOResult: Sendable where T: Sendable {}
+extension IOResult: Equatable where T: Equatable {}
+
+/// Every system call of the reactor goes through here, under one policy (`check`): EINTR is retried, EAGAIN
+/// becomes `.wouldBlock`, other failures throw `IOError` carrying errno and the call's name. EBADF and EFAULT are
+/// programmer errors (a descriptor used after close, a bad pointer) and stop the process at once. `close` is never
+/// retried. The public wrappers serve code that blocks in its calls (clients on their own thread, tools); they are
+/// safe to call from any thread on a descriptor that thread owns.
+public enum Posix {
+    /// The syscall policy. `body` returns the call's result (negative with errno set on failure). `inProgress`: an
+    /// errno that means "started, not finished" and becomes `.wouldBlock` like EAGAIN (EINPROGRESS for connect).
+    /// `retryInterrupted: false` turns EINTR into `.wouldBlock` instead of a retry: for a connect (which goes on in
+    /// the background after EINTR and must not be started again) and for the pollers' waits (which return to the
+    /// loop).
     @inline(__always)
-    static func check(_ call: StaticString, _ body: () -> Int) throws -> IOResult<Int> {
+    static func check(
+        _ call: StaticString, inProgress: Int32 = EAGAIN, retryInterrupted: Bool = true, _ body: () -> Int
+    ) throws(IOError) -> IOResult<Int> {
         while true {
             let r = body()
             if r >= 0 { return .processed(r) }
             let e = errno
             switch e {
-            case EINTR: continue
-            case EAGAIN: return .wouldBlock
+            case EINTR:
+                if retryInterrupted { continue }
+                return .wouldBlock
+            case EAGAIN, inProgress: return .wouldBlock
             case EBADF, EFAULT:
                 preconditionFailure("\(call) failed with errno \(e): descriptor or pointer misuse")
             default:
@@ -50,58 +65,192 @@ enum Posix {
         }
     }
 
+    /// `check` for a call that completes or fails (EAGAIN is a failure like any other). `label` names the call in
+    /// the error when it says more than `call` (`"bind 127.0.0.1:80"`). Not for the per-message path.
+    static func complete(_ call: StaticString, _ label: @autoclosure () -> String? = nil, _ body: () -> Int)
+        throws(IOError) -> Int
+    {
+        let result: IOResult<Int>
+        do {
+            result = try check(call, body)
+        } catch {
+            throw IOError(errnoCode: error.errnoCode, call: label() ?? error.call)
+        }
+        guard case .processed(let r) = result else { throw IOError(errnoCode: EAGAIN, call: label() ?? "\(call)") }
+        return r
+    }
+
     @inline(__always)
-    static func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int) throws -> IOResult<Int> {
+    static func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int) throws(IOError) -> IOResult<Int> {
         try check("read") { sy_read(fd, buffer, count) }
     }
 
     @inline(__always)
-    static func write(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) throws -> IOResult<Int> {
+    static func write(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) throws(IOError) -> IOResult<Int> {
         try check("write") { sy_write(fd, buffer, count) }
     }
 
     @inline(__always)
-    static func writev(_ fd: Int32, _ iov: UnsafePointer<iovec>, _ count: Int32) throws -> IOResult<Int> {
+    static func writev(_ fd: Int32, _ iov: UnsafePointer<iovec>, _ count: Int32) throws(IOError) -> IOResult<Int> {
         try check("writev") { sy_writev(fd, iov, count) }
     }
 
+    /// accept4, non-blocking and close-on-exec: the descriptor, or 0 and the errno (EAGAIN when nothing is pending)
+    /// for the acceptor to tell the failures apart.
     static func accept(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>, _ len: UnsafeMutablePointer<socklen_t>)
         -> (fd: Int32, errno: Int32)
     {
-        while true {
-            let r = sy_accept4(fd, addr, len)
-            if r >= 0 { return (r, 0) }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EBADF || e == EFAULT { preconditionFailure("accept4 failed with errno \(e)") }
-            return (-1, e)
+        do {
+            switch try check("accept4", { Int(sy_accept4(fd, addr, len)) }) {
+            case .processed(let conn): return (Int32(conn), 0)
+            case .wouldBlock: return (-1, EAGAIN)
+            }
+        } catch {
+            return (-1, error.errnoCode)
         }
     }
 
-    /// `close` is never retried: on Linux the descriptor is released even when it reports EINTR.
-    static func close(_ fd: Int32) {
+    /// Closes `fd`. Never retried: on Linux the descriptor is released even when close reports EINTR. Safe to call
+    /// from any thread on a descriptor it owns; closing one that is not open stops the process.
+    public static func close(_ fd: Int32) {
         let r = Glibc.close(fd)
         if r < 0 && errno == EBADF { preconditionFailure("close(\(fd)) of a descriptor that is not open") }
     }
 
-    static func socket(domain: Int32, type: Int32) throws -> Int32 {
-        let fd = sy_socket_nonblocking(domain, type)
-        if fd < 0 { throw IOError(errnoCode: errno, call: "socket") }
-        return fd
+    /// A non-blocking, close-on-exec socket for a loop.
+    static func socket(domain: Int32, type: Int32) throws(IOError) -> Int32 {
+        Int32(try complete("socket") { Int(sy_socket_nonblocking(domain, type)) })
     }
 
-    static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32) throws {
+    /// A blocking, close-on-exec IPv4 socket (`SOCK_STREAM` or `SOCK_DGRAM`), for a thread that waits in its calls;
+    /// not for a loop. Safe to call from any thread.
+    public static func blockingSocket(type: Int32) throws(IOError) -> Int32 {
+        Int32(try complete("socket") { Int(Glibc.socket(AF_INET, type | Int32(SOCK_CLOEXEC.rawValue), 0)) })
+    }
+
+    /// setsockopt with an Int32 value. Safe to call from any thread.
+    public static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32) throws(IOError) {
         var v = value
-        if setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)) < 0 {
-            throw IOError(errnoCode: errno, call: "setsockopt")
+        _ = try complete("setsockopt") { Int(setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size))) }
+    }
+
+    /// Sets a socket timeout (`SO_RCVTIMEO` or `SO_SNDTIMEO`) of a blocking socket: a call that waits longer
+    /// returns `.wouldBlock`. Safe to call from any thread.
+    public static func setTimeout(_ fd: Int32, option: Int32, _ timeout: Duration) throws(IOError) {
+        let us = Int(clamping: timeout.nanosecondsSaturated / 1000)
+        var tv = timeval(tv_sec: us / 1_000_000, tv_usec: us % 1_000_000)
+        _ = try complete("setsockopt") {
+            Int(setsockopt(fd, SOL_SOCKET, option, &tv, socklen_t(MemoryLayout<timeval>.size)))
         }
     }
 
+    /// The pending error of a socket (SO_ERROR): 0 when there is none.
     static func socketError(_ fd: Int32) -> Int32 {
         var err: Int32 = 0
         var len = socklen_t(MemoryLayout<Int32>.size)
-        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 { return errno }
+        do {
+            _ = try complete("getsockopt") { Int(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)) }
+        } catch {
+            return error.errnoCode
+        }
         return err
+    }
+
+    /// Binds `fd` to `address`.
+    static func bind(_ fd: Int32, to address: SocketAddress, label: String = "bind") throws(IOError) {
+        _ = try complete("bind", "\(label) \(address)") { Int(address.withSockaddr { Glibc.bind(fd, $0, $1) }) }
+    }
+
+    static func listen(_ fd: Int32, backlog: Int32) throws(IOError) {
+        _ = try complete("listen") { Int(Glibc.listen(fd, backlog)) }
+    }
+
+    /// Connects `fd` to `address`. `.wouldBlock`: the connect is in progress (EINPROGRESS on a non-blocking socket,
+    /// or the send timeout of a blocking one); it is never started again, not even after EINTR, which leaves it
+    /// going on in the background. Writability, then the socket's pending error, tell how it ends. Safe to call
+    /// from any thread on a descriptor it owns.
+    public static func connect(_ fd: Int32, to address: SocketAddress) throws(IOError) -> IOResult<Void> {
+        let result: IOResult<Int>
+        do {
+            result = try check("connect", inProgress: EINPROGRESS, retryInterrupted: false) {
+                Int(address.withSockaddr { Glibc.connect(fd, $0, $1) })
+            }
+        } catch {
+            throw IOError(errnoCode: error.errnoCode, call: "connect \(address)")
+        }
+        guard case .processed = result else { return .wouldBlock }
+        return .processed(())
+    }
+
+    /// shutdown(2): `SHUT_WR` sends our FIN.
+    static func shutdown(_ fd: Int32, _ how: Int32) throws(IOError) {
+        _ = try complete("shutdown") { Int(Glibc.shutdown(fd, how)) }
+    }
+
+    /// Sends on a connected socket (no SIGPIPE). Safe to call from any thread on a descriptor it owns.
+    public static func send(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws(IOError) -> IOResult<Int> {
+        try check("send") { Glibc.send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Sends one datagram to `address` (no SIGPIPE). Safe to call from any thread on a descriptor it owns.
+    public static func send(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, to address: SocketAddress)
+        throws(IOError) -> IOResult<Int>
+    {
+        try check("sendto") {
+            address.withSockaddr { sendto(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL), $0, $1) }
+        }
+    }
+
+    /// Receives into `buffer` (`flags`: `MSG_DONTWAIT` to poll a blocking socket). 0: end of stream. Safe to call
+    /// from any thread on a descriptor it owns.
+    public static func receive(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, flags: Int32 = 0)
+        throws(IOError) -> IOResult<Int>
+    {
+        try check("recv") { recv(fd, buffer.baseAddress, buffer.count, flags) }
+    }
+
+    /// Waits up to `timeoutMs` (-1: forever) for `fd` to become readable. False on timeout, and when a signal
+    /// interrupted the wait (the caller checks its deadline and waits again). Safe to call from any thread.
+    public static func waitReadable(_ fd: Int32, timeoutMs: Int32) throws(IOError) -> Bool {
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard case .processed(let n) = try check("poll", retryInterrupted: false, { Int(poll(&pfd, 1, timeoutMs)) })
+        else { return false }
+        return n > 0
+    }
+
+    /// recvfrom of one datagram into `buffer` with `MSG_TRUNC`: the datagram's full length (more than
+    /// `buffer.count` when it was cut) and its sender.
+    static func receiveDatagram(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer)
+        throws(IOError) -> IOResult<(count: Int, sender: SocketAddress)>
+    {
+        var sin = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let r = try withUnsafeMutablePointer(to: &sin) { (sinPointer) throws(IOError) -> IOResult<Int> in
+            try sinPointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(IOError) -> IOResult<Int> in
+                try check("recvfrom") { recvfrom(fd, buffer.baseAddress, buffer.count, Int32(MSG_TRUNC), sa, &len) }
+            }
+        }
+        guard case .processed(let n) = r else { return .wouldBlock }
+        return .processed((n, SocketAddress(sin)))
+    }
+
+    /// sendmsg (no SIGPIPE).
+    static func sendMessage(_ fd: Int32, _ message: UnsafePointer<msghdr>) throws(IOError) -> IOResult<Int> {
+        try check("sendmsg") { sendmsg(fd, message, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// getsockname or getpeername of an IPv4 socket; nil when it fails (not connected, say).
+    static func address(of fd: Int32, peer: Bool) -> SocketAddress? {
+        var sin = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let r = withUnsafeMutablePointer(to: &sin) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                try? complete(peer ? "getpeername" : "getsockname") {
+                    Int(peer ? getpeername(fd, sa, &len) : getsockname(fd, sa, &len))
+                }
+            }
+        }
+        return r == nil ? nil : SocketAddress(sin)
     }
 
     static func ignoreSIGPIPE() { sy_ignore_sigpipe() }

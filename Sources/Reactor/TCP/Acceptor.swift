@@ -14,6 +14,7 @@ final class Acceptor: EventHandler, @unchecked Sendable {
     let fd: Int32
     unowned let loop: EventLoop
     let logger: Logger
+    // @exclusivity(unchecked): the acceptor's state is touched on its loop only, never across a reentrant call.
     @exclusivity(unchecked) private var reserveFD: Int32
     @exclusivity(unchecked) private var listening = false
     @exclusivity(unchecked) private var pausedTimer: TimerHandle?
@@ -22,13 +23,12 @@ final class Acceptor: EventHandler, @unchecked Sendable {
 
     init(address: SocketAddress, backlog: Int32, reusePort: Bool, loop: EventLoop, logger: Logger,
          onAccept: @escaping (Int32, SocketAddress) -> Void) throws {
-        let fd = try Posix.socket(domain: AF_INET, type: Int32(SOCK_STREAM.rawValue))
+        let fd = try Posix.socket(domain: AF_INET, type: Int32(Glibc.SOCK_STREAM.rawValue))
         do {
             try Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
             if reusePort { try Posix.setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1) }
-            let r = address.withSockaddr { bind(fd, $0, $1) }
-            if r < 0 { throw IOError(errnoCode: errno, call: "bind \(address)") }
-            if Glibc.listen(fd, backlog) < 0 { throw IOError(errnoCode: errno, call: "listen") }
+            try Posix.bind(fd, to: address)
+            try Posix.listen(fd, backlog: backlog)
         } catch {
             Posix.close(fd)
             throw error
@@ -42,14 +42,16 @@ final class Acceptor: EventHandler, @unchecked Sendable {
 
     var localAddress: SocketAddress? { SocketAddress.local(of: fd) }
 
-    /// Loop thread only.
+    /// Starts watching the listener. Loop thread only.
     func startListening() throws {
+        loop.assertInLoopThread()
         try loop.register(fd: fd, interest: .read, handler: self)
         listening = true
     }
 
-    /// Stops accepting and closes the listening socket. Loop thread only.
+    /// Stops accepting and closes the listening socket. Loop thread only, or any thread once the loop has stopped.
     func close() {
+        loop.assertInLoopThreadOrStopped()
         pausedTimer?.cancel()
         pausedTimer = nil
         if listening { loop.unregister(fd: fd) }
@@ -59,7 +61,9 @@ final class Acceptor: EventHandler, @unchecked Sendable {
         reserveFD = -1
     }
 
+    /// Accepts what is pending. Loop thread only.
     func handleEvents(_ events: UInt32) {
+        loop.assertInLoopThread()
         // A bounded batch per wakeup keeps the acceptor from starving its own loop's other work.
         for _ in 0..<64 {
             var sin = sockaddr_in()

@@ -51,7 +51,7 @@ public final class TCPClient: @unchecked Sendable {
     private let current = Mutex<TCPConnection?>(nil)
     private let attemptCounter = Atomic<Int>(0)
 
-    // Loop thread only.
+    // Loop thread only. @exclusivity(unchecked): one thread, and no access spans a call that reaches these again.
     @exclusivity(unchecked) private var wantConnected = false
     @exclusivity(unchecked) private var pending: PendingConnect?
     @exclusivity(unchecked) private var retryTimer: TimerHandle?
@@ -108,17 +108,23 @@ public final class TCPClient: @unchecked Sendable {
         attemptCounter.wrappingAdd(1, ordering: .relaxed)
         let fd: Int32
         do {
-            fd = try Posix.socket(domain: AF_INET, type: Int32(SOCK_STREAM.rawValue))
+            fd = try Posix.socket(domain: AF_INET, type: Int32(Glibc.SOCK_STREAM.rawValue))
         } catch {
             failed(error)
             return
         }
-        let r = address.withSockaddr { Glibc.connect(fd, $0, $1) }
-        let err = r == 0 ? 0 : errno
-        switch err {
-        case 0:
+        let started: IOResult<Void>
+        do {
+            started = try Posix.connect(fd, to: address)
+        } catch {
+            Posix.close(fd)
+            failed(error)
+            return
+        }
+        switch started {
+        case .processed:
             established(fd)
-        case EINPROGRESS, EINTR:
+        case .wouldBlock:
             let p = PendingConnect(fd: fd, client: self)
             do {
                 try loop.register(fd: fd, interest: .write, handler: p)
@@ -134,9 +140,6 @@ public final class TCPClient: @unchecked Sendable {
                 pending = nil
                 failed(ReactorError.connectTimeout)
             }
-        default:
-            Posix.close(fd)
-            failed(IOError(errnoCode: err, call: "connect \(address)"))
         }
     }
 
@@ -203,6 +206,7 @@ public final class TCPClient: @unchecked Sendable {
 private final class PendingConnect: EventHandler {
     let fd: Int32
     unowned let client: TCPClient
+    // @exclusivity(unchecked): set and read on the client's loop only, by short accesses.
     @exclusivity(unchecked) var timer: TimerHandle?
     init(fd: Int32, client: TCPClient) {
         self.fd = fd

@@ -8,24 +8,16 @@ import Synchronization
 /// One TCP connection, bound to one loop.
 ///
 /// Loop thread only, except where a member says "Safe to call from any thread" (`send(_: [UInt8])`, `close()`,
-/// `forceClose()`, the identity properties). Reads land in the loop's scratch area; an unconsumed tail moves into a
-/// pooled chunk owned by the connection, so an idle connection holds no buffer. Writes go straight to the socket
-/// when nothing is queued; only the remainder is queued. When the queue reaches the high-water mark the connection
-/// stops reading from the peer until it drains to the low mark.
+/// `forceClose()`, the identity properties). The loop-only methods that have an any-thread counterpart say so in
+/// their names (`sendInLoop`), so which overload a call picks never decides its thread contract.
+///
+/// Reads land in the loop's scratch area; an unconsumed tail moves into a pooled chunk owned by the connection, so
+/// an idle connection holds no buffer. Writes go straight to the socket when nothing is queued; only the remainder
+/// is queued. When the queue reaches the high-water mark the connection stops reading from the peer until it drains
+/// to the low mark. How it closes is `ConnectionStateMachine`'s to decide.
 public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStringConvertible {
     // @unchecked Sendable: the mutable state is touched only on `loop`'s thread; the methods callable from other
     // threads hop there with `loop.execute`.
-
-    /// Connection state, muduo style.
-    enum State {
-        case connecting
-        case connected
-        /// Flushing queued output before closing; reading stopped. `peerClosed`: the peer's FIN arrived.
-        case closingAfterFlush(peerClosed: Bool)
-        /// Output flushed and our FIN sent; discarding input until the peer's FIN (or the linger timeout).
-        case lingering
-        case closed
-    }
 
     /// Unique within the process.
     public let id: UInt64
@@ -36,6 +28,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     let callbacks: ConnectionCallbacks
     let options: ConnectionOptions
 
+    // @exclusivity(unchecked): every such property below is loop thread only, and no access is held across a callback.
     /// Free slot for the application (a session, a user id). Loop thread only.
     @exclusivity(unchecked) public var context: Any?
     /// Slot for the framework's own per-connection state (the messaging layer's session). Loop thread only.
@@ -60,14 +53,13 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     /// When the application last sent (the loop's `wakeTime`, monotonic ns). Loop thread only.
     @exclusivity(unchecked) public private(set) var lastSendTime: UInt64 = 0
 
-    @exclusivity(unchecked) var state = State.connecting
+    /// Connecting, connected, closing, closed: the transitions and what each one takes.
+    @exclusivity(unchecked) var machine = ConnectionStateMachine()
     @exclusivity(unchecked) private var interest: IOInterest = .none
     @exclusivity(unchecked) private var input: Chunk?
     @exclusivity(unchecked) private var inStart = 0
     @exclusivity(unchecked) private var inEnd = 0
     @exclusivity(unchecked) private var output = OutputQueue()
-    @exclusivity(unchecked) private var dispatching = false
-    @exclusivity(unchecked) private var closePendingAfterDispatch = false
     @exclusivity(unchecked) private var lingerTimer: TimerHandle?
     /// Called after `onClose` by the owner (server registry, client reconnect). Loop thread only.
     @exclusivity(unchecked) var onClosedByOwner: ((TCPConnection) -> Void)?
@@ -91,10 +83,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     public var description: String { "connection \(id) \(peerAddress) -> \(localAddress)" }
 
     /// True until the connection starts closing. Loop thread only.
-    public var isActive: Bool {
-        if case .connected = state { return true }
-        return false
-    }
+    public var isActive: Bool { machine.isConnected }
 
     /// Registers with the loop and fires `onConnect`. Loop thread only. On failure (select's descriptor limit,
     /// for instance) the descriptor is closed, no callback fires, and the error is thrown.
@@ -104,12 +93,12 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         do {
             try loop.register(fd: fd, interest: .read, handler: self)
         } catch {
-            state = .closed
+            machine.registrationFailed()
             Posix.close(fd)
             throw error
         }
         interest = .read
-        state = .connected
+        machine.registered()
         lastReceiveTime = loop.wakeTime
         lastSendTime = loop.wakeTime
         callbacks.onConnect(self)
@@ -117,8 +106,10 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
 
     // MARK: Events
 
+    /// Handles readiness. Loop thread only.
     func handleEvents(_ bits: UInt32) {
-        if case .closed = state { return }
+        loop.assertInLoopThread()
+        if machine.isClosed { return }
         if bits & PollBits.error != 0 {
             let err = Posix.socketError(fd)
             closeNow(reason: err != 0 ? IOError(errnoCode: err, call: "socket") : nil)
@@ -130,10 +121,10 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
             // Both directions are down and we are not reading: nothing more can be delivered.
             if output.isEmpty { closeNow(reason: nil); return }
             handleWrite()
-            if case .closed = state { return }
+            if machine.isClosed { return }
             if !output.isEmpty { closeNow(reason: nil); return }
         }
-        if case .closed = state { return }
+        if machine.isClosed { return }
         if bits & PollBits.write != 0 && interest.contains(.write) {
             handleWrite()
         }
@@ -142,11 +133,11 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     private func handleRead() {
         var rounds = 0
         while true {
-            if case .lingering = state {
+            if machine.isLingering {
                 drainWhileLingering()
                 return
             }
-            guard case .connected = state, !isReadingPaused, isReadingEnabled else { return }
+            guard machine.isConnected, !isReadingPaused, isReadingEnabled else { return }
             // Never read more than the output queue could still take, so an echoing peer cannot push the queue
             // past the high-water mark.
             let limit = output.isEmpty ? Int.max : max(1, options.highWaterMark - output.bytes)
@@ -174,16 +165,16 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
             lastReceiveTime = loop.wakeTime
             if input == nil {
                 let consumed = dispatch(UnsafeRawPointer(loop.scratch.baseAddress!), n)
-                guard case .connected = state else { continue }  // closing: unconsumed input is moot
+                guard machine.isConnected else { continue }  // closing: unconsumed input is moot
                 if consumed < n {
                     keepTail(loop.scratch.baseAddress! + consumed, n - consumed)
-                    if case .closed = state { return }
+                    if machine.isClosed { return }
                 }
             } else {
                 inEnd += n
                 let consumed = dispatch(UnsafeRawPointer(input!.base + inStart), inEnd - inStart)
-                guard case .connected = state else {
-                    if case .closed = state { return }
+                guard machine.isConnected else {
+                    if machine.isClosed { return }
                     releaseInput()
                     continue
                 }
@@ -203,13 +194,10 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     @inline(__always)
     private func dispatch(_ base: UnsafeRawPointer, _ count: Int) -> Int {
         var view = InboundBytes(base: base, count: count)
-        dispatching = true
+        machine.beginDispatch()
         callbacks.onData(self, &view)
-        dispatching = false
-        if closePendingAfterDispatch {
-            closePendingAfterDispatch = false
-            closeNow(reason: closeReason)
-        }
+        // A close asked for during the callback happens now (its reason is recorded already).
+        perform(machine.endDispatch())
         return view.readerIndex
     }
 
@@ -251,14 +239,9 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         inEnd = 0
     }
 
+    /// The peer's FIN. Half-close: the peer will send no more, but what we queued for it is still delivered.
     private func handlePeerClosed() {
-        if output.isEmpty {
-            closeNow(reason: nil)
-        } else {
-            // Half-close: the peer will send no more, but what we queued for it is still delivered.
-            state = .closingAfterFlush(peerClosed: true)
-            setInterest(.write)
-        }
+        perform(machine.peerClosed(outputEmpty: output.isEmpty))
     }
 
     private func handleWrite() {
@@ -272,17 +255,15 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
             }
         }
         if output.isEmpty {
-            switch state {
-            case .closingAfterFlush(let peerClosed):
-                if peerClosed { closeNow(reason: nil) } else { startLingering() }
+            if machine.isClosingAfterFlush {
+                perform(machine.outputDrained())
                 return
-            default:
-                if interest.contains(.write) { setInterest(interest.subtracting(.write)) }
             }
+            if interest.contains(.write) { setInterest(interest.subtracting(.write)) }
         }
         if isReadingPaused && output.bytes <= options.lowWaterMark {
             isReadingPaused = false
-            if case .connected = state, isReadingEnabled { setInterest(interest.union(.read)) }
+            if machine.isConnected, isReadingEnabled { setInterest(interest.union(.read)) }
         }
     }
 
@@ -299,17 +280,17 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     @discardableResult
     public func send(_ bytes: [UInt8]) -> Bool {
         if loop.inLoopThread {
-            return bytes.withUnsafeBytes { send($0) }
+            return bytes.withUnsafeBytes { sendInLoop($0) }
         }
-        loop.execute { [self] in _ = bytes.withUnsafeBytes { send($0) } }
+        loop.execute { [self] in _ = bytes.withUnsafeBytes { sendInLoop($0) } }
         return true
     }
 
     /// Sends bytes. Loop thread only. The bytes are copied if the socket does not take them at once.
     @discardableResult
-    public func send(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    public func sendInLoop(_ bytes: UnsafeRawBufferPointer) -> Bool {
         loop.assertInLoopThread()
-        guard case .connected = state else { return false }
+        guard machine.isConnected else { return false }
         if bytes.count == 0 { return true }
         lastSendTime = loop.wakeTime
         var written = 0
@@ -328,11 +309,11 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
 
     /// Sends two pieces (a header and a body) as one write when possible. Loop thread only.
     @discardableResult
-    public func send(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) -> Bool {
+    public func sendInLoop(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) -> Bool {
         loop.assertInLoopThread()
-        guard case .connected = state else { return false }
-        if second.count == 0 { return send(first) }
-        if first.count == 0 { return send(second) }
+        guard machine.isConnected else { return false }
+        if second.count == 0 { return sendInLoop(first) }
+        if first.count == 0 { return sendInLoop(second) }
         lastSendTime = loop.wakeTime
         var written = 0
         if output.isEmpty {
@@ -382,7 +363,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         loop.assertInLoopThread()
         guard enabled != isReadingEnabled else { return }
         isReadingEnabled = enabled
-        guard case .connected = state else { return }
+        guard machine.isConnected else { return }
         if enabled && !isReadingPaused {
             setInterest(interest.union(.read))
         } else if !enabled {
@@ -390,14 +371,10 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         }
     }
 
+    /// A write failed: close at once, or (during the data callback) send no more and close when it returns.
     private func failWrite(_ error: Error) {
-        if dispatching {
-            closeReason = error
-            closePendingAfterDispatch = true
-            state = .closingAfterFlush(peerClosed: true)  // no more sends; closed once the callback returns
-        } else {
-            closeNow(reason: error)
-        }
+        if !machine.isClosed { closeReason = error }
+        perform(machine.abort())
     }
 
     // MARK: Closing
@@ -410,30 +387,30 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
 
     /// Closes at once, discarding queued output. Safe to call from any thread.
     public func forceClose() {
-        loop.executeInLoop { [self] in
-            if dispatching {
-                closePendingAfterDispatch = true
-                state = .closingAfterFlush(peerClosed: true)
-            } else {
-                closeNow(reason: nil)
-            }
-        }
+        loop.executeInLoop { [self] in perform(machine.abort()) }
     }
 
+    /// `close()` on the loop. Loop thread only.
     func closeGracefullyInLoop() {
-        guard case .connected = state else { return }
-        state = .closingAfterFlush(peerClosed: false)
-        if output.isEmpty {
-            startLingering()
-        } else {
-            setInterest(.write)
+        loop.assertInLoopThread()
+        perform(machine.closeGracefully(outputEmpty: output.isEmpty))
+    }
+
+    /// Does what the state machine asked for.
+    @inline(__always)
+    private func perform(_ action: ConnectionStateMachine.Action) {
+        switch action {
+        case .none: break
+        case .flush: setInterest(.write)
+        case .halfClose: startLingering()
+        case .close: tearDown()
         }
     }
 
+    /// Our FIN, then wait (bounded) for the peer's; the machine is lingering already.
     private func startLingering() {
-        _ = shutdown(fd, Int32(SHUT_WR))
-        state = .lingering
-        if input != nil && !dispatching { releaseInput() }
+        try? Posix.shutdown(fd, Int32(SHUT_WR))  // fails only when the peer is gone, which the read that follows sees
+        if input != nil && !machine.isDispatching { releaseInput() }
         setInterest(.read)
         lingerTimer = loop.schedule(after: options.lingerTimeout) { [self] in
             lingerTimer = nil
@@ -458,16 +435,16 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         }
     }
 
-    /// Closes now, exactly once: unregister, close the descriptor, return the buffers, fire `onClose`.
+    /// Closes now (or, during the data callback, when it returns), exactly once. Loop thread only.
     func closeNow(reason: Error?) {
-        if case .closed = state { return }
-        if dispatching {
-            closeReason = reason ?? closeReason
-            closePendingAfterDispatch = true
-            return
-        }
-        state = .closed
-        if reason != nil { closeReason = reason }
+        loop.assertInLoopThread()
+        if machine.isClosed { return }
+        closeReason = reason ?? closeReason
+        perform(machine.closeNow())
+    }
+
+    /// What `.close` takes: unregister, close the descriptor, return the buffers, fire `onClose`. Once.
+    private func tearDown() {
         lingerTimer?.cancel()
         lingerTimer = nil
         loop.unregister(fd: fd)

@@ -72,14 +72,15 @@ public final class TCPServer: @unchecked Sendable {
         // Released without shutdown() (open connections keep a server alive, so there are none): stop listening,
         // or the loop would keep accepting for a server that is gone.
         guard let acceptor else { return }
-        let box = UncheckedBox(acceptor)
-        group.acceptorLoop.executeOrRunIfStopped { box.value.close() }
+        let bound = LoopBound(acceptor, loop: group.acceptorLoop)
+        group.acceptorLoop.executeOrRunIfStopped { bound.value.close() }
     }
 
     /// Binds, listens and starts accepting. Returns the bound address (with the kernel's port when 0 was asked).
     /// Call from any thread but the group's own loops.
     @discardableResult
     public func start() throws -> SocketAddress {
+        try configuration.validate()
         if started.exchange(true, ordering: .acquiringAndReleasing) { throw ReactorError.alreadyStarted }
         let address = try SocketAddress(host: configuration.host, port: configuration.port)
         let loop = group.acceptorLoop
@@ -93,13 +94,13 @@ public final class TCPServer: @unchecked Sendable {
         let bound = acceptor.localAddress ?? address
         let result = Mutex<Error?>(nil)
         let done = DispatchSemaphore(value: 0)
-        let box = UncheckedBox(acceptor)
+        let handedOver = LoopBound(acceptor, loop: loop)
         loop.executeInLoop { [self] in
             do {
-                try box.value.startListening()
-                self.acceptor = box.value
+                try handedOver.value.startListening()
+                self.acceptor = handedOver.value
             } catch {
-                box.value.close()
+                handedOver.value.close()
                 result.withLock { $0 = error }
             }
             done.signal()
@@ -190,9 +191,9 @@ public final class TCPServer: @unchecked Sendable {
     public func broadcast(_ bytes: [UInt8]) {
         let byLoop = registry.withLock { reg in Dictionary(grouping: reg.values, by: { ObjectIdentifier($0.loop) }) }
         for conns in byLoop.values {
-            let list = UncheckedBox(conns)
-            conns[0].loop.execute {
-                bytes.withUnsafeBytes { raw in for c in list.value { c.send(raw) } }
+            let list = LoopBound(conns, loop: conns[0].loop)
+            list.loop.execute {
+                bytes.withUnsafeBytes { raw in for c in list.value { c.sendInLoop(raw) } }
             }
         }
     }
@@ -257,11 +258,4 @@ public final class TCPServer: @unchecked Sendable {
     private func connections(on loop: EventLoop) -> [TCPConnection] {
         registry.withLock { $0.values.filter { $0.loop === loop } }
     }
-}
-
-/// Carries a non-Sendable value into a task that runs on the loop owning it.
-struct UncheckedBox<T>: @unchecked Sendable {
-    // @unchecked Sendable: used only to move a value to the one loop thread that touches it from then on.
-    let value: T
-    init(_ value: T) { self.value = value }
 }

@@ -4,7 +4,8 @@ import Glibc
 import Dispatch
 import Synchronization
 
-/// A UDP socket on a loop: datagrams in through a handler, datagrams out with `send(_:to:)`.
+/// A UDP socket on a loop: datagrams in through a handler, datagrams out with `send(_:to:)` (any thread) or
+/// `sendInLoop(_:to:)` (loop thread, no copy).
 ///
 /// Used for servers (bound to a known port) and clients (bound to port 0). Each datagram is handed to the
 /// handler straight from the loop's scratch area, with its sender, so a reply goes to the address that sent that
@@ -19,6 +20,7 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
     public let localAddress: SocketAddress
     let fd: Int32
     private let handler: Handler
+    // @exclusivity(unchecked): read and written on the loop thread only, never across a reentrant call.
     @exclusivity(unchecked) private var isOpen = true
     private let receivedCount = Atomic<Int>(0)
     private let sentCount = Atomic<Int>(0)
@@ -36,8 +38,7 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
         do {
             // No SO_REUSEADDR: UDP has no TIME_WAIT to step over, and on Linux it would let a second socket bind
             // a port in use and silently take its datagrams. A busy port is an error (EADDRINUSE).
-            let r = address.withSockaddr { bind(fd, $0, $1) }
-            if r < 0 { throw IOError(errnoCode: errno, call: "bind udp \(address)") }
+            try Posix.bind(fd, to: address, label: "bind udp")
             // Room for bursts of requests between two loop iterations.
             try? Posix.setOption(fd, SOL_SOCKET, SO_RCVBUF, 4 << 20)
         } catch {
@@ -67,42 +68,36 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
     /// Sends the kernel refused (full socket buffer, unreachable peer): UDP drops them.
     public var failedSends: Int { sendFailures.load(ordering: .relaxed) }
 
+    /// Reads and dispatches what is pending. Loop thread only.
     func handleEvents(_ events: UInt32) {
+        loop.assertInLoopThread()
         // A bounded batch per wakeup, so one busy socket cannot starve the loop's other descriptors.
         let scratch = loop.scratch
         for _ in 0..<64 {
             guard isOpen else { return }
-            var sin = sockaddr_in()
-            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let n = withUnsafeMutablePointer(to: &sin) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    recvfrom(fd, scratch.baseAddress!, scratch.count, Int32(MSG_TRUNC), $0, &len)
-                }
-            }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return  // EAGAIN, or an ICMP error reported on the socket: nothing more to read now
-            }
+            // EAGAIN, or an ICMP error reported on the socket: nothing more to read now.
+            guard case .processed(let (n, sender))? = try? Posix.receiveDatagram(fd, into: scratch) else { return }
             receivedCount.wrappingAdd(1, ordering: .relaxed)
             if n > scratch.count {
                 truncatedCount.wrappingAdd(1, ordering: .relaxed)
                 continue
             }
-            handler(self, UnsafeRawBufferPointer(start: scratch.baseAddress!, count: n), SocketAddress(sin))
+            handler(self, UnsafeRawBufferPointer(start: scratch.baseAddress!, count: n), sender)
         }
     }
 
     /// Sends one datagram. Loop thread only. False if the kernel refused it (it is dropped, and counted).
     @discardableResult
-    public func send(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress) -> Bool {
-        send(bytes, UnsafeRawBufferPointer(start: nil, count: 0), to: address)
+    public func sendInLoop(_ bytes: UnsafeRawBufferPointer, to address: SocketAddress) -> Bool {
+        sendInLoop(bytes, UnsafeRawBufferPointer(start: nil, count: 0), to: address)
     }
 
     /// Sends one datagram made of two pieces (a header and a body). Loop thread only.
     @discardableResult
-    public func send(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer, to address: SocketAddress)
-        -> Bool
-    {
+    public func sendInLoop(
+        _ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer, to address: SocketAddress
+    ) -> Bool {
+        loop.assertInLoopThread()
         guard isOpen else { return false }
         var sin = address.sockaddrIn
         var iov = (
@@ -116,12 +111,10 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
                 msg.msg_namelen = socklen_t(MemoryLayout<sockaddr_in>.size)
                 msg.msg_iov = iovRaw.baseAddress!.assumingMemoryBound(to: iovec.self)
                 msg.msg_iovlen = second.count > 0 ? 2 : 1
-                var r: Int
-                repeat { r = sendmsg(fd, &msg, Int32(MSG_NOSIGNAL)) } while r < 0 && errno == EINTR
-                return r
+                return (try? Posix.sendMessage(fd, &msg)) ?? .wouldBlock
             }
         }
-        if n < 0 {
+        guard case .processed = n else {
             sendFailures.wrappingAdd(1, ordering: .relaxed)
             return false
         }
@@ -131,7 +124,7 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
 
     /// Sends one datagram. Safe to call from any thread.
     public func send(_ bytes: [UInt8], to address: SocketAddress) {
-        loop.executeInLoop { [self] in bytes.withUnsafeBytes { _ = send($0, to: address) } }
+        loop.executeInLoop { [self] in bytes.withUnsafeBytes { _ = sendInLoop($0, to: address) } }
     }
 
     /// Stops receiving and closes the socket. Safe to call from any thread.
@@ -148,15 +141,14 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
 extension EventLoop {
     /// Runs `body` on the loop and waits for it; runs it inline on the loop's own thread. Must not be called from
     /// another loop that this one is waiting on. Throws `ReactorError.loopStopped` when the loop has returned from
-    /// `run()`.
-    func submitAndWait<T>(_ body: @escaping () throws -> T) throws -> T {
+    /// `run()`. The result crosses back to the waiting thread through a Mutex.
+    func submitAndWait<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
         if inLoopThread { return try body() }
         let result = Mutex<Result<T, Error>?>(nil)
         let done = DispatchSemaphore(value: 0)
-        let box = UncheckedBox(body)
         let queued = enqueue {
-            let r = Result { try box.value() }
-            result.withLock { $0 = UncheckedBox(r).value }
+            let r = Result { try body() }
+            result.withLock { $0 = r }
             done.signal()
         }
         guard queued else { throw ReactorError.loopStopped }

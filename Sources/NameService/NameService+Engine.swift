@@ -1,0 +1,311 @@
+import LarsProtocol
+import LoadBalancing
+import Logging
+import Messaging
+import Metrics
+import Reactor
+import RouteStore
+import Storage
+import Synchronization
+
+extension NameService {
+    /// The shell around ``NameServiceCore``: the lock, the connections, the sends, the rebuilds, the database
+    /// polling and the expiry ticks. Handlers call it on their loop; the polling, expiry and rebuild loops run as
+    /// child tasks of ``NameService/run()``.
+    final class Engine: Sendable {
+        struct Shared {
+            var core: NameServiceCore
+            /// The connections the core knows by id (those that sent a request), for performing its sends.
+            var connections: [UInt64: TCPConnection] = [:]
+            /// A snapshot is being built (by one caller; the others leave the core marked stale and wait).
+            var rebuilding = false
+            var rebuildWaiters: [CheckedContinuation<Void, Never>] = []
+        }
+
+        /// An action with its connection looked up (under the lock).
+        enum Resolved {
+            case send(TCPConnection, MessageID, [UInt8])
+            case push(TCPConnection, RouteKey)
+            case rebuild
+            case log(NameServiceCore.Event, TCPConnection?)
+        }
+
+        let pool: ConnectionPool
+        let configuration: NameServiceConfiguration
+        let logger: Logger
+        let state: Mutex<Shared>
+        let failedPolls = Atomic<Int>(0)
+        let reachable = Atomic<Bool>(true)
+        let metrics = Metrics()
+        /// Wakes the rebuild loop; a burst of registrations leaves one wake-up (newest kept).
+        let rebuildSignal: AsyncStream<Void>
+        let rebuildRequests: AsyncStream<Void>.Continuation
+
+        /// swift-metrics instruments (no-ops until the executable bootstraps a backend).
+        struct Metrics: Sendable {
+            static let dimensions = [("service", "names")]
+            let requests = Counter(label: "switchyard_names_requests_total", dimensions: dimensions)
+            let pushes = Counter(label: "switchyard_names_pushes_total", dimensions: dimensions)
+            let reloads = Counter(label: "switchyard_names_reloads_total", dimensions: dimensions)
+            let failedPolls = Counter(label: "switchyard_names_failed_polls_total", dimensions: dimensions)
+            let subscriptions = Gauge(label: "switchyard_names_subscriptions", dimensions: dimensions)
+            let registrations = Gauge(label: "switchyard_names_registrations", dimensions: dimensions)
+        }
+
+        init(pool: ConnectionPool, configuration: NameServiceConfiguration, logger: Logger) {
+            self.pool = pool
+            self.configuration = configuration
+            self.logger = logger
+            state = Mutex(Shared(core: NameServiceCore(limits: NameServiceCore.Limits(configuration))))
+            (rebuildSignal, rebuildRequests) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        }
+
+        var snapshot: RouteSnapshot { state.withLock { $0.core.snapshot } }
+
+        var statistics: NameServiceStatistics {
+            var statistics = state.withLock { s in
+                NameServiceStatistics(
+                    requests: s.core.requests, pushes: s.core.pushes, reloads: s.core.reloads, failedPolls: 0,
+                    version: s.core.snapshot.version, subscriptions: s.core.subscriptionCount, databaseReachable: true)
+            }
+            statistics.failedPolls = failedPolls.load(ordering: .relaxed)
+            statistics.databaseReachable = reachable.load(ordering: .relaxed)
+            return statistics
+        }
+
+        // MARK: Handlers (loop threads)
+
+        /// Answers a GetRouteRequest. Loop thread of `connection`.
+        func getRoute(_ request: Lars_GetRouteRequest, on connection: TCPConnection) {
+            let key = RouteKey(modid: request.modid, cmdid: request.cmdid)
+            metrics.requests.increment()
+            let (actions, subscriptions) = state.withLock { s in
+                s.connections[connection.id] = connection
+                let before = s.core.subscriptionCount
+                let actions = resolve(s.core.getRoute(key, from: connection.id), in: s)
+                return (actions, s.core.subscriptionCount == before ? nil : s.core.subscriptionCount)
+            }
+            if let subscriptions { metrics.subscriptions.record(subscriptions) }
+            perform(actions)
+        }
+
+        /// A server registering itself (or taking its registration back). Loop thread of `connection`.
+        func register(_ request: Switchyard_Lb_RegisterHostRequest, on connection: TCPConnection) {
+            let now = ContinuousClock.now
+            let (actions, registrations) = state.withLock { s in
+                s.connections[connection.id] = connection
+                let actions = resolve(s.core.register(request, from: connection.id, now: now), in: s)
+                return (actions, s.core.registrationCount)
+            }
+            metrics.registrations.record(registrations)
+            perform(actions)
+        }
+
+        /// Forgets a closed connection. Loop thread of `connection`.
+        func connectionClosed(_ connection: TCPConnection) {
+            let subscriptions = state.withLock { s -> Int? in
+                guard s.connections.removeValue(forKey: connection.id) != nil else { return nil }
+                s.core.connectionClosed(connection.id)
+                return s.core.subscriptionCount
+            }
+            if let subscriptions { metrics.subscriptions.record(subscriptions) }
+        }
+
+        // MARK: Performing the core's actions
+
+        /// Looks up the connections of `actions` (under the lock); actions for connections gone are dropped.
+        private func resolve(_ actions: [NameServiceCore.Action], in s: Shared) -> [Resolved] {
+            actions.compactMap { action in
+                switch action {
+                case .send(let id, let messageID, let body): s.connections[id].map { .send($0, messageID, body) }
+                case .push(let id, let key): s.connections[id].map { .push($0, key) }
+                case .rebuild: .rebuild
+                case .log(let event):
+                    switch event {
+                    case .subscriptionLimitReached(let id, _), .registrationRefused(let id, _):
+                        .log(event, s.connections[id])
+                    default: .log(event, nil)
+                    }
+                }
+            }
+        }
+
+        /// Performs resolved actions, after the lock is released. Any thread.
+        private func perform(_ actions: [Resolved]) {
+            var pushes = 0
+            for action in actions {
+                switch action {
+                case .send(let connection, let id, let body):
+                    connection.sendFrame(messageID: id.rawValue, body: body)
+                case .push(let connection, let key):
+                    // Encodes nothing here: the route as the snapshot has it when the loop gets to it, so a push
+                    // handed over after another can never carry an older body.
+                    connection.loop.execute { [self] in
+                        let body = snapshot.responseBody(for: key)
+                        body.withUnsafeBytes {
+                            _ = connection.sendFrame(messageID: MessageID.getRouteResponse.rawValue, body: $0)
+                        }
+                    }
+                    pushes += 1
+                case .rebuild:
+                    rebuildRequests.yield()
+                case .log(let event, let connection):
+                    log(event, peer: connection?.peerAddress)
+                }
+            }
+            if pushes > 0 { metrics.pushes.increment(by: pushes) }
+        }
+
+        /// Everything here is a peer's doing (or its timer's): info at most.
+        private func log(_ event: NameServiceCore.Event, peer: SocketAddress?) {
+            let peer = peer.map { "\($0)" } ?? "gone"
+            switch event {
+            case .subscriptionLimitReached(let connection, let limit):
+                logger.info("subscription limit of a connection reached; further routes are answered, not pushed",
+                            metadata: ["peer.address": "\(peer)", "connection.id": "\(connection)",
+                                       "subscription.limit": "\(limit)"])
+            case .registered(let key, let host, let ttlMs):
+                logger.info("host registered", metadata: [
+                    "route.key": "\(key)", "host.address": "\(host)", "registration.ttl_ms": "\(ttlMs)"])
+            case .deregistered(let key, let host):
+                logger.info("host deregistered", metadata: ["route.key": "\(key)", "host.address": "\(host)"])
+            case .registrationRefused(let connection, let reason):
+                logger.info("registration refused", metadata: [
+                    "peer.address": "\(peer)", "connection.id": "\(connection)", "registration.reason": "\(reason)"])
+            case .registrationExpired(let key, let host):
+                logger.info("host registration ran out", metadata: ["route.key": "\(key)", "host.address": "\(host)"])
+            }
+        }
+
+        // MARK: Rebuilding the snapshot
+
+        /// Brings the served snapshot up to date with every change made before the call, and pushes what changed.
+        /// One caller builds at a time, outside the lock; a caller that finds a build running waits for it, and the
+        /// builder goes on until nothing is stale, so its change is in when it returns.
+        func rebuild() async {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let build = state.withLock { s -> Bool in
+                    if s.rebuilding {
+                        s.rebuildWaiters.append(continuation)
+                        return false
+                    }
+                    s.rebuilding = true
+                    return true
+                }
+                guard build else { return }
+                buildUntilCurrent()
+                continuation.resume()
+            }
+        }
+
+        private func buildUntilCurrent() {
+            while true {
+                let job = state.withLock { s -> (NameServiceCore.Rebuild?, [CheckedContinuation<Void, Never>]) in
+                    if let rebuild = s.core.takeRebuild() { return (rebuild, []) }
+                    s.rebuilding = false
+                    defer { s.rebuildWaiters = [] }
+                    return (nil, s.rebuildWaiters)
+                }
+                guard let rebuild = job.0 else {
+                    for waiter in job.1 { waiter.resume() }
+                    return
+                }
+                let fresh = rebuild.build()
+                let actions = state.withLock { s in resolve(s.core.install(fresh, from: rebuild), in: s) }
+                perform(actions)
+            }
+        }
+
+        /// Rebuilds whenever a handler asks for it (registrations), until cancelled.
+        func runRebuilds() async {
+            for await _ in rebuildSignal {
+                await rebuild()
+            }
+        }
+
+        /// Drops registrations whose time ran out, every 100 ms, until cancelled.
+        func runExpiry() async {
+            while !Task.isCancelled {
+                do {
+                    try await Task.sleep(for: .milliseconds(100))
+                } catch {
+                    return
+                }
+                let now = ContinuousClock.now
+                let (actions, registrations) = state.withLock { s in
+                    (resolve(s.core.tick(now: now), in: s), s.core.registrationCount)
+                }
+                guard !actions.isEmpty else { continue }
+                metrics.registrations.record(registrations)
+                perform(actions)
+            }
+        }
+
+        // MARK: The database
+
+        /// Polls RouteVersion until cancelled; see ``NameService``.
+        func runPolling() async {
+            var lastVersion: Int64?
+            var lastFullReload = ContinuousClock.now
+            var outageStart: ContinuousClock.Instant?
+            while !Task.isCancelled {
+                do {
+                    let version = try await RouteAdmin.currentVersion(on: pool)
+                    let now = ContinuousClock.now
+                    let full = now - lastFullReload >= configuration.fullReloadInterval
+                    if version != lastVersion || full {
+                        try await reload(since: lastVersion.flatMap { $0 == version ? nil : $0 }, version: version)
+                        lastVersion = version
+                        lastFullReload = now
+                    }
+                    if let start = outageStart {
+                        outageStart = nil
+                        reachable.store(true, ordering: .relaxed)
+                        logger.info("name service: database reachable again, routes reloaded", metadata: [
+                            "outage.seconds": "\((ContinuousClock.now - start).components.seconds)",
+                            "route.version": "\(version)",
+                        ])
+                    }
+                } catch {
+                    if Task.isCancelled { break }
+                    failedPolls.wrappingAdd(1, ordering: .relaxed)
+                    metrics.failedPolls.increment()
+                    if outageStart == nil {
+                        outageStart = .now
+                        reachable.store(false, ordering: .relaxed)
+                        logger.info("name service: database unreachable, serving the last routes", metadata: [
+                            "error.description": "\(error)", "route.version": "\(snapshot.version)",
+                        ])
+                    }
+                }
+                do {
+                    try await Task.sleep(for: configuration.pollInterval)
+                } catch {
+                    break
+                }
+            }
+        }
+
+        /// Loads RouteData, rebuilds the snapshot and pushes every route that changed: those named by RouteChange
+        /// rows after `since` (when given) and those whose hosts differ from the previous snapshot.
+        func reload(since lastVersion: Int64?, version given: Int64? = nil) async throws {
+            let version: Int64
+            if let given { version = given } else { version = try await RouteAdmin.currentVersion(on: pool) }
+            var changed: Set<RouteKey> = []
+            if let lastVersion {
+                let rows = try await pool.query(
+                    "SELECT DISTINCT modid, cmdid FROM RouteChange WHERE version > ? AND version <= ?",
+                    [.integer(lastVersion), .integer(version)]).rows
+                for row in rows {
+                    if let modid = try? row.decode(0, as: Int32.self), let cmdid = try? row.decode(1, as: Int32.self) {
+                        changed.insert(RouteKey(modid: modid, cmdid: cmdid))
+                    }
+                }
+            }
+            let entries = try await RouteAdmin.listRoutes(on: pool)
+            _ = state.withLock { $0.core.databaseLoaded(version: version, entries: entries, changed: changed) }
+            metrics.reloads.increment()
+            await rebuild()
+        }
+    }
+}

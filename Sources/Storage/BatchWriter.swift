@@ -1,0 +1,564 @@
+import Logging
+import Synchronization
+
+/// A bounded queue in front of a slow sink (a database), with the loop that empties it in batches.
+///
+///     appenders (any thread) --append--> [ waiting ... | being written ]  --write(batch)--> database
+///                                          ^ full: the oldest waiting is dropped
+///
+/// `append` never waits: it takes a short lock, drops the oldest waiting elements when the writer holds
+/// ``BatchWriterConfiguration/capacity`` elements (or ``BatchWriterConfiguration/maxCost``), and wakes the writer
+/// when a batch is full. ``run()`` is the writer: it collects for ``BatchWriterConfiguration/flushInterval`` (or
+/// until a batch is full), writes a batch of at most ``BatchWriterConfiguration/batchSize`` elements through
+/// `write`, retries or drops a failed batch, and ends after ``finish()`` once everything held is written (at most
+/// ``BatchWriterConfiguration/drainTimeout`` later) or when its task is cancelled. The owner runs it as a child
+/// task of its own `run()`:
+///
+///     let writer = BatchWriter<Row>(label: "reporter", logger: logger) { rows in try await insert(rows) }
+///     try await withThrowingTaskGroup(of: Void.self) { group in
+///         group.addTask { await writer.run() }
+///         ...                       // the service runs; its handlers call writer.append(row)
+///         writer.finish()           // no more input: write what is held, then run() returns
+///     }
+///
+/// No lock is held across an await. Each write runs in a task of its own that the writer awaits, so a write
+/// that hangs past the drain timeout is abandoned rather than holding shutdown (its elements stay counted as
+/// queued, and are counted as written or failed if it returns later).
+///
+/// Safe to call from any thread.
+public final class BatchWriter<Element: Sendable>: Sendable {
+    /// The settings (brought into range: a capacity below 1 is 1, and so on; see
+    /// ``BatchWriterConfiguration/validate()``).
+    public let configuration: BatchWriterConfiguration
+
+    private let label: String
+    private let logger: Logger
+    private let cost: @Sendable (Element) -> Int
+    private let write: @Sendable ([Element]) async throws -> Void
+    private let observe: @Sendable (BatchWriterEvent, BatchWriterStatistics) -> Void
+    private let state = Mutex(State())
+
+    private struct Item: Sendable {
+        var element: Element
+        var cost: Int
+        var sequence: UInt64
+    }
+
+    private struct InFlight {
+        var count: Int
+        var cost: Int
+        var firstSequence: UInt64
+    }
+
+    private enum WriteOutcome: Sendable {
+        case written
+        case failed(any Error)
+        case abandoned
+    }
+
+    private struct PendingWrite {
+        var id: UInt64
+        var continuation: CheckedContinuation<WriteOutcome, Never>
+        var task: Task<Void, Never>?
+    }
+
+    private struct State {
+        /// The waiting elements are `items[head...]` (the front is dropped by moving `head`).
+        var items: [Item] = []
+        var head = 0
+        var waitingCost = 0
+        var inFlight: InFlight?
+        var nextSequence: UInt64 = 0
+        var counters = BatchWriterStatistics()
+        /// When the batch being collected is written even if it is not full.
+        var collectUntil: ContinuousClock.Instant?
+        /// Elements below this sequence number are written at once (a `flush()` waits for them).
+        var flushTarget: UInt64 = 0
+        var flushWaiters: [(target: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
+        var running = false
+        var stopped = false
+        var finishing = false
+        var finishDeadline: ContinuousClock.Instant?
+        var abandoned = false
+        /// Inside an episode of drops (logged once, when it starts; it ends when the writer catches up).
+        var dropping = false
+        /// A wake-up that came while the writer was not waiting.
+        var signaled = false
+        var waiter: CheckedContinuation<Void, Never>?
+        var finishWatcher: CheckedContinuation<Void, Never>?
+        var pendingWrite: PendingWrite?
+        var nextWriteID: UInt64 = 0
+
+        var waiting: Int { items.count - head }
+        var queued: Int { waiting + (inFlight?.count ?? 0) }
+        var queuedCost: Int { waitingCost + (inFlight?.cost ?? 0) }
+
+        /// The sequence number of the oldest element not yet written, dropped or failed.
+        var lowestOutstanding: UInt64 {
+            if let inFlight { return inFlight.firstSequence }
+            if head < items.count { return items[head].sequence }
+            return nextSequence
+        }
+
+        var statistics: BatchWriterStatistics {
+            var s = counters
+            s.queued = queued
+            s.queuedCost = queuedCost
+            return s
+        }
+
+        mutating func dropOldestWaiting() {
+            waitingCost -= items[head].cost
+            head += 1
+            compact()
+        }
+
+        mutating func compact() {
+            if head == items.count {
+                items.removeAll(keepingCapacity: items.capacity <= 4096)
+                head = 0
+            } else if head >= 1024 && head * 2 >= items.count {
+                items.removeFirst(head)
+                head = 0
+            }
+        }
+
+        /// The flush waiters whose elements are all done (removed from the list).
+        mutating func satisfiedFlushWaiters() -> [CheckedContinuation<Void, Never>] {
+            guard !flushWaiters.isEmpty else { return [] }
+            let low = lowestOutstanding
+            var done: [CheckedContinuation<Void, Never>] = []
+            flushWaiters.removeAll { waiter in
+                if waiter.target <= low || stopped || abandoned {
+                    done.append(waiter.continuation)
+                    return true
+                }
+                return false
+            }
+            return done
+        }
+
+        mutating func takeWaiter() -> CheckedContinuation<Void, Never>? {
+            defer { waiter = nil }
+            return waiter
+        }
+    }
+
+    /// Creates a writer; nothing is written until ``run()`` runs.
+    ///
+    /// - Parameters:
+    ///   - configuration: Bounds, batch size, timing.
+    ///   - label: Names the writer in its log lines (`writer.label` metadata).
+    ///   - logger: Where the writer logs the start of an episode of drops and a drain cut short (info).
+    ///   - cost: What one element costs against ``BatchWriterConfiguration/maxCost`` and
+    ///     ``BatchWriterConfiguration/batchCost`` (negative counts as 0). Called outside the lock.
+    ///   - observe: Told of drops, writes and failures, with the counters after them (for metrics).
+    ///   - write: Writes one batch, oldest first; throwing fails the batch. Called by one task at a time.
+    public init(configuration: BatchWriterConfiguration = BatchWriterConfiguration(), label: String, logger: Logger,
+                cost: @escaping @Sendable (Element) -> Int = { _ in 1 },
+                observe: @escaping @Sendable (BatchWriterEvent, BatchWriterStatistics) -> Void = { _, _ in },
+                write: @escaping @Sendable ([Element]) async throws -> Void) {
+        self.configuration = configuration.clamped
+        self.label = label
+        self.logger = logger
+        self.cost = cost
+        self.observe = observe
+        self.write = write
+    }
+
+    /// The counters.
+    public var statistics: BatchWriterStatistics { state.withLock { $0.statistics } }
+
+    // MARK: Appending
+
+    /// Queues `element` for writing. Never waits: a short lock, no I/O. Returns how many elements were dropped to
+    /// make room (the new one included when it could not be held). Any thread.
+    @discardableResult
+    public func append(_ element: Element) -> Int {
+        let elementCost = max(0, cost(element))
+        let capacity = configuration.capacity
+        let maxCost = configuration.maxCost
+        let interval = configuration.flushInterval
+        let (dropped, firstDrop, wake, flushed, stats) = state.withLock { s in
+            s.counters.received += 1
+            let sequence = s.nextSequence
+            s.nextSequence += 1
+            let wasEmpty = s.waiting == 0
+            var dropped = 0
+            var fits = maxCost.map { elementCost <= $0 } ?? true
+            if fits {
+                while s.waiting > 0
+                    && (s.queued + 1 > capacity || maxCost.map { s.queuedCost + elementCost > $0 } ?? false)
+                {
+                    s.dropOldestWaiting()
+                    dropped += 1
+                }
+                fits = s.queued + 1 <= capacity && (maxCost.map { s.queuedCost + elementCost <= $0 } ?? true)
+            }
+            if fits {
+                s.items.append(Item(element: element, cost: elementCost, sequence: sequence))
+                s.waitingCost += elementCost
+            } else {
+                dropped += 1
+            }
+            s.counters.dropped += dropped
+            let firstDrop = dropped > 0 && !s.dropping
+            if dropped > 0 { s.dropping = true }
+            // Wake the writer when it has something new to decide: a first element to collect, one to write at
+            // once, a full batch. (Not waiting yet: `signaled` makes its next wait return at once.)
+            var wake: CheckedContinuation<Void, Never>?
+            if fits && (wasEmpty || interval == .zero || isBatchFull(s)) {
+                wake = s.takeWaiter()
+                if wake == nil { s.signaled = true }
+            }
+            let flushed = dropped > 0 ? s.satisfiedFlushWaiters() : []
+            return (dropped, firstDrop, wake, flushed, dropped > 0 ? s.statistics : nil)
+        }
+        wake?.resume()
+        for waiter in flushed { waiter.resume() }
+        if firstDrop {
+            logger.info("batch writer full: dropping the oldest until it catches up", metadata: [
+                "writer.label": "\(label)", "writer.capacity": "\(capacity)",
+                "writer.max_cost": "\(maxCost.map(String.init) ?? "none")",
+            ])
+        }
+        if let stats { observe(.dropped(dropped), stats) }
+        return dropped
+    }
+
+    private func isBatchFull(_ s: State) -> Bool {
+        if s.waiting >= configuration.batchSize { return true }
+        if let batchCost = configuration.batchCost, s.waitingCost >= batchCost { return true }
+        return false
+    }
+
+    // MARK: Finishing and flushing
+
+    /// No more input is expected: ``run()`` writes what is held without waiting for full batches and returns when
+    /// nothing is left, or ``BatchWriterConfiguration/drainTimeout`` after this call. Any thread; a second call does
+    /// nothing.
+    public func finish() {
+        let deadline = ContinuousClock.now.advanced(by: configuration.drainTimeout)
+        let (waiter, watcher) = state.withLock { s -> (CheckedContinuation<Void, Never>?, CheckedContinuation<Void, Never>?) in
+            guard !s.finishing else { return (nil, nil) }
+            s.finishing = true
+            s.finishDeadline = deadline
+            defer { s.finishWatcher = nil }
+            return (s.takeWaiter(), s.finishWatcher)
+        }
+        waiter?.resume()
+        watcher?.resume()
+    }
+
+    /// Waits until every element appended before this call is written, dropped or failed (partial batches are
+    /// written at once meanwhile). Returns at once once ``run()`` has ended.
+    public func flush() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let (ready, wake) = state.withLock { s -> (Bool, CheckedContinuation<Void, Never>?) in
+                let target = s.nextSequence
+                if s.lowestOutstanding >= target || s.stopped || s.abandoned { return (true, nil) }
+                s.flushTarget = max(s.flushTarget, target)
+                s.flushWaiters.append((target, continuation))
+                let wake = s.takeWaiter()
+                if wake == nil { s.signaled = true }
+                return (false, wake)
+            }
+            if ready { continuation.resume() }
+            wake?.resume()
+        }
+    }
+
+    // MARK: The writer
+
+    /// The writer loop; see ``BatchWriter``. Returns after ``finish()`` once everything held is written (or the
+    /// drain timeout passed), or soon after its task is cancelled (what is held stays unwritten). Runs once; a
+    /// second call returns at once.
+    public func run() async {
+        let first = state.withLock { s -> Bool in
+            if s.running { return false }
+            s.running = true
+            return true
+        }
+        guard first else { return }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.watchDrainDeadline() }
+            await writeUntilDone()
+            group.cancelAll()
+        }
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.stopped = true
+            defer { s.finishWatcher = nil }
+            return s.satisfiedFlushWaiters() + (s.finishWatcher.map { [$0] } ?? [])
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private enum Step {
+        case stop
+        case wait(until: ContinuousClock.Instant?)
+        case write([Element])
+    }
+
+    private func writeUntilDone() async {
+        while true {
+            if Task.isCancelled {
+                abandon(because: "its task was cancelled")
+                return
+            }
+            let step = state.withLock { nextStep(&$0, now: .now) }
+            switch step {
+            case .stop:
+                return
+            case .wait(let deadline):
+                await waitForSignal(until: deadline)
+            case .write(let batch):
+                await writeBatch(batch)
+            }
+        }
+    }
+
+    /// Under the lock: what the writer does next.
+    private func nextStep(_ s: inout State, now: ContinuousClock.Instant) -> Step {
+        if s.abandoned { return .stop }
+        s.signaled = false
+        if s.waiting == 0 {
+            s.collectUntil = nil
+            s.dropping = false
+            return s.finishing ? .stop : .wait(until: nil)
+        }
+        let urgent = s.finishing || configuration.flushInterval == .zero || isBatchFull(s)
+            || s.lowestOutstanding < s.flushTarget
+        if !urgent {
+            let until = s.collectUntil ?? now.advanced(by: configuration.flushInterval)
+            s.collectUntil = until
+            if now < until { return .wait(until: until) }
+        }
+        s.collectUntil = nil
+        var batch: [Element] = []
+        var batchCost = 0
+        let first = s.items[s.head].sequence
+        while s.head < s.items.count && batch.count < configuration.batchSize
+            && (batch.isEmpty || configuration.batchCost.map { batchCost < $0 } ?? true)
+        {
+            let item = s.items[s.head]
+            batch.append(item.element)
+            batchCost += item.cost
+            s.waitingCost -= item.cost
+            s.head += 1
+        }
+        s.compact()
+        s.inFlight = InFlight(count: batch.count, cost: batchCost, firstSequence: first)
+        return .write(batch)
+    }
+
+    /// Writes one batch, with the retries the configuration allows, and counts the outcome.
+    private func writeBatch(_ batch: [Element]) async {
+        var attempt = 0
+        while true {
+            let outcome = await attemptWrite(batch)
+            switch outcome {
+            case .abandoned:
+                return  // the write's own task counts it when it returns
+            case .written:
+                let (stats, flushed) = state.withLock { s in
+                    s.counters.written += batch.count
+                    s.inFlight = nil
+                    if s.waiting == 0 { s.dropping = false }  // caught up: an episode of drops ends
+                    return (s.statistics, s.satisfiedFlushWaiters())
+                }
+                for waiter in flushed { waiter.resume() }
+                observe(.written(batch.count), stats)
+                return
+            case .failed(let error):
+                let now = ContinuousClock.now
+                let delay = configuration.retryDelay
+                let (retry, stats, flushed) = state.withLock { s in
+                    s.counters.failedWrites += 1
+                    // Tried again while attempts are left, unless the drain deadline comes before the retry would.
+                    let retry = attempt < configuration.retries && !s.abandoned
+                        && s.finishDeadline.map { now.advanced(by: delay) < $0 } ?? true
+                    if !retry {
+                        s.counters.failed += batch.count
+                        s.inFlight = nil
+                    }
+                    return (retry, s.statistics, retry ? [] : s.satisfiedFlushWaiters())
+                }
+                for waiter in flushed { waiter.resume() }
+                observe(.writeFailed(batch.count, error: error, willRetry: retry), stats)
+                guard retry else { return }
+                attempt += 1
+                do {
+                    try await Task.sleep(for: delay)
+                } catch {
+                    // Cancelled: the loop abandons; count the batch as failed, it will not be tried again.
+                    let flushed = state.withLock { s in
+                        s.counters.failed += batch.count
+                        s.inFlight = nil
+                        return s.satisfiedFlushWaiters()
+                    }
+                    for waiter in flushed { waiter.resume() }
+                    return
+                }
+            }
+        }
+    }
+
+    /// Runs `write` in a task of its own and waits for it, or until the writer is abandoned (drain timeout,
+    /// cancellation), whichever comes first.
+    private func attemptWrite(_ batch: [Element]) async -> WriteOutcome {
+        let id = state.withLock { s -> UInt64 in
+            defer { s.nextWriteID += 1 }
+            return s.nextWriteID
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<WriteOutcome, Never>) in
+                let registered = state.withLock { s -> Bool in
+                    if s.abandoned { return false }
+                    s.pendingWrite = PendingWrite(id: id, continuation: continuation, task: nil)
+                    return true
+                }
+                guard registered else {
+                    continuation.resume(returning: .abandoned)
+                    return
+                }
+                let write = self.write
+                // Unstructured on purpose: a write that hangs past the drain timeout must not hold run().
+                let task = Task { [self] in
+                    let outcome: WriteOutcome
+                    do {
+                        try await write(batch)
+                        outcome = .written
+                    } catch {
+                        outcome = .failed(error)
+                    }
+                    writeReturned(id, outcome, count: batch.count)
+                }
+                let abandonedMeanwhile = state.withLock { s -> Bool in
+                    if s.pendingWrite?.id == id { s.pendingWrite?.task = task }
+                    return s.abandoned
+                }
+                if abandonedMeanwhile { task.cancel() }
+            }
+        } onCancel: {
+            abandon(because: "its task was cancelled")
+        }
+    }
+
+    /// A write's task is done: hand the outcome to the waiting writer, or (abandoned) count it here.
+    private func writeReturned(_ id: UInt64, _ outcome: WriteOutcome, count: Int) {
+        let (waiting, late, flushed) = state.withLock { s -> (CheckedContinuation<WriteOutcome, Never>?, BatchWriterStatistics?, [CheckedContinuation<Void, Never>]) in
+            if let pending = s.pendingWrite, pending.id == id {
+                s.pendingWrite = nil
+                return (pending.continuation, nil, [])
+            }
+            // Abandoned while it ran: it is the last word on these elements.
+            switch outcome {
+            case .written: s.counters.written += count
+            case .failed:
+                s.counters.failedWrites += 1
+                s.counters.failed += count
+            case .abandoned: break
+            }
+            s.inFlight = nil
+            return (nil, s.statistics, s.satisfiedFlushWaiters())
+        }
+        if let waiting {
+            waiting.resume(returning: outcome)
+            return
+        }
+        for waiter in flushed { waiter.resume() }
+        if let late {
+            switch outcome {
+            case .written: observe(.written(count), late)
+            case .failed(let error): observe(.writeFailed(count, error: error, willRetry: false), late)
+            case .abandoned: break
+            }
+        }
+    }
+
+    /// Stops the writer where it is: a waiting writer and a write in progress are let go (the write's task is
+    /// cancelled; its elements stay queued until it returns). Logs what is left.
+    private func abandon(because reason: String) {
+        let taken = state.withLock { s -> (PendingWrite?, CheckedContinuation<Void, Never>?, [CheckedContinuation<Void, Never>], Int)? in
+            guard !s.abandoned else { return nil }
+            s.abandoned = true
+            defer { s.pendingWrite = nil }
+            return (s.pendingWrite, s.takeWaiter(), s.satisfiedFlushWaiters(), s.queued)
+        }
+        guard let (pending, waiter, flushed, queued) = taken else { return }
+        pending?.task?.cancel()
+        pending?.continuation.resume(returning: .abandoned)
+        waiter?.resume()
+        for waiter in flushed { waiter.resume() }
+        if queued > 0 {
+            logger.info("batch writer stopped before its queue was written",
+                        metadata: ["writer.label": "\(label)", "writer.queued": "\(queued)", "writer.reason": "\(reason)"])
+        }
+    }
+
+    /// Waits for ``finish()`` (or cancellation), then for the drain deadline, and abandons what is left then.
+    private func watchDrainDeadline() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { s -> Bool in
+                    if s.finishing || s.stopped || Task.isCancelled { return true }
+                    s.finishWatcher = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        } onCancel: {
+            let watcher = state.withLock { s -> CheckedContinuation<Void, Never>? in
+                defer { s.finishWatcher = nil }
+                return s.finishWatcher
+            }
+            watcher?.resume()
+        }
+        guard !Task.isCancelled, let deadline = state.withLock({ $0.finishDeadline }) else { return }
+        do {
+            try await Task.sleep(until: deadline, clock: .continuous)
+        } catch {
+            return
+        }
+        abandon(because: "the drain timeout of \(configuration.drainTimeout) passed")
+    }
+
+    /// Waits until `signal()` (an append, `flush`, `finish`), the deadline or cancellation.
+    private func waitForSignal(until deadline: ContinuousClock.Instant?) async {
+        await withTaskGroup(of: Void.self) { group in
+            if let deadline {
+                group.addTask { [self] in
+                    do {
+                        try await Task.sleep(until: deadline, clock: .continuous)
+                        signal()
+                    } catch {}
+                }
+            }
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let now = state.withLock { s -> Bool in
+                        if s.signaled || s.abandoned || s.finishing || Task.isCancelled {
+                            s.signaled = false
+                            return true
+                        }
+                        s.waiter = continuation
+                        return false
+                    }
+                    if now { continuation.resume() }
+                }
+            } onCancel: {
+                signal()
+            }
+            group.cancelAll()
+        }
+    }
+
+    private func signal() {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if let waiter = s.takeWaiter() { return waiter }
+            s.signaled = true
+            return nil
+        }
+        waiter?.resume()
+    }
+}
