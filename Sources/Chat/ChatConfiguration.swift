@@ -70,6 +70,7 @@ public struct ChatConfiguration: Sendable {
 
     /// Throws the first setting that makes no sense.
     public func validate() throws(ChatConfigurationError) {
+        do { try server.validate() } catch { throw .server(error) }
         if let idleTimeout, idleTimeout <= .zero { throw .idleTimeoutNotPositive(idleTimeout) }
         if maxFrameBodyLength < 1 { throw .notPositive("maxFrameBodyLength", maxFrameBodyLength) }
         if maxMessageBytes < 1 { throw .notPositive("maxMessageBytes", maxMessageBytes) }
@@ -91,6 +92,8 @@ public struct ChatConfiguration: Sendable {
 
 /// A `ChatConfiguration` setting that makes no sense.
 public enum ChatConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// A setting of `server` (address, connection limit, water marks) cannot work.
+    case server(ConfigurationError)
     /// A count or size that must be at least 1 (the setting's name and value).
     case notPositive(String, Int)
     /// `historyLength` below 0.
@@ -108,6 +111,7 @@ public enum ChatConfigurationError: Error, Sendable, Equatable, CustomStringConv
 
     public var description: String {
         switch self {
+        case .server(let error): return "\(error)"
         case .notPositive(let name, let value): return "\(name) must be at least 1, got \(value)"
         case .negativeHistoryLength(let value): return "historyLength must be 0 or more, got \(value)"
         case .messageLongerThanFrame(let message, let frame):

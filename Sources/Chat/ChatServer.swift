@@ -146,6 +146,7 @@ public final class ChatServer: Service, Sendable {
             }
         }
         await hub.writer.flush()
+        await hub.writer.finish()
         lifecycle.withLock { $0 = .stopped }
         logger.info("chat server stopped")
     }

@@ -376,6 +376,8 @@ struct ChatConfigurationTests {
 
     @Test(arguments: [
         (ChatConfiguration(messagesPerSecond: 0), ChatConfigurationError.notPositive("messagesPerSecond", 0)),
+        (ChatConfiguration(server: ServerConfiguration(port: 70_000)),
+         .server(ConfigurationError("ServerConfiguration.port", "must be 0...65535, got 70000"))),
         (ChatConfiguration(historyLength: -1), .negativeHistoryLength(-1)),
         (ChatConfiguration(maxQueuedOutputBytes: 0), .notPositive("maxQueuedOutputBytes", 0)),
         (ChatConfiguration(passwordIterations: 1000), .tooFewIterations(1000)),
