@@ -3,6 +3,7 @@ import Messaging
 import Reactor
 import SwiftProtobuf
 import Synchronization
+import SwitchyardCore
 
 /// Something the server pushed, in arrival order.
 public enum ChatEvent: Sendable, Equatable {
@@ -51,137 +52,182 @@ public struct JoinResult: Sendable, Equatable {
     public var history: [Switchyard_Chat_RoomMessage]
 }
 
-/// An async/await client of the chat server, on `AsyncFrameClient`.
+/// An async/await client of the chat server, on a `FramedClient` whose handlers run on its loop.
 ///
-/// Requests await their reply (matched by request id, with a timeout) and throw `ChatClientError.refused` with
-/// the server's status when it says no. Pushed frames come out of `events`, in order; the stream is unbounded
-/// (the client keeps reading however slowly the events are consumed) and ends when the connection closes.
-/// Heartbeats are sent every `heartbeatInterval` so the server's idle timeout keeps a quiet client online.
-/// Safe to use from any task.
+/// Requests await their reply (matched by request id in a `RequestCorrelator`, with a deadline that a timer on
+/// the loop sweeps) and throw `ChatClientError.refused` with the server's status when it says no. Pushed frames
+/// come out of `events`, in order; the stream is unbounded (the client keeps reading however slowly the events are
+/// consumed) and ends when the connection closes. A heartbeat goes out whenever the client has sent nothing for
+/// `heartbeatInterval` (`HeartbeatPolicy`, on the loop), so the server's idle timeout keeps a quiet client online.
+/// No task runs in the background: the loop does the reading, the timers and the heartbeats. Safe to use from any
+/// task.
 public final class ChatClient: Sendable {
-    private struct Pending {
-        var nextID: UInt32 = 1
-        var waiters: [UInt32: CheckedContinuation<InboundFrame, Error>] = [:]
-        var closed = false
-    }
-
-    private let frames: AsyncFrameClient
-    private let pending = Mutex(Pending())
+    private let framed: FramedClient
+    private let receiver: Receiver
     private let requestTimeout: Duration
-    private let tasks = Mutex<[Task<Void, Never>]>([])
+    private let nextRequestID = Atomic<UInt32>(1)
     /// The pushed events, in arrival order; ends when the connection closes.
     public let events: AsyncStream<ChatEvent>
-    private let eventSink: AsyncStream<ChatEvent>.Continuation
 
-    private init(frames: AsyncFrameClient, requestTimeout: Duration) {
-        self.frames = frames
+    /// What the loop hands frames to: replies to the correlator, pushes to `events`; the close ends both.
+    private final class Receiver: Sendable {
+        let replies = RequestCorrelator<UInt32, InboundFrame>()
+        let events: AsyncStream<ChatEvent>
+        let eventSink: AsyncStream<ChatEvent>.Continuation
+        /// The connect outcome, then the close waiters and the request sweep timer.
+        private let state = Mutex(State())
+
+        struct State {
+            var connectWaiter: CheckedContinuation<Void, Error>?
+            var connectResult: Result<Void, Error>?
+            var closed = false
+            var closeWaiters: [CheckedContinuation<Void, Never>] = []
+            var sweep: TimerHandle?
+        }
+
+        init() {
+            (events, eventSink) = AsyncStream.makeStream(of: ChatEvent.self, bufferingPolicy: .unbounded)
+        }
+
+        /// Loop thread: one frame from the server.
+        func handle(_ m: InboundMessage<TCPConnection>) {
+            switch ChatMessageID(rawValue: m.messageID) {
+            case ChatMessageID.roomMessage:
+                if let e = try? Switchyard_Chat_RoomMessage(serializedBytes: m.body) {
+                    eventSink.yield(.roomMessage(e))
+                }
+            case ChatMessageID.privateMessage:
+                if let e = try? Switchyard_Chat_PrivateMessage(serializedBytes: m.body) {
+                    eventSink.yield(.privateMessage(e))
+                }
+            case ChatMessageID.presenceEvent:
+                if let e = try? Switchyard_Chat_PresenceEvent(serializedBytes: m.body) {
+                    eventSink.yield(.presence(user: e.user, online: e.online))
+                }
+            case ChatMessageID.notice:
+                if let e = try? Switchyard_Chat_Notice(serializedBytes: m.body) { eventSink.yield(.notice(e.status)) }
+            default:
+                // Every reply has `uint32 request_id = 1`: read it through a message that has only that field.
+                guard let header = try? Switchyard_Chat_ListRoomsRequest(serializedBytes: m.body) else { return }
+                replies.resume(header.requestID, with: InboundFrame(messageID: m.messageID, body: m.bodyBytes))
+            }
+        }
+
+        /// Loop thread: connected (or not).
+        func connectFinished(_ result: Result<Void, Error>) {
+            let waiter = state.withLock { s -> CheckedContinuation<Void, Error>? in
+                guard s.connectResult == nil else { return nil }
+                s.connectResult = result
+                defer { s.connectWaiter = nil }
+                return s.connectWaiter
+            }
+            waiter?.resume(with: result)
+        }
+
+        func waitConnected() async throws {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
+                let ready = state.withLock { s -> Result<Void, Error>? in
+                    if let r = s.connectResult { return r }
+                    s.connectWaiter = c
+                    return nil
+                }
+                if let ready { c.resume(with: ready) }
+            }
+        }
+
+        func setSweep(_ timer: TimerHandle) {
+            let closed = state.withLock { s -> Bool in
+                if !s.closed { s.sweep = timer }
+                return s.closed
+            }
+            if closed { timer.cancel() }
+        }
+
+        /// Loop thread: the connection closed; every request and the events end.
+        func closed() {
+            let (waiters, sweep) = state.withLock { s -> ([CheckedContinuation<Void, Never>], TimerHandle?) in
+                s.closed = true
+                defer {
+                    s.closeWaiters = []
+                    s.sweep = nil
+                }
+                return (s.closeWaiters, s.sweep)
+            }
+            sweep?.cancel()
+            replies.failAll(ChatClientError.closed)
+            eventSink.finish()
+            for w in waiters { w.resume() }
+        }
+
+        func waitClosed() async {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let done = state.withLock { s -> Bool in
+                    if s.closed { return true }
+                    s.closeWaiters.append(c)
+                    return false
+                }
+                if done { c.resume() }
+            }
+        }
+    }
+
+    private init(framed: FramedClient, receiver: Receiver, requestTimeout: Duration) {
+        self.framed = framed
+        self.receiver = receiver
         self.requestTimeout = requestTimeout
-        (events, eventSink) = AsyncStream.makeStream(of: ChatEvent.self, bufferingPolicy: .unbounded)
+        events = receiver.events
     }
 
     /// Connects to a chat server.
     ///
     /// - Parameters:
-    ///   - heartbeatInterval: How often to send a heartbeat; nil sends none (the server's idle timeout then
-    ///     closes the connection once the client falls silent).
+    ///   - heartbeatInterval: Send a heartbeat when nothing has been sent for this long; nil sends none (the
+    ///     server's idle timeout then closes the connection once the client falls silent).
     ///   - requestTimeout: How long a request waits for its reply.
     public static func connect(
         host: String = "127.0.0.1", port: Int, loop: EventLoop, heartbeatInterval: Duration? = .seconds(5),
         requestTimeout: Duration = .seconds(10)
     ) async throws -> ChatClient {
-        let frames = try await AsyncFrameClient.connect(host: host, port: port, loop: loop, bufferCapacity: 1024)
-        let client = ChatClient(frames: frames, requestTimeout: requestTimeout)
-        client.startReading()
-        if let heartbeatInterval { client.startHeartbeats(every: heartbeatInterval) }
-        return client
-    }
-
-    private func startReading() {
-        let task = Task { [self] in
-            do {
-                for try await frame in frames.frames { handle(frame) }
-            } catch {}
-            finish()
+        let receiver = Receiver()
+        let router = MessageRouter<TCPConnection>()
+        try router.onUnknown { receiver.handle($0) }
+        let framed = try FramedClient(
+            loop: loop,
+            configuration: FramedClientConfiguration(
+                client: ClientConfiguration(host: host, port: port, connectTimeout: .seconds(5), reconnect: false),
+                heartbeatInterval: heartbeatInterval),
+            router: router,
+            onConnect: { _ in receiver.connectFinished(.success(())) },
+            onClose: { _ in receiver.closed() },
+            onConnectFailed: { receiver.connectFinished(.failure($0)) })
+        try await withTaskCancellationHandler {
+            framed.connect()
+            try await receiver.waitConnected()
+        } onCancel: {
+            framed.disconnect()
+            receiver.connectFinished(.failure(CancellationError()))
         }
-        tasks.withLock { $0.append(task) }
-    }
-
-    private func startHeartbeats(every interval: Duration) {
-        let task = Task { [frames] in
-            while !Task.isCancelled {
-                do {
-                    try await Task.sleep(for: interval)
-                    try await frames.send(messageID: ReservedMessageID.heartbeat, body: [])
-                } catch {
-                    return
-                }
-            }
-        }
-        tasks.withLock { $0.append(task) }
-    }
-
-    private func handle(_ frame: InboundFrame) {
-        switch ChatMessageID(rawValue: frame.messageID) {
-        case ChatMessageID.roomMessage:
-            if let m = try? frame.decode(as: Switchyard_Chat_RoomMessage.self) { eventSink.yield(.roomMessage(m)) }
-        case ChatMessageID.privateMessage:
-            if let m = try? frame.decode(as: Switchyard_Chat_PrivateMessage.self) { eventSink.yield(.privateMessage(m)) }
-        case ChatMessageID.presenceEvent:
-            if let m = try? frame.decode(as: Switchyard_Chat_PresenceEvent.self) {
-                eventSink.yield(.presence(user: m.user, online: m.online))
-            }
-        case ChatMessageID.notice:
-            if let m = try? frame.decode(as: Switchyard_Chat_Notice.self) { eventSink.yield(.notice(m.status)) }
-        default:
-            // Every reply has `uint32 request_id = 1`: read it through a message that has only that field.
-            guard let header = try? frame.decode(as: Switchyard_Chat_ListRoomsRequest.self) else { return }
-            let waiter = pending.withLock { $0.waiters.removeValue(forKey: header.requestID) }
-            waiter?.resume(returning: frame)
-        }
-    }
-
-    private func finish() {
-        let waiters = pending.withLock { p -> [CheckedContinuation<InboundFrame, Error>] in
-            p.closed = true
-            defer { p.waiters = [:] }
-            return Array(p.waiters.values)
-        }
-        for w in waiters { w.resume(throwing: ChatClientError.closed) }
-        eventSink.finish()
+        // Late requests fail when this timer finds them past their deadline (no task sleeps per request).
+        let sweepEvery = min(max(requestTimeout / 10, .milliseconds(10)), .seconds(1))
+        let replies = receiver.replies
+        receiver.setSweep(loop.scheduleRepeating(every: sweepEvery) {
+            replies.expire(now: SystemInfo.monotonicNanoseconds())
+        })
+        return ChatClient(framed: framed, receiver: receiver, requestTimeout: requestTimeout)
     }
 
     /// Sends a request with a fresh request id and waits for the frame that answers it.
     private func request<Reply: SwiftProtobuf.Message>(
         _ id: ChatMessageID, _ replyType: Reply.Type, _ build: (UInt32) -> [UInt8]?
     ) async throws -> Reply {
-        let requestID = pending.withLock { p -> UInt32 in
-            defer { p.nextID = p.nextID &+ 1 == 0 ? 1 : p.nextID &+ 1 }
-            return p.nextID
-        }
+        var requestID = nextRequestID.wrappingAdd(1, ordering: .relaxed).oldValue
+        if requestID == 0 { requestID = nextRequestID.wrappingAdd(1, ordering: .relaxed).oldValue }
         guard let body = build(requestID) else { throw ChatClientError.badReply("request did not encode") }
-        let timeout = requestTimeout
-        let timer = Task { [self] in
-            try? await Task.sleep(for: timeout)
-            if Task.isCancelled { return }
-            let w = pending.withLock { $0.waiters.removeValue(forKey: requestID) }
-            w?.resume(throwing: ChatClientError.timeout)
-        }
-        defer { timer.cancel() }
-        let frame = try await withCheckedThrowingContinuation { (c: CheckedContinuation<InboundFrame, Error>) in
-            let closed = pending.withLock { p -> Bool in
-                if p.closed { return true }
-                p.waiters[requestID] = c
-                return false
-            }
-            if closed { return c.resume(throwing: ChatClientError.closed) }
-            Task {
-                do {
-                    try await frames.send(messageID: id.rawValue, body: body)
-                } catch {
-                    let w = pending.withLock { $0.waiters.removeValue(forKey: requestID) }
-                    w?.resume(throwing: ChatClientError.closed)
-                }
-            }
+        let deadline = SystemInfo.monotonicNanoseconds() &+ requestTimeout.nanosecondsSaturated
+        let framed = self.framed
+        let frame = try await receiver.replies.request(requestID, deadline: deadline,
+                                                       timeoutError: ChatClientError.timeout) {
+            guard framed.sendFrame(messageID: id.rawValue, body: body) else { throw ChatClientError.closed }
         }
         do {
             return try frame.decode(as: Reply.self)
@@ -273,7 +319,8 @@ public final class ChatClient: Sendable {
 
     /// Sends a private message to an online user.
     public func msg(to user: String, _ text: String) async throws {
-        let reply = try await request(ChatMessageID.privateMessageRequest, Switchyard_Chat_PrivateMessageReply.self) { rid in
+        let reply = try await request(ChatMessageID.privateMessageRequest,
+                                      Switchyard_Chat_PrivateMessageReply.self) { rid in
             var r = Switchyard_Chat_PrivateMessageRequest()
             r.requestID = rid
             r.to = user
@@ -305,11 +352,9 @@ public final class ChatClient: Sendable {
         return reply.friends
     }
 
-    /// Closes the connection (after flushing) and stops the heartbeats; `events` ends.
+    /// Closes the connection (after flushing) and stops the heartbeats; `events` ends. Returns once it is closed.
     public func close() async {
-        let running = tasks.withLock { $0 }
-        for t in running where t != running.first { t.cancel() }
-        await frames.close()
-        await running.first?.value
+        framed.disconnect()
+        await receiver.waitClosed()
     }
 }

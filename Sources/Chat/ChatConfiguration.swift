@@ -1,7 +1,7 @@
-import Logging
 import Reactor
 
 /// Settings of a `ChatServer`. Every limit answers a client that passes it with an error reply; the server goes on.
+/// `validate()` says whether the values make sense; `ChatServer.start()` calls it.
 public struct ChatConfiguration: Sendable {
     /// Address, port, connection limit, water marks.
     public var server: ServerConfiguration
@@ -26,13 +26,15 @@ public struct ChatConfiguration: Sendable {
     public var maxQueuedOutputBytes: Int
     /// How long a cut-off slow consumer gets to take its notice before its connection is closed hard.
     public var slowConsumerGrace: Duration
-    /// PBKDF2-SHA256 iterations for new password hashes (at least 100,000; stored per user).
+    /// PBKDF2-SHA256 iterations for new password hashes (at least `PasswordHasher.minimumIterations`; stored per
+    /// user).
     public var passwordIterations: Int
     /// Failed logins for one name within `loginFailureWindow` before further attempts are refused.
     public var maxLoginFailures: Int
     /// The window of `maxLoginFailures`, and how long a name stays locked once it passes the limit.
     public var loginFailureWindow: Duration
-    public var logger: Logger
+    /// On shutdown, how long the connections get to flush before they are closed hard.
+    public var drainTimeout: Duration
 
     public init(
         server: ServerConfiguration = ServerConfiguration(),
@@ -48,7 +50,7 @@ public struct ChatConfiguration: Sendable {
         passwordIterations: Int = 210_000,
         maxLoginFailures: Int = 5,
         loginFailureWindow: Duration = .seconds(60),
-        logger: Logger = Logger(label: "switchyard.chat", factory: { _ in SwiftLogNoOpLogHandler() })
+        drainTimeout: Duration = .seconds(5)
     ) {
         self.server = server
         self.idleTimeout = idleTimeout
@@ -56,13 +58,69 @@ public struct ChatConfiguration: Sendable {
         self.maxMessageBytes = maxMessageBytes
         self.maxRoomNameLength = maxRoomNameLength
         self.maxRoomsPerUser = maxRoomsPerUser
-        self.messagesPerSecond = max(1, messagesPerSecond)
-        self.historyLength = max(0, historyLength)
-        self.maxQueuedOutputBytes = max(1, maxQueuedOutputBytes)
+        self.messagesPerSecond = messagesPerSecond
+        self.historyLength = historyLength
+        self.maxQueuedOutputBytes = maxQueuedOutputBytes
         self.slowConsumerGrace = slowConsumerGrace
-        self.passwordIterations = max(PasswordHasher.minimumIterations, passwordIterations)
-        self.maxLoginFailures = max(1, maxLoginFailures)
+        self.passwordIterations = passwordIterations
+        self.maxLoginFailures = maxLoginFailures
         self.loginFailureWindow = loginFailureWindow
-        self.logger = logger
+        self.drainTimeout = drainTimeout
+    }
+
+    /// Throws the first setting that makes no sense.
+    public func validate() throws(ChatConfigurationError) {
+        do { try server.validate() } catch { throw .server(error) }
+        if let idleTimeout, idleTimeout <= .zero { throw .idleTimeoutNotPositive(idleTimeout) }
+        if maxFrameBodyLength < 1 { throw .notPositive("maxFrameBodyLength", maxFrameBodyLength) }
+        if maxMessageBytes < 1 { throw .notPositive("maxMessageBytes", maxMessageBytes) }
+        if maxMessageBytes > maxFrameBodyLength {
+            throw .messageLongerThanFrame(maxMessageBytes: maxMessageBytes, maxFrameBodyLength: maxFrameBodyLength)
+        }
+        if maxRoomNameLength < 1 { throw .notPositive("maxRoomNameLength", maxRoomNameLength) }
+        if maxRoomsPerUser < 1 { throw .notPositive("maxRoomsPerUser", maxRoomsPerUser) }
+        if messagesPerSecond < 1 { throw .notPositive("messagesPerSecond", messagesPerSecond) }
+        if historyLength < 0 { throw .negativeHistoryLength(historyLength) }
+        if maxQueuedOutputBytes < 1 { throw .notPositive("maxQueuedOutputBytes", maxQueuedOutputBytes) }
+        if slowConsumerGrace < .zero { throw .negativeDuration("slowConsumerGrace", slowConsumerGrace) }
+        if passwordIterations < PasswordHasher.minimumIterations { throw .tooFewIterations(passwordIterations) }
+        if maxLoginFailures < 1 { throw .notPositive("maxLoginFailures", maxLoginFailures) }
+        if loginFailureWindow <= .zero { throw .loginWindowNotPositive(loginFailureWindow) }
+        if drainTimeout < .zero { throw .negativeDuration("drainTimeout", drainTimeout) }
+    }
+}
+
+/// A `ChatConfiguration` setting that makes no sense.
+public enum ChatConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// A setting of `server` (address, connection limit, water marks) cannot work.
+    case server(ConfigurationError)
+    /// A count or size that must be at least 1 (the setting's name and value).
+    case notPositive(String, Int)
+    /// `historyLength` below 0.
+    case negativeHistoryLength(Int)
+    /// `maxMessageBytes` larger than `maxFrameBodyLength`: such a message could never arrive.
+    case messageLongerThanFrame(maxMessageBytes: Int, maxFrameBodyLength: Int)
+    /// `passwordIterations` below `PasswordHasher.minimumIterations`.
+    case tooFewIterations(Int)
+    /// `idleTimeout` of zero or less (nil turns it off).
+    case idleTimeoutNotPositive(Duration)
+    /// `loginFailureWindow` of zero or less.
+    case loginWindowNotPositive(Duration)
+    /// A duration that must not be negative (the setting's name and value).
+    case negativeDuration(String, Duration)
+
+    public var description: String {
+        switch self {
+        case .server(let error): return "\(error)"
+        case .notPositive(let name, let value): return "\(name) must be at least 1, got \(value)"
+        case .negativeHistoryLength(let value): return "historyLength must be 0 or more, got \(value)"
+        case .messageLongerThanFrame(let message, let frame):
+            return "maxMessageBytes (\(message)) must not exceed maxFrameBodyLength (\(frame))"
+        case .tooFewIterations(let value):
+            return "passwordIterations must be at least \(PasswordHasher.minimumIterations), got \(value)"
+        case .idleTimeoutNotPositive(let value): return "idleTimeout must be positive (nil: off), got \(value)"
+        case .loginWindowNotPositive(let value): return "loginFailureWindow must be positive, got \(value)"
+        case .negativeDuration(let name, let value): return "\(name) must not be negative, got \(value)"
+        }
     }
 }

@@ -5,6 +5,7 @@ import Logging
 import SwitchyardBench
 import Messaging
 import Reactor
+import ServiceLifecycle
 import Storage
 import SwitchyardCore
 import Synchronization
@@ -33,31 +34,58 @@ struct ChatBenchCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = Logger(label: "switchyard.bench.chat", factory: { _ in SwiftLogNoOpLogHandler() })
         let clientGroup = try EventLoopGroup(ioLoops: 1)
-        defer { clientGroup.shutdown() }
-        var stopServer: (@Sendable () async -> Void)? = nil
-        let port: Int
         if let external = self.port {
-            port = external
-        } else {
-            let path = FileManager.default.temporaryDirectory
-                .appendingPathComponent("chat-bench-\(UUID().uuidString).sqlite").path
-            let url = db ?? "sqlite:" + path
-            let pool = try ConnectionPool(url: url, logger: logger)
-            let serverGroup = try EventLoopGroup(ioLoops: threads)
-            let server = ChatServer(
-                group: serverGroup,
-                configuration: ChatConfiguration(idleTimeout: nil, maxMessageBytes: 4096, messagesPerSecond: 1_000_000,
-                                                 maxQueuedOutputBytes: 64 << 20,
-                                                 passwordIterations: PasswordHasher.minimumIterations),
-                pool: pool, logger: logger)
-            port = Int(try await server.start().port)
-            stopServer = {
-                await server.shutdown(timeout: .seconds(2))
-                await serverGroup.shutdown()
-                await pool.close()
-                if self.db == nil { try? FileManager.default.removeItem(atPath: path) }
+            do {
+                try await measure(port: external, clientGroup: clientGroup)
+            } catch {
+                await clientGroup.shutdown()
+                throw error
             }
+            await clientGroup.shutdown()
+            return
         }
+        let path = FileManager.default.temporaryDirectory
+            .appendingPathComponent("chat-bench-\(UUID().uuidString).sqlite").path
+        let url = db ?? "sqlite:" + path
+        let pool = try ConnectionPool(url: url, logger: logger)
+        let serverGroup = try EventLoopGroup(ioLoops: threads)
+        let server = ChatServer(
+            group: serverGroup,
+            configuration: ChatConfiguration(idleTimeout: nil, maxMessageBytes: 4096, messagesPerSecond: 1_000_000,
+                                             maxQueuedOutputBytes: 64 << 20,
+                                             passwordIterations: PasswordHasher.minimumIterations,
+                                             drainTimeout: .seconds(2)),
+            pool: pool, logger: logger)
+        let outcome: Result<Void, Error>
+        do {
+            let port = Int(try await server.start().port)
+            // The server runs as a service beside the measurement, which then shuts it down gracefully.
+            let services = ServiceGroup(configuration: ServiceGroupConfiguration(
+                services: [ServiceGroupConfiguration.ServiceConfiguration(service: server)], logger: logger))
+            outcome = await withTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try? await services.run() }
+                let result: Result<Void, Error>
+                do {
+                    try await measure(port: port, clientGroup: clientGroup)
+                    result = .success(())
+                } catch {
+                    result = .failure(error)
+                }
+                await services.triggerGracefulShutdown()
+                await tasks.waitForAll()
+                return result
+            }
+        } catch {
+            outcome = .failure(error)
+        }
+        await clientGroup.shutdown()
+        await serverGroup.shutdown()
+        await pool.close()
+        if db == nil { try? FileManager.default.removeItem(atPath: path) }
+        try outcome.get()
+    }
+
+    private func measure(port: Int, clientGroup: EventLoopGroup) async throws {
         announce("chat fan-out: \(members) members, \(messages) messages of \(size) bytes, window \(window)")
 
         // Receivers: register, log in (the password KDF makes this the slow part), join. The sender is a ChatClient.
@@ -108,7 +136,6 @@ struct ChatBenchCommand: AsyncParsableCommand {
                  + "p99 \(format2(pct(0.99))) ms, max \(format2(pct(1.0))) ms")
         for r in receivers { r.close() }
         await sender.close()
-        await stopServer?()
     }
 }
 
@@ -140,11 +167,16 @@ struct ChatIdleBenchCommand: AsyncParsableCommand {
 
     func run() async throws {
         let group = try EventLoopGroup(ioLoops: threads)
-        defer { group.shutdown() }
         let start = ContinuousClock.now
-        let clients = try await BenchMember.connect(
-            count: users, host: host, port: port, loops: group.ioLoops, rooms: (0..<rooms).map { "room\($0)" },
-            heartbeat: .seconds(heartbeat)) { done in announce("\(done) users in") }
+        let clients: [BenchMember]
+        do {
+            clients = try await BenchMember.connect(
+                count: users, host: host, port: port, loops: group.ioLoops, rooms: (0..<rooms).map { "room\($0)" },
+                heartbeat: .seconds(heartbeat)) { done in announce("\(done) users in") }
+        } catch {
+            await group.shutdown()
+            throw error
+        }
         announce("ready \(clients.count) users in \(format2((ContinuousClock.now - start).secondsValue)) s")
         // Hold them until stdin ends (or a signal ends the process).
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
@@ -155,5 +187,6 @@ struct ChatIdleBenchCommand: AsyncParsableCommand {
             }
         }
         for c in clients { c.close() }
+        await group.shutdown()
     }
 }

@@ -33,7 +33,17 @@ struct ChatClientCommand: AsyncParsableCommand {
 
     func run() async throws {
         let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller))
-        defer { group.shutdown() }
+        do {
+            try await converse(on: group)
+        } catch {
+            await group.shutdown()
+            throw error
+        }
+        await group.shutdown()
+    }
+
+    /// Connects, then reads commands until /quit, the end of input or the connection's end.
+    private func converse(on group: EventLoopGroup) async throws {
         // On a terminal the client reads keys itself (see `Console`); the settings go back on every way out:
         // the defer below for returns and errors, the signal handler for Ctrl-C and kill.
         let terminal = isatty(0) != 0 ? RawTerminal.enter(fd: 0) : nil

@@ -1,8 +1,8 @@
 import ArgumentParser
 import Chat
-import Dispatch
 import Logging
 import Reactor
+import ServiceLifecycle
 import Storage
 
 struct ChatCommand: AsyncParsableCommand {
@@ -35,6 +35,18 @@ struct ChatCommand: AsyncParsableCommand {
         guard passwordIterations >= PasswordHasher.minimumIterations else {
             throw ValidationError("--password-iterations must be at least \(PasswordHasher.minimumIterations)")
         }
+        do {
+            try makeConfiguration().validate()
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+
+    func makeConfiguration() -> ChatConfiguration {
+        ChatConfiguration(
+            server: ServerConfiguration(host: host, port: port),
+            idleTimeout: idleTimeout == 0 ? nil : .seconds(idleTimeout),
+            messagesPerSecond: rate, historyLength: history, passwordIterations: passwordIterations)
     }
 
     func run() async throws {
@@ -49,13 +61,7 @@ struct ChatCommand: AsyncParsableCommand {
         let group = try EventLoopGroup(
             ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
             placement: loops.loopPlacement)
-        // Before accepting, so an early client flood cannot take the descriptor signal handling needs.
-        let termination = try TerminationWaiter(group: group, logger: logger)
-        let configuration = ChatConfiguration(
-            server: ServerConfiguration(host: host, port: port, logger: logger),
-            idleTimeout: idleTimeout == 0 ? nil : .seconds(idleTimeout),
-            messagesPerSecond: rate, historyLength: history, passwordIterations: passwordIterations)
-        let server = ChatServer(group: group, configuration: configuration, pool: pool, logger: logger)
+        let server = ChatServer(group: group, configuration: makeConfiguration(), pool: pool, logger: logger)
         let address: SocketAddress
         do {
             address = try await server.start()
@@ -64,15 +70,9 @@ struct ChatCommand: AsyncParsableCommand {
             await pool.close()
             throw CommandFailure("chat: cannot start on \(host):\(port) with \(db): \(error)")
         }
-        announce("chat listening on \(address) (db \(db), poller \(poller), \(threads) I/O threads)")
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            DispatchQueue.global().async {
-                termination.wait()
-                c.resume()
-            }
-        }
-        await server.shutdown(timeout: .seconds(5))
-        await group.shutdown()
-        await pool.close()
+        try await runServices(
+            [EventLoopGroupService(group: group), pool, server],
+            announcing: "chat listening on \(address) (db \(db), poller \(poller), \(threads) I/O threads)",
+            logger: logger)
     }
 }

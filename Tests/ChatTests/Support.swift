@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Messaging
 import Reactor
+import ServiceLifecycle
 import Storage
 import SwiftProtobuf
 import Testing
@@ -26,7 +27,7 @@ struct UniqueNames: Sendable {
 }
 
 /// A chat server on 127.0.0.1:0 with a fresh SQLite file (or the database given), and a client loop group, both on
-/// `poller`.
+/// `poller`. The server runs as a service in a `ServiceGroup`; `stop()` shuts the group down gracefully.
 final class ChatHarness: Sendable {
     let serverGroup: EventLoopGroup
     let clientGroup: EventLoopGroup
@@ -34,11 +35,14 @@ final class ChatHarness: Sendable {
     let server: ChatServer
     let port: Int
     let databaseURL: String
+    private let services: ServiceGroup
+    private let running: Task<Void, Never>
 
     /// Passwords are hashed with the fewest iterations the server accepts unless `configure` asks for more.
     static func start(poller: PollerKind, databaseURL: String = temporarySQLiteURL("chat"),
                       _ configure: (inout ChatConfiguration) -> Void = { _ in }) async throws -> ChatHarness {
-        var configuration = ChatConfiguration(passwordIterations: PasswordHasher.minimumIterations)
+        var configuration = ChatConfiguration(passwordIterations: PasswordHasher.minimumIterations,
+                                              drainTimeout: .seconds(2))
         configure(&configuration)
         let loops = LoopConfiguration(poller: poller)
         let serverGroup = try EventLoopGroup(ioLoops: 2, configuration: loops, placement: .roundRobin)
@@ -55,18 +59,25 @@ final class ChatHarness: Sendable {
             await clientGroup.shutdown()
             throw error
         }
+        let services = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [ServiceGroupConfiguration.ServiceConfiguration(service: server)], logger: quietLogger))
+        let running = Task {
+            do { try await services.run() } catch { Issue.record("the chat service failed: \(error)") }
+        }
         return ChatHarness(serverGroup: serverGroup, clientGroup: clientGroup, pool: pool, server: server,
-                           port: Int(address.port), databaseURL: databaseURL)
+                           port: Int(address.port), databaseURL: databaseURL, services: services, running: running)
     }
 
     private init(serverGroup: EventLoopGroup, clientGroup: EventLoopGroup, pool: ConnectionPool, server: ChatServer,
-                 port: Int, databaseURL: String) {
+                 port: Int, databaseURL: String, services: ServiceGroup, running: Task<Void, Never>) {
         self.serverGroup = serverGroup
         self.clientGroup = clientGroup
         self.pool = pool
         self.server = server
         self.port = port
         self.databaseURL = databaseURL
+        self.services = services
+        self.running = running
     }
 
     func client(heartbeat: Duration? = .seconds(1)) async throws -> ChatClient {
@@ -82,9 +93,11 @@ final class ChatHarness: Sendable {
         return c
     }
 
+    /// Closes the clients, shuts the server down gracefully (it drains and writes its history), then the rest.
     func stop(_ clients: [ChatClient] = []) async {
         for c in clients { await c.close() }
-        await server.shutdown(timeout: .seconds(2))
+        await services.triggerGracefulShutdown()
+        await running.value
         await pool.close()
         await serverGroup.shutdown()
         await clientGroup.shutdown()
@@ -165,14 +178,4 @@ struct RawChat {
         let login = try await call(l, id: ChatMessageID.loginRequest, replyID: ChatMessageID.loginReply)
         #expect(try login.decode(as: Switchyard_Chat_LoginReply.self).status.code == .ok)
     }
-}
-
-/// Polls a condition that another thread makes true (server-side counters), with a deadline.
-func eventually(_ what: String, timeout: Double = 10, _ condition: @escaping @Sendable () async -> Bool) async throws {
-    let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
-    while ContinuousClock.now < deadline {
-        if await condition() { return }
-        try await Task.sleep(for: .milliseconds(10))
-    }
-    throw TimedOut(what: what)
 }

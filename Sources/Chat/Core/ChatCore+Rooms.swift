@@ -1,0 +1,154 @@
+/// Rooms: join (loading a room's history the first time), leave, list, say.
+extension ChatCore {
+    /// A room's history as storage returns it.
+    struct RoomHistory: Sendable, Equatable {
+        /// The last messages, oldest first.
+        var messages: [Switchyard_Chat_RoomMessage]
+        /// The highest sequence number given in the room (0 if none).
+        var lastSequence: UInt64
+    }
+
+    mutating func join(_ r: Switchyard_Chat_JoinRequest, from peer: ChatPeer) -> [ChatAction] {
+        var actions: [ChatAction] = []
+        var refusal = checkRoomName(r.room, into: &actions)
+        if refusal == nil { refusal = joinRefusal(room: r.room, peer: peer, into: &actions) }
+        if let status = refusal {
+            actions.append(.send(ChatFrame(joinReply(r.requestID, r.room, status), id: .joinReply), to: peer))
+            actions.append(Self.refusalLog("join", peer, status))
+            return actions
+        }
+        guard rooms[r.room] != nil else {
+            return [.loadRoom(LoadRoomJob(peer: peer, requestID: r.requestID, room: r.room,
+                                          limit: configuration.historyLength))]
+        }
+        addMember(room: r.room, peer: peer, requestID: r.requestID, into: &actions)
+        return actions
+    }
+
+    /// The history of a room that was not in memory, or nil when storage failed.
+    mutating func historyLoaded(_ job: LoadRoomJob, _ history: RoomHistory?) -> [ChatAction] {
+        var actions: [ChatAction] = []
+        if rooms[job.room] == nil {
+            guard let history else {
+                let reply = joinReply(job.requestID, job.room, Self.internalError)
+                return [.send(ChatFrame(reply, id: .joinReply), to: job.peer)]
+            }
+            rooms[job.room] = ChatRoom(lastSequence: history.lastSequence, history: history.messages)
+        }
+        if let status = joinRefusal(room: job.room, peer: job.peer, into: &actions) {
+            actions.append(.send(ChatFrame(joinReply(job.requestID, job.room, status), id: .joinReply), to: job.peer))
+            return actions
+        }
+        addMember(room: job.room, peer: job.peer, requestID: job.requestID, into: &actions)
+        return actions
+    }
+
+    /// nil when `peer` may join `room`.
+    private func joinRefusal(room: String, peer: ChatPeer, into actions: inout [ChatAction])
+        -> Switchyard_Chat_Status?
+    {
+        guard let session = sessions[peer.id], !session.cutOff else { return Self.internalError }
+        guard session.user != nil else { return Self.notLoggedIn }
+        if !session.rooms.contains(room) && session.rooms.count >= configuration.maxRoomsPerUser {
+            actions.append(.count(.limitRejection, 1))
+            return Switchyard_Chat_Status(.limitExceeded, "at most \(configuration.maxRoomsPerUser) rooms per user")
+        }
+        return nil
+    }
+
+    /// Adds `peer` to an existing room and replies with the history (before any later room message).
+    private mutating func addMember(room: String, peer: ChatPeer, requestID: UInt32, into actions: inout [ChatAction]) {
+        sessions[peer.id]?.rooms.insert(room)
+        rooms[room]!.members.insert(peer)
+        var reply = joinReply(requestID, room, .ok)
+        reply.memberCount = UInt32(rooms[room]!.members.count)
+        reply.history = rooms[room]!.history
+        actions.append(.send(ChatFrame(reply, id: .joinReply), to: peer))
+    }
+
+    private func joinReply(_ requestID: UInt32, _ room: String, _ status: Switchyard_Chat_Status)
+        -> Switchyard_Chat_JoinReply
+    {
+        var reply = Switchyard_Chat_JoinReply()
+        reply.requestID = requestID
+        reply.room = room
+        reply.status = status
+        return reply
+    }
+
+    mutating func leave(_ r: Switchyard_Chat_LeaveRequest, from peer: ChatPeer) -> [ChatAction] {
+        var reply = Switchyard_Chat_LeaveReply()
+        reply.requestID = r.requestID
+        reply.room = r.room
+        if let session = sessions[peer.id], session.user != nil {
+            if session.rooms.contains(r.room) {
+                sessions[peer.id]?.rooms.remove(r.room)
+                rooms[r.room]?.members.remove(peer)
+                reply.status = .ok
+            } else {
+                reply.status = Switchyard_Chat_Status(.notInRoom, "not in room '\(r.room)'")
+            }
+        } else {
+            reply.status = Self.notLoggedIn
+        }
+        return [.send(ChatFrame(reply, id: .leaveReply), to: peer)]
+    }
+
+    func listRooms(_ r: Switchyard_Chat_ListRoomsRequest, from peer: ChatPeer) -> [ChatAction] {
+        var reply = Switchyard_Chat_ListRoomsReply()
+        reply.requestID = r.requestID
+        reply.status = .ok
+        reply.rooms = rooms.filter { $0.value.members.count > 0 }.keys.sorted().map { name in
+            var info = Switchyard_Chat_RoomInfo()
+            info.name = name
+            info.memberCount = UInt32(rooms[name]!.members.count)
+            return info
+        }
+        return [.send(ChatFrame(reply, id: .listRoomsReply), to: peer)]
+    }
+
+    /// A message to a room at `now` (monotonic, for the rate limit), stamped `unixMs` (wall clock): the next
+    /// sequence number, the reply, one broadcast to every member (the sender included), and the history write.
+    mutating func say(_ r: Switchyard_Chat_SayRequest, from peer: ChatPeer, now: UInt64, unixMs: Int64)
+        -> [ChatAction]
+    {
+        var actions: [ChatAction] = []
+        var reply = Switchyard_Chat_SayReply()
+        reply.requestID = r.requestID
+        func refuse(_ status: Switchyard_Chat_Status) -> [ChatAction] {
+            reply.status = status
+            actions.append(.send(ChatFrame(reply, id: .sayReply), to: peer))
+            actions.append(Self.refusalLog("say", peer, status))
+            return actions
+        }
+        if let status = checkText(r.text, into: &actions) { return refuse(status) }
+        guard var session = sessions[peer.id], let user = session.user else { return refuse(Self.notLoggedIn) }
+        guard session.rooms.contains(r.room), rooms[r.room] != nil else {
+            return refuse(Switchyard_Chat_Status(.notInRoom, "join '\(r.room)' first"))
+        }
+        let allowed = session.takeToken(now: now, rate: Double(configuration.messagesPerSecond))
+        sessions[peer.id] = session
+        guard allowed else {
+            actions.append(.count(.limitRejection, 1))
+            return refuse(Switchyard_Chat_Status(
+                .rateLimited, "more than \(configuration.messagesPerSecond) messages per second"))
+        }
+        var m = Switchyard_Chat_RoomMessage()
+        m.room = r.room
+        m.sender = user
+        m.text = r.text
+        m.timeMs = unixMs
+        rooms[r.room]!.lastSequence += 1
+        m.sequence = rooms[r.room]!.lastSequence
+        rooms[r.room]!.record(m, keep: configuration.historyLength)
+        reply.status = .ok
+        reply.sequence = m.sequence
+        let members = rooms[r.room]!.members
+        actions.reserveCapacity(4)
+        actions.append(.send(ChatFrame(reply, id: .sayReply), to: peer))
+        actions.append(.broadcast(ChatFrame(m, id: .roomMessage), to: members))
+        actions.append(.count(.delivered, members.count))
+        actions.append(.appendHistory(m))
+        return actions
+    }
+}
