@@ -23,6 +23,20 @@ struct ChatBenchCommand: AsyncParsableCommand {
     @Option(help: "Server I/O threads.") var threads = 1
     @Option(help: "Database URL (default: a temporary SQLite file).") var db: String?
     @Option(help: "Port of a running chat server to measure instead of an in-process one.") var port: Int?
+    @OptionGroup var output: JSONOutputOption
+
+    /// The `--json` result (latencies from send to each receiver).
+    struct Summary: Encodable {
+        let members: Int
+        let window: Int
+        let delivered: Int
+        let expected: Int
+        let seconds: Double
+        let messagesPerSecond: Double
+        let p50Ms: Double
+        let p99Ms: Double
+        let maxMs: Double
+    }
 
     func validate() throws {
         guard members >= 2 && members <= 20_000 else { throw ValidationError("--members must be 2...20000") }
@@ -86,7 +100,9 @@ struct ChatBenchCommand: AsyncParsableCommand {
     }
 
     private func measure(port: Int, clientGroup: EventLoopGroup) async throws {
-        announce("chat fan-out: \(members) members, \(messages) messages of \(size) bytes, window \(window)")
+        if !output.json {
+            announce("chat fan-out: \(members) members, \(messages) messages of \(size) bytes, window \(window)")
+        }
 
         // Receivers: register, log in (the password KDF makes this the slow part), join. The sender is a ChatClient.
         let receivers = try await BenchMember.connect(
@@ -98,7 +114,7 @@ struct ChatBenchCommand: AsyncParsableCommand {
         } catch ChatClientError.refused(.nameTaken, _) {}
         _ = try await sender.login(name: "sender", password: "bench")
         _ = try await sender.join("bench")
-        announce("members joined; sending")
+        if !output.json { announce("members joined; sending") }
 
         let padding = String(repeating: "x", count: size - 21)
         let start = SystemInfo.monotonicNanoseconds()
@@ -131,9 +147,15 @@ struct ChatBenchCommand: AsyncParsableCommand {
         func pct(_ p: Double) -> Double {
             all.isEmpty ? 0 : Double(all[min(all.count - 1, Int(Double(all.count) * p))]) / 1e6
         }
-        announce("delivered \(delivered) of \(expected) messages in \(format2(elapsed)) s = "
-                 + "\(Int(Double(delivered) / elapsed)) msgs/s; latency p50 \(format2(pct(0.5))) ms, "
-                 + "p99 \(format2(pct(0.99))) ms, max \(format2(pct(1.0))) ms")
+        if output.json {
+            try output.emit(Summary(
+                members: members, window: window, delivered: delivered, expected: expected, seconds: elapsed,
+                messagesPerSecond: Double(delivered) / elapsed, p50Ms: pct(0.5), p99Ms: pct(0.99), maxMs: pct(1.0)))
+        } else {
+            announce("delivered \(delivered) of \(expected) messages in \(format2(elapsed)) s = "
+                     + "\(Int(Double(delivered) / elapsed)) msgs/s; latency p50 \(format2(pct(0.5))) ms, "
+                     + "p99 \(format2(pct(0.99))) ms, max \(format2(pct(1.0))) ms")
+        }
         for r in receivers { r.close() }
         await sender.close()
     }
