@@ -124,7 +124,7 @@ final class ChatHub: Sendable {
         let table = tables[peer.loop]
         loops[peer.loop].execute { [self] in
             guard let c = table.connections[peer.id], c.isActive else { return }
-            frame.body.withUnsafeBytes { _ = c.sendFrame(messageID: frame.id.rawValue, body: $0) }
+            frame.body.withUnsafeBytes { _ = c.sendFrameInLoop(messageID: frame.id.rawValue, body: $0) }
             checkBacklog(c)
         }
     }
@@ -137,7 +137,7 @@ final class ChatHub: Sendable {
                 frame.body.withUnsafeBytes { raw in
                     for id in ids {
                         guard let c = table.connections[id], c.isActive else { continue }
-                        c.sendFrame(messageID: frame.id.rawValue, body: raw)
+                        c.sendFrameInLoop(messageID: frame.id.rawValue, body: raw)
                         checkBacklog(c)
                     }
                 }
@@ -158,7 +158,7 @@ final class ChatHub: Sendable {
         let loop = loops[peer.loop]
         let task: @Sendable () -> Void = {
             guard let c = table.connections[peer.id] else { return }
-            notice.body.withUnsafeBytes { _ = c.sendFrame(messageID: notice.id.rawValue, body: $0) }
+            notice.body.withUnsafeBytes { _ = c.sendFrameInLoop(messageID: notice.id.rawValue, body: $0) }
             c.close()
             loop.schedule(after: grace) { c.forceClose() }
         }

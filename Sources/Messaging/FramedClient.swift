@@ -86,7 +86,7 @@ public final class FramedClient: Sendable {
             let now = SystemInfo.monotonicNanoseconds()
             // The server's idle timeout decides about silence; this side only keeps the connection warm.
             if policy.decide(now: now, lastSent: connection.lastSendTime, lastReceived: now) == .sendHeartbeat {
-                connection.sendFrame(messageID: ReservedMessageID.heartbeat, body: UnsafeRawBufferPointer(start: nil, count: 0))
+                connection.sendFrameInLoop(messageID: ReservedMessageID.heartbeat, body: UnsafeRawBufferPointer(start: nil, count: 0))
             }
         }
     }

@@ -11,7 +11,7 @@ public struct UDPPeer: Sendable {
 
     /// Sends one frame to this peer. Loop thread only (handlers run there).
     @discardableResult
-    public func sendFrame(messageID: Int32, body: UnsafeRawBufferPointer) -> Bool {
+    public func sendFrameInLoop(messageID: Int32, body: UnsafeRawBufferPointer) -> Bool {
         guard body.count <= FrameParser.maxDatagramBodyLength else { return false }
         var header = FrameParser.header(messageID: messageID, bodyLength: body.count)
         return withUnsafeBytes(of: &header) { channel.sendInLoop($0, body, to: address) }
@@ -24,10 +24,10 @@ public struct UDPPeer: Sendable {
         guard let body: [UInt8] = try? message.serializedBytes(),
               body.count <= FrameParser.maxDatagramBodyLength else { return false }
         if channel.loop.inLoopThread {
-            return body.withUnsafeBytes { sendFrame(messageID: id, body: $0) }
+            return body.withUnsafeBytes { sendFrameInLoop(messageID: id, body: $0) }
         }
         let peer = self
-        channel.loop.execute { _ = body.withUnsafeBytes { peer.sendFrame(messageID: id, body: $0) } }
+        channel.loop.execute { _ = body.withUnsafeBytes { peer.sendFrameInLoop(messageID: id, body: $0) } }
         return true
     }
 }

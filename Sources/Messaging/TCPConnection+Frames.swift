@@ -5,7 +5,7 @@ import SwiftProtobuf
 extension TCPConnection {
     /// Sends one frame: the 8-byte header and the body in one writev when the socket takes it. Loop thread only.
     @discardableResult
-    public func sendFrame(messageID: Int32, body: UnsafeRawBufferPointer) -> Bool {
+    public func sendFrameInLoop(messageID: Int32, body: UnsafeRawBufferPointer) -> Bool {
         var header = FrameParser.header(messageID: messageID, bodyLength: body.count)
         return withUnsafeBytes(of: &header) { sendInLoop($0, body) }
     }
@@ -14,9 +14,9 @@ extension TCPConnection {
     @discardableResult
     public func sendFrame(messageID: Int32, body: [UInt8]) -> Bool {
         if loop.inLoopThread {
-            return body.withUnsafeBytes { sendFrame(messageID: messageID, body: $0) }
+            return body.withUnsafeBytes { sendFrameInLoop(messageID: messageID, body: $0) }
         }
-        loop.execute { [self] in _ = body.withUnsafeBytes { sendFrame(messageID: messageID, body: $0) } }
+        loop.execute { [self] in _ = body.withUnsafeBytes { sendFrameInLoop(messageID: messageID, body: $0) } }
         return true
     }
 

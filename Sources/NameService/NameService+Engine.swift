@@ -143,7 +143,7 @@ extension NameService {
                     connection.loop.execute { [self] in
                         let body = snapshot.responseBody(for: key)
                         body.withUnsafeBytes {
-                            _ = connection.sendFrame(messageID: MessageID.getRouteResponse.rawValue, body: $0)
+                            _ = connection.sendFrameInLoop(messageID: MessageID.getRouteResponse.rawValue, body: $0)
                         }
                     }
                     pushes += 1

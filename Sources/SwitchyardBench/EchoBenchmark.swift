@@ -71,7 +71,7 @@ public enum EchoBenchmark {
                 router: router,
                 onConnect: { connection in
                     connected.signal()
-                    _ = body.withUnsafeBytes { connection.sendFrame(messageID: BenchMessageID.echo.rawValue, body: $0) }
+                    _ = body.withUnsafeBytes { connection.sendFrameInLoop(messageID: BenchMessageID.echo.rawValue, body: $0) }
                 },
                 onConnectFailed: { _ in
                     failures.wrappingAdd(1, ordering: .relaxed)

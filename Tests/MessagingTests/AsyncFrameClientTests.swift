@@ -117,7 +117,7 @@ extension MessagingSocketTests {
         func serverCloseEndsSequence(poller: PollerKind) async throws {
             let router = MessageRouter<TCPConnection>()
             try router.on(TestID(40)) { message in
-                message.connection.sendFrame(messageID: 41, body: message.body)
+                message.connection.sendFrameInLoop(messageID: 41, body: message.body)
                 message.connection.close()  // graceful: the reply is flushed first
             }
             let fixture = try Fixture(poller: poller, router: router)

@@ -22,7 +22,7 @@ extension MessagingSocketTests {
                     arrived.signal()
                 }
                 try router.on(TestID(11)) { message in
-                    message.connection.sendFrame(messageID: 11, body: message.body)
+                    message.connection.sendFrameInLoop(messageID: 11, body: message.body)
                 }
             }
         }

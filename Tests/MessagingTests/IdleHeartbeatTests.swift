@@ -78,7 +78,7 @@ extension MessagingSocketTests {
                 let router = MessageRouter<TCPConnection>()
                 try router.on(TestID(10)) { message in
                     handled.signal()
-                    message.connection.sendFrame(messageID: 10, body: message.body)
+                    message.connection.sendFrameInLoop(messageID: 10, body: message.body)
                 }
                 try router.onUnknown { _ in unknown.signal() }
                 try withFramedServer(group: group, router: router, idleTimeout: Self.idleTimeout,

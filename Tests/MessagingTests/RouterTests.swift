@@ -166,7 +166,7 @@ extension MessagingSocketTests {
                 let serverRouter = MessageRouter<TCPConnection>()
                 try serverRouter.on(TestID(30)) { message in
                     contextInHandler.update { $0.append("server:\(message.connection.context as? String ?? "nil")") }
-                    message.connection.sendFrame(messageID: 31, body: message.body)
+                    message.connection.sendFrameInLoop(messageID: 31, body: message.body)
                 }
                 try withFramedServer(
                     group: group, router: serverRouter,

@@ -170,7 +170,7 @@ func withFramedServer<R>(
 func echoRouter(ids: [TestID] = [TestID(10)]) throws -> MessageRouter<TCPConnection> {
     let router = MessageRouter<TCPConnection>()
     for id in ids {
-        try router.on(id) { message in message.connection.sendFrame(messageID: message.messageID, body: message.body) }
+        try router.on(id) { message in message.connection.sendFrameInLoop(messageID: message.messageID, body: message.body) }
     }
     return router
 }
