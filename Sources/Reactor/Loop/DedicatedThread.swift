@@ -1,18 +1,38 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// Runs blocking work (joining loop threads, waiting for connections to drain) from async code on a thread of its
 /// own, so no thread of Swift's cooperative pool is held while it waits. Returns what `body` returns. When no thread
 /// can be started, `body` runs on the calling thread. Safe to call from any task.
 public func runOnDedicatedThread<T: Sendable>(name: String, _ body: @escaping @Sendable () -> T) async -> T {
-    await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
+    let job = Job(body)
+    return await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
         do {
-            let thread = try EventLoopGroup.startThread(name: name) { continuation.resume(returning: body()) }
+            let thread = try EventLoopGroup.startThread(name: name) {
+                continuation.resume(returning: job.run())
+            }
             pthread_detach(thread)
         } catch {
-            continuation.resume(returning: body())
+            continuation.resume(returning: job.run())
         }
+    }
+}
+
+/// The work of `runOnDedicatedThread`, released as soon as it has run: what it captured (a group, a server) is not
+/// kept alive by the finishing thread after the caller has resumed.
+private final class Job<T: Sendable>: Sendable {
+    private let body: Mutex<(@Sendable () -> T)?>
+
+    init(_ body: @escaping @Sendable () -> T) { self.body = Mutex(body) }
+
+    func run() -> T {
+        let work = body.withLock { b -> (@Sendable () -> T) in
+            defer { b = nil }
+            return b!
+        }
+        return work()
     }
 }
 
