@@ -56,18 +56,10 @@ struct NamesCommand: AsyncParsableCommand {
             ioLoops: threads, configuration: LoopConfiguration(logger: logger),
             placement: loops.loopPlacement)
         let names = NameService(group: group, configuration: configuration, pool: pool, logger: logger)
-        let address: SocketAddress
-        do {
-            address = try names.start()
-        } catch {
-            await group.shutdown()
-            await pool.close()
-            throw CommandFailure("names: cannot listen on \(host):\(port): \(error)")
-        }
-        // Stopped in reverse: the name service (stops accepting, closes its connections), the pool, the loops.
-        try await runServices(
-            [EventLoopGroupService(group: group), pool, names],
-            announcing: "names listening on \(address) (db \(pool.url), polling every \(pollInterval) s)", logger: logger)
+        try await serve(names, binding: names.start, command: "names", host: host, port: port, group: group,
+                        pool: pool,
+                        announcing: { "names listening on \($0) (db \(pool.url), polling every \(pollInterval) s)" },
+                        logger: logger)
     }
 }
 

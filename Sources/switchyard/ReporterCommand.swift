@@ -49,18 +49,10 @@ struct ReporterCommand: AsyncParsableCommand {
             ioLoops: threads, configuration: LoopConfiguration(logger: logger),
             placement: loops.loopPlacement)
         let reporter = Reporter(group: group, configuration: configuration, pool: pool, logger: logger)
-        let address: SocketAddress
-        do {
-            address = try reporter.start()
-        } catch {
-            await group.shutdown()
-            await pool.close()
-            throw CommandFailure("reporter: cannot listen on \(host):\(port): \(error)")
-        }
-        // Stopped in reverse: the reporter (stops accepting, writes what is queued), the pool, the loops.
-        try await runServices(
-            [EventLoopGroupService(group: group), pool, reporter],
-            announcing: "reporter listening on \(address) (db \(pool.url))", logger: logger)
+        try await serve(reporter, binding: reporter.start, command: "reporter", host: host, port: port, group: group,
+                        pool: pool,
+                        announcing: { "reporter listening on \($0) (db \(pool.url))" },
+                        logger: logger)
         let stats = reporter.statistics
         logger.info("reporter totals", metadata: [
             "received": "\(stats.received)", "written": "\(stats.written)", "dropped": "\(stats.dropped)",

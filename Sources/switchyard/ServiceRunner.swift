@@ -1,6 +1,7 @@
 import Logging
 import Reactor
 import ServiceLifecycle
+import Storage
 
 /// Runs a command's services in one `ServiceGroup` until SIGTERM or SIGINT, which start a graceful shutdown: the
 /// group stops the services in reverse order (the last one first), each draining before the one before it stops.
@@ -44,17 +45,27 @@ struct TCPServerService: Service {
     }
 }
 
-/// Binds `server` (a failure is a `CommandFailure` naming `command` and the address), then runs it and its group
-/// until SIGTERM/SIGINT: the shape of every command that serves one TCP server.
-func serveTCP(_ server: TCPServer, group: EventLoopGroup, command: String, host: String, port: Int,
-              announcing line: (SocketAddress) -> String, logger: Logger) async throws {
+/// Binds a command's service with `bind` (a failure is a `CommandFailure` naming `command` and the address, after the
+/// loops and the pool are released), then runs the loops, the pool (when given) and the service until SIGTERM/SIGINT.
+/// They stop in reverse: the service (stops accepting, drains), the pool, the loops.
+func serve(_ service: any Service, binding bind: () throws -> SocketAddress, command: String, host: String, port: Int,
+           group: EventLoopGroup, pool: ConnectionPool? = nil, announcing line: (SocketAddress) -> String,
+           logger: Logger) async throws {
     let address: SocketAddress
     do {
-        address = try server.start()
+        address = try bind()
     } catch {
         await group.shutdown()
+        await pool?.close()
         throw CommandFailure("\(command): cannot listen on \(host):\(port): \(error)")
     }
-    try await runServices([EventLoopGroupService(group: group), TCPServerService(server: server)],
-                          announcing: line(address), logger: logger)
+    let services: [any Service] = [EventLoopGroupService(group: group)] + (pool.map { [$0] } ?? []) + [service]
+    try await runServices(services, announcing: line(address), logger: logger)
+}
+
+/// `serve` for a bare `TCPServer`.
+func serveTCP(_ server: TCPServer, group: EventLoopGroup, command: String, host: String, port: Int,
+              announcing line: (SocketAddress) -> String, logger: Logger) async throws {
+    try await serve(TCPServerService(server: server), binding: server.start, command: command, host: host, port: port,
+                    group: group, announcing: line, logger: logger)
 }
