@@ -69,8 +69,8 @@ struct FrameDispatcher: Sendable {
 
     private func protocolError(_ connection: TCPConnection, _ error: Error) {
         statistics.protocolErrorsIn.wrappingAdd(1, ordering: .relaxed)
-        logger.warning("protocol error, closing connection",
-                       metadata: ["peer": "\(connection.peerAddress)", "connection.id": "\(connection.id)",
+        logger.info("protocol error, closing connection",
+                       metadata: ["peer.address": "\(connection.peerAddress)", "connection.id": "\(connection.id)",
                                   "reason": "\(error)"])
         connection.forceClose()
     }
@@ -81,7 +81,7 @@ struct FrameDispatcher: Sendable {
         if !session.loggedUnknown {
             session.loggedUnknown = true
             logger.info("message id has no handler (logged once per connection)",
-                        metadata: ["peer": "\(connection.peerAddress)", "connection.id": "\(connection.id)",
+                        metadata: ["peer.address": "\(connection.peerAddress)", "connection.id": "\(connection.id)",
                                    "message.id": "\(id)"])
         }
     }

@@ -143,7 +143,7 @@ final class IdleReaper: @unchecked Sendable {
         let now = SystemInfo.monotonicNanoseconds()
         for connection in state.connections.values where now &- connection.lastReceiveTime > timeoutNs {
             logger.info("closing idle connection",
-                        metadata: ["peer": "\(connection.peerAddress)", "connection.id": "\(connection.id)"])
+                        metadata: ["peer.address": "\(connection.peerAddress)", "connection.id": "\(connection.id)"])
             closedCount.wrappingAdd(1, ordering: .relaxed)
             connection.forceClose()
         }

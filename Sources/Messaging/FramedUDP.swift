@@ -76,7 +76,7 @@ public final class FramedUDPEndpoint: Sendable {
                     if result == .unknown { stats.unknownIn.wrappingAdd(1, ordering: .relaxed) }
                 } catch {
                     stats.handlerErrorsIn.wrappingAdd(1, ordering: .relaxed)
-                    logger.debug("datagram rejected", metadata: ["peer": "\(sender)", "reason": "\(error)"])
+                    logger.debug("datagram rejected", metadata: ["peer.address": "\(sender)", "reason": "\(error)"])
                 }
             }
         }

@@ -20,9 +20,9 @@ extension MessagingSocketTests {
                     try client.sendAll(rawHeader(id: 10, length: 5000) + rawHeader(id: 10, length: -1))
                     #expect(client.seesClose())
                     #expect(eventually { server.connectionCount == 0 })
-                    let errors = lines.get().filter { $0.level >= .notice }
+                    let errors = lines.get().filter { $0.message.contains("protocol error") }
                     #expect(errors.count == 1, "\(errors)")
-                    #expect(errors.first?.metadata["peer"] == peer)
+                    #expect(errors.first?.metadata["peer.address"] == peer)
                     #expect(errors.first?.metadata["reason"]?.contains("5000") == true)
                     #expect(errors.first?.metadata["reason"]?.contains("1024") == true)
                     #expect(server.statistics.protocolErrors == 1)
@@ -46,7 +46,7 @@ extension MessagingSocketTests {
                     #expect(server.statistics.unknownMessages == 8)
                     let unknownLines = lines.get().filter { $0.metadata["message.id"] != nil }
                     #expect(unknownLines.count == 2, "\(unknownLines)")
-                    #expect(Set(unknownLines.compactMap { $0.metadata["peer"] })
+                    #expect(Set(unknownLines.compactMap { $0.metadata["peer.address"] })
                             == Set(clients.map { "127.0.0.1:\($0.localPort)" }))
                     #expect(unknownLines.allSatisfy { $0.metadata["message.id"] == "60" && $0.level <= .info })
                 }

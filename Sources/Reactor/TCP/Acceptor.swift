@@ -99,7 +99,7 @@ final class Acceptor: EventHandler, @unchecked Sendable {
     private func handleDescriptorShortage(_ err: Int32) {
         if !loggedDescriptorShortage {
             loggedDescriptorShortage = true
-            logger.warning("out of file descriptors: refusing new connections until some close",
+            logger.info("out of file descriptors: refusing new connections until some close",
                            metadata: ["error": "\(IOError(errnoCode: err, call: "accept4"))"])
         }
         if reserveFD >= 0 {

@@ -129,8 +129,8 @@ public final class TCPServer: @unchecked Sendable {
             refused.wrappingAdd(1, ordering: .relaxed)
             if !loggedLimit {
                 loggedLimit = true
-                logger.warning("connection limit reached, refusing",
-                               metadata: ["limit": "\(configuration.maxConnections)", "peer": "\(peer)"])
+                logger.info("connection limit reached, refusing",
+                               metadata: ["limit": "\(configuration.maxConnections)", "peer.address": "\(peer)"])
             }
             return
         }
@@ -150,7 +150,7 @@ public final class TCPServer: @unchecked Sendable {
                 conn.onClosedByOwner = nil
                 failedRegistrations.wrappingAdd(1, ordering: .relaxed)
                 logger.error("cannot serve accepted connection, closed it",
-                             metadata: ["peer": "\(peer)", "error": "\(error)"])
+                             metadata: ["peer.address": "\(peer)", "error": "\(error)"])
                 connectionClosed(conn)
             }
         }
