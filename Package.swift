@@ -165,7 +165,8 @@ let package = Package(
         .target(
             name: "SwitchyardDemo",
             dependencies: [
-                "SwitchyardCore", "LoadBalancing", "LoadBalanceAgent", "LoadBalanceClient", "NameService", "Reporter", "RouteStore",
+                "SwitchyardCore", "LoadBalancing", "LoadBalanceAgent", "LoadBalanceClient", "NameService", "Reporter",
+                "RouteStore",
                 "Reactor", "Storage", "EchoServer",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -175,7 +176,8 @@ let package = Package(
         .target(
             name: "SwitchyardBench",
             dependencies: [
-                "SwitchyardCore", "Chat", "LarsWire", "LoadBalancing", "LoadBalanceAgent", "LoadBalanceClient", "Messaging", "Reactor",
+                "SwitchyardCore", "Chat", "LarsWire", "LoadBalancing", "LoadBalanceAgent", "LoadBalanceClient",
+                "Messaging", "Reactor",
                 "Storage",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
@@ -191,7 +193,8 @@ let package = Package(
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "SwitchyardCore", "CSwitchyardCLI", "Reactor", "LarsProtocol", "Messaging", "Storage", "LoadBalancing", "RouteStore",
+                "SwitchyardCore", "CSwitchyardCLI", "Reactor", "LarsProtocol", "Messaging", "Storage", "LoadBalancing",
+                "RouteStore",
                 "LoadBalanceClient", "LoadBalanceAgent", "NameService", "Reporter", "Chat",
                 "EchoServer", "SwitchyardDemo", "SwitchyardBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -221,7 +224,7 @@ let package = Package(
             "TestSupport",
         ]),
         .testTarget(name: "NameServiceTests", dependencies: [
-            "NameService", "Reporter", "RouteStore", "LoadBalanceClient", "LoadBalancing", "LarsProtocol",
+            "NameService", "RouteStore", "LoadBalanceClient", "LoadBalancing", "LarsProtocol",
             "Messaging", "Reactor", "Storage", "TestSupport",
         ]),
         .testTarget(name: "ReporterTests", dependencies: [

@@ -133,20 +133,25 @@ public final class ChatServer: Service, Sendable {
             state = .running(address)
         }
         let jobs = hub.jobs
-        await withDiscardingTaskGroup { group in
-            group.addTask { [self] in
-                try? await gracefulShutdown()
-                lifecycle.withLock { $0 = .stopping }
-                let (framed, timeout) = (framed, configuration.drainTimeout)
-                await runOnDedicatedThread(name: "sy-chat-stop") { framed.shutdown(timeout: timeout) }
-                jobs.finish()
+        let writer = hub.writer
+        await withDiscardingTaskGroup { outer in
+            // The history writer outlives the connections and the jobs: it ends with what they left queued.
+            outer.addTask { await writer.run() }
+            await withDiscardingTaskGroup { group in
+                group.addTask { [self] in
+                    try? await gracefulShutdown()
+                    lifecycle.withLock { $0 = .stopping }
+                    let (framed, timeout) = (framed, configuration.drainTimeout)
+                    await runOnDedicatedThread(name: "sy-chat-stop") { framed.shutdown(timeout: timeout) }
+                    jobs.finish()
+                }
+                for await job in jobs.stream {
+                    group.addTask { await job() }
+                }
             }
-            for await job in jobs.stream {
-                group.addTask { await job() }
-            }
+            await writer.flush()
+            writer.finish()
         }
-        await hub.writer.flush()
-        await hub.writer.finish()
         lifecycle.withLock { $0 = .stopped }
         logger.info("chat server stopped")
     }

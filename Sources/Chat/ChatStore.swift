@@ -119,8 +119,8 @@ struct ChatStore: Sendable {
 /// Writes room messages to the store in batches, in the background, through a bounded ``BatchWriter``: `append`
 /// never waits for the database, a flood cannot grow memory past ``defaultConfiguration``'s bounds (the oldest
 /// unwritten messages are dropped and counted), and one writer at a time puts what accumulated into one
-/// transaction. The writer starts with the first message and ends once this object is released (after writing
-/// what it holds) or ``finish()`` is called. Safe to call from any thread.
+/// transaction. The writer loop is ``run()``, a child task of `ChatServer.run()`; it ends once ``finish()`` is
+/// called (after writing what it holds, bounded by the drain timeout). Safe to call from any thread.
 final class HistoryWriter: Sendable {
     /// At most 100,000 messages or 64 MiB of text held; at most 500 messages per transaction; written as soon as
     /// the writer is free; a failed batch is lost (logged), as before the bound.
@@ -129,7 +129,6 @@ final class HistoryWriter: Sendable {
         drainTimeout: .seconds(5))
 
     private let batches: BatchWriter<Switchyard_Chat_RoomMessage>
-    private let writerTask = Mutex<Task<Void, Never>?>(nil)
 
     init(store: ChatStore, logger: Logger, configuration: BatchWriterConfiguration = HistoryWriter.defaultConfiguration) {
         batches = BatchWriter(
@@ -151,12 +150,14 @@ final class HistoryWriter: Sendable {
     /// The writer's counters (received, written, dropped, failed, queued).
     var statistics: BatchWriterStatistics { batches.statistics }
 
+    /// Queues a message; ``run()`` writes it. Any thread, never waits.
     func append(_ message: Switchyard_Chat_RoomMessage) {
-        writerTask.withLock { task in
-            // The task holds the batch writer, not this object, so releasing the server ends it (see deinit).
-            if task == nil { task = Task { [batches] in await batches.run() } }
-        }
         batches.append(message)
+    }
+
+    /// The writer loop: writes batches until ``finish()``, then what is left (bounded by the drain timeout).
+    func run() async {
+        await batches.run()
     }
 
     /// Waits until everything appended so far is written (or failed, or dropped).
@@ -164,9 +165,8 @@ final class HistoryWriter: Sendable {
         await batches.flush()
     }
 
-    /// Writes what is held (at most the drain timeout) and stops the writer.
-    func finish() async {
+    /// Tells ``run()`` to write what is held (at most the drain timeout) and return.
+    func finish() {
         batches.finish()
-        await writerTask.withLock { $0 }?.value
     }
 }
