@@ -49,6 +49,8 @@ public final class LoadBalanceClient: Sendable {
     public let agentPorts: [Int]
     public let timeout: Duration
     private let addresses: [SocketAddress]
+    /// The timeout error of each agent port, made once (not formatted on every call).
+    private let timeoutErrors: [UInt16: LoadBalanceClientError]
     private let ownedGroup: EventLoopGroup?
     private let isClosed = Atomic<Bool>(false)
     /// The loop the client's socket is on. Tasks that prefer it as their executor (`Task(executorPreference:)`)
@@ -72,6 +74,11 @@ public final class LoadBalanceClient: Sendable {
         self.agentPorts = agentPorts
         self.timeout = timeout
         addresses = try agentPorts.map { try SocketAddress(host: agentHost, port: $0) }
+        let timeoutMs = timeout.millisecondsTruncated
+        timeoutErrors = Dictionary(addresses.map { address in
+            (address.port, LoadBalanceClientError.timeout(
+                "no agent answered on \(agentHost):\(address.port) within \(timeoutMs) ms"))
+        }, uniquingKeysWith: { first, _ in first })
         let group: EventLoopGroup? = loop == nil
             ? try EventLoopGroup(ioLoops: 0, configuration: LoopConfiguration(busyPoll: busyPoll)) : nil
         ownedGroup = group
@@ -187,7 +194,7 @@ public final class LoadBalanceClient: Sendable {
     private func deadline() -> UInt64 { SystemInfo.monotonicNanoseconds() &+ timeout.nanosecondsSaturated }
 
     private func timeoutError(_ destination: SocketAddress) -> LoadBalanceClientError {
-        .timeout("no agent answered on \(agentHost):\(destination.port) within \(timeout.millisecondsTruncated) ms")
+        timeoutErrors[destination.port] ?? .timeout("no agent answered on \(agentHost):\(destination.port)")
     }
 
     /// Tells the agent how a call to `host` went: retcode 0 is a success, anything else a failure (1 overload).

@@ -28,9 +28,22 @@ public final class RequestCorrelator<Key: Hashable & Sendable, Reply: Sendable>:
         var slot: Slot
     }
 
+    /// The requests waiting on one key: almost always one (a sequence number), so no array for it.
+    private enum Tokens {
+        case one(UInt64)
+        case many([UInt64])
+
+        var all: [UInt64] {
+            switch self {
+            case .one(let token): return [token]
+            case .many(let tokens): return tokens
+            }
+        }
+    }
+
     private struct State {
         var entries: [UInt64: Entry] = [:]
-        var byKey: [Key: [UInt64]] = [:]
+        var byKey: [Key: Tokens] = [:]
         var nextToken: UInt64 = 0
         var closedError: (any Error)?
     }
@@ -52,7 +65,13 @@ public final class RequestCorrelator<Key: Hashable & Sendable, Reply: Sendable>:
             let token = s.nextToken
             s.nextToken &+= 1
             s.entries[token] = Entry(key: key, deadline: deadline, timeoutError: timeoutError, slot: .registered)
-            s.byKey[key, default: []].append(token)
+            switch s.byKey[key] {
+            case nil: s.byKey[key] = .one(token)
+            case .one(let first)?: s.byKey[key] = .many([first, token])
+            case .many(var tokens)?:
+                tokens.append(token)
+                s.byKey[key] = .many(tokens)
+            }
             return token
         }
         do {
@@ -82,14 +101,21 @@ public final class RequestCorrelator<Key: Hashable & Sendable, Reply: Sendable>:
     /// Hands `reply` to every request waiting on `key`. Returns how many there were (0: a late or unknown reply).
     @discardableResult
     public func resume(_ key: Key, with reply: Reply) -> Int {
-        let tokens = state.withLock { $0.byKey[key] ?? [] }
-        for token in tokens { finish(token, with: .success(reply)) }
-        return tokens.count
+        switch state.withLock({ $0.byKey[key] }) {
+        case nil:
+            return 0
+        case .one(let token)?:
+            finish(token, with: .success(reply))
+            return 1
+        case .many(let tokens)?:
+            for token in tokens { finish(token, with: .success(reply)) }
+            return tokens.count
+        }
     }
 
     /// Fails every request waiting on `key` with `error`.
     public func fail(_ key: Key, with error: any Error) {
-        let tokens = state.withLock { $0.byKey[key] ?? [] }
+        let tokens = state.withLock { $0.byKey[key]?.all ?? [] }
         for token in tokens { finish(token, with: .failure(error)) }
     }
 
@@ -137,8 +163,14 @@ public final class RequestCorrelator<Key: Hashable & Sendable, Reply: Sendable>:
 
     /// Takes `token` off its key's list (a finished request gets no second outcome).
     private static func unlink(_ token: UInt64, key: Key, from s: inout State) {
-        guard var tokens = s.byKey[key] else { return }
-        tokens.removeAll { $0 == token }
-        s.byKey[key] = tokens.isEmpty ? nil : tokens
+        switch s.byKey[key] {
+        case nil:
+            return
+        case .one(let only)?:
+            if only == token { s.byKey[key] = nil }
+        case .many(var tokens)?:
+            tokens.removeAll { $0 == token }
+            s.byKey[key] = tokens.isEmpty ? nil : (tokens.count == 1 ? .one(tokens[0]) : .many(tokens))
+        }
     }
 }
