@@ -1,3 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials  // UnsafeRawBufferPointer's ContiguousBytes conformance, for the inlinable decoder
+#else
+import Foundation
+#endif
 import LarsWire
 import Reactor
 import SwiftProtobuf
@@ -75,7 +80,8 @@ public final class MessageRouter<Connection>: @unchecked Sendable {
         try on(rawID: id.rawValue, userData: userData, handler)
     }
 
-    private func on(rawID id: Int32, userData: (any Sendable)?, _ handler: @escaping Handler) throws {
+    @usableFromInline
+    func on(rawID id: Int32, userData: (any Sendable)?, _ handler: @escaping Handler) throws {
         try registration.withLock { frozen in
             if frozen { throw RouterError.routerFrozen }
             if id == ReservedMessageID.heartbeat { throw RouterError.reservedID(id) }
@@ -86,6 +92,9 @@ public final class MessageRouter<Connection>: @unchecked Sendable {
     }
 
     /// Adds a typed route: the body is decoded as `M` (protobuf); a body that does not decode is a protocol error.
+    /// Inlinable, so the decoding closure is specialized for `M` in the caller's module (unspecialized, every frame
+    /// looked up `M`'s generic metadata at run time).
+    @inlinable
     public func on<M: SwiftProtobuf.Message>(
         _ id: some FrameMessageID, as type: M.Type, userData: (any Sendable)? = nil,
         _ handler: @escaping @Sendable (M, InboundMessage<Connection>) throws -> Void
