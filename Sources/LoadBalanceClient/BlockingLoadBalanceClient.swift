@@ -1,11 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-#if canImport(FoundationEssentials)
-import struct FoundationEssentials.Data  // the protobuf `bytes` type; not the whole of Foundation
-#else
-import struct Foundation.Data
-#endif
 import LarsProtocol
 import LarsWire
 import LoadBalancing
@@ -50,8 +45,7 @@ public final class BlockingLoadBalanceClient {
     deinit { if fd >= 0 { Posix.close(fd) } }
 
     private func address(modid: Int32, cmdid: Int32) -> SocketAddress {
-        let n = addresses.count
-        return addresses[(((Int(modid) + Int(cmdid)) % n) + n) % n]
+        AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses)
     }
 
     private func send(_ frame: [UInt8], to address: SocketAddress) {
@@ -94,11 +88,7 @@ public final class BlockingLoadBalanceClient {
     /// Asks the agent for a host of (modid, cmdid); blocks up to `timeout`.
     public func getHost(modid: Int32, cmdid: Int32) throws -> GetHostResult {
         sequence &+= 1
-        var request = Lars_GetHostRequest()
-        request.seq = sequence
-        request.modid = modid
-        request.cmdid = cmdid
-        return try exchangeGetHost(request: MessageID.getHostRequest, body: try request.serializedBytes(),
+        return try exchangeGetHost(AgentRequests.getHost(seq: sequence, modid: modid, cmdid: cmdid),
                                    reply: MessageID.getHostResponse, seq: sequence, modid: modid, cmdid: cmdid)
     }
 
@@ -106,12 +96,7 @@ public final class BlockingLoadBalanceClient {
     /// the same host while it has room; a Switchyard agent only). Blocks up to `timeout`.
     public func getHost(modid: Int32, cmdid: Int32, key: [UInt8]) throws -> GetHostResult {
         sequence &+= 1
-        var request = Switchyard_Lb_GetHostByKeyRequest()
-        request.seq = sequence
-        request.modid = modid
-        request.cmdid = cmdid
-        request.key = Data(key)
-        return try exchangeGetHost(request: MessageID.getHostByKeyRequest, body: try request.serializedBytes(),
+        return try exchangeGetHost(AgentRequests.getHost(seq: sequence, modid: modid, cmdid: cmdid, key: key),
                                    reply: MessageID.getHostByKeyResponse, seq: sequence, modid: modid, cmdid: cmdid)
     }
 
@@ -120,10 +105,10 @@ public final class BlockingLoadBalanceClient {
         try getHost(modid: modid, cmdid: cmdid, key: Array(key.utf8))
     }
 
-    private func exchangeGetHost(request id: MessageID, body: [UInt8], reply replyID: MessageID, seq: UInt32, modid: Int32,
+    private func exchangeGetHost(_ frame: [UInt8], reply replyID: MessageID, seq: UInt32, modid: Int32,
                                  cmdid: Int32) throws -> GetHostResult {
         let destination = address(modid: modid, cmdid: cmdid)
-        send(FrameParser.encode(messageID: id.rawValue, body: body), to: destination)
+        send(frame, to: destination)
         let response = try receive(port: destination.port) { id, body -> Lars_GetHostResponse? in
             guard id == replyID.rawValue,
                   let r = try? Lars_GetHostResponse(serializedBytes: body), r.seq == seq else { return nil }
@@ -134,16 +119,8 @@ public final class BlockingLoadBalanceClient {
 
     /// Tells the agent how a call to `host` went (retcode 0: success). Fire and forget.
     public func report(modid: Int32, cmdid: Int32, host: Host, retcode: Int32) {
-        var request = Lars_ReportRequest()
-        request.modid = modid
-        request.cmdid = cmdid
-        var info = Lars_HostInfo()
-        info.ip = host.wireIP
-        info.port = Int32(host.port)
-        request.host = info
-        request.retcode = retcode
-        guard let body: [UInt8] = try? request.serializedBytes() else { return }
-        send(FrameParser.encode(messageID: MessageID.reportRequest.rawValue, body: body), to: address(modid: modid, cmdid: cmdid))
+        guard let frame = AgentRequests.report(modid: modid, cmdid: cmdid, host: host, retcode: retcode) else { return }
+        send(frame, to: address(modid: modid, cmdid: cmdid))
     }
 
     /// Tells the agent whether a call to `host` succeeded. Fire and forget.
@@ -153,17 +130,14 @@ public final class BlockingLoadBalanceClient {
 
     /// The hosts of (modid, cmdid) as the agent knows them; blocks up to `timeout`.
     public func getRoute(modid: Int32, cmdid: Int32) throws -> [Host] {
-        var request = Lars_GetRouteRequest()
-        request.modid = modid
-        request.cmdid = cmdid
         let destination = address(modid: modid, cmdid: cmdid)
-        send(FrameParser.encode(messageID: MessageID.apiGetRouteRequest.rawValue,
-                                body: try request.serializedBytes() as [UInt8]), to: destination)
+        send(try AgentRequests.getRoute(modid: modid, cmdid: cmdid), to: destination)
         let response = try receive(port: destination.port) { id, body -> Lars_GetRouteResponse? in
-            guard id == MessageID.apiGetRouteResponse.rawValue, let r = try? Lars_GetRouteResponse(serializedBytes: body),
-                  r.modid == modid, r.cmdid == cmdid else { return nil }
+            guard id == MessageID.apiGetRouteResponse.rawValue,
+                  let r = try? Lars_GetRouteResponse(serializedBytes: body), r.modid == modid, r.cmdid == cmdid
+            else { return nil }
             return r
         }
-        return response.host.compactMap { Host(wireIP: $0.ip, wirePort: $0.port) }
+        return AgentRequests.hosts(of: response)
     }
 }

@@ -1,8 +1,3 @@
-#if canImport(FoundationEssentials)
-import struct FoundationEssentials.Data  // the protobuf `bytes` type; not the whole of Foundation
-#else
-import struct Foundation.Data
-#endif
 import LarsProtocol
 import LarsWire
 import LoadBalancing
@@ -141,37 +136,23 @@ public final class LoadBalanceClient: Sendable {
     }
 
     private func address(modid: Int32, cmdid: Int32) -> SocketAddress {
-        let sum = Int(modid) + Int(cmdid)
-        let n = addresses.count
-        return addresses[((sum % n) + n) % n]
+        AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses)
     }
 
     /// Asks the agent for a host of (modid, cmdid). Throws `LoadBalanceClientError.timeout` when no agent answers
     /// within `timeout`.
     public func getHost(modid: Int32, cmdid: Int32) async throws -> GetHostResult {
         let seq = sequence.wrappingAdd(1, ordering: .relaxed).newValue
-        var request = Lars_GetHostRequest()
-        request.seq = seq
-        request.modid = modid
-        request.cmdid = cmdid
-        return try await exchangeGetHost(
-            FrameParser.encode(messageID: MessageID.getHostRequest.rawValue, body: try request.serializedBytes() as [UInt8]),
-            seq: seq, modid: modid, cmdid: cmdid)
+        return try await exchangeGetHost(AgentRequests.getHost(seq: seq, modid: modid, cmdid: cmdid),
+                                         seq: seq, modid: modid, cmdid: cmdid)
     }
 
     /// Asks the agent for the host of `key`: consistent hashing with bounded loads, so the same key keeps going to
     /// the same host while that host has room (a Switchyard agent only; message id 100).
     public func getHost(modid: Int32, cmdid: Int32, key: [UInt8]) async throws -> GetHostResult {
         let seq = sequence.wrappingAdd(1, ordering: .relaxed).newValue
-        var request = Switchyard_Lb_GetHostByKeyRequest()
-        request.seq = seq
-        request.modid = modid
-        request.cmdid = cmdid
-        request.key = Data(key)
-        return try await exchangeGetHost(
-            FrameParser.encode(messageID: MessageID.getHostByKeyRequest.rawValue,
-                               body: try request.serializedBytes() as [UInt8]),
-            seq: seq, modid: modid, cmdid: cmdid)
+        return try await exchangeGetHost(AgentRequests.getHost(seq: seq, modid: modid, cmdid: cmdid, key: key),
+                                         seq: seq, modid: modid, cmdid: cmdid)
     }
 
     /// `getHost(modid:cmdid:key:)` with the key's UTF-8 bytes.
@@ -200,17 +181,8 @@ public final class LoadBalanceClient: Sendable {
     /// Tells the agent how a call to `host` went: retcode 0 is a success, anything else a failure (1 overload).
     /// Fire and forget.
     public func report(modid: Int32, cmdid: Int32, host: Host, retcode: Int32) {
-        var request = Lars_ReportRequest()
-        request.modid = modid
-        request.cmdid = cmdid
-        var info = Lars_HostInfo()
-        info.ip = host.wireIP
-        info.port = Int32(host.port)
-        request.host = info
-        request.retcode = retcode
-        guard let body: [UInt8] = try? request.serializedBytes() else { return }
-        endpoint.channels[0].send(FrameParser.encode(messageID: MessageID.reportRequest.rawValue, body: body),
-                                  to: address(modid: modid, cmdid: cmdid))
+        guard let frame = AgentRequests.report(modid: modid, cmdid: cmdid, host: host, retcode: retcode) else { return }
+        endpoint.channels[0].send(frame, to: address(modid: modid, cmdid: cmdid))
     }
 
     /// Tells the agent whether a call to `host` succeeded. Fire and forget.
@@ -220,17 +192,13 @@ public final class LoadBalanceClient: Sendable {
 
     /// The hosts of (modid, cmdid) as the agent knows them (empty while it fetches a module it had never seen).
     public func getRoute(modid: Int32, cmdid: Int32) async throws -> [Host] {
-        var request = Lars_GetRouteRequest()
-        request.modid = modid
-        request.cmdid = cmdid
-        let bytes = FrameParser.encode(messageID: MessageID.apiGetRouteRequest.rawValue, body: try request.serializedBytes() as [UInt8])
+        let bytes = try AgentRequests.getRoute(modid: modid, cmdid: cmdid)
         let destination = address(modid: modid, cmdid: cmdid)
-        let key = RouteKey(modid: modid, cmdid: cmdid)
         let endpoint = self.endpoint
-        let response = try await routeRequests.request(key, deadline: deadline(),
+        let response = try await routeRequests.request(RouteKey(modid: modid, cmdid: cmdid), deadline: deadline(),
                                                        timeoutError: timeoutError(destination)) {
             endpoint.channels[0].send(bytes, to: destination)
         }
-        return response.host.compactMap { Host(wireIP: $0.ip, wirePort: $0.port) }
+        return AgentRequests.hosts(of: response)
     }
 }

@@ -1,8 +1,3 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials  // UnsafeRawBufferPointer's ContiguousBytes conformance, for the inlinable decoder
-#else
-import Foundation
-#endif
 import LarsWire
 import Reactor
 import SwiftProtobuf
@@ -103,7 +98,7 @@ public final class MessageRouter<Connection>: @unchecked Sendable {
         try on(rawID: id, userData: userData) { message in
             let decoded: M
             do {
-                decoded = try M(serializedBytes: message.body)
+                decoded = try M(serializedBytes: message.body.bytes)  // RawSpan: no copy, no Foundation
             } catch {
                 throw BadMessageBody(messageID: id, reason: "body is not a valid \(M.protoMessageName): \(error)")
             }

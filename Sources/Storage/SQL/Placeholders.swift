@@ -18,6 +18,25 @@ enum Placeholders {
         func isIdentByte(_ b: UInt8) -> Bool {
             (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x5F || b >= 0x80
         }
+        /// Copies a literal or identifier that opens with `quote` at `i`, through its closing quote (a doubled quote
+        /// stands for itself; with `backslashEscapes`, a backslash escapes the next byte).
+        func copyQuoted(_ quote: UInt8, backslashEscapes: Bool) {
+            out.append(quote)
+            i += 1
+            while i < n {
+                let c = bytes[i]
+                out.append(c)
+                i += 1
+                if backslashEscapes && c == UInt8(ascii: "\\") && i < n {
+                    out.append(bytes[i])
+                    i += 1
+                } else if c == quote {
+                    guard at(i) == quote else { return }
+                    out.append(bytes[i])
+                    i += 1
+                }
+            }
+        }
 
         while i < n {
             let b = bytes[i]
@@ -26,40 +45,9 @@ enum Placeholders {
                 // E'..' allows backslash escapes; detect the E prefix (not part of a longer identifier).
                 let escapes = i > 0 && (bytes[i - 1] == UInt8(ascii: "E") || bytes[i - 1] == UInt8(ascii: "e"))
                     && !(i > 1 && isIdentByte(bytes[i - 2]))
-                out.append(b)
-                i += 1
-                while i < n {
-                    let c = bytes[i]
-                    out.append(c)
-                    i += 1
-                    if escapes && c == UInt8(ascii: "\\") && i < n {
-                        out.append(bytes[i])
-                        i += 1
-                    } else if c == UInt8(ascii: "'") {
-                        if at(i) == UInt8(ascii: "'") {
-                            out.append(bytes[i])
-                            i += 1
-                        } else {
-                            break
-                        }
-                    }
-                }
+                copyQuoted(b, backslashEscapes: escapes)
             case UInt8(ascii: "\""):
-                out.append(b)
-                i += 1
-                while i < n {
-                    let c = bytes[i]
-                    out.append(c)
-                    i += 1
-                    if c == UInt8(ascii: "\"") {
-                        if at(i) == UInt8(ascii: "\"") {
-                            out.append(bytes[i])
-                            i += 1
-                        } else {
-                            break
-                        }
-                    }
-                }
+                copyQuoted(b, backslashEscapes: false)
             case UInt8(ascii: "-") where at(i + 1) == UInt8(ascii: "-"):
                 while i < n && bytes[i] != UInt8(ascii: "\n") {
                     out.append(bytes[i])
