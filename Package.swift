@@ -26,6 +26,7 @@ let package = Package(
         .library(name: "NameService", targets: ["NameService"]),
         .library(name: "Reporter", targets: ["Reporter"]),
         .library(name: "Chat", targets: ["Chat"]),
+        .library(name: "MediaRelay", targets: ["MediaRelay"]),
         .executable(name: "switchyard", targets: ["switchyard"]),
         .executable(name: "switchyard-echo", targets: ["switchyard-echo"]),
     ],
@@ -160,6 +161,9 @@ let package = Package(
             ]
         ),
 
+        // The media relay: MPEG-TS chunking and pacing (pure), one reader and many viewers per playback.
+        .target(name: "MediaRelay", dependencies: ["SwitchyardCore"]),
+
         // ---- Internal targets (not products): the demo, the benchmarks, the echo service ----
         .target(name: "EchoServer", dependencies: ["Reactor"]),
         .target(
@@ -232,6 +236,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
+        .testTarget(name: "MediaRelayTests", dependencies: ["MediaRelay", "TestSupport"]),
         .testTarget(name: "ChatTests", dependencies: [
             "Chat", "Messaging", "Reactor", "Storage", "TestSupport",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
