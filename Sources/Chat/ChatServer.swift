@@ -89,13 +89,12 @@ public final class ChatServer: Service, Sendable {
         } catch {
             preconditionFailure("chat routes: \(error)")
         }
-        var server = configuration.server
-        server.logger = logger
+        let server = configuration.server
         framed = FramedServer(
             group: group,
             configuration: FramedServerConfiguration(server: server, maxBodyLength: configuration.maxFrameBodyLength,
                                                      idleTimeout: configuration.idleTimeout),
-            router: router,
+            router: router, logger: logger,
             onConnect: { hub.connected($0) },
             onClose: { hub.disconnected($0) })
     }

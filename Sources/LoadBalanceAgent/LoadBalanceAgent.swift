@@ -116,7 +116,7 @@ public final class LoadBalanceAgent: Service, Sendable {
             loop: loop,
             configuration: FramedClientConfiguration(client: clientConfiguration(
                 host: configuration.nameServiceHost, port: configuration.nameServicePort)),
-            router: namesRouter,
+            router: namesRouter, logger: logger,
             onConnect: { _ in loopState.nameServiceConnected() },
             onClose: { _ in loopState.nameServiceLost() },
             onConnectFailed: { _ in loopState.nameServiceLost() })
@@ -124,7 +124,7 @@ public final class LoadBalanceAgent: Service, Sendable {
             loop: loop,
             configuration: FramedClientConfiguration(client: clientConfiguration(
                 host: configuration.reporterHost, port: configuration.reporterPort)),
-            router: MessageRouter<TCPConnection>())
+            router: MessageRouter<TCPConnection>(), logger: logger)
         // Posted before the endpoint registers its sockets (same queue, in order): no request sees an empty table
         // or a missing link.
         let routes = cached
@@ -165,8 +165,7 @@ public final class LoadBalanceAgent: Service, Sendable {
 
     private func clientConfiguration(host: String, port: Int) -> ClientConfiguration {
         ClientConfiguration(host: host, port: port, connectTimeout: .seconds(2), reconnect: true,
-                            initialBackoff: configuration.initialBackoff, maxBackoff: configuration.maxBackoff,
-                            logger: logger)
+                            initialBackoff: configuration.initialBackoff, maxBackoff: configuration.maxBackoff)
     }
 
     /// The bound UDP addresses (empty before `start()` and after `shutdown()`).

@@ -66,8 +66,8 @@ public final class ServiceRegistration: Service, Sendable {
         client = try FramedClient(
             loop: loop,
             configuration: FramedClientConfiguration(client: ClientConfiguration(
-                host: nameServiceHost, port: nameServicePort, reconnect: true, logger: logger)),
-            router: router,
+                host: nameServiceHost, port: nameServicePort, reconnect: true)),
+            router: router, logger: logger,
             onConnect: { connection in
                 logger.info("registering", metadata: ["route": "\(RouteKey(modid: modid, cmdid: cmdid))",
                                                        "host": "\(host)"])

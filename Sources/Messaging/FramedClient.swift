@@ -6,7 +6,7 @@ import SwitchyardCore
 
 /// Configuration of a `FramedClient`.
 public struct FramedClientConfiguration: Sendable {
-    /// Address, timeouts, reconnect policy, logger.
+    /// Address, timeouts, reconnect policy.
     public var client: ClientConfiguration
     public var maxBodyLength: Int
     /// When set, a heartbeat frame (`ReservedMessageID.heartbeat`) is sent whenever the client has sent nothing for this
@@ -29,13 +29,14 @@ public final class FramedClient: Sendable {
 
     public init(
         loop: EventLoop, configuration: FramedClientConfiguration, router: MessageRouter<TCPConnection>,
+        logger: Logger = Logger(label: "switchyard.client", factory: { _ in SwiftLogNoOpLogHandler() }),
         onConnect: @escaping @Sendable (TCPConnection) -> Void = { _ in },
         onClose: @escaping @Sendable (TCPConnection) -> Void = { _ in },
         onConnectFailed: (@Sendable (Error) -> Void)? = nil
     ) throws {
         self.router = router
         let dispatcher = FrameDispatcher(router: router, maxBodyLength: configuration.maxBodyLength,
-                                         logger: configuration.client.logger, statistics: statistics)
+                                         logger: logger, statistics: statistics)
         let interval = configuration.heartbeatInterval
         tcp = try TCPClient(
             loop: loop, configuration: configuration.client,
@@ -49,6 +50,7 @@ public final class FramedClient: Sendable {
                     (connection.protocolState as? FrameSession)?.heartbeatTimer?.cancel()
                     onClose(connection)
                 }),
+            logger: logger,
             onConnectFailed: onConnectFailed)
     }
 

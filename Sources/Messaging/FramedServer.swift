@@ -7,7 +7,7 @@ import Synchronization
 
 /// Configuration of a `FramedServer`.
 public struct FramedServerConfiguration: Sendable {
-    /// Address, port, connection limit, water marks, logger.
+    /// Address, port, connection limit, water marks.
     public var server: ServerConfiguration
     /// Frames with a longer body are a protocol error: the connection is closed (default 4 MiB).
     public var maxBodyLength: Int
@@ -43,15 +43,16 @@ public final class FramedServer: Sendable {
     public init(
         group: EventLoopGroup, configuration: FramedServerConfiguration = FramedServerConfiguration(),
         router: MessageRouter<TCPConnection>,
+        logger: Logger = Logger(label: "switchyard.server", factory: { _ in SwiftLogNoOpLogHandler() }),
         onConnect: @escaping @Sendable (TCPConnection) -> Void = { _ in },
         onClose: @escaping @Sendable (TCPConnection) -> Void = { _ in }
     ) {
         self.router = router
         self.configuration = configuration
         let dispatcher = FrameDispatcher(router: router, maxBodyLength: configuration.maxBodyLength,
-                                         logger: configuration.server.logger, statistics: statistics)
+                                         logger: logger, statistics: statistics)
         let idle = configuration.idleTimeout.map { IdleReaper(timeout: $0, loops: group.ioLoops,
-                                                              logger: configuration.server.logger) }
+                                                              logger: logger) }
         self.idle = idle
         tcp = TCPServer(
             group: group, configuration: configuration.server,
@@ -64,7 +65,8 @@ public final class FramedServer: Sendable {
                 onClose: { connection in
                     idle?.forget(connection)
                     onClose(connection)
-                }))
+                }),
+            logger: logger)
     }
 
     /// Fixes the routes, binds and starts accepting. Returns the bound address.

@@ -60,9 +60,8 @@ public final class NameService: Service, Sendable {
         server = FramedServer(
             group: group,
             configuration: FramedServerConfiguration(server: ServerConfiguration(
-                host: configuration.host, port: configuration.port, maxConnections: configuration.maxConnections,
-                logger: logger)),
-            router: router,
+                host: configuration.host, port: configuration.port, maxConnections: configuration.maxConnections)),
+            router: router, logger: logger,
             onClose: { connection in engine.connectionClosed(connection) })
     }
 

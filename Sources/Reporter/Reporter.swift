@@ -89,9 +89,8 @@ public final class Reporter: Service, Sendable {
         server = FramedServer(
             group: group,
             configuration: FramedServerConfiguration(server: ServerConfiguration(
-                host: configuration.host, port: configuration.port, maxConnections: configuration.maxConnections,
-                logger: logger)),
-            router: router)
+                host: configuration.host, port: configuration.port, maxConnections: configuration.maxConnections)),
+            router: router, logger: logger)
     }
 
     /// Binds and starts accepting reports (queued until ``run()`` writes them); returns the bound address. Lets a

@@ -474,11 +474,11 @@ final class DemoBackend: Service, Sendable {
 
     init(group: EventLoopGroup, logger: Logger) {
         let refusing = self.refusing
-        server = TCPServer(group: group, configuration: ServerConfiguration(port: 0, logger: logger),
+        server = TCPServer(group: group, configuration: ServerConfiguration(port: 0),
                            callbacks: ConnectionCallbacks(
                                onConnect: { connection in if refusing.isOn { connection.forceClose() } },
                                onData: { connection, bytes in connection.sendInLoop(bytes.consumeAll()) },
-                               onClose: { _ in }))
+                               onClose: { _ in }), logger: logger)
     }
 
     func start() throws -> SocketAddress {

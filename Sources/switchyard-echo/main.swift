@@ -98,16 +98,16 @@ do {
         return handler
     }
     let group = try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(
-        poller: poller, scratchBytes: scratchBytes, busyPoll: .microseconds(busyPollMicroseconds), logger: logger),
-        placement: placement)
+        poller: poller, scratchBytes: scratchBytes, busyPoll: .microseconds(busyPollMicroseconds)),
+        placement: placement, logger: logger)
     let done = DispatchSemaphore(value: 0)
     // Before accepting: a flood of clients right after the announce could otherwise take the descriptor the signal
     // eventfd needs, and a SIGTERM right after it could meet the default handler.
     let signals = try TerminationSignals(loop: group.acceptorLoop) { _ in done.signal() }
     let server = TCPServer(
         group: group,
-        configuration: ServerConfiguration(host: host, port: port, maxConnections: maxConnections, logger: logger),
-        callbacks: EchoService.callbacks())
+        configuration: ServerConfiguration(host: host, port: port, maxConnections: maxConnections),
+        callbacks: EchoService.callbacks(), logger: logger)
     let address = try server.start()
     printLine("echo listening on \(address) (poller \(poller), \(threads) I/O threads, \(placementName) placement)")
     done.wait()

@@ -103,7 +103,7 @@ struct AgentCommand: AsyncParsableCommand {
         let logger = Logger(label: "switchyard.agent")
         let configuration = try makeConfiguration()
         let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(
-            poller: poller, busyPoll: configuration.busyPoll, logger: logger))
+            poller: poller, busyPoll: configuration.busyPoll), logger: logger)
         let agent = LoadBalanceAgent(group: group, configuration: configuration, logger: logger)
         let addresses: [SocketAddress]
         do {

@@ -104,12 +104,12 @@ struct FramedEchoServerCommand: AsyncParsableCommand {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.bench")
         let group = try EventLoopGroup(
-            ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
-            placement: loops.loopPlacement)
+            ioLoops: threads, configuration: LoopConfiguration(poller: poller),
+            placement: loops.loopPlacement, logger: logger)
         let server = FramedServer(
             group: group,
-            configuration: FramedServerConfiguration(server: ServerConfiguration(host: host, port: port, logger: logger)),
-            router: EchoBenchmark.makeEchoRouter())
+            configuration: FramedServerConfiguration(server: ServerConfiguration(host: host, port: port)),
+            router: EchoBenchmark.makeEchoRouter(), logger: logger)
         try await serveTCP(
             server.tcp, group: group, command: "framed-echo-server", host: host, port: port,
             announcing: { "framed echo listening on \($0) (poller \(poller), \(threads) I/O threads)" },

@@ -59,8 +59,8 @@ struct ChatCommand: AsyncParsableCommand {
             throw CommandFailure("chat: bad --db: \(error)")
         }
         let group = try EventLoopGroup(
-            ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
-            placement: loops.loopPlacement)
+            ioLoops: threads, configuration: LoopConfiguration(poller: poller),
+            placement: loops.loopPlacement, logger: logger)
         let server = ChatServer(group: group, configuration: makeConfiguration(), pool: pool, logger: logger)
         let address: SocketAddress
         do {

@@ -30,7 +30,7 @@ struct DemoCommand: AsyncParsableCommand {
         if options.logLevel == .info { options.logLevel = .error }
         options.bootstrapLogging()
         let logger = Logger(label: "switchyard.demo")
-        let group = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(logger: logger))
+        let group = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(), logger: logger)
         let interactive = !plain && isatty(STDOUT_FILENO) != 0
         let demo = LoadBalanceDemo(
             group: group,

@@ -38,12 +38,12 @@ struct EchoCommand: AsyncParsableCommand {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.echo")
         let group = try EventLoopGroup(
-            ioLoops: threads, configuration: LoopConfiguration(poller: poller, logger: logger),
-            placement: loops.loopPlacement)
+            ioLoops: threads, configuration: LoopConfiguration(poller: poller),
+            placement: loops.loopPlacement, logger: logger)
         let server = TCPServer(
             group: group,
-            configuration: ServerConfiguration(host: host, port: port, maxConnections: maxConnections, logger: logger),
-            callbacks: EchoService.callbacks())
+            configuration: ServerConfiguration(host: host, port: port, maxConnections: maxConnections),
+            callbacks: EchoService.callbacks(), logger: logger)
         try await serveTCP(server, group: group, command: "echo", host: host, port: port,
                            announcing: { "echo listening on \($0) (poller \(poller), \(threads) I/O threads)" },
                            logger: logger)

@@ -53,8 +53,8 @@ struct NamesCommand: AsyncParsableCommand {
         let logger = Logger(label: "switchyard.names")
         let pool = try await database.openReadyPool(logger: logger)
         let group = try EventLoopGroup(
-            ioLoops: threads, configuration: LoopConfiguration(logger: logger),
-            placement: loops.loopPlacement)
+            ioLoops: threads, configuration: LoopConfiguration(),
+            placement: loops.loopPlacement, logger: logger)
         let names = NameService(group: group, configuration: configuration, pool: pool, logger: logger)
         try await serve(names, binding: names.start, command: "names", host: host, port: port, group: group,
                         pool: pool,

@@ -154,13 +154,12 @@ func withFramedServer<R>(
     onClose: @escaping @Sendable (TCPConnection) -> Void = { _ in },
     _ body: (FramedServer, UInt16) throws -> R
 ) throws -> R {
-    var serverConfiguration = ServerConfiguration(port: 0)
-    if let logger { serverConfiguration.logger = logger }
     let server = FramedServer(
         group: group,
-        configuration: FramedServerConfiguration(server: serverConfiguration, maxBodyLength: maxBodyLength,
+        configuration: FramedServerConfiguration(server: ServerConfiguration(port: 0), maxBodyLength: maxBodyLength,
                                                  idleTimeout: idleTimeout),
-        router: router, onConnect: onConnect, onClose: onClose)
+        router: router, logger: logger ?? Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+        onConnect: onConnect, onClose: onClose)
     let address = try server.start()
     defer { server.shutdown(timeout: .seconds(2)) }
     return try body(server, address.port)

@@ -18,8 +18,6 @@ public struct LoopConfiguration: Sendable {
     public var poolCapBytes: Int
     /// Largest single buffer the loop will hand out (input or output chunk); above it a clear error.
     public var maxBufferBytes: Int
-    /// Where the loop logs (stuck handlers, poller failures). No logging on the per-message path.
-    public var logger: Logger
     /// How long the loop keeps polling without sleeping after its last I/O event (zero: never; the default).
     /// A loop that sleeps in the poller takes a thread wake-up (tens of microseconds on a virtual machine) for the
     /// next event; polling with a zero timeout for a while after traffic answers a request-reply peer that comes
@@ -32,15 +30,13 @@ public struct LoopConfiguration: Sendable {
         scratchBytes: Int = 64 * 1024,
         poolCapBytes: Int = 64 * 1024 * 1024,
         maxBufferBytes: Int = 64 * 1024 * 1024,
-        busyPoll: Duration = .zero,
-        logger: Logger = Logger(label: "switchyard.reactor", factory: { _ in SwiftLogNoOpLogHandler() })
+        busyPoll: Duration = .zero
     ) {
         self.poller = poller
         self.scratchBytes = scratchBytes
         self.poolCapBytes = poolCapBytes
         self.maxBufferBytes = maxBufferBytes
         self.busyPoll = busyPoll
-        self.logger = logger
     }
 }
 
@@ -64,7 +60,8 @@ public final class EventLoop: @unchecked Sendable {
     /// The poller this loop runs on.
     public let pollerKind: PollerKind
     public let configuration: LoopConfiguration
-    var logger: Logger { configuration.logger }
+    /// Where the loop logs (poller failures, tasks posted to a stopped loop). No logging on the per-message path.
+    public let logger: Logger
 
     // Cross-thread state.
     private let pendingTasks = Mutex(TaskQueue())
@@ -108,8 +105,12 @@ public final class EventLoop: @unchecked Sendable {
     @exclusivity(unchecked) private var retiredInBatch: [Int32] = []
 
     /// Creates a loop; it runs when some thread calls `run()`.
-    public init(configuration: LoopConfiguration = LoopConfiguration(), index: Int = 0) throws {
+    public init(
+        configuration: LoopConfiguration = LoopConfiguration(), index: Int = 0,
+        logger: Logger = Logger(label: "switchyard.reactor", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) throws {
         self.configuration = configuration
+        self.logger = logger
         self.index = index
         self.pollerKind = configuration.poller
         self.busyPollNanoseconds = configuration.busyPoll.nanosecondsSaturated

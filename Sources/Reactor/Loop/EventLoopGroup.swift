@@ -25,20 +25,22 @@ public final class EventLoopGroup: Sendable {
     private let logger: Logger
 
     /// Starts `ioLoops` I/O threads (default: one per core) plus the acceptor thread. `placement` decides which
-    /// loop serves a server's new connection (default `.adaptive`; `.roundRobin` is muduo's rule).
+    /// loop serves a server's new connection (default `.adaptive`; `.roundRobin` is muduo's rule). Every loop logs
+    /// to `logger` (poller failures, placement changes).
     public init(
         ioLoops: Int = SystemInfo.coreCount, configuration: LoopConfiguration = LoopConfiguration(),
-        placement: LoopPlacement = .adaptive
+        placement: LoopPlacement = .adaptive,
+        logger: Logger = Logger(label: "switchyard.reactor", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws {
         precondition(ioLoops >= 0, "ioLoops must be >= 0")
         pollerKind = configuration.poller
         self.placement = placement
-        logger = configuration.logger
+        self.logger = logger
         active = Atomic(max(1, ioLoops))
-        let acceptor = try EventLoop(configuration: configuration, index: 0)
+        let acceptor = try EventLoop(configuration: configuration, index: 0, logger: logger)
         var loops: [EventLoop] = []
         for i in 0..<ioLoops {
-            loops.append(try EventLoop(configuration: configuration, index: i + 1))
+            loops.append(try EventLoop(configuration: configuration, index: i + 1, logger: logger))
         }
         acceptorLoop = acceptor
         self.ioLoops = loops.isEmpty ? [acceptor] : loops

@@ -26,7 +26,7 @@ public final class TerminationSignals: @unchecked Sendable {
         self.loop = loop
         let watcher = LoopBound(Watcher(fd: fd, onSignal: onSignal), loop: loop)
         self.watcher = watcher
-        let logger = loop.configuration.logger
+        let logger = loop.logger
         loop.executeInLoop {
             do {
                 try loop.register(fd: fd, interest: .read, handler: watcher.value)

@@ -15,7 +15,6 @@ public struct ClientConfiguration: Sendable {
     public var initialBackoff: Duration
     public var maxBackoff: Duration
     public var connection: ConnectionOptions
-    public var logger: Logger
 
     public init(
         host: String = "127.0.0.1",
@@ -24,8 +23,7 @@ public struct ClientConfiguration: Sendable {
         reconnect: Bool = true,
         initialBackoff: Duration = .milliseconds(100),
         maxBackoff: Duration = .seconds(5),
-        connection: ConnectionOptions = ConnectionOptions(),
-        logger: Logger = Logger(label: "switchyard.client", factory: { _ in SwiftLogNoOpLogHandler() })
+        connection: ConnectionOptions = ConnectionOptions()
     ) {
         self.host = host
         self.port = port
@@ -34,7 +32,6 @@ public struct ClientConfiguration: Sendable {
         self.initialBackoff = initialBackoff
         self.maxBackoff = maxBackoff
         self.connection = connection
-        self.logger = logger
     }
 }
 
@@ -45,6 +42,8 @@ public final class TCPClient: @unchecked Sendable {
 
     public let loop: EventLoop
     public let configuration: ClientConfiguration
+    /// Where the client logs (failed connects, at debug).
+    public let logger: Logger
     let callbacks: ConnectionCallbacks
     let onConnectFailed: (@Sendable (Error) -> Void)?
     private let address: SocketAddress
@@ -59,8 +58,10 @@ public final class TCPClient: @unchecked Sendable {
 
     /// Resolves the address now (a bad host throws `ReactorError.badAddress`); connects on `connect()`.
     public init(loop: EventLoop, configuration: ClientConfiguration, callbacks: ConnectionCallbacks,
+                logger: Logger = Logger(label: "switchyard.client", factory: { _ in SwiftLogNoOpLogHandler() }),
                 onConnectFailed: (@Sendable (Error) -> Void)? = nil) throws {
         self.loop = loop
+        self.logger = logger
         self.configuration = configuration
         self.callbacks = callbacks
         self.onConnectFailed = onConnectFailed
@@ -183,7 +184,7 @@ public final class TCPClient: @unchecked Sendable {
     }
 
     private func failed(_ error: Error) {
-        configuration.logger.debug("connect failed", metadata: ["address": "\(address)", "error": "\(error)"])
+        logger.debug("connect failed", metadata: ["address": "\(address)", "error": "\(error)"])
         onConnectFailed?(error)
         scheduleRetry()
     }

@@ -19,7 +19,6 @@ public struct ServerConfiguration: Sendable {
     public var maxConnections: Int
     /// Per-connection options (high/low water marks, TCP_NODELAY, linger).
     public var connection: ConnectionOptions
-    public var logger: Logger
 
     public init(
         host: String = "127.0.0.1",
@@ -27,8 +26,7 @@ public struct ServerConfiguration: Sendable {
         backlog: Int32 = 1024,
         reusePort: Bool = false,
         maxConnections: Int = 100_000,
-        connection: ConnectionOptions = ConnectionOptions(),
-        logger: Logger = Logger(label: "switchyard.server", factory: { _ in SwiftLogNoOpLogHandler() })
+        connection: ConnectionOptions = ConnectionOptions()
     ) {
         self.host = host
         self.port = port
@@ -36,7 +34,6 @@ public struct ServerConfiguration: Sendable {
         self.reusePort = reusePort
         self.maxConnections = maxConnections
         self.connection = connection
-        self.logger = logger
     }
 }
 
@@ -59,10 +56,13 @@ public final class TCPServer: @unchecked Sendable {
     private let boundAddress = Mutex<SocketAddress?>(nil)
     private let drained = Mutex<DispatchSemaphore?>(nil)
     private var loggedLimit = false
-    var logger: Logger { configuration.logger }
+    /// Where the server logs (listening, refusals once per episode, shutdown); nothing per message.
+    public let logger: Logger
 
     public init(group: EventLoopGroup, configuration: ServerConfiguration = ServerConfiguration(),
-                callbacks: ConnectionCallbacks) {
+                callbacks: ConnectionCallbacks,
+                logger: Logger = Logger(label: "switchyard.server", factory: { _ in SwiftLogNoOpLogHandler() })) {
+        self.logger = logger
         self.group = group
         self.configuration = configuration
         self.callbacks = callbacks
