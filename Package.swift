@@ -162,7 +162,9 @@ let package = Package(
         ),
 
         // The media relay: MPEG-TS chunking and pacing (pure), one reader and many viewers per playback.
-        .target(name: "MediaRelay", dependencies: ["SwitchyardCore"]),
+        .target(name: "MediaRelay", dependencies: [
+            "SwitchyardCore", .product(name: "DequeModule", package: "swift-collections"),
+        ]),
 
         // ---- Internal targets (not products): the demo, the benchmarks, the echo service ----
         .target(name: "EchoServer", dependencies: ["Reactor"]),

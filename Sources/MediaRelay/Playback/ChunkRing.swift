@@ -1,0 +1,212 @@
+import DequeModule
+import SwitchyardCore
+
+/// The shared ring of one playback and the cursors of its viewers: the pure core of "one reader, many viewers".
+/// The reader appends each chunk when it is due (`PlaybackPacer`); every viewer that has drained its socket gets
+/// the chunks it has not had, as shared arrays (one copy in memory whatever the number of viewers: the shell
+/// writes them with writev). A viewer whose socket does not drain is never waited for: once it is more than
+/// `maxLag` of media behind, or its next chunk left the ring, it skips to the newest keyframe (a drop), and once
+/// it has not drained for `stuckTimeout` it is closed. Memory: the ring holds at most `capacityBytes` (and always
+/// the newest chunk); a viewer holds at most the one batch it is writing.
+///
+/// No I/O and no clock: the shell passes the time and performs the returned actions. Not thread-safe: the
+/// playback's loop owns it.
+public struct ChunkRing<Viewer: Hashable & Sendable> {
+    public struct Configuration: Sendable {
+        /// Bytes of chunks the ring keeps (the newest chunk is kept whatever its size).
+        public var capacityBytes: Int
+        /// How far behind the newest chunk, in media time, a viewer may fall before it skips to a keyframe.
+        public var maxLag: Duration
+        /// How long a viewer may leave a batch unwritten before it is closed.
+        public var stuckTimeout: Duration
+
+        public init(capacityBytes: Int = 8 << 20, maxLag: Duration = .seconds(2), stuckTimeout: Duration = .seconds(15)) {
+            self.capacityBytes = capacityBytes
+            self.maxLag = maxLag
+            self.stuckTimeout = stuckTimeout
+        }
+    }
+
+    /// What the shell does for a viewer.
+    public enum Action: Sendable {
+        /// Write these byte arrays, in order, then call `drained(_:now:)`.
+        case send(Viewer, [[UInt8]])
+        /// The stream ended and the viewer has had every chunk: end its stream (end-of-stream frame, end of body).
+        case end(Viewer)
+        /// The viewer is stuck past the timeout: close its connection.
+        case close(Viewer)
+    }
+
+    /// Why a viewer was closed or skipped, for statistics.
+    public struct Statistics: Sendable, Equatable {
+        public var chunksAppended = 0
+        public var chunksEvicted = 0
+        /// Skips to a keyframe of viewers that fell behind.
+        public var drops = 0
+        /// Viewers closed for not draining.
+        public var stuckClosed = 0
+    }
+
+    private struct Entry {
+        let sequence: UInt64
+        let chunk: MediaChunk
+    }
+
+    private struct ViewerState {
+        /// Sequence number of the next chunk to send it.
+        var next: UInt64
+        /// A batch is being written; nothing more until it drains.
+        var writing = false
+        /// When the batch being written was handed out.
+        var writingSince: UInt64 = 0
+        /// It must start at a keyframe (a new viewer, or after a skip): chunks before the next keyframe are passed.
+        var needsKeyframe = true
+        var ended = false
+    }
+
+    public let configuration: Configuration
+    private let maxLagTicks: UInt64
+    private let stuckNanoseconds: UInt64
+    private var entries: Deque<Entry> = []
+    private var nextSequence: UInt64 = 0
+    private var viewers: [Viewer: ViewerState] = [:]
+    private var finished = false
+
+    /// Bytes of the chunks in the ring.
+    public private(set) var bytes = 0
+    public private(set) var statistics = Statistics()
+
+    public init(configuration: Configuration = Configuration()) {
+        self.configuration = configuration
+        maxLagTicks = PlaybackPacer.ticks(configuration.maxLag)
+        stuckNanoseconds = configuration.stuckTimeout.nanosecondsSaturated
+    }
+
+    public var viewerCount: Int { viewers.count }
+    public var chunkCount: Int { entries.count }
+
+    /// Adds a viewer; it starts at the newest keyframe in the ring (a late joiner starts at a random access point),
+    /// or at the next keyframe to come.
+    public mutating func addViewer(_ viewer: Viewer, now: UInt64) -> [Action] {
+        let start = entries.last(where: { $0.chunk.keyframe })?.sequence ?? nextSequence
+        viewers[viewer] = ViewerState(next: start)
+        if finished { return [.end(viewer)] }
+        return serve(viewer, now: now)
+    }
+
+    /// Forgets a viewer (its connection closed).
+    public mutating func removeViewer(_ viewer: Viewer) {
+        viewers[viewer] = nil
+    }
+
+    /// The reader's next chunk, now due. Returns the batches for viewers that are ready, the skips and closes.
+    public mutating func append(_ chunk: MediaChunk, now: UInt64) -> [Action] {
+        precondition(!finished, "append after finish")
+        entries.append(Entry(sequence: nextSequence, chunk: chunk))
+        nextSequence += 1
+        bytes += chunk.bytes.count
+        statistics.chunksAppended += 1
+        while bytes > configuration.capacityBytes, entries.count > 1 {
+            bytes -= entries.removeFirst().chunk.bytes.count
+            statistics.chunksEvicted += 1
+        }
+        var actions: [Action] = []
+        for viewer in Array(viewers.keys) {
+            actions += serve(viewer, now: now)
+        }
+        return actions
+    }
+
+    /// The viewer's socket has written its batch.
+    public mutating func drained(_ viewer: Viewer, now: UInt64) -> [Action] {
+        guard viewers[viewer] != nil else { return [] }
+        viewers[viewer]!.writing = false
+        return serve(viewer, now: now)
+    }
+
+    /// The stream ended: every viewer gets what it has not had, then `.end`.
+    public mutating func finish(now: UInt64) -> [Action] {
+        finished = true
+        var actions: [Action] = []
+        for viewer in Array(viewers.keys) { actions += serve(viewer, now: now) }
+        return actions
+    }
+
+    /// Closes viewers that have been writing one batch for longer than the stuck timeout (the shell calls this
+    /// from a timer as well as on every append).
+    public mutating func closeStuck(now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        for (viewer, state) in viewers where state.writing && now &- state.writingSince > stuckNanoseconds {
+            viewers[viewer] = nil
+            statistics.stuckClosed += 1
+            actions.append(.close(viewer))
+        }
+        return actions
+    }
+
+    private mutating func serve(_ viewer: Viewer, now: UInt64) -> [Action] {
+        guard var state = viewers[viewer], !state.ended else { return [] }
+        if state.writing {
+            if now &- state.writingSince > stuckNanoseconds {
+                viewers[viewer] = nil
+                statistics.stuckClosed += 1
+                return [.close(viewer)]
+            }
+            // Behind by more than the lag bound, or its next chunk is gone: skip to the newest keyframe.
+            if let first = entries.first, let newest = entries.last, state.next <= newest.sequence {
+                let behind = state.next < first.sequence
+                    || newest.chunk.time &- entry(state.next).chunk.time > maxLagTicks
+                if behind {
+                    statistics.drops += 1
+                    state.next = entries.last(where: { $0.chunk.keyframe && $0.sequence >= state.next })?.sequence
+                        ?? nextSequence
+                    state.needsKeyframe = true
+                }
+            }
+            viewers[viewer] = state
+            return []
+        }
+        if let first = entries.first, state.next < first.sequence {
+            statistics.drops += 1
+            state.next = entries.last(where: { $0.chunk.keyframe })?.sequence ?? nextSequence
+            state.needsKeyframe = true
+        }
+        var pieces: [[UInt8]] = []
+        while state.next < nextSequence {
+            let e = entry(state.next)
+            state.next += 1
+            if state.needsKeyframe {
+                guard e.chunk.keyframe else { continue }
+                state.needsKeyframe = false
+                if !e.chunk.programHeader.isEmpty { pieces.append(e.chunk.programHeader) }
+            }
+            pieces.append(e.chunk.bytes)
+        }
+        if !pieces.isEmpty {
+            state.writing = true
+            state.writingSince = now
+            viewers[viewer] = state
+            return [.send(viewer, pieces)]
+        }
+        if finished {
+            state.ended = true
+            viewers[viewer] = state
+            return [.end(viewer)]
+        }
+        viewers[viewer] = state
+        return []
+    }
+
+    private func entry(_ sequence: UInt64) -> Entry {
+        entries[Int(sequence - entries.first!.sequence)]
+    }
+}
+
+extension PlaybackPacer {
+    /// A duration in 90 kHz ticks (negative: zero).
+    static func ticks(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        guard seconds >= 0 else { return 0 }
+        return UInt64(seconds) * ticksPerSecond + UInt64(attoseconds) / 11_111_111_111_111
+    }
+}
