@@ -163,7 +163,7 @@ let package = Package(
 
         // The media relay: MPEG-TS chunking and pacing (pure), one reader and many viewers per playback.
         .target(name: "MediaRelay", dependencies: [
-            "SwitchyardCore", .product(name: "DequeModule", package: "swift-collections"),
+            "SwitchyardCore", "Storage", .product(name: "DequeModule", package: "swift-collections"),
         ]),
 
         // ---- Internal targets (not products): the demo, the benchmarks, the echo service ----
@@ -201,7 +201,7 @@ let package = Package(
             dependencies: [
                 "SwitchyardCore", "CSwitchyardCLI", "Reactor", "LarsProtocol", "Messaging", "Storage", "LoadBalancing",
                 "RouteStore",
-                "LoadBalanceClient", "LoadBalanceAgent", "NameService", "Reporter", "Chat",
+                "LoadBalanceClient", "LoadBalanceAgent", "NameService", "Reporter", "Chat", "MediaRelay",
                 "EchoServer", "SwitchyardDemo", "SwitchyardBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -238,7 +238,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
-        .testTarget(name: "MediaRelayTests", dependencies: ["MediaRelay", "TestSupport"]),
+        .testTarget(name: "MediaRelayTests", dependencies: ["MediaRelay", "Storage", "TestSupport"]),
         .testTarget(name: "ChatTests", dependencies: [
             "Chat", "Messaging", "Reactor", "Storage", "TestSupport",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

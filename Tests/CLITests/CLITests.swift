@@ -2,21 +2,6 @@ import Foundation
 import Testing
 import TestSupport
 
-/// Runs `switchyard ARGS` and returns its exit status and output (the command must end by itself).
-private func runSwitchyard(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: switchyardExecutable())
-    process.arguments = arguments
-    let out = Pipe(), err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    try process.run()
-    let stdout = out.fileHandleForReading.readDataToEndOfFile()
-    let stderr = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
-}
-
 @Suite("switchyard CLI: failures exit non-zero with one line; bench results as JSON")
 struct CLITests {
     @Test("a server command on a port already taken exits 1 and names the address", arguments: [

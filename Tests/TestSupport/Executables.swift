@@ -19,3 +19,18 @@ private func builtExecutable(named name: String) -> String {
     }
     return dir.appendingPathComponent(name).path
 }
+
+/// Runs `switchyard ARGS` and returns its exit status and output (the command must end by itself).
+public func runSwitchyard(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: switchyardExecutable())
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    let stderr = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+}

@@ -20,7 +20,8 @@ public struct ChunkRing<Viewer: Hashable & Sendable> {
         /// How long a viewer may leave a batch unwritten before it is closed.
         public var stuckTimeout: Duration
 
-        public init(capacityBytes: Int = 8 << 20, maxLag: Duration = .seconds(2), stuckTimeout: Duration = .seconds(15)) {
+        public init(capacityBytes: Int = 8 << 20, maxLag: Duration = .seconds(2),
+                    stuckTimeout: Duration = .seconds(15)) {
             self.capacityBytes = capacityBytes
             self.maxLag = maxLag
             self.stuckTimeout = stuckTimeout

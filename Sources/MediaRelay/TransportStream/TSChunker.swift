@@ -14,7 +14,8 @@ public struct MediaChunk: Sendable {
     /// The latest PAT and PMT packets, for a viewer that starts at this chunk (set on keyframes).
     public var programHeader: [UInt8]
 
-    public init(bytes: [UInt8], time: UInt64, keyframe: Bool, discontinuity: Bool = false, programHeader: [UInt8] = []) {
+    public init(bytes: [UInt8], time: UInt64, keyframe: Bool, discontinuity: Bool = false,
+                programHeader: [UInt8] = []) {
         self.bytes = bytes
         self.time = time
         self.keyframe = keyframe
@@ -167,7 +168,8 @@ public struct TSChunker {
         return true
     }
 
-    private mutating func startChunk(_ packet: TSPacket, payload: UnsafeRawBufferPointer, kind: TSConstants.StreamKind) {
+    private mutating func startChunk(_ packet: TSPacket, payload: UnsafeRawBufferPointer,
+                                     kind: TSConstants.StreamKind) {
         let stamps = PESHeader.timestamps(payload)
         let raw = stamps.dts ?? stamps.pts ?? lastPCR.map { $0 / 300 }
         if let raw { currentTime = unwrap(raw) }  // else: the previous frame's time
