@@ -14,20 +14,23 @@ import Synchronization
 /// them into ServerCallStatus, adding up succ_cnt and err_cnt and overwriting ts and overload, per
 /// (modid, cmdid, ip, port, caller).
 ///
-///     loop: decode -> BatchWriter (bounded: drops the oldest when full) -> its writer: every flushInterval, or at
-///     once when batchRows rows wait, one transaction of upserts through the pool
+///     loop: decode -> ReporterIntake -> BatchWriter (bounded in reports and bytes) -> its writer: every
+///     flushInterval, or at once when batchRows rows wait, one transaction of upserts through the pool
+///     (more than maxReportResults results: refused; the queue full: the connection is paused, push back)
 ///
 /// The loops only take the writer's short lock to enqueue; all database work runs in the writer through the pool's
 /// async API. The ServerCallStatus table must exist (`RouteSchema.create`).
 ///
 /// A `Service`: ``run()`` binds (unless ``start()`` did) and runs the writer as a child task; on graceful shutdown it
-/// stops accepting, then writes what is queued (at most ``ReporterConfiguration/drainTimeout``) and returns. On
-/// cancellation it stops at once. Safe to call from any thread.
+/// stops accepting, then writes what is queued, the reports waiting on paused connections included (at most
+/// ``ReporterConfiguration/drainTimeout``), logs how many it could not write, and returns. On cancellation it stops
+/// at once. Safe to call from any thread.
 public final class Reporter: Service, Sendable {
     /// The settings.
     public let configuration: ReporterConfiguration
     private let server: FramedServer
     private let writer: BatchWriter<[Row]>
+    private let intake: ReporterIntake
     private let logger: Logger
     private let metrics: Metrics
     private let running = Atomic<Bool>(false)
@@ -38,8 +41,12 @@ public final class Reporter: Service, Sendable {
         let received = Counter(label: "switchyard_reporter_received_total", dimensions: dimensions)
         let written = Counter(label: "switchyard_reporter_written_total", dimensions: dimensions)
         let dropped = Counter(label: "switchyard_reporter_dropped_total", dimensions: dimensions)
+        let refused = Counter(label: "switchyard_reporter_refused_total", dimensions: dimensions)
+        let paused = Counter(label: "switchyard_reporter_paused_total", dimensions: dimensions)
         let failed = Counter(label: "switchyard_reporter_failed_total", dimensions: dimensions)
+        let unwritten = Counter(label: "switchyard_reporter_unwritten_at_shutdown_total", dimensions: dimensions)
         let queued = Gauge(label: "switchyard_reporter_queued", dimensions: dimensions)
+        let queuedBytes = Gauge(label: "switchyard_reporter_queued_bytes", dimensions: dimensions)
     }
 
     /// Creates the reporter; nothing is bound until ``start()`` or ``run()``.
@@ -59,7 +66,7 @@ public final class Reporter: Service, Sendable {
         let failing = Atomic<Bool>(false)
         let writer = BatchWriter<[Row]>(
             configuration: configuration.writerConfiguration, label: "reporter", logger: logger,
-            cost: { $0.count },
+            cost: { ReporterConfiguration.queuedBytes(results: $0.count) },
             observe: { event, statistics in
                 switch event {
                 case .dropped(let count):
@@ -77,14 +84,19 @@ public final class Reporter: Service, Sendable {
                     }
                 }
                 metrics.queued.record(statistics.queued)
+                metrics.queuedBytes.record(statistics.queuedCost)
             },
             write: { reports in try await Reporter.write(Reporter.merge(reports.flatMap { $0 }), upsert, on: pool) })
         self.writer = writer
+        let intake = ReporterIntake(writer: writer, maxResults: configuration.maxReportResults, logger: logger,
+                                    metrics: metrics)
+        self.intake = intake
         let router = MessageRouter<TCPConnection>()
         // Cannot throw: a fresh router with one route.
-        try! router.on(MessageID.reportStatusRequest, as: Lars_ReportStatusRequest.self) { request, _ in
-            metrics.received.increment()
-            writer.append(Reporter.rows(of: request, now: UInt32(truncatingIfNeeded: time(nil))))
+        try! router.on(MessageID.reportStatusRequest, as: Lars_ReportStatusRequest.self) { request, message in
+            guard intake.admit(results: request.results.count, from: message.connection) else { return }
+            intake.accept(Reporter.rows(of: request, now: UInt32(truncatingIfNeeded: time(nil))),
+                          on: message.connection)
         }
         server = FramedServer(
             group: group,
@@ -114,16 +126,31 @@ public final class Reporter: Service, Sendable {
         if server.localAddress == nil {
             try await runOnDedicatedThread(name: "sy-rep-bind") { [self] in Result { try start() } }.get()
         }
-        let (writer, server) = (self.writer, self.server)
+        let (writer, server, intake) = (self.writer, self.server, self.intake)
+        let drainTimeout = configuration.drainTimeout
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask { await writer.run() }
             try? await gracefulShutdown()
-            // Graceful: no more reports come in once the server has stopped; then what is queued is written.
-            // Cancelled: the writer child is cancelled with this task and stops at once.
+            // Graceful: no more reports come in once the server has stopped; the reports parked on paused
+            // connections go into the queue as the writer makes room; then what is queued is written, all within
+            // the drain timeout. Cancelled: the writer child is cancelled with this task and stops at once.
             await runOnDedicatedThread(name: "sy-rep-stop") { server.shutdown() }
-            writer.finish()
+            let deadline = ContinuousClock.now.advanced(by: drainTimeout)
+            // Polled: this runs once, at shutdown, and only while reports are parked.
+            while intake.parked > 0 && ContinuousClock.now < deadline && !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+            writer.finish(deadline: deadline)
         }
-        logger.info("reporter stopped")
+        let unwritten = writer.statistics.queued + intake.parked
+        if unwritten > 0 {
+            metrics.unwritten.increment(by: unwritten)
+            logger.info("reporter stopped; reports could not be written before the drain timeout", metadata: [
+                "reporter.unwritten": "\(unwritten)", "reporter.drain_timeout": "\(drainTimeout)",
+            ])
+        } else {
+            logger.info("reporter stopped")
+        }
     }
 
     /// The bound address once bound.
@@ -132,8 +159,10 @@ public final class Reporter: Service, Sendable {
     /// The counters.
     public var statistics: ReporterStatistics {
         let s = writer.statistics
-        return ReporterStatistics(received: s.received, written: s.written, dropped: s.dropped,
-                                  failedWrites: s.failedWrites, failedReports: s.failed, queued: s.queued)
+        return ReporterStatistics(received: intake.receivedReports, written: s.written, dropped: s.dropped,
+                                  refused: intake.refused, pauses: intake.pauses, failedWrites: s.failedWrites,
+                                  failedReports: s.failed, queued: s.queued + intake.parked,
+                                  queuedBytes: s.queuedCost, peakQueuedBytes: s.peakQueuedCost)
     }
 
     /// One ServerCallStatus row to add.
