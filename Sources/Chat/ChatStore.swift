@@ -120,8 +120,9 @@ struct ChatStore: Sendable {
 /// never waits for the database, and a flood cannot grow memory past ``defaultConfiguration``'s bounds: the server
 /// checks ``hasRoom(text:room:sender:)`` before it accepts a room message and refuses it (the sender is told to
 /// retry) when the queue is full, so nothing is dropped. A failed batch is retried; one that fails every attempt is
-/// logged and its messages counted as lost. One writer at a time puts what accumulated into one transaction. The writer loop is ``run()``, a child task of `ChatServer.run()`; it ends once ``finish()`` is
-/// called (after writing what it holds, bounded by the drain timeout). Safe to call from any thread.
+/// logged and its messages counted as lost. One writer at a time puts what accumulated into one transaction. The
+/// writer loop is ``run()``, a child task of `ChatServer.run()`; it ends once ``finish()`` is called (after writing
+/// what it holds, bounded by the drain timeout). Safe to call from any thread.
 final class HistoryWriter: Sendable {
     /// At most 100,000 messages or 64 MiB of text held; at most 500 messages per transaction; written as soon as
     /// the writer is free; a failed batch is tried 3 more times, 200 ms apart.
@@ -168,7 +169,9 @@ final class HistoryWriter: Sendable {
     /// True when a message of this text and room (from `sender`, or the longest name when nil) fits in the queue
     /// now. Any thread.
     func hasRoom(text: String, room: String, sender: String?) -> Bool {
-        batches.hasRoom(forCost: HistoryWriter.cost(text: text, room: room, sender: sender ?? String(repeating: "x", count: 32)))
+        let longestName = 32
+        let senderBytes = sender?.utf8.count ?? longestName
+        return batches.hasRoom(forCost: HistoryWriter.cost(text: text, room: room, sender: "") + senderBytes)
     }
 
     /// Queues a message; ``run()`` writes it. Any thread, never waits.

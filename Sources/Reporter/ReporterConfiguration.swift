@@ -78,8 +78,8 @@ public struct ReporterConfiguration: Sendable, Hashable {
     /// `batchRows` rows); a failed batch is not retried.
     var writerConfiguration: BatchWriterConfiguration {
         BatchWriterConfiguration(capacity: queueCapacity, maxCost: maxQueuedBytes, batchSize: batchRows,
-                                 batchCost: Self.queuedBytes(results: batchRows), flushInterval: flushInterval, retries: 0,
-                                 drainTimeout: drainTimeout)
+                                 batchCost: Self.queuedBytes(results: batchRows), flushInterval: flushInterval,
+                                 retries: 0, drainTimeout: drainTimeout)
     }
 }
 
