@@ -62,7 +62,8 @@ public final class Reporter: Service, Sendable {
         self.logger = logger
         let metrics = Metrics()
         self.metrics = metrics
-        let upsert = Reporter.upsertStatement(pool.dialect)
+        let dialect = pool.dialect
+        let fullUpsert = Reporter.upsertStatement(dialect, rows: Reporter.rowsPerStatement)
         let failing = Atomic<Bool>(false)
         let writer = BatchWriter<[Row]>(
             configuration: configuration.writerConfiguration, label: "reporter", logger: logger,
@@ -86,7 +87,9 @@ public final class Reporter: Service, Sendable {
                 metrics.queued.record(statistics.queued)
                 metrics.queuedBytes.record(statistics.queuedCost)
             },
-            write: { reports in try await Reporter.write(Reporter.merge(reports.flatMap { $0 }), upsert, on: pool) })
+            write: { reports in
+                try await Reporter.write(Reporter.merge(reports.flatMap { $0 }), dialect, fullUpsert, on: pool)
+            })
         self.writer = writer
         let intake = ReporterIntake(writer: writer, maxResults: configuration.maxReportResults, logger: logger,
                                     metrics: metrics)
@@ -212,10 +215,16 @@ public final class Reporter: Service, Sendable {
         return out
     }
 
-    /// The upsert that adds a row's counts to ServerCallStatus.
-    static func upsertStatement(_ dialect: SQLDialect) -> String {
+    /// Rows in one upsert statement (9 parameters each: 900, below every driver's parameter limit). One statement per
+    /// row cost a round trip to the driver's thread each: about 4,300 rows/s on SQLite.
+    static let rowsPerStatement = 100
+
+    /// The upsert that adds the counts of `rows` rows to ServerCallStatus (a merged batch has each key once, so one
+    /// statement never updates a row twice).
+    static func upsertStatement(_ dialect: SQLDialect, rows: Int = 1) -> String {
+        let tuple = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
         let insert = "INSERT INTO ServerCallStatus (modid, cmdid, ip, port, caller, succ_cnt, err_cnt, ts, overload) "
-            + "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            + "VALUES " + Array(repeating: tuple, count: max(1, rows)).joined(separator: ", ")
         switch dialect {
         case .sqlite, .postgres:
             return insert + " ON CONFLICT (modid, cmdid, ip, port, caller) DO UPDATE SET "
@@ -227,15 +236,27 @@ public final class Reporter: Service, Sendable {
         }
     }
 
-    /// Writes merged rows in one transaction.
-    static func write(_ rows: [Row], _ upsert: String, on pool: ConnectionPool) async throws {
+    /// Writes merged rows in one transaction, ``rowsPerStatement`` to a statement (`fullUpsert` is the statement for
+    /// that many).
+    static func write(_ rows: [Row], _ dialect: SQLDialect, _ fullUpsert: String, on pool: ConnectionPool)
+        async throws
+    {
         try await pool.transaction { conn in
-            for row in rows {
-                try await conn.execute(upsert, [
-                    SQLValue(row.key.modid), SQLValue(row.key.cmdid), .integer(Int64(row.key.ip)),
-                    SQLValue(row.key.port), SQLValue(row.key.caller), .integer(Int64(row.succ)),
-                    .integer(Int64(row.err)), .integer(Int64(row.ts)), SQLValue(row.overload),
-                ])
+            var start = 0
+            while start < rows.count {
+                let chunk = rows[start..<min(rows.count, start + rowsPerStatement)]
+                var parameters: [SQLValue] = []
+                parameters.reserveCapacity(chunk.count * 9)
+                for row in chunk {
+                    parameters += [
+                        SQLValue(row.key.modid), SQLValue(row.key.cmdid), .integer(Int64(row.key.ip)),
+                        SQLValue(row.key.port), SQLValue(row.key.caller), .integer(Int64(row.succ)),
+                        .integer(Int64(row.err)), .integer(Int64(row.ts)), SQLValue(row.overload),
+                    ]
+                }
+                let sql = chunk.count == rowsPerStatement ? fullUpsert : upsertStatement(dialect, rows: chunk.count)
+                try await conn.execute(sql, parameters)
+                start += chunk.count
             }
         }
     }

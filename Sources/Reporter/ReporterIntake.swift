@@ -25,8 +25,9 @@ final class ReporterIntake: Sendable {
     private let parkedCount = Atomic<Int>(0)
     /// When the last refusal was logged (monotonic ns; 0: never): refusals within a minute of it are one episode.
     private let lastRefusalLog = Atomic<UInt64>(0)
-    /// Inside an episode of push back (logged when it starts; it ends when no report is parked any more).
-    private let pushingBack = Atomic<Bool>(false)
+    /// When the last pause was logged (monotonic ns; 0: never): pauses within a minute of it are one episode (a
+    /// connection that keeps the queue full is paused and resumed with every batch written).
+    private let lastPauseLog = Atomic<UInt64>(0)
 
     static let refusalEpisodeNanoseconds: UInt64 = 60_000_000_000
 
@@ -67,11 +68,7 @@ final class ReporterIntake: Sendable {
         guard results > maxResults else { return true }
         let total = refusedCount.wrappingAdd(1, ordering: .relaxed).newValue
         metrics.refused.increment()
-        let now = SystemInfo.monotonicNanoseconds()
-        let last = lastRefusalLog.load(ordering: .relaxed)
-        if last == 0 || now &- last >= Self.refusalEpisodeNanoseconds,
-           lastRefusalLog.compareExchange(expected: last, desired: max(1, now), ordering: .relaxed).exchanged
-        {
+        if Self.startsEpisode(lastRefusalLog) {
             logger.info("reporter: refusing reports with too many results (logged once a minute)", metadata: [
                 "peer.address": "\(connection.peerAddress)", "report.results": "\(results)",
                 "reporter.max_report_results": "\(maxResults)", "reporter.refused_total": "\(total)",
@@ -90,14 +87,22 @@ final class ReporterIntake: Sendable {
         connection.setReadingEnabled(false)
         pausesCount.wrappingAdd(1, ordering: .relaxed)
         metrics.paused.increment()
-        if !pushingBack.exchange(true, ordering: .relaxed) {
+        if Self.startsEpisode(lastPauseLog) {
             let stats = writer.statistics
             logger.info("reporter: queue full, pausing agent connections until the database catches up", metadata: [
                 "peer.address": "\(connection.peerAddress)", "reporter.queued": "\(stats.queued)",
-                "reporter.queued_bytes": "\(stats.queuedCost)",
+                "reporter.queued_bytes": "\(stats.queuedCost)", "reporter.pauses_total": "\(pauses)",
             ])
         }
         waitForRoom(session)
+    }
+
+    /// True (once) when the last line of this kind was logged a minute ago or never: a new episode.
+    private static func startsEpisode(_ lastLog: borrowing Atomic<UInt64>) -> Bool {
+        let now = SystemInfo.monotonicNanoseconds()
+        let last = lastLog.load(ordering: .relaxed)
+        guard last == 0 || now &- last >= refusalEpisodeNanoseconds else { return false }
+        return lastLog.compareExchange(expected: last, desired: max(1, now), ordering: .relaxed).exchanged
     }
 
     private func session(of connection: TCPConnection) -> Session {
@@ -130,6 +135,5 @@ final class ReporterIntake: Sendable {
             return
         }
         session.connection?.setReadingEnabled(true)
-        if parkedCount.load(ordering: .relaxed) == 0 { pushingBack.store(false, ordering: .relaxed) }
     }
 }
