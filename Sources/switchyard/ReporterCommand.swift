@@ -21,7 +21,7 @@ struct ReporterCommand: AsyncParsableCommand {
     var queueCapacity = 10_000
 
     @Option(help: "Bytes of queued reports held (36 B a result, 64 B a report); beyond this connections are paused.")
-    var maxQueuedBytes = 32 << 20
+    var maxQueuedBytes = 4 << 20
 
     @Option(help: "Most results in one report; a larger report is refused (counted, logged once a minute).")
     var maxReportResults = 10_000
