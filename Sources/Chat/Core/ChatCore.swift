@@ -232,7 +232,7 @@ struct ChatCore: Sendable {
         }
         actions.append(.count(.busyRejection, 1))
         if busySources.insert(peer.source).inserted {
-            actions.append(.log(.info, "requests refused as busy: too many in progress from one address", [
+            actions.append(.log(.info, "requests refused as busy: too many in progress on a connection or address", [
                 "peer.address": "\(Self.dottedQuad(peer.source))", "connection.id": "\(peer.id)",
                 "chat.requests_in_flight": "\(fromSource)"]))
         }
