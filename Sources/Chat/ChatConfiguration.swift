@@ -12,8 +12,9 @@ public struct ChatConfiguration: Sendable {
     public var maxFrameBodyLength: Int
     /// Largest room or private message text, in UTF-8 bytes.
     public var maxMessageBytes: Int
-    /// Longest room name, in characters.
-    public var maxRoomNameLength: Int
+    /// Longest room name, in UTF-8 bytes (bytes, not characters: one character can be thousands of bytes of
+    /// combining marks). User names are 1-32 ASCII letters, digits, '_', '-', '.'; passwords 1-1024 bytes.
+    public var maxRoomNameBytes: Int
     /// Rooms one session may be in at once.
     public var maxRoomsPerUser: Int
     /// Room and private messages one session may send per second (a token bucket of this size, refilled
@@ -31,8 +32,22 @@ public struct ChatConfiguration: Sendable {
     public var passwordIterations: Int
     /// Failed logins for one name within `loginFailureWindow` before further attempts are refused.
     public var maxLoginFailures: Int
-    /// The window of `maxLoginFailures`, and how long a name stays locked once it passes the limit.
+    /// The window of `maxLoginFailures`, and how long a (name, source address) pair stays locked the first time it
+    /// passes the limit; each later lock of the pair lasts twice as long, up to `maxLoginLockout`.
     public var loginFailureWindow: Duration
+    /// The longest lock of a (name, source address) pair.
+    public var maxLoginLockout: Duration
+    /// Requests that need storage or the password KDF (register, login, join of a room not in memory, friend add)
+    /// one connection may have in progress; more are answered RATE_LIMITED ("busy") at once.
+    public var maxRequestsInFlightPerConnection: Int
+    /// The same for all the connections of one source address together, so one peer never holds the whole
+    /// database pool (keep it below the pool's size).
+    public var maxRequestsInFlightPerSource: Int
+    /// Registrations one source address may make a minute after its burst (each costs a password hash); more are
+    /// answered RATE_LIMITED. Nil: no limit.
+    public var registrationsPerMinute: Int?
+    /// Registrations one source address may make at once before `registrationsPerMinute` applies.
+    public var registrationBurst: Int
     /// On shutdown, how long the connections get to flush before they are closed hard.
     public var drainTimeout: Duration
 
@@ -41,7 +56,7 @@ public struct ChatConfiguration: Sendable {
         idleTimeout: Duration? = .seconds(30),
         maxFrameBodyLength: Int = 64 * 1024,
         maxMessageBytes: Int = 4096,
-        maxRoomNameLength: Int = 64,
+        maxRoomNameBytes: Int = 128,
         maxRoomsPerUser: Int = 16,
         messagesPerSecond: Int = 20,
         historyLength: Int = 50,
@@ -50,13 +65,18 @@ public struct ChatConfiguration: Sendable {
         passwordIterations: Int = 210_000,
         maxLoginFailures: Int = 5,
         loginFailureWindow: Duration = .seconds(60),
+        maxLoginLockout: Duration = .seconds(3600),
+        maxRequestsInFlightPerConnection: Int = 2,
+        maxRequestsInFlightPerSource: Int = 4,
+        registrationsPerMinute: Int? = 30,
+        registrationBurst: Int = 5,
         drainTimeout: Duration = .seconds(5)
     ) {
         self.server = server
         self.idleTimeout = idleTimeout
         self.maxFrameBodyLength = maxFrameBodyLength
         self.maxMessageBytes = maxMessageBytes
-        self.maxRoomNameLength = maxRoomNameLength
+        self.maxRoomNameBytes = maxRoomNameBytes
         self.maxRoomsPerUser = maxRoomsPerUser
         self.messagesPerSecond = messagesPerSecond
         self.historyLength = historyLength
@@ -65,6 +85,11 @@ public struct ChatConfiguration: Sendable {
         self.passwordIterations = passwordIterations
         self.maxLoginFailures = maxLoginFailures
         self.loginFailureWindow = loginFailureWindow
+        self.maxLoginLockout = maxLoginLockout
+        self.maxRequestsInFlightPerConnection = maxRequestsInFlightPerConnection
+        self.maxRequestsInFlightPerSource = maxRequestsInFlightPerSource
+        self.registrationsPerMinute = registrationsPerMinute
+        self.registrationBurst = registrationBurst
         self.drainTimeout = drainTimeout
     }
 
@@ -77,7 +102,7 @@ public struct ChatConfiguration: Sendable {
         if maxMessageBytes > maxFrameBodyLength {
             throw .messageLongerThanFrame(maxMessageBytes: maxMessageBytes, maxFrameBodyLength: maxFrameBodyLength)
         }
-        if maxRoomNameLength < 1 { throw .notPositive("maxRoomNameLength", maxRoomNameLength) }
+        if maxRoomNameBytes < 1 { throw .notPositive("maxRoomNameBytes", maxRoomNameBytes) }
         if maxRoomsPerUser < 1 { throw .notPositive("maxRoomsPerUser", maxRoomsPerUser) }
         if messagesPerSecond < 1 { throw .notPositive("messagesPerSecond", messagesPerSecond) }
         if historyLength < 0 { throw .negativeHistoryLength(historyLength) }
@@ -86,6 +111,18 @@ public struct ChatConfiguration: Sendable {
         if passwordIterations < PasswordHasher.minimumIterations { throw .tooFewIterations(passwordIterations) }
         if maxLoginFailures < 1 { throw .notPositive("maxLoginFailures", maxLoginFailures) }
         if loginFailureWindow <= .zero { throw .loginWindowNotPositive(loginFailureWindow) }
+        if maxLoginLockout < loginFailureWindow { throw .negativeDuration("maxLoginLockout - loginFailureWindow",
+                                                                          maxLoginLockout - loginFailureWindow) }
+        if maxRequestsInFlightPerConnection < 1 {
+            throw .notPositive("maxRequestsInFlightPerConnection", maxRequestsInFlightPerConnection)
+        }
+        if maxRequestsInFlightPerSource < 1 {
+            throw .notPositive("maxRequestsInFlightPerSource", maxRequestsInFlightPerSource)
+        }
+        if let registrationsPerMinute, registrationsPerMinute < 1 {
+            throw .notPositive("registrationsPerMinute", registrationsPerMinute)
+        }
+        if registrationBurst < 1 { throw .notPositive("registrationBurst", registrationBurst) }
         if drainTimeout < .zero { throw .negativeDuration("drainTimeout", drainTimeout) }
     }
 }

@@ -9,7 +9,8 @@ extension ChatHub {
 
     func register(_ r: Switchyard_Chat_RegisterRequest, from c: TCPConnection) {
         let peer = peer(c)
-        decide { $0.register(r, from: peer) }
+        let now = SystemInfo.monotonicNanoseconds()
+        decide { $0.register(r, from: peer, now: now) }
     }
 
     func login(_ r: Switchyard_Chat_LoginRequest, from c: TCPConnection) {
@@ -37,7 +38,11 @@ extension ChatHub {
         let peer = peer(c)
         let now = SystemInfo.monotonicNanoseconds()
         let unixMs = Self.unixMilliseconds()
-        decide { $0.say(r, from: peer, now: now, unixMs: unixMs) }
+        let writer = self.writer
+        decide { core in
+            core.say(r, from: peer, now: now, unixMs: unixMs,
+                     historyHasRoom: writer.hasRoom(text: r.text, room: r.room, sender: core.sessions[peer.id]?.user))
+        }
     }
 
     func privateMessage(_ r: Switchyard_Chat_PrivateMessageRequest, from c: TCPConnection) {
@@ -100,6 +105,9 @@ extension ChatHub {
 
     func loadRoom(_ job: LoadRoomJob) async {
         var history: ChatCore.RoomHistory?
+        // The room may have been freed with messages still queued: the database has them all once this returns, so
+        // the loaded sequence number is the room's last.
+        await writer.flush()
         do {
             let loaded = try await store.history(room: job.room, limit: job.limit)
             history = ChatCore.RoomHistory(messages: loaded.messages, lastSequence: loaded.lastSequence)

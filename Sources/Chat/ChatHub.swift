@@ -43,7 +43,8 @@ final class ChatHub: Sendable {
         self.configuration = configuration
         self.store = store
         self.logger = logger
-        writer = HistoryWriter(store: store, logger: logger)
+        let statistics = self.statistics
+        writer = HistoryWriter(store: store, logger: logger, lost: { statistics.add(.historyLost, $0) })
         state = Mutex(ChatCore(configuration: configuration))
         jobs = ChatJobQueue()
         self.loops = loops
@@ -58,7 +59,7 @@ final class ChatHub: Sendable {
         guard let loop = loopIndex[ObjectIdentifier(c.loop)] else {
             preconditionFailure("connection \(c.id) on a loop outside the server's group")
         }
-        return ChatPeer(id: c.id, loop: loop)
+        return ChatPeer(id: c.id, loop: loop, source: c.peerAddress.ip)
     }
 
     // MARK: Deciding
@@ -75,6 +76,8 @@ final class ChatHub: Sendable {
                 switch action {
                 case .send(let frame, let peer): post(frame, to: peer)
                 case .broadcast(let frame, let members): post(frame, to: members)
+                // Under the lock: `say` checked the queue's room under this lock, so the append fits.
+                case .appendHistory(let message): writer.append(message)
                 case .count: break
                 default: later.append(action)
                 }

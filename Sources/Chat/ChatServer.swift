@@ -167,6 +167,9 @@ public final class ChatServer: Service, Sendable {
     /// Logged-in users, sorted. Safe from any thread.
     public var onlineUsers: [String] { hub.state.withLock { $0.onlineUsers } }
 
+    /// Rooms held in memory (those with members, or with a history load under way). Safe from any thread.
+    public var roomCount: Int { hub.state.withLock { $0.rooms.count } }
+
     /// Members of a room right now (0 when unknown). Safe from any thread.
     public func memberCount(of room: String) -> Int { hub.state.withLock { $0.memberCount(of: room) } }
 

@@ -11,6 +11,10 @@ public final class ChatStatistics: Sendable {
     private let slowConsumers = Atomic<Int>(0)
     private let loginFailures = Atomic<Int>(0)
     private let limitErrors = Atomic<Int>(0)
+    private let busyErrors = Atomic<Int>(0)
+    private let registrationLimits = Atomic<Int>(0)
+    private let historyRefusals = Atomic<Int>(0)
+    private let historyLosses = Atomic<Int>(0)
 
     private let metrics: MetricCounters
 
@@ -22,6 +26,10 @@ public final class ChatStatistics: Sendable {
         let slowConsumers: Counter
         let loginFailures: Counter
         let limitRejections: Counter
+        let busyRejections: Counter
+        let registrationsRateLimited: Counter
+        let historyRefused: Counter
+        let historyLost: Counter
 
         init() {
             let dimensions = [("service", "chat")]
@@ -31,6 +39,11 @@ public final class ChatStatistics: Sendable {
             slowConsumers = Counter(label: "switchyard_chat_slow_consumers_cut_off_total", dimensions: dimensions)
             loginFailures = Counter(label: "switchyard_chat_login_failures_total", dimensions: dimensions)
             limitRejections = Counter(label: "switchyard_chat_limit_rejections_total", dimensions: dimensions)
+            busyRejections = Counter(label: "switchyard_chat_busy_rejections_total", dimensions: dimensions)
+            registrationsRateLimited = Counter(label: "switchyard_chat_registrations_rate_limited_total",
+                                               dimensions: dimensions)
+            historyRefused = Counter(label: "switchyard_chat_history_refused_total", dimensions: dimensions)
+            historyLost = Counter(label: "switchyard_chat_history_lost_total", dimensions: dimensions)
         }
     }
 
@@ -50,6 +63,14 @@ public final class ChatStatistics: Sendable {
     public var failedLogins: Int { loginFailures.load(ordering: .relaxed) }
     /// Requests refused by a limit (size, rate, rooms per user, room name length).
     public var limitRejections: Int { limitErrors.load(ordering: .relaxed) }
+    /// Requests refused at once as busy: their connection or source address had too many in progress.
+    public var busyRejections: Int { busyErrors.load(ordering: .relaxed) }
+    /// Registrations refused by their source address's rate limit.
+    public var registrationsRateLimited: Int { registrationLimits.load(ordering: .relaxed) }
+    /// Room messages refused because the history queue was full (the sender was told to retry).
+    public var historyRefused: Int { historyRefusals.load(ordering: .relaxed) }
+    /// Room messages accepted whose history write failed on every attempt (logged).
+    public var historyLost: Int { historyLosses.load(ordering: .relaxed) }
 
     /// Adds `n` to a counter. Safe to call from any thread.
     func add(_ counter: ChatCounter, _ n: Int) {
@@ -72,6 +93,18 @@ public final class ChatStatistics: Sendable {
         case .limitRejection:
             limitErrors.wrappingAdd(n, ordering: .relaxed)
             metrics.limitRejections.increment(by: n)
+        case .busyRejection:
+            busyErrors.wrappingAdd(n, ordering: .relaxed)
+            metrics.busyRejections.increment(by: n)
+        case .registrationRateLimited:
+            registrationLimits.wrappingAdd(n, ordering: .relaxed)
+            metrics.registrationsRateLimited.increment(by: n)
+        case .historyRefused:
+            historyRefusals.wrappingAdd(n, ordering: .relaxed)
+            metrics.historyRefused.increment(by: n)
+        case .historyLost:
+            historyLosses.wrappingAdd(n, ordering: .relaxed)
+            metrics.historyLost.increment(by: n)
         }
     }
 }

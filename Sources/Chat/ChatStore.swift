@@ -117,26 +117,42 @@ struct ChatStore: Sendable {
 }
 
 /// Writes room messages to the store in batches, in the background, through a bounded ``BatchWriter``: `append`
-/// never waits for the database, a flood cannot grow memory past ``defaultConfiguration``'s bounds (the oldest
-/// unwritten messages are dropped and counted), and one writer at a time puts what accumulated into one
-/// transaction. The writer loop is ``run()``, a child task of `ChatServer.run()`; it ends once ``finish()`` is
-/// called (after writing what it holds, bounded by the drain timeout). Safe to call from any thread.
+/// never waits for the database, and a flood cannot grow memory past ``defaultConfiguration``'s bounds: the server
+/// checks ``hasRoom(text:room:sender:)`` before it accepts a room message and refuses it (the sender is told to
+/// retry) when the queue is full, so nothing is dropped. A failed batch is retried; one that fails every attempt is
+/// logged and its messages counted as lost. One writer at a time puts what accumulated into one transaction. The
+/// writer loop is ``run()``, a child task of `ChatServer.run()`; it ends once ``finish()`` is called (after writing
+/// what it holds, bounded by the drain timeout). Safe to call from any thread.
 final class HistoryWriter: Sendable {
     /// At most 100,000 messages or 64 MiB of text held; at most 500 messages per transaction; written as soon as
-    /// the writer is free; a failed batch is lost (logged), as before the bound.
+    /// the writer is free; a failed batch is tried 3 more times, 200 ms apart.
     static let defaultConfiguration = BatchWriterConfiguration(
-        capacity: 100_000, maxCost: 64 << 20, batchSize: 500, flushInterval: .zero, retries: 0,
-        drainTimeout: .seconds(5))
+        capacity: 100_000, maxCost: 64 << 20, batchSize: 500, flushInterval: .zero, retries: 3,
+        retryDelay: .milliseconds(200), drainTimeout: .seconds(5))
+
+    /// What a message costs against the bound: its text, room and sender bytes and 32 for the rest.
+    static func cost(text: String, room: String, sender: String) -> Int {
+        text.utf8.count + room.utf8.count + sender.utf8.count + 32
+    }
 
     private let batches: BatchWriter<Switchyard_Chat_RoomMessage>
 
-    init(store: ChatStore, logger: Logger, configuration: BatchWriterConfiguration = HistoryWriter.defaultConfiguration) {
+    /// - Parameter lost: Told how many messages a batch that failed every attempt held (for the counters).
+    init(store: ChatStore, logger: Logger, configuration: BatchWriterConfiguration = HistoryWriter.defaultConfiguration,
+         lost: @escaping @Sendable (Int) -> Void = { _ in }) {
         batches = BatchWriter(
             configuration: configuration, label: "chat history", logger: logger,
-            cost: { m in m.text.utf8.count + m.room.utf8.count + m.sender.utf8.count + 32 },
+            cost: { m in HistoryWriter.cost(text: m.text, room: m.room, sender: m.sender) },
             observe: { event, _ in
-                if case .writeFailed(let count, let error, _) = event {
+                switch event {
+                case .writeFailed(let count, let error, let willRetry):
+                    if willRetry { return }
+                    lost(count)
                     logger.warning("could not store chat history", metadata: ["messages": "\(count)", "error": "\(error)"])
+                case .dropped(let count):
+                    lost(count)
+                case .written:
+                    break
                 }
             },
             write: { messages in try await store.insertMessages(messages) })
@@ -149,6 +165,14 @@ final class HistoryWriter: Sendable {
 
     /// The writer's counters (received, written, dropped, failed, queued).
     var statistics: BatchWriterStatistics { batches.statistics }
+
+    /// True when a message of this text and room (from `sender`, or the longest name when nil) fits in the queue
+    /// now. Any thread.
+    func hasRoom(text: String, room: String, sender: String?) -> Bool {
+        let longestName = 32
+        let senderBytes = sender?.utf8.count ?? longestName
+        return batches.hasRoom(forCost: HistoryWriter.cost(text: text, room: room, sender: "") + senderBytes)
+    }
 
     /// Queues a message; ``run()`` writes it. Any thread, never waits.
     func append(_ message: Switchyard_Chat_RoomMessage) {

@@ -4,7 +4,8 @@ import Synchronization
 /// A bounded queue in front of a slow sink (a database), with the loop that empties it in batches.
 ///
 ///     appenders (any thread) --append--> [ waiting ... | being written ]  --write(batch)--> database
-///                                          ^ full: the oldest waiting is dropped
+///                                          ^ full: the oldest waiting is dropped (`append`), or the new
+///                                            one is refused and its owner told when there is room (`offer`)
 ///
 /// `append` never waits: it takes a short lock, drops the oldest waiting elements when the writer holds
 /// ``BatchWriterConfiguration/capacity`` elements (or ``BatchWriterConfiguration/maxCost``), and wakes the writer
@@ -88,6 +89,8 @@ public final class BatchWriter<Element: Sendable>: Sendable {
         var finishWatcher: CheckedContinuation<Void, Never>?
         var pendingWrite: PendingWrite?
         var nextWriteID: UInt64 = 0
+        /// Told once when room is made (a batch written or failed) or the writer stops (`notifyWhenRoom`).
+        var roomWaiters: [@Sendable () -> Void] = []
 
         var waiting: Int { items.count - head }
         var queued: Int { waiting + (inFlight?.count ?? 0) }
@@ -105,6 +108,32 @@ public final class BatchWriter<Element: Sendable>: Sendable {
             s.queued = queued
             s.queuedCost = queuedCost
             return s
+        }
+
+        /// True when an element of `cost` fits within the bounds now, without dropping anything.
+        func fits(cost: Int, capacity: Int, maxCost: Int?) -> Bool {
+            queued + 1 <= capacity && (maxCost.map { queuedCost + cost <= $0 } ?? true)
+        }
+
+        /// Adds an element that was checked to fit; returns the writer to wake, if any.
+        mutating func insert(_ element: Element, cost: Int, wakeNow: (State) -> Bool)
+            -> CheckedContinuation<Void, Never>?
+        {
+            counters.received += 1
+            let wasEmpty = waiting == 0
+            items.append(Item(element: element, cost: cost, sequence: nextSequence))
+            nextSequence += 1
+            waitingCost += cost
+            counters.peakQueuedCost = max(counters.peakQueuedCost, queuedCost)
+            guard wasEmpty || wakeNow(self) else { return nil }
+            let wake = takeWaiter()
+            if wake == nil { signaled = true }
+            return wake
+        }
+
+        mutating func takeRoomWaiters() -> [@Sendable () -> Void] {
+            defer { roomWaiters = [] }
+            return roomWaiters
         }
 
         mutating func dropOldestWaiting() {
@@ -198,6 +227,7 @@ public final class BatchWriter<Element: Sendable>: Sendable {
             if fits {
                 s.items.append(Item(element: element, cost: elementCost, sequence: sequence))
                 s.waitingCost += elementCost
+                s.counters.peakQueuedCost = max(s.counters.peakQueuedCost, s.queuedCost)
             } else {
                 dropped += 1
             }
@@ -226,6 +256,49 @@ public final class BatchWriter<Element: Sendable>: Sendable {
         return dropped
     }
 
+    /// Queues `element` only when it fits within ``BatchWriterConfiguration/capacity`` and
+    /// ``BatchWriterConfiguration/maxCost`` now: nothing is dropped. Returns false (and counts nothing) when it does
+    /// not fit or the writer has stopped; the caller keeps it and pushes back on its source, and
+    /// ``notifyWhenRoom(forCost:_:)`` tells it when to try again. Never waits. Any thread.
+    public func offer(_ element: Element) -> Bool {
+        let elementCost = max(0, cost(element))
+        let (capacity, maxCost, interval) = (configuration.capacity, configuration.maxCost, configuration.flushInterval)
+        let (accepted, wake) = state.withLock { s -> (Bool, CheckedContinuation<Void, Never>?) in
+            guard !s.stopped, !s.abandoned, s.fits(cost: elementCost, capacity: capacity, maxCost: maxCost) else {
+                return (false, nil)
+            }
+            return (true, s.insert(element, cost: elementCost) { interval == .zero || isBatchFull($0) })
+        }
+        wake?.resume()
+        return accepted
+    }
+
+    /// True when an element of `cost` would fit within the bounds now (nothing dropped). A check, not a
+    /// reservation: the owner that needs it exact serializes its checks and appends (chat history does, under its
+    /// lock). Any thread.
+    public func hasRoom(forCost cost: Int) -> Bool {
+        let (capacity, maxCost) = (configuration.capacity, configuration.maxCost)
+        return state.withLock { s in !s.stopped && s.fits(cost: max(0, cost), capacity: capacity, maxCost: maxCost) }
+    }
+
+    /// Calls `body` once when an element of `cost` may fit: at once (on this thread) when it fits now, else after the
+    /// next write returns (written or failed) or when the writer stops, from the writer's task. Returns false, and
+    /// never calls `body`, when the writer has stopped already. The element may still not fit when `body` runs
+    /// (another offer took the room): offer again and, if refused, ask again. Any thread.
+    @discardableResult
+    public func notifyWhenRoom(forCost cost: Int, _ body: @escaping @Sendable () -> Void) -> Bool {
+        let (capacity, maxCost) = (configuration.capacity, configuration.maxCost)
+        let now = state.withLock { s -> Bool? in
+            if s.stopped || s.abandoned { return nil }
+            if s.fits(cost: max(0, cost), capacity: capacity, maxCost: maxCost) { return true }
+            s.roomWaiters.append(body)
+            return false
+        }
+        guard let now else { return false }
+        if now { body() }
+        return true
+    }
+
     private func isBatchFull(_ s: State) -> Bool {
         if s.waiting >= configuration.batchSize { return true }
         if let batchCost = configuration.batchCost, s.waitingCost >= batchCost { return true }
@@ -238,7 +311,12 @@ public final class BatchWriter<Element: Sendable>: Sendable {
     /// nothing is left, or ``BatchWriterConfiguration/drainTimeout`` after this call. Any thread; a second call does
     /// nothing.
     public func finish() {
-        let deadline = ContinuousClock.now.advanced(by: configuration.drainTimeout)
+        finish(deadline: ContinuousClock.now.advanced(by: configuration.drainTimeout))
+    }
+
+    /// ``finish()`` with the drain ending at `deadline` instead of ``BatchWriterConfiguration/drainTimeout`` from
+    /// now (an owner that spent part of its shutdown budget already). Any thread; a second call does nothing.
+    public func finish(deadline: ContinuousClock.Instant) {
         let (waiter, watcher) = state.withLock { s -> (CheckedContinuation<Void, Never>?, CheckedContinuation<Void, Never>?) in
             guard !s.finishing else { return (nil, nil) }
             s.finishing = true
@@ -285,12 +363,13 @@ public final class BatchWriter<Element: Sendable>: Sendable {
             await writeUntilDone()
             group.cancelAll()
         }
-        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+        let (waiters, room) = state.withLock { s -> ([CheckedContinuation<Void, Never>], [@Sendable () -> Void]) in
             s.stopped = true
             defer { s.finishWatcher = nil }
-            return s.satisfiedFlushWaiters() + (s.finishWatcher.map { [$0] } ?? [])
+            return (s.satisfiedFlushWaiters() + (s.finishWatcher.map { [$0] } ?? []), s.takeRoomWaiters())
         }
         for waiter in waiters { waiter.resume() }
+        for body in room { body() }
     }
 
     private enum Step {
@@ -360,19 +439,20 @@ public final class BatchWriter<Element: Sendable>: Sendable {
             case .abandoned:
                 return  // the write's own task counts it when it returns
             case .written:
-                let (stats, flushed) = state.withLock { s in
+                let (stats, flushed, room) = state.withLock { s in
                     s.counters.written += batch.count
                     s.inFlight = nil
                     if s.waiting == 0 { s.dropping = false }  // caught up: an episode of drops ends
-                    return (s.statistics, s.satisfiedFlushWaiters())
+                    return (s.statistics, s.satisfiedFlushWaiters(), s.takeRoomWaiters())
                 }
                 for waiter in flushed { waiter.resume() }
+                for body in room { body() }
                 observe(.written(batch.count), stats)
                 return
             case .failed(let error):
                 let now = ContinuousClock.now
                 let delay = configuration.retryDelay
-                let (retry, stats, flushed) = state.withLock { s in
+                let (retry, stats, flushed, room) = state.withLock { s in
                     s.counters.failedWrites += 1
                     // Tried again while attempts are left, unless the drain deadline comes before the retry would.
                     let retry = attempt < configuration.retries && !s.abandoned
@@ -381,9 +461,11 @@ public final class BatchWriter<Element: Sendable>: Sendable {
                         s.counters.failed += batch.count
                         s.inFlight = nil
                     }
-                    return (retry, s.statistics, retry ? [] : s.satisfiedFlushWaiters())
+                    return (retry, s.statistics, retry ? [] : s.satisfiedFlushWaiters(),
+                            retry ? [] : s.takeRoomWaiters())
                 }
                 for waiter in flushed { waiter.resume() }
+                for body in room { body() }
                 observe(.writeFailed(batch.count, error: error, willRetry: retry), stats)
                 guard retry else { return }
                 attempt += 1

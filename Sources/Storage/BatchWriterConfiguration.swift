@@ -97,6 +97,8 @@ public struct BatchWriterStatistics: Sendable, Hashable {
     public var queued = 0
     /// The cost of the elements held.
     public var queuedCost = 0
+    /// The most cost held at once so far (what the bound let through).
+    public var peakQueuedCost = 0
 }
 
 /// What a ``BatchWriter`` did, for an owner's metrics and logs. Delivered on the thread that did it, after the

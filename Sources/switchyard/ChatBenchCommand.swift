@@ -68,6 +68,8 @@ struct ChatBenchCommand: AsyncParsableCommand {
             configuration: ChatConfiguration(idleTimeout: nil, maxMessageBytes: 4096, messagesPerSecond: 1_000_000,
                                              maxQueuedOutputBytes: 64 << 20,
                                              passwordIterations: PasswordHasher.minimumIterations,
+                                             // Every member comes from 127.0.0.1: no per-source limits here.
+                                             maxRequestsInFlightPerSource: 1_000_000, registrationsPerMinute: nil,
                                              drainTimeout: .seconds(2)),
             pool: pool, logger: logger)
         let outcome: Result<Void, Error>

@@ -23,6 +23,14 @@ struct ChatCommand: AsyncParsableCommand {
     @Option(help: "Room and private messages per second per user.") var rate = 20
     @Option(help: "PBKDF2-SHA256 iterations for new password hashes (at least 100000).")
     var passwordIterations = 210_000
+    @Option(help: "Longest room name in UTF-8 bytes.") var maxRoomNameBytes = 128
+    @Option(help: "Requests needing the database or the password hash in progress per connection; more get busy.")
+    var maxRequestsPerConnection = 2
+    @Option(help: "The same per source address, all its connections together (keep it below the pool size).")
+    var maxRequestsPerSource = 4
+    @Option(help: "Registrations a minute per source address after the burst (0: no limit).")
+    var registrationsPerMinute = 30
+    @Option(help: "Registrations a source address may make at once.") var registrationBurst = 5
     @OptionGroup var service: ServiceOptions
     @OptionGroup var loops: PlacementOptions
 
@@ -32,6 +40,7 @@ struct ChatCommand: AsyncParsableCommand {
         guard idleTimeout >= 0 else { throw ValidationError("--idle-timeout must be >= 0 (0: off)") }
         guard history >= 0 && history <= 10_000 else { throw ValidationError("--history must be 0...10000") }
         guard rate > 0 else { throw ValidationError("--rate must be positive") }
+        guard registrationsPerMinute >= 0 else { throw ValidationError("--registrations-per-minute must be >= 0") }
         guard passwordIterations >= PasswordHasher.minimumIterations else {
             throw ValidationError("--password-iterations must be at least \(PasswordHasher.minimumIterations)")
         }
@@ -46,7 +55,11 @@ struct ChatCommand: AsyncParsableCommand {
         ChatConfiguration(
             server: ServerConfiguration(host: host, port: port),
             idleTimeout: idleTimeout == 0 ? nil : .seconds(idleTimeout),
-            messagesPerSecond: rate, historyLength: history, passwordIterations: passwordIterations)
+            maxRoomNameBytes: maxRoomNameBytes, messagesPerSecond: rate, historyLength: history,
+            passwordIterations: passwordIterations, maxRequestsInFlightPerConnection: maxRequestsPerConnection,
+            maxRequestsInFlightPerSource: maxRequestsPerSource,
+            registrationsPerMinute: registrationsPerMinute == 0 ? nil : registrationsPerMinute,
+            registrationBurst: registrationBurst)
     }
 
     func run() async throws {

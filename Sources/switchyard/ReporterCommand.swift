@@ -17,8 +17,17 @@ struct ReporterCommand: AsyncParsableCommand {
 
     @OptionGroup var database: DatabaseOptions
 
-    @Option(help: "Reports held while the database is slow; the oldest are dropped beyond this.")
+    @Option(help: "Reports held while the database is slow; beyond this the agents' connections are paused.")
     var queueCapacity = 10_000
+
+    @Option(help: "Bytes of queued reports held (36 B a result, 64 B a report); beyond this connections are paused.")
+    var maxQueuedBytes = 4 << 20
+
+    @Option(help: "Most results in one report; a larger report is refused (counted, logged once a minute).")
+    var maxReportResults = 10_000
+
+    @Option(help: "Seconds a graceful shutdown goes on writing queued reports; how many were not written is logged.")
+    var drainTimeout = 5.0
 
     @Option(help: "I/O threads.")
     var threads = 1
@@ -29,6 +38,9 @@ struct ReporterCommand: AsyncParsableCommand {
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
         guard queueCapacity > 0 else { throw ValidationError("--queue-capacity must be positive") }
+        guard drainTimeout >= 0 && drainTimeout.isFinite else {
+            throw ValidationError("--drain-timeout must not be negative")
+        }
         guard (0...64).contains(threads) else { throw ValidationError("--threads must be 0...64, got \(threads)") }
         do {
             try configuration.validate()
@@ -38,7 +50,9 @@ struct ReporterCommand: AsyncParsableCommand {
     }
 
     var configuration: ReporterConfiguration {
-        ReporterConfiguration(host: host, port: port, queueCapacity: queueCapacity)
+        ReporterConfiguration(host: host, port: port, queueCapacity: queueCapacity, maxQueuedBytes: maxQueuedBytes,
+                              maxReportResults: maxReportResults,
+                              drainTimeout: .milliseconds(Int64((drainTimeout * 1000).rounded())))
     }
 
     func run() async throws {
@@ -56,7 +70,8 @@ struct ReporterCommand: AsyncParsableCommand {
         let stats = reporter.statistics
         logger.info("reporter totals", metadata: [
             "received": "\(stats.received)", "written": "\(stats.written)", "dropped": "\(stats.dropped)",
-            "failedWrites": "\(stats.failedWrites)",
+            "failedWrites": "\(stats.failedWrites)", "refused": "\(stats.refused)", "pauses": "\(stats.pauses)",
+            "unwritten": "\(stats.queued)",
         ])
     }
 }

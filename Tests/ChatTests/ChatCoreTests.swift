@@ -79,13 +79,13 @@ struct ChatCoreTests {
         var bad = Switchyard_Chat_RegisterRequest()
         bad.name = "bad name"
         bad.password = "x"
-        #expect(core.register(bad, from: alice).replies(Switchyard_Chat_RegisterReply.self, .registerReply,
+        #expect(core.register(bad, from: alice, now: 0).replies(Switchyard_Chat_RegisterReply.self, .registerReply,
                                                          to: alice).map(\.status.code) == [.badRequest])
         var register = Switchyard_Chat_RegisterRequest()
         register.requestID = 3
         register.name = "alice"
         register.password = "pw"
-        let actions = core.register(register, from: alice)
+        let actions = core.register(register, from: alice, now: 0)
         guard case .register(let job)? = actions.first else { throw TestFailure("no register job: \(actions)") }
         #expect(job.iterations == PasswordHasher.minimumIterations && job.password == "pw")
         let created = core.registered(job, .created).replies(Switchyard_Chat_RegisterReply.self, .registerReply,
@@ -240,18 +240,21 @@ struct ChatCoreTests {
 
     @Test func failuresSpreadOverMoreThanTheWindowDoNotLock() {
         var throttle = LoginThrottle(maxFailures: 2, window: .seconds(10))
+        let a = LoginThrottle.Key(name: "a", source: 1)
         var now: UInt64 = 0
-        let first = throttle.recordFailure("a", now: now)
+        func fail() -> Bool {
+            guard throttle.begin(a, now: now) else { return false }
+            return throttle.end(a, .failed, now: now)
+        }
+        let first = fail()
         now += 11_000_000_000
-        let second = throttle.recordFailure("a", now: now)  // a new window: one failure in it
-        let allowedAfterOne = throttle.allows("a", now: now)
-        let third = throttle.recordFailure("a", now: now)
-        let (lockedA, allowedB) = (throttle.allows("a", now: now), throttle.allows("b", now: now))
-        throttle.reset("a")
-        let allowedAfterReset = throttle.allows("a", now: now)
+        let second = fail()  // a new window: one failure in it
+        let allowedAfterOne = throttle.begin(a, now: now)
+        throttle.end(a, .aborted, now: now)
+        let third = fail()
+        let (lockedA, allowedB) = (throttle.begin(a, now: now), throttle.begin(.init(name: "b", source: 1), now: now))
         #expect(!first && !second && allowedAfterOne)
         #expect(third && !lockedA && allowedB)
-        #expect(allowedAfterReset)
     }
 
     @Test func slowConsumerIsCutOffOnceAndLeavesItsRooms() throws {

@@ -16,7 +16,7 @@ extension ChatSocketTests.Limits {
     func limitsGetErrorRepliesAndTheServerGoesOn(poller: PollerKind) async throws {
         let h = try await ChatHarness.start(poller: poller) {
             $0.maxMessageBytes = 100
-            $0.maxRoomNameLength = 10
+            $0.maxRoomNameBytes = 10
             $0.maxRoomsPerUser = 2
             $0.messagesPerSecond = 5
         }

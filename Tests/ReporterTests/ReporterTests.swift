@@ -83,37 +83,116 @@ extension ReporterSocketTests {
             await pool.close()
         }
 
-        @Test("a full queue drops the oldest reports and counts them; the rest are written")
-        func dropsWhenFull() async throws {
-            let pool = try await makePool(TestDatabase.sqliteFile.url(), PoolConfiguration(minConnections: 0, maxConnections: 1))
-            let running = try await RunningReporter(
-                pool: pool, ReporterConfiguration(queueCapacity: 5, batchRows: 1, flushInterval: .milliseconds(10)))
+        /// A report of `results` results (ports 1...results) from `caller`.
+        func bigReport(modid: Int32, caller: Int32, results: Int) -> Lars_ReportStatusRequest {
+            var request = report(modid: modid, caller: caller, ip: "10.0.0.9", port: 1, succ: 1, err: 0,
+                                 overload: false, ts: 1)
+            let template = request.results[0]
+            request.results = (1...results).map { port in
+                var result = template
+                result.port = Int32(port)
+                return result
+            }
+            return request
+        }
+
+        @Test("many large reports on one connection: the queue stays in its byte bound, all end up in SQLite",
+              arguments: PollerKind.allCases)
+        func pushesBackWithinTheByteBound(poller: PollerKind) async throws {
+            let pool = try await makePool(TestDatabase.sqliteFile.url(), PoolConfiguration(
+                minConnections: 0, maxConnections: 1, acquireTimeout: .seconds(60)))
+            let perReport = 500
+            let bound = ReporterConfiguration.queuedBytes(results: perReport) * 3
+            let running = try await RunningReporter(pool: pool, poller: poller, ReporterConfiguration(
+                queueCapacity: 1000, maxQueuedBytes: bound, maxReportResults: perReport, batchRows: perReport,
+                flushInterval: .milliseconds(10)))
             let reporter = running.reporter
-            // The only connection is busy: the writer cannot write, the queue fills.
+            let modid = uniqueModid()
+            // The database is busy at first: the queue fills and the connection must be paused, not drained.
             let held = try await pool.acquire()
             let client = try await running.client()
-            for i in 0..<20 {
-                try await client.send(report(modid: 3, caller: Int32(i), ip: "10.0.0.1", port: 80, succ: 1, err: 0,
-                                             overload: false, ts: 1), id: MessageID.reportStatusRequest)
+            let reports = 30
+            let sender = Task {
+                for caller in 0..<reports {
+                    try await client.send(bigReport(modid: modid, caller: Int32(caller), results: perReport),
+                                          id: MessageID.reportStatusRequest)
+                }
             }
-            #expect(await eventually { reporter.statistics.received == 20 })
+            #expect(await eventually { reporter.statistics.pauses >= 1 })
             let during = reporter.statistics
-            // At most one report is in the writer's hands (waiting for the connection); the queue holds the rest.
-            #expect(during.queued >= 4 && during.queued <= 5, "\(during)")
-            #expect(during.dropped + during.queued >= 19 && during.dropped >= 14, "\(during)")
+            #expect(during.received < reports, "a paused connection is not read: \(during)")
+            #expect(during.queuedBytes <= bound, "\(during)")
             pool.release(held)
-            #expect(await eventually {
+            try await sender.value
+            #expect(await eventually(timeout: .seconds(60)) {
                 let s = reporter.statistics
-                return s.written + s.dropped == 20 && s.queued == 0
+                return s.received == reports && s.queued == 0
             })
             let stats = reporter.statistics
-            let count = try await pool.queryFirst("SELECT COUNT(*) FROM ServerCallStatus WHERE modid = 3")?
-                .decode(0, as: Int.self)
-            #expect(count == stats.written)
-            // The newest survive: the last report (caller 19) was written.
-            #expect(try await pool.queryFirst("SELECT caller FROM ServerCallStatus WHERE modid = 3 AND caller = 19") != nil)
+            #expect(stats.written == reports && stats.dropped == 0 && stats.failedReports == 0, "\(stats)")
+            #expect(stats.peakQueuedBytes <= bound, "\(stats)")
+            #expect(stats.peakQueuedBytes >= ReporterConfiguration.queuedBytes(results: perReport) * 2, "\(stats)")
+            let count = try await pool.queryFirst("SELECT COUNT(*) FROM ServerCallStatus WHERE modid = ?",
+                                                  [SQLValue(modid)])?.decode(0, as: Int.self)
+            #expect(count == reports * perReport)
             await client.close()
             await running.stop()
+            await pool.close()
+        }
+
+        @Test("a report with more results than maxReportResults is refused and counted; the connection goes on")
+        func oversizedReportRefused() async throws {
+            let pool = try await makePool(TestDatabase.sqliteFile.url())
+            let lines = Shared<[CapturedLog]>([])
+            let running = try await RunningReporter(
+                pool: pool, logger: CapturingLogHandler.logger(into: lines, level: .info),
+                ReporterConfiguration(maxReportResults: 10, flushInterval: .milliseconds(10)))
+            let reporter = running.reporter
+            let modid = uniqueModid()
+            let client = try await running.client()
+            for caller in 0..<3 {
+                try await client.send(bigReport(modid: modid, caller: Int32(caller), results: 11),
+                                      id: MessageID.reportStatusRequest)
+            }
+            try await client.send(bigReport(modid: modid, caller: 9, results: 10), id: MessageID.reportStatusRequest)
+            #expect(await eventually { reporter.statistics.written == 1 })
+            let stats = reporter.statistics
+            #expect(stats.refused == 3 && stats.received == 4, "\(stats)")
+            let count = try await pool.queryFirst("SELECT COUNT(*) FROM ServerCallStatus WHERE modid = ?",
+                                                  [SQLValue(modid)])?.decode(0, as: Int.self)
+            #expect(count == 10)
+            let refusals = lines.get().filter { $0.message.contains("too many results") }
+            #expect(refusals.count == 1, "one line for the episode: \(refusals)")
+            await client.close()
+            await running.stop()
+            await pool.close()
+        }
+
+        @Test("graceful shutdown writes the reports queued and those waiting on a paused connection")
+        func shutdownWritesParkedReports() async throws {
+            let pool = try await makePool(TestDatabase.sqliteFile.url(), PoolConfiguration(
+                minConnections: 0, maxConnections: 1, acquireTimeout: .seconds(60)))
+            let running = try await RunningReporter(pool: pool, ReporterConfiguration(
+                queueCapacity: 2, batchRows: 1, flushInterval: .milliseconds(10), drainTimeout: .seconds(60)))
+            let reporter = running.reporter
+            let modid = uniqueModid()
+            let held = try await pool.acquire()
+            let client = try await running.client()
+            for caller in 0..<10 {
+                try await client.send(bigReport(modid: modid, caller: Int32(caller), results: 1),
+                                      id: MessageID.reportStatusRequest)
+            }
+            #expect(await eventually { reporter.statistics.pauses >= 1 && reporter.statistics.received >= 3 })
+            let stopping = Task { await running.stop() }
+            try await Task.sleep(for: .milliseconds(200))
+            pool.release(held)
+            await stopping.value
+            let stats = reporter.statistics
+            #expect(stats.written == stats.received && stats.queued == 0 && stats.dropped == 0, "\(stats)")
+            let count = try await pool.queryFirst("SELECT COUNT(*) FROM ServerCallStatus WHERE modid = ?",
+                                                  [SQLValue(modid)])?.decode(0, as: Int.self)
+            #expect(count == stats.written)
+            await client.close()
             await pool.close()
         }
 
@@ -151,8 +230,10 @@ extension ReporterSocketTests {
             let pool = try await makePool(
                 TestDatabase.sqliteFile.url(),
                 PoolConfiguration(minConnections: 0, maxConnections: 1, acquireTimeout: .seconds(30)))
+            let lines = Shared<[CapturedLog]>([])
             let running = try await RunningReporter(
-                pool: pool, ReporterConfiguration(flushInterval: .milliseconds(10), drainTimeout: .milliseconds(300)))
+                pool: pool, logger: CapturingLogHandler.logger(into: lines, level: .info),
+                ReporterConfiguration(flushInterval: .milliseconds(10), drainTimeout: .milliseconds(300)))
             let reporter = running.reporter
             let held = try await pool.acquire()
             let client = try await running.client()
@@ -165,7 +246,10 @@ extension ReporterSocketTests {
             #expect(took < .seconds(20), "stopped \(took) after the shutdown began, not after the 30 s acquire timeout")
             let stats = reporter.statistics
             #expect(stats.written == 0 && stats.queued == 5, "\(stats)")
-            #expect(stats.received == stats.written + stats.dropped + stats.failedReports + stats.queued)
+            #expect(stats.received == stats.written + stats.dropped + stats.refused + stats.failedReports
+                        + stats.queued)
+            let lost = lines.get().filter { $0.metadata["reporter.unwritten"] != nil }
+            #expect(lost.map { $0.metadata["reporter.unwritten"] } == ["5"], "the count lost is logged: \(lost)")
             pool.release(held)
             await client.close()
             await pool.close()
@@ -198,44 +282,15 @@ extension ReporterSocketTests {
             #expect(throws: Never.self) { try ReporterConfiguration().validate() }
             let pool = try await makePool(TestDatabase.sqliteFile.url())
             let group = try EventLoopGroup(ioLoops: 1)
-            let reporter = Reporter(group: group, configuration: ReporterConfiguration(port: 0, maxQueuedRows: 0),
+            let reporter = Reporter(group: group, configuration: ReporterConfiguration(port: 0, maxQueuedBytes: 10),
                                     pool: pool, logger: quietLogger)
             do {
                 try await reporter.run()
-                Issue.record("run() accepted maxQueuedRows 0")
+                Issue.record("run() accepted maxQueuedBytes 10")
             } catch {
-                #expect("\(error)".contains("maxQueuedRows"))
+                #expect("\(error)".contains("maxQueuedBytes"))
             }
             await group.shutdown()
-            await pool.close()
-        }
-
-        @Test("the queue is bounded in rows too: large reports make room by dropping the oldest")
-        func rowBound() async throws {
-            let pool = try await makePool(TestDatabase.sqliteFile.url(), PoolConfiguration(minConnections: 0, maxConnections: 1))
-            let running = try await RunningReporter(
-                pool: pool, ReporterConfiguration(queueCapacity: 1000, maxQueuedRows: 10, flushInterval: .milliseconds(10)))
-            let reporter = running.reporter
-            let held = try await pool.acquire()
-            let client = try await running.client()
-            // Four reports of 4 rows each: at most 10 rows are held, so at most two reports.
-            for caller in 0..<4 {
-                var request = report(modid: 6, caller: Int32(caller), ip: "10.0.0.4", port: 80, succ: 1, err: 0,
-                                     overload: false, ts: 1)
-                request.results = (0..<4).map { i in
-                    var result = request.results[0]
-                    result.port = 80 + Int32(i)
-                    return result
-                }
-                try await client.send(request, id: MessageID.reportStatusRequest)
-            }
-            #expect(await eventually { reporter.statistics.received == 4 })
-            let stats = reporter.statistics
-            #expect(stats.queued == 2 && stats.dropped == 2, "\(stats)")
-            pool.release(held)
-            #expect(await eventually { reporter.statistics.written == 2 })
-            await client.close()
-            await running.stop()
             await pool.close()
         }
     }

@@ -41,8 +41,9 @@ final class RunningReporter: Sendable {
     private let services: ServiceGroup
     private let task: Task<Void, any Error>
 
-    init(pool: ConnectionPool, logger: Logger = quietLogger, _ configuration: ReporterConfiguration) async throws {
-        group = try EventLoopGroup(ioLoops: 1)
+    init(pool: ConnectionPool, logger: Logger = quietLogger, poller: PollerKind = .epoll,
+         _ configuration: ReporterConfiguration) async throws {
+        group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller))
         var configuration = configuration
         configuration.port = 0
         let reporter = Reporter(group: group, configuration: configuration, pool: pool, logger: logger)

@@ -408,6 +408,33 @@ struct BatchWriterTests {
         #expect(writer.statistics.dropped == 47 + 7)
     }
 
+    @Test("offer: a full writer refuses without dropping, tells the owner when there is room, never passes its bounds")
+    func offerPushesBack() async throws {
+        let sink = RecordingSink(gated: true)
+        let writer = BatchWriter<Int>(
+            configuration: BatchWriterConfiguration(capacity: 10, maxCost: 10, batchSize: 100, flushInterval: .zero),
+            label: "test", logger: logger, cost: { $0 }, write: sink.write)
+        let told = EventCounter()
+        try await running(writer) {
+            #expect(writer.offer(4) && writer.offer(4))
+            #expect(await eventually(timeout: patience) { sink.attempts == 1 }, "[4] or [4, 4] is being written")
+            #expect(!writer.offer(3), "8 + 3 passes the cost bound of 10")
+            #expect(writer.hasRoom(forCost: 2) && !writer.hasRoom(forCost: 3))
+            #expect(writer.notifyWhenRoom(forCost: 3) { told.signal() })
+            #expect(told.count == 0, "no room yet")
+            let atOnce = EventCounter()
+            #expect(writer.notifyWhenRoom(forCost: 2) { atOnce.signal() })
+            #expect(atOnce.count == 1, "room now: called at once")
+            sink.open()
+            #expect(await eventually(timeout: patience) { told.count == 1 })
+            #expect(writer.offer(3))
+        }
+        let stats = writer.statistics
+        #expect(sink.written == [4, 4, 3] && stats.dropped == 0 && stats.received == 3, "\(stats)")
+        #expect(stats.peakQueuedCost == 8 && balanced(stats), "\(stats)")
+        #expect(!writer.offer(1) && !writer.notifyWhenRoom(forCost: 1) {}, "a stopped writer takes nothing")
+    }
+
     @Test("validate() names the setting out of range", arguments: [
         (BatchWriterConfiguration(capacity: 0), "capacity"),
         (BatchWriterConfiguration(maxCost: 0), "maxCost"),

@@ -8,6 +8,9 @@ struct ChatPeer: Hashable, Sendable {
     /// The index of the connection's loop in the group. An opaque number to the core: room members are grouped by
     /// it, so a room message is one encoding and one task per loop.
     var loop: Int
+    /// The peer's IPv4 address: the unit of the per-source limits (requests in flight, registrations, the login
+    /// throttle).
+    var source: UInt32 = 0
 }
 
 /// One frame to send: the chat message id and the encoded protobuf body.
@@ -39,7 +42,16 @@ enum ChatCounter: Sendable, Equatable {
     case delivered
     /// A slow consumer was cut off.
     case slowConsumerCutOff
+    /// A request refused at once because its connection or source had too many requests in progress.
+    case busyRejection
+    /// A registration refused by its source's rate limit.
+    case registrationRateLimited
+    /// A room message refused because the history queue was full (the sender was told; nothing was lost).
+    case historyRefused
+    /// Room messages whose history write failed on every attempt.
+    case historyLost
 }
+
 
 /// A register request that passed the checks: hash the password (the KDF) and insert the user, then feed
 /// `ChatCore.registered(_:_:)`.

@@ -15,7 +15,8 @@ extension ChatCore {
         if let status = checkText(r.text, into: &actions) { return refuse(status) }
         guard var session = sessions[peer.id], let user = session.user else { return refuse(Self.notLoggedIn) }
         guard let targetID = online[r.to], let target = sessions[targetID] else {
-            return refuse(Switchyard_Chat_Status(.noSuchUser, "'\(r.to)' is not online"))
+            let name = Self.isValidUserName(r.to) ? "'\(r.to)'" : "that user"
+            return refuse(Switchyard_Chat_Status(.noSuchUser, "\(name) is not online"))
         }
         let allowed = session.takeToken(now: now, rate: Double(configuration.messagesPerSecond))
         sessions[peer.id] = session
@@ -49,10 +50,17 @@ extension ChatCore {
             return [.send(ChatFrame(reply, id: .friendAddReply), to: peer),
                     Self.refusalLog("friend add", peer, reply.status)]
         }
+        var actions: [ChatAction] = []
+        if let status = startJob(for: peer, into: &actions) {
+            reply.status = status
+            return actions + [.send(ChatFrame(reply, id: .friendAddReply), to: peer),
+                              Self.refusalLog("friend add", peer, status)]
+        }
         return [.addFriend(FriendJob(peer: peer, requestID: r.requestID, user: me, friend: r.name))]
     }
 
     mutating func friendshipStored(_ job: FriendJob, _ outcome: FriendOutcome) -> [ChatAction] {
+        endJob(for: job.peer)
         var reply = Switchyard_Chat_FriendAddReply()
         reply.requestID = job.requestID
         switch outcome {

@@ -13,11 +13,19 @@ extension ChatCore {
         var refusal = checkRoomName(r.room, into: &actions)
         if refusal == nil { refusal = joinRefusal(room: r.room, peer: peer, into: &actions) }
         if let status = refusal {
-            actions.append(.send(ChatFrame(joinReply(r.requestID, r.room, status), id: .joinReply), to: peer))
+            // A name refused for its size is not echoed back.
+            let echo = r.room.utf8.count <= configuration.maxRoomNameBytes ? r.room : ""
+            actions.append(.send(ChatFrame(joinReply(r.requestID, echo, status), id: .joinReply), to: peer))
             actions.append(Self.refusalLog("join", peer, status))
             return actions
         }
         guard rooms[r.room] != nil else {
+            if let status = startJob(for: peer, into: &actions) {
+                actions.append(.send(ChatFrame(joinReply(r.requestID, r.room, status), id: .joinReply), to: peer))
+                actions.append(Self.refusalLog("join", peer, status))
+                return actions
+            }
+            loadsInFlight[r.room, default: 0] += 1
             return [.loadRoom(LoadRoomJob(peer: peer, requestID: r.requestID, room: r.room,
                                           limit: configuration.historyLength))]
         }
@@ -27,6 +35,10 @@ extension ChatCore {
 
     /// The history of a room that was not in memory, or nil when storage failed.
     mutating func historyLoaded(_ job: LoadRoomJob, _ history: RoomHistory?) -> [ChatAction] {
+        endJob(for: job.peer)
+        let loads = loadsInFlight[job.room, default: 1] - 1
+        loadsInFlight[job.room] = loads > 0 ? loads : nil
+        defer { freeRoomIfUnused(job.room) }
         var actions: [ChatAction] = []
         if rooms[job.room] == nil {
             guard let history else {
@@ -56,6 +68,18 @@ extension ChatCore {
         return nil
     }
 
+    /// Frees `room` when nobody is in it and no load of its history is under way (the history stays in the
+    /// database: the next join loads it again).
+    mutating func freeRoomIfUnused(_ room: String) {
+        if let r = rooms[room], r.members.count == 0, loadsInFlight[room] == nil { rooms[room] = nil }
+    }
+
+    /// Removes `peer` from `room`, freeing the room when it is left unused.
+    mutating func removeMember(_ peer: ChatPeer, from room: String) {
+        rooms[room]?.members.remove(peer)
+        freeRoomIfUnused(room)
+    }
+
     /// Adds `peer` to an existing room and replies with the history (before any later room message).
     private mutating func addMember(room: String, peer: ChatPeer, requestID: UInt32, into actions: inout [ChatAction]) {
         sessions[peer.id]?.rooms.insert(room)
@@ -79,11 +103,11 @@ extension ChatCore {
     mutating func leave(_ r: Switchyard_Chat_LeaveRequest, from peer: ChatPeer) -> [ChatAction] {
         var reply = Switchyard_Chat_LeaveReply()
         reply.requestID = r.requestID
-        reply.room = r.room
+        reply.room = r.room.utf8.count <= configuration.maxRoomNameBytes ? r.room : ""  // not echoed when too long
         if let session = sessions[peer.id], session.user != nil {
             if session.rooms.contains(r.room) {
                 sessions[peer.id]?.rooms.remove(r.room)
-                rooms[r.room]?.members.remove(peer)
+                removeMember(peer, from: r.room)
                 reply.status = .ok
             } else {
                 reply.status = Switchyard_Chat_Status(.notInRoom, "not in room '\(r.room)'")
@@ -109,8 +133,10 @@ extension ChatCore {
 
     /// A message to a room at `now` (monotonic, for the rate limit), stamped `unixMs` (wall clock): the next
     /// sequence number, the reply, one broadcast to every member (the sender included), and the history write.
-    mutating func say(_ r: Switchyard_Chat_SayRequest, from peer: ChatPeer, now: UInt64, unixMs: Int64)
-        -> [ChatAction]
+    /// `historyHasRoom`: the history queue can take the message; when it cannot, the message is refused (the sender
+    /// is told to retry; counted) rather than sent and then lost.
+    mutating func say(_ r: Switchyard_Chat_SayRequest, from peer: ChatPeer, now: UInt64, unixMs: Int64,
+                      historyHasRoom: Bool = true) -> [ChatAction]
     {
         var actions: [ChatAction] = []
         var reply = Switchyard_Chat_SayReply()
@@ -124,7 +150,7 @@ extension ChatCore {
         if let status = checkText(r.text, into: &actions) { return refuse(status) }
         guard var session = sessions[peer.id], let user = session.user else { return refuse(Self.notLoggedIn) }
         guard session.rooms.contains(r.room), rooms[r.room] != nil else {
-            return refuse(Switchyard_Chat_Status(.notInRoom, "join '\(r.room)' first"))
+            return refuse(Switchyard_Chat_Status(.notInRoom, "join that room first"))
         }
         let allowed = session.takeToken(now: now, rate: Double(configuration.messagesPerSecond))
         sessions[peer.id] = session
@@ -132,6 +158,10 @@ extension ChatCore {
             actions.append(.count(.limitRejection, 1))
             return refuse(Switchyard_Chat_Status(
                 .rateLimited, "more than \(configuration.messagesPerSecond) messages per second"))
+        }
+        guard historyHasRoom else {
+            actions.append(.count(.historyRefused, 1))
+            return refuse(Switchyard_Chat_Status(.rateLimited, "busy: the room history is not keeping up; try again"))
         }
         var m = Switchyard_Chat_RoomMessage()
         m.room = r.room

@@ -21,12 +21,25 @@ struct ChatCore: Sendable {
     var online: [String: UInt64] = [:]
     /// Friends of each online user (loaded at login).
     var friends: [String: Set<String>] = [:]
+    /// Rooms in memory: those with members, and those a history load is under way for. A room with neither is
+    /// freed (its history stays in the database and is loaded again on the next join).
     var rooms: [String: ChatRoom] = [:]
+    /// History loads in progress, by room.
+    var loadsInFlight: [String: Int] = [:]
+    /// Requests waiting for storage or the KDF, by source address (absent: none).
+    var jobsBySource: [UInt32: Int] = [:]
+    /// Sources refused for too many requests in flight since their count was last zero (one log line each).
+    var busySources: Set<UInt32> = []
     private var throttle: LoginThrottle
+    private var registrations: SourceRateLimiter?
 
     init(configuration: ChatConfiguration) {
         self.configuration = configuration
-        throttle = LoginThrottle(maxFailures: configuration.maxLoginFailures, window: configuration.loginFailureWindow)
+        throttle = LoginThrottle(maxFailures: configuration.maxLoginFailures, window: configuration.loginFailureWindow,
+                                 maxLockout: configuration.maxLoginLockout)
+        registrations = configuration.registrationsPerMinute.map {
+            SourceRateLimiter(perMinute: $0, burst: configuration.registrationBurst)
+        }
     }
 
     // MARK: Queries
@@ -52,7 +65,7 @@ struct ChatCore: Sendable {
     /// A connection closed: it leaves its rooms, and a logged-in user goes offline (its online friends are told).
     mutating func closed(_ id: UInt64) -> [ChatAction] {
         guard let session = sessions.removeValue(forKey: id) else { return [] }
-        for name in session.rooms { rooms[name]?.members.remove(session.peer) }
+        for name in session.rooms { removeMember(session.peer, from: name) }
         guard let user = session.user, online[user] == id else { return [] }
         online[user] = nil
         let friends = self.friends.removeValue(forKey: user) ?? []
@@ -66,7 +79,7 @@ struct ChatCore: Sendable {
     mutating func outputBacklogged(_ id: UInt64, queuedBytes: Int) -> [ChatAction] {
         guard isBacklogged(queuedBytes: queuedBytes), var session = sessions[id], !session.cutOff else { return [] }
         session.cutOff = true
-        for name in session.rooms { rooms[name]?.members.remove(session.peer) }
+        for name in session.rooms { removeMember(session.peer, from: name) }
         session.rooms = []
         sessions[id] = session
         var notice = Switchyard_Chat_Notice()
@@ -82,7 +95,7 @@ struct ChatCore: Sendable {
 
     // MARK: Users
 
-    mutating func register(_ r: Switchyard_Chat_RegisterRequest, from peer: ChatPeer) -> [ChatAction] {
+    mutating func register(_ r: Switchyard_Chat_RegisterRequest, from peer: ChatPeer, now: UInt64) -> [ChatAction] {
         var reply = Switchyard_Chat_RegisterReply()
         reply.requestID = r.requestID
         guard Self.isValidUserName(r.name) else {
@@ -95,11 +108,24 @@ struct ChatCore: Sendable {
             return [.send(ChatFrame(reply, id: .registerReply), to: peer),
                     Self.refusalLog("register", peer, reply.status)]
         }
+        var actions: [ChatAction] = []
+        if let status = startJob(for: peer, into: &actions) {
+            reply.status = status
+            return actions + [.send(ChatFrame(reply, id: .registerReply), to: peer),
+                              Self.refusalLog("register", peer, status)]
+        }
+        if registrations?.take(peer.source, now: now) == false {
+            endJob(for: peer)
+            reply.status = Switchyard_Chat_Status(.rateLimited, "too many registrations from this address; try later")
+            return [.count(.registrationRateLimited, 1), .send(ChatFrame(reply, id: .registerReply), to: peer),
+                    Self.refusalLog("register", peer, reply.status)]
+        }
         return [.register(RegisterJob(peer: peer, requestID: r.requestID, name: r.name, password: r.password,
                                       iterations: configuration.passwordIterations))]
     }
 
     mutating func registered(_ job: RegisterJob, _ outcome: RegisterOutcome) -> [ChatAction] {
+        endJob(for: job.peer)
         var reply = Switchyard_Chat_RegisterReply()
         reply.requestID = job.requestID
         switch outcome {
@@ -125,28 +151,36 @@ struct ChatCore: Sendable {
             return fail(Switchyard_Chat_Status(.alreadyLoggedIn, "this connection is logged in as \(user)"))
         }
         if session.loginPending { return fail(Switchyard_Chat_Status(.badRequest, "a login is in progress")) }
-        guard throttle.allows(r.name, now: now) else {
+        var actions: [ChatAction] = []
+        if let status = startJob(for: peer, into: &actions) { return actions + fail(status) }
+        // Counted before the hash: attempts in flight count against the limit of the (name, source) pair.
+        guard throttle.begin(LoginThrottle.Key(name: r.name, source: peer.source), now: now) else {
+            endJob(for: peer)
             return fail(Switchyard_Chat_Status(.rateLimited, "too many failed logins for this name; try again later"))
         }
+        session = sessions[peer.id] ?? session
         session.loginPending = true
         sessions[peer.id] = session
         return [.verifyLogin(LoginJob(peer: peer, requestID: r.requestID, name: r.name, password: r.password))]
     }
 
     mutating func loginVerified(_ job: LoginJob, _ outcome: LoginOutcome, now: UInt64) -> [ChatAction] {
+        endJob(for: job.peer)
         var actions: [ChatAction] = []
         var status: Switchyard_Chat_Status?
+        let key = LoginThrottle.Key(name: job.name, source: job.peer.source)
         switch outcome {
         case .verified:
-            throttle.reset(job.name)
+            throttle.end(key, .succeeded, now: now)
         case .failed(let passwordVerified):
-            if passwordVerified { throttle.reset(job.name) }
+            throttle.end(key, passwordVerified ? .succeeded : .aborted, now: now)
             status = Self.internalError
         case .invalidCredentials:
             actions.append(.count(.failedLogin, 1))
-            if throttle.recordFailure(job.name, now: now) {
-                actions.append(.log(.info, "login locked after failed attempts", [
-                    "user.name": "\(job.name)", "connection.id": "\(job.peer.id)"]))
+            if throttle.end(key, .failed, now: now) {
+                actions.append(.log(.info, "login locked after failed attempts (for this name from this address)", [
+                    "user.name": "\(job.name)", "connection.id": "\(job.peer.id)",
+                    "peer.address": "\(Self.dottedQuad(job.peer.source))"]))
             }
             status = Self.invalidCredentials
         }
@@ -176,11 +210,55 @@ struct ChatCore: Sendable {
         return actions
     }
 
+    // MARK: Requests in flight
+
+    /// nil when `peer` may start one more request that needs storage or the KDF (now counted until `endJob`); else
+    /// the busy status to reply at once (counted; one log line per source and episode).
+    mutating func startJob(for peer: ChatPeer, into actions: inout [ChatAction]) -> Switchyard_Chat_Status? {
+        guard var session = sessions[peer.id] else { return Self.internalError }
+        let fromSource = jobsBySource[peer.source, default: 0]
+        let status: Switchyard_Chat_Status
+        if session.jobsInFlight >= configuration.maxRequestsInFlightPerConnection {
+            status = Switchyard_Chat_Status(.rateLimited, "busy: \(session.jobsInFlight) requests of this connection "
+                + "are in progress; wait for their replies")
+        } else if fromSource >= configuration.maxRequestsInFlightPerSource {
+            status = Switchyard_Chat_Status(.rateLimited, "busy: \(fromSource) requests from this address are in "
+                + "progress; try again")
+        } else {
+            session.jobsInFlight += 1
+            sessions[peer.id] = session
+            jobsBySource[peer.source] = fromSource + 1
+            return nil
+        }
+        actions.append(.count(.busyRejection, 1))
+        if busySources.insert(peer.source).inserted {
+            actions.append(.log(.info, "requests refused as busy: too many in progress on a connection or address", [
+                "peer.address": "\(Self.dottedQuad(peer.source))", "connection.id": "\(peer.id)",
+                "chat.requests_in_flight": "\(fromSource)"]))
+        }
+        return status
+    }
+
+    /// A request begun with `startJob` is done (its connection may have closed meanwhile).
+    mutating func endJob(for peer: ChatPeer) {
+        if let n = sessions[peer.id]?.jobsInFlight, n > 0 { sessions[peer.id]?.jobsInFlight = n - 1 }
+        let left = jobsBySource[peer.source, default: 1] - 1
+        if left > 0 {
+            jobsBySource[peer.source] = left
+        } else {
+            jobsBySource[peer.source] = nil
+            busySources.remove(peer.source)  // the episode ends
+        }
+    }
+
+    static func dottedQuad(_ ip: UInt32) -> String {
+        "\(ip >> 24).\((ip >> 16) & 0xFF).\((ip >> 8) & 0xFF).\(ip & 0xFF)"
+    }
+
     // MARK: Checks
 
     static func isValidUserName(_ name: String) -> Bool {
-        let count = name.unicodeScalars.count
-        guard count >= 1 && count <= 32 else { return false }
+        guard (1...32).contains(name.utf8.count) else { return false }
         return name.unicodeScalars.allSatisfy { s in
             (s >= "a" && s <= "z") || (s >= "A" && s <= "Z") || (s >= "0" && s <= "9") || s == "_" || s == "-"
                 || s == "."
@@ -194,10 +272,10 @@ struct ChatCore: Sendable {
     /// nil when fine, else the status to reply (a limit adds a `.limitRejection` count to `actions`).
     func checkRoomName(_ room: String, into actions: inout [ChatAction]) -> Switchyard_Chat_Status? {
         if room.isEmpty { return Switchyard_Chat_Status(.badRequest, "room name is empty") }
-        if room.count > configuration.maxRoomNameLength {
+        if room.utf8.count > configuration.maxRoomNameBytes {
             actions.append(.count(.limitRejection, 1))
             return Switchyard_Chat_Status(
-                .limitExceeded, "room name longer than \(configuration.maxRoomNameLength) characters")
+                .limitExceeded, "room name longer than \(configuration.maxRoomNameBytes) bytes (UTF-8)")
         }
         if room.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7F }) {
             return Switchyard_Chat_Status(.badRequest, "room name contains spaces or control characters")

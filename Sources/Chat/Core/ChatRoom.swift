@@ -68,6 +68,8 @@ struct ChatSession: Sendable {
     var lastRefill: UInt64
     var cutOff = false
     var loginPending = false
+    /// Requests of this connection waiting for storage or the KDF.
+    var jobsInFlight = 0
 
     init(peer: ChatPeer, tokens: Double, now: UInt64) {
         self.peer = peer
