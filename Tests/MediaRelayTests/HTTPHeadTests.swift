@@ -3,7 +3,8 @@ import Testing
 
 @Suite("HTTP request heads: bounded, drip-fed, refused with the status to answer")
 struct HTTPHeadTests {
-    let request = Array("GET /vod/movie.ts?start=12.5&x HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent:  ffmpeg \r\n\r\nBODY".utf8)
+    let request = Array(
+        "GET /vod/movie.ts?start=12.5&x HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent:  ffmpeg \r\n\r\nBODY".utf8)
 
     @Test("a player's GET: method, path, query, version, headers, and the bytes after the head")
     func get() throws {

@@ -128,7 +128,8 @@ public struct HTTPHeadParser {
             guard trimmed.allSatisfy({ $0 >= 0x20 || $0 == 0x09 }), !trimmed.contains(0x7F) else {
                 throw .badRequest("bad header value")
             }
-            headers.append((String(decoding: name, as: UTF8.self).lowercased(), String(decoding: trimmed, as: UTF8.self)))
+            headers.append((String(decoding: name, as: UTF8.self).lowercased(),
+                            String(decoding: trimmed, as: UTF8.self)))
         }
         return HTTPRequestHead(method: String(decoding: parts[0], as: UTF8.self), path: String(pathAndQuery[0]),
                                query: query, version: version, headers: headers)
