@@ -33,8 +33,8 @@ public struct AgentConfiguration: Sendable {
     /// Requests for modules the agent has no entry for (each makes it ask the name service) are limited per source
     /// address by a token bucket refilled at this many per second. Default 100/s.
     public var unknownModuleRate: Double
-    /// The bucket's size: a source may ask for this many unknown modules at once. Past it such a request is answered NOEXIST without asking the name
-    /// service, and counted (`unknownModulesThrottled`). Default 200.
+    /// The bucket's size: a source may ask for this many unknown modules at once. Past it such a request is
+    /// answered NOEXIST without asking the name service, and counted (`unknownModulesThrottled`). Default 200.
     public var unknownModuleBurst: Int
     /// Most sources whose buckets are kept; past it buckets refilled to full are dropped, and sources beyond still
     /// share one bucket. Default 4,096.

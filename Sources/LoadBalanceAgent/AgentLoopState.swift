@@ -77,7 +77,8 @@ final class AgentLoopState: @unchecked Sendable {
         loop.assertInLoopThread()
         let now = self.now
         guard admit(peer, now: now) else { return }
-        let secret = core.configuration.reportSecret == nil ? nil : ReportSecret.extract(from: request.unknownFields.data)
+        let secret = core.configuration.reportSecret == nil
+            ? nil : ReportSecret.extract(from: request.unknownFields.data)
         core.report(request, secret: secret, source: peer.address.ip, now: now, actions: &actions)
         performActions()
     }

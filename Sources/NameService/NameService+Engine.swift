@@ -149,7 +149,8 @@ extension NameService {
                     // Encodes nothing here: the route as the snapshot has it when the loop gets to it, so a push
                     // handed over after another can never carry an older body.
                     connection.loop.execute { [self] in
-                        let body = state.withLock { $0.core.responseBody(for: key) }
+                        let (body, event) = state.withLock { $0.core.servedBody(for: key) }
+                        if let event { log(event, peer: nil) }
                         body.withUnsafeBytes {
                             _ = connection.sendFrameInLoop(messageID: MessageID.getRouteResponse.rawValue, body: $0)
                         }

@@ -20,7 +20,8 @@ import SwiftProtobuf
 ///
 /// What is served is two layers: the database snapshot (``RouteSnapshot``, rebuilt on a database load only) and,
 /// for each route that has registered hosts, its merged hosts and encoded answer, recomputed from that route alone
-/// when one of its registrations changes. So one registration costs the same however many are held.
+/// when it is read after one of its registrations changed. So one registration costs the same however many are
+/// held (a dictionary and a heap insert), and a burst for one route is encoded once.
 ///
 /// Ordering: a reply is read at the moment of the request, after the subscription, so a change installed later
 /// pushes to this connection too. A push carries no body: the shell sends the route as it is served when it
@@ -115,6 +116,8 @@ struct NameServiceCore {
     private var database: RouteSnapshot = .empty
     /// The merged hosts and answer of every route that has registered hosts.
     private var registered: [RouteKey: ServedRoutes.Route] = [:]
+    /// Routes whose registered hosts changed since their entry of `registered` was computed.
+    private var staleRoutes: Set<RouteKey> = []
     private var databaseState: (version: Int64, entries: [RouteEntry]) = (-1, [])
     private var subscribers: [UInt64: Subscriber] = [:]
     private var subscriptions: [RouteKey: Set<UInt64>] = [:]
@@ -148,12 +151,18 @@ struct NameServiceCore {
         self.limits = limits
     }
 
-    /// What is served: the database snapshot with the registered hosts merged in.
-    var snapshot: ServedRoutes { ServedRoutes(database: database, registered: registered) }
+    /// What is served: the database snapshot with the registered hosts merged in (stale routes merged into the
+    /// copy; the core is not changed).
+    var snapshot: ServedRoutes {
+        var current = registered
+        for key in staleRoutes { current[key] = merge(key) }
+        return ServedRoutes(database: database, registered: current)
+    }
 
-    /// The GetRouteResponse body served for a route.
+    /// The GetRouteResponse body served for a route (for inspection; ``servedBody(for:)`` caches it).
     func responseBody(for key: RouteKey) -> [UInt8] {
-        registered[key]?.body ?? database.responseBody(for: key)
+        if staleRoutes.contains(key) { return merge(key)?.body ?? database.responseBody(for: key) }
+        return registered[key]?.body ?? database.responseBody(for: key)
     }
 
     /// The earliest registration deadline (nil when none is held): the shell's expiry task sleeps until then.
@@ -181,7 +190,9 @@ struct NameServiceCore {
             }
         }
         subscribers[connection] = subscriber
-        actions.append(.send(connection: connection, id: .getRouteResponse, body: responseBody(for: key)))
+        let (body, event) = servedBody(for: key)
+        if let event { actions.append(.log(event)) }
+        actions.append(.send(connection: connection, id: .getRouteResponse, body: body))
         return actions
     }
 
@@ -303,31 +314,44 @@ struct NameServiceCore {
         var live: [Deadline] = []
         live.reserveCapacity(registrationCount)
         for (key, hosts) in registrations {
-            for (host, registration) in hosts { live.append(Deadline(expiry: registration.expiry, key: key, host: host)) }
+            for (host, registration) in hosts {
+                live.append(Deadline(expiry: registration.expiry, key: key, host: host))
+            }
         }
         deadlines = MinHeap(live)
     }
 
-    /// A route's registered hosts changed: its merged answer is recomputed from this route alone and pushed.
+    /// A route's registered hosts changed: its merged answer is marked stale (recomputed from this route alone
+    /// when it is next read: a burst of registrations for one route is merged and encoded once) and pushed.
     private mutating func routeChanged(_ key: RouteKey, _ actions: inout [Action]) {
-        updateRegistered(key, &actions)
+        staleRoutes.insert(key)
         pushToSubscribers(key, &actions)
     }
 
-    private mutating func updateRegistered(_ key: RouteKey, _ actions: inout [Action]) {
-        let wasTruncated = registered[key]?.truncated ?? (database.truncatedHostCount(for: key) != nil)
-        guard let hosts = registrations[key], !hosts.isEmpty else {
-            registered[key] = nil
-            return
-        }
+    /// The merged hosts and answer of a route that has registered hosts (nil when it has none).
+    private func merge(_ key: RouteKey) -> ServedRoutes.Route? {
+        guard let hosts = registrations[key], !hosts.isEmpty else { return nil }
         let merged = Array(Set(database.hosts(for: key)).union(hosts.keys)).sorted()
         let (body, sent) = RouteSnapshot.encodeResponse(key, merged)
-        let route = ServedRoutes.Route(hosts: merged, body: body, truncated: sent < merged.count)
+        return ServedRoutes.Route(hosts: merged, body: body, truncated: sent < merged.count, sent: sent)
+    }
+
+    /// Brings a stale route's merged answer up to date; returns the log event when it is cut for the first time.
+    private mutating func refresh(_ key: RouteKey) -> Event? {
+        guard staleRoutes.remove(key) != nil else { return nil }
+        let wasTruncated = registered[key]?.truncated ?? (database.truncatedHostCount(for: key) != nil)
+        let route = merge(key)
         registered[key] = route
-        if route.truncated && !wasTruncated {
-            routesTruncated += 1
-            actions.append(.log(.routeTruncated(key, hostCount: merged.count, sent: sent)))
-        }
+        guard let route, route.truncated, !wasTruncated else { return nil }
+        routesTruncated += 1
+        return .routeTruncated(key, hostCount: route.hosts.count, sent: route.sent)
+    }
+
+    /// The answer served for a route, brought up to date first (the shell's pushes read it here, under its lock),
+    /// and the log event when that made it cut for the first time.
+    mutating func servedBody(for key: RouteKey) -> (body: [UInt8], event: Event?) {
+        let event = refresh(key)
+        return (registered[key]?.body ?? database.responseBody(for: key), event)
     }
 
     private mutating func pushToSubscribers(_ key: RouteKey, _ actions: inout [Action]) {
@@ -362,7 +386,7 @@ struct NameServiceCore {
             }
         }
         database = fresh
-        for key in changedInDatabase where registrations[key] != nil { updateRegistered(key, &actions) }
+        for key in changedInDatabase where registrations[key] != nil { staleRoutes.insert(key) }
         for key in rebuild.pushing.union(changedInDatabase) { pushToSubscribers(key, &actions) }
         return actions
     }
@@ -386,6 +410,7 @@ public struct ServedRoutes: Sendable {
         var hosts: [Host]
         var body: [UInt8]
         var truncated: Bool
+        var sent: Int
     }
 
     let database: RouteSnapshot

@@ -28,9 +28,8 @@ struct AgentCommand: AsyncParsableCommand {
     var busyPollUs: Int64?
     @Option(help: "Seconds after which a module without hosts that nobody asks for is forgotten (default 60).")
     var emptyModuleTimeout: Double?
-    @Option(help: """
-        Most modules kept; when full a new one evicts the oldest that never had hosts, else gets NOEXIST         (default 100000).
-        """) var maxModules: Int?
+    @Option(help: "Most modules kept; a new one evicts the oldest that never had hosts (default 100000).")
+    var maxModules: Int?
     @Option(help: "Seconds between writes of the route cache file, written only when a route changed (default 5).")
     var routeCacheInterval: Double?
     @Option(help: "Requests for unknown modules allowed per second and source address (default 100).")

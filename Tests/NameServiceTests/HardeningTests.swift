@@ -34,7 +34,9 @@ final class RawFrameSocket: @unchecked Sendable {
         var local = address(source, 0)
         var remote = address("127.0.0.1", port)
         let size = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, size) } }
+        let bound = withUnsafePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, size) }
+        }
         let connected = withUnsafePointer(to: &remote) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, size) }
         }
@@ -131,7 +133,9 @@ extension NameServiceSocketTests {
             // GetRoute answers with both sources' hosts.
             let client = try await running.client()
             try await askRoute(client, key)
-            let reply = try #require(try await nextFrame(client) { $0.messageID == MessageID.getRouteResponse.rawValue })
+            let reply = try #require(try await nextFrame(client) {
+                $0.messageID == MessageID.getRouteResponse.rawValue
+            })
             #expect(try routeHosts(reply).count == 60)
             #expect(running.service.statistics.registrations == 60)
             #expect(running.service.statistics.registrationsRefused == 150)

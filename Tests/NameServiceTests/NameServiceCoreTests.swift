@@ -134,8 +134,10 @@ struct NameServiceCoreTests {
     }
 
     /// Registers from a source (default 10.9.9.9).
-    func register(_ core: inout NameServiceCore, _ request: Switchyard_Lb_RegisterHostRequest, from connection: UInt64 = 9,
-                  source: UInt32 = 0x0A09_0909, at now: ContinuousClock.Instant) -> [Action] {
+    func register(_ core: inout NameServiceCore, _ request: Switchyard_Lb_RegisterHostRequest,
+                  from connection: UInt64 = 9, source: UInt32 = 0x0A09_0909, at now: ContinuousClock.Instant)
+        -> [Action]
+    {
         core.register(request, from: connection, source: source, now: now)
     }
 
@@ -264,7 +266,8 @@ struct NameServiceCoreTests {
             if step == 1000 { _ = load(&core, version: 2, Array(database.prefix(20))) }
         }
         #expect(core.snapshot.version == 2)
-        let entries = Array(database.prefix(20)) + live.flatMap { key, hosts in hosts.map { RouteEntry(key: key, host: $0) } }
+        let entries = Array(database.prefix(20))
+            + live.flatMap { key, hosts in hosts.map { RouteEntry(key: key, host: $0) } }
         let full = RouteSnapshot(version: 2, entries: entries)
         for key in keys {
             #expect(core.snapshot.hosts(for: key) == full.hosts(for: key), "\(key)")
@@ -298,7 +301,9 @@ struct NameServiceCoreTests {
         badPort.port = 70_000
         let refusedPort = register(&core, badPort, from: 4, at: t0)
         #expect(try registerReply(refusedPort)?.reason.contains("bad host") == true)
-        #expect(refusedPort.contains { if case .log(.registrationRefused(4, .badHost, _)) = $0 { true } else { false } })
+        #expect(refusedPort.contains {
+            if case .log(.registrationRefused(4, .badHost, _)) = $0 { true } else { false }
+        })
         let zero = register(&core, request(a, Host(ip: 0, port: 80), ttlMs: 1000), from: 4, at: t0)
         #expect(try registerReply(zero)?.reason.contains("bad host") == true)
         let long = register(&core, request(a, h1, ttlMs: 10_001), from: 4, at: t0)
