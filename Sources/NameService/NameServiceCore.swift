@@ -146,6 +146,8 @@ struct NameServiceCore {
     private(set) var registrationsRefused = 0
     /// Routes found with more hosts than fit in one frame (each counted when it starts to be cut).
     private(set) var routesTruncated = 0
+    /// Merged answers computed for routes with registered hosts (the work registrations cause).
+    private(set) var routeMerges = 0
 
     init(limits: Limits) {
         self.limits = limits
@@ -341,6 +343,7 @@ struct NameServiceCore {
         guard staleRoutes.remove(key) != nil else { return nil }
         let wasTruncated = registered[key]?.truncated ?? (database.truncatedHostCount(for: key) != nil)
         let route = merge(key)
+        routeMerges += 1
         registered[key] = route
         guard let route, route.truncated, !wasTruncated else { return nil }
         routesTruncated += 1

@@ -277,6 +277,30 @@ struct NameServiceCoreTests {
         #expect(core.registrationCount == live.values.reduce(0) { $0 + $1.count })
     }
 
+    @Test("a registration's cost does not grow with the registrations held: only its route is merged, once per read")
+    func registrationCostIndependentOfHeld() throws {
+        var core = core(maxRegistrations: 20_000)
+        for n in 0..<10_000 {
+            let key = RouteKey(modid: 900 + Int32(n / 500), cmdid: 1)
+            _ = register(&core, request(key, Host(ip: 0x0C00_0000 + UInt32(n), port: 80), ttlMs: 60_000),
+                         source: UInt32(n / 1000), at: t0)
+        }
+        #expect(core.routeMerges == 0, "nobody read a route: nothing merged or encoded")
+        _ = core.getRoute(a, from: 1)
+        for n in 0..<100 {
+            _ = register(&core, request(a, Host(ip: 0x0D00_0000 + UInt32(n), port: 80), ttlMs: 60_000),
+                         source: 77, at: t0)
+        }
+        #expect(core.routeMerges == 0)
+        let reply = try replyHosts(core.getRoute(a, from: 2), to: 2)
+        #expect(reply?.count == 100 && core.routeMerges == 1, "a burst of 100 for one route: merged once")
+        _ = core.getRoute(a, from: 3)
+        #expect(core.routeMerges == 1, "unchanged since: the encoded answer is reused")
+        _ = register(&core, request(a, h1, ttlMs: 60_000), source: 77, at: t0)
+        #expect(try replyHosts(core.getRoute(a, from: 2), to: 2)?.count == 101 && core.routeMerges == 2)
+        #expect(core.registrationCount == 10_101)
+    }
+
     @Test("a route with more hosts than fit in a Lars frame is answered with as many as fit; logged once")
     func frameCap() throws {
         var core = core(maxRegistrations: 10_000)
