@@ -20,9 +20,31 @@ public struct AgentConfiguration: Sendable {
     public var reportInterval: Duration
     /// The `caller` field of reports (the reporter keeps results per caller). Default: this process's id.
     public var caller: Int32
-    /// When set, routes are saved to this file on every change and loaded at start, so a restarted agent serves
-    /// while the name service is down.
+    /// When set, routes are saved to this file and loaded at start, so a restarted agent serves while the name
+    /// service is down. Only modules with hosts are saved (at most `maxModules`).
     public var routeCacheFile: String?
+    /// The route cache file is written at most once per this interval, off the agent's loop, as one snapshot, and
+    /// only when a route with hosts changed since the last write (a dirty flag: a burst of changes is one write).
+    /// Default 5 s.
+    public var routeCacheInterval: Duration
+    /// Shutdown waits at most this long for the last route cache write; past it the agent stops anyway (the file
+    /// keeps its previous contents: writes are atomic). Default 2 s.
+    public var routeCacheShutdownTimeout: Duration
+    /// Requests for modules the agent has no entry for (each makes it ask the name service) are limited per source
+    /// address by a token bucket refilled at this many per second. Default 100/s.
+    public var unknownModuleRate: Double
+    /// The bucket's size: a source may ask for this many unknown modules at once. Past it such a request is
+    /// answered NOEXIST without asking the name service, and counted (`unknownModulesThrottled`). Default 200.
+    public var unknownModuleBurst: Int
+    /// Most sources whose buckets are kept; past it buckets refilled to full are dropped, and sources beyond still
+    /// share one bucket. Default 4,096.
+    public var maxRateLimitedSources: Int
+    /// Which source addresses the UDP ports answer; others are dropped and counted (`remoteDatagramsDropped`).
+    /// Default `.loopback` (127.0.0.0/8): only local callers, so nobody elsewhere can forge failure reports.
+    public var allowedSources: AgentSourceFilter
+    /// When set, a ReportRequest (id 6) must carry this secret (`ReportSecret`: protobuf field 15 appended to the
+    /// body) or it is dropped and counted (`reportsRejected`). Default nil: no secret (Lars clients send none).
+    public var reportSecret: String?
     /// A module whose route request got no answer is asked again after this long. Default 1 s.
     public var routeRetryInterval: Duration
     /// First and largest delay between reconnects to the name service and the reporter.
@@ -33,7 +55,9 @@ public struct AgentConfiguration: Sendable {
     /// A module without hosts (one the name service does not know) that no request asked for within this long is
     /// forgotten, so made-up module ids do not pile up. Default 60 s.
     public var emptyModuleTimeout: Duration
-    /// Most modules kept; requests for further modules are answered NOEXIST. Default 100,000.
+    /// Most modules kept. When full, a new module evicts the oldest module that never had hosts (counted in
+    /// `modulesEvicted`); when every module has hosts, the request is answered NOEXIST (`newModulesRefused`).
+    /// Default 100,000.
     public var maxModules: Int
     /// How long the agent's loop polls without sleeping after a request (`LoopConfiguration.busyPoll` of the loop
     /// that runs the agent; `switchyard agent` passes it). A caller's next request then finds the loop awake
@@ -57,7 +81,14 @@ public struct AgentConfiguration: Sendable {
         balancer: BalancerSettings = BalancerSettings(),
         busyPoll: Duration = .microseconds(50),
         emptyModuleTimeout: Duration = .seconds(60),
-        maxModules: Int = 100_000
+        maxModules: Int = 100_000,
+        routeCacheInterval: Duration = .seconds(5),
+        routeCacheShutdownTimeout: Duration = .seconds(2),
+        unknownModuleRate: Double = 100,
+        unknownModuleBurst: Int = 200,
+        maxRateLimitedSources: Int = 4096,
+        allowedSources: AgentSourceFilter = .loopback,
+        reportSecret: String? = nil
     ) {
         self.host = host
         self.ports = ports
@@ -75,6 +106,13 @@ public struct AgentConfiguration: Sendable {
         self.busyPoll = busyPoll
         self.emptyModuleTimeout = emptyModuleTimeout
         self.maxModules = maxModules
+        self.routeCacheInterval = routeCacheInterval
+        self.routeCacheShutdownTimeout = routeCacheShutdownTimeout
+        self.unknownModuleRate = unknownModuleRate
+        self.unknownModuleBurst = unknownModuleBurst
+        self.maxRateLimitedSources = maxRateLimitedSources
+        self.allowedSources = allowedSources
+        self.reportSecret = reportSecret
     }
 
     /// Throws the first setting that makes the configuration unusable. `LoadBalanceAgent.start()` calls it; the
@@ -93,6 +131,15 @@ public struct AgentConfiguration: Sendable {
         if emptyModuleTimeout <= .zero { throw .emptyModuleTimeoutNotPositive }
         if maxModules < 1 { throw .maxModulesBelowOne(maxModules) }
         if busyPoll < .zero || busyPoll > .seconds(1) { throw .busyPollOutOfRange(busyPoll) }
+        if routeCacheInterval <= .zero { throw .routeCacheIntervalNotPositive }
+        if routeCacheShutdownTimeout < .zero { throw .routeCacheShutdownTimeoutNegative }
+        if !(unknownModuleRate > 0) || !unknownModuleRate.isFinite { throw .unknownModuleRateNotPositive }
+        if unknownModuleBurst < 1 { throw .unknownModuleBurstBelowOne(unknownModuleBurst) }
+        if maxRateLimitedSources < 1 { throw .maxRateLimitedSourcesBelowOne(maxRateLimitedSources) }
+        if case .network(_, let prefix) = allowedSources, !(0...32).contains(prefix) {
+            throw .sourcePrefixOutOfRange(prefix)
+        }
+        if let reportSecret, reportSecret.isEmpty { throw .emptyReportSecret }
     }
 }
 
@@ -118,6 +165,20 @@ public enum AgentConfigurationError: Error, Equatable, Sendable, CustomStringCon
     case maxModulesBelowOne(Int)
     /// `busyPoll` is outside 0...1 s.
     case busyPollOutOfRange(Duration)
+    /// `routeCacheInterval` is zero or negative.
+    case routeCacheIntervalNotPositive
+    /// `routeCacheShutdownTimeout` is negative.
+    case routeCacheShutdownTimeoutNegative
+    /// `unknownModuleRate` is not a positive number.
+    case unknownModuleRateNotPositive
+    /// `unknownModuleBurst` is below 1.
+    case unknownModuleBurstBelowOne(Int)
+    /// `maxRateLimitedSources` is below 1.
+    case maxRateLimitedSourcesBelowOne(Int)
+    /// The prefix length of `allowedSources` is outside 0...32.
+    case sourcePrefixOutOfRange(Int)
+    /// `reportSecret` is the empty string (use nil for none).
+    case emptyReportSecret
 
     public var description: String {
         switch self {
@@ -131,6 +192,13 @@ public enum AgentConfigurationError: Error, Equatable, Sendable, CustomStringCon
         case .emptyModuleTimeoutNotPositive: return "empty module timeout must be positive"
         case .maxModulesBelowOne: return "max modules must be at least 1"
         case .busyPollOutOfRange: return "busy poll must be 0...1 s"
+        case .routeCacheIntervalNotPositive: return "route cache interval must be positive"
+        case .routeCacheShutdownTimeoutNegative: return "route cache shutdown timeout must not be negative"
+        case .unknownModuleRateNotPositive: return "unknown module rate must be positive"
+        case .unknownModuleBurstBelowOne: return "unknown module burst must be at least 1"
+        case .maxRateLimitedSourcesBelowOne: return "max rate-limited sources must be at least 1"
+        case .sourcePrefixOutOfRange(let p): return "source prefix length \(p) is not 0...32"
+        case .emptyReportSecret: return "the report secret must not be empty"
         }
     }
 }
@@ -141,7 +209,8 @@ extension AgentConfiguration {
         "host", "ports", "names", "reporter", "report_interval_ms", "caller", "route_cache",
         "probe_num", "init_succ_cnt", "init_err_cnt", "err_rate", "succ_rate", "contin_err_limit",
         "contin_succ_limit", "window_err_rate", "idle_timeout", "overload_timeout", "update_timeout",
-        "busy_poll_us", "empty_module_timeout", "max_modules",
+        "busy_poll_us", "empty_module_timeout", "max_modules", "route_cache_interval", "unknown_module_rate",
+        "unknown_module_burst", "allow_remote", "report_secret",
     ]
 
     /// Applies a configuration file: `key = value` lines, `#` comments, blank lines ignored. Durations
@@ -197,6 +266,22 @@ extension AgentConfiguration {
         case "max_modules":
             guard let v = int(Int.self), v >= 1 else { return "expected an integer >= 1" }
             maxModules = v
+        case "route_cache_interval":
+            guard let v = seconds() else { return "expected positive seconds" }
+            routeCacheInterval = v
+        case "unknown_module_rate":
+            guard let v = Double(value), v > 0, v.isFinite else { return "expected a positive rate per second" }
+            unknownModuleRate = v
+        case "unknown_module_burst":
+            guard let v = int(Int.self), v >= 1 else { return "expected an integer >= 1" }
+            unknownModuleBurst = v
+        case "allow_remote":
+            switch value {
+            case "true", "yes", "1": allowedSources = .any
+            case "false", "no", "0": allowedSources = .loopback
+            default: return "expected true or false"
+            }
+        case "report_secret": reportSecret = value.isEmpty ? nil : value
         case "busy_poll_us":
             guard let v = int(Int64.self), (0...1_000_000).contains(v) else {
                 return "expected microseconds 0...1000000"
@@ -239,6 +324,28 @@ extension AgentConfiguration {
             return "unknown key (known: \(Self.fileKeys.joined(separator: ", ")))"
         }
         return nil
+    }
+}
+
+/// Which source addresses an agent answers on its UDP ports.
+public enum AgentSourceFilter: Sendable, Hashable {
+    /// 127.0.0.0/8 only (the default: callers on this machine).
+    case loopback
+    /// Every address (`--allow-remote`).
+    case any
+    /// The addresses of one IPv4 network (`ip` in reading order, `prefixLength` 0...32).
+    case network(ip: UInt32, prefixLength: Int)
+
+    /// Whether `ip` (reading order, as `IPv4Endpoint.ip`) may call the agent.
+    public func allows(_ ip: UInt32) -> Bool {
+        switch self {
+        case .any: return true
+        case .loopback: return ip >> 24 == 127
+        case .network(let network, let prefixLength):
+            guard prefixLength > 0 else { return true }
+            let mask: UInt32 = prefixLength >= 32 ? .max : ~(UInt32.max >> UInt32(prefixLength))
+            return ip & mask == network & mask
+        }
     }
 }
 

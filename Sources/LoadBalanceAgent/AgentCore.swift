@@ -8,9 +8,13 @@ import SwitchyardCore
 /// shell (`AgentLoopState`, on the agent's loop) performs in order.
 ///
 /// ```
+///  admit(source)                        --> false (dropped, counted) for a source outside `allowedSources`
 ///  GetHost / GetHost by key / GetRoute  --> answer (.replyHost / .replyRoute); a first request also .askNameService
-///  Report                               --> counted in the module's balancer (nothing to send)
-///  GetRouteResponse (reply or push)     --> hosts replaced; .saveCache and .log when they changed
+///                                           (rate limited per source; a full table evicts an empty module)
+///  Report                               --> counted in the module's balancer (nothing to send); without the
+///                                           configured secret dropped and counted
+///  GetRouteResponse (reply or push)     --> hosts replaced; the cache marked dirty and .log when they changed
+///  takeCacheSnapshot (cache timer)      --> the modules with hosts, when something changed since the last one
 ///  name service connected / lost        --> .askNameService for every module / .log once per outage
 ///  refreshRoutes (timer)                --> empty modules forgotten, stale routes asked again
 ///  flushReports (timer)                 --> one .sendReport per module with calls since the last flush
@@ -30,8 +34,6 @@ public struct AgentCore<Peer> {
         case askNameService(Lars_GetRouteRequest)
         /// Send a ReportStatusRequest (id 3) to the reporter (dropped when it is not connected).
         case sendReport(Lars_ReportStatusRequest)
-        /// Write these routes to the route cache file (every module that has a route; hosts sorted).
-        case saveCache([RouteKey: [Host]])
         /// Log this event (each is emitted once per occurrence, never per request).
         case log(AgentEvent)
     }
@@ -47,6 +49,18 @@ public struct AgentCore<Peer> {
         /// When a request last found this module without hosts (an empty module unused for
         /// `emptyModuleTimeout` is forgotten).
         var emptyUsedAt: UInt64 = 0
+        /// The module had hosts at some point (such a module is never evicted to make room).
+        var everHadHosts = false
+        /// Which entry of `creationOrder` is this module's (a forgotten and re-created module gets a new one).
+        var stamp: UInt64 = 0
+        /// An API GetRoute reply of this route was cut to fit a datagram, and logged (once per route).
+        var truncationLogged = false
+    }
+
+    /// A token bucket of one source: `tokens` as of `updatedAt`.
+    struct Bucket {
+        var tokens: Double
+        var updatedAt: UInt64
     }
 
     public let configuration: AgentConfiguration
@@ -55,9 +69,23 @@ public struct AgentCore<Peer> {
     private let emptyModuleTimeoutNs: UInt64
 
     private var modules: [RouteKey: Module] = [:]
+    /// Modules in the order they were created, oldest first (from `creationHead` on): the eviction candidates.
+    /// An entry whose stamp no longer matches its module (forgotten, or re-created) is skipped and dropped.
+    private var creationOrder: [(key: RouteKey, stamp: UInt64)] = []
+    private var creationHead = 0
+    private var nextStamp: UInt64 = 1
     private var unreported: Set<RouteKey> = []
     private var nameServiceDown = false
     private var atModuleLimit = false
+    /// A route with hosts changed since the last `takeCacheSnapshot()`.
+    private var cacheDirty = false
+    /// Unknown-module buckets per source address, and the one the sources beyond `maxRateLimitedSources` share.
+    private var buckets: [UInt32: Bucket] = [:]
+    private var overflowBucket: Bucket?
+    private var throttleEpisode = RefusalEpisode()
+    private var remoteEpisode = RefusalEpisode()
+    private var secretEpisode = RefusalEpisode()
+    private let reportSecret: [UInt8]?
     /// Counts since the start (`statistics` adds the module count).
     private var counts = AgentStatistics()
 
@@ -66,15 +94,16 @@ public struct AgentCore<Peer> {
         updateTimeoutNs = configuration.balancer.updateTimeout.nanosecondsSaturated
         retryNs = configuration.routeRetryInterval.nanosecondsSaturated
         emptyModuleTimeoutNs = configuration.emptyModuleTimeout.nanosecondsSaturated
+        reportSecret = configuration.reportSecret.map { Array($0.utf8) }
     }
 
     // MARK: Routes
 
     /// Installs routes read from the cache file (before any request).
     public mutating func loadCachedRoutes(_ routes: [RouteKey: [Host]], now: UInt64) {
-        for (key, hosts) in routes {
+        for (key, hosts) in routes where !hosts.isEmpty && modules.count < configuration.maxModules {
             modules[key] = Module(balancer: RouteBalancer(settings: configuration.balancer, hosts: hosts, now: now),
-                                  hasRoute: true, emptyUsedAt: now)
+                                  hasRoute: true, emptyUsedAt: now, everHadHosts: true)
         }
     }
 
@@ -83,17 +112,21 @@ public struct AgentCore<Peer> {
     public mutating func routeArrived(_ response: Lars_GetRouteResponse, now: UInt64, actions: inout [Action]) {
         let key = RouteKey(modid: response.modid, cmdid: response.cmdid)
         let hosts = response.host.compactMap { Host(wireIP: $0.ip, wirePort: $0.port) }
-        var module = modules[key] ?? Module(balancer: RouteBalancer(settings: configuration.balancer, now: now))
-        let changed = !module.hasRoute || Set(module.balancer.hosts) != Set(hosts)
+        // Only the modules the agent asked for (or has): an unsolicited answer for another module creates none.
+        guard var module = modules[key] else { return }
+        let hadHosts = !module.balancer.hosts.isEmpty
+        let changed = Set(module.balancer.hosts) != Set(hosts)
         // A module that just lost its hosts (or arrives without any) starts its idle time now.
-        if hosts.isEmpty && (!module.balancer.hosts.isEmpty || module.emptyUsedAt == 0) { module.emptyUsedAt = now }
+        if hosts.isEmpty && (hadHosts || module.emptyUsedAt == 0) { module.emptyUsedAt = now }
         module.balancer.setHosts(hosts, now: now)
         module.hasRoute = true
         module.updatedAt = now
+        if !hosts.isEmpty { module.everHadHosts = true }
         modules[key] = module
+        // A module the name service does not know (no hosts before, none now) is neither logged nor saved.
         if changed {
             actions.append(.log(.routeUpdated(key, hostCount: hosts.count)))
-            saveCache(&actions)
+            cacheDirty = true
         }
     }
 
@@ -127,7 +160,6 @@ public struct AgentCore<Peer> {
         if !forgotten.isEmpty {
             for key in forgotten.keys { modules[key] = nil }
             actions.append(.log(.forgotEmptyModules(count: forgotten.count)))
-            saveCache(&actions)
         }
         var due: [RouteKey] = []
         for (key, module) in modules {
@@ -140,11 +172,18 @@ public struct AgentCore<Peer> {
         for key in due { ask(key, now: now, actions: &actions) }
     }
 
-    private func saveCache(_ actions: inout [Action]) {
-        guard configuration.routeCacheFile != nil else { return }
+    /// The routes to write to the cache file: every module with hosts (hosts sorted; at most `maxModules`), or
+    /// nil when no route with hosts changed since the last call (or there is no cache file). Clears the dirty flag:
+    /// the shell calls it once per `routeCacheInterval` and writes what it gets, so a burst of changes is one write.
+    public mutating func takeCacheSnapshot() -> [RouteKey: [Host]]? {
+        guard cacheDirty, configuration.routeCacheFile != nil else { return nil }
+        cacheDirty = false
+        counts.cacheSnapshots += 1
         var routes: [RouteKey: [Host]] = [:]
-        for (key, module) in modules where module.hasRoute { routes[key] = module.balancer.hosts.sorted() }
-        actions.append(.saveCache(routes))
+        for (key, module) in modules where !module.balancer.hosts.isEmpty {
+            routes[key] = module.balancer.hosts.sorted()
+        }
+        return routes
     }
 
     // MARK: Requests
@@ -153,7 +192,7 @@ public struct AgentCore<Peer> {
     /// (id 100, answered with 101 and the same body). A module seen for the first time is answered NOEXIST and
     /// asked for.
     public mutating func getHost(seq: UInt32, modid: Int32, cmdid: Int32, key hashedKey: UInt64? = nil,
-                                 from peer: Peer, now: UInt64, actions: inout [Action]) {
+                                 from peer: Peer, source: UInt32, now: UInt64, actions: inout [Action]) {
         let key = RouteKey(modid: modid, cmdid: cmdid)
         if hashedKey == nil { counts.getHostRequests += 1 } else { counts.getHostByKeyRequests += 1 }
         var response = Lars_GetHostResponse()
@@ -174,7 +213,7 @@ public struct AgentCore<Peer> {
                 response.retcode = LarsReturnCode.notExist
             }
         } else {
-            newModule(key, now: now, actions: &actions)
+            newModule(key, source: source, now: now, actions: &actions)
             response.retcode = LarsReturnCode.notExist
         }
         if response.retcode == LarsReturnCode.notExist { counts.notExistAnswers += 1 }
@@ -182,9 +221,16 @@ public struct AgentCore<Peer> {
     }
 
     /// A ReportRequest (id 6, no answer): the call's outcome counts in the module's balancer and goes into the
-    /// module's next report. Reports for unknown modules or hosts are ignored.
-    public mutating func report(_ request: Lars_ReportRequest, now: UInt64) {
+    /// module's next report. Reports for unknown modules or hosts are ignored. With `reportSecret` configured, a
+    /// report whose `secret` (`ReportSecret.extract`) does not match is dropped, counted, and logged once per episode.
+    public mutating func report(_ request: Lars_ReportRequest, secret: [UInt8]? = nil, source: UInt32, now: UInt64,
+                                actions: inout [Action]) {
         counts.reportRequests += 1
+        if let expected = reportSecret, !ReportSecret.matches(secret ?? [], expected) {
+            counts.reportsRejected += 1
+            if secretEpisode.refuse(now: now) { actions.append(.log(.reportsWithoutSecret(source: source))) }
+            return
+        }
         let key = RouteKey(modid: request.modid, cmdid: request.cmdid)
         guard modules[key] != nil, let host = Host(wireIP: request.host.ip, wirePort: request.host.port) else { return }
         modules[key]!.balancer.report(host: host, retcode: request.retcode, now: now)
@@ -192,7 +238,8 @@ public struct AgentCore<Peer> {
     }
 
     /// An API GetRoute (id 7, answered with 8): the hosts the agent knows (none while a new module is fetched).
-    public mutating func getRoute(_ request: Lars_GetRouteRequest, from peer: Peer, now: UInt64,
+    /// A reply that would not fit in one datagram carries as many hosts as fit (logged once per route, counted).
+    public mutating func getRoute(_ request: Lars_GetRouteRequest, from peer: Peer, source: UInt32, now: UInt64,
                                   actions: inout [Action]) {
         counts.getRouteRequests += 1
         let key = RouteKey(modid: request.modid, cmdid: request.cmdid)
@@ -202,20 +249,45 @@ public struct AgentCore<Peer> {
         if let module = modules[key] {
             if module.balancer.hosts.isEmpty { modules[key]!.emptyUsedAt = now }
             response.host = module.balancer.hosts.map { Lars_HostInfo($0) }
+            let total = response.host.count
+            if response.truncateHosts(toFit: LarsFrameLimit.maxDatagramBody) > 0 {
+                counts.routeRepliesTruncated += 1
+                if !module.truncationLogged {
+                    modules[key]!.truncationLogged = true
+                    actions.append(.log(.routeReplyTruncated(key, hostCount: total, sent: response.host.count)))
+                }
+            }
         } else {
-            newModule(key, now: now, actions: &actions)
+            newModule(key, source: source, now: now, actions: &actions)
         }
         actions.append(.replyRoute(response, to: peer))
     }
 
-    /// Starts fetching a module asked for the first time (a known one only has its use stamped). Past
-    /// `maxModules` nothing new is kept: the request is answered NOEXIST and the limit logged once per episode.
-    private mutating func newModule(_ key: RouteKey, now: UInt64, actions: inout [Action]) {
+    /// Whether a datagram from `source` (an IPv4 address in reading order) is served: false for a source outside
+    /// `allowedSources` (the shell drops the datagram), counted and logged once per episode.
+    public mutating func admit(source: UInt32, now: UInt64, actions: inout [Action]) -> Bool {
+        if configuration.allowedSources.allows(source) { return true }
+        counts.remoteDatagramsDropped += 1
+        if remoteEpisode.refuse(now: now) { actions.append(.log(.remoteSourceDropped(source: source))) }
+        return false
+    }
+
+    /// Starts fetching a module asked for the first time (a known one only has its use stamped), if `source` has
+    /// a token left (else the request is answered as for an unknown module, counted, and logged once per episode).
+    /// At `maxModules` the oldest module that never had hosts is evicted to make room; when every module has
+    /// hosts, nothing new is kept: the request is answered NOEXIST and the limit logged once per episode.
+    private mutating func newModule(_ key: RouteKey, source: UInt32, now: UInt64, actions: inout [Action]) {
         if modules[key] != nil {
             modules[key]!.emptyUsedAt = now
             return
         }
-        guard modules.count < configuration.maxModules else {
+        guard takeToken(source: source, now: now) else {
+            counts.unknownModulesThrottled += 1
+            if throttleEpisode.refuse(now: now) { actions.append(.log(.unknownModulesThrottled(source: source))) }
+            return
+        }
+        if modules.count >= configuration.maxModules && !evictOldestEmptyModule() {
+            counts.newModulesRefused += 1
             if !atModuleLimit {
                 atModuleLimit = true
                 actions.append(.log(.moduleLimitReached))
@@ -225,8 +297,66 @@ public struct AgentCore<Peer> {
         atModuleLimit = false
         var module = Module(balancer: RouteBalancer(settings: configuration.balancer, now: now))
         module.emptyUsedAt = now
+        module.stamp = nextStamp
+        nextStamp += 1
         modules[key] = module
+        creationOrder.append((key, module.stamp))
+        compactCreationOrder()
         ask(key, now: now, actions: &actions)
+    }
+
+    /// Removes the oldest module that never had hosts; false when there is none.
+    private mutating func evictOldestEmptyModule() -> Bool {
+        while creationHead < creationOrder.count {
+            let (key, stamp) = creationOrder[creationHead]
+            creationHead += 1
+            guard let module = modules[key], module.stamp == stamp else { continue }  // forgotten or re-created
+            guard !module.everHadHosts else { continue }  // has hosts (or had): never evicted, leaves the queue
+            modules[key] = nil
+            counts.modulesEvicted += 1
+            return true
+        }
+        return false
+    }
+
+    /// Drops the consumed and stale entries of `creationOrder` once they outnumber the live ones, so it stays within
+    /// about twice the modules held (amortized O(1) per module).
+    private mutating func compactCreationOrder() {
+        guard creationOrder.count > 2 * modules.count + 64 else { return }
+        creationOrder = creationOrder[creationHead...].filter { entry in
+            guard let module = modules[entry.key] else { return false }
+            return module.stamp == entry.stamp && !module.everHadHosts
+        }
+        creationHead = 0
+    }
+
+    /// Takes one unknown-module token of `source`'s bucket (refilled at `unknownModuleRate`, up to
+    /// `unknownModuleBurst`). At `maxRateLimitedSources` buckets, those refilled to full are dropped first; a source
+    /// still without room shares the overflow bucket.
+    private mutating func takeToken(source: UInt32, now: UInt64) -> Bool {
+        let burst = Double(configuration.unknownModuleBurst)
+        let rate = configuration.unknownModuleRate
+        func refilled(_ bucket: Bucket) -> Bucket {
+            let elapsed = Double(now &- bucket.updatedAt) / 1e9
+            return Bucket(tokens: min(burst, bucket.tokens + elapsed * rate), updatedAt: now)
+        }
+        func take(_ bucket: inout Bucket) -> Bool {
+            bucket = refilled(bucket)
+            guard bucket.tokens >= 1 else { return false }
+            bucket.tokens -= 1
+            return true
+        }
+        if buckets[source] == nil && buckets.count >= configuration.maxRateLimitedSources {
+            buckets = buckets.filter { refilled($0.value).tokens < burst }
+        }
+        if buckets[source] == nil && buckets.count >= configuration.maxRateLimitedSources {
+            var shared = overflowBucket ?? Bucket(tokens: burst, updatedAt: now)
+            defer { overflowBucket = shared }
+            return take(&shared)
+        }
+        var bucket = buckets[source] ?? Bucket(tokens: burst, updatedAt: now)
+        defer { buckets[source] = bucket }
+        return take(&bucket)
     }
 
     // MARK: Reports
@@ -285,8 +415,32 @@ public enum AgentEvent: Sendable, Hashable {
     case nameServiceUnreachable
     /// Modules without hosts that nobody asked for within `emptyModuleTimeout` were dropped.
     case forgotEmptyModules(count: Int)
-    /// `maxModules` modules are known: requests for further ones get NOEXIST (logged once per episode).
+    /// `maxModules` modules are known, all with hosts: requests for further ones get NOEXIST (logged once per
+    /// episode).
     case moduleLimitReached
+    /// A source asked for more unknown modules than its token bucket allows (once per episode: the first
+    /// refusal after 10 s without any).
+    case unknownModulesThrottled(source: UInt32)
+    /// Datagrams from a source outside `allowedSources` are dropped (once per episode).
+    case remoteSourceDropped(source: UInt32)
+    /// Reports without the configured secret are dropped (once per episode).
+    case reportsWithoutSecret(source: UInt32)
+    /// An API GetRoute reply of this route is cut to `sent` of its `hostCount` hosts to fit a datagram (once per
+    /// route).
+    case routeReplyTruncated(RouteKey, hostCount: Int, sent: Int)
+}
+
+/// One episode of refusals: the first refusal logs, the ones after it do not until `quietNs` passes without any.
+struct RefusalEpisode {
+    static let quietNs: UInt64 = 10_000_000_000
+    private var lastRefusal: UInt64?
+
+    /// Records a refusal at `now`; true when it starts an episode (worth its one log line).
+    mutating func refuse(now: UInt64) -> Bool {
+        defer { lastRefusal = now }
+        guard let last = lastRefusal else { return true }
+        return now &- last >= Self.quietNs
+    }
 }
 
 /// Counters of an agent since it started, and the modules it knows now.
@@ -305,6 +459,20 @@ public struct AgentStatistics: Sendable, Hashable {
     public var reportsSent = 0
     /// Modules the agent knows (with a route, or being fetched).
     public var modules = 0
+    /// Requests for unknown modules refused by the source's token bucket (answered NOEXIST, not asked for).
+    public var unknownModulesThrottled = 0
+    /// Modules that never had hosts evicted to make room for a new one at `maxModules`.
+    public var modulesEvicted = 0
+    /// New modules refused at `maxModules` (every module held has hosts).
+    public var newModulesRefused = 0
+    /// Datagrams dropped because their source is outside `allowedSources`.
+    public var remoteDatagramsDropped = 0
+    /// Reports dropped for a missing or wrong secret.
+    public var reportsRejected = 0
+    /// API GetRoute replies cut to fit one datagram.
+    public var routeRepliesTruncated = 0
+    /// Route cache snapshots handed to the writer (each is at most one write of the file).
+    public var cacheSnapshots = 0
 
     public init() {}
 }

@@ -6,6 +6,7 @@ import LoadBalancing
 import Logging
 import Messaging
 import Reactor
+import SwitchyardCore
 
 /// The agent's loop-bound half: the `AgentCore`, the links its actions go through (the name service and reporter
 /// clients, the route cache writer, the logger, the metrics), and the performing of those actions.
@@ -55,20 +56,38 @@ final class AgentLoopState: @unchecked Sendable {
         core.loadCachedRoutes(cachedRoutes, now: now)
     }
 
+    /// Whether the datagram of `peer` is served (its source is allowed); a refusal is counted and logged by the
+    /// core.
+    private func admit(_ peer: UDPPeer, now: UInt64) -> Bool {
+        if core.admit(source: peer.address.ip, now: now, actions: &actions) { return true }
+        performActions()
+        return false
+    }
+
     func getHost(seq: UInt32, modid: Int32, cmdid: Int32, key: UInt64?, from peer: UDPPeer) {
         loop.assertInLoopThread()
-        core.getHost(seq: seq, modid: modid, cmdid: cmdid, key: key, from: peer, now: now, actions: &actions)
+        let now = self.now
+        guard admit(peer, now: now) else { return }
+        core.getHost(seq: seq, modid: modid, cmdid: cmdid, key: key, from: peer, source: peer.address.ip, now: now,
+                     actions: &actions)
         performActions()
     }
 
-    func report(_ request: Lars_ReportRequest) {
+    func report(_ request: Lars_ReportRequest, from peer: UDPPeer) {
         loop.assertInLoopThread()
-        core.report(request, now: now)
+        let now = self.now
+        guard admit(peer, now: now) else { return }
+        let secret = core.configuration.reportSecret == nil
+            ? nil : ReportSecret.extract(from: request.unknownFields.data)
+        core.report(request, secret: secret, source: peer.address.ip, now: now, actions: &actions)
+        performActions()
     }
 
     func getRoute(_ request: Lars_GetRouteRequest, from peer: UDPPeer) {
         loop.assertInLoopThread()
-        core.getRoute(request, from: peer, now: now, actions: &actions)
+        let now = self.now
+        guard admit(peer, now: now) else { return }
+        core.getRoute(request, from: peer, source: peer.address.ip, now: now, actions: &actions)
         performActions()
     }
 
@@ -95,6 +114,13 @@ final class AgentLoopState: @unchecked Sendable {
         loop.assertInLoopThread()
         core.refreshRoutes(now: now, actions: &actions)
         performActions()
+    }
+
+    /// The cache timer (and shutdown): hands the writer a snapshot of the routes when one with hosts changed.
+    func saveCacheIfChanged() {
+        loop.assertInLoopThread()
+        guard let cacheWriter, let routes = core.takeCacheSnapshot() else { return }
+        cacheWriter.submit(routes)
     }
 
     /// The report timer (and shutdown): send the aggregated reports, publish the counters.
@@ -143,8 +169,6 @@ final class AgentLoopState: @unchecked Sendable {
             _ = names?.send(request, id: MessageID.getRouteRequest)
         case .sendReport(let request):
             _ = reporter?.send(request, id: MessageID.reportStatusRequest)
-        case .saveCache(let routes):
-            cacheWriter?.save(routes)
         case .log(let event):
             log(event)
         }
@@ -164,8 +188,22 @@ final class AgentLoopState: @unchecked Sendable {
             logger.info("forgot modules without hosts", metadata: [
                 "modules.forgotten": "\(count)", "modules.idle": "\(configuration.emptyModuleTimeout)"])
         case .moduleLimitReached:
-            logger.info("module limit reached; requests for further modules get NOEXIST",
+            logger.info("module limit reached and every module has hosts; requests for further modules get NOEXIST",
                         metadata: ["modules.max": "\(configuration.maxModules)"])
+        case .unknownModulesThrottled(let source):
+            logger.info("requests for unknown modules rate limited; answered NOEXIST without asking the name service",
+                        metadata: ["peer.address": "\(IPv4Endpoint(ip: source, port: 0).address)",
+                                   "limit.rate": "\(configuration.unknownModuleRate)",
+                                   "limit.burst": "\(configuration.unknownModuleBurst)"])
+        case .remoteSourceDropped(let source):
+            logger.info("datagrams from a source that is not allowed dropped (see --allow-remote)",
+                        metadata: ["peer.address": "\(IPv4Endpoint(ip: source, port: 0).address)"])
+        case .reportsWithoutSecret(let source):
+            logger.info("reports without the report secret dropped",
+                        metadata: ["peer.address": "\(IPv4Endpoint(ip: source, port: 0).address)"])
+        case .routeReplyTruncated(let key, let hostCount, let sent):
+            logger.info("route has more hosts than fit in one datagram; GetRoute answered with those that fit",
+                        metadata: ["route.key": "\(key)", "route.hosts": "\(hostCount)", "reply.hosts": "\(sent)"])
         }
     }
 }

@@ -16,6 +16,21 @@ struct AgentMetrics: Sendable {
     let reportsSent = Counter(label: "switchyard_agent_reports_sent_total", dimensions: [service])
     /// Modules known.
     let modules = Gauge(label: "switchyard_agent_modules", dimensions: [service])
+    /// Requests for unknown modules refused by their source's token bucket.
+    let unknownModulesThrottled = Counter(label: "switchyard_agent_unknown_modules_throttled_total",
+                                          dimensions: [service])
+    /// Modules without hosts evicted at the module limit, and new modules refused there.
+    let modulesEvicted = Counter(label: "switchyard_agent_modules_evicted_total", dimensions: [service])
+    let newModulesRefused = Counter(label: "switchyard_agent_new_modules_refused_total", dimensions: [service])
+    /// Datagrams from sources that are not allowed, and reports without the secret.
+    let remoteDatagramsDropped = Counter(label: "switchyard_agent_remote_datagrams_dropped_total",
+                                         dimensions: [service])
+    let reportsRejected = Counter(label: "switchyard_agent_reports_rejected_total", dimensions: [service])
+    /// API GetRoute replies cut to one datagram.
+    let routeRepliesTruncated = Counter(label: "switchyard_agent_route_replies_truncated_total",
+                                        dimensions: [service])
+    /// Route cache snapshots handed to the writer.
+    let cacheSnapshots = Counter(label: "switchyard_agent_route_cache_snapshots_total", dimensions: [service])
 
     /// Adds what `now` counted beyond `before`.
     func publish(_ now: AgentStatistics, since before: AgentStatistics) {
@@ -26,6 +41,13 @@ struct AgentMetrics: Sendable {
         add(getRoute, now.getRouteRequests - before.getRouteRequests)
         add(notExist, now.notExistAnswers - before.notExistAnswers)
         add(reportsSent, now.reportsSent - before.reportsSent)
+        add(unknownModulesThrottled, now.unknownModulesThrottled - before.unknownModulesThrottled)
+        add(modulesEvicted, now.modulesEvicted - before.modulesEvicted)
+        add(newModulesRefused, now.newModulesRefused - before.newModulesRefused)
+        add(remoteDatagramsDropped, now.remoteDatagramsDropped - before.remoteDatagramsDropped)
+        add(reportsRejected, now.reportsRejected - before.reportsRejected)
+        add(routeRepliesTruncated, now.routeRepliesTruncated - before.routeRepliesTruncated)
+        add(cacheSnapshots, now.cacheSnapshots - before.cacheSnapshots)
         modules.record(now.modules)
     }
 }

@@ -5,6 +5,7 @@ import Messaging
 import Reactor
 import ServiceLifecycle
 import Synchronization
+import Dispatch
 
 /// Errors of the agent.
 public enum LoadBalanceAgentError: Error, CustomStringConvertible {
@@ -139,8 +140,8 @@ public final class LoadBalanceAgent: Service, Sendable {
             loopState.getHost(seq: request.seq, modid: request.modid, cmdid: request.cmdid,
                               key: BoundedLoadRing.hash(request.key), from: message.connection)
         }
-        try router.on(MessageID.reportRequest, as: Lars_ReportRequest.self) { request, _ in
-            loopState.report(request)
+        try router.on(MessageID.reportRequest, as: Lars_ReportRequest.self) { request, message in
+            loopState.report(request, from: message.connection)
         }
         try router.on(MessageID.apiGetRouteRequest, as: Lars_GetRouteRequest.self) { request, message in
             loopState.getRoute(request, from: message.connection)
@@ -150,10 +151,15 @@ public final class LoadBalanceAgent: Service, Sendable {
         names.connect()
         reporter.connect()
         let refresh = min(configuration.routeRetryInterval, .seconds(1))
-        let timers = [
+        var timers = [
             loop.scheduleRepeating(every: configuration.reportInterval) { loopState.flushReports() },
             loop.scheduleRepeating(every: refresh) { loopState.refreshRoutes() },
         ]
+        if loopState.cacheWriter != nil {
+            timers.append(loop.scheduleRepeating(every: configuration.routeCacheInterval) {
+                loopState.saveCacheIfChanged()
+            })
+        }
         logger.info("agent started", metadata: [
             "udp.addresses": "\(endpoint.localAddresses.map(\.description).joined(separator: ","))",
             "names.address": "\(configuration.nameServiceHost):\(configuration.nameServicePort)",
@@ -201,8 +207,9 @@ public final class LoadBalanceAgent: Service, Sendable {
         return running
     }
 
-    /// Stops answering, sends the last aggregated reports, disconnects, and waits for the route file to be
-    /// written. Idempotent. Waits without holding the caller's thread.
+    /// Stops answering, sends the last aggregated reports, disconnects, hands the route file its last snapshot
+    /// (when a route changed) and waits for it to be written, at most `routeCacheShutdownTimeout`. Idempotent.
+    /// Waits without holding the caller's thread.
     public func shutdown() async {
         guard let running = stopAnswering() else { return }
         let loopState = self.loopState
@@ -210,25 +217,45 @@ public final class LoadBalanceAgent: Service, Sendable {
             let once = ResumeOnce(continuation)
             loop.execute {
                 loopState.flushReports()
+                loopState.saveCacheIfChanged()
                 running.reporter.disconnect()
                 once.resume()
             }
         }
-        await loopState.cacheWriter?.flush()
+        if let writer = loopState.cacheWriter, await !writer.flush(timeout: configuration.routeCacheShutdownTimeout) {
+            logCacheNotWritten(writer)
+        }
     }
 
     /// Stops answering, sends the last aggregated reports, disconnects, and waits for the route file to be
-    /// written. Idempotent. Blocks the calling thread while the file is written: not on the agent's loop, not from
-    /// async code (use `await shutdown()` there).
+    /// written, at most `routeCacheShutdownTimeout`. Idempotent. Blocks the calling thread meanwhile: not on the
+    /// agent's loop, not from async code (use `await shutdown()` there).
     public func shutdown() {
         guard let running = stopAnswering() else { return }
         let loopState = self.loopState
         loop.execute {
             loopState.flushReports()
+            loopState.saveCacheIfChanged()
             running.reporter.disconnect()
         }
-        loopState.cacheWriter?.flushBlocking()
+        guard let writer = loopState.cacheWriter else { return }
+        // The snapshot is taken on the loop: wait for that task, then for the write (both within the bound).
+        let deadline = ContinuousClock.now.advanced(by: configuration.routeCacheShutdownTimeout)
+        let posted = DispatchSemaphore(value: 0)
+        loop.execute { posted.signal() }
+        _ = posted.wait(timeout: .now() + configuration.routeCacheShutdownTimeout.timeInterval)
+        let left = max(.zero, deadline - ContinuousClock.now)
+        if !writer.flushBlocking(timeout: left) { logCacheNotWritten(writer) }
     }
+
+    private func logCacheNotWritten(_ writer: RouteCacheWriter) {
+        logger.info("route cache not written within the shutdown bound; the file keeps its previous routes",
+                    metadata: ["file.path": "\(writer.file.path)",
+                               "shutdown.timeout": "\(configuration.routeCacheShutdownTimeout)"])
+    }
+
+    /// Route cache files written so far (0 without a cache file). Safe to call from any thread.
+    public var routeCacheWrites: Int { loopState.cacheWriter?.writes ?? 0 }
 
     // MARK: Inspection
 

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import LoadBalancing
 import Logging
+import Synchronization
 
 /// Routes saved on disk, so an agent restarted while the name service is down serves its last known routes.
 ///
@@ -49,38 +50,96 @@ public struct RouteCacheFile: Sendable {
     }
 }
 
-/// Writes the route cache file off the agent's loop, in order (a serial queue). Safe to call from any thread.
+/// Writes the route cache file off the agent's loop, one snapshot at a time. Safe to call from any thread.
+///
+/// Coalesced, not queued: `submit` replaces the snapshot waiting to be written (if any), so however many snapshots
+/// arrive while a write runs, at most one more write follows it, and memory holds at most two snapshots.
 final class RouteCacheWriter: Sendable {
     let file: RouteCacheFile
     private let logger: Logger
     private let queue = DispatchQueue(label: "switchyard.agent.route-cache")
+    /// Entered while a write is pending or running; shutdown waits on it (bounded).
+    private let busy = DispatchGroup()
+
+    private struct State {
+        var pending: [RouteKey: [LoadBalancing.Host]]?
+        var writing = false
+        var writes = 0
+        var failures = 0
+        var lastFailureLogged = false
+    }
+    private let state = Mutex(State())
 
     init(file: RouteCacheFile, logger: Logger) {
         self.file = file
         self.logger = logger
     }
 
-    /// Queues a write of `routes`; a failure is logged (the agent goes on serving).
-    func save(_ routes: [RouteKey: [LoadBalancing.Host]]) {
-        let file = self.file
-        let logger = self.logger
-        queue.async {
+    /// Files written so far.
+    var writes: Int { state.withLock { $0.writes } }
+
+    /// Hands over the routes to write; replaces a snapshot not yet written. A failure is logged once until a write
+    /// succeeds again (the agent goes on serving).
+    func submit(_ routes: [RouteKey: [LoadBalancing.Host]]) {
+        let start = state.withLock { s -> Bool in
+            s.pending = routes
+            if s.writing { return false }
+            s.writing = true
+            return true
+        }
+        guard start else { return }
+        busy.enter()
+        queue.async { [self] in writeUntilIdle() }
+    }
+
+    private func writeUntilIdle() {
+        while let routes = state.withLock({ s -> [RouteKey: [LoadBalancing.Host]]? in
+            defer { s.pending = nil }
+            if s.pending == nil { s.writing = false }
+            return s.pending
+        }) {
             do {
                 try file.save(routes)
+                state.withLock { s in
+                    s.writes += 1
+                    s.lastFailureLogged = false
+                }
             } catch {
-                logger.warning("cannot save the route cache", metadata: ["file.path": "\(file.path)",
+                let log = state.withLock { s -> Bool in
+                    s.failures += 1
+                    defer { s.lastFailureLogged = true }
+                    return !s.lastFailureLogged
+                }
+                if log {
+                    logger.info("cannot save the route cache", metadata: ["file.path": "\(file.path)",
                                                                          "error": "\(error)"])
+                }
+            }
+        }
+        busy.leave()
+    }
+
+    /// Returns once nothing is pending or being written, or after `timeout`; true when the writes were done.
+    func flush(timeout: Duration) async -> Bool {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let once = ResumeOnce(continuation, ifReleased: false)
+            busy.notify(queue: .global()) { once.resume(returning: true) }
+            DispatchQueue.global().asyncAfter(deadline: .now() + timeout.timeInterval) {
+                once.resume(returning: false)
             }
         }
     }
 
-    /// Returns once the writes queued so far are on disk, without holding the caller's thread.
-    func flush() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            queue.async { continuation.resume() }
-        }
+    /// Waits until nothing is pending or being written, at most `timeout`; true when the writes were done. Blocks
+    /// the calling thread: not from async code.
+    func flushBlocking(timeout: Duration) -> Bool {
+        busy.wait(timeout: .now() + timeout.timeInterval) == .success
     }
+}
 
-    /// Waits until the writes queued so far are on disk. Blocks the calling thread: not from async code.
-    func flushBlocking() { queue.sync {} }
+extension Duration {
+    var timeInterval: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
 }

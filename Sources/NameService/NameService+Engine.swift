@@ -50,6 +50,9 @@ extension NameService {
             let failedPolls = Counter(label: "switchyard_names_failed_polls_total", dimensions: dimensions)
             let subscriptions = Gauge(label: "switchyard_names_subscriptions", dimensions: dimensions)
             let registrations = Gauge(label: "switchyard_names_registrations", dimensions: dimensions)
+            let registrationsRefused = Counter(label: "switchyard_names_registrations_refused_total",
+                                               dimensions: dimensions)
+            let routesTruncated = Counter(label: "switchyard_names_routes_truncated_total", dimensions: dimensions)
         }
 
         init(pool: ConnectionPool, configuration: NameServiceConfiguration, logger: Logger) {
@@ -60,13 +63,15 @@ extension NameService {
             (rebuildSignal, rebuildRequests) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         }
 
-        var snapshot: RouteSnapshot { state.withLock { $0.core.snapshot } }
+        var snapshot: ServedRoutes { state.withLock { $0.core.snapshot } }
 
         var statistics: NameServiceStatistics {
             var statistics = state.withLock { s in
                 NameServiceStatistics(
                     requests: s.core.requests, pushes: s.core.pushes, reloads: s.core.reloads, failedPolls: 0,
-                    version: s.core.snapshot.version, subscriptions: s.core.subscriptionCount, databaseReachable: true)
+                    version: s.core.snapshot.version, subscriptions: s.core.subscriptionCount, databaseReachable: true,
+                    registrations: s.core.registrationCount, registrationsRefused: s.core.registrationsRefused,
+                    routesTruncated: s.core.routesTruncated)
             }
             statistics.failedPolls = failedPolls.load(ordering: .relaxed)
             statistics.databaseReachable = reachable.load(ordering: .relaxed)
@@ -92,12 +97,15 @@ extension NameService {
         /// A server registering itself (or taking its registration back). Loop thread of `connection`.
         func register(_ request: Switchyard_Lb_RegisterHostRequest, on connection: TCPConnection) {
             let now = ContinuousClock.now
-            let (actions, registrations) = state.withLock { s in
+            let source = connection.peerAddress.ip
+            let (actions, registrations, refused) = state.withLock { s in
                 s.connections[connection.id] = connection
-                let actions = resolve(s.core.register(request, from: connection.id, now: now), in: s)
-                return (actions, s.core.registrationCount)
+                let before = s.core.registrationsRefused
+                let actions = resolve(s.core.register(request, from: connection.id, source: source, now: now), in: s)
+                return (actions, s.core.registrationCount, s.core.registrationsRefused - before)
             }
             metrics.registrations.record(registrations)
+            if refused > 0 { metrics.registrationsRefused.increment(by: refused) }
             perform(actions)
         }
 
@@ -122,7 +130,7 @@ extension NameService {
                 case .rebuild: .rebuild
                 case .log(let event):
                     switch event {
-                    case .subscriptionLimitReached(let id, _), .registrationRefused(let id, _):
+                    case .subscriptionLimitReached(let id, _), .registrationRefused(let id, _, _):
                         .log(event, s.connections[id])
                     default: .log(event, nil)
                     }
@@ -141,7 +149,8 @@ extension NameService {
                     // Encodes nothing here: the route as the snapshot has it when the loop gets to it, so a push
                     // handed over after another can never carry an older body.
                     connection.loop.execute { [self] in
-                        let body = snapshot.responseBody(for: key)
+                        let (body, event) = state.withLock { $0.core.servedBody(for: key) }
+                        if let event { log(event, peer: nil) }
                         body.withUnsafeBytes {
                             _ = connection.sendFrameInLoop(messageID: MessageID.getRouteResponse.rawValue, body: $0)
                         }
@@ -164,16 +173,23 @@ extension NameService {
                 logger.info("subscription limit of a connection reached; further routes are answered, not pushed",
                             metadata: ["peer.address": "\(peer)", "connection.id": "\(connection)",
                                        "subscription.limit": "\(limit)"])
+            // One line per registration would be one per request of a flood: debug.
             case .registered(let key, let host, let ttlMs):
-                logger.info("host registered", metadata: [
+                logger.debug("host registered", metadata: [
                     "route.key": "\(key)", "host.address": "\(host)", "registration.ttl_ms": "\(ttlMs)"])
             case .deregistered(let key, let host):
-                logger.info("host deregistered", metadata: ["route.key": "\(key)", "host.address": "\(host)"])
-            case .registrationRefused(let connection, let reason):
-                logger.info("registration refused", metadata: [
-                    "peer.address": "\(peer)", "connection.id": "\(connection)", "registration.reason": "\(reason)"])
+                logger.debug("host deregistered", metadata: ["route.key": "\(key)", "host.address": "\(host)"])
+            case .registrationRefused(let connection, let kind, let reason):
+                logger.info("registrations refused (logged once per episode)", metadata: [
+                    "peer.address": "\(peer)", "connection.id": "\(connection)", "registration.refusal": "\(kind)",
+                    "registration.reason": "\(reason)"])
             case .registrationExpired(let key, let host):
-                logger.info("host registration ran out", metadata: ["route.key": "\(key)", "host.address": "\(host)"])
+                logger.debug("host registration ran out", metadata: ["route.key": "\(key)", "host.address": "\(host)"])
+            case .routeTruncated(let key, let hostCount, let sent):
+                metrics.routesTruncated.increment()
+                logger.info("route has more hosts than fit in one Lars frame; answered with those that fit", metadata: [
+                    "route.key": "\(key)", "route.hosts": "\(hostCount)", "reply.hosts": "\(sent)",
+                    "frame.max_body": "\(LarsFrameLimit.maxBody)"])
             }
         }
 
@@ -223,11 +239,17 @@ extension NameService {
             }
         }
 
-        /// Drops registrations whose time ran out, every 100 ms, until cancelled.
+        /// Drops registrations whose time ran out, until cancelled: sleeps until the earliest deadline, at most
+        /// `expiryCheckLimit` (a registration with an earlier deadline may come meanwhile), and looks at nothing
+        /// before that deadline, so holding many registrations costs nothing while none runs out.
         func runExpiry() async {
             while !Task.isCancelled {
+                let next = state.withLock { $0.core.nextExpiry }
+                let awake = ContinuousClock.now
+                var wake = awake.advanced(by: Self.expiryCheckLimit)
+                if let next, next < wake { wake = max(next, awake) }
                 do {
-                    try await Task.sleep(for: .milliseconds(100))
+                    try await Task.sleep(until: wake, clock: .continuous)
                 } catch {
                     return
                 }
@@ -240,6 +262,9 @@ extension NameService {
                 perform(actions)
             }
         }
+
+        /// The longest the expiry task sleeps: how late a registration with a ttl shorter than this may run out.
+        static let expiryCheckLimit: Duration = .milliseconds(500)
 
         // MARK: The database
 

@@ -107,8 +107,8 @@ public final class NameService: Service, Sendable {
     /// The bound address once bound.
     public var localAddress: SocketAddress? { server.localAddress }
 
-    /// The routes currently served.
-    public var snapshot: RouteSnapshot { engine.snapshot }
+    /// The routes currently served (the database's with the registered hosts merged in).
+    public var snapshot: ServedRoutes { engine.snapshot }
 
     /// The counters.
     public var statistics: NameServiceStatistics { engine.statistics }

@@ -12,8 +12,14 @@ public struct NameServiceConfiguration: Sendable {
     public var maxConnections: Int
     /// The longest time to live a self-registered host may ask for (message id 102); longer is refused.
     public var maxRegistrationTTL: Duration
-    /// Most self-registered hosts at once; further registrations are refused.
+    /// Most self-registered hosts at once; further registrations are refused (default 100,000).
     public var maxRegistrations: Int
+    /// Most self-registered hosts one source address holds (the connection's IP, whatever its port); further ones
+    /// from it are refused, so one peer cannot fill the table for everyone (default 1,000).
+    public var maxRegistrationsPerSource: Int
+    /// Most self-registered hosts of one route; further ones are refused (default 1,000; a Lars frame carries about
+    /// 3,800 hosts at most).
+    public var maxRegistrationsPerRoute: Int
     /// Most routes one connection is subscribed to (pushed on change); further routes are answered but not
     /// pushed, so made-up module ids cannot grow the table without bound.
     public var maxSubscriptionsPerConnection: Int
@@ -22,7 +28,8 @@ public struct NameServiceConfiguration: Sendable {
     public init(host: String = "127.0.0.1", port: Int = 7778, pollInterval: Duration = .seconds(1),
                 fullReloadInterval: Duration = .seconds(10), maxConnections: Int = 100_000,
                 maxRegistrationTTL: Duration = .seconds(3600), maxRegistrations: Int = 100_000,
-                maxSubscriptionsPerConnection: Int = 100_000) {
+                maxSubscriptionsPerConnection: Int = 100_000, maxRegistrationsPerSource: Int = 1000,
+                maxRegistrationsPerRoute: Int = 1000) {
         self.host = host
         self.port = port
         self.pollInterval = pollInterval
@@ -31,6 +38,8 @@ public struct NameServiceConfiguration: Sendable {
         self.maxRegistrationTTL = maxRegistrationTTL
         self.maxRegistrations = maxRegistrations
         self.maxSubscriptionsPerConnection = maxSubscriptionsPerConnection
+        self.maxRegistrationsPerSource = maxRegistrationsPerSource
+        self.maxRegistrationsPerRoute = maxRegistrationsPerRoute
     }
 
     /// Throws ``NameServiceError/invalidConfiguration(_:)`` naming the first setting out of range.
@@ -45,6 +54,10 @@ public struct NameServiceConfiguration: Sendable {
         try check(maxConnections >= 1, "maxConnections must be at least 1, got \(maxConnections)")
         try check(maxRegistrationTTL >= .zero, "maxRegistrationTTL must not be negative, got \(maxRegistrationTTL)")
         try check(maxRegistrations >= 0, "maxRegistrations must not be negative, got \(maxRegistrations)")
+        try check(maxRegistrationsPerSource >= 0,
+                  "maxRegistrationsPerSource must not be negative, got \(maxRegistrationsPerSource)")
+        try check(maxRegistrationsPerRoute >= 0,
+                  "maxRegistrationsPerRoute must not be negative, got \(maxRegistrationsPerRoute)")
         try check(maxSubscriptionsPerConnection >= 0,
                   "maxSubscriptionsPerConnection must not be negative, got \(maxSubscriptionsPerConnection)")
     }
@@ -66,4 +79,10 @@ public struct NameServiceStatistics: Sendable, Hashable {
     public var subscriptions: Int
     /// False while the database is unreachable (the last snapshot is served).
     public var databaseReachable: Bool
+    /// Live self-registrations.
+    public var registrations: Int = 0
+    /// Registrations refused (a bad host or ttl, or a global, per-source or per-route limit).
+    public var registrationsRefused: Int = 0
+    /// Routes found with more hosts than fit in one frame (answered with those that fit).
+    public var routesTruncated: Int = 0
 }

@@ -8,24 +8,32 @@ import SwiftProtobuf
 /// connection by id and brings the time (`now`), and the answer is a list of ``Action``s for the shell
 /// (``NameService``) to perform.
 ///
-///     getRoute(key, from: id)          subscribe id to key (up to the limit), then reply from the snapshot
-///     register(request, from: id, now) add, refresh or take back a host with a time to live; reply
-///     connectionClosed(id)             forget id: it is pushed nothing more
-///     databaseLoaded(version, ...)     RouteData as loaded; the snapshot is rebuilt from it
-///     tick(now)                        registrations whose time ran out are dropped
-///     takeRebuild() / install(...)     build the snapshot off the lock, then swap it in and push what changed
+///     getRoute(key, from: id)              subscribe id to key (up to the limit), then reply from what is served
+///     register(request, from:, source:)    add, refresh or take back a host with a time to live (within the
+///                                          global, per-source and per-route limits); the route is updated in
+///                                          place and pushed; reply
+///     connectionClosed(id)                 forget id: it is pushed nothing more
+///     databaseLoaded(version, ...)         RouteData as loaded; the database snapshot is rebuilt from it
+///     tick(now)                            registrations whose time ran out are dropped (a heap of deadlines:
+///                                          nothing is looked at before the earliest one)
+///     takeRebuild() / install(...)         build the database snapshot off the lock, swap it in, push changes
 ///
-/// Ordering: a reply is read from the snapshot at the moment of the request, after the subscription, so a snapshot
-/// installed later pushes to this connection too. A push carries no body: the shell sends the route as the snapshot
-/// has it when it performs the push, so a push performed later never carries an older body than one before it.
+/// What is served is two layers: the database snapshot (``RouteSnapshot``, rebuilt on a database load only) and,
+/// for each route that has registered hosts, its merged hosts and encoded answer, recomputed from that route alone
+/// when it is read after one of its registrations changed. So one registration costs the same however many are
+/// held (a dictionary and a heap insert), and a burst for one route is encoded once.
+///
+/// Ordering: a reply is read at the moment of the request, after the subscription, so a change installed later
+/// pushes to this connection too. A push carries no body: the shell sends the route as it is served when it
+/// performs the push, so a push performed later never carries an older body than one before it.
 struct NameServiceCore {
     /// What the shell does.
     enum Action: Equatable {
         /// Send this frame to the connection now (a reply, encoded at the moment of the request).
         case send(connection: UInt64, id: MessageID, body: [UInt8])
-        /// Send the route to the connection as the served snapshot has it when the push is performed.
+        /// Send the route to the connection as it is served when the push is performed.
         case push(connection: UInt64, route: RouteKey)
-        /// The served snapshot is behind the database or the registrations: rebuild it (``takeRebuild()``, then
+        /// The database snapshot is behind the database: rebuild it (``takeRebuild()``, then
         /// ``install(_:from:)``), off the loops. Given once until the rebuild is taken.
         case rebuild
         /// Worth a log line.
@@ -39,11 +47,21 @@ struct NameServiceCore {
         case subscriptionLimitReached(connection: UInt64, limit: Int)
         case registered(RouteKey, Host, ttlMs: UInt32)
         case deregistered(RouteKey, Host)
-        case registrationRefused(connection: UInt64, reason: String)
+        /// Registrations are refused for `kind`: once per episode of that kind (the first refusal after
+        /// ``RegistrationRefusal/quiet`` without one).
+        case registrationRefused(connection: UInt64, kind: RefusalKind, reason: String)
         case registrationExpired(RouteKey, Host)
+        /// A route has more hosts than fit in one Lars frame: it is answered with the first `sent` (once per route,
+        /// until it fits again).
+        case routeTruncated(RouteKey, hostCount: Int, sent: Int)
     }
 
-    /// The inputs of one snapshot build, taken under the lock and built outside it.
+    /// Why a registration is refused.
+    enum RefusalKind: Int, Equatable, CaseIterable {
+        case badHost, ttlTooLong, globalLimit, sourceLimit, routeLimit
+    }
+
+    /// The inputs of one database snapshot build, taken under the lock and built outside it.
     struct Rebuild {
         let version: Int64
         let entries: [RouteEntry]
@@ -58,11 +76,15 @@ struct NameServiceCore {
     struct Limits: Equatable {
         var maxSubscriptionsPerConnection: Int
         var maxRegistrations: Int
+        var maxRegistrationsPerSource: Int
+        var maxRegistrationsPerRoute: Int
         var maxRegistrationTTL: Duration
 
         init(_ configuration: NameServiceConfiguration) {
             maxSubscriptionsPerConnection = configuration.maxSubscriptionsPerConnection
             maxRegistrations = configuration.maxRegistrations
+            maxRegistrationsPerSource = configuration.maxRegistrationsPerSource
+            maxRegistrationsPerRoute = configuration.maxRegistrationsPerRoute
             maxRegistrationTTL = configuration.maxRegistrationTTL
         }
     }
@@ -72,14 +94,40 @@ struct NameServiceCore {
         var warnedFull = false
     }
 
+    /// One self-registered host: when it runs out, and which source address registered it first (the one whose
+    /// count it is in).
+    private struct Registration {
+        var expiry: ContinuousClock.Instant
+        var source: UInt32
+    }
+
+    /// A deadline in the expiry heap. Stale once its registration was refreshed or taken back (the expiry no
+    /// longer matches): skipped when it comes up.
+    private struct Deadline: Comparable {
+        var expiry: ContinuousClock.Instant
+        var key: RouteKey
+        var host: Host
+        static func < (a: Deadline, b: Deadline) -> Bool { a.expiry < b.expiry }
+        static func == (a: Deadline, b: Deadline) -> Bool { a.expiry == b.expiry }
+    }
+
     let limits: Limits
-    /// The routes served: RouteData as last loaded plus the live registrations, as of the last ``install(_:from:)``.
-    private(set) var snapshot: RouteSnapshot = .empty
-    private var database: (version: Int64, entries: [RouteEntry]) = (-1, [])
+    /// RouteData as of the last ``install(_:from:)`` (without the registrations).
+    private var database: RouteSnapshot = .empty
+    /// The merged hosts and answer of every route that has registered hosts.
+    private var registered: [RouteKey: ServedRoutes.Route] = [:]
+    /// Routes whose registered hosts changed since their entry of `registered` was computed.
+    private var staleRoutes: Set<RouteKey> = []
+    private var databaseState: (version: Int64, entries: [RouteEntry]) = (-1, [])
     private var subscribers: [UInt64: Subscriber] = [:]
     private var subscriptions: [RouteKey: Set<UInt64>] = [:]
-    /// Self-registered hosts: route -> host -> when its registration runs out.
-    private var registrations: [RouteKey: [Host: ContinuousClock.Instant]] = [:]
+    /// Self-registered hosts: route -> host -> registration.
+    private var registrations: [RouteKey: [Host: Registration]] = [:]
+    private var perSource: [UInt32: Int] = [:]
+    private var deadlines = MinHeap<Deadline>()
+    /// When each kind of refusal was last logged / last happened (an episode ends after `refusalQuiet` without).
+    private var lastRefusal: [RefusalKind: ContinuousClock.Instant] = [:]
+    static let refusalQuiet: Duration = .seconds(10)
     private var pendingPushes: Set<RouteKey> = []
     private var stale = false
     private var rebuildRequested = false
@@ -94,15 +142,40 @@ struct NameServiceCore {
     private(set) var subscriptionCount = 0
     /// Live self-registrations.
     private(set) var registrationCount = 0
+    /// Registrations refused, by any limit or check.
+    private(set) var registrationsRefused = 0
+    /// Routes found with more hosts than fit in one frame (each counted when it starts to be cut).
+    private(set) var routesTruncated = 0
+    /// Merged answers computed for routes with registered hosts (the work registrations cause).
+    private(set) var routeMerges = 0
 
     init(limits: Limits) {
         self.limits = limits
     }
 
+    /// What is served: the database snapshot with the registered hosts merged in (stale routes merged into the
+    /// copy; the core is not changed).
+    var snapshot: ServedRoutes {
+        var current = registered
+        for key in staleRoutes { current[key] = merge(key) }
+        return ServedRoutes(database: database, registered: current)
+    }
+
+    /// The GetRouteResponse body served for a route (for inspection; ``servedBody(for:)`` caches it).
+    func responseBody(for key: RouteKey) -> [UInt8] {
+        if staleRoutes.contains(key) { return merge(key)?.body ?? database.responseBody(for: key) }
+        return registered[key]?.body ?? database.responseBody(for: key)
+    }
+
+    /// The earliest registration deadline (nil when none is held): the shell's expiry task sleeps until then.
+    var nextExpiry: ContinuousClock.Instant? { deadlines.min?.expiry }
+
+    /// Entries in the expiry heap (live and stale), for tests: stays within about twice the registrations.
+    var deadlineCount: Int { deadlines.count }
+
     // MARK: Requests
 
-    /// A GetRouteRequest from a connection: subscribes it to the route (below its limit), then answers from the
-    /// snapshot.
+    /// A GetRouteRequest from a connection: subscribes it to the route (below its limit), then answers.
     mutating func getRoute(_ key: RouteKey, from connection: UInt64) -> [Action] {
         requests += 1
         var actions: [Action] = []
@@ -119,46 +192,67 @@ struct NameServiceCore {
             }
         }
         subscribers[connection] = subscriber
-        actions.append(.send(connection: connection, id: .getRouteResponse, body: snapshot.responseBody(for: key)))
+        let (body, event) = servedBody(for: key)
+        if let event { actions.append(.log(event)) }
+        actions.append(.send(connection: connection, id: .getRouteResponse, body: body))
         return actions
     }
 
-    /// A server registering itself (ttl > 0: added or refreshed) or taking its registration back (ttl 0).
-    mutating func register(_ request: Switchyard_Lb_RegisterHostRequest, from connection: UInt64,
+    /// A server registering itself (ttl > 0: added or refreshed) or taking its registration back (ttl 0). `source`
+    /// is the connection's IPv4 address (reading order): the per-source limit counts by it.
+    mutating func register(_ request: Switchyard_Lb_RegisterHostRequest, from connection: UInt64, source: UInt32,
                            now: ContinuousClock.Instant) -> [Action] {
         let key = RouteKey(modid: request.modid, cmdid: request.cmdid)
         var reply = Switchyard_Lb_RegisterHostResponse()
         reply.modid = request.modid
         reply.cmdid = request.cmdid
-        func refuse(_ reason: String) -> [Action] {
+        func refuse(_ kind: RefusalKind, _ reason: String) -> [Action] {
             reply.reason = reason
-            return [.log(.registrationRefused(connection: connection, reason: reason)),
-                    .send(connection: connection, id: .registerHostResponse, body: Self.encode(reply))]
+            registrationsRefused += 1
+            var actions: [Action] = []
+            let inEpisode = lastRefusal[kind].map { now - $0 < Self.refusalQuiet } ?? false
+            if !inEpisode {
+                actions.append(.log(.registrationRefused(connection: connection, kind: kind, reason: reason)))
+            }
+            lastRefusal[kind] = now
+            actions.append(.send(connection: connection, id: .registerHostResponse, body: Self.encode(reply)))
+            return actions
         }
         guard let host = Host(wireIP: request.ip, wirePort: request.port), host.ip != 0, host.port != 0 else {
-            return refuse("bad host: ip \(UInt32(bitPattern: request.ip)), port \(request.port)")
+            return refuse(.badHost, "bad host: ip \(UInt32(bitPattern: request.ip)), port \(request.port)")
         }
         let ttl = Duration.milliseconds(Int64(request.ttlMs))
         guard ttl <= limits.maxRegistrationTTL else {
-            return refuse("ttl \(request.ttlMs) ms is above the limit of \(limits.maxRegistrationTTL)")
+            return refuse(.ttlTooLong, "ttl \(request.ttlMs) ms is above the limit of \(limits.maxRegistrationTTL)")
         }
         var actions: [Action] = []
         if request.ttlMs == 0 {
-            if registrations[key]?.removeValue(forKey: host) != nil {
+            if let gone = registrations[key]?.removeValue(forKey: host) {
                 if registrations[key]?.isEmpty == true { registrations[key] = nil }
-                registrationCount -= 1
+                forget(gone)
                 actions.append(.log(.deregistered(key, host)))
-                actions += markStale()
+                routeChanged(key, &actions)
             }
         } else if registrations[key]?[host] != nil {
-            registrations[key]![host] = now.advanced(by: ttl)
+            let expiry = now.advanced(by: ttl)
+            registrations[key]![host]!.expiry = expiry
+            addDeadline(Deadline(expiry: expiry, key: key, host: host))
         } else if registrationCount >= limits.maxRegistrations {
-            return refuse("the name service holds its limit of \(limits.maxRegistrations) registrations")
+            return refuse(.globalLimit, "the name service holds its limit of \(limits.maxRegistrations) registrations")
+        } else if perSource[source, default: 0] >= limits.maxRegistrationsPerSource {
+            return refuse(.sourceLimit,
+                          "this source holds its limit of \(limits.maxRegistrationsPerSource) registrations")
+        } else if registrations[key]?.count ?? 0 >= limits.maxRegistrationsPerRoute {
+            return refuse(.routeLimit,
+                          "route \(key) holds its limit of \(limits.maxRegistrationsPerRoute) registered hosts")
         } else {
-            registrations[key, default: [:]][host] = now.advanced(by: ttl)
+            let expiry = now.advanced(by: ttl)
+            registrations[key, default: [:]][host] = Registration(expiry: expiry, source: source)
+            perSource[source, default: 0] += 1
             registrationCount += 1
+            addDeadline(Deadline(expiry: expiry, key: key, host: host))
             actions.append(.log(.registered(key, host, ttlMs: request.ttlMs)))
-            actions += markStale()
+            routeChanged(key, &actions)
         }
         reply.ok = true
         actions.append(.send(connection: connection, id: .registerHostResponse, body: Self.encode(reply)))
@@ -180,60 +274,123 @@ struct NameServiceCore {
     /// RouteData as loaded at `version`; `changed` names the routes RouteChange rows say changed since the last
     /// load (pushed even when their hosts look the same).
     mutating func databaseLoaded(version: Int64, entries: [RouteEntry], changed: Set<RouteKey>) -> [Action] {
-        database = (version, entries)
+        databaseState = (version, entries)
         reloads += 1
         pendingPushes.formUnion(changed)
-        return markStale()
-    }
-
-    /// Drops the registrations whose time ran out by `now`.
-    mutating func tick(now: ContinuousClock.Instant) -> [Action] {
-        var actions: [Action] = []
-        for (key, hosts) in registrations {
-            for (host, expiry) in hosts where expiry <= now {
-                registrations[key]![host] = nil
-                registrationCount -= 1
-                actions.append(.log(.registrationExpired(key, host)))
-            }
-            if registrations[key]?.isEmpty == true { registrations[key] = nil }
-        }
-        if !actions.isEmpty { actions += markStale() }
-        return actions
-    }
-
-    private mutating func markStale() -> [Action] {
         stale = true
         if rebuildRequested { return [] }
         rebuildRequested = true
         return [.rebuild]
     }
 
-    // MARK: Rebuilding the snapshot
+    /// Drops the registrations whose time ran out by `now`. Looks at nothing before the earliest deadline.
+    mutating func tick(now: ContinuousClock.Instant) -> [Action] {
+        var actions: [Action] = []
+        var changed: Set<RouteKey> = []
+        while let top = deadlines.min, top.expiry <= now {
+            _ = deadlines.popMin()
+            guard let registration = registrations[top.key]?[top.host], registration.expiry == top.expiry else {
+                continue  // refreshed since, or taken back
+            }
+            registrations[top.key]![top.host] = nil
+            if registrations[top.key]!.isEmpty { registrations[top.key] = nil }
+            forget(registration)
+            actions.append(.log(.registrationExpired(top.key, top.host)))
+            changed.insert(top.key)
+        }
+        for key in changed { routeChanged(key, &actions) }
+        return actions
+    }
 
-    /// What the next snapshot is built from, or nil when the served one is current. Clears the request: a change
-    /// after this gives another ``Action/rebuild``.
+    private mutating func forget(_ registration: Registration) {
+        registrationCount -= 1
+        perSource[registration.source]! -= 1
+        if perSource[registration.source] == 0 { perSource[registration.source] = nil }
+    }
+
+    /// Adds a deadline; when stale entries (refreshed registrations) outnumber the live ones, the heap is rebuilt
+    /// from the registrations (O(n) once per n heartbeats).
+    private mutating func addDeadline(_ deadline: Deadline) {
+        deadlines.insert(deadline)
+        guard deadlines.count > 2 * registrationCount + 1024 else { return }
+        var live: [Deadline] = []
+        live.reserveCapacity(registrationCount)
+        for (key, hosts) in registrations {
+            for (host, registration) in hosts {
+                live.append(Deadline(expiry: registration.expiry, key: key, host: host))
+            }
+        }
+        deadlines = MinHeap(live)
+    }
+
+    /// A route's registered hosts changed: its merged answer is marked stale (recomputed from this route alone
+    /// when it is next read: a burst of registrations for one route is merged and encoded once) and pushed.
+    private mutating func routeChanged(_ key: RouteKey, _ actions: inout [Action]) {
+        staleRoutes.insert(key)
+        pushToSubscribers(key, &actions)
+    }
+
+    /// The merged hosts and answer of a route that has registered hosts (nil when it has none).
+    private func merge(_ key: RouteKey) -> ServedRoutes.Route? {
+        guard let hosts = registrations[key], !hosts.isEmpty else { return nil }
+        let merged = Array(Set(database.hosts(for: key)).union(hosts.keys)).sorted()
+        let (body, sent) = RouteSnapshot.encodeResponse(key, merged)
+        return ServedRoutes.Route(hosts: merged, body: body, truncated: sent < merged.count, sent: sent)
+    }
+
+    /// Brings a stale route's merged answer up to date; returns the log event when it is cut for the first time.
+    private mutating func refresh(_ key: RouteKey) -> Event? {
+        guard staleRoutes.remove(key) != nil else { return nil }
+        let wasTruncated = registered[key]?.truncated ?? (database.truncatedHostCount(for: key) != nil)
+        let route = merge(key)
+        routeMerges += 1
+        registered[key] = route
+        guard let route, route.truncated, !wasTruncated else { return nil }
+        routesTruncated += 1
+        return .routeTruncated(key, hostCount: route.hosts.count, sent: route.sent)
+    }
+
+    /// The answer served for a route, brought up to date first (the shell's pushes read it here, under its lock),
+    /// and the log event when that made it cut for the first time.
+    mutating func servedBody(for key: RouteKey) -> (body: [UInt8], event: Event?) {
+        let event = refresh(key)
+        return (registered[key]?.body ?? database.responseBody(for: key), event)
+    }
+
+    private mutating func pushToSubscribers(_ key: RouteKey, _ actions: inout [Action]) {
+        for connection in subscriptions[key] ?? [] {
+            actions.append(.push(connection: connection, route: key))
+            pushes += 1
+        }
+    }
+
+    // MARK: Rebuilding the database snapshot
+
+    /// What the next database snapshot is built from, or nil when the served one is current. Clears the request: a
+    /// database load after this gives another ``Action/rebuild``.
     mutating func takeRebuild() -> Rebuild? {
         rebuildRequested = false
         guard stale else { return nil }
         stale = false
-        let registered = registrations.flatMap { key, hosts in hosts.keys.map { RouteEntry(key: key, host: $0) } }
         defer { pendingPushes = [] }
-        return Rebuild(version: database.version, entries: database.entries + registered, previous: snapshot,
+        return Rebuild(version: databaseState.version, entries: databaseState.entries, previous: database,
                        pushing: pendingPushes)
     }
 
-    /// Swaps in a snapshot built from `rebuild` and pushes every route whose hosts changed (and those it names) to
-    /// their subscribers.
+    /// Swaps in a database snapshot built from `rebuild`, re-merges the registered hosts of the routes whose
+    /// database hosts changed, and pushes every route that changed (and those `rebuild` names) to its subscribers.
     mutating func install(_ fresh: RouteSnapshot, from rebuild: Rebuild) -> [Action] {
-        let changed = rebuild.pushing.union(fresh.changedRoutes(since: snapshot))
-        snapshot = fresh
+        let changedInDatabase = fresh.changedRoutes(since: database)
         var actions: [Action] = []
-        for key in changed {
-            for connection in subscriptions[key] ?? [] {
-                actions.append(.push(connection: connection, route: key))
+        for (key, hostCount) in fresh.truncatedRoutes where database.truncatedHostCount(for: key) == nil {
+            if registrations[key] == nil {
+                routesTruncated += 1
+                actions.append(.log(.routeTruncated(key, hostCount: hostCount, sent: fresh.sentHostCount(for: key))))
             }
         }
-        pushes += actions.count
+        database = fresh
+        for key in changedInDatabase where registrations[key] != nil { staleRoutes.insert(key) }
+        for key in rebuild.pushing.union(changedInDatabase) { pushToSubscribers(key, &actions) }
         return actions
     }
 
@@ -245,5 +402,38 @@ struct NameServiceCore {
 
     private static func encode(_ reply: Switchyard_Lb_RegisterHostResponse) -> [UInt8] {
         (try? reply.serializedBytes()) ?? []
+    }
+}
+
+/// The routes a name service serves: the database snapshot with the self-registered hosts merged in. A value;
+/// reading it costs nothing (both layers are shared, copy-on-write).
+public struct ServedRoutes: Sendable {
+    /// The merged hosts of a route that has registered hosts, and its encoded answer.
+    struct Route: Sendable, Equatable {
+        var hosts: [Host]
+        var body: [UInt8]
+        var truncated: Bool
+        var sent: Int
+    }
+
+    let database: RouteSnapshot
+    let registered: [RouteKey: Route]
+
+    /// The RouteVersion of the database snapshot (-1 before the first load).
+    public var version: Int64 { database.version }
+
+    /// The hosts of a route, sorted (empty when it has none).
+    public func hosts(for key: RouteKey) -> [Host] { registered[key]?.hosts ?? database.hosts(for: key) }
+
+    /// The GetRouteResponse body (protobuf) for a route, cut to fit one Lars frame.
+    public func responseBody(for key: RouteKey) -> [UInt8] {
+        registered[key]?.body ?? database.responseBody(for: key)
+    }
+
+    /// Every route with hosts (O(routes): for tools and tests).
+    public var routes: [RouteKey: [Host]] {
+        var all = database.routes
+        for (key, route) in registered { all[key] = route.hosts }
+        return all
     }
 }

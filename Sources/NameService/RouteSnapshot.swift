@@ -6,12 +6,17 @@ import SwiftProtobuf
 
 /// An immutable view of RouteData at one RouteVersion: the hosts of each route and the encoded GetRouteResponse
 /// body for it, so answering a request copies bytes and encodes nothing. Shared by every loop; never mutated.
+///
+/// A route with more hosts than fit in one Lars frame (65,527 bytes of body, PROTOCOL.md) is answered with as many
+/// of its hosts (sorted) as fit; `truncatedRoutes` names those routes.
 public final class RouteSnapshot: Sendable {
     /// The RouteVersion the snapshot was loaded at (-1 before the first load).
     public let version: Int64
     /// The hosts of each route, sorted.
     public let routes: [RouteKey: [Host]]
     private let responseBodies: [RouteKey: [UInt8]]
+    /// The routes whose answer carries only some of their hosts: route -> (hosts, hosts sent).
+    private let truncated: [RouteKey: (hosts: Int, sent: Int)]
 
     /// Builds a snapshot from RouteData entries (duplicates are kept once). Routes whose hosts are the same as in
     /// `previous` reuse its encoded answer.
@@ -22,15 +27,29 @@ public final class RouteSnapshot: Sendable {
         self.version = version
         self.routes = routes
         var bodies: [RouteKey: [UInt8]] = [:]
+        var truncated: [RouteKey: (hosts: Int, sent: Int)] = [:]
         for (key, hosts) in routes {
             if let previous, previous.routes[key] == hosts, let body = previous.responseBodies[key] {
                 bodies[key] = body
+                if let cut = previous.truncated[key] { truncated[key] = cut }
             } else {
-                bodies[key] = Self.encodeResponse(key, hosts)
+                let (body, sent) = Self.encodeResponse(key, hosts)
+                bodies[key] = body
+                if sent < hosts.count { truncated[key] = (hosts.count, sent) }
             }
         }
         self.responseBodies = bodies
+        self.truncated = truncated
     }
+
+    /// The routes answered with only some of their hosts, with how many hosts they have.
+    public var truncatedRoutes: [RouteKey: Int] { truncated.mapValues(\.hosts) }
+
+    /// The host count of a route whose answer is cut (nil when it fits).
+    func truncatedHostCount(for key: RouteKey) -> Int? { truncated[key]?.hosts }
+
+    /// How many hosts the answer of a route carries.
+    func sentHostCount(for key: RouteKey) -> Int { truncated[key]?.sent ?? routes[key]?.count ?? 0 }
 
     /// The empty snapshot served before the first load.
     public static let empty = RouteSnapshot(version: -1, entries: [])
@@ -40,7 +59,7 @@ public final class RouteSnapshot: Sendable {
 
     /// The GetRouteResponse body (protobuf) for a route; a route without hosts gets a response with no hosts.
     public func responseBody(for key: RouteKey) -> [UInt8] {
-        responseBodies[key] ?? Self.encodeResponse(key, [])
+        responseBodies[key] ?? Self.encodeResponse(key, []).body
     }
 
     /// The routes whose hosts differ between two snapshots.
@@ -51,8 +70,9 @@ public final class RouteSnapshot: Sendable {
         return changed
     }
 
-    /// Encodes GetRouteResponse: HostInfo.ip is the reading-order number's int32 bit pattern.
-    static func encodeResponse(_ key: RouteKey, _ hosts: [Host]) -> [UInt8] {
+    /// Encodes GetRouteResponse with as many of `hosts` as fit in `LarsFrameLimit.maxBody`: HostInfo.ip is the
+    /// reading-order number's int32 bit pattern. Returns the body and how many hosts it carries.
+    static func encodeResponse(_ key: RouteKey, _ hosts: [Host]) -> (body: [UInt8], sent: Int) {
         var response = Lars_GetRouteResponse()
         response.modid = key.modid
         response.cmdid = key.cmdid
@@ -62,6 +82,7 @@ public final class RouteSnapshot: Sendable {
             info.port = Int32(host.port)
             return info
         }
-        return (try? response.serializedBytes()) ?? []
+        response.truncateHosts(toFit: LarsFrameLimit.maxBody)
+        return ((try? response.serializedBytes()) ?? [], response.host.count)
     }
 }

@@ -28,7 +28,17 @@ struct AgentCommand: AsyncParsableCommand {
     var busyPollUs: Int64?
     @Option(help: "Seconds after which a module without hosts that nobody asks for is forgotten (default 60).")
     var emptyModuleTimeout: Double?
-    @Option(help: "Most modules kept; requests for more get NOEXIST (default 100000).") var maxModules: Int?
+    @Option(help: "Most modules kept; a new one evicts the oldest that never had hosts (default 100000).")
+    var maxModules: Int?
+    @Option(help: "Seconds between writes of the route cache file, written only when a route changed (default 5).")
+    var routeCacheInterval: Double?
+    @Option(help: "Requests for unknown modules allowed per second and source address (default 100).")
+    var unknownModuleRate: Double?
+    @Option(help: "Burst of requests for unknown modules allowed per source address (default 200).")
+    var unknownModuleBurst: Int?
+    @Flag(help: "Answer datagrams from any source address (default: only 127.0.0.0/8).") var allowRemote = false
+    @Option(help: "A secret every report (id 6) must carry (field 15 of its body); others are dropped.")
+    var reportSecret: String?
 
     @Option(help: "Every N-th request probes an overloaded host (default 10).") var probeNum: Int?
     @Option(help: "Virtual successes of an idle host (default 180).") var initSuccCnt: UInt32?
@@ -70,6 +80,11 @@ struct AgentCommand: AsyncParsableCommand {
             ("--busy-poll-us", "busy_poll_us", busyPollUs.map(String.init)),
             ("--empty-module-timeout", "empty_module_timeout", emptyModuleTimeout.map { "\($0)" }),
             ("--max-modules", "max_modules", maxModules.map(String.init)),
+            ("--route-cache-interval", "route_cache_interval", routeCacheInterval.map { "\($0)" }),
+            ("--unknown-module-rate", "unknown_module_rate", unknownModuleRate.map { "\($0)" }),
+            ("--unknown-module-burst", "unknown_module_burst", unknownModuleBurst.map(String.init)),
+            ("--allow-remote", "allow_remote", allowRemote ? "true" : nil),
+            ("--report-secret", "report_secret", reportSecret),
             ("--probe-num", "probe_num", probeNum.map(String.init)),
             ("--init-succ-cnt", "init_succ_cnt", initSuccCnt.map(String.init)),
             ("--init-err-cnt", "init_err_cnt", initErrCnt.map(String.init)),

@@ -28,6 +28,15 @@ struct NamesCommand: AsyncParsableCommand {
     @Option(help: "I/O threads.")
     var threads = 1
 
+    @Option(help: "Most self-registered hosts at once (default 100000).")
+    var maxRegistrations = NameServiceConfiguration().maxRegistrations
+
+    @Option(help: "Most self-registered hosts one source address may hold (default 1000).")
+    var maxRegistrationsPerSource = NameServiceConfiguration().maxRegistrationsPerSource
+
+    @Option(help: "Most self-registered hosts of one route (default 1000).")
+    var maxRegistrationsPerRoute = NameServiceConfiguration().maxRegistrationsPerRoute
+
     @OptionGroup var service: ServiceOptions
     @OptionGroup var loops: PlacementOptions
 
@@ -45,7 +54,9 @@ struct NamesCommand: AsyncParsableCommand {
 
     var configuration: NameServiceConfiguration {
         NameServiceConfiguration(host: host, port: port, pollInterval: .seconds(pollInterval),
-                                 fullReloadInterval: .seconds(fullReloadInterval))
+                                 fullReloadInterval: .seconds(fullReloadInterval), maxRegistrations: maxRegistrations,
+                                 maxRegistrationsPerSource: maxRegistrationsPerSource,
+                                 maxRegistrationsPerRoute: maxRegistrationsPerRoute)
     }
 
     func run() async throws {

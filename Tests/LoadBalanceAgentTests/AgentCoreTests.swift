@@ -31,12 +31,14 @@ struct AgentCoreTests {
             return actions
         }
 
-        mutating func getHost(_ key: RouteKey, seq: UInt32 = 1, by hashedKey: UInt64? = nil, peer: Int = 7)
-            -> [Action]
+        mutating func getHost(_ key: RouteKey, seq: UInt32 = 1, by hashedKey: UInt64? = nil, peer: Int = 7,
+                              source: UInt32 = Harness.loopback) -> [Action]
         {
-            run { $0.getHost(seq: seq, modid: key.modid, cmdid: key.cmdid, key: hashedKey, from: peer, now: $1,
-                             actions: &$2) }
+            run { $0.getHost(seq: seq, modid: key.modid, cmdid: key.cmdid, key: hashedKey, from: peer,
+                             source: source, now: $1, actions: &$2) }
         }
+
+        static let loopback: UInt32 = 0x7F00_0001
 
         /// The answer of one GetHost (asserting there is exactly one).
         mutating func answer(_ key: RouteKey, by hashedKey: UInt64? = nil) -> Lars_GetHostResponse? {
@@ -54,7 +56,7 @@ struct AgentCoreTests {
             request.cmdid = key.cmdid
             request.host = Lars_HostInfo(host)
             request.retcode = success ? 0 : 1
-            core.report(request, now: now)
+            _ = run { $0.report(request, source: Harness.loopback, now: $1, actions: &$2) }
         }
 
         static func route(_ key: RouteKey, _ hosts: [Host]) -> Lars_GetRouteResponse {
@@ -210,17 +212,29 @@ struct AgentCoreTests {
         #expect(h.getHost(unknown).compactMap(\.routeRequest) == [unknown])
     }
 
-    @Test("past maxModules new modules get NOEXIST, are not kept, and the limit is logged once")
+    @Test("at maxModules a new module evicts the oldest one that never had hosts; with hosts everywhere: refused")
     func moduleLimit() {
         var h = Harness { $0.maxModules = 3 }
-        for modid in Int32(20)...Int32(22) { _ = h.getHost(RouteKey(modid: modid, cmdid: 1)) }
-        let refused = h.getHost(RouteKey(modid: 23, cmdid: 1))
+        let keys = (Int32(20)...Int32(25)).map { RouteKey(modid: $0, cmdid: 1) }
+        for key in keys[0..<3] { _ = h.getHost(key) }
+        _ = h.arrive(keys[1], [h1])  // 21 has hosts: never evicted
+        _ = h.arrive(keys[0], [])  // 20 the name service does not know
+        // 23 evicts 20 (the oldest that never had hosts), 24 evicts 22 (21 is skipped: it has hosts).
+        #expect(h.getHost(keys[3]).compactMap(\.routeRequest) == [keys[3]])
+        #expect(h.core.balancer(for: keys[0]) == nil && h.core.balancer(for: keys[1]) != nil)
+        #expect(h.getHost(keys[4]).compactMap(\.routeRequest) == [keys[4]])
+        #expect(h.core.balancer(for: keys[2]) == nil)
+        #expect(h.core.statistics.modulesEvicted == 2 && h.core.statistics.modules == 3)
+        // Every module with hosts: the next new one is refused, answered NOEXIST, logged once per episode.
+        _ = h.arrive(keys[3], [h2])
+        _ = h.arrive(keys[4], [h3])
+        let refused = h.getHost(keys[5])
         #expect(refused.compactMap(\.routeRequest).isEmpty)
         #expect(refused.compactMap(\.event) == [.moduleLimitReached])
         #expect(refused.compactMap(\.hostReply).map(\.retcode) == [LarsReturnCode.notExist])
-        #expect(h.getHost(RouteKey(modid: 24, cmdid: 1)).compactMap(\.event).isEmpty, "logged once")
-        #expect(h.core.balancer(for: RouteKey(modid: 23, cmdid: 1)) == nil)
-        #expect(h.core.statistics.modules == 3)
+        #expect(h.getHost(RouteKey(modid: 26, cmdid: 1)).compactMap(\.event).isEmpty, "logged once")
+        #expect(h.core.balancer(for: keys[5]) == nil)
+        #expect(h.core.statistics.modules == 3 && h.core.statistics.newModulesRefused == 2)
     }
 
     @Test("GetHost by key: answered as id 101, a key sticks to its host, keys spread")
@@ -253,20 +267,32 @@ struct AgentCoreTests {
         #expect(!byKey)
     }
 
-    @Test("the route cache is saved when a route changes, not when the same hosts arrive again")
-    func cacheSavedOnChangeOnly() {
+    @Test("the cache snapshot: only after a route with hosts changed, once per burst, without empty modules")
+    func cacheSnapshotOnChangeOnly() {
         var h = Harness { $0.routeCacheFile = "/unused/in/the/core.json" }
+        #expect(h.core.takeCacheSnapshot() == nil, "nothing changed")
         _ = h.getHost(route12)
         let first = h.arrive(route12, [h2, h1])
-        #expect(first.compactMap(\.savedRoutes) == [[route12: [h1, h2]]])
         #expect(first.compactMap(\.event) == [.routeUpdated(route12, hostCount: 2)])
         #expect(h.arrive(route12, [h1, h2]).isEmpty, "same hosts in another order: nothing to do")
-        #expect(h.arrive(route12, [h1, h3]).compactMap(\.savedRoutes) == [[route12: [h1, h3]]])
-        // Without a cache file nothing is saved, but the change is still logged.
+        #expect(h.core.takeCacheSnapshot() == [route12: [h1, h2]])
+        #expect(h.core.takeCacheSnapshot() == nil, "taken: clean until the next change")
+        // Modules the name service does not know: neither logged nor a reason to write.
+        for modid in Int32(500)..<Int32(600) {
+            let key = RouteKey(modid: modid, cmdid: 1)
+            _ = h.getHost(key)
+            #expect(h.arrive(key, []).isEmpty)
+        }
+        #expect(h.core.takeCacheSnapshot() == nil)
+        // A burst of changes is one snapshot, with the last hosts of each route.
+        _ = h.arrive(route12, [h1, h3])
+        _ = h.arrive(route12, [h3])
+        #expect(h.core.takeCacheSnapshot() == [route12: [h3]])
+        // Without a cache file there is no snapshot, but the change is still logged.
         var bare = Harness()
         _ = bare.getHost(route12)
-        let arrived = bare.arrive(route12, [h1])
-        #expect(arrived.compactMap(\.savedRoutes).isEmpty && arrived.compactMap(\.event).count == 1)
+        #expect(bare.arrive(route12, [h1]).compactMap(\.event).count == 1)
+        #expect(bare.core.takeCacheSnapshot() == nil)
     }
 
     @Test("routes from the cache file serve at once; GetRoute answers the known hosts to the asking peer")
@@ -277,7 +303,7 @@ struct AgentCoreTests {
         var request = Lars_GetRouteRequest()
         request.modid = 1
         request.cmdid = 2
-        let actions = h.run { $0.getRoute(request, from: 11, now: $1, actions: &$2) }
+        let actions = h.run { $0.getRoute(request, from: 11, source: Harness.loopback, now: $1, actions: &$2) }
         guard actions.count == 1, case .replyRoute(let response, let peer) = actions[0] else {
             Issue.record("\(actions)")
             return
@@ -301,10 +327,6 @@ extension AgentCore.Action {
     }
     var report: Lars_ReportStatusRequest? {
         if case .sendReport(let request) = self { return request }
-        return nil
-    }
-    var savedRoutes: [RouteKey: [Host]]? {
-        if case .saveCache(let routes) = self { return routes }
         return nil
     }
     var event: AgentEvent? {

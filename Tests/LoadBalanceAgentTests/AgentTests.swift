@@ -147,7 +147,8 @@ struct AgentTests {
         await #expect(throws: LoadBalanceClientError.closed) { _ = try await client.getHost(modid: 1, cmdid: 2) }
     }
 
-    @Test("past max_modules new modules are answered NOEXIST and not kept", arguments: PollerKind.allCases)
+    @Test("at max_modules a new module evicts the oldest one without hosts; the route with hosts stays",
+          arguments: PollerKind.allCases)
     func moduleLimit(poller: PollerKind) async throws {
         let world = try AgentWorld.make(poller: poller, routes: [route12: [h1]]) { $0.maxModules = 3 }
         defer { world.shutdown() }
@@ -155,9 +156,11 @@ struct AgentTests {
         for modid in Int32(20)...Int32(22) {
             #expect(try await world.client.getHost(modid: modid, cmdid: 1).retcode == LarsReturnCode.notExist)
         }
-        #expect(await world.agent.balancerSnapshot(modid: 20, cmdid: 1) != nil)
+        #expect(await world.agent.balancerSnapshot(modid: 20, cmdid: 1) == nil)
         #expect(await world.agent.balancerSnapshot(modid: 21, cmdid: 1) != nil)
-        #expect(await world.agent.balancerSnapshot(modid: 22, cmdid: 1) == nil)
+        #expect(await world.agent.balancerSnapshot(modid: 22, cmdid: 1) != nil)
+        let statistics = await world.agent.statistics()
+        #expect(statistics?.modules == 3 && statistics?.modulesEvicted == 1)
         #expect(try await world.client.getHost(modid: 1, cmdid: 2).host == h1)
     }
 

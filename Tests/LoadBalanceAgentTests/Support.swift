@@ -177,10 +177,36 @@ struct AgentWorld {
 final class RawDatagramSocket {
     let fd: Int32
 
-    init(receiveTimeoutMs: Int = 2000) {
+    /// `bindAddress`: the source address of what it sends (any of 127.0.0.0/8 works on Linux without setup).
+    init(receiveTimeoutMs: Int = 2000, bindAddress: String? = nil) {
         fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         var tv = timeval(tv_sec: receiveTimeoutMs / 1000, tv_usec: (receiveTimeoutMs % 1000) * 1000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        if let bindAddress {
+            var sin = sockaddr_in()
+            sin.sin_family = sa_family_t(AF_INET)
+            inet_pton(AF_INET, bindAddress, &sin.sin_addr)
+            let bound = withUnsafePointer(to: &sin) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            precondition(bound == 0, "cannot bind \(bindAddress): errno \(errno)")
+        }
+    }
+
+    /// Sends a Lars frame (header and body) in one datagram.
+    func sendFrame(id: Int32, body: [UInt8], port: Int) {
+        var frame = withUnsafeBytes(of: id.littleEndian) { Array($0) }
+        frame += withUnsafeBytes(of: Int32(body.count).littleEndian) { Array($0) }
+        send(frame + body, port: port)
+    }
+
+    /// The next datagram as (message id, body), or nil after the receive timeout.
+    func receiveFrame() -> (id: Int32, body: [UInt8])? {
+        guard let datagram = receive(), datagram.count >= 8 else { return nil }
+        let id = datagram[0..<4].withUnsafeBytes { Int32(littleEndian: $0.loadUnaligned(as: Int32.self)) }
+        return (id, Array(datagram[8...]))
     }
 
     deinit { close(fd) }

@@ -133,46 +133,189 @@ struct NameServiceCoreTests {
         #expect(pushes(changed) == ["1 5/1", "1 5/2"])
     }
 
-    @Test("registration: added (pushed, one rebuild for a burst), refreshed (nothing), expired at its ttl, taken back")
+    /// Registers from a source (default 10.9.9.9).
+    func register(_ core: inout NameServiceCore, _ request: Switchyard_Lb_RegisterHostRequest,
+                  from connection: UInt64 = 9, source: UInt32 = 0x0A09_0909, at now: ContinuousClock.Instant)
+        -> [Action]
+    {
+        core.register(request, from: connection, source: source, now: now)
+    }
+
+    @Test("registration: added and pushed at once (no rebuild), refreshed (nothing), expired at its ttl, taken back")
     func registrationLifecycle() throws {
         var core = core()
         _ = core.getRoute(a, from: 1)
-        let added = core.register(request(a, h1, ttlMs: 1000), from: 9, now: t0)
+        let added = register(&core, request(a, h1, ttlMs: 1000), at: t0)
         #expect(try registerReply(added)?.ok == true)
-        #expect(added.contains(.rebuild) && added.contains(.log(.registered(a, h1, ttlMs: 1000))))
-        let second = core.register(request(a, h2, ttlMs: 5000), from: 9, now: t0)
-        #expect(!second.contains(.rebuild), "a rebuild is asked for already")
+        #expect(added.contains(.log(.registered(a, h1, ttlMs: 1000))) && !added.contains(.rebuild))
+        #expect(pushes(added) == ["1 1/1"])
+        #expect(core.snapshot.hosts(for: a) == [h1])
+        let second = register(&core, request(a, h2, ttlMs: 5000), at: t0)
+        #expect(pushes(second) == ["1 1/1"])
         #expect(core.registrationCount == 2)
-        #expect(core.rebuildNow() == [.push(connection: 1, route: a)])
         #expect(core.snapshot.hosts(for: a) == [h1, h2])
+        #expect(core.nextExpiry == t0 + .seconds(1))
 
-        // A heartbeat before the ttl runs out moves the expiry; nothing to rebuild.
-        let refreshed = core.register(request(a, h1, ttlMs: 1000), from: 9, now: t0 + .milliseconds(900))
-        #expect(try registerReply(refreshed)?.ok == true && !refreshed.contains(.rebuild))
+        // A heartbeat before the ttl runs out moves the expiry; nothing is pushed.
+        let refreshed = register(&core, request(a, h1, ttlMs: 1000), at: t0 + .milliseconds(900))
+        #expect(try registerReply(refreshed)?.ok == true && pushes(refreshed).isEmpty)
         #expect(core.tick(now: t0 + .milliseconds(1500)).isEmpty, "h1 runs until 1.9 s now")
         let expired = core.tick(now: t0 + .milliseconds(1900))
-        #expect(expired.contains(.log(.registrationExpired(a, h1))) && expired.contains(.rebuild))
-        #expect(core.rebuildNow() == [.push(connection: 1, route: a)])
+        #expect(expired.contains(.log(.registrationExpired(a, h1))) && pushes(expired) == ["1 1/1"])
         #expect(core.snapshot.hosts(for: a) == [h2] && core.registrationCount == 1)
 
         // Taken back (ttl 0) before it runs out; taking back an unknown host is fine and changes nothing.
-        let gone = core.register(request(a, h2, ttlMs: 0), from: 9, now: t0 + .seconds(2))
+        let gone = register(&core, request(a, h2, ttlMs: 0), at: t0 + .seconds(2))
         #expect(try registerReply(gone)?.ok == true && gone.contains(.log(.deregistered(a, h2))))
-        #expect(core.rebuildNow() == [.push(connection: 1, route: a)])
+        #expect(pushes(gone) == ["1 1/1"])
         #expect(core.snapshot.hosts(for: a).isEmpty && core.registrationCount == 0)
-        let unknown = core.register(request(a, h2, ttlMs: 0), from: 9, now: t0 + .seconds(2))
-        #expect(try registerReply(unknown)?.ok == true && !unknown.contains(.rebuild))
+        let unknown = register(&core, request(a, h2, ttlMs: 0), at: t0 + .seconds(2))
+        #expect(try registerReply(unknown)?.ok == true && pushes(unknown).isEmpty)
+        #expect(core.tick(now: t0 + .seconds(10)).isEmpty, "the stale deadlines expire nothing")
+        #expect(core.nextExpiry == nil)
     }
 
-    @Test("a database reload keeps the registered hosts")
-    func reloadKeepsRegistrations() {
-        var core = core()
-        _ = core.register(request(a, h2, ttlMs: 60_000), from: 9, now: t0)
-        _ = core.rebuildNow()
-        _ = load(&core, version: 1, [RouteEntry(key: a, host: h1)])
-        #expect(core.snapshot.hosts(for: a) == [h1, h2])
-        _ = load(&core, version: 2, [])
-        #expect(core.snapshot.hosts(for: a) == [h2])
+    @Test("expiry: in deadline order, only what ran out, refreshed hosts kept; the heap stays bounded by heartbeats")
+    func expiryOrder() {
+        var core = core(maxRegistrations: 1000)
+        let hosts = (1...50).map { Host(ip: 0x0A00_0000 + UInt32($0), port: 80) }
+        // Host i runs out at (51 - i) seconds: registered in the reverse order of their deadlines.
+        for (i, host) in hosts.enumerated() {
+            _ = register(&core, request(a, host, ttlMs: UInt32(51 - (i + 1)) * 1000), at: t0)
+        }
+        var order: [Host] = []
+        for second in 1...50 {
+            for case .log(.registrationExpired(_, let host)) in core.tick(now: t0 + .seconds(second)) {
+                order.append(host)
+            }
+            #expect(core.registrationCount == 50 - second)
+        }
+        #expect(order == hosts.reversed())
+        // A thousand heartbeats of one host leave the heap within about twice the registrations.
+        _ = register(&core, request(b, h1, ttlMs: 60_000), at: t0)
+        for beat in 1...3000 {
+            _ = register(&core, request(b, h1, ttlMs: 60_000), at: t0 + .milliseconds(beat))
+        }
+        #expect(core.deadlineCount <= 2 * core.registrationCount + 1025)
+        #expect(core.tick(now: t0 + .seconds(60)).isEmpty, "refreshed at 3 s: runs until 63 s")
+        #expect(core.tick(now: t0 + .seconds(63)).contains(.log(.registrationExpired(b, h1))))
+    }
+
+    @Test("per-source and per-route limits: refused with a reason, another source and route still register")
+    func perSourceAndRouteLimits() throws {
+        var core = NameServiceCore(limits: NameServiceCore.Limits(NameServiceConfiguration(
+            maxRegistrations: 100, maxRegistrationsPerSource: 3, maxRegistrationsPerRoute: 4)))
+        let sourceA: UInt32 = 0x0A00_0001
+        let sourceB: UInt32 = 0x0A00_0002
+        func host(_ n: Int) -> Host { Host(ip: 0x0A01_0000 + UInt32(n), port: 80) }
+        var logs = 0
+        func count(_ actions: [Action]) {
+            logs += actions.filter { if case .log(.registrationRefused) = $0 { true } else { false } }.count
+        }
+        for n in 1...3 {
+            #expect(try registerReply(register(&core, request(b, host(n), ttlMs: 1000), source: sourceA, at: t0))?.ok
+                == true)
+        }
+        for n in 4...10 {
+            let refused = register(&core, request(b, host(n), ttlMs: 1000), source: sourceA, at: t0)
+            #expect(try registerReply(refused)?.reason.contains("this source holds its limit of 3") == true)
+            count(refused)
+        }
+        #expect(logs == 1, "one log line per episode")
+        // A refresh of a host it holds is not refused.
+        #expect(try registerReply(register(&core, request(b, host(1), ttlMs: 1000), source: sourceA, at: t0))?.ok
+            == true)
+        // Another source registers; the route's limit (4) stops it at the 4th host of the route.
+        #expect(try registerReply(register(&core, request(b, host(20), ttlMs: 1000), source: sourceB, at: t0))?.ok
+            == true)
+        let routeFull = register(&core, request(b, host(21), ttlMs: 1000), source: sourceB, at: t0)
+        #expect(try registerReply(routeFull)?.reason.contains("holds its limit of 4 registered hosts") == true)
+        #expect(try registerReply(register(&core, request(a, host(21), ttlMs: 1000), source: sourceB, at: t0))?.ok
+            == true)
+        #expect(core.registrationCount == 5 && core.registrationsRefused == 8)
+        // Source A's registrations run out: it may register again, and a new episode logs again.
+        _ = core.tick(now: t0 + .seconds(1))
+        #expect(try registerReply(register(&core, request(b, host(5), ttlMs: 60_000), source: sourceA,
+                                           at: t0 + .seconds(1)))?.ok == true)
+        for n in 6...9 {
+            count(register(&core, request(a, host(n), ttlMs: 60_000), source: sourceA, at: t0 + .seconds(30)))
+        }
+        #expect(core.registrationsRefused == 10)
+        #expect(logs == 2, "a refusal after a quiet time starts a new episode")
+    }
+
+    @Test("the incrementally served routes equal a full rebuild from the database and all registrations")
+    func incrementalEqualsFullRebuild() throws {
+        var core = core(maxRegistrations: 10_000)
+        var generator = SystemRandomNumberGenerator()
+        let keys = (1...8).map { RouteKey(modid: 77, cmdid: Int32($0)) }
+        let database = (0..<40).map { i in
+            RouteEntry(key: keys[i % 8], host: Host(ip: 0x0B00_0000 + UInt32(i % 13), port: 7000))
+        }
+        _ = load(&core, version: 1, database)
+        var live: [RouteKey: Set<Host>] = [:]
+        var now = t0
+        for step in 0..<2000 {
+            now = now + .milliseconds(5)
+            let key = keys.randomElement(using: &generator)!
+            let host = Host(ip: 0x0B00_0000 + UInt32.random(in: 0..<30, using: &generator), port: 7000)
+            let ttl: UInt32 = step % 5 == 0 ? 0 : UInt32.random(in: 10...400, using: &generator)
+            _ = register(&core, request(key, host, ttlMs: ttl), source: UInt32(step % 7), at: now)
+            if ttl == 0 { live[key]?.remove(host) } else { live[key, default: []].insert(host) }
+            for case .log(.registrationExpired(let k, let h)) in core.tick(now: now) { live[k]?.remove(h) }
+            if step == 1000 { _ = load(&core, version: 2, Array(database.prefix(20))) }
+        }
+        #expect(core.snapshot.version == 2)
+        let entries = Array(database.prefix(20))
+            + live.flatMap { key, hosts in hosts.map { RouteEntry(key: key, host: $0) } }
+        let full = RouteSnapshot(version: 2, entries: entries)
+        for key in keys {
+            #expect(core.snapshot.hosts(for: key) == full.hosts(for: key), "\(key)")
+            #expect(core.snapshot.responseBody(for: key) == full.responseBody(for: key), "\(key)")
+        }
+        #expect(core.snapshot.routes == full.routes)
+        #expect(core.registrationCount == live.values.reduce(0) { $0 + $1.count })
+    }
+
+    @Test("a registration's cost does not grow with the registrations held: only its route is merged, once per read")
+    func registrationCostIndependentOfHeld() throws {
+        var core = core(maxRegistrations: 20_000)
+        for n in 0..<10_000 {
+            let key = RouteKey(modid: 900 + Int32(n / 500), cmdid: 1)
+            _ = register(&core, request(key, Host(ip: 0x0C00_0000 + UInt32(n), port: 80), ttlMs: 60_000),
+                         source: UInt32(n / 1000), at: t0)
+        }
+        #expect(core.routeMerges == 0, "nobody read a route: nothing merged or encoded")
+        _ = core.getRoute(a, from: 1)
+        for n in 0..<100 {
+            _ = register(&core, request(a, Host(ip: 0x0D00_0000 + UInt32(n), port: 80), ttlMs: 60_000),
+                         source: 77, at: t0)
+        }
+        #expect(core.routeMerges == 0)
+        let reply = try replyHosts(core.getRoute(a, from: 2), to: 2)
+        #expect(reply?.count == 100 && core.routeMerges == 1, "a burst of 100 for one route: merged once")
+        _ = core.getRoute(a, from: 3)
+        #expect(core.routeMerges == 1, "unchanged since: the encoded answer is reused")
+        _ = register(&core, request(a, h1, ttlMs: 60_000), source: 77, at: t0)
+        #expect(try replyHosts(core.getRoute(a, from: 2), to: 2)?.count == 101 && core.routeMerges == 2)
+        #expect(core.registrationCount == 10_101)
+    }
+
+    @Test("a route with more hosts than fit in a Lars frame is answered with as many as fit; logged once")
+    func frameCap() throws {
+        var core = core(maxRegistrations: 10_000)
+        _ = core.getRoute(a, from: 1)
+        let hosts = (0..<8000).map { Host(ip: 0x0A00_0000 + UInt32($0), port: 9000) }
+        let loaded = load(&core, version: 1, hosts.map { RouteEntry(key: a, host: $0) })
+        #expect(loaded.filter { if case .log(.routeTruncated(a, 8000, _)) = $0 { true } else { false } }.count == 1)
+        let body = core.responseBody(for: a)
+        #expect(body.count <= LarsFrameLimit.maxBody && body.count > LarsFrameLimit.maxBody - 20)
+        let served = try replyHosts(core.getRoute(a, from: 2), to: 2) ?? []
+        #expect(served == Array(hosts.sorted().prefix(served.count)) && served.count > 4000)
+        #expect(core.routesTruncated == 1)
+        // The same route loaded again: not logged again.
+        let again = load(&core, version: 2, hosts.map { RouteEntry(key: a, host: $0) })
+        #expect(!again.contains { if case .log(.routeTruncated) = $0 { true } else { false } })
     }
 
     @Test("refusals: a bad host, a ttl above the limit, a full table; each with a reason, nothing changes")
@@ -180,20 +323,32 @@ struct NameServiceCoreTests {
         var core = core(maxRegistrations: 1, maxTTL: .seconds(10))
         var badPort = request(a, h1, ttlMs: 1000)
         badPort.port = 70_000
-        let refusedPort = core.register(badPort, from: 4, now: t0)
+        let refusedPort = register(&core, badPort, from: 4, at: t0)
         #expect(try registerReply(refusedPort)?.reason.contains("bad host") == true)
-        #expect(refusedPort.contains { if case .log(.registrationRefused(4, _)) = $0 { true } else { false } })
-        let zero = core.register(request(a, Host(ip: 0, port: 80), ttlMs: 1000), from: 4, now: t0)
+        #expect(refusedPort.contains {
+            if case .log(.registrationRefused(4, .badHost, _)) = $0 { true } else { false }
+        })
+        let zero = register(&core, request(a, Host(ip: 0, port: 80), ttlMs: 1000), from: 4, at: t0)
         #expect(try registerReply(zero)?.reason.contains("bad host") == true)
-        let long = core.register(request(a, h1, ttlMs: 10_001), from: 4, now: t0)
+        let long = register(&core, request(a, h1, ttlMs: 10_001), from: 4, at: t0)
         #expect(try registerReply(long)?.reason.contains("above the limit") == true)
-        #expect(try registerReply(core.register(request(a, h1, ttlMs: 10_000), from: 4, now: t0))?.ok == true)
-        let full = core.register(request(b, h2, ttlMs: 1000), from: 4, now: t0)
+        #expect(try registerReply(register(&core, request(a, h1, ttlMs: 10_000), from: 4, at: t0))?.ok == true)
+        let full = register(&core, request(b, h2, ttlMs: 1000), from: 4, at: t0)
         #expect(try registerReply(full)?.reason.contains("limit of 1 registrations") == true)
-        #expect(try registerReply(full)?.ok == false && !full.contains(.rebuild))
+        #expect(try registerReply(full)?.ok == false && pushes(full).isEmpty)
         // A refresh of the one registered host is not refused by the full table.
-        #expect(try registerReply(core.register(request(a, h1, ttlMs: 1000), from: 4, now: t0))?.ok == true)
+        #expect(try registerReply(register(&core, request(a, h1, ttlMs: 1000), from: 4, at: t0))?.ok == true)
         #expect(core.registrationCount == 1)
+    }
+
+    @Test("a database reload keeps the registered hosts")
+    func reloadKeepsRegistrations() {
+        var core = core()
+        _ = register(&core, request(a, h2, ttlMs: 60_000), at: t0)
+        _ = load(&core, version: 1, [RouteEntry(key: a, host: h1)])
+        #expect(core.snapshot.hosts(for: a) == [h1, h2])
+        _ = load(&core, version: 2, [])
+        #expect(core.snapshot.hosts(for: a) == [h2])
     }
 
     @Test("the rebuild request is given once until it is taken; a change after taking it asks again")
