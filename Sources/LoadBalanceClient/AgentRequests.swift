@@ -38,8 +38,9 @@ enum AgentRequests {
                                   body: try request.serializedBytes() as [UInt8])
     }
 
-    /// Report (Lars, id 6): retcode 0 is a success, anything else a failure. Nil when it cannot be encoded.
-    static func report(modid: Int32, cmdid: Int32, host: Host, retcode: Int32) -> [UInt8]? {
+    /// Report (Lars, id 6): retcode 0 is a success, anything else a failure. With a secret (an agent started with
+    /// `--report-secret`), the secret rides in field 15, which Lars's agents skip. Nil when it cannot be encoded.
+    static func report(modid: Int32, cmdid: Int32, host: Host, retcode: Int32, secret: [UInt8]?) -> [UInt8]? {
         var request = Lars_ReportRequest()
         request.modid = modid
         request.cmdid = cmdid
@@ -48,7 +49,8 @@ enum AgentRequests {
         info.port = Int32(host.port)
         request.host = info
         request.retcode = retcode
-        guard let body: [UInt8] = try? request.serializedBytes() else { return nil }
+        guard var body: [UInt8] = try? request.serializedBytes() else { return nil }
+        if let secret { body = ReportSecret.appending(secret, to: body) }
         return FrameParser.encode(messageID: MessageID.reportRequest.rawValue, body: body)
     }
 

@@ -18,6 +18,8 @@ public final class BlockingLoadBalanceClient {
     public let agentHost: String
     public let agentPorts: [Int]
     public let timeout: Duration
+    /// Sent with every report when the agent requires it (`--report-secret`); nil: none.
+    private let reportSecret: [UInt8]?
     /// How long a call polls its socket for the reply before sleeping in the kernel (see `init`).
     public let spin: Duration
     private let spinNanoseconds: UInt64
@@ -31,11 +33,13 @@ public final class BlockingLoadBalanceClient {
     /// (tens of microseconds on a virtual machine) on every call. The cost is at most `spin` of the caller's CPU per
     /// call; zero turns it off.
     public init(agentHost: String = "127.0.0.1", agentPorts: [Int] = [8888, 8889, 8890],
-                timeout: Duration = .milliseconds(500), spin: Duration = .microseconds(50)) throws {
+                timeout: Duration = .milliseconds(500), spin: Duration = .microseconds(50),
+                reportSecret: [UInt8]? = nil) throws {
         precondition(!agentPorts.isEmpty, "agentPorts must not be empty")
         self.agentHost = agentHost
         self.agentPorts = agentPorts
         self.timeout = timeout
+        self.reportSecret = reportSecret
         self.spin = spin
         spinNanoseconds = spin.nanosecondsSaturated
         addresses = try agentPorts.map { try SocketAddress(host: agentHost, port: $0) }
@@ -119,7 +123,8 @@ public final class BlockingLoadBalanceClient {
 
     /// Tells the agent how a call to `host` went (retcode 0: success). Fire and forget.
     public func report(modid: Int32, cmdid: Int32, host: Host, retcode: Int32) {
-        guard let frame = AgentRequests.report(modid: modid, cmdid: cmdid, host: host, retcode: retcode) else { return }
+        guard let frame = AgentRequests.report(modid: modid, cmdid: cmdid, host: host, retcode: retcode,
+                                                secret: reportSecret) else { return }
         send(frame, to: address(modid: modid, cmdid: cmdid))
     }
 

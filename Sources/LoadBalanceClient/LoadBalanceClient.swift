@@ -43,6 +43,8 @@ public final class LoadBalanceClient: Sendable {
     public let agentHost: String
     public let agentPorts: [Int]
     public let timeout: Duration
+    /// Sent with every report when the agent requires it (`--report-secret`); nil: none.
+    private let reportSecret: [UInt8]?
     private let addresses: [SocketAddress]
     /// The timeout error of each agent port, made once (not formatted on every call).
     private let timeoutErrors: [UInt16: LoadBalanceClientError]
@@ -63,11 +65,12 @@ public final class LoadBalanceClient: Sendable {
     /// sleeping thread wakes up; `LoopConfiguration.busyPoll`).
     public init(agentHost: String = "127.0.0.1", agentPorts: [Int] = [8888, 8889, 8890],
                 timeout: Duration = .milliseconds(500), loop: EventLoop? = nil,
-                busyPoll: Duration = .microseconds(50)) throws {
+                busyPoll: Duration = .microseconds(50), reportSecret: [UInt8]? = nil) throws {
         precondition(!agentPorts.isEmpty, "agentPorts must not be empty")
         self.agentHost = agentHost
         self.agentPorts = agentPorts
         self.timeout = timeout
+        self.reportSecret = reportSecret
         addresses = try agentPorts.map { try SocketAddress(host: agentHost, port: $0) }
         let timeoutMs = timeout.millisecondsTruncated
         timeoutErrors = Dictionary(addresses.map { address in
@@ -181,7 +184,8 @@ public final class LoadBalanceClient: Sendable {
     /// Tells the agent how a call to `host` went: retcode 0 is a success, anything else a failure (1 overload).
     /// Fire and forget.
     public func report(modid: Int32, cmdid: Int32, host: Host, retcode: Int32) {
-        guard let frame = AgentRequests.report(modid: modid, cmdid: cmdid, host: host, retcode: retcode) else { return }
+        guard let frame = AgentRequests.report(modid: modid, cmdid: cmdid, host: host, retcode: retcode,
+                                                secret: reportSecret) else { return }
         endpoint.channels[0].send(frame, to: address(modid: modid, cmdid: cmdid))
     }
 

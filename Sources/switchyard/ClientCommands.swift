@@ -13,6 +13,8 @@ struct AgentAddressOptions: ParsableArguments {
     @Option(help: "Agent address.") var agent = "127.0.0.1"
     @Option(help: "The agent's three UDP ports, comma-separated.") var ports = "8888,8889,8890"
     @Option(help: "Milliseconds to wait for the agent's answer.") var timeoutMs = 500
+    @Option(help: "The shared secret of an agent started with --report-secret (sent with reports).")
+    var reportSecret: String?
 
     var portList: [Int] { ports.split(separator: ",").compactMap { Int($0.filter { $0 != " " }) } }
 
@@ -26,7 +28,8 @@ struct AgentAddressOptions: ParsableArguments {
     }
 
     func makeClient() throws -> LoadBalanceClient {
-        try LoadBalanceClient(agentHost: agent, agentPorts: portList, timeout: .milliseconds(timeoutMs))
+        try LoadBalanceClient(agentHost: agent, agentPorts: portList, timeout: .milliseconds(timeoutMs),
+                              reportSecret: reportSecret.map { Array($0.utf8) })
     }
 }
 

@@ -191,6 +191,22 @@ extension AgentTests {
             sync()
             #expect(await world.agent.balancerSnapshot(modid: 1, cmdid: 2)?.state(of: h1)?.health == .overloaded)
             #expect(await world.agent.statistics()?.reportsRejected == 100)
+            // The client APIs send the secret when given it: their failure reports count too.
+            let ports = world.ports
+            let client = try LoadBalanceClient(agentPorts: ports, reportSecret: Array("s3cret".utf8))
+            defer { client.close() }
+            let blocking = try BlockingLoadBalanceClient(agentPorts: ports, reportSecret: Array("s3cret".utf8))
+            for i in 0..<50 {
+                if i % 2 == 0 {
+                    client.report(modid: 1, cmdid: 2, host: h2, success: false)
+                } else {
+                    blocking.report(modid: 1, cmdid: 2, host: h2, success: false)
+                }
+            }
+            #expect(try await eventually {
+                await world.agent.balancerSnapshot(modid: 1, cmdid: 2)?.state(of: h2)?.health == .overloaded
+            })
+            #expect(await world.agent.statistics()?.reportsRejected == 100)
         }
 
         @Test("API GetRoute of a route with 8,000 hosts: answered with as many as fit in a datagram, counted",
