@@ -216,6 +216,12 @@ let package = Package(
             dependencies: ["Reactor", .product(name: "Logging", package: "swift-log")],
             path: "Tests/TestSupport"
         ),
+        // Unique module ids and ready pools for the suites on the route tables.
+        .target(
+            name: "RouteTestSupport",
+            dependencies: ["RouteStore", "Storage", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/RouteTestSupport"
+        ),
         .testTarget(name: "ReactorTests", dependencies: ["Reactor", "EchoServer", "TestSupport"]),
         .testTarget(name: "MessagingTests", dependencies: [
             "Messaging", "LarsWire", "LarsProtocol", "LoadBalancing", "Reactor", "SwitchyardBench", "TestSupport",
@@ -231,10 +237,11 @@ let package = Package(
         ]),
         .testTarget(name: "NameServiceTests", dependencies: [
             "NameService", "RouteStore", "LoadBalanceClient", "LoadBalancing", "LarsProtocol",
-            "Messaging", "Reactor", "Storage", "TestSupport",
+            "Messaging", "Reactor", "Storage", "TestSupport", "RouteTestSupport",
         ]),
         .testTarget(name: "ReporterTests", dependencies: [
             "Reporter", "RouteStore", "LoadBalancing", "LarsProtocol", "Messaging", "Reactor", "Storage", "TestSupport",
+            "RouteTestSupport",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"]),

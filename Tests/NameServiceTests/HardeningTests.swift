@@ -7,6 +7,7 @@ import Reactor
 import RouteStore
 import Storage
 import SwiftProtobuf
+import RouteTestSupport
 import Testing
 import TestSupport
 

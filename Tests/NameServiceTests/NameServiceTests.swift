@@ -6,6 +6,7 @@ import Messaging
 import Reactor
 import RouteStore
 import Storage
+import RouteTestSupport
 import Testing
 import TestSupport
 

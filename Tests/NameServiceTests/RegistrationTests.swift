@@ -7,6 +7,7 @@ import NameService
 import Reactor
 import RouteStore
 import Storage
+import RouteTestSupport
 import Testing
 import TestSupport
 

@@ -1,5 +1,6 @@
 import Foundation
 import Storage
+import RouteTestSupport
 import Testing
 import TestSupport
 

@@ -5,6 +5,7 @@ import Logging
 import Messaging
 import NameService
 import Reactor
+import RouteTestSupport
 import RouteStore
 import Storage
 import Synchronization
@@ -15,24 +16,6 @@ import TestSupport
 /// the pools' threads and the child processes share the machine's few cores).
 @Suite("Name service over real sockets", .serialized)
 enum NameServiceSocketTests {}
-
-/// A module id no other test run uses (server databases are shared).
-func uniqueModid() -> Int32 { Int32.random(in: 100_000...2_000_000_000) }
-
-let quietLogger: Logger = {
-    var logger = Logger(label: "nameservice-tests")
-    logger.logLevel = .warning
-    return logger
-}()
-
-/// A pool on `url` with the Lars tables created.
-func makePool(_ url: String, _ configuration: PoolConfiguration = PoolConfiguration(minConnections: 0))
-    async throws -> ConnectionPool
-{
-    let pool = try ConnectionPool(url: url, configuration: configuration, logger: quietLogger)
-    try await RouteSchema.create(on: pool)
-    return pool
-}
 
 /// Records log messages at info and above (for "logged once" checks).
 final class LogRecorder: Sendable {

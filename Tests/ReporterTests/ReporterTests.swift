@@ -6,6 +6,7 @@ import Reactor
 @testable import Reporter
 import ServiceLifecycle
 import Storage
+import RouteTestSupport
 import Testing
 import TestSupport
 

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Messaging
 import Reactor
+import RouteTestSupport
 import Reporter
 import RouteStore
 import ServiceLifecycle
@@ -13,24 +14,6 @@ import TestSupport
 /// threads share the machine's few cores).
 @Suite("Reporter over real sockets", .serialized)
 enum ReporterSocketTests {}
-
-/// A module id no other test run uses (server databases are shared).
-func uniqueModid() -> Int32 { Int32.random(in: 100_000...2_000_000_000) }
-
-let quietLogger: Logger = {
-    var logger = Logger(label: "reporter-tests")
-    logger.logLevel = .warning
-    return logger
-}()
-
-/// A pool on `url` with the Lars tables created.
-func makePool(_ url: String, _ configuration: PoolConfiguration = PoolConfiguration(minConnections: 0))
-    async throws -> ConnectionPool
-{
-    let pool = try ConnectionPool(url: url, configuration: configuration, logger: quietLogger)
-    try await RouteSchema.create(on: pool)
-    return pool
-}
 
 /// A reporter on a fresh group and port 0, run in a `ServiceGroup` as the CLI runs it; `stop()` shuts the group
 /// down gracefully (the reporter stops accepting and writes what is queued) and returns how long that took.
