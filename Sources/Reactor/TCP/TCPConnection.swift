@@ -42,6 +42,10 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     @exclusivity(unchecked) public private(set) var peakQueuedOutputBytes = 0
     /// Bytes waiting in the output queue. Loop thread only.
     public var queuedOutputBytes: Int { output.bytes }
+    /// Bytes of buffer memory the connection holds now (its input tail's chunk and its output chunks). Loop thread only.
+    public var bufferedBytes: Int { (input?.capacity ?? 0) + output.capacityBytes }
+    /// Bytes received and kept, not yet consumed by the data callback (a partial message). Loop thread only.
+    public var unconsumedInputBytes: Int { inEnd - inStart }
     /// The error that closed the connection, if one did. Loop thread only.
     @exclusivity(unchecked) public private(set) var closeReason: Error?
     /// True while reading is paused by the high-water mark. Loop thread only.
@@ -179,7 +183,11 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
                     continue
                 }
                 inStart += consumed
-                if inStart == inEnd { releaseInput() }
+                if inStart == inEnd {
+                    releaseInput()
+                } else if input!.capacity > BufferPool.shrinkAboveBytes && inEnd - inStart <= input!.capacity / 4 {
+                    shrinkInput()
+                }
             }
             rounds += 1
             // Read again only for a frame still incomplete. When everything read was consumed, another read
@@ -228,6 +236,18 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         bigger.base.copyMemory(from: chunk.base + inStart, byteCount: live)
         loop.pool.release(chunk)
         input = bigger
+        inStart = 0
+        inEnd = live
+    }
+
+    /// Moves the live input bytes out of a big, mostly consumed chunk into a smaller one (`shrinkAboveBytes`).
+    private func shrinkInput() {
+        guard let chunk = input else { return }
+        let live = inEnd - inStart
+        guard let smaller = try? loop.pool.allocate(minimumCapacity: max(live * 2, 4096)) else { return }
+        smaller.base.copyMemory(from: chunk.base + inStart, byteCount: live)
+        loop.pool.release(chunk)
+        input = smaller
         inStart = 0
         inEnd = live
     }
