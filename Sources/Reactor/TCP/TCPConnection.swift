@@ -175,8 +175,9 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
                     if machine.isClosed { return }
                 }
             } else {
+                let carried = inEnd - inStart
                 inEnd += n
-                let consumed = dispatch(UnsafeRawPointer(input!.base + inStart), inEnd - inStart)
+                let consumed = dispatch(UnsafeRawPointer(input!.base + inStart), inEnd - inStart, carried: carried)
                 guard machine.isConnected else {
                     if machine.isClosed { return }
                     releaseInput()
@@ -200,8 +201,8 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
 
     /// Hands `count` bytes at `base` to the data callback; returns how many it consumed.
     @inline(__always)
-    private func dispatch(_ base: UnsafeRawPointer, _ count: Int) -> Int {
-        var view = InboundBytes(base: base, count: count)
+    private func dispatch(_ base: UnsafeRawPointer, _ count: Int, carried: Int = 0) -> Int {
+        var view = InboundBytes(base: base, count: count, carriedBytes: carried)
         machine.beginDispatch()
         callbacks.onData(self, &view)
         // A close asked for during the callback happens now (its reason is recorded already).
