@@ -23,6 +23,9 @@ extension ConnectionOptions {
                                      "must be 0 ..< highWaterMark (\(highWaterMark)), got \(lowWaterMark)")
         }
         if lingerTimeout < .zero { throw ConfigurationError("ConnectionOptions.lingerTimeout", "must not be negative") }
+        if let idleTimeout, idleTimeout <= .zero {
+            throw ConfigurationError("ConnectionOptions.idleTimeout", "must be positive when set (nil: off)")
+        }
     }
 }
 

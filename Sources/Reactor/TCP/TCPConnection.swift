@@ -65,6 +65,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     @exclusivity(unchecked) private var inEnd = 0
     @exclusivity(unchecked) private var output = OutputQueue()
     @exclusivity(unchecked) private var lingerTimer: TimerHandle?
+    @exclusivity(unchecked) private var idleTimer: TimerHandle?
     /// Called after `onClose` by the owner (server registry, client reconnect). Loop thread only.
     @exclusivity(unchecked) var onClosedByOwner: ((TCPConnection) -> Void)?
 
@@ -105,6 +106,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         machine.registered()
         lastReceiveTime = loop.wakeTime
         lastSendTime = loop.wakeTime
+        if let timeout = options.idleTimeout { armIdleTimer(after: timeout.nanosecondsSaturated) }
         callbacks.onConnect(self)
     }
 
@@ -428,6 +430,21 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         }
     }
 
+    /// Checks for silence `ns` from now; re-arms for the rest of the timeout while bytes keep arriving.
+    private func armIdleTimer(after ns: UInt64) {
+        idleTimer = loop.schedule(after: .nanoseconds(Int64(clamping: ns))) { [weak self] in
+            guard let self, let timeout = options.idleTimeout?.nanosecondsSaturated else { return }
+            idleTimer = nil
+            guard machine.isConnected else { return }
+            let silent = sy_monotonic_ns() &- lastReceiveTime
+            if silent >= timeout {
+                closeNow(reason: ReactorError.idleTimeout)
+            } else {
+                armIdleTimer(after: timeout - silent)
+            }
+        }
+    }
+
     /// Our FIN, then wait (bounded) for the peer's; the machine is lingering already.
     private func startLingering() {
         try? Posix.shutdown(fd, Int32(SHUT_WR))  // fails only when the peer is gone, which the read that follows sees
@@ -468,6 +485,8 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     private func tearDown() {
         lingerTimer?.cancel()
         lingerTimer = nil
+        idleTimer?.cancel()
+        idleTimer = nil
         loop.unregister(fd: fd)
         Posix.close(fd)
         releaseInput()

@@ -59,6 +59,9 @@ public final class TCPServer: @unchecked Sendable {
     /// when a connection is served again or after 10 s without a refusal.
     private let refusals = Mutex(LogEpisode())
     private let refusing = Atomic<Bool>(false)
+    /// Connections closed by `ConnectionOptions.idleTimeout`, logged once per episode.
+    private let idleCloses = Atomic<Int>(0)
+    private let idleEpisode = Mutex(LogEpisode())
     /// Where the server logs (listening, refusals once per episode, shutdown); nothing per message.
     public let logger: Logger
 
@@ -181,7 +184,18 @@ public final class TCPServer: @unchecked Sendable {
         logger.info("serving connections again after refusals", metadata: ["refused.count": "\(count)"])
     }
 
+    /// Connections closed because the peer was silent for longer than `ConnectionOptions.idleTimeout`.
+    public var idleClosedCount: Int { idleCloses.load(ordering: .relaxed) }
+
     private func connectionClosed(_ conn: TCPConnection) {
+        if case .idleTimeout? = conn.closeReason as? ReactorError {
+            idleCloses.wrappingAdd(1, ordering: .relaxed)
+            if case .started(let ended) = idleEpisode.withLock({ $0.record(now: SystemInfo.monotonicNanoseconds()) }) {
+                if ended > 0 { logger.info("closed idle connections", metadata: ["count": "\(ended)"]) }
+                logger.info("closing connections silent for longer than the idle timeout (logged once per episode)",
+                            metadata: ["peer.address": "\(conn.peerAddress)"])
+            }
+        }
         conn.loop.placedConnections.wrappingSubtract(1, ordering: .relaxed)
         registry.withLock { _ = $0.removeValue(forKey: conn.id) }
         if liveCount.wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
