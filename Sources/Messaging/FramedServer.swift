@@ -142,8 +142,10 @@ final class PartialFrames: Sendable {
         statistics.budgetClosedIn.wrappingAdd(1, ordering: .relaxed)
         let step = overBudget.withLock { $0.record(now: connection.loop.wakeTime) }
         if case .started(let ended) = step {
-            if ended > 0 { logger.info("closed connections over the partial frame budget", metadata: ["count": "\(ended)"]) }
-            logger.info("unfinished frames over the server's budget: closing the connection that crossed it (logged once per episode)",
+            if ended > 0 {
+                logger.info("closed connections over the partial frame budget", metadata: ["count": "\(ended)"])
+            }
+            logger.info("unfinished frames over budget, closing the connection that crossed it (once per episode)",
                         metadata: ["peer.address": "\(connection.peerAddress)", "connection.id": "\(connection.id)",
                                    "partial.bytes": "\(now)", "budget.bytes": "\(budget)"])
         }

@@ -85,7 +85,9 @@ while let flag = arguments.popFirst() {
         guard let c = Int(value), c > 0 else { fail("--max-connections must be positive, got \(value)") }
         maxConnections = c
     case "--idle-timeout":
-        guard let s = Int(value), (0...86_400).contains(s) else { fail("--idle-timeout must be 0...86400, got \(value)") }
+        guard let s = Int(value), (0...86_400).contains(s) else {
+            fail("--idle-timeout must be 0...86400, got \(value)")
+        }
         idleTimeoutSeconds = s
     case "--high-water-kib":
         guard let h = Int(value), (64...1_048_576).contains(h) else {

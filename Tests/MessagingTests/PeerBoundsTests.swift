@@ -111,7 +111,9 @@ extension MessagingSocketTests {
                     #expect(connected.wait(for: 1))
                     // Silent peers: one that sent a header only, and plain silent ones.
                     let start = SystemInfo.monotonicNanoseconds()
-                    let silent = try (0..<20).map { _ in try BlockingSocket.frameClient(port: port, receiveTimeout: 10) }
+                    let silent = try (0..<20).map { _ in
+                        try BlockingSocket.frameClient(port: port, receiveTimeout: 10)
+                    }
                     defer { for s in silent { s.close() } }
                     try silent[0].sendAll(rawHeader(id: 10, length: 100))
                     for s in silent { #expect(s.seesClose()) }
@@ -139,7 +141,9 @@ extension MessagingSocketTests {
                                      headTimeout: .seconds(30), partialFrameBudgetBytes: budget,
                                      logger: CapturingLogHandler.logger(into: lines, level: .info)) { server, port in
                     // Six peers each hold 300 KiB of a 320 KiB frame: 1.8 MiB wanted, 1 MiB allowed.
-                    let holders = try (0..<6).map { _ in try BlockingSocket.frameClient(port: port, receiveTimeout: 10) }
+                    let holders = try (0..<6).map { _ in
+                        try BlockingSocket.frameClient(port: port, receiveTimeout: 10)
+                    }
                     defer { for h in holders { h.close() } }
                     for h in holders {
                         // A holder the server closes while it sends sees the reset here.

@@ -17,7 +17,8 @@ struct IdleTimeoutTests {
         try withGroup(poller: poller) { group in
             let server = TCPServer(
                 group: group,
-                configuration: ServerConfiguration(port: 0, connection: ConnectionOptions(idleTimeout: .milliseconds(400))),
+                configuration: ServerConfiguration(
+                    port: 0, connection: ConnectionOptions(idleTimeout: .milliseconds(400))),
                 callbacks: EchoService.callbacks(), logger: CapturingLogHandler.logger(into: lines, level: .info))
             let port = try server.start().port
             defer { server.shutdown(timeout: .seconds(2)) }

@@ -55,7 +55,8 @@ private func refusalLogScenario() throws {
     let lines = Shared<[CapturedLog]>([])
     let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: .select))
     defer { group.shutdown() }
-    let server = TCPServer(group: group, configuration: ServerConfiguration(port: 0), callbacks: EchoService.callbacks(),
+    let server = TCPServer(group: group, configuration: ServerConfiguration(port: 0),
+                           callbacks: EchoService.callbacks(),
                            logger: CapturingLogHandler.logger(into: lines, level: .info))
     let port = try server.start().port
     defer { server.shutdown(timeout: .seconds(2)) }

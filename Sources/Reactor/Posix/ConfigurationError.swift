@@ -60,7 +60,8 @@ extension LoopConfiguration {
         if scratchBytes < 4096 { throw ConfigurationError("LoopConfiguration.scratchBytes", "must be at least 4096, got \(scratchBytes)") }
         if poolCapBytes < 0 { throw ConfigurationError("LoopConfiguration.poolCapBytes", "must not be negative") }
         if poolDecayInterval <= .zero {
-            throw ConfigurationError("LoopConfiguration.poolDecayInterval", "must be positive, got \(poolDecayInterval)")
+            throw ConfigurationError("LoopConfiguration.poolDecayInterval",
+                                     "must be positive, got \(poolDecayInterval)")
         }
         if trimThresholdBytes < 0 {
             throw ConfigurationError("LoopConfiguration.trimThresholdBytes", "must not be negative (0: never trim)")

@@ -42,7 +42,8 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     @exclusivity(unchecked) public private(set) var peakQueuedOutputBytes = 0
     /// Bytes waiting in the output queue. Loop thread only.
     public var queuedOutputBytes: Int { output.bytes }
-    /// Bytes of buffer memory the connection holds now (its input tail's chunk and its output chunks). Loop thread only.
+    /// Bytes of buffer memory the connection holds now (its input tail's chunk and its output chunks). Loop thread
+    /// only.
     public var bufferedBytes: Int { (input?.capacity ?? 0) + output.capacityBytes }
     /// Bytes received and kept, not yet consumed by the data callback (a partial message). Loop thread only.
     public var unconsumedInputBytes: Int { inEnd - inStart }
