@@ -2,6 +2,7 @@
 #include "CSwitchyardLinux.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <pthread.h>
@@ -239,3 +240,5 @@ ssize_t sy_read(int fd, void *buf, size_t count) { return syscall(SYS_read, fd, 
 ssize_t sy_write(int fd, const void *buf, size_t count) { return syscall(SYS_write, fd, buf, count); }
 
 ssize_t sy_writev(int fd, const struct iovec *iov, int iovcnt) { return syscall(SYS_writev, fd, iov, iovcnt); }
+
+int sy_malloc_trim(void) { return malloc_trim(0); }

@@ -7,6 +7,10 @@ import Synchronization
 final class FrameSession {
     var loggedUnknown = false
     var heartbeatTimer: TimerHandle?
+    /// Bytes of an unfinished frame counted against the server's budget (`PartialFrames`).
+    var heldBytes = 0
+    /// When the unfinished frame's first byte arrived (monotonic ns; 0: none), for the head timeout.
+    var partialSince: UInt64 = 0
 }
 
 /// Counters of a framed server or client. Safe to read from any thread.
@@ -15,6 +19,10 @@ public final class FrameStatistics: Sendable {
     let heartbeatsIn = Atomic<Int>(0)
     let unknownIn = Atomic<Int>(0)
     let protocolErrorsIn = Atomic<Int>(0)
+    let idleClosedIn = Atomic<Int>(0)
+    let headTimeoutsIn = Atomic<Int>(0)
+    let budgetClosedIn = Atomic<Int>(0)
+    let partialBytes = Atomic<Int>(0)
 
     /// Frames handed to handlers (heartbeats not included).
     public var frames: Int { framesIn.load(ordering: .relaxed) }
@@ -24,6 +32,14 @@ public final class FrameStatistics: Sendable {
     public var unknownMessages: Int { unknownIn.load(ordering: .relaxed) }
     /// Connections closed for a bad frame (length out of range, undecodable body, a handler's protocol error).
     public var protocolErrors: Int { protocolErrorsIn.load(ordering: .relaxed) }
+    /// Connections closed for silence (a server's idle timeout).
+    public var idleClosed: Int { idleClosedIn.load(ordering: .relaxed) }
+    /// Connections closed because a frame did not complete within the head timeout.
+    public var headTimeouts: Int { headTimeoutsIn.load(ordering: .relaxed) }
+    /// Connections closed because the server's unfinished frames went over its budget.
+    public var budgetClosed: Int { budgetClosedIn.load(ordering: .relaxed) }
+    /// Bytes of unfinished frames the server holds now, across its connections.
+    public var partialFrameBytes: Int { partialBytes.load(ordering: .relaxed) }
 }
 
 /// Cuts a TCP byte stream into frames and routes them. Shared by `FramedServer` and `FramedClient`.
@@ -32,6 +48,8 @@ struct FrameDispatcher: Sendable {
     let maxBodyLength: Int
     let logger: Logger
     let statistics: FrameStatistics
+    /// The server's budget of unfinished frames (nil for a client).
+    var partials: PartialFrames? = nil
 
     /// The data callback: whole frames are routed straight from the loop's buffer; a partial tail stays unconsumed
     /// (the connection keeps it). A bad frame closes the connection after one log line.
@@ -59,6 +77,10 @@ struct FrameDispatcher: Sendable {
         switch result.stop {
         case .needMore:
             bytes.moveReaderIndex(forwardBy: result.consumed)
+            if let partials, bytes.carriedBytes > 0 || bytes.readableBytes > 0 {
+                partials.update(connection, held: bytes.readableBytes,
+                                frameStarted: result.consumed > 0 || bytes.carriedBytes == 0)
+            }
         case .invalid(let error):
             protocolError(connection, error)
             bytes.consumeAll()

@@ -12,6 +12,13 @@ extension FramedServerConfiguration {
         if let idleTimeout, idleTimeout <= .zero {
             throw ConfigurationError("FramedServerConfiguration.idleTimeout", "must be positive when set")
         }
+        if let headTimeout, headTimeout <= .zero {
+            throw ConfigurationError("FramedServerConfiguration.headTimeout", "must be positive when set")
+        }
+        if partialFrameBudgetBytes < 0 {
+            throw ConfigurationError("FramedServerConfiguration.partialFrameBudgetBytes",
+                                     "must not be negative (0: no budget), got \(partialFrameBudgetBytes)")
+        }
     }
 }
 

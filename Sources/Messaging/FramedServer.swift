@@ -11,15 +11,27 @@ public struct FramedServerConfiguration: Sendable {
     public var server: ServerConfiguration
     /// Frames with a longer body are a protocol error: the connection is closed (default 4 MiB).
     public var maxBodyLength: Int
-    /// A connection silent (nothing received, heartbeats included) for longer is closed. Off when nil (default).
+    /// A connection silent for longer (not one byte received: a peer that sends heartbeats or frames is not idle)
+    /// is closed. Default 5 minutes; nil: off.
     public var idleTimeout: Duration?
+    /// A frame must arrive whole within this time from its first byte: a peer that starts a frame and then trickles
+    /// it (or stops) is closed, whatever it sends meanwhile. Default 10 s (a 4 MiB frame at 400 KB/s); nil: off.
+    public var headTimeout: Duration?
+    /// Bytes of unfinished frames (received, waiting for the rest of their frame) the server holds across all its
+    /// connections. Above it the connection whose bytes crossed the budget is closed. Default 64 MiB (16 frames of
+    /// the default maximum body); 0: no budget.
+    public var partialFrameBudgetBytes: Int
 
     public init(server: ServerConfiguration = ServerConfiguration(),
                 maxBodyLength: Int = FrameParser.defaultMaxBodyLength,
-                idleTimeout: Duration? = nil) {
+                idleTimeout: Duration? = .seconds(300),
+                headTimeout: Duration? = .seconds(10),
+                partialFrameBudgetBytes: Int = 64 << 20) {
         self.server = server
         self.maxBodyLength = maxBodyLength
         self.idleTimeout = idleTimeout
+        self.headTimeout = headTimeout
+        self.partialFrameBudgetBytes = partialFrameBudgetBytes
     }
 }
 
@@ -33,12 +45,16 @@ public struct FramedServerConfiguration: Sendable {
 /// let server = FramedServer(group: group, router: router)
 /// try server.start()
 /// ```
+///
+/// Peers are held to three bounds by default (`FramedServerConfiguration`): silence (idle timeout), a frame that
+/// does not complete (head timeout), and the bytes of unfinished frames across the server (budget). Each closes
+/// the peer, is counted in `statistics`, and is logged once per episode.
 public final class FramedServer: Sendable {
     public let tcp: TCPServer
     public let router: MessageRouter<TCPConnection>
     public let configuration: FramedServerConfiguration
     public let statistics = FrameStatistics()
-    private let idle: IdleReaper?
+    private let reaper: ConnectionReaper?
 
     public init(
         group: EventLoopGroup, configuration: FramedServerConfiguration = FramedServerConfiguration(),
@@ -49,21 +65,28 @@ public final class FramedServer: Sendable {
     ) {
         self.router = router
         self.configuration = configuration
+        let partials = PartialFrames(budget: configuration.partialFrameBudgetBytes, statistics: statistics,
+                                     logger: logger)
         let dispatcher = FrameDispatcher(router: router, maxBodyLength: configuration.maxBodyLength,
-                                         logger: logger, statistics: statistics)
-        let idle = configuration.idleTimeout.map { IdleReaper(timeout: $0, loops: group.ioLoops,
-                                                              logger: logger) }
-        self.idle = idle
+                                         logger: logger, statistics: statistics, partials: partials)
+        let idleNs = configuration.idleTimeout.map { $0.nanosecondsSaturated } ?? 0
+        let headNs = configuration.headTimeout.map { $0.nanosecondsSaturated } ?? 0
+        let reaper = idleNs > 0 || headNs > 0
+            ? ConnectionReaper(idleNs: idleNs, headNs: headNs, loops: group.ioLoops, statistics: statistics,
+                               logger: logger)
+            : nil
+        self.reaper = reaper
         tcp = TCPServer(
             group: group, configuration: configuration.server,
             callbacks: ConnectionCallbacks(
                 onConnect: { connection in
-                    idle?.track(connection)
+                    reaper?.track(connection)
                     onConnect(connection)
                 },
                 onData: { connection, bytes in dispatcher.handle(connection, &bytes) },
                 onClose: { connection in
-                    idle?.forget(connection)
+                    reaper?.forget(connection)
+                    partials.forget(connection)
                     onClose(connection)
                 }),
             logger: logger)
@@ -74,14 +97,11 @@ public final class FramedServer: Sendable {
     public func start() throws -> SocketAddress {
         try configuration.validate()
         router.freeze()
-        let address = try tcp.start()
-        idle?.start()
-        return address
+        return try tcp.start()
     }
 
     /// Stops accepting, flushes and closes every connection (bounded wait). Blocks; not on a loop thread.
     public func shutdown(timeout: Duration = .seconds(5)) {
-        idle?.stop()
         tcp.shutdown(timeout: timeout)
     }
 
@@ -89,66 +109,152 @@ public final class FramedServer: Sendable {
     public var connectionCount: Int { tcp.connectionCount }
 }
 
-/// Closes connections that have been silent for longer than a timeout: each I/O loop checks its own connections
-/// on a timer (a quarter of the timeout, at most every second).
-final class IdleReaper: @unchecked Sendable {
-    // @unchecked Sendable: `perLoop[i]` is touched only on `loops[i]`'s thread; the arrays themselves are immutable.
+/// The bytes of unfinished frames across a server's connections, against its budget. Safe from any loop: the total
+/// is an atomic, each connection's share lives in its `FrameSession` (touched on its loop only).
+final class PartialFrames: Sendable {
+    let budget: Int
+    let total = Atomic<Int>(0)
+    let statistics: FrameStatistics
+    let logger: Logger
+    private let overBudget = Mutex(LogEpisode())
+
+    init(budget: Int, statistics: FrameStatistics, logger: Logger) {
+        self.budget = budget
+        self.statistics = statistics
+        self.logger = logger
+    }
+
+    /// The connection now holds `held` bytes of an unfinished frame (0: none); `frameStarted` when they begin a new
+    /// frame (an earlier one completed in this read, or nothing was held before). Loop thread of `connection`.
+    func update(_ connection: TCPConnection, held: Int, frameStarted: Bool) {
+        let session = FrameDispatcher.session(of: connection)
+        let delta = held - session.heldBytes
+        session.heldBytes = held
+        if held == 0 {
+            session.partialSince = 0
+        } else if frameStarted || session.partialSince == 0 {
+            session.partialSince = connection.loop.wakeTime
+        }
+        if delta == 0 { return }
+        let now = total.wrappingAdd(delta, ordering: .relaxed).newValue
+        statistics.partialBytes.store(now, ordering: .relaxed)
+        guard delta > 0, budget > 0, now > budget else { return }
+        statistics.budgetClosedIn.wrappingAdd(1, ordering: .relaxed)
+        let step = overBudget.withLock { $0.record(now: connection.loop.wakeTime) }
+        if case .started(let ended) = step {
+            if ended > 0 {
+                logger.info("closed connections over the partial frame budget", metadata: ["count": "\(ended)"])
+            }
+            logger.info("unfinished frames over budget, closing the connection that crossed it (once per episode)",
+                        metadata: ["peer.address": "\(connection.peerAddress)", "connection.id": "\(connection.id)",
+                                   "partial.bytes": "\(now)", "budget.bytes": "\(budget)"])
+        }
+        connection.forceClose()
+    }
+
+    /// The connection closed: its share leaves the total. Loop thread of `connection`.
+    func forget(_ connection: TCPConnection) {
+        guard let session = connection.protocolState as? FrameSession, session.heldBytes != 0 else { return }
+        let now = total.wrappingSubtract(session.heldBytes, ordering: .relaxed).newValue
+        statistics.partialBytes.store(now, ordering: .relaxed)
+        session.heldBytes = 0
+        session.partialSince = 0
+    }
+}
+
+/// Closes connections that have been silent for longer than the idle timeout, or whose unfinished frame is older
+/// than the head timeout: each I/O loop checks its own connections on a timer (a quarter of the shorter timeout, at
+/// most every second) that runs while the loop has connections of this server.
+final class ConnectionReaper: @unchecked Sendable {
+    // @unchecked Sendable: `perLoop[i]` is touched only on its loop's thread; the map itself is immutable.
     final class LoopConnections: @unchecked Sendable {
         // @unchecked Sendable: each instance belongs to one loop and is touched only on it.
         var connections: [UInt64: TCPConnection] = [:]
         var timer: TimerHandle?
     }
 
-    let timeoutNs: UInt64
-    let loops: [EventLoop]
+    let idleNs: UInt64
+    let headNs: UInt64
+    let periodNs: UInt64
     let perLoop: [ObjectIdentifier: LoopConnections]
+    let statistics: FrameStatistics
     let logger: Logger
-    let closedCount = Atomic<Int>(0)
+    private let idleEpisode = Mutex(LogEpisode())
+    private let headEpisode = Mutex(LogEpisode())
 
-    init(timeout: Duration, loops: [EventLoop], logger: Logger) {
-        timeoutNs = timeout.nanosecondsSaturated
-        self.loops = loops
+    init(idleNs: UInt64, headNs: UInt64, loops: [EventLoop], statistics: FrameStatistics, logger: Logger) {
+        self.idleNs = idleNs
+        self.headNs = headNs
+        let shortest = min(idleNs == 0 ? .max : idleNs, headNs == 0 ? .max : headNs)
+        periodNs = min(max(shortest / 4, 1_000_000), 1_000_000_000)
         var map: [ObjectIdentifier: LoopConnections] = [:]
         for loop in loops { map[ObjectIdentifier(loop)] = LoopConnections() }
         perLoop = map
+        self.statistics = statistics
         self.logger = logger
     }
 
+    /// Loop thread of `connection`.
     func track(_ connection: TCPConnection) {
-        perLoop[ObjectIdentifier(connection.loop)]?.connections[connection.id] = connection
+        guard let state = perLoop[ObjectIdentifier(connection.loop)] else { return }
+        state.connections[connection.id] = connection
+        if state.timer == nil {
+            let loop = connection.loop
+            state.timer = loop.scheduleRepeating(every: .nanoseconds(Int64(periodNs))) { [weak self] in
+                self?.sweep(state)
+            }
+        }
     }
 
+    /// Loop thread of `connection`.
     func forget(_ connection: TCPConnection) {
-        perLoop[ObjectIdentifier(connection.loop)]?.connections[connection.id] = nil
-    }
-
-    func start() {
-        let period = Duration.nanoseconds(Int64(min(max(timeoutNs / 4, 1_000_000), 1_000_000_000)))
-        for loop in loops {
-            loop.execute { [self] in
-                guard let state = perLoop[ObjectIdentifier(loop)] else { return }
-                state.timer = loop.scheduleRepeating(every: period) { [self] in sweep(loop, state) }
-            }
+        guard let state = perLoop[ObjectIdentifier(connection.loop)] else { return }
+        state.connections[connection.id] = nil
+        if state.connections.isEmpty {
+            state.timer?.cancel()
+            state.timer = nil
         }
     }
 
-    func stop() {
-        for loop in loops {
-            loop.execute { [self] in
-                perLoop[ObjectIdentifier(loop)]?.timer?.cancel()
-                perLoop[ObjectIdentifier(loop)]?.timer = nil
-            }
-        }
-    }
-
-    private func sweep(_ loop: EventLoop, _ state: LoopConnections) {
+    private func sweep(_ state: LoopConnections) {
         let now = SystemInfo.monotonicNanoseconds()
-        for connection in state.connections.values where now &- connection.lastReceiveTime > timeoutNs {
-            logger.info("closing idle connection",
-                        metadata: ["peer.address": "\(connection.peerAddress)", "connection.id": "\(connection.id)"])
-            closedCount.wrappingAdd(1, ordering: .relaxed)
-            connection.forceClose()
+        var idle: [TCPConnection] = []
+        var stalled: [TCPConnection] = []
+        for connection in state.connections.values where connection.isActive {
+            if idleNs > 0 && now &- connection.lastReceiveTime > idleNs {
+                idle.append(connection)
+            } else if headNs > 0, let session = connection.protocolState as? FrameSession, session.partialSince != 0,
+                      now &- session.partialSince > headNs {
+                stalled.append(connection)
+            }
         }
+        report(idle, episode: idleEpisode, now: now, counter: statistics.idleClosedIn,
+               what: "closing connections silent for longer than the idle timeout")
+        report(stalled, episode: headEpisode, now: now, counter: statistics.headTimeoutsIn,
+               what: "closing connections whose frame did not complete within the head timeout")
+        for connection in idle + stalled { connection.forceClose() }
+    }
+
+    /// One line when an episode of such closes starts (the first peer), one with the count when it ends.
+    private func report(_ closing: [TCPConnection], episode: borrowing Mutex<LogEpisode>, now: UInt64,
+                        counter: borrowing Atomic<Int>,
+                        what: Logger.Message) {
+        if closing.isEmpty {
+            if let ended = episode.withLock({ $0.endIfQuiet(now: now) }) {
+                logger.info("\(what): episode over", metadata: ["count": "\(ended)"])
+            }
+            return
+        }
+        counter.wrappingAdd(closing.count, ordering: .relaxed)
+        var started: Int?
+        episode.withLock { e in
+            for _ in closing { if case .started(let ended) = e.record(now: now) { started = ended } }
+        }
+        guard let ended = started else { return }
+        if ended > 0 { logger.info("\(what): episode over", metadata: ["count": "\(ended)"]) }
+        logger.info("\(what) (logged once per episode)",
+                    metadata: ["peer.address": "\(closing[0].peerAddress)", "connection.id": "\(closing[0].id)",
+                               "count": "\(closing.count)"])
     }
 }
 

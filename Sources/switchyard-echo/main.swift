@@ -12,12 +12,14 @@ import Reactor
 let usage = """
     usage: switchyard-echo [--host A.B.C.D] [--port P] [--threads N] [--poller epoll|poll|select] [--busy-poll-us U]
                            [--scratch-kib K] [--placement adaptive|round-robin] [--max-connections C]
+                           [--idle-timeout S] [--high-water-kib H]
                            [--log-level trace|debug|info|notice|warning|error|critical]
     Echoes raw bytes back to each client. Defaults: 127.0.0.1, 7777, one I/O thread per core, epoll, no busy
     polling (U: microseconds a loop keeps polling after an event before sleeping), a 64 KiB read area per loop
     (K: its size in KiB, 4...65536), adaptive placement (new connections go to as many loops as the machine has
-    cores free; round-robin: every loop in turn), at most 100000 connections (more are refused), log level info
-    (on standard error).
+    cores free; round-robin: every loop in turn), at most 100000 connections (more are refused), a connection
+    that sends nothing for 300 s is closed (S: seconds, 0: never), at most 4096 KiB of echo queued per connection
+    before the server stops reading from it (H), log level info (on standard error).
     """
 
 func printError(_ text: String) {
@@ -45,6 +47,8 @@ var scratchBytes = LoopConfiguration().scratchBytes
 var placement = LoopPlacement.adaptive
 var placementName = "adaptive"
 var maxConnections = ServerConfiguration().maxConnections
+var idleTimeoutSeconds = 300
+var highWaterKiB = ConnectionOptions().highWaterMark / 1024
 var logLevel = Logger.Level.info
 var arguments = CommandLine.arguments.dropFirst()
 while let flag = arguments.popFirst() {
@@ -80,6 +84,16 @@ while let flag = arguments.popFirst() {
     case "--max-connections":
         guard let c = Int(value), c > 0 else { fail("--max-connections must be positive, got \(value)") }
         maxConnections = c
+    case "--idle-timeout":
+        guard let s = Int(value), (0...86_400).contains(s) else {
+            fail("--idle-timeout must be 0...86400, got \(value)")
+        }
+        idleTimeoutSeconds = s
+    case "--high-water-kib":
+        guard let h = Int(value), (64...1_048_576).contains(h) else {
+            fail("--high-water-kib must be 64...1048576, got \(value)")
+        }
+        highWaterKiB = h
     case "--log-level":
         guard let level = Logger.Level(rawValue: value) else {
             fail("--log-level must be trace, debug, info, notice, warning, error or critical, got \(value)")
@@ -106,7 +120,10 @@ do {
     let signals = try TerminationSignals(loop: group.acceptorLoop) { _ in done.signal() }
     let server = TCPServer(
         group: group,
-        configuration: ServerConfiguration(host: host, port: port, maxConnections: maxConnections),
+        configuration: ServerConfiguration(
+            host: host, port: port, maxConnections: maxConnections,
+            connection: ConnectionOptions(highWaterMark: highWaterKiB * 1024, lowWaterMark: highWaterKiB * 256,
+                                          idleTimeout: idleTimeoutSeconds == 0 ? nil : .seconds(idleTimeoutSeconds))),
         callbacks: EchoService.callbacks(), logger: logger)
     let address = try server.start()
     printLine("echo listening on \(address) (poller \(poller), \(threads) I/O threads, \(placementName) placement)")

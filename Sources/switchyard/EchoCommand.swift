@@ -25,6 +25,12 @@ struct EchoCommand: AsyncParsableCommand {
     @Option(help: "Maximum concurrent connections; more are refused.")
     var maxConnections = 100_000
 
+    @Option(help: "Seconds a connection may send nothing before it is closed (0: never).")
+    var idleTimeout = 300
+
+    @Option(help: "KiB of echo queued per connection before the server stops reading from it (64...1048576).")
+    var highWaterKib = 4096
+
     @OptionGroup var service: ServiceOptions
     @OptionGroup var loops: PlacementOptions
 
@@ -32,6 +38,10 @@ struct EchoCommand: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
         guard (0...1024).contains(threads) else { throw ValidationError("--threads must be 0...1024, got \(threads)") }
         guard maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
+        guard (0...86_400).contains(idleTimeout) else { throw ValidationError("--idle-timeout must be 0...86400") }
+        guard (64...1_048_576).contains(highWaterKib) else {
+            throw ValidationError("--high-water-kib must be 64...1048576")
+        }
     }
 
     func run() async throws {
@@ -42,7 +52,10 @@ struct EchoCommand: AsyncParsableCommand {
             placement: loops.loopPlacement, logger: logger)
         let server = TCPServer(
             group: group,
-            configuration: ServerConfiguration(host: host, port: port, maxConnections: maxConnections),
+            configuration: ServerConfiguration(
+                host: host, port: port, maxConnections: maxConnections,
+                connection: ConnectionOptions(highWaterMark: highWaterKib * 1024, lowWaterMark: highWaterKib * 256,
+                                              idleTimeout: idleTimeout == 0 ? nil : .seconds(idleTimeout))),
             callbacks: EchoService.callbacks(), logger: logger)
         try await serveTCP(server, group: group, command: "echo", host: host, port: port,
                            announcing: { "echo listening on \($0) (poller \(poller), \(threads) I/O threads)" },

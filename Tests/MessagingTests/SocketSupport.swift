@@ -149,6 +149,7 @@ func secondsSince(_ start: UInt64) -> Double {
 func withFramedServer<R>(
     group: EventLoopGroup, router: MessageRouter<TCPConnection>,
     maxBodyLength: Int = FrameParser.defaultMaxBodyLength, idleTimeout: Duration? = nil,
+    headTimeout: Duration? = nil, partialFrameBudgetBytes: Int = 0,
     logger: Logger? = nil,
     onConnect: @escaping @Sendable (TCPConnection) -> Void = { _ in },
     onClose: @escaping @Sendable (TCPConnection) -> Void = { _ in },
@@ -157,7 +158,8 @@ func withFramedServer<R>(
     let server = FramedServer(
         group: group,
         configuration: FramedServerConfiguration(server: ServerConfiguration(port: 0), maxBodyLength: maxBodyLength,
-                                                 idleTimeout: idleTimeout),
+                                                 idleTimeout: idleTimeout, headTimeout: headTimeout,
+                                                 partialFrameBudgetBytes: partialFrameBudgetBytes),
         router: router, logger: logger ?? Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
         onConnect: onConnect, onClose: onClose)
     let address = try server.start()

@@ -72,6 +72,32 @@ struct BufferPoolTests {
         #expect(pool.pooledBytes == 0)
     }
 
+    @Test("decay frees what no request needed since the last decay, keeps what a steady load reuses")
+    func decay() throws {
+        let pool = BufferPool(capBytes: 64 << 20, maxBufferBytes: 64 << 20)
+        defer { pool.drain() }
+        // A burst: 40 chunks of 64 KiB, all back in the pool.
+        let burst = try (0..<40).map { _ in try pool.allocate(minimumCapacity: 64 << 10) }
+        for c in burst { pool.release(c) }
+        #expect(pool.pooledBytes == 40 << 16)
+        #expect(pool.takeFreedBytes() == 0)
+        // The first decay after the burst frees nothing: the low-water mark dates from before the chunks came back.
+        pool.decay()
+        // A steady load reuses 4 of them during the next interval.
+        for _ in 0..<3 {
+            let steady = try (0..<4).map { _ in try pool.allocate(minimumCapacity: 64 << 10) }
+            for c in steady { pool.release(c) }
+        }
+        #expect(pool.decay() == 36 << 16)
+        #expect(pool.pooledBytes == 4 << 16)
+        #expect(pool.takeFreedBytes() == 36 << 16)
+        // Nothing used in the next interval: the pool empties and has nothing more to do.
+        #expect(pool.decay() == 4 << 16)
+        #expect(pool.pooledBytes == 0)
+        _ = pool.takeFreedBytes()
+        #expect(!pool.needsMaintenance)
+    }
+
     @Test("above 8 MiB: an exact, unpooled chunk (64 KiB multiple) up to maxBufferBytes; above it a clear error")
     func largeAndLimit() throws {
         let pool = BufferPool(capBytes: 64 << 20, maxBufferBytes: 16 << 20)

@@ -112,6 +112,26 @@ struct OutputQueueTests {
         #expect(size <= OutputQueue.appendChunkBytes ? socket.writevCalls == 0 : socket.writeCalls == 0)
     }
 
+    @Test("a large piece that is mostly sent no longer holds its capacity: the rest moves to a smaller chunk")
+    func mostlyDrainedPieceShrinks() throws {
+        let pool = makePool()
+        var queue = OutputQueue()
+        let data = pattern(1 << 20)
+        try data.withUnsafeBytes { try queue.append($0, pool: pool) }
+        #expect(queue.capacityBytes == 1 << 20)
+        // The socket takes all but the last 1000 bytes.
+        let socket = FakeSocket([.upTo((1 << 20) - 1000)], then: .wouldBlock)
+        #expect(try queue.flush(into: socket, pool: pool) == (1 << 20) - 1000)
+        #expect(queue.bytes == 1000)
+        #expect(queue.capacityBytes <= 4096, "a drained 1 MiB piece kept \(queue.capacityBytes) bytes")
+        #expect(pool.outstandingBytes == queue.capacityBytes)
+        // The rest still goes out whole and in order.
+        socket.then = .all
+        #expect(try queue.flush(into: socket, pool: pool) == 1000)
+        #expect(socket.taken == data)
+        #expect(pool.outstandingBytes == 0)
+    }
+
     @Test("short writes stop the flush; the next flush goes on from the exact byte, nothing lost or repeated",
           arguments: [1, 7, 4095, 4096, 4097, 65_536])
     func partialWrites(shortBy take: Int) throws {

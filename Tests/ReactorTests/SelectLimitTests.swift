@@ -32,6 +32,50 @@ struct SelectLimitTests {
             try highDescriptorScenario(poller: PollerKind(rawValue: name)!)
         }
     }
+
+    /// In a child process of its own, like the scenario above.
+    @Test("select refusing 30 connections on descriptors >= 1024 logs one line for the episode, and one with the count")
+    func refusalsLoggedOncePerEpisode() async {
+        await #expect(processExitsWith: .success) {
+            try refusalLogScenario()
+        }
+    }
+}
+
+/// Runs in the exit test's child process.
+private func refusalLogScenario() throws {
+    var limit = rlimit()
+    getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+    if limit.rlim_cur < 2048 && limit.rlim_max > limit.rlim_cur {
+        limit.rlim_cur = min(2048, limit.rlim_max)
+        setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+    }
+    try #require(limit.rlim_cur >= 1200, "RLIMIT_NOFILE (hard \(limit.rlim_max)) too low to reach descriptor 1024")
+    let lines = Shared<[CapturedLog]>([])
+    let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: .select))
+    defer { group.shutdown() }
+    let server = TCPServer(group: group, configuration: ServerConfiguration(port: 0),
+                           callbacks: EchoService.callbacks(),
+                           logger: CapturingLogHandler.logger(into: lines, level: .info))
+    let port = try server.start().port
+    defer { server.shutdown(timeout: .seconds(2)) }
+    var fillers = try occupyDescriptorsBelow(1024)
+    defer { for f in fillers { close(f) } }
+    let refusedClients = try (0..<30).map { _ in try BlockingSocket(port: port, receiveTimeout: 10) }
+    defer { for c in refusedClients { c.close() } }
+    #expect(eventually { server.failedRegistrationCount == 30 })
+    let refusing = lines.get().filter { $0.message.contains("refusing") }
+    #expect(refusing.count == 1, "\(refusing.map(\.message))")
+    // Descriptors free again: the next connection is served, which ends the episode with its count.
+    for f in fillers { close(f) }
+    fillers = []
+    let served = try BlockingSocket(port: port, receiveTimeout: 10)
+    defer { served.close() }
+    #expect(try echoes(served, "served"))
+    let ended = lines.get().filter { $0.metadata["refused.count"] != nil }
+    #expect(ended.count == 1 && ended.first?.metadata["refused.count"] == "30", "\(ended)")
+    #expect(lines.get().count <= 3, "\(lines.get().map(\.message))")  // listening, refusing, serving again
 }
 
 /// Opens /dev/null until the lowest free descriptor is 1024 or more; returns what it opened.

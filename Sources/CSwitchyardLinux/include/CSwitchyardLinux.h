@@ -82,4 +82,8 @@ uint64_t sy_thread_cpu_ns(void);
 #include <pthread.h>
 void sy_set_thread_name(pthread_t thread, const char *name);
 
+/// Returns the allocator's free memory to the system (glibc `malloc_trim(0)`: every arena, free pages in the
+/// middle of a heap too). 1 when some memory was released.
+int sy_malloc_trim(void);
+
 #endif

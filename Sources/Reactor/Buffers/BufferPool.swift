@@ -8,8 +8,12 @@ struct Chunk {
 /// fast path takes no lock.
 ///
 /// Released chunks are kept on a free list of their class while the pool holds less than `capBytes`; beyond the
-/// cap they go back to malloc, so memory returns to the cap after a burst. Requests above 8 MiB get an exact,
-/// unpooled allocation up to `maxBufferBytes`; above that, `ReactorError.bufferLimitExceeded`.
+/// cap they go back to malloc. What the free lists keep decays: `decay()` (the loop calls it every
+/// `LoopConfiguration.poolDecayInterval` while the pool holds anything) frees the chunks of each class that no
+/// request needed since the previous call, so after a burst the pool empties within two intervals, while a steady
+/// load keeps what it reuses. Requests above 8 MiB get an exact, unpooled allocation up to `maxBufferBytes`; above
+/// that, `ReactorError.bufferLimitExceeded`. `freedBytes` counts what went back to malloc (the loop asks the
+/// allocator to return it to the system once enough has).
 final class BufferPool {
     static let minShift = 12  // 4 KiB
     static let maxShift = 23  // 8 MiB
@@ -19,12 +23,20 @@ final class BufferPool {
     /// slower into a destination that is only 16-byte aligned (measured: 55% of an echo server's CPU in
     /// `_copy_to_iter` with 64 KiB messages, 8% once aligned).
     static let alignment = 64
+    /// A connection's buffer (input tail or output piece) larger than this is not kept once it is mostly drained: when
+    /// what is left fits in a quarter of it, the rest moves to a smaller chunk and the big one goes back. A peer that
+    /// once sent or was sent a large message then holds no more than its live bytes need.
+    static let shrinkAboveBytes = 64 * 1024
 
     // @exclusivity(unchecked): the pool belongs to one loop and its methods call nothing that comes back to it.
     @exclusivity(unchecked) private var free: [[UnsafeMutableRawPointer]]
+    /// Per class, the fewest chunks its free list held since the last `decay()`: chunks no request needed.
+    @exclusivity(unchecked) private var unusedCounts: [Int]
     @exclusivity(unchecked) private(set) var pooledBytes = 0
     /// Bytes currently handed out (for statistics and tests).
     @exclusivity(unchecked) private(set) var outstandingBytes = 0
+    /// Bytes given back to malloc (released beyond the cap, unpooled, or decayed) since `takeFreedBytes()`.
+    @exclusivity(unchecked) private(set) var freedBytes = 0
     let capBytes: Int
     let maxBufferBytes: Int
 
@@ -32,6 +44,7 @@ final class BufferPool {
         self.capBytes = capBytes
         self.maxBufferBytes = max(maxBufferBytes, 1 << Self.minShift)
         free = Array(repeating: [], count: Self.classCount)
+        unusedCounts = Array(repeating: 0, count: Self.classCount)
     }
 
     @inline(__always)
@@ -56,6 +69,7 @@ final class BufferPool {
         outstandingBytes += size
         if let p = free[c].popLast() {
             pooledBytes -= size
+            if free[c].count < unusedCounts[c] { unusedCounts[c] = free[c].count }
             return Chunk(base: p, capacity: size)
         }
         return Chunk(base: .allocate(byteCount: size, alignment: BufferPool.alignment), capacity: size)
@@ -69,7 +83,35 @@ final class BufferPool {
             pooledBytes += size
         } else {
             chunk.base.deallocate()
+            freedBytes += size
         }
+    }
+
+    /// True while the pool keeps chunks or has freed bytes nobody has taken yet: the loop's maintenance timer runs.
+    var needsMaintenance: Bool { pooledBytes > 0 || freedBytes > 0 }
+
+    /// Frees the pooled chunks that no request needed since the previous call (per class, the fewest its free list
+    /// held meanwhile); returns the bytes freed.
+    @discardableResult
+    func decay() -> Int {
+        var released = 0
+        for c in 0..<free.count {
+            let size = 1 << (c + Self.minShift)
+            for _ in 0..<min(unusedCounts[c], free[c].count) {
+                free[c].removeLast().deallocate()
+                released += size
+            }
+            unusedCounts[c] = free[c].count
+        }
+        pooledBytes -= released
+        freedBytes += released
+        return released
+    }
+
+    /// The bytes freed since the previous call, and zero from now on.
+    func takeFreedBytes() -> Int {
+        defer { freedBytes = 0 }
+        return freedBytes
     }
 
     /// Frees every pooled chunk.
@@ -77,6 +119,7 @@ final class BufferPool {
         for c in 0..<free.count {
             for p in free[c] { p.deallocate() }
             free[c].removeAll()
+            unusedCounts[c] = 0
         }
         pooledBytes = 0
     }

@@ -17,10 +17,15 @@ public struct InboundBytes {
     /// Bytes consumed so far.
     @inlinable public var readerIndex: Int { _readerIndex }
 
+    /// Bytes at the start of the view that were shown before and left unconsumed (0 when the view holds only new
+    /// bytes): a message that spans reads began before this call.
+    public let carriedBytes: Int
+
     @inlinable
-    init(base: UnsafeRawPointer, count: Int) {
+    init(base: UnsafeRawPointer, count: Int, carriedBytes: Int = 0) {
         self.base = base
         self.count = count
+        self.carriedBytes = carriedBytes
         self._readerIndex = 0
     }
 

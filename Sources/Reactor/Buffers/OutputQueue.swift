@@ -116,8 +116,20 @@ struct OutputQueue {
                 left = 0
             }
         }
-        // A drained last piece stays for reuse only while it is the sole piece; otherwise it is released above.
+        // A large sole piece that is mostly sent: keep only what is left, in a smaller chunk.
+        if pieces.count == 1, pieces[0].chunk.capacity > BufferPool.shrinkAboveBytes {
+            let p = pieces[0]
+            let live = p.end - p.start
+            if live <= p.chunk.capacity / 4, let smaller = try? pool.allocate(minimumCapacity: max(live * 2, 4096)) {
+                smaller.base.copyMemory(from: p.chunk.base + p.start, byteCount: live)
+                pool.release(p.chunk)
+                pieces[0] = Piece(chunk: smaller, start: 0, end: live)
+            }
+        }
     }
+
+    /// Bytes of the chunks the queue holds (at least `bytes`).
+    var capacityBytes: Int { pieces.reduce(0) { $0 + $1.chunk.capacity } }
 
     mutating func releaseAll(pool: BufferPool) {
         for p in pieces { pool.release(p.chunk) }

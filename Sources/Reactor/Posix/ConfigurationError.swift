@@ -23,6 +23,9 @@ extension ConnectionOptions {
                                      "must be 0 ..< highWaterMark (\(highWaterMark)), got \(lowWaterMark)")
         }
         if lingerTimeout < .zero { throw ConfigurationError("ConnectionOptions.lingerTimeout", "must not be negative") }
+        if let idleTimeout, idleTimeout <= .zero {
+            throw ConfigurationError("ConnectionOptions.idleTimeout", "must be positive when set (nil: off)")
+        }
     }
 }
 
@@ -56,6 +59,13 @@ extension LoopConfiguration {
     public func validate() throws(ConfigurationError) {
         if scratchBytes < 4096 { throw ConfigurationError("LoopConfiguration.scratchBytes", "must be at least 4096, got \(scratchBytes)") }
         if poolCapBytes < 0 { throw ConfigurationError("LoopConfiguration.poolCapBytes", "must not be negative") }
+        if poolDecayInterval <= .zero {
+            throw ConfigurationError("LoopConfiguration.poolDecayInterval",
+                                     "must be positive, got \(poolDecayInterval)")
+        }
+        if trimThresholdBytes < 0 {
+            throw ConfigurationError("LoopConfiguration.trimThresholdBytes", "must not be negative (0: never trim)")
+        }
         if maxBufferBytes < scratchBytes {
             throw ConfigurationError("LoopConfiguration.maxBufferBytes",
                                      "must be at least scratchBytes (\(scratchBytes)), got \(maxBufferBytes)")

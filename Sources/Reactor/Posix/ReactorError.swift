@@ -14,6 +14,8 @@ public enum ReactorError: Error, CustomStringConvertible, Sendable, Equatable {
     case connectTimeout
     /// The server or client was already started.
     case alreadyStarted
+    /// Nothing arrived from the peer for longer than `ConnectionOptions.idleTimeout`.
+    case idleTimeout
 
     public var description: String {
         switch self {
@@ -31,6 +33,8 @@ public enum ReactorError: Error, CustomStringConvertible, Sendable, Equatable {
             return "connect timed out"
         case .alreadyStarted:
             return "already started"
+        case .idleTimeout:
+            return "peer silent for longer than the idle timeout"
         }
     }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CSwitchyardLinux
 import Logging
 
 /// The listening socket of a server, on the acceptor loop. Loop thread only.
@@ -18,7 +19,11 @@ final class Acceptor: EventHandler, @unchecked Sendable {
     @exclusivity(unchecked) private var reserveFD: Int32
     @exclusivity(unchecked) private var listening = false
     @exclusivity(unchecked) private var pausedTimer: TimerHandle?
-    @exclusivity(unchecked) private var loggedDescriptorShortage = false
+    /// Accept failures (descriptor shortage, other errors): logged once per episode, which ends when an accept
+    /// succeeds again or after 10 s without a failure.
+    @exclusivity(unchecked) private var failures = LogEpisode()
+    /// Accept failures so far.
+    @exclusivity(unchecked) private(set) var failureCount = 0
     let onAccept: (Int32, SocketAddress) -> Void
 
     init(address: SocketAddress, backlog: Int32, reusePort: Bool, loop: EventLoop, logger: Logger,
@@ -72,7 +77,9 @@ final class Acceptor: EventHandler, @unchecked Sendable {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Posix.accept(fd, $0, &len) }
             }
             if conn >= 0 {
-                loggedDescriptorShortage = false
+                if failures.count > 0, let count = failures.end() {
+                    logger.info("accepting again after failures", metadata: ["failure.count": "\(count)"])
+                }
                 onAccept(conn, SocketAddress(sin))
                 // The spare descriptor is lost when another thread took the number it freed: take a new one
                 // once descriptors are free again, or every later EMFILE could only pause accepting.
@@ -89,7 +96,7 @@ final class Acceptor: EventHandler, @unchecked Sendable {
                 handleDescriptorShortage(err)
                 return
             default:
-                logger.error("accept4 failed", metadata: ["errno": "\(err)", "error": "\(IOError(errnoCode: err, call: "accept4"))"])
+                noteFailure("accept4 failed, pausing accepting for 100 ms", err)
                 pauseAccepting()
                 return
             }
@@ -97,11 +104,7 @@ final class Acceptor: EventHandler, @unchecked Sendable {
     }
 
     private func handleDescriptorShortage(_ err: Int32) {
-        if !loggedDescriptorShortage {
-            loggedDescriptorShortage = true
-            logger.info("out of file descriptors: refusing new connections until some close",
-                           metadata: ["error": "\(IOError(errnoCode: err, call: "accept4"))"])
-        }
+        noteFailure("out of file descriptors: refusing new connections until some close", err)
         if reserveFD >= 0 {
             Posix.close(reserveFD)
             reserveFD = -1
@@ -115,6 +118,15 @@ final class Acceptor: EventHandler, @unchecked Sendable {
             if reserveFD >= 0 && conn >= 0 { return }
         }
         pauseAccepting()
+    }
+
+    /// One log line when an episode of failures starts, one with the count when it ends.
+    private func noteFailure(_ what: Logger.Message, _ err: Int32) {
+        failureCount += 1
+        guard case .started(let ended) = failures.record(now: sy_monotonic_ns()) else { return }
+        if ended > 0 { logger.info("accept failures", metadata: ["failure.count": "\(ended)"]) }
+        logger.info("\(what) (logged once per episode)",
+                    metadata: ["errno": "\(err)", "error": "\(IOError(errnoCode: err, call: "accept4"))"])
     }
 
     /// Stops watching the listener for 100 ms so a persistent failure cannot spin the loop.

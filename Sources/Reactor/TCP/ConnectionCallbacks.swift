@@ -29,16 +29,22 @@ public struct ConnectionOptions: Sendable {
     public var noDelay: Bool
     /// After a local close has flushed, how long to wait for the peer's FIN before closing anyway.
     public var lingerTimeout: Duration
+    /// A connection that receives nothing for this long is closed (`closeReason` `ReactorError.idleTimeout`). One
+    /// timer per connection, which fires at most once per timeout. Off when nil (the default; `FramedServer` has
+    /// its own, heartbeat-aware idle and head timeouts).
+    public var idleTimeout: Duration?
 
     public init(
         highWaterMark: Int = 4 * 1024 * 1024,
         lowWaterMark: Int = 1024 * 1024,
         noDelay: Bool = true,
-        lingerTimeout: Duration = .seconds(5)
+        lingerTimeout: Duration = .seconds(5),
+        idleTimeout: Duration? = nil
     ) {
         self.highWaterMark = max(1, highWaterMark)
         self.lowWaterMark = min(max(0, lowWaterMark), self.highWaterMark)
         self.noDelay = noDelay
         self.lingerTimeout = lingerTimeout
+        self.idleTimeout = idleTimeout
     }
 }

@@ -42,6 +42,11 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     @exclusivity(unchecked) public private(set) var peakQueuedOutputBytes = 0
     /// Bytes waiting in the output queue. Loop thread only.
     public var queuedOutputBytes: Int { output.bytes }
+    /// Bytes of buffer memory the connection holds now (its input tail's chunk and its output chunks). Loop thread
+    /// only.
+    public var bufferedBytes: Int { (input?.capacity ?? 0) + output.capacityBytes }
+    /// Bytes received and kept, not yet consumed by the data callback (a partial message). Loop thread only.
+    public var unconsumedInputBytes: Int { inEnd - inStart }
     /// The error that closed the connection, if one did. Loop thread only.
     @exclusivity(unchecked) public private(set) var closeReason: Error?
     /// True while reading is paused by the high-water mark. Loop thread only.
@@ -61,6 +66,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     @exclusivity(unchecked) private var inEnd = 0
     @exclusivity(unchecked) private var output = OutputQueue()
     @exclusivity(unchecked) private var lingerTimer: TimerHandle?
+    @exclusivity(unchecked) private var idleTimer: TimerHandle?
     /// Called after `onClose` by the owner (server registry, client reconnect). Loop thread only.
     @exclusivity(unchecked) var onClosedByOwner: ((TCPConnection) -> Void)?
 
@@ -101,6 +107,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         machine.registered()
         lastReceiveTime = loop.wakeTime
         lastSendTime = loop.wakeTime
+        if let timeout = options.idleTimeout { armIdleTimer(after: timeout.nanosecondsSaturated) }
         callbacks.onConnect(self)
     }
 
@@ -171,15 +178,20 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
                     if machine.isClosed { return }
                 }
             } else {
+                let carried = inEnd - inStart
                 inEnd += n
-                let consumed = dispatch(UnsafeRawPointer(input!.base + inStart), inEnd - inStart)
+                let consumed = dispatch(UnsafeRawPointer(input!.base + inStart), inEnd - inStart, carried: carried)
                 guard machine.isConnected else {
                     if machine.isClosed { return }
                     releaseInput()
                     continue
                 }
                 inStart += consumed
-                if inStart == inEnd { releaseInput() }
+                if inStart == inEnd {
+                    releaseInput()
+                } else if input!.capacity > BufferPool.shrinkAboveBytes && inEnd - inStart <= input!.capacity / 4 {
+                    shrinkInput()
+                }
             }
             rounds += 1
             // Read again only for a frame still incomplete. When everything read was consumed, another read
@@ -192,8 +204,8 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
 
     /// Hands `count` bytes at `base` to the data callback; returns how many it consumed.
     @inline(__always)
-    private func dispatch(_ base: UnsafeRawPointer, _ count: Int) -> Int {
-        var view = InboundBytes(base: base, count: count)
+    private func dispatch(_ base: UnsafeRawPointer, _ count: Int, carried: Int = 0) -> Int {
+        var view = InboundBytes(base: base, count: count, carriedBytes: carried)
         machine.beginDispatch()
         callbacks.onData(self, &view)
         // A close asked for during the callback happens now (its reason is recorded already).
@@ -228,6 +240,18 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         bigger.base.copyMemory(from: chunk.base + inStart, byteCount: live)
         loop.pool.release(chunk)
         input = bigger
+        inStart = 0
+        inEnd = live
+    }
+
+    /// Moves the live input bytes out of a big, mostly consumed chunk into a smaller one (`shrinkAboveBytes`).
+    private func shrinkInput() {
+        guard let chunk = input else { return }
+        let live = inEnd - inStart
+        guard let smaller = try? loop.pool.allocate(minimumCapacity: max(live * 2, 4096)) else { return }
+        smaller.base.copyMemory(from: chunk.base + inStart, byteCount: live)
+        loop.pool.release(chunk)
+        input = smaller
         inStart = 0
         inEnd = live
     }
@@ -407,6 +431,21 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         }
     }
 
+    /// Checks for silence `ns` from now; re-arms for the rest of the timeout while bytes keep arriving.
+    private func armIdleTimer(after ns: UInt64) {
+        idleTimer = loop.schedule(after: .nanoseconds(Int64(clamping: ns))) { [weak self] in
+            guard let self, let timeout = options.idleTimeout?.nanosecondsSaturated else { return }
+            idleTimer = nil
+            guard machine.isConnected else { return }
+            let silent = sy_monotonic_ns() &- lastReceiveTime
+            if silent >= timeout {
+                closeNow(reason: ReactorError.idleTimeout)
+            } else {
+                armIdleTimer(after: timeout - silent)
+            }
+        }
+    }
+
     /// Our FIN, then wait (bounded) for the peer's; the machine is lingering already.
     private func startLingering() {
         try? Posix.shutdown(fd, Int32(SHUT_WR))  // fails only when the peer is gone, which the read that follows sees
@@ -447,6 +486,8 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     private func tearDown() {
         lingerTimer?.cancel()
         lingerTimer = nil
+        idleTimer?.cancel()
+        idleTimer = nil
         loop.unregister(fd: fd)
         Posix.close(fd)
         releaseInput()

@@ -55,7 +55,13 @@ public final class TCPServer: @unchecked Sendable {
     private let started = Atomic<Bool>(false)
     private let boundAddress = Mutex<SocketAddress?>(nil)
     private let drained = Mutex<DispatchSemaphore?>(nil)
-    private var loggedLimit = false
+    /// Refused connections (limit reached, descriptor the loop cannot watch): logged once per episode, which ends
+    /// when a connection is served again or after 10 s without a refusal.
+    private let refusals = Mutex(LogEpisode())
+    private let refusing = Atomic<Bool>(false)
+    /// Connections closed by `ConnectionOptions.idleTimeout`, logged once per episode.
+    private let idleCloses = Atomic<Int>(0)
+    private let idleEpisode = Mutex(LogEpisode())
     /// Where the server logs (listening, refusals once per episode, shutdown); nothing per message.
     public let logger: Logger
 
@@ -127,14 +133,9 @@ public final class TCPServer: @unchecked Sendable {
         if liveCount.load(ordering: .relaxed) >= configuration.maxConnections {
             Posix.close(fd)
             refused.wrappingAdd(1, ordering: .relaxed)
-            if !loggedLimit {
-                loggedLimit = true
-                logger.info("connection limit reached, refusing",
-                               metadata: ["limit": "\(configuration.maxConnections)", "peer.address": "\(peer)"])
-            }
+            noteRefusal("connection limit reached", peer: peer, metadata: ["limit": "\(configuration.maxConnections)"])
             return
         }
-        loggedLimit = false
         liveCount.wrappingAdd(1, ordering: .relaxed)
         let loop = group.placeConnection()
         let local = SocketAddress.local(of: fd) ?? SocketAddress(ip: 0, port: 0)
@@ -146,11 +147,12 @@ public final class TCPServer: @unchecked Sendable {
             registry.withLock { $0[conn.id] = conn }
             do {
                 try conn.establish()
+                noteServed()
             } catch {
                 conn.onClosedByOwner = nil
                 failedRegistrations.wrappingAdd(1, ordering: .relaxed)
-                logger.error("cannot serve accepted connection, closed it",
-                             metadata: ["peer.address": "\(peer)", "error": "\(error)"])
+                noteRefusal("cannot serve accepted connection, closed it", peer: peer,
+                            metadata: ["error": "\(error)"])
                 connectionClosed(conn)
             }
         }
@@ -163,7 +165,37 @@ public final class TCPServer: @unchecked Sendable {
         }
     }
 
+    /// A refused connection: one log line when an episode of refusals starts (with the first peer and reason), one
+    /// with the count when it ends. Any thread.
+    private func noteRefusal(_ reason: Logger.Message, peer: SocketAddress, metadata: Logger.Metadata) {
+        let step = refusals.withLock { $0.record(now: SystemInfo.monotonicNanoseconds()) }
+        refusing.store(true, ordering: .relaxed)
+        guard case .started(let ended) = step else { return }
+        if ended > 0 { logger.info("refused connections", metadata: ["refused.count": "\(ended)"]) }
+        var all = metadata
+        all["peer.address"] = "\(peer)"
+        logger.info("\(reason); refusing (logged once per episode)", metadata: all)
+    }
+
+    /// A connection was served: ends an episode of refusals (with its count). Any thread; a load when none runs.
+    private func noteServed() {
+        guard refusing.load(ordering: .relaxed), refusing.exchange(false, ordering: .relaxed),
+              let count = refusals.withLock({ $0.end() }) else { return }
+        logger.info("serving connections again after refusals", metadata: ["refused.count": "\(count)"])
+    }
+
+    /// Connections closed because the peer was silent for longer than `ConnectionOptions.idleTimeout`.
+    public var idleClosedCount: Int { idleCloses.load(ordering: .relaxed) }
+
     private func connectionClosed(_ conn: TCPConnection) {
+        if case .idleTimeout? = conn.closeReason as? ReactorError {
+            idleCloses.wrappingAdd(1, ordering: .relaxed)
+            if case .started(let ended) = idleEpisode.withLock({ $0.record(now: SystemInfo.monotonicNanoseconds()) }) {
+                if ended > 0 { logger.info("closed idle connections", metadata: ["count": "\(ended)"]) }
+                logger.info("closing connections silent for longer than the idle timeout (logged once per episode)",
+                            metadata: ["peer.address": "\(conn.peerAddress)"])
+            }
+        }
         conn.loop.placedConnections.wrappingSubtract(1, ordering: .relaxed)
         registry.withLock { _ = $0.removeValue(forKey: conn.id) }
         if liveCount.wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
