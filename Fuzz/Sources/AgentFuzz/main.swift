@@ -8,6 +8,7 @@
 // routes and reports meet on the same modules. Checked after every step: each reply answers the request it is for,
 // a host given out is one of the module's hosts, and the module count stays within maxModules for the modules the
 // requests create.
+import Foundation
 import FuzzSupport
 import LarsProtocol
 import LoadBalanceAgent
@@ -59,8 +60,10 @@ func makeRouters(_ agent: Agent) -> (udp: MessageRouter<Int>, names: MessageRout
     return (udp, names)
 }
 
-let udpIDs: [Int32] = [MessageID.getHostRequest, .getHostByKeyRequest, .reportRequest, .apiGetRouteRequest]
-    .map(\.rawValue)
+let udpIDs: [Int32] = [
+    MessageID.getHostRequest.rawValue, MessageID.getHostByKeyRequest.rawValue, MessageID.reportRequest.rawValue,
+    MessageID.apiGetRouteRequest.rawValue,
+]
 
 func smallHost(_ input: inout FuzzInput) -> Lars_HostInfo {
     var host = Lars_HostInfo()
@@ -80,12 +83,11 @@ func body(for id: Int32, _ input: inout FuzzInput) -> [UInt8] {
         return try! m.serializedBytes()
     case MessageID.getHostByKeyRequest.rawValue:
         var m = Switchyard_Lb_GetHostByKeyRequest()
-        (m.seq, m.modid, m.cmdid, m.key) = (input.uint32(), modid, cmdid, input.text())
+        (m.seq, m.modid, m.cmdid, m.key) = (input.uint32(), modid, cmdid, Data(input.bytes(limit: 16)))
         return try! m.serializedBytes()
     case MessageID.reportRequest.rawValue:
         var m = Lars_ReportRequest()
         (m.modid, m.cmdid, m.host, m.retcode) = (modid, cmdid, smallHost(&input), Int32(input.choice(5)) - 1)
-        m.caller = Int32(input.choice(3))
         return try! m.serializedBytes()
     case MessageID.apiGetRouteRequest.rawValue:
         var m = Lars_GetRouteRequest()
@@ -106,10 +108,11 @@ func check(_ agent: Agent) {
     for action in agent.actions {
         switch action {
         case .replyHost(let response, let byKey, _):
-            guard let (seq, modid, cmdid, key) = agent.lastGetHost else {
+            guard let request = agent.lastGetHost else {
                 invariant(false, "a GetHost reply without a GetHost")
                 return
             }
+            let (seq, modid, cmdid, key) = request
             invariant(response.seq == seq && response.modid == modid && response.cmdid == cmdid && byKey == key,
                       "GetHost reply does not echo its request")
             if response.retcode == LarsReturnCode.success {
@@ -118,10 +121,11 @@ func check(_ agent: Agent) {
                           "GetHost gave out a host the module does not have")
             }
         case .replyRoute(let response, _):
-            guard let (modid, cmdid) = agent.lastGetRoute else {
+            guard let request = agent.lastGetRoute else {
                 invariant(false, "a GetRoute reply without a GetRoute")
                 return
             }
+            let (modid, cmdid) = request
             invariant(response.modid == modid && response.cmdid == cmdid, "GetRoute reply for another route")
         case .sendReport(let report):
             invariant(!report.results.isEmpty, "an empty report sent")

@@ -68,8 +68,14 @@ let requestIDs: [ChatMessageID] = [
 ]
 
 /// The names and rooms come from a tiny alphabet, so users meet in rooms and names are taken.
-func name(_ input: inout FuzzInput) -> String { input.choice(16) == 0 ? input.text() : ["ann", "bob", "cy"][input.choice(3)] }
-func room(_ input: inout FuzzInput) -> String { input.choice(16) == 0 ? input.text() : ["r1", "r2", "r3", "r4"][input.choice(4)] }
+let names = ["ann", "bob", "cy"]
+let roomNames = ["r1", "r2", "r3", "r4"]
+func name(_ input: inout FuzzInput) -> String {
+    input.choice(16) == 0 ? input.text() : names[input.choice(names.count)]
+}
+func room(_ input: inout FuzzInput) -> String {
+    input.choice(16) == 0 ? input.text() : roomNames[input.choice(roomNames.count)]
+}
 
 func body(for id: Int32, _ input: inout FuzzInput) -> [UInt8] {
     if input.choice(4) == 0 { return input.bytes() }
@@ -189,7 +195,8 @@ enum Job {
 func finish(_ job: Job, _ hub: Hub, _ input: inout FuzzInput) {
     switch job {
     case .register(let job):
-        hub.actions += hub.core.registered(job, [.created, .nameTaken, .failed][input.choice(3)])
+        let outcomes: [RegisterOutcome] = [.created, .nameTaken, .failed]
+        hub.actions += hub.core.registered(job, outcomes[input.choice(outcomes.count)])
     case .login(let job):
         let outcome: LoginOutcome
         switch input.choice(4) {
@@ -210,7 +217,8 @@ func finish(_ job: Job, _ hub: Hub, _ input: inout FuzzInput) {
         }
         hub.actions += hub.core.historyLoaded(job, history)
     case .friend(let job):
-        hub.actions += hub.core.friendshipStored(job, [.stored, .noSuchUser, .failed][input.choice(3)])
+        let outcomes: [FriendOutcome] = [.stored, .noSuchUser, .failed]
+        hub.actions += hub.core.friendshipStored(job, outcomes[input.choice(outcomes.count)])
     }
 }
 
@@ -233,7 +241,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         hub.actions.removeAll(keepingCapacity: true)
         switch input.choice(14) {
         case 0...6:
-            let peer = live.isEmpty || live.count < 4 && input.choice(8) == 0 ? connect() : live[input.choice(live.count)]
+            let fresh = live.isEmpty || live.count < 4 && input.choice(8) == 0
+            let peer = fresh ? connect() : live[input.choice(live.count)]
             let id = messageID(&input, routed: requestIDs.map(\.rawValue))
             dispatch(router, id: id, body: body(for: id, &input), connection: peer)
         case 7, 8:

@@ -2,25 +2,25 @@
 /// length-prefixed byte strings for message bodies. Reading past the end yields zeros and empty strings, so every
 /// input is a valid (possibly short) script and the fuzzer's mutations stay meaningful.
 public struct FuzzInput {
-    private let bytes: [UInt8]
+    private let data: [UInt8]
     private var offset = 0
 
     /// Copies the input libFuzzer passes to `LLVMFuzzerTestOneInput`.
     public init(_ data: UnsafePointer<UInt8>, _ size: Int) {
-        bytes = Array(UnsafeBufferPointer(start: data, count: size))
+        self.data = Array(UnsafeBufferPointer(start: data, count: size))
     }
 
     /// Bytes for a test of the harness itself.
-    public init(bytes: [UInt8]) { self.bytes = bytes }
+    public init(bytes: [UInt8]) { data = bytes }
 
     /// True when every byte has been read.
-    public var isAtEnd: Bool { offset >= bytes.count }
+    public var isAtEnd: Bool { offset >= data.count }
 
     /// The next byte (0 past the end).
     public mutating func byte() -> UInt8 {
-        guard offset < bytes.count else { return 0 }
+        guard offset < data.count else { return 0 }
         defer { offset += 1 }
-        return bytes[offset]
+        return data[offset]
     }
 
     /// A number in `0..<bound` from one byte (`bound` at most 256).
@@ -37,9 +37,11 @@ public struct FuzzInput {
 
     /// A byte string of a length read first (two bytes, capped at `limit` and at what is left).
     public mutating func bytes(limit: Int = 4096) -> [UInt8] {
-        let count = min(Int(uint16()), limit, bytes.count - min(offset, bytes.count))
-        defer { offset += count }
-        return Array(bytes[offset..<(offset + count)])
+        let requested = Int(uint16())
+        let start = min(offset, data.count)
+        let count = min(requested, limit, data.count - start)
+        offset = start + count
+        return Array(data[start..<(start + count)])
     }
 
     /// A short text from a small alphabet (so names collide and rooms are shared), or raw bytes decoded as UTF-8
