@@ -112,7 +112,7 @@ func body(for id: Int32, _ input: inout FuzzInput) -> [UInt8] {
         message = m
     case .friendAddRequest:
         var m = Switchyard_Chat_FriendAddRequest()
-        (m.requestID, m.friend) = (requestID, name(&input))
+        (m.requestID, m.name) = (requestID, name(&input))
         message = m
     case .friendListRequest:
         var m = Switchyard_Chat_FriendListRequest()
