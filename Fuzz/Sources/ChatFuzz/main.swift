@@ -209,7 +209,8 @@ func finish(_ job: Job, _ hub: Hub, _ input: inout FuzzInput) {
         var history: ChatCore.RoomHistory?
         if input.choice(4) != 0 {
             let last = UInt64(input.choice(50))
-            history = .init(messages: (0..<min(input.choice(5), Int(last))).map { i in
+            // Storage returns at most the job's limit of the newest messages.
+            history = .init(messages: (0..<min(input.choice(5), Int(last), job.limit)).map { i in
                 var m = Switchyard_Chat_RoomMessage()
                 (m.room, m.sender, m.text, m.sequence) = (job.room, name(&input), "old", last - UInt64(i))
                 return m
