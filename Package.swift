@@ -61,7 +61,7 @@ let package = Package(
         ),
 
         // ---- Frames and messages ----
-        // The Lars frame header and decoder: standard library only (the fuzz target compiles these files alone).
+        // The Lars frame header and decoder: standard library only.
         .target(name: "LarsWire"),
         .target(
             name: "Messaging",

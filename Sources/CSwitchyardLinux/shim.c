@@ -99,14 +99,16 @@ static _Atomic int termination_fds[SY_TERMINATION_SLOTS] = {[0 ... SY_TERMINATIO
 static _Atomic int handlers_running = 0;
 static pthread_mutex_t termination_lock = PTHREAD_MUTEX_INITIALIZER;
 static int termination_count = 0; /* registered descriptors; guarded by termination_lock */
-static volatile sig_atomic_t last_termination_signal = 0;
+/* Written by the handler (on whatever thread the signal lands) and read by the loops: an atomic, not a volatile
+   sig_atomic_t (that is only safe within one thread; TSan reports it as a race). */
+static _Atomic int last_termination_signal = 0;
 
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "the handler needs lock-free atomics");
 
 static void on_termination_signal(int signo) {
     int saved = errno;
     atomic_fetch_add_explicit(&handlers_running, 1, memory_order_seq_cst);
-    last_termination_signal = signo;
+    atomic_store_explicit(&last_termination_signal, signo, memory_order_seq_cst);
     for (int i = 0; i < SY_TERMINATION_SLOTS; i++) {
         int fd = atomic_load_explicit(&termination_fds[i], memory_order_seq_cst);
         if (fd >= 0) {
@@ -206,7 +208,9 @@ int sy_termination_signals_count(void) {
     return n;
 }
 
-int sy_last_termination_signal(void) { return last_termination_signal; }
+int sy_last_termination_signal(void) {
+    return atomic_load_explicit(&last_termination_signal, memory_order_seq_cst);
+}
 
 void sy_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
 

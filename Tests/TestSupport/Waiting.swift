@@ -10,6 +10,15 @@ import Glibc
 // Waiting for what another thread (a loop, a server, a child process) does: counters to wait on, shared values,
 // polling with a deadline, and time limits for async operations.
 
+/// How many times longer than written every wait of this file may last: 1, or `SWITCHYARD_TEST_TIME_SCALE`
+/// (`scripts/test --sanitize` sets it: TSan and ASan slow a test down several times). Only deadlines scale: a wait
+/// still ends as soon as its condition holds.
+public let testTimeScale: Double = {
+    guard let text = ProcessInfo.processInfo.environment["SWITCHYARD_TEST_TIME_SCALE"], let scale = Double(text),
+          scale >= 1 else { return 1 }
+    return scale
+}()
+
 /// Counts events and lets a test wait for a number of them (no sleeps).
 public final class EventCounter: Sendable {
     private let state = Mutex<Int>(0)
@@ -26,7 +35,7 @@ public final class EventCounter: Sendable {
 
     /// Waits until `n` events have been signalled in all; false on timeout.
     public func wait(for n: Int, timeout: Double = 10) -> Bool {
-        let deadline = DispatchTime.now() + timeout
+        let deadline = DispatchTime.now() + timeout * testTimeScale
         while count < n {
             if semaphore.wait(timeout: deadline) == .timedOut { return count >= n }
         }
@@ -53,7 +62,7 @@ public func onLoop<T: Sendable>(_ loop: EventLoop, _ body: @escaping @Sendable (
         result.set(body())
         done.signal()
     }
-    guard done.wait(timeout: .now() + 10) == .success else { throw TestFailure("loop did not run the task") }
+    guard done.wait(timeout: .now() + 10 * testTimeScale) == .success else { throw TestFailure("loop did not run the task") }
     return result.get()!
 }
 
@@ -62,7 +71,7 @@ public func onLoop<T: Sendable>(_ loop: EventLoop, _ body: @escaping @Sendable (
 public func eventually(timeout: Double = 10, interval: useconds_t = 2000, _ condition: () throws -> Bool) rethrows
     -> Bool
 {
-    let deadline = Date().addingTimeInterval(timeout)
+    let deadline = Date().addingTimeInterval(timeout * testTimeScale)
     while Date() < deadline {
         if try condition() { return true }
         usleep(interval)
@@ -73,7 +82,7 @@ public func eventually(timeout: Double = 10, interval: useconds_t = 2000, _ cond
 /// The same for async code: polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it
 /// held. The one `eventually` of the async tests (`#expect(try await eventually { ... })`).
 public func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout
+    let deadline = ContinuousClock.now + timeout * testTimeScale
     while ContinuousClock.now < deadline {
         if try await condition() { return true }
         try? await Task.sleep(for: .milliseconds(10))
@@ -117,7 +126,7 @@ public func withTimeout<T: Sendable>(
             do { race.finish(.success(try await operation())) } catch { race.finish(.failure(error)) }
         }
         let timer = Task {
-            try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            try? await Task.sleep(for: .milliseconds(Int(seconds * testTimeScale * 1000)))
             if !Task.isCancelled { race.finish(.failure(TimedOut(what: what, seconds: seconds))) }
         }
         race.setTasks([work, timer])

@@ -1,9 +1,10 @@
-// libFuzzer target for the frame decoder. Built by scripts/fuzz together with Sources/LarsWire (standard library only):
-//   swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LarsWire/*.swift Fuzz/FrameParserFuzz/main.swift
+// libFuzzer target for the frame decoder (LarsWire: standard library only). Built by scripts/fuzz (Fuzz/Package.swift).
 //
 // Each input is fed to a FrameAccumulator in pieces whose sizes come from the input itself, and to FrameDecoder whole;
 // the frames both yield must equal those of a simple reference reading of the same bytes, and parseDatagram must
 // agree with the size rule.
+
+import LarsWire
 
 /// Reference: reads frames from a whole byte array the obvious way.
 func referenceFrames(_ bytes: [UInt8], limit: Int) -> (frames: [(Int32, [UInt8])], invalid: Bool) {
