@@ -31,25 +31,31 @@ final class Agent: @unchecked Sendable {
     }
 }
 
+/// A loopback source address per fuzzed connection (four of them, so the per-source limits are exercised).
+func source(_ connection: Int) -> UInt32 { 0x7F00_0001 &+ UInt32(truncatingIfNeeded: connection & 3) }
+
 func makeRouters(_ agent: Agent) -> (udp: MessageRouter<Int>, names: MessageRouter<Int>) {
     let udp = MessageRouter<Int>()
     try! udp.on(MessageID.getHostRequest, as: Lars_GetHostRequest.self) { request, message in
         agent.lastGetHost = (request.seq, request.modid, request.cmdid, false)
         agent.core.getHost(seq: request.seq, modid: request.modid, cmdid: request.cmdid, key: nil,
-                           from: message.connection, now: agent.clock.now, actions: &agent.actions)
+                           from: message.connection, source: source(message.connection), now: agent.clock.now,
+                           actions: &agent.actions)
     }
     try! udp.on(MessageID.getHostByKeyRequest, as: Switchyard_Lb_GetHostByKeyRequest.self) { request, message in
         agent.lastGetHost = (request.seq, request.modid, request.cmdid, true)
         agent.core.getHost(seq: request.seq, modid: request.modid, cmdid: request.cmdid,
-                           key: BoundedLoadRing.hash(request.key), from: message.connection, now: agent.clock.now,
-                           actions: &agent.actions)
+                           key: BoundedLoadRing.hash(request.key), from: message.connection,
+                           source: source(message.connection), now: agent.clock.now, actions: &agent.actions)
     }
-    try! udp.on(MessageID.reportRequest, as: Lars_ReportRequest.self) { request, _ in
-        agent.core.report(request, now: agent.clock.now)
+    try! udp.on(MessageID.reportRequest, as: Lars_ReportRequest.self) { request, message in
+        agent.core.report(request, secret: ReportSecret.extract(from: message.body), source: source(message.connection),
+                          now: agent.clock.now, actions: &agent.actions)
     }
     try! udp.on(MessageID.apiGetRouteRequest, as: Lars_GetRouteRequest.self) { request, message in
         agent.lastGetRoute = (request.modid, request.cmdid)
-        agent.core.getRoute(request, from: message.connection, now: agent.clock.now, actions: &agent.actions)
+        agent.core.getRoute(request, from: message.connection, source: source(message.connection),
+                            now: agent.clock.now, actions: &agent.actions)
     }
     udp.freeze()
     let names = MessageRouter<Int>()
@@ -129,7 +135,7 @@ func check(_ agent: Agent) {
             invariant(response.modid == modid && response.cmdid == cmdid, "GetRoute reply for another route")
         case .sendReport(let report):
             invariant(!report.results.isEmpty, "an empty report sent")
-        case .askNameService, .saveCache, .log:
+        case .askNameService, .log:
             break
         }
     }

@@ -21,7 +21,7 @@ final class Hub: @unchecked Sendable {
 
     init() {
         core = ChatCore(configuration: ChatConfiguration(
-            maxMessageBytes: 64, maxRoomNameLength: 8, maxRoomsPerUser: 3, messagesPerSecond: 4, historyLength: 3,
+            maxMessageBytes: 64, maxRoomNameBytes: 8, maxRoomsPerUser: 3, messagesPerSecond: 4, historyLength: 3,
             maxQueuedOutputBytes: 1000, passwordIterations: PasswordHasher.minimumIterations, maxLoginFailures: 2,
             loginFailureWindow: .seconds(10)))
     }
@@ -32,7 +32,7 @@ final class Hub: @unchecked Sendable {
 func makeRouter(_ hub: Hub) -> MessageRouter<ChatPeer> {
     let router = MessageRouter<ChatPeer>()
     try! router.on(ChatMessageID.registerRequest, as: Switchyard_Chat_RegisterRequest.self) { r, m in
-        hub.actions += hub.core.register(r, from: m.connection)
+        hub.actions += hub.core.register(r, from: m.connection, now: hub.clock.now)
     }
     try! router.on(ChatMessageID.loginRequest, as: Switchyard_Chat_LoginRequest.self) { r, m in
         hub.actions += hub.core.login(r, from: m.connection, now: hub.clock.now)

@@ -15,14 +15,22 @@ import RouteStore
 /// The core and what the last input produced; the router's handlers reach it through this box.
 final class Names: @unchecked Sendable {
     // @unchecked Sendable: libFuzzer runs one input at a time on one thread.
-    var core = NameServiceCore(limits: NameServiceCore.Limits(NameServiceConfiguration(
-        maxRegistrationTTL: .seconds(60), maxRegistrations: 6, maxSubscriptionsPerConnection: 3)))
+    var core: NameServiceCore = {
+        var configuration = NameServiceConfiguration(
+            maxRegistrationTTL: .seconds(60), maxRegistrations: 6, maxSubscriptionsPerConnection: 3)
+        configuration.maxRegistrationsPerSource = 4
+        configuration.maxRegistrationsPerRoute = 3
+        return NameServiceCore(limits: NameServiceCore.Limits(configuration))
+    }()
     let start = ContinuousClock.now
     var clock = FuzzClock()
     var actions: [NameServiceCore.Action] = []
     var lastRoute: RouteKey?
     var now: ContinuousClock.Instant { start.advanced(by: clock.elapsed) }
 }
+
+/// A loopback source address per fuzzed connection (connections 0 and 2 share one, so the per-source limit is hit).
+func source(_ connection: UInt64) -> UInt32 { 0x7F00_0001 &+ UInt32(truncatingIfNeeded: connection & 1) }
 
 func makeRouter(_ names: Names) -> MessageRouter<UInt64> {
     let router = MessageRouter<UInt64>()
@@ -32,7 +40,8 @@ func makeRouter(_ names: Names) -> MessageRouter<UInt64> {
         names.actions += names.core.getRoute(key, from: message.connection)
     }
     try! router.on(MessageID.registerHostRequest, as: Switchyard_Lb_RegisterHostRequest.self) { request, message in
-        names.actions += names.core.register(request, from: message.connection, now: names.now)
+        names.actions += names.core.register(request, from: message.connection, source: source(message.connection),
+                                             now: names.now)
     }
     router.freeze()
     return router
@@ -127,7 +136,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
                     names.actions += names.core.register(
                         (try? Switchyard_Lb_RegisterHostRequest(serializedBytes: body(
                             for: MessageID.registerHostRequest.rawValue, &input))) ?? .init(),
-                        from: UInt64(input.choice(4)), now: names.now)
+                        from: UInt64(input.choice(4)), source: source(UInt64(input.choice(4))), now: names.now)
                     names.actions.removeAll()
                 }
                 names.actions += names.core.install(rebuild.build(), from: rebuild)
