@@ -114,6 +114,10 @@ final class BufferPool {
         return freedBytes
     }
 
+    /// A pool given up without `drain()` (a loop's pool is drained when the loop stops; a pool made for one job, as in
+    /// the tests, is just dropped) frees what it holds. Chunks still handed out belong to their holders.
+    deinit { drain() }
+
     /// Frees every pooled chunk.
     func drain() {
         for c in 0..<free.count {
