@@ -10,24 +10,12 @@ many got no answer within 1 s), the route cache file's size, and how long SIGTER
 """
 import argparse, os, random, signal, socket, struct, subprocess, tempfile, time
 
-
-def varint(v):
-    out = bytearray()
-    v &= (1 << 64) - 1
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
-def field(number, value):
-    return b"" if value == 0 else varint(number << 3) + varint(value)
+from larsframes import field, frame
 
 
 def get_host(seq, modid, cmdid):
     body = field(1, seq) + field(2, modid) + field(3, cmdid)
-    return struct.pack("<ii", 4, len(body)) + body
+    return frame(4, body)
 
 
 def rss_mb(pid):

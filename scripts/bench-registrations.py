@@ -11,23 +11,7 @@ traffic. Only 127.0.0.0/8 is used.
 """
 import argparse, os, socket, struct, subprocess, sys, tempfile, threading, time
 
-
-def varint(v):
-    out = bytearray()
-    v &= (1 << 64) - 1
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
-def field(number, value):
-    return b"" if value == 0 else varint(number << 3) + varint(value)
-
-
-def frame(message_id, body):
-    return struct.pack("<ii", message_id, len(body)) + body
+from larsframes import field, frame
 
 
 def read_frame(sock, buffer):
