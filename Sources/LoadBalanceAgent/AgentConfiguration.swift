@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import LoadBalancing
+import Reactor
+import SwitchyardCore
 
 /// Configuration of a `LoadBalanceAgent`, with the defaults of PROTOCOL.md.
 public struct AgentConfiguration: Sendable {
@@ -18,8 +20,11 @@ public struct AgentConfiguration: Sendable {
     public var reporterPort: Int
     /// Reports are aggregated per module and sent at most once per interval. Default 1 s.
     public var reportInterval: Duration
-    /// The `caller` field of reports (the reporter keeps results per caller). Default: this process's id.
-    public var caller: Int32
+    /// The `caller` field of reports: the reporter keeps one row per (host, caller). Lars's meaning: the agent
+    /// machine's IPv4 address, a number in reading order (sent as the bits of the int32 field, stored unsigned).
+    /// Default: the primary IPv4 address (`LocalAddresses.primaryIPv4()`: the default route's interface), else
+    /// 127.0.0.1.
+    public var caller: UInt32
     /// When set, routes are saved to this file and loaded at start, so a restarted agent serves while the name
     /// service is down. Only modules with hosts are saved (at most `maxModules`).
     public var routeCacheFile: String?
@@ -73,7 +78,7 @@ public struct AgentConfiguration: Sendable {
         reporterHost: String = "127.0.0.1",
         reporterPort: Int = 7779,
         reportInterval: Duration = .seconds(1),
-        caller: Int32 = Int32(getpid()),
+        caller: UInt32 = AgentConfiguration.defaultCaller,
         routeCacheFile: String? = nil,
         routeRetryInterval: Duration = .seconds(1),
         initialBackoff: Duration = .milliseconds(100),
@@ -114,6 +119,13 @@ public struct AgentConfiguration: Sendable {
         self.allowedSources = allowedSources
         self.reportSecret = reportSecret
     }
+
+    /// The machine's primary IPv4 address, else 127.0.0.1 (looked up once).
+    public static let defaultCaller: UInt32 = LocalAddresses.primaryIPv4() ?? 0x7F00_0001
+
+    /// True when `host` binds every address (0.0.0.0, Lars's agent): callers from other machines can reach the
+    /// ports, and with `allowedSources` `.any` the agent trusts everyone on its network with reports.
+    public var bindsEveryAddress: Bool { host == "0.0.0.0" }
 
     /// Throws the first setting that makes the configuration unusable. `LoadBalanceAgent.start()` calls it; the
     /// command line calls it while it parses its flags.
@@ -257,7 +269,9 @@ extension AgentConfiguration {
             guard let v = int(Int64.self), v > 0 else { return "expected a positive number of milliseconds" }
             reportInterval = .milliseconds(v)
         case "caller":
-            guard let v = int(Int32.self) else { return "expected an int32" }
+            guard let v = IPv4Endpoint.parseIPv4(value) ?? UInt32(value) else {
+                return "expected an IPv4 address (a.b.c.d) or a number 0...4294967295"
+            }
             caller = v
         case "route_cache": routeCacheFile = value.isEmpty ? nil : value
         case "empty_module_timeout":

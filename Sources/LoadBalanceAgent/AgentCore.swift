@@ -363,7 +363,9 @@ public struct AgentCore<Peer> {
 
     /// Appends one ReportStatusRequest per module with calls since the last flush (the shell calls it every
     /// `reportInterval`, so a module is reported at most once per interval), and lets unreported calls fade from
-    /// the keyed-pick loads. `timestamp`: the reports' `ts`, wall-clock seconds (Lars's `time(NULL)`).
+    /// the keyed-pick loads. A report holds every host of the module with the running counts of its current window
+    /// (Lars's semantics, PROTOCOL.md: the reporter overwrites its row with them). `timestamp`: the reports' `ts`,
+    /// wall-clock seconds (Lars's `time(NULL)`).
     public mutating func flushReports(timestamp: UInt32, actions: inout [Action]) {
         for key in modules.keys { modules[key]!.balancer.decayOutstanding() }
         guard !unreported.isEmpty else { return }
@@ -372,7 +374,7 @@ public struct AgentCore<Peer> {
             var request = Lars_ReportStatusRequest()
             request.modid = key.modid
             request.cmdid = key.cmdid
-            request.caller = configuration.caller
+            request.caller = Int32(bitPattern: configuration.caller)
             request.ts = timestamp
             request.results = summary.map {
                 var r = Lars_HostCallResult()

@@ -4,6 +4,7 @@ import Logging
 import Messaging
 import Reactor
 import ServiceLifecycle
+import SwitchyardCore
 import Synchronization
 import Dispatch
 
@@ -165,7 +166,21 @@ public final class LoadBalanceAgent: Service, Sendable {
             "names.address": "\(configuration.nameServiceHost):\(configuration.nameServicePort)",
             "reporter.address": "\(configuration.reporterHost):\(configuration.reporterPort)",
             "cache.routes": "\(cached.count)",
+            "report.caller": "\(IPv4Endpoint(ip: configuration.caller, port: 0).address)",
         ])
+        if configuration.bindsEveryAddress {
+            if configuration.allowedSources == .any {
+                logger.warning("""
+                    agent bound to every address and answering any source: it trusts its network (anyone who can \
+                    reach these ports can read routes and report failures that overload hosts)
+                    """)
+            } else {
+                logger.warning("""
+                    agent bound to every address; only callers allowed by its source filter are answered \
+                    (--allow-remote answers everyone, as Lars's agent does)
+                    """)
+            }
+        }
         return Running(endpoint: endpoint, names: names, reporter: reporter, timers: timers)
     }
 

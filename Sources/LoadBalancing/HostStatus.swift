@@ -64,9 +64,11 @@ public struct HostStatus: Sendable, Hashable {
     }
 }
 
-/// One host's calls since the last report, for the reporter (`ReportStatusRequest.results`, `HostCallResult`).
+/// One host's line of a report, for the reporter (`ReportStatusRequest.results`, `HostCallResult`): its running
+/// counts in its current window, and whether it is overloaded.
 public struct HostCallSummary: Sendable, Hashable {
     public var host: Host
+    /// Successes and errors since the host's current window began (it became idle, or overloaded).
     public var successes: UInt32
     public var errors: UInt32
     /// True when the host is in the overload list at the time of the summary.

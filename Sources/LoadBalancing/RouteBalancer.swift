@@ -49,8 +49,8 @@ public struct RouteBalancer: Sendable {
     private var overloadCursor = 0
     /// Requests since the last probe.
     private var accessCount = 0
-    /// Calls per host since the last `takeReportSummary()`.
-    private var pendingReport: [Host: (succ: UInt32, err: UInt32)] = [:]
+    /// True when a call was reported since the last `takeReportSummary()`.
+    public private(set) var hasUnreportedCalls = false
     /// Calls picked and not yet reported, per host (the loads of keyed picks).
     private var outstanding: [Host: Int] = [:]
     private var outstandingTotal = 0
@@ -69,13 +69,12 @@ public struct RouteBalancer: Sendable {
     // MARK: Route
 
     /// Replaces the route's hosts: hosts still present keep their state and counters, new ones start idle,
-    /// removed ones are forgotten (with their unreported counts). Duplicates count once.
+    /// removed ones are forgotten (with their counts). Duplicates count once.
     public mutating func setHosts(_ hosts: [Host], now: UInt64) {
         var seen = Set<Host>()
         let unique = hosts.filter { seen.insert($0).inserted }
         for host in statuses.keys where !seen.contains(host) {
             statuses[host] = nil
-            pendingReport[host] = nil
             outstandingTotal -= outstanding.removeValue(forKey: host) ?? 0
         }
         ring = nil
@@ -219,8 +218,7 @@ public struct RouteBalancer: Sendable {
             s.consecutiveErrors &+= 1
             s.consecutiveSuccesses = 0
         }
-        pendingReport[host, default: (0, 0)].succ &+= success ? 1 : 0
-        pendingReport[host, default: (0, 0)].err &+= success ? 0 : 1
+        hasUnreportedCalls = true
 
         switch s.health {
         case .idle:
@@ -251,22 +249,17 @@ public struct RouteBalancer: Sendable {
         report(host: host, success: retcode == 0, now: now)
     }
 
-    /// Calls per host since the previous summary (hosts with calls, and every overloaded host), then starts over.
+    /// The report of the module, in Lars's terms (PROTOCOL.md, call reports): every host, idle ones first, each with
+    /// the running success and error counts of its current window (since it last became idle, or overloaded), which
+    /// restart with the window; the reporter overwrites its row with them. Clears `hasUnreportedCalls`.
     public mutating func takeReportSummary() -> [HostCallSummary] {
-        var out: [HostCallSummary] = []
-        for host in idle + overloaded {
-            let counts = pendingReport[host] ?? (0, 0)
-            let isOverloaded = statuses[host]!.health == .overloaded
-            if counts.succ == 0 && counts.err == 0 && !isOverloaded { continue }
-            out.append(HostCallSummary(host: host, successes: counts.succ, errors: counts.err,
-                                       overloaded: isOverloaded))
+        hasUnreportedCalls = false
+        return (idle + overloaded).map { host in
+            let s = statuses[host]!
+            return HostCallSummary(host: host, successes: s.realSuccesses, errors: s.realErrors,
+                                   overloaded: s.health == .overloaded)
         }
-        pendingReport.removeAll(keepingCapacity: true)
-        return out
     }
-
-    /// True when calls were reported since the last summary.
-    public var hasUnreportedCalls: Bool { !pendingReport.isEmpty }
 
     // MARK: Transitions
 

@@ -35,6 +35,7 @@ extension NameService {
         let logger: Logger
         let state: Mutex<Shared>
         let failedPolls = Atomic<Int>(0)
+        let routeChangesPruned = Atomic<Int>(0)
         let reachable = Atomic<Bool>(true)
         let metrics = Metrics()
         /// Wakes the rebuild loop; a burst of registrations leaves one wake-up (newest kept).
@@ -74,6 +75,7 @@ extension NameService {
                     routesTruncated: s.core.routesTruncated)
             }
             statistics.failedPolls = failedPolls.load(ordering: .relaxed)
+            statistics.routeChangesPruned = routeChangesPruned.load(ordering: .relaxed)
             statistics.databaseReachable = reachable.load(ordering: .relaxed)
             return statistics
         }
@@ -273,6 +275,8 @@ extension NameService {
             var lastVersion: Int64?
             var lastFullReload = ContinuousClock.now
             var outageStart: ContinuousClock.Instant?
+            var retention = configuration.routeChangeRetention.map { RouteChangeRetention<ContinuousClock.Instant>(
+                retention: $0) }
             while !Task.isCancelled {
                 do {
                     let version = try await RouteAdmin.currentVersion(on: pool)
@@ -282,6 +286,13 @@ extension NameService {
                         try await reload(since: lastVersion.flatMap { $0 == version ? nil : $0 }, version: version)
                         lastVersion = version
                         lastFullReload = now
+                    }
+                    if retention != nil {
+                        retention!.observe(version: version, at: now)
+                        if let through = retention!.prunableVersion(now: now) {
+                            try await pruneRouteChanges(through: through)
+                            retention!.pruned(through: through)
+                        }
                     }
                     if let start = outageStart {
                         outageStart = nil
@@ -308,6 +319,17 @@ extension NameService {
                 } catch {
                     break
                 }
+            }
+        }
+
+        /// Deletes the RouteChange rows at or below `version` (``RouteChangeRetention`` says when).
+        func pruneRouteChanges(through version: Int64) async throws {
+            let deleted = try await pool.execute("DELETE FROM RouteChange WHERE version <= ?", [.integer(version)])
+            routeChangesPruned.wrappingAdd(Int(deleted), ordering: .relaxed)
+            if deleted > 0 {
+                logger.debug("name service: old RouteChange rows deleted", metadata: [
+                    "route.version": "\(version)", "route_change.deleted": "\(deleted)",
+                ])
             }
         }
 

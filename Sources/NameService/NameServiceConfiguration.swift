@@ -23,13 +23,17 @@ public struct NameServiceConfiguration: Sendable {
     /// Most routes one connection is subscribed to (pushed on change); further routes are answered but not
     /// pushed, so made-up module ids cannot grow the table without bound.
     public var maxSubscriptionsPerConnection: Int
+    /// RouteChange rows are deleted once their version was seen this long ago (``RouteChangeRetention``), so the
+    /// table does not grow for ever; nil keeps them. Default 1 hour: any other name service on the database polls
+    /// far more often than that.
+    public var routeChangeRetention: Duration?
 
     /// Creates a configuration; every setting has the default of PROTOCOL.md and DESIGN.md.
     public init(host: String = "127.0.0.1", port: Int = 7778, pollInterval: Duration = .seconds(1),
                 fullReloadInterval: Duration = .seconds(10), maxConnections: Int = 100_000,
                 maxRegistrationTTL: Duration = .seconds(3600), maxRegistrations: Int = 100_000,
                 maxSubscriptionsPerConnection: Int = 100_000, maxRegistrationsPerSource: Int = 1000,
-                maxRegistrationsPerRoute: Int = 1000) {
+                maxRegistrationsPerRoute: Int = 1000, routeChangeRetention: Duration? = .seconds(3600)) {
         self.host = host
         self.port = port
         self.pollInterval = pollInterval
@@ -40,6 +44,7 @@ public struct NameServiceConfiguration: Sendable {
         self.maxSubscriptionsPerConnection = maxSubscriptionsPerConnection
         self.maxRegistrationsPerSource = maxRegistrationsPerSource
         self.maxRegistrationsPerRoute = maxRegistrationsPerRoute
+        self.routeChangeRetention = routeChangeRetention
     }
 
     /// Throws ``NameServiceError/invalidConfiguration(_:)`` naming the first setting out of range.
@@ -58,6 +63,8 @@ public struct NameServiceConfiguration: Sendable {
                   "maxRegistrationsPerSource must not be negative, got \(maxRegistrationsPerSource)")
         try check(maxRegistrationsPerRoute >= 0,
                   "maxRegistrationsPerRoute must not be negative, got \(maxRegistrationsPerRoute)")
+        try check(routeChangeRetention.map { $0 > .zero } ?? true,
+                  "routeChangeRetention must be positive (nil keeps the rows), got \(routeChangeRetention!)")
         try check(maxSubscriptionsPerConnection >= 0,
                   "maxSubscriptionsPerConnection must not be negative, got \(maxSubscriptionsPerConnection)")
     }
@@ -85,4 +92,6 @@ public struct NameServiceStatistics: Sendable, Hashable {
     public var registrationsRefused: Int = 0
     /// Routes found with more hosts than fit in one frame (answered with those that fit).
     public var routesTruncated: Int = 0
+    /// RouteChange rows deleted past ``NameServiceConfiguration/routeChangeRetention``.
+    public var routeChangesPruned: Int = 0
 }

@@ -76,11 +76,13 @@ public struct ReporterConfiguration: Sendable, Hashable {
     }
 
     /// The reporter's queue: reports are the elements, their bytes the cost (a batch: whole reports up to
-    /// `batchRows` rows); a failed batch is not retried.
+    /// `batchRows` rows). A batch that fails for the connection or the pool is tried again (twice, 250 ms apart):
+    /// the rows overwrite, so a batch written twice leaves what it would once. Rows the database refuses are not
+    /// failures of the batch (``Reporter``).
     var writerConfiguration: BatchWriterConfiguration {
         BatchWriterConfiguration(capacity: queueCapacity, maxCost: maxQueuedBytes, batchSize: batchRows,
                                  batchCost: Self.queuedBytes(results: batchRows), flushInterval: flushInterval,
-                                 retries: 0, drainTimeout: drainTimeout)
+                                 retries: 2, retryDelay: .milliseconds(250), drainTimeout: drainTimeout)
     }
 }
 
@@ -97,7 +99,7 @@ public struct ReporterStatistics: Sendable, Hashable {
     public var refused: Int
     /// Times a connection stopped being read because the queue was full.
     public var pauses: Int
-    /// Transactions that failed; their reports are lost (counted in ``failedReports``).
+    /// Transactions that failed, their retries used up; their reports are lost (counted in ``failedReports``).
     public var failedWrites: Int
     /// Reports lost in failed transactions.
     public var failedReports: Int
@@ -108,4 +110,7 @@ public struct ReporterStatistics: Sendable, Hashable {
     public var queuedBytes: Int
     /// The most bytes the writer's queue held at once.
     public var peakQueuedBytes: Int
+    /// ServerCallStatus rows the database refused (a value out of its column's range, say): left out of their
+    /// batch, whose other rows were written (its report counts as written), and logged.
+    public var rowsRefused: Int
 }

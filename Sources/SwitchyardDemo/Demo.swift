@@ -141,7 +141,7 @@ public final class LoadBalanceDemo: Sendable {
             group: group,
             configuration: AgentConfiguration(
                 ports: [0, 0, 0], nameServicePort: Int(namesAddress.port), reporterPort: Int(reporterAddress.port),
-                reportInterval: .seconds(1), caller: 1),
+                reportInterval: .seconds(1)),
             logger: logger)
         let agentAddresses = try agent.start()
         let client = try LoadBalanceClient(agentPorts: agentAddresses.map { Int($0.port) }, timeout: .milliseconds(500),
@@ -163,9 +163,12 @@ public final class LoadBalanceDemo: Sendable {
         await client.shutdown()
 
         let written = reporter.statistics.written
+        // Lars's semantics (PROTOCOL.md): each row holds the agent's last report for the host, the running counts of
+        // the host's current window (idle window or overload period), overwritten by every report; one agent, so
+        // one row per host.
         let status = (try? await pool.query(
-            "SELECT ip, port, SUM(succ_cnt), SUM(err_cnt) FROM ServerCallStatus WHERE modid = ? AND cmdid = ? "
-                + "GROUP BY ip, port", [SQLValue(key.modid), SQLValue(key.cmdid)]).rows) ?? []
+            "SELECT ip, port, succ_cnt, err_cnt FROM ServerCallStatus WHERE modid = ? AND cmdid = ? AND caller = ?",
+            [SQLValue(key.modid), SQLValue(key.cmdid), .integer(Int64(agent.configuration.caller))]).rows) ?? []
         let summary = state.withLock { s in
             DemoSummary(seconds: driver.elapsed.withLock { $0 }, hosts: hosts.map { s.summary(of: $0) },
                         failingHost: backends[1].host, reportsWritten: written, interrupted: driver.interrupted)
@@ -288,7 +291,7 @@ public final class LoadBalanceDemo: Sendable {
         for host in summary.hosts {
             let share = calls > 0 ? host.calls * 100 / calls : 0
             let changes = host.transitions.map { "\($0.state == .overloaded ? "OVERLOADED" : "idle") at \(format($0.seconds)) s" }
-            let db = stored[host.host].map { " | ServerCallStatus succ \($0.0) err \($0.1)" } ?? ""
+            let db = stored[host.host].map { " | its window in ServerCallStatus: succ \($0.0) err \($0.1)" } ?? ""
             lines.append("  \(pad(host.host.description, 21)) \(host.calls) calls (\(share)%), "
                 + "\(host.failures) failed; " + (changes.isEmpty ? "idle throughout" : changes.joined(separator: ", "))
                 + db)

@@ -15,7 +15,11 @@ struct AgentCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "Address to bind.") var host: String?
+    @Option(help: """
+        Address to bind (default 127.0.0.1). 0.0.0.0 binds every address, as Lars's agent does; with \
+        --allow-remote the agent then trusts everyone on its network with its routes and reports.
+        """)
+    var host: String?
     @Option(help: "The three UDP ports, comma-separated (default 8888,8889,8890; 0: the kernel picks).")
     var ports: String?
     @Option(help: "Name service HOST:PORT (default 127.0.0.1:7778).") var names: String?
@@ -23,7 +27,11 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "File the routes are saved to and loaded from at start.") var routeCache: String?
     @Option(help: "A configuration file (key = value).") var config: String?
     @Option(help: "Milliseconds between aggregated reports of a module (default 1000).") var reportIntervalMs: Int?
-    @Option(help: "The caller id in reports (default: the process id).") var caller: Int32?
+    @Option(help: """
+        The caller of reports, an IPv4 address or a number (default: this machine's primary IPv4 address, the \
+        default route's).
+        """)
+    var caller: String?
     @Option(help: "Microseconds the loop keeps polling after a request before sleeping (default 50; 0: off).")
     var busyPollUs: Int64?
     @Option(help: "Seconds after which a module without hosts that nobody asks for is forgotten (default 60).")
@@ -76,7 +84,7 @@ struct AgentCommand: AsyncParsableCommand {
             ("--host", "host", host), ("--ports", "ports", ports), ("--names", "names", names),
             ("--reporter", "reporter", reporter), ("--route-cache", "route_cache", routeCache),
             ("--report-interval-ms", "report_interval_ms", reportIntervalMs.map(String.init)),
-            ("--caller", "caller", caller.map(String.init)),
+            ("--caller", "caller", caller),
             ("--busy-poll-us", "busy_poll_us", busyPollUs.map(String.init)),
             ("--empty-module-timeout", "empty_module_timeout", emptyModuleTimeout.map { "\($0)" }),
             ("--max-modules", "max_modules", maxModules.map(String.init)),

@@ -37,6 +37,12 @@ struct NamesCommand: AsyncParsableCommand {
     @Option(help: "Most self-registered hosts of one route (default 1000).")
     var maxRegistrationsPerRoute = NameServiceConfiguration().maxRegistrationsPerRoute
 
+    @Option(help: """
+        Seconds after which RouteChange rows are deleted, counted from when this service first saw their version \
+        (default 3600; 0 keeps them for ever).
+        """)
+    var routeChangeRetention: Double = 3600
+
     @OptionGroup var service: ServiceOptions
     @OptionGroup var loops: PlacementOptions
 
@@ -44,6 +50,9 @@ struct NamesCommand: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
         guard pollInterval > 0, pollInterval <= 3600 else { throw ValidationError("--poll-interval must be 0...3600 s") }
         guard fullReloadInterval > 0 else { throw ValidationError("--full-reload-interval must be positive") }
+        guard routeChangeRetention >= 0, routeChangeRetention.isFinite else {
+            throw ValidationError("--route-change-retention must be 0 or more seconds, got \(routeChangeRetention)")
+        }
         guard (0...64).contains(threads) else { throw ValidationError("--threads must be 0...64, got \(threads)") }
         do {
             try configuration.validate()
@@ -56,7 +65,8 @@ struct NamesCommand: AsyncParsableCommand {
         NameServiceConfiguration(host: host, port: port, pollInterval: .seconds(pollInterval),
                                  fullReloadInterval: .seconds(fullReloadInterval), maxRegistrations: maxRegistrations,
                                  maxRegistrationsPerSource: maxRegistrationsPerSource,
-                                 maxRegistrationsPerRoute: maxRegistrationsPerRoute)
+                                 maxRegistrationsPerRoute: maxRegistrationsPerRoute,
+                                 routeChangeRetention: routeChangeRetention == 0 ? nil : .seconds(routeChangeRetention))
     }
 
     func run() async throws {

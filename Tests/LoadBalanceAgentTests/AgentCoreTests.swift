@@ -158,7 +158,7 @@ struct AgentCoreTests {
         #expect(codes.filter { $0 == LarsReturnCode.success }.count == 1)
     }
 
-    @Test("reports: one per module per flush with the window's counts, none without calls")
+    @Test("reports: one per module per flush with calls, every host with its window's running counts")
     func reportThrottling() {
         var h = Harness()
         let other = RouteKey(modid: 5, cmdid: 5)
@@ -168,7 +168,7 @@ struct AgentCoreTests {
         }
         for i in 0..<300 {
             h.report(route12, h1, success: true)
-            h.report(route12, h2, success: i % 5 != 0)
+            h.report(route12, h2, success: i % 20 != 0)  // 5% errors: h2 stays idle, one window throughout
         }
         h.report(other, h1, success: true)
         let flushed = h.run { $0.flushReports(timestamp: 1_700_000_000, actions: &$2) }
@@ -179,10 +179,27 @@ struct AgentCoreTests {
         #expect(r12.caller == 4242 && r12.ts == 1_700_000_000)
         let byHost = Dictionary(uniqueKeysWithValues: r12.results.map { (Host(wireIP: $0.ip, wirePort: $0.port)!, $0) })
         #expect(byHost[h1]?.succ == 300 && byHost[h1]?.err == 0)
-        #expect(byHost[h2]?.succ == 240 && byHost[h2]?.err == 60)
+        #expect(byHost[h2]?.succ == 285 && byHost[h2]?.err == 15)
+        // Every host of the module, those without calls too.
+        let rOther = reports.first { $0.modid == 5 }!
+        #expect(rOther.results.map { Host(wireIP: $0.ip, wirePort: $0.port)! } == [h1, h2])
+        #expect(rOther.results.map(\.succ) == [1, 0] && rOther.results.map(\.err) == [0, 0])
         #expect(h.core.statistics.reportsSent == 2 && h.core.statistics.reportRequests == 601)
         // Nothing new: nothing sent.
         #expect(h.run { $0.flushReports(timestamp: 1_700_000_001, actions: &$2) }.isEmpty)
+        // More calls in the same window: the counts go on from where they were.
+        h.report(route12, h1, success: true)
+        let grown = h.run { $0.flushReports(timestamp: 1_700_000_002, actions: &$2) }.compactMap(\.report)
+        #expect(grown.count == 1 && grown.first?.results.first { $0.ip == h1.wireIP }?.succ == 301)
+        // After the idle window (15 s) the next call starts a new one: the counts restart.
+        h.advance(.seconds(16))
+        h.report(route12, h1, success: true)
+        h.report(route12, h1, success: false)
+        let restarted = h.run { $0.flushReports(timestamp: 1_700_000_003, actions: &$2) }.compactMap(\.report)
+        let h1Line = restarted.first?.results.first { $0.ip == h1.wireIP }
+        #expect(h1Line?.succ == 0 && h1Line?.err == 1)
+        // h2 had no call since: its window is checked when one comes (as Lars's), so it still reports the old one.
+        #expect(restarted.first?.results.first { $0.ip == h2.wireIP }.map { $0.succ == 285 && $0.err == 15 } == true)
         // Reports for a module the agent does not know are ignored.
         h.report(RouteKey(modid: 8, cmdid: 8), h1, success: true)
         #expect(h.run { $0.flushReports(timestamp: 1_700_000_002, actions: &$2) }.isEmpty)

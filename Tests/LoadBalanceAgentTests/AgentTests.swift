@@ -215,14 +215,15 @@ struct AgentTests {
         #expect(try await eventually { try await world.client.getHost(modid: 1, cmdid: 2).isSuccess })
         let start = ContinuousClock.now
         for i in 0..<300 {
-            // h1: 300 successes; h2: 240 successes, 60 errors (every fifth call, never 10 in a row).
+            // h1: 300 successes; h2: 285 successes, 15 errors (every twentieth call: too few to overload it, so
+            // both stay in the window they began, whose running counts the reports carry).
             world.client.report(modid: 1, cmdid: 2, host: h1, success: true)
-            world.client.report(modid: 1, cmdid: 2, host: h2, retcode: i % 5 == 0 ? 1 : 0)
+            world.client.report(modid: 1, cmdid: 2, host: h2, retcode: i % 20 == 0 ? 1 : 0)
             if i % 50 == 0 { try await Task.sleep(for: .milliseconds(20)) }
         }
         #expect(try await eventually {
             let t = world.reporter.snapshot
-            return t.succ[h1] == 300 && t.succ[h2] == 240 && t.err[h2] == 60
+            return t.succ[h1] == 300 && t.succ[h2] == 285 && t.err[h2] == 15
         })
         let elapsed = ContinuousClock.now - start
         let t = world.reporter.snapshot
@@ -232,6 +233,45 @@ struct AgentTests {
         #expect(t.requests <= intervals, "\(t.requests) reports in \(elapsed)")
         #expect(t.requests < 600 / 20)
         #expect(t.callers == [4242] && t.modules == [route12])
+    }
+
+    @Test("every report names every host of the module, with counts that grow in a window and restart with it",
+          arguments: PollerKind.allCases)
+    func reportsCarryRunningWindowCounts(poller: PollerKind) async throws {
+        let window = Duration.seconds(5)  // long enough for the first two steps on a loaded machine
+        let world = try AgentWorld.make(poller: poller, routes: [route12: [h1, h2, h3]]) {
+            $0.balancer.idleTimeout = window
+        }
+        defer { world.shutdown() }
+        #expect(try await eventually { try await world.client.getHost(modid: 1, cmdid: 2).isSuccess })
+        let windowStart = ContinuousClock.now  // the hosts' window began before this
+        func lastCounts(of host: LoadBalancing.Host) -> (UInt32, UInt32)? {
+            world.reporter.snapshot.reports.last.flatMap { report in
+                report.results.first { LoadBalancing.Host(wireIP: $0.ip, wirePort: $0.port) == host }
+                    .map { ($0.succ, $0.err) }
+            }
+        }
+        for _ in 0..<3 { world.client.report(modid: 1, cmdid: 2, host: h1, success: true) }
+        #expect(await eventually { lastCounts(of: h1).map { $0 == (3, 0) } ?? false })
+        world.client.report(modid: 1, cmdid: 2, host: h1, success: true)
+        world.client.report(modid: 1, cmdid: 2, host: h1, success: false)
+        // The next report holds the counts since the window began, not the two calls since the last report.
+        #expect(await eventually { lastCounts(of: h1).map { $0 == (4, 1) } ?? false })
+        // The call that comes after the window ends it; the calls after it count from zero.
+        try await Task.sleep(until: windowStart + window + .milliseconds(200))
+        world.client.report(modid: 1, cmdid: 2, host: h1, success: true)
+        for _ in 0..<2 { world.client.report(modid: 1, cmdid: 2, host: h1, success: true) }
+        #expect(await eventually { lastCounts(of: h1).map { $0 == (2, 0) } ?? false })
+        let reports = world.reporter.snapshot.reports
+        #expect(reports.count >= 3)
+        for report in reports {
+            // Every host, those without calls too, with Lars's caller: this machine's primary IPv4 address.
+            #expect(Set(report.results.compactMap { LoadBalancing.Host(wireIP: $0.ip, wirePort: $0.port) })
+                        == [h1, h2, h3])
+            #expect(report.results.allSatisfy { $0.overload == false })
+            #expect(UInt32(bitPattern: report.caller) == AgentConfiguration.defaultCaller)
+            #expect(report.results.filter { $0.ip != h1.wireIP }.allSatisfy { $0.succ == 0 && $0.err == 0 })
+        }
     }
 
     @Test("a cancelled call ends at once with CancellationError, long before its timeout")
@@ -316,5 +356,33 @@ struct AgentTests {
         #expect(c.balancer.probeNum == 5 && c.balancer.errRate == 0.2 && c.balancer.idleTimeout == .seconds(30))
         #expect(c.nameServiceHost == "10.0.0.9" && c.nameServicePort == 7000 && c.ports == [9000, 9001, 9002])
         #expect(throws: AgentConfigurationError.self) { try c.apply(configurationText: "probe_nom = 3") }
+    }
+
+    @Test("caller: an IPv4 address or a number, stored unsigned; by default the machine's primary address")
+    func callerSetting() throws {
+        var c = AgentConfiguration()
+        #expect(c.caller == AgentConfiguration.defaultCaller)
+        #expect(c.apply(key: "caller", value: "192.168.1.5") == nil && c.caller == 0xC0A8_0105)
+        #expect(c.apply(key: "caller", value: "4294967295") == nil && c.caller == .max)
+        #expect(c.apply(key: "caller", value: "77") == nil && c.caller == 77)
+        #expect(c.apply(key: "caller", value: "-1")?.contains("IPv4 address") == true)
+        #expect(c.apply(key: "caller", value: "300.1.1.1") != nil && c.caller == 77)
+        // The default is an address of one of this machine's interfaces that are up (or 127.0.0.1).
+        let own = LocalAddresses.interfaceIPv4().map(\.ip)
+        #expect(own.contains(AgentConfiguration.defaultCaller) || AgentConfiguration.defaultCaller == 0x7F00_0001)
+    }
+
+    @Test("the default route's interface is read from /proc/net/route's text: the up route to 0/0, lowest metric")
+    func defaultRouteParsing() {
+        let table = """
+            Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+            wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0
+            eth0\t00000000\t010200C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
+            eth1\t00000000\t010300C0\t0002\t0\t0\t1\t00000000\t0\t0\t0
+            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+            """
+        #expect(LocalAddresses.defaultRouteInterface(routeTable: table) == "eth0")
+        #expect(LocalAddresses.defaultRouteInterface(routeTable: "Iface\tDestination\n") == nil)
+        #expect(LocalAddresses.defaultRouteInterface(routeTable: "garbage\n\n\t\t") == nil)
     }
 }

@@ -81,10 +81,12 @@ final class FakeNameService: Sendable {
     func stop() { server.shutdown(timeout: .seconds(1)) }
 }
 
-/// A reporter for tests: counts ReportStatusRequests and sums their results per host.
+/// A reporter for tests: keeps every ReportStatusRequest, and per host the counts of the last report that named it
+/// (a report carries running window counts, Lars's semantics: the last one is what a reporter stores).
 final class FakeReporter: Sendable {
     struct Totals: Sendable {
         var requests = 0
+        var reports: [Lars_ReportStatusRequest] = []
         var succ: [LoadBalancing.Host: UInt64] = [:]
         var err: [LoadBalancing.Host: UInt64] = [:]
         var callers: Set<Int32> = []
@@ -100,12 +102,13 @@ final class FakeReporter: Sendable {
         try router.on(MessageID.reportStatusRequest, as: Lars_ReportStatusRequest.self) { request, _ in
             totals.withLock { t in
                 t.requests += 1
+                t.reports.append(request)
                 t.callers.insert(request.caller)
                 t.modules.insert(RouteKey(modid: request.modid, cmdid: request.cmdid))
                 for r in request.results {
                     let host = LoadBalancing.Host(wireIP: r.ip, wirePort: r.port)!
-                    t.succ[host, default: 0] += UInt64(r.succ)
-                    t.err[host, default: 0] += UInt64(r.err)
+                    t.succ[host] = UInt64(r.succ)
+                    t.err[host] = UInt64(r.err)
                 }
             }
         }

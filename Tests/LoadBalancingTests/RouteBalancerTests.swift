@@ -208,18 +208,34 @@ struct RouteBalancerTests {
         #expect(lb.isEmpty && lb.pick(now: clock.now) == .empty)
     }
 
-    @Test func reportSummaryCountsSinceLastSummary() {
-        let clock = MockClock()
+    /// Lars's semantics (PROTOCOL.md, call reports): every host, with the running counts of its current window.
+    @Test func reportSummaryHasEveryHostWithItsWindowCounts() {
+        var clock = MockClock()
         var lb = RouteBalancer(hosts: [a, b, c], now: clock.now)
+        #expect(!lb.hasUnreportedCalls)
         succeed(&lb, a, times: 3, at: clock.now)
         lb.report(host: a, retcode: 1, now: clock.now)
+        // b's tenth error in a row overloads it; its counters restart with its overload period, as Lars's do.
         fail(&lb, b, times: 10, at: clock.now)
-        let summary = lb.takeReportSummary()
-        #expect(summary.count == 2)
-        #expect(summary.contains(HostCallSummary(host: a, successes: 3, errors: 1, overloaded: false)))
-        #expect(summary.contains(HostCallSummary(host: b, successes: 0, errors: 10, overloaded: true)))
+        #expect(lb.hasUnreportedCalls)
+        #expect(lb.takeReportSummary() == [
+            HostCallSummary(host: a, successes: 3, errors: 1, overloaded: false),
+            HostCallSummary(host: c, successes: 0, errors: 0, overloaded: false),
+            HostCallSummary(host: b, successes: 0, errors: 0, overloaded: true),
+        ])
         #expect(!lb.hasUnreportedCalls)
-        // Next summary: only the still overloaded host.
-        #expect(lb.takeReportSummary() == [HostCallSummary(host: b, successes: 0, errors: 0, overloaded: true)])
+        // Within the window the counts go on growing: a report is not the calls since the previous one.
+        succeed(&lb, a, times: 2, at: clock.now)
+        lb.report(host: b, success: false, now: clock.now)
+        let second = lb.takeReportSummary()
+        #expect(second.first { $0.host == a } == HostCallSummary(host: a, successes: 5, errors: 1, overloaded: false))
+        #expect(second.first { $0.host == b } == HostCallSummary(host: b, successes: 0, errors: 1, overloaded: true))
+        #expect(second.count == 3)
+        // The call that ends a's 15 s window starts a new one: a's counts restart from zero.
+        clock.advance(.seconds(15))
+        lb.report(host: a, success: true, now: clock.now)
+        succeed(&lb, a, times: 2, at: clock.now)
+        #expect(lb.takeReportSummary().first { $0.host == a }
+                    == HostCallSummary(host: a, successes: 2, errors: 0, overloaded: false))
     }
 }

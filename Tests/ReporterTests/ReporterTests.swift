@@ -12,18 +12,73 @@ import TestSupport
 
 @Suite("Reporter rows")
 struct ReporterRowTests {
-    @Test("rows of one batch with the same key are added up")
+    @Test("rows of one batch with the same key: the last one is kept (a later report of a window replaces it)")
     func merge() {
         let key = Reporter.Row.Key(modid: 1, cmdid: 2, ip: 0x7F00_0001, port: 80, caller: 9)
         let other = Reporter.Row.Key(modid: 1, cmdid: 2, ip: 0x7F00_0001, port: 81, caller: 9)
         let merged = Reporter.merge([
             .init(key: key, succ: 5, err: 1, ts: 10, overload: false),
             .init(key: other, succ: 1, err: 0, ts: 10, overload: false),
-            .init(key: key, succ: 3, err: 2, ts: 11, overload: true),
+            .init(key: key, succ: 8, err: 3, ts: 11, overload: true),
         ])
         #expect(merged == [.init(key: key, succ: 8, err: 3, ts: 11, overload: true),
                            .init(key: other, succ: 1, err: 0, ts: 10, overload: false)])
     }
+
+    @Test("caller, ip and port are written unsigned; counts are capped at Lars's signed int")
+    func parameters() {
+        var report = Lars_ReportStatusRequest()
+        report.modid = 3
+        report.cmdid = 4
+        report.caller = Int32(bitPattern: 0xC0A8_0105)  // 192.168.1.5, as Lars's agent sends it
+        var result = Lars_HostCallResult()
+        result.ip = Int32(bitPattern: 0xC0A8_010A)
+        result.port = 8080
+        result.succ = .max
+        result.err = 7
+        report.results = [result]
+        let rows = Reporter.rows(of: report, now: 99)
+        #expect(rows.count == 1)
+        #expect(rows.first?.parameters == [3, 4, .integer(0xC0A8_010A), 8080, .integer(0xC0A8_0105),
+                                           .integer(Int64(Int32.max)), 7, 99, false])
+    }
+}
+
+/// A report shaped as Lars's agent sends it: every host of the module, each with its running counts.
+func larsReport(modid: Int32, caller: UInt32, ts: UInt32,
+                _ hosts: [(ip: UInt32, port: Int32, succ: UInt32, err: UInt32, overload: Bool)])
+    -> Lars_ReportStatusRequest
+{
+    var request = Lars_ReportStatusRequest()
+    request.modid = modid
+    request.cmdid = 1
+    request.caller = Int32(bitPattern: caller)
+    request.ts = ts
+    request.results = hosts.map { host in
+        var result = Lars_HostCallResult()
+        result.ip = Int32(bitPattern: host.ip)
+        result.port = host.port
+        result.succ = host.succ
+        result.err = host.err
+        result.overload = host.overload
+        return result
+    }
+    return request
+}
+
+/// The stored (succ_cnt, err_cnt, ts, overload) of each (ip, port, caller) of a module.
+func storedRows(_ pool: ConnectionPool, modid: Int32) async throws -> [String: [Int64]] {
+    let rows = try await pool.query(
+        "SELECT ip, port, caller, succ_cnt, err_cnt, ts, overload FROM ServerCallStatus WHERE modid = ?",
+        [SQLValue(modid)]).rows
+    var out: [String: [Int64]] = [:]
+    for row in rows {
+        let key = "\(try row.decode(0, as: Int64.self)):\(try row.decode(1, as: Int64.self)):"
+            + "\(try row.decode(2, as: Int64.self))"
+        out[key] = [try row.decode(3, as: Int64.self), try row.decode(4, as: Int64.self),
+                    try row.decode(5, as: Int64.self), try row.decode(6, as: Bool.self) ? 1 : 0]
+    }
+    return out
 }
 
 extension ReporterSocketTests {
@@ -31,56 +86,70 @@ extension ReporterSocketTests {
     struct ReporterTests {
         func report(modid: Int32, caller: Int32, ip: String, port: Int32, succ: UInt32, err: UInt32,
                     overload: Bool, ts: UInt32) -> Lars_ReportStatusRequest {
-            var result = Lars_HostCallResult()
-            result.ip = Int32(bitPattern: LoadBalancing.Host.parseIPv4(ip)!)
-            result.port = port
-            result.succ = succ
-            result.err = err
-            result.overload = overload
-            var request = Lars_ReportStatusRequest()
-            request.modid = modid
-            request.cmdid = 1
-            request.caller = caller
-            request.results = [result]
-            request.ts = ts
-            return request
+            larsReport(modid: modid, caller: UInt32(bitPattern: caller), ts: ts,
+                       [(LoadBalancing.Host.parseIPv4(ip)!, port, succ, err, overload)])
         }
 
-        @Test("reports land in ServerCallStatus; the upsert adds the counts up", arguments: TestDatabase.fileAndServers)
-        func rowsLand(db: TestDatabase) async throws {
+        static let agentA: UInt32 = 0xC0A8_0105  // 192.168.1.5: above 2^31, Lars writes it unsigned
+        static let agentB: UInt32 = 0x0A00_0005  // 10.0.0.5
+        static let hostX: UInt32 = 0xC0A8_010A   // 192.168.1.10
+        static let hostY: UInt32 = 0xC0A8_010B
+
+        @Test("Lars's agent's reports (running window counts): each row holds the last report, not a sum",
+              arguments: TestDatabase.fileAndServers)
+        func rowsHoldTheLastReport(db: TestDatabase) async throws {
             let pool = try await makePool(db.url())
             let running = try await RunningReporter(pool: pool, ReporterConfiguration(flushInterval: .milliseconds(20)))
             let reporter = running.reporter
             let client = try await running.client()
             let modid = uniqueModid()
-            try await client.send(report(modid: modid, caller: 7, ip: "192.168.1.10", port: 80, succ: 5, err: 1,
-                                         overload: false, ts: 1000), id: MessageID.reportStatusRequest)
-            #expect(await eventually { reporter.statistics.written == 1 })
-            // The second lands in a later transaction: the upsert, not the batch merge, adds these up.
-            try await client.send(report(modid: modid, caller: 7, ip: "192.168.1.10", port: 80, succ: 3, err: 2,
-                                         overload: true, ts: 1001), id: MessageID.reportStatusRequest)
-            try await client.send(report(modid: modid, caller: 8, ip: "192.168.1.10", port: 80, succ: 4, err: 0,
-                                         overload: false, ts: 1002), id: MessageID.reportStatusRequest)
-            #expect(await eventually { reporter.statistics.written == 3 })
-            let rows = try await pool.query(
-                "SELECT caller, ip, port, succ_cnt, err_cnt, ts, overload FROM ServerCallStatus WHERE modid = ? "
-                    + "ORDER BY caller", [SQLValue(modid)]).rows
-            #expect(rows.count == 2)
-            if rows.count == 2 {
-                #expect(try rows[0].decode("caller", as: Int64.self) == 7)
-                #expect(try rows[0].decode("ip", as: Int64.self) == 0xC0A8_010A)
-                #expect(try rows[0].decode("port", as: Int64.self) == 80)
-                #expect(try rows[0].decode("succ_cnt", as: Int64.self) == 8)
-                #expect(try rows[0].decode("err_cnt", as: Int64.self) == 3)
-                #expect(try rows[0].decode("ts", as: Int64.self) == 1001)
-                #expect(try rows[0].decode("overload", as: Bool.self) == true)
-                #expect(try rows[1].decode("caller", as: Int64.self) == 8)
-                #expect(try rows[1].decode("succ_cnt", as: Int64.self) == 4)
+            let (a, b, x, y) = (Self.agentA, Self.agentB, Self.hostX, Self.hostY)
+            // Three reports of one window from agent A (every host, counts growing), then the window restarts; each
+            // is written in a transaction of its own, so the database's upsert, not the batch merge, decides.
+            let window: [[(ip: UInt32, port: Int32, succ: UInt32, err: UInt32, overload: Bool)]] = [
+                [(x, 80, 1, 0, false), (y, 80, 0, 0, false)],
+                [(x, 80, 3, 1, false), (y, 80, 2, 0, false)],
+                [(x, 80, 6, 1, false), (y, 80, 2, 2, true)],
+                [(x, 80, 1, 0, false), (y, 80, 0, 0, true)],
+            ]
+            for (i, hosts) in window.enumerated() {
+                try await client.send(larsReport(modid: modid, caller: a, ts: 1000 + UInt32(i), hosts),
+                                      id: MessageID.reportStatusRequest)
+                #expect(await eventually { reporter.statistics.written == i + 1 })
             }
+            try await client.send(larsReport(modid: modid, caller: b, ts: 2000, [(x, 80, 4, 0, false)]),
+                                  id: MessageID.reportStatusRequest)
+            #expect(await eventually { reporter.statistics.written == window.count + 1 })
+            let rows = try await storedRows(pool, modid: modid)
+            #expect(rows == [
+                "\(x):80:\(a)": [1, 0, 1003, 0],
+                "\(y):80:\(a)": [0, 0, 1003, 1],
+                "\(x):80:\(b)": [4, 0, 2000, 0],
+            ])
             let stats = reporter.statistics
-            #expect(stats.received == 3 && stats.dropped == 0 && stats.failedWrites == 0)
+            #expect(stats.received == 5 && stats.dropped == 0 && stats.failedWrites == 0 && stats.rowsRefused == 0)
             await client.close()
             await running.stop()
+            await pool.close()
+        }
+
+        @Test("reports of one window in one batch: the last one is stored", arguments: TestDatabase.fileAndServers)
+        func oneBatchKeepsTheLast(db: TestDatabase) async throws {
+            let pool = try await makePool(db.url())
+            // A long flush interval: the three reports wait and go in one transaction.
+            let running = try await RunningReporter(pool: pool, ReporterConfiguration(flushInterval: .seconds(30)))
+            let client = try await running.client()
+            let modid = uniqueModid()
+            for (i, succ) in [2, 5, 9].enumerated() {
+                try await client.send(larsReport(modid: modid, caller: Self.agentA, ts: 50 + UInt32(i),
+                                                 [(Self.hostX, 81, UInt32(succ), UInt32(i), false)]),
+                                      id: MessageID.reportStatusRequest)
+            }
+            #expect(await eventually { running.reporter.statistics.received == 3 })
+            await client.close()
+            await running.stop()  // graceful: writes what is queued
+            #expect(running.reporter.statistics.written == 3)
+            #expect(try await storedRows(pool, modid: modid) == ["\(Self.hostX):81:\(Self.agentA)": [9, 2, 52, 0]])
             await pool.close()
         }
 
@@ -296,3 +365,99 @@ extension ReporterSocketTests {
         }
     }
 }
+
+#if MySQL
+extension ReporterSocketTests {
+    /// Against Lars's own table on MariaDB in strict mode (scripts/db makes the database `switchyard_lars`).
+    @Suite("Reporter on Lars's MariaDB schema")
+    struct LarsSchemaTests {
+        /// Lars's ServerCallStatus: ip, port and caller `int unsigned`, the counts signed `int`, overload `char(1)`.
+        static let larsTable = """
+            CREATE TABLE IF NOT EXISTS ServerCallStatus (modid int(11) NOT NULL, cmdid int(11) NOT NULL, \
+            ip int(11) unsigned NOT NULL, port int(11) unsigned NOT NULL, caller int(11) unsigned NOT NULL, \
+            succ_cnt int(11) NOT NULL, err_cnt int(11) NOT NULL, ts bigint(20) NOT NULL, overload char(1) NOT NULL, \
+            PRIMARY KEY (modid, cmdid, ip, port, caller)) ENGINE=InnoDB DEFAULT CHARSET=utf8
+            """
+
+        func larsURL() throws -> String {
+            guard let url = ProcessInfo.processInfo.environment["SWITCHYARD_TEST_MYSQL_LARS_URL"], !url.isEmpty else {
+                throw TestFailure("SWITCHYARD_TEST_MYSQL_LARS_URL is not set: run `scripts/db start && source "
+                                  + ".build-db/env` (it makes the switchyard_lars database)")
+            }
+            return url
+        }
+
+        /// A pool of one connection (a temporary table lives on its connection) in strict mode.
+        func strictPool(_ url: String) async throws -> ConnectionPool {
+            let pool = try ConnectionPool(url: url, configuration: PoolConfiguration(minConnections: 1,
+                                                                                     maxConnections: 1),
+                                          logger: quietLogger)
+            let mode = try await pool.query("SELECT @@SESSION.sql_mode").rows.first?.decode(0, as: String.self)
+            #expect(mode?.contains("STRICT_TRANS_TABLES") == true, "MariaDB is not in strict mode: \(mode ?? "")")
+            return pool
+        }
+
+        @Test("callers and hosts from 128.0.0.0 up land in Lars's unsigned columns")
+        func unsignedColumns() async throws {
+            let pool = try await strictPool(try larsURL())
+            try await pool.execute(Self.larsTable)
+            let running = try await RunningReporter(pool: pool, ReporterConfiguration(flushInterval: .milliseconds(20)))
+            let client = try await running.client()
+            let modid = uniqueModid()
+            let (a, x) = (ReporterTests.agentA, ReporterTests.hostX)
+            try await client.send(larsReport(modid: modid, caller: a, ts: 7, [(x, 65535, 3, 1, true)]),
+                                  id: MessageID.reportStatusRequest)
+            #expect(await eventually { running.reporter.statistics.written == 1 })
+            try await client.send(larsReport(modid: modid, caller: a, ts: 8, [(x, 65535, 5, 1, false)]),
+                                  id: MessageID.reportStatusRequest)
+            #expect(await eventually { running.reporter.statistics.written == 2 })
+            #expect(try await storedRows(pool, modid: modid) == ["\(x):65535:\(a)": [5, 1, 8, 0]])
+            #expect(running.reporter.statistics.rowsRefused == 0 && running.reporter.statistics.failedWrites == 0)
+            await client.close()
+            await running.stop()
+            await pool.close()
+        }
+
+        @Test("a row the database refuses does not take its batch down: the good rows are written, it is logged")
+        func refusedRowKeepsTheBatch() async throws {
+            let pool = try await strictPool(try larsURL())
+            // Some Lars deployments have a signed caller column: there a caller from 128.0.0.0 up is out of range
+            // (MariaDB error 1264). A temporary table on the pool's one connection shadows the unsigned one.
+            try await pool.execute("""
+                CREATE TEMPORARY TABLE ServerCallStatus (modid int(11) NOT NULL, cmdid int(11) NOT NULL, \
+                ip int(11) unsigned NOT NULL, port int(11) unsigned NOT NULL, caller int(11) NOT NULL, \
+                succ_cnt int(11) NOT NULL, err_cnt int(11) NOT NULL, ts bigint(20) NOT NULL, \
+                overload char(1) NOT NULL, PRIMARY KEY (modid, cmdid, ip, port, caller))
+                """)
+            let lines = Shared<[CapturedLog]>([])
+            let running = try await RunningReporter(
+                pool: pool, logger: CapturingLogHandler.logger(into: lines, level: .info),
+                ReporterConfiguration(flushInterval: .seconds(30)))
+            let client = try await running.client()
+            let modid = uniqueModid()
+            let (a, b, x, y) = (ReporterTests.agentA, ReporterTests.agentB, ReporterTests.hostX, ReporterTests.hostY)
+            // One batch: agent B's two good rows around agent A's refused one.
+            try await client.send(larsReport(modid: modid, caller: b, ts: 1, [(x, 80, 2, 0, false)]),
+                                  id: MessageID.reportStatusRequest)
+            try await client.send(larsReport(modid: modid, caller: a, ts: 2, [(x, 80, 9, 9, false)]),
+                                  id: MessageID.reportStatusRequest)
+            try await client.send(larsReport(modid: modid, caller: b, ts: 3, [(y, 80, 4, 1, false)]),
+                                  id: MessageID.reportStatusRequest)
+            #expect(await eventually { running.reporter.statistics.received == 3 })
+            await client.close()
+            await running.stop()
+            let stats = running.reporter.statistics
+            #expect(stats.rowsRefused == 1 && stats.written == 3 && stats.failedReports == 0)
+            #expect(try await storedRows(pool, modid: modid) == [
+                "\(x):80:\(b)": [2, 0, 1, 0], "\(y):80:\(b)": [4, 1, 3, 0],
+            ])
+            let refused = lines.get().filter { $0.message.contains("refused a row") }
+            #expect(refused.count == 1)
+            #expect(refused.first?.metadata["row.caller"] == "\(a)")
+            #expect(refused.first?.metadata["error.description"]?.contains("1264") == true)
+            try await pool.execute("DROP TEMPORARY TABLE ServerCallStatus")
+            await pool.close()
+        }
+    }
+}
+#endif

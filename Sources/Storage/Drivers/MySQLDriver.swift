@@ -347,6 +347,9 @@ final class MySQLConnection: DriverConnection {
         // duplicate key, foreign keys, NOT NULL, no default, CHECK (MySQL 3819, MariaDB 4025)
         case 1062, 1586, 1169, 1451, 1452, 1216, 1217, 1048, 1364, 1557, 3819, 4025:
             return .constraintViolation(detail)
+        // out of range, data truncated, incorrect value for the column, data too long, incorrect date/time value
+        case 1264, 1265, 1366, 1406, 1292:
+            return .valueRejected(detail)
         // parse error, unknown table/column/function, ambiguous column
         case 1064, 1146, 1054, 1149, 1109, 1052, 1051, 1305, 1630:
             return .syntax(detail)

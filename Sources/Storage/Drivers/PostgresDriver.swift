@@ -253,6 +253,7 @@ final class PostgresConnection: DriverConnection {
         guard let sqlstate else { return .other(detail) }
         switch sqlstate.prefix(2) {
         case "23": return .constraintViolation(detail)
+        case "22": return .valueRejected(detail)  // data exception: out of range, too long, invalid text
         case "42": return .syntax(detail)
         case "08": return .connectionLost(detail)
         case "28": return .authenticationFailed(detail)

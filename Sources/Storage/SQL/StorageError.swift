@@ -27,6 +27,10 @@ public enum StorageError: Error, Sendable, Equatable {
     case poolClosed(Detail)
     /// A column value does not convert to the requested Swift type, or a named column does not exist.
     case typeMismatch(Detail)
+    /// The database refused a value for its column: out of the column's range (a negative number in an unsigned
+    /// column), too long, or not a value of the column's type (MySQL/MariaDB in strict mode, PostgreSQL's data
+    /// exceptions). Nothing of the statement was applied.
+    case valueRejected(Detail)
     /// Anything else the driver reports (locks, deadlocks, data too long, ...).
     case other(Detail)
 
@@ -58,7 +62,7 @@ public enum StorageError: Error, Sendable, Equatable {
         switch self {
         case .connectionFailed(let d), .connectionLost(let d), .authenticationFailed(let d),
             .constraintViolation(let d), .syntax(let d), .timeout(let d), .badURL(let d), .poolClosed(let d),
-            .typeMismatch(let d), .other(let d):
+            .typeMismatch(let d), .valueRejected(let d), .other(let d):
             return d
         }
     }
@@ -81,7 +85,19 @@ public enum StorageError: Error, Sendable, Equatable {
         case .badURL: return "badURL"
         case .poolClosed: return "poolClosed"
         case .typeMismatch: return "typeMismatch"
+        case .valueRejected: return "valueRejected"
         case .other: return "other"
+        }
+    }
+
+    /// `true` when the statement failed because of the values it carried (a constraint, a value its column refuses,
+    /// or an error the library does not classify), not because of the connection, the pool or the SQL: the same
+    /// statement with other values may succeed, so a batch can be retried row by row.
+    public var isAboutTheValues: Bool {
+        switch self {
+        case .constraintViolation, .valueRejected, .typeMismatch, .other: return true
+        case .connectionFailed, .connectionLost, .authenticationFailed, .syntax, .timeout, .badURL, .poolClosed:
+            return false
         }
     }
 
