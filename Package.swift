@@ -164,7 +164,11 @@ let package = Package(
 
         // The media relay: MPEG-TS chunking and pacing (pure), one reader and many viewers per playback.
         .target(name: "MediaRelay", dependencies: [
-            "SwitchyardCore", "Storage", .product(name: "DequeModule", package: "swift-collections"),
+            "SwitchyardCore", "Storage", "Reactor", "Messaging", "LarsWire",
+            .product(name: "DequeModule", package: "swift-collections"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
 
         // ---- Internal targets (not products): the demo, the benchmarks, the echo service ----

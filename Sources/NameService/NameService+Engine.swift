@@ -280,6 +280,9 @@ extension NameService {
             while !Task.isCancelled {
                 do {
                     let version = try await RouteAdmin.currentVersion(on: pool)
+                    // It answers again: reachable before the reload pushes what changed meanwhile (a failing reload
+                    // makes it unreachable again below).
+                    if outageStart != nil { reachable.store(true, ordering: .relaxed) }
                     let now = ContinuousClock.now
                     let full = now - lastFullReload >= configuration.fullReloadInterval
                     if version != lastVersion || full {
@@ -287,28 +290,30 @@ extension NameService {
                         lastVersion = version
                         lastFullReload = now
                     }
-                    if retention != nil {
-                        retention!.observe(version: version, at: now)
-                        if let through = retention!.prunableVersion(now: now) {
-                            try await pruneRouteChanges(through: through)
-                            retention!.pruned(through: through)
-                        }
-                    }
                     if let start = outageStart {
                         outageStart = nil
-                        reachable.store(true, ordering: .relaxed)
                         logger.info("name service: database reachable again, routes reloaded", metadata: [
                             "outage.seconds": "\((ContinuousClock.now - start).components.seconds)",
                             "route.version": "\(version)",
                         ])
                     }
+                    if retention != nil {
+                        retention!.observe(version: version, at: now)
+                        if let through = retention!.prunableVersion(now: now) {
+                            // A failed delete is tried again at the next poll; it does not make the database
+                            // unreachable for the routes.
+                            if (try? await pruneRouteChanges(through: through)) != nil {
+                                retention!.pruned(through: through)
+                            }
+                        }
+                    }
                 } catch {
                     if Task.isCancelled { break }
                     failedPolls.wrappingAdd(1, ordering: .relaxed)
                     metrics.failedPolls.increment()
+                    reachable.store(false, ordering: .relaxed)
                     if outageStart == nil {
                         outageStart = .now
-                        reachable.store(false, ordering: .relaxed)
                         logger.info("name service: database unreachable, serving the last routes", metadata: [
                             "error.description": "\(error)", "route.version": "\(snapshot.version)",
                         ])

@@ -6,7 +6,7 @@ import Reporter
 struct ReporterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reporter",
-        abstract: "Run the reporter: agents' call results are added up in ServerCallStatus, in batches."
+        abstract: "Run the reporter: each agent's latest window counts per host overwrite its ServerCallStatus rows."
     )
 
     @Option(help: "Address to bind.")

@@ -12,7 +12,7 @@ private func chunk(_ frame: Int, gop: Int = 25, size: Int = 1880, discontinuity:
 
 private func sent(_ actions: [ChunkRing<Int>.Action], to viewer: Int) -> [[UInt8]] {
     actions.flatMap { action -> [[UInt8]] in
-        if case .send(let v, let pieces) = action, v == viewer { return pieces }
+        if case .send(let v, let batch) = action, v == viewer { return batch.flatMap(\.pieces) }
         return []
     }
 }

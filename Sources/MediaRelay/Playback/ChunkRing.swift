@@ -28,10 +28,28 @@ public struct ChunkRing<Viewer: Hashable & Sendable> {
         }
     }
 
+    /// One chunk handed to a viewer.
+    public struct Delivery: Sendable {
+        /// The chunk's place in the playback (from 0; a gap: the viewer skipped chunks).
+        public var sequence: UInt64
+        public var chunk: MediaChunk
+        /// The viewer starts here (it joined, or skipped to this keyframe): the program tables go before the chunk.
+        public var withProgramHeader: Bool
+
+        /// The byte arrays to write, in order: the program tables when they go first, then the chunk (shared
+        /// arrays: no copy per viewer).
+        public var pieces: [[UInt8]] {
+            withProgramHeader && !chunk.programHeader.isEmpty ? [chunk.programHeader, chunk.bytes] : [chunk.bytes]
+        }
+
+        /// Bytes of `pieces`.
+        public var byteCount: Int { (withProgramHeader ? chunk.programHeader.count : 0) + chunk.bytes.count }
+    }
+
     /// What the shell does for a viewer.
     public enum Action: Sendable {
-        /// Write these byte arrays, in order, then call `drained(_:now:)`.
-        case send(Viewer, [[UInt8]])
+        /// Write these chunks, in order, then call `drained(_:now:)`.
+        case send(Viewer, [Delivery])
         /// The stream ended and the viewer has had every chunk: end its stream (end-of-stream frame, end of body).
         case end(Viewer)
         /// The viewer is stuck past the timeout: close its connection.
@@ -172,22 +190,23 @@ public struct ChunkRing<Viewer: Hashable & Sendable> {
             state.next = entries.last(where: { $0.chunk.keyframe })?.sequence ?? nextSequence
             state.needsKeyframe = true
         }
-        var pieces: [[UInt8]] = []
+        var batch: [Delivery] = []
         while state.next < nextSequence {
             let e = entry(state.next)
             state.next += 1
+            var first = false
             if state.needsKeyframe {
                 guard e.chunk.keyframe else { continue }
                 state.needsKeyframe = false
-                if !e.chunk.programHeader.isEmpty { pieces.append(e.chunk.programHeader) }
+                first = true
             }
-            pieces.append(e.chunk.bytes)
+            batch.append(Delivery(sequence: e.sequence, chunk: e.chunk, withProgramHeader: first))
         }
-        if !pieces.isEmpty {
+        if !batch.isEmpty {
             state.writing = true
             state.writingSince = now
             viewers[viewer] = state
-            return [.send(viewer, pieces)]
+            return [.send(viewer, batch)]
         }
         if finished {
             state.ended = true

@@ -1,0 +1,390 @@
+import DequeModule
+import Logging
+import Reactor
+import Synchronization
+
+/// Where one viewer's chunks go: an HTTP response body, or chunk frames. Loop thread of its connection only.
+protocol ViewerSink: AnyObject, Sendable {
+    var connection: TCPConnection { get }
+    /// Hands the batch to the socket, straight from the shared chunks; returns the bytes handed over.
+    func write(_ batch: [ChunkRing<UInt64>.Delivery]) -> Int
+    /// The stream ended and the viewer has had everything: end its stream and close after the flush.
+    func end()
+}
+
+/// The counters every playback and fanout of a relay adds to.
+final class RelayCounters: Sendable {
+    let viewers = Atomic<Int>(0)
+    let viewersServed = Atomic<Int>(0)
+    let viewersRefused = Atomic<Int>(0)
+    let playbacks = Atomic<Int>(0)
+    let playbacksStarted = Atomic<Int>(0)
+    let fileBytesRead = Atomic<Int>(0)
+    let chunksAppended = Atomic<Int>(0)
+    let bytesSent = Atomic<Int>(0)
+    let drops = Atomic<Int>(0)
+    let stuckClosed = Atomic<Int>(0)
+    let badRequests = Atomic<Int>(0)
+    let notFound = Atomic<Int>(0)
+    let publishers = Atomic<Int>(0)
+
+    enum Name { case viewersServed, viewersRefused, playbacks, playbacksStarted, fileBytesRead, chunksAppended,
+                     bytesSent, drops, stuckClosed, badRequests, notFound, publishers }
+
+    func add(_ name: Name, _ n: Int = 1) {
+        switch name {
+        case .viewersServed: viewersServed.wrappingAdd(n, ordering: .relaxed)
+        case .viewersRefused: viewersRefused.wrappingAdd(n, ordering: .relaxed)
+        case .playbacks: playbacks.wrappingAdd(n, ordering: .relaxed)
+        case .playbacksStarted: playbacksStarted.wrappingAdd(n, ordering: .relaxed)
+        case .fileBytesRead: fileBytesRead.wrappingAdd(n, ordering: .relaxed)
+        case .chunksAppended: chunksAppended.wrappingAdd(n, ordering: .relaxed)
+        case .bytesSent: bytesSent.wrappingAdd(n, ordering: .relaxed)
+        case .drops: drops.wrappingAdd(n, ordering: .relaxed)
+        case .stuckClosed: stuckClosed.wrappingAdd(n, ordering: .relaxed)
+        case .badRequests: badRequests.wrappingAdd(n, ordering: .relaxed)
+        case .notFound: notFound.wrappingAdd(n, ordering: .relaxed)
+        case .publishers: publishers.wrappingAdd(n, ordering: .relaxed)
+        }
+    }
+}
+
+/// The ring of one playback on one loop, with the viewers of that loop: the shell of `ChunkRing`. The playback posts
+/// each due chunk to every loop that has viewers; on its loop the fanout appends it and writes it to the viewers that
+/// have drained their sockets. A viewer still writing is checked on every append and every 50 ms (its socket's
+/// queue empty: drained). Loop-confined: every method runs on `loop`.
+final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its methods assert it)
+    let loop: EventLoop
+    private var ring: ChunkRing<UInt64>
+    private var sinks: [UInt64: any ViewerSink] = [:]
+    private var writing: Set<UInt64> = []
+    private var timer: TimerHandle?
+    private let counters: RelayCounters
+    private let viewerLeft: @Sendable () -> Void
+    private var reported = ChunkRing<UInt64>.Statistics()
+
+    init(loop: EventLoop, ring: ChunkRing<UInt64>.Configuration, counters: RelayCounters,
+         viewerLeft: @escaping @Sendable () -> Void) {
+        self.loop = loop
+        self.ring = ChunkRing(configuration: ring)
+        self.counters = counters
+        self.viewerLeft = viewerLeft
+    }
+
+    var viewerCount: Int { sinks.count }
+
+    /// Seeds a new fanout with the chunks since the playback's latest keyframe, so its first viewer starts at once.
+    func seed(_ chunks: [MediaChunk]) {
+        loop.assertInLoopThread()
+        for chunk in chunks { _ = ring.append(chunk, now: loop.wakeTime) }
+    }
+
+    func add(_ id: UInt64, _ sink: any ViewerSink) {
+        loop.assertInLoopThread()
+        sinks[id] = sink
+        if timer == nil {
+            timer = loop.scheduleRepeating(every: .milliseconds(50)) { [weak self] in self?.tick() }
+        }
+        perform(ring.addViewer(id, now: sy_now()))
+    }
+
+    /// The viewer's connection closed.
+    func remove(_ id: UInt64) {
+        loop.assertInLoopThread()
+        guard sinks.removeValue(forKey: id) != nil else { return }
+        writing.remove(id)
+        ring.removeViewer(id)
+        viewerLeft()
+        stopTimerIfIdle()
+    }
+
+    func append(_ chunk: MediaChunk) {
+        loop.assertInLoopThread()
+        let now = sy_now()
+        pollDrained(now: now)
+        counters.add(.chunksAppended)
+        perform(ring.append(chunk, now: now))
+        countRingStatistics()
+    }
+
+    func finish() {
+        loop.assertInLoopThread()
+        let now = sy_now()
+        pollDrained(now: now)
+        perform(ring.finish(now: now))
+    }
+
+    private func tick() {
+        let now = sy_now()
+        pollDrained(now: now)
+        perform(ring.closeStuck(now: now))
+        countRingStatistics()
+        stopTimerIfIdle()
+    }
+
+    private func stopTimerIfIdle() {
+        if sinks.isEmpty, let timer {
+            timer.cancel()
+            self.timer = nil
+        }
+    }
+
+    private func pollDrained(now: UInt64) {
+        guard !writing.isEmpty else { return }
+        for id in writing where sinks[id]?.connection.queuedOutputBytes ?? 0 == 0 {
+            writing.remove(id)
+            perform(ring.drained(id, now: now))
+        }
+    }
+
+    private func perform(_ actions: [ChunkRing<UInt64>.Action]) {
+        for action in actions {
+            switch action {
+            case .send(let id, let batch):
+                guard let sink = sinks[id] else { continue }
+                counters.add(.bytesSent, sink.write(batch))
+                if sink.connection.queuedOutputBytes == 0 && sink.connection.isActive {
+                    perform(ring.drained(id, now: sy_now()))
+                } else {
+                    writing.insert(id)
+                }
+            case .end(let id):
+                sinks[id]?.end()
+            case .close(let id):
+                writing.remove(id)
+                sinks[id]?.connection.forceClose()
+            }
+        }
+    }
+
+    private func countRingStatistics() {
+        let s = ring.statistics
+        if s.drops != reported.drops { counters.add(.drops, s.drops - reported.drops) }
+        if s.stuckClosed != reported.stuckClosed { counters.add(.stuckClosed, s.stuckClosed - reported.stuckClosed) }
+        reported = s
+    }
+}
+
+/// The monotonic clock of the relay (ns).
+@inline(__always) func sy_now() -> UInt64 { SystemInfo.monotonicNanoseconds() }
+
+/// Which stream a playback is.
+struct PlaybackKey: Hashable, Sendable, CustomStringConvertible {
+    enum Mode: Hashable, Sendable { case live, vod(viewer: UInt64) }
+    var resource: String
+    var room: String
+    var mode: Mode
+
+    var description: String {
+        switch mode {
+        case .live: return room.isEmpty ? "live \(resource)" : "live \(resource) room \(room)"
+        case .vod(let viewer): return "vod \(resource) for viewer \(viewer)"
+        }
+    }
+}
+
+/// One stream being relayed: its source (a file read once, at the stream's own pace, or chunks pushed by a
+/// publisher) fanned out to a `LoopFanout` on every loop that has viewers. Its own state is confined to its home
+/// `loop`; viewers join and leave from their connections' loops.
+///
+///     reader (its queue) --chunks--> read-ahead (home loop) --due, by the stream's clock--> fanouts (viewer loops)
+final class Playback: @unchecked Sendable {  // confined to `loop`, except the immutable lets
+    enum Source {
+        case file(MediaFileReader)
+        case push
+    }
+
+    let key: PlaybackKey
+    let loop: EventLoop
+    private let source: Source
+    private let configuration: RelayConfiguration
+    private let counters: RelayCounters
+    private let logger: Logger
+    private let onFinished: @Sendable (Playback) -> Void
+    private var pacer = PlaybackPacer()
+    private var readAhead: Deque<MediaChunk> = []
+    private var headDue: UInt64?
+    private var reading = false
+    private var readerAtEnd = false
+    private var timer: TimerHandle?
+    private var idleTimer: TimerHandle?
+    private var fanouts: [ObjectIdentifier: LoopFanout] = [:]
+    /// Chunks since the latest keyframe (a new loop's fanout starts with them).
+    private var sinceKeyframe: [MediaChunk] = []
+    private var viewers = 0
+    private var started = false
+    private(set) var finished = false
+    private let readAheadTicks: UInt64
+
+    init(key: PlaybackKey, loop: EventLoop, source: Source, configuration: RelayConfiguration,
+         counters: RelayCounters, logger: Logger, onFinished: @escaping @Sendable (Playback) -> Void) {
+        self.key = key
+        self.loop = loop
+        self.source = source
+        self.configuration = configuration
+        self.counters = counters
+        self.logger = logger
+        self.onFinished = onFinished
+        readAheadTicks = PlaybackPacer.ticks(configuration.readAhead)
+        counters.add(.playbacks)
+        counters.add(.playbacksStarted)
+    }
+
+    /// Adds a viewer whose connection is on `sink.connection.loop`; `id` names it in its fanout. Any thread. When
+    /// the playback has already finished the viewer's stream is ended at once.
+    func addViewer(_ id: UInt64, _ sink: any ViewerSink) {
+        loop.executeInLoop { [self] in
+            let viewerLoop = sink.connection.loop
+            guard !finished else {
+                viewerLoop.executeInLoop { sink.end() }
+                return
+            }
+            viewers += 1
+            idleTimer?.cancel()
+            idleTimer = nil
+            let fanout = fanout(for: viewerLoop)
+            viewerLoop.executeInLoop { fanout.add(id, sink) }
+            if !started {
+                started = true
+                if case .file = source { requestRead() }
+            }
+        }
+    }
+
+    /// The fanout of `viewerLoop` for viewers of this playback (made, and seeded, on first use). Home loop only.
+    private func fanout(for viewerLoop: EventLoop) -> LoopFanout {
+        if let existing = fanouts[ObjectIdentifier(viewerLoop)] { return existing }
+        let made = LoopFanout(loop: viewerLoop, ring: configuration.ring, counters: counters,
+                              viewerLeft: { [weak self] in self?.viewerLeft() })
+        fanouts[ObjectIdentifier(viewerLoop)] = made
+        let seed = sinceKeyframe
+        if !seed.isEmpty { viewerLoop.executeInLoop { made.seed(seed) } }
+        return made
+    }
+
+    /// The fanout on `viewerLoop` (for the viewer's close). Home loop only; nil when none was made.
+    private func viewerLeft() {
+        loop.executeInLoop { [self] in
+            viewers -= 1
+            guard viewers == 0, !finished else { return }
+            switch key.mode {
+            case .vod:
+                stop(reason: "its viewer left")
+            case .live:
+                if case .push = source { return }  // a published stream lives as long as its publisher
+                let grace = configuration.idleLivePlayback
+                idleTimer = loop.schedule(after: grace) { [weak self] in
+                    guard let self, self.viewers == 0, !self.finished else { return }
+                    self.stop(reason: "nobody watched it for \(grace)")
+                }
+            }
+        }
+    }
+
+    /// Removes a viewer (its connection closed). On the viewer's loop.
+    func removeViewer(_ id: UInt64, on viewerLoop: EventLoop) {
+        loop.executeInLoop { [self] in
+            guard let fanout = fanouts[ObjectIdentifier(viewerLoop)] else { return }
+            viewerLoop.executeInLoop { fanout.remove(id) }
+        }
+    }
+
+    // MARK: A file, read ahead and paced
+
+    private func requestRead() {
+        guard case .file(let reader) = source, !reading, !readerAtEnd, !finished else { return }
+        if let first = readAhead.first, let last = readAhead.last, last.time &- first.time >= readAheadTicks {
+            return
+        }
+        reading = true
+        reader.readNext { [weak self] piece in
+            guard let self else { return }
+            self.loop.execute { self.received(piece, from: reader) }
+        }
+    }
+
+    private func received(_ piece: MediaFileReader.Piece, from reader: MediaFileReader) {
+        reading = false
+        guard !finished else { return }
+        counters.add(.fileBytesRead, reader.bytesRead - fileBytesCounted)
+        fileBytesCounted = reader.bytesRead
+        if let failure = piece.failure {
+            logger.info("relay: a playback stopped: its file is not a stream the relay can pace", metadata: [
+                "playback": "\(key)", "media.path": "\(reader.path)", "error.description": "\(failure)",
+            ])
+            stop(reason: failure)
+            return
+        }
+        readAhead.append(contentsOf: piece.chunks)
+        readerAtEnd = piece.atEnd
+        emitDue()
+        requestRead()
+    }
+
+    private var fileBytesCounted = 0
+
+    /// Sends every chunk that is due, then sleeps until the next one is.
+    private func emitDue() {
+        timer = nil
+        let now = sy_now()
+        while let head = readAhead.first {
+            let due = headDue ?? pacer.due(head, now: now)
+            headDue = due
+            // Within a millisecond is now: a timer wakes up a little early or late.
+            if due > now &+ 1_000_000 {
+                timer = loop.schedule(after: .nanoseconds(Int64(due - now))) { [weak self] in self?.emitDue() }
+                requestRead()
+                return
+            }
+            readAhead.removeFirst()
+            headDue = nil
+            fanOut(head)
+        }
+        if readerAtEnd {
+            stop(reason: nil)
+        } else {
+            requestRead()
+        }
+    }
+
+    // MARK: Pushed chunks (a publisher, an origin)
+
+    /// A chunk of a pushed stream: sent now (its publisher paces it). Any thread.
+    func push(_ chunks: [MediaChunk]) {
+        loop.executeInLoop { [self] in
+            guard !finished else { return }
+            for chunk in chunks { fanOut(chunk) }
+        }
+    }
+
+    /// The pushed stream ended (its publisher left). Any thread.
+    func endPush(reason: String?) {
+        loop.executeInLoop { [self] in stop(reason: reason) }
+    }
+
+    // MARK: Fan-out and the end
+
+    private func fanOut(_ chunk: MediaChunk) {
+        if chunk.keyframe { sinceKeyframe = [] }
+        if chunk.keyframe || !sinceKeyframe.isEmpty { sinceKeyframe.append(chunk) }
+        for fanout in fanouts.values {
+            fanout.loop.executeInLoop { fanout.append(chunk) }
+        }
+    }
+
+    /// Ends the playback: every viewer gets what it has not had, then the end of its stream. Home loop.
+    func stop(reason: String?) {
+        loop.assertInLoopThread()
+        guard !finished else { return }
+        finished = true
+        timer?.cancel()
+        idleTimer?.cancel()
+        if case .file(let reader) = source { reader.close() }
+        for fanout in fanouts.values { fanout.loop.executeInLoop { fanout.finish() } }
+        readAhead.removeAll()
+        sinceKeyframe = []
+        counters.add(.playbacks, -1)
+        logger.debug("relay: playback ended", metadata: ["playback": "\(key)", "reason": "\(reason ?? "end of file")"])
+        onFinished(self)
+    }
+}
