@@ -250,7 +250,11 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
-        .testTarget(name: "MediaRelayTests", dependencies: ["MediaRelay", "Storage", "TestSupport"]),
+        .testTarget(name: "MediaRelayTests", dependencies: [
+            "MediaRelay", "Storage", "Reactor", "Messaging", "LarsWire", "TestSupport",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "ChatTests", dependencies: [
             "Chat", "Messaging", "Reactor", "Storage", "TestSupport",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -9,16 +9,17 @@ enum TestMedia {
 
     /// Makes `seconds` of H.264 (`video`: an ffmpeg encoder name) at `fps`, a keyframe every `gop` frames, with
     /// MP2 audio, in a temporary .ts file.
+    /// `bitrate` (e.g. "8M"): a constant video bitrate, for a movie larger than the kernel's socket buffers.
     static func movie(seconds: Int = 4, fps: Int = 25, gop: Int = 25, video: String = "libx264",
-                      audio: String = "mp2") throws -> URL {
+                      audio: String = "mp2", size: String = "320x240", bitrate: String? = nil) throws -> URL {
         let url = temporaryFile("movie-\(video)-\(fps)-\(gop)-\(seconds)", ".ts")
+        let rate = bitrate.map { ["-b:v", $0, "-minrate", $0, "-maxrate", $0, "-bufsize", $0] } ?? []
         try run("ffmpeg", [
             "-v", "error", "-y",
-            "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=\(fps)",
+            "-f", "lavfi", "-i", "testsrc2=size=\(size):rate=\(fps)",
             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-            "-t", "\(seconds)", "-g", "\(gop)", "-c:v", video, "-pix_fmt", "yuv420p", "-c:a", audio,
-            "-f", "mpegts", url.path,
-        ])
+            "-t", "\(seconds)", "-g", "\(gop)", "-c:v", video, "-pix_fmt", "yuv420p",
+        ] + rate + ["-c:a", audio, "-f", "mpegts", url.path])
         return url
     }
 

@@ -32,7 +32,8 @@ public final class MediaRelayServer: Service, Sendable {
     let logger: Logger
     let counters = RelayCounters()
     private let playbacks = Mutex<[PlaybackKey: Playback]>([:])
-    private let publishedNames = Mutex<Set<PlaybackKey>>([])
+    /// Live playbacks being looked up and opened (the first viewer's task; the others wait for it).
+    private let startingLive = Mutex<[PlaybackKey: Task<Result<Playback, Refusal>, Never>]>([:])
     private let nextViewerID = Atomic<UInt64>(1)
     private let running = Atomic<Bool>(false)
     private let httpServer: TCPServer?
@@ -172,24 +173,30 @@ public final class MediaRelayServer: Service, Sendable {
         case internalError(String)
     }
 
-    /// The live playback of (name, room), started from the catalog's file when none runs. Off the loops.
+    /// The live playback of (name, room), started from the catalog's file when none runs. Off the loops. Viewers that
+    /// ask at the same time for a playback that does not run yet share one lookup (and one playback).
     func livePlayback(name: String, room: String) async -> Result<Playback, Refusal> {
         let key = PlaybackKey(resource: name, room: room, mode: .live)
-        if let running = playbacks.withLock({ $0[key] }) { return .success(running) }
-        switch await openFile(name: name) {
-        case .failure(let refusal):
-            return .failure(refusal)
-        case .success(let reader):
-            let made = makePlayback(key: key, source: .file(reader))
-            // Two first viewers at once: the first one's playback wins, the other reader is dropped unread.
-            let winner = playbacks.withLock { table -> Playback in
-                if let existing = table[key] { return existing }
-                table[key] = made
-                return made
-            }
-            if winner !== made { made.loop.execute { made.stop(reason: "a concurrent start won") } }
-            return .success(winner)
+        // Lock order: playbacks, then startingLive (the lookup task takes them one at a time).
+        let found = playbacks.withLock { table -> (Playback?, Task<Result<Playback, Refusal>, Never>?) in
+            if let running = table[key] { return (running, nil) }
+            return (nil, startingLive.withLock { starting in
+                if let other = starting[key] { return other }
+                let task = Task { [self] () -> Result<Playback, Refusal> in
+                    let result = await openFile(name: name).map { reader -> Playback in
+                        let made = makePlayback(key: key, source: .file(reader))
+                        playbacks.withLock { $0[key] = made }
+                        return made
+                    }
+                    _ = startingLive.withLock { $0.removeValue(forKey: key) }
+                    return result
+                }
+                starting[key] = task
+                return task
+            })
         }
+        if let running = found.0 { return .success(running) }
+        return await found.1!.value
     }
 
     /// A playback of its own for one viewer, from `start`.
