@@ -31,6 +31,11 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(help: "Seconds a viewer may leave a write unfinished before it is closed (default 15).")
     var stuckTimeout = 15.0
     @Option(help: "KiB of chunks each playback's ring keeps per loop (default 8192).") var ringKib = 8192
+    @Option(help: """
+        An edge relay's origin, HOST:PORT of its frame port: live names the catalog lacks are pulled from it once \
+        and fanned out here.
+        """)
+    var origin: String?
     @Option(help: "I/O threads.") var threads = 1
     @Option(help: "I/O multiplexer: epoll, poll or select.") var poller: PollerKind = .epoll
     @OptionGroup var service: ServiceOptions
@@ -39,7 +44,8 @@ struct RelayCommand: AsyncParsableCommand {
         RelayConfiguration(
             host: host, framePort: port, httpPort: httpPort, capacity: capacity, maxPublishers: maxPublishers,
             ring: .init(capacityBytes: ringKib << 10, maxLag: .milliseconds(Int64(maxLag * 1000)),
-                        stuckTimeout: .milliseconds(Int64(stuckTimeout * 1000))))
+                        stuckTimeout: .milliseconds(Int64(stuckTimeout * 1000))),
+            origin: origin)
     }
 
     func validate() throws {
@@ -79,7 +85,8 @@ struct RelayCommand: AsyncParsableCommand {
         try await runServices(
             [EventLoopGroupService(group: group), pool, relay],
             announcing: "relay listening on frames \(addresses.frames.map(\.description) ?? "-"), "
-                + "http \(addresses.http.map(\.description) ?? "-") (db \(pool.url))",
+                + "http \(addresses.http.map(\.description) ?? "-") (db \(pool.url)"
+                + (origin.map { ", origin \($0))" } ?? ")"),
             logger: logger)
         let s = relay.statistics
         logger.info("relay totals", metadata: [

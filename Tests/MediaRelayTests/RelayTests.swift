@@ -121,6 +121,43 @@ extension RelaySocketTests {
         }
     }
 
+    @Suite("Media relay: edges")
+    struct RelayEdgeTests {
+        @Test("two edges on one origin, 20 viewers each: the origin reads the file once and serves two connections",
+              arguments: PollerKind.allCases)
+        func edgesPullOnce(poller: PollerKind) async throws {
+            let movie = try TestMedia.movie(seconds: 3)
+            let size = try TestMedia.bytes(movie).count
+            let origin = try await RunningRelay(poller: poller, movies: ["movie": movie])
+            var edges: [RunningRelay] = []
+            for _ in 0..<2 {
+                edges.append(try await RunningRelay(poller: poller, movies: [:]) {
+                    $0.origin = "127.0.0.1:\(origin.framePort)"
+                })
+            }
+            let responses = try await withThrowingTaskGroup(of: HTTPViewer.Response.self) { group in
+                for edge in edges {
+                    for _ in 0..<20 {
+                        group.addTask { try await HTTPViewer.get("/live/movie.ts", port: edge.httpPort) }
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(responses.count == 40)
+            #expect(responses.allSatisfy { $0.status == 200 && $0.ended && $0.body.count > size / 2 })
+            let o = origin.relay.statistics
+            #expect(o.viewersServed == 2 && o.playbacksStarted == 1 && o.fileBytesRead == size, "\(o)")
+            for edge in edges {
+                #expect(edge.relay.statistics.viewersServed == 20 && edge.relay.statistics.fileBytesRead == 0)
+            }
+            // A name the origin does not have either: 404 from the edge.
+            let missing = try await HTTPViewer.get("/live/nothere.ts", port: edges[0].httpPort)
+            #expect(missing.status == 404)
+            for edge in edges { await edge.stop() }
+            await origin.stop()
+        }
+    }
+
     @Suite("Media relay: the frame protocol")
     struct RelayFrameTests {
         @Test("on demand from 2 s: chunks in order from a keyframe near 2 s, then the end of the stream",

@@ -6,6 +6,7 @@ import Messaging
 import Reactor
 import ServiceLifecycle
 import Storage
+import SwitchyardCore
 import Synchronization
 
 /// The media relay: reads a movie once and pushes it, at the stream's own frame rate, to every viewer, over HTTP
@@ -183,11 +184,13 @@ public final class MediaRelayServer: Service, Sendable {
             return (nil, startingLive.withLock { starting in
                 if let other = starting[key] { return other }
                 let task = Task { [self] () -> Result<Playback, Refusal> in
-                    let result = await openFile(name: name).map { reader -> Playback in
-                        let made = makePlayback(key: key, source: .file(reader))
-                        playbacks.withLock { $0[key] = made }
-                        return made
+                    var result = await openFile(name: name).map { reader -> Playback in
+                        makePlayback(key: key, source: .file(reader))
                     }
+                    if case .failure(.notFound) = result, let origin = configuration.origin {
+                        result = await pullFromOrigin(origin, name: name, room: room, key: key)
+                    }
+                    if case .success(let made) = result { playbacks.withLock { $0[key] = made } }
                     _ = startingLive.withLock { $0.removeValue(forKey: key) }
                     return result
                 }
@@ -197,6 +200,71 @@ public final class MediaRelayServer: Service, Sendable {
         }
         if let running = found.0 { return .success(running) }
         return await found.1!.value
+    }
+
+    /// An edge's playback of a live stream of its origin: one subscription to the origin, whose chunks are cut again
+    /// here and fanned out to the edge's viewers. The origin's first frame decides: a chunk starts the playback, an
+    /// error is the refusal.
+    private func pullFromOrigin(_ origin: String, name: String, room: String, key: PlaybackKey) async
+        -> Result<Playback, Refusal>
+    {
+        let (host, port) = IPv4Endpoint.splitHostPort(origin)!
+        let client: AsyncFrameClient
+        do {
+            client = try await AsyncFrameClient.connect(host: host, port: port, loop: group.next(), bufferCapacity: 1024)
+        } catch {
+            logger.info("relay: the origin cannot be reached", metadata: [
+                "origin.address": "\(origin)", "error.description": "\(error)",
+            ])
+            return .failure(.internalError("the origin \(origin) cannot be reached"))
+        }
+        var subscribe = Switchyard_Media_Subscribe()
+        subscribe.resource = name
+        subscribe.room = room
+        subscribe.mode = .live
+        var frames = client.frames.makeAsyncIterator()
+        let first: InboundFrame?
+        do {
+            try await client.send(subscribe, id: MediaMessageID.subscribe)
+            first = try await frames.next()
+        } catch {
+            first = nil
+        }
+        guard let first, first.messageID == MediaMessageID.chunk.rawValue,
+              let chunk = try? first.decode(as: Switchyard_Media_Chunk.self) else {
+            await client.close()
+            guard let first, first.messageID == MediaMessageID.error.rawValue,
+                  let error = try? first.decode(as: Switchyard_Media_Error.self) else {
+                return .failure(.internalError("the origin \(origin) ended the stream before its first chunk"))
+            }
+            switch error.code {
+            case .noSuchResource: return .failure(.notFound(name))
+            case .full: return .failure(.full)
+            case .badMedia: return .failure(.badMedia(error.reason))
+            default: return .failure(.internalError("the origin refused: \(error.reason)"))
+            }
+        }
+        let playback = makePlayback(key: key, source: .origin(close: { Task { await client.close() } }))
+        var chunker = TSChunker()
+        playback.push(chunker.feed(chunk.data))
+        Task { [frames] in
+            var frames = frames
+            var reason = "the origin closed the stream"
+            while let frame = try? await frames.next() {
+                if frame.messageID == MediaMessageID.chunk.rawValue,
+                   let chunk = try? frame.decode(as: Switchyard_Media_Chunk.self) {
+                    let chunks = chunker.feed(chunk.data)
+                    if !chunks.isEmpty { playback.push(chunks) }
+                } else if frame.messageID == MediaMessageID.endOfStream.rawValue {
+                    reason = "the origin's stream ended"
+                    break
+                }
+            }
+            if let last = chunker.finish() { playback.push([last]) }
+            await client.close()
+            playback.endPush(reason: reason)
+        }
+        return .success(playback)
     }
 
     /// A playback of its own for one viewer, from `start`.

@@ -191,7 +191,11 @@ struct PlaybackKey: Hashable, Sendable, CustomStringConvertible {
 final class Playback: @unchecked Sendable {  // confined to `loop`, except the immutable lets
     enum Source {
         case file(MediaFileReader)
+        /// Chunks pushed by a publisher: the playback lives as long as its publisher.
         case push
+        /// Chunks pulled from an origin relay: stopped like a file's playback when nobody watches; `close`
+        /// disconnects from the origin.
+        case origin(close: @Sendable () -> Void)
     }
 
     let key: PlaybackKey
@@ -379,7 +383,11 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
         finished = true
         timer?.cancel()
         idleTimer?.cancel()
-        if case .file(let reader) = source { reader.close() }
+        switch source {
+        case .file(let reader): reader.close()
+        case .origin(let close): close()
+        case .push: break
+        }
         for fanout in fanouts.values { fanout.loop.executeInLoop { fanout.finish() } }
         readAhead.removeAll()
         sinceKeyframe = []

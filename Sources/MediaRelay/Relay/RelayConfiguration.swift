@@ -1,4 +1,5 @@
 import Reactor
+import SwitchyardCore
 
 /// Settings of a ``MediaRelayServer``.
 public struct RelayConfiguration: Sendable {
@@ -28,12 +29,16 @@ public struct RelayConfiguration: Sendable {
     public var maxRequestHeadBytes: Int
     /// A connection that has not sent a whole request head within this long is closed. Default 10 s.
     public var requestHeadTimeout: Duration
+    /// An edge relay's origin (its frame port, "HOST:PORT"): a live name the catalog does not have is pulled from the
+    /// origin once and fanned out here, so the origin serves one connection however many viewers the edge has.
+    /// Default nil: not an edge.
+    public var origin: String?
 
     public init(host: String = "127.0.0.1", framePort: Int? = 7800, httpPort: Int? = 7801, capacity: Int = 1000,
                 maxPublishers: Int = 16, ring: ChunkRing<UInt64>.Configuration = .init(),
                 readAhead: Duration = .seconds(2), readSize: Int = 256 << 10, idleLivePlayback: Duration = .seconds(10),
                 publisherIdleTimeout: Duration = .seconds(10), maxRequestHeadBytes: Int = 8 << 10,
-                requestHeadTimeout: Duration = .seconds(10)) {
+                requestHeadTimeout: Duration = .seconds(10), origin: String? = nil) {
         self.host = host
         self.framePort = framePort
         self.httpPort = httpPort
@@ -46,6 +51,7 @@ public struct RelayConfiguration: Sendable {
         self.publisherIdleTimeout = publisherIdleTimeout
         self.maxRequestHeadBytes = maxRequestHeadBytes
         self.requestHeadTimeout = requestHeadTimeout
+        self.origin = origin
     }
 
     /// Throws ``RelayError/invalidConfiguration(_:)`` naming the first setting out of range.
@@ -70,6 +76,10 @@ public struct RelayConfiguration: Sendable {
         try check((1 << 10...1 << 20).contains(maxRequestHeadBytes),
                   "maxRequestHeadBytes must be 1 KiB...1 MiB, got \(maxRequestHeadBytes)")
         try check(requestHeadTimeout > .zero, "requestHeadTimeout must be positive")
+        if let origin {
+            try check(IPv4Endpoint.splitHostPort(origin).map { $0.port > 0 } == true,
+                      "origin must be HOST:PORT, got \(origin)")
+        }
     }
 }
 
