@@ -33,6 +33,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWITCHYARD = os.path.join(ROOT, ".build", "release", "switchyard")
 TICK = os.sysconf("SC_CLK_TCK")
+RELAY_ARGS = []  # --relay-args
 
 
 def log(msg):
@@ -163,7 +164,8 @@ def run_switchyard(movie, viewers, duration, frames, file_bytes, workdir):
         subprocess.run([SWITCHYARD, "resource", "add", "--name", "movie", "--path", movie, "--db", f"sqlite:{db}"],
                        check=True, capture_output=True)
     server = subprocess.Popen([SWITCHYARD, "relay", "--port", "0", "--http-port", "0", "--db", f"sqlite:{db}",
-                               "--threads", "1", "--capacity", str(max(viewers, 1000)), "--log-level", "warning"],
+                               "--threads", "1", "--capacity", str(max(viewers, 1000)), "--log-level", "warning"]
+                              + RELAY_ARGS,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = server.stdout.readline()
     port = int(re.search(r"http 127\.0\.0\.1:(\d+)", line).group(1))
@@ -263,7 +265,9 @@ def main():
     p.add_argument("--seconds", type=int, default=20, help="length of the movie (default 20)")
     p.add_argument("--servers", default="switchyard,nginx", help="switchyard,nginx")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--relay-args", default="", help="more arguments for `switchyard relay` (e.g. --write-interval-ms 0)")
     opts = p.parse_args()
+    RELAY_ARGS.extend(opts.relay_args.split())
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1000 viewers: above the usual 1024
     servers = opts.servers.split(",")

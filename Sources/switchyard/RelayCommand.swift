@@ -32,6 +32,11 @@ struct RelayCommand: AsyncParsableCommand {
     var stuckTimeout = 15.0
     @Option(help: "KiB of chunks each playback's ring keeps per loop (default 8192).") var ringKib = 8192
     @Option(help: """
+        Milliseconds between writes to a viewer, each carrying the chunks due within the next interval (default 250; \
+        0: every chunk when it is due).
+        """)
+    var writeIntervalMs = 250
+    @Option(help: """
         An edge relay's origin, HOST:PORT of its frame port: live names the catalog lacks are pulled from it once \
         and fanned out here.
         """)
@@ -45,7 +50,7 @@ struct RelayCommand: AsyncParsableCommand {
             host: host, framePort: port, httpPort: httpPort, capacity: capacity, maxPublishers: maxPublishers,
             ring: .init(capacityBytes: ringKib << 10, maxLag: .milliseconds(Int64(maxLag * 1000)),
                         stuckTimeout: .milliseconds(Int64(stuckTimeout * 1000))),
-            origin: origin)
+            origin: origin, writeInterval: .milliseconds(writeIntervalMs))
     }
 
     func validate() throws {

@@ -129,6 +129,7 @@ extension RelaySocketTests {
             let staller = try BlockingSocket(port: port, receiveTimeout: 20)
             try staller.sendAll(Array("PUT /publish/slow.ts HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n".utf8))
             try staller.sendAll(Array(movie.prefix(100_000)))
+            #expect(await eventually { running.relay.statistics.publishers == 1 })
             let stalledViewer = try await HTTPViewer.get("/live/slow.ts", port: port)
             #expect(stalledViewer.status == 200 && stalledViewer.ended)
             #expect(await eventually { running.relay.statistics.publishers == 0 })

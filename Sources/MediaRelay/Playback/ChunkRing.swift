@@ -120,6 +120,13 @@ public struct ChunkRing<Viewer: Hashable & Sendable> {
 
     /// The reader's next chunk, now due. Returns the batches for viewers that are ready, the skips and closes.
     public mutating func append(_ chunk: MediaChunk, now: UInt64) -> [Action] {
+        store(chunk)
+        return serveAll(now: now)
+    }
+
+    /// Adds the reader's next chunk without serving anyone: the shell serves the viewers on its own beat
+    /// (`serveAll(now:)`), so each write carries several chunks.
+    public mutating func store(_ chunk: MediaChunk) {
         precondition(!finished, "append after finish")
         entries.append(Entry(sequence: nextSequence, chunk: chunk))
         nextSequence += 1
@@ -129,6 +136,10 @@ public struct ChunkRing<Viewer: Hashable & Sendable> {
             bytes -= entries.removeFirst().chunk.bytes.count
             statistics.chunksEvicted += 1
         }
+    }
+
+    /// Serves every viewer that has drained: the chunks it has not had (also skips and closes).
+    public mutating func serveAll(now: UInt64) -> [Action] {
         var actions: [Action] = []
         for viewer in Array(viewers.keys) {
             actions += serve(viewer, now: now)

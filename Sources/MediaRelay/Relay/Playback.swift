@@ -1,6 +1,7 @@
 import DequeModule
 import Logging
 import Reactor
+import SwitchyardCore
 import Synchronization
 
 /// Where one viewer's chunks go: an HTTP response body, or chunk frames. Loop thread of its connection only.
@@ -63,9 +64,13 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
     private let viewerLeft: @Sendable () -> Void
     private var reported = ChunkRing<UInt64>.Statistics()
 
-    init(loop: EventLoop, ring: ChunkRing<UInt64>.Configuration, counters: RelayCounters,
+    /// The beat viewers are served on (zero: on every append, and a 50 ms beat for drains and stuck viewers).
+    private let writeInterval: Duration
+
+    init(loop: EventLoop, ring: ChunkRing<UInt64>.Configuration, writeInterval: Duration, counters: RelayCounters,
          viewerLeft: @escaping @Sendable () -> Void) {
         self.loop = loop
+        self.writeInterval = writeInterval
         self.ring = ChunkRing(configuration: ring)
         self.counters = counters
         self.viewerLeft = viewerLeft
@@ -83,7 +88,8 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
         loop.assertInLoopThread()
         sinks[id] = sink
         if timer == nil {
-            timer = loop.scheduleRepeating(every: .milliseconds(50)) { [weak self] in self?.tick() }
+            let beat = writeInterval > .zero ? writeInterval : .milliseconds(50)
+            timer = loop.scheduleRepeating(every: beat) { [weak self] in self?.tick() }
         }
         perform(ring.addViewer(id, now: sy_now()))
     }
@@ -103,8 +109,14 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
         let now = sy_now()
         pollDrained(now: now)
         counters.add(.chunksAppended)
-        perform(ring.append(chunk, now: now))
-        countRingStatistics()
+        if writeInterval > .zero && ring.chunkCount > 0 {
+            ring.store(chunk)
+        } else {
+            // Every chunk at once when there is no beat; the playback's first one at once anyway, so a stream
+            // starts without waiting for the beat.
+            perform(ring.append(chunk, now: now))
+            countRingStatistics()
+        }
     }
 
     func finish() {
@@ -117,6 +129,7 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
     private func tick() {
         let now = sy_now()
         pollDrained(now: now)
+        if writeInterval > .zero { perform(ring.serveAll(now: now)) }
         perform(ring.closeStuck(now: now))
         countRingStatistics()
         stopTimerIfIdle()
@@ -213,6 +226,8 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
     private var timer: TimerHandle?
     private var idleTimer: TimerHandle?
     private var fanouts: [ObjectIdentifier: LoopFanout] = [:]
+    /// Chunks go to the rings this long before they are due (the fanouts' write beat).
+    private let leadNanoseconds: UInt64
     /// Chunks since the latest keyframe (a new loop's fanout starts with them).
     private var sinceKeyframe: [MediaChunk] = []
     private var viewers = 0
@@ -230,6 +245,7 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
         self.logger = logger
         self.onFinished = onFinished
         readAheadTicks = PlaybackPacer.ticks(configuration.readAhead)
+        leadNanoseconds = configuration.writeInterval.nanosecondsSaturated
         counters.add(.playbacks)
         counters.add(.playbacksStarted)
     }
@@ -258,7 +274,8 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
     /// The fanout of `viewerLoop` for viewers of this playback (made, and seeded, on first use). Home loop only.
     private func fanout(for viewerLoop: EventLoop) -> LoopFanout {
         if let existing = fanouts[ObjectIdentifier(viewerLoop)] { return existing }
-        let made = LoopFanout(loop: viewerLoop, ring: configuration.ring, counters: counters,
+        let made = LoopFanout(loop: viewerLoop, ring: configuration.ring, writeInterval: configuration.writeInterval,
+                              counters: counters,
                               viewerLeft: { [weak self] in self?.viewerLeft() })
         fanouts[ObjectIdentifier(viewerLoop)] = made
         let seed = sinceKeyframe
@@ -334,9 +351,10 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
         while let head = readAhead.first {
             let due = headDue ?? pacer.due(head, now: now)
             headDue = due
-            // Within a millisecond is now: a timer wakes up a little early or late.
-            if due > now &+ 1_000_000 {
-                timer = loop.schedule(after: .nanoseconds(Int64(due - now))) { [weak self] in self?.emitDue() }
+            // Handed over one write beat early (the fanouts write on that beat); within a millisecond is now.
+            let handOver = due &- min(due, leadNanoseconds)
+            if handOver > now &+ 1_000_000 {
+                timer = loop.schedule(after: .nanoseconds(Int64(handOver - now))) { [weak self] in self?.emitDue() }
                 requestRead()
                 return
             }

@@ -17,6 +17,11 @@ public struct RelayConfiguration: Sendable {
     /// The ring of each playback on each loop (bytes kept, how far a viewer may fall behind before it skips to a
     /// keyframe, how long it may stay stuck before it is closed).
     public var ring: ChunkRing<UInt64>.Configuration
+    /// Viewers are written to on this beat, each write carrying the chunks due within the next beat (they are
+    /// handed to the ring that long before they are due, so none is late): fewer, larger writes, the cost of a
+    /// viewer's socket paid per beat and not per frame. Zero writes every chunk when it is due. Default 250 ms
+    /// (a player buffers more than that; a live stream is that much further ahead of its viewers).
+    public var writeInterval: Duration
     /// Media the reader keeps read ahead of what is due. Default 2 s.
     public var readAhead: Duration
     /// Bytes of one file read. Default 256 KiB.
@@ -38,7 +43,8 @@ public struct RelayConfiguration: Sendable {
                 maxPublishers: Int = 16, ring: ChunkRing<UInt64>.Configuration = .init(),
                 readAhead: Duration = .seconds(2), readSize: Int = 256 << 10, idleLivePlayback: Duration = .seconds(10),
                 publisherIdleTimeout: Duration = .seconds(10), maxRequestHeadBytes: Int = 8 << 10,
-                requestHeadTimeout: Duration = .seconds(10), origin: String? = nil) {
+                requestHeadTimeout: Duration = .seconds(10), origin: String? = nil,
+                writeInterval: Duration = .milliseconds(250)) {
         self.host = host
         self.framePort = framePort
         self.httpPort = httpPort
@@ -52,6 +58,7 @@ public struct RelayConfiguration: Sendable {
         self.maxRequestHeadBytes = maxRequestHeadBytes
         self.requestHeadTimeout = requestHeadTimeout
         self.origin = origin
+        self.writeInterval = writeInterval
     }
 
     /// Throws ``RelayError/invalidConfiguration(_:)`` naming the first setting out of range.
@@ -76,6 +83,8 @@ public struct RelayConfiguration: Sendable {
         try check((1 << 10...1 << 20).contains(maxRequestHeadBytes),
                   "maxRequestHeadBytes must be 1 KiB...1 MiB, got \(maxRequestHeadBytes)")
         try check(requestHeadTimeout > .zero, "requestHeadTimeout must be positive")
+        try check(writeInterval >= .zero && writeInterval <= .seconds(1), "writeInterval must be 0...1 s")
+        try check(writeInterval < ring.maxLag, "writeInterval must be shorter than the ring's maxLag")
         if let origin {
             try check(IPv4Endpoint.splitHostPort(origin).map { $0.port > 0 } == true,
                       "origin must be HOST:PORT, got \(origin)")

@@ -24,30 +24,17 @@ final class HTTPViewerSink: ViewerSink, @unchecked Sendable {  // used on its co
     }
 
     func write(_ batch: [ChunkRing<UInt64>.Delivery]) -> Int {
-        var bytes = 0
+        var arrays: [[UInt8]] = []
+        arrays.reserveCapacity(batch.count * 3)
         for delivery in batch {
-            let pieces = delivery.pieces
             if chunked {
                 // The CRLF that ends the previous HTTP chunk goes with this one's size line.
-                let sizeLine = Array(((sentAny ? "\r\n" : "") + String(delivery.byteCount, radix: 16) + "\r\n").utf8)
+                arrays.append(Array(((sentAny ? "\r\n" : "") + String(delivery.byteCount, radix: 16) + "\r\n").utf8))
                 sentAny = true
-                let ok = sizeLine.withUnsafeBytes { line in
-                    pieces[0].withUnsafeBytes { connection.sendInLoop(line, $0) }
-                }
-                guard ok else { return bytes }
-                bytes += sizeLine.count + pieces[0].count
-                for piece in pieces.dropFirst() {
-                    guard piece.withUnsafeBytes({ connection.sendInLoop($0) }) else { return bytes }
-                    bytes += piece.count
-                }
-            } else {
-                for piece in pieces {
-                    guard piece.withUnsafeBytes({ connection.sendInLoop($0) }) else { return bytes }
-                    bytes += piece.count
-                }
             }
+            arrays += delivery.pieces
         }
-        return bytes
+        return gatherSend(arrays, on: connection)
     }
 
     func end() {
@@ -69,22 +56,16 @@ final class FrameViewerSink: ViewerSink, @unchecked Sendable {  // used on its c
     init(connection: TCPConnection) { self.connection = connection }
 
     func write(_ batch: [ChunkRing<UInt64>.Delivery]) -> Int {
-        var bytes = 0
+        var arrays: [[UInt8]] = []
+        arrays.reserveCapacity(batch.count * 3)
         for delivery in batch {
-            let dataLength = delivery.byteCount
-            let prefix = Self.chunkFramePrefix(sequence: delivery.sequence, time: delivery.chunk.time,
-                                               keyframe: delivery.chunk.keyframe, dataLength: dataLength,
-                                               messageID: MediaMessageID.chunk.rawValue)
-            let pieces = delivery.pieces
-            let ok = prefix.withUnsafeBytes { p in pieces[0].withUnsafeBytes { connection.sendInLoop(p, $0) } }
-            guard ok else { return bytes }
-            if pieces.count > 1 {
-                guard pieces[1].withUnsafeBytes({ connection.sendInLoop($0) }) else { return bytes }
-            }
-            bytes += prefix.count + dataLength
+            arrays.append(Self.chunkFramePrefix(sequence: delivery.sequence, time: delivery.chunk.time,
+                                                keyframe: delivery.chunk.keyframe, dataLength: delivery.byteCount,
+                                                messageID: MediaMessageID.chunk.rawValue))
+            arrays += delivery.pieces
             sent += 1
         }
-        return bytes
+        return gatherSend(arrays, on: connection)
     }
 
     func end() {
@@ -120,5 +101,25 @@ final class FrameViewerSink: ViewerSink, @unchecked Sendable {  // used on its c
             v >>= 7
         }
         out.append(UInt8(v))
+    }
+}
+
+/// Writes the arrays in order with one gather write (no copy into one buffer); returns the bytes handed over (0 when
+/// the connection is closed).
+func gatherSend(_ arrays: [[UInt8]], on connection: TCPConnection) -> Int {
+    var pointers: [UnsafeRawBufferPointer] = []
+    pointers.reserveCapacity(arrays.count)
+    let total = arrays.reduce(0) { $0 + $1.count }
+    let ok = pinned(arrays[...], &pointers) { connection.sendInLoop(gathering: $0) }
+    return ok ? total : 0
+}
+
+/// Calls `body` with pointers to every array's bytes, each valid for the call (nested `withUnsafeBytes`).
+private func pinned(_ arrays: ArraySlice<[UInt8]>, _ pointers: inout [UnsafeRawBufferPointer],
+                    _ body: ([UnsafeRawBufferPointer]) -> Bool) -> Bool {
+    guard let first = arrays.first else { return body(pointers) }
+    return first.withUnsafeBytes { bytes in
+        pointers.append(bytes)
+        return pinned(arrays.dropFirst(), &pointers, body)
     }
 }

@@ -364,6 +364,68 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         return enqueue(UnsafeRawBufferPointer(rebasing: second[(written - first.count)...]))
     }
 
+    /// Sends pieces in order, in one writev when the socket takes them (a gather write: a media chunk and the framing
+    /// around it, several chunks of a stream, with no copy into one buffer). What the socket does not take is queued
+    /// (copied), as with the other sends. At most 512 pieces a writev; more are written in turn. Loop thread only.
+    @discardableResult
+    public func sendInLoop(gathering pieces: [UnsafeRawBufferPointer]) -> Bool {
+        loop.assertInLoopThread()
+        guard machine.isConnected else { return false }
+        lastSendTime = loop.wakeTime
+        var next = 0  // the first piece not fully written
+        var offset = 0  // bytes of `pieces[next]` already written
+        func skipWritten() {
+            while next < pieces.count && pieces[next].count == offset {
+                next += 1
+                offset = 0
+            }
+        }
+        skipWritten()
+        while output.isEmpty && next < pieces.count {
+            let count = min(pieces.count - next, 512)
+            var total = 0
+            let written: Int? = withUnsafeTemporaryAllocation(of: iovec.self, capacity: count) { iov in
+                for i in 0..<count {
+                    let piece = pieces[next + i]
+                    let skip = i == 0 ? offset : 0
+                    let base = piece.baseAddress.map { UnsafeMutableRawPointer(mutating: $0 + skip) }
+                    iov[i] = iovec(iov_base: base, iov_len: piece.count - skip)
+                    total += piece.count - skip
+                }
+                do {
+                    if case .processed(let n) = try Posix.writev(fd, iov.baseAddress!, Int32(count)) { return n }
+                    return 0  // would block
+                } catch {
+                    failWrite(error)
+                    return nil
+                }
+            }
+            guard let written else { return false }
+            bytesWritten &+= UInt64(written)
+            var n = written
+            while n > 0 {
+                let left = pieces[next].count - offset
+                if n >= left {
+                    n -= left
+                    next += 1
+                    offset = 0
+                } else {
+                    offset += n
+                    n = 0
+                }
+            }
+            skipWritten()
+            if written < total { break }  // the socket is full: the rest is queued
+        }
+        while next < pieces.count {
+            let rest = UnsafeRawBufferPointer(rebasing: pieces[next][offset...])
+            next += 1
+            offset = 0
+            if !rest.isEmpty { guard enqueue(rest) else { return false } }
+        }
+        return true
+    }
+
     private func enqueue(_ rest: UnsafeRawBufferPointer) -> Bool {
         do {
             try output.append(rest, pool: loop.pool)
