@@ -96,7 +96,8 @@ extension RelaySocketTests {
         func publishedOverHTTP(poller: PollerKind) async throws {
             let movie = try TestMedia.bytes(try TestMedia.movie(seconds: 2))
             let running = try await RunningRelay(poller: poller, movies: [:]) {
-                $0.publisherIdleTimeout = .seconds(1)
+                // Long enough for the waits below on a loaded machine; the stalled publisher waits for it once.
+                $0.publisherIdleTimeout = .seconds(3)
             }
             let port = running.httpPort
             // Chunked, in pieces of 10,000 bytes, as ffmpeg's HTTP output sends it; a viewer joins first.
