@@ -168,3 +168,29 @@ extension RelaySocketTests {
         }
     }
 }
+
+@Suite("switchyard relay, watch, publish: bad input exits 1 with one line")
+struct RelayCLITests {
+    @Test("settings out of range, a port taken, a relay that is not there, a file that is not there")
+    func failures() throws {
+        let listener = try boundLoopbackSocket(listenBacklog: 1)
+        defer { close(listener.fd) }
+        let db = temporarySQLiteURL("relay-cli")
+        let cases: [([String], String)] = [
+            (["relay", "--capacity", "0", "--db", db], "capacity must be at least 1"),
+            (["relay", "--write-interval-ms", "5000", "--db", db], "writeInterval must be 0...1 s"),
+            (["relay", "--origin", "nowhere", "--db", db], "origin must be HOST:PORT"),
+            (["relay", "--port", "\(listener.port)", "--http-port", "0", "--db", db], "relay: cannot listen on"),
+            (["watch", "movie", "--relay", "127.0.0.1:1"], "watch: cannot connect to 127.0.0.1:1"),
+            (["watch", "bad/name"], "bad resource name"),
+            (["publish", "cam", "/nonexistent.ts", "--relay", "127.0.0.1:1"], "publish: cannot read /nonexistent.ts"),
+        ]
+        for (arguments, message) in cases {
+            let result = try runSwitchyard(arguments)
+            #expect(result.status != 0, "\(arguments)")
+            let lines = result.stderr.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+            #expect(lines.count == 1 && lines.first?.contains(message) == true,
+                    "\(arguments): \(result.stderr)")
+        }
+    }
+}
