@@ -88,6 +88,8 @@ public final class FramedServer: Sendable {
     public let statistics = FrameStatistics()
     private let reaper: ConnectionReaper?
 
+    /// Creates the server; nothing is bound until `start()`. The counters go to `metricsFactory` (the global
+    /// swift-metrics backend by default; a test passes its own), named by `logger`'s label.
     public init(
         group: EventLoopGroup, configuration: FramedServerConfiguration = FramedServerConfiguration(),
         router: MessageRouter<TCPConnection>,
