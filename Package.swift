@@ -68,6 +68,7 @@ let package = Package(
             dependencies: [
                 "Reactor", "LarsWire", "SwitchyardCore",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
@@ -230,6 +231,8 @@ let package = Package(
         .testTarget(name: "ReactorTests", dependencies: ["Reactor", "EchoServer", "TestSupport"]),
         .testTarget(name: "MessagingTests", dependencies: [
             "Messaging", "LarsWire", "LarsProtocol", "LoadBalancing", "Reactor", "SwitchyardBench", "TestSupport",
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "MetricsTestKit", package: "swift-metrics"),
         ]),
         .testTarget(name: "StorageTests", dependencies: [
             "Storage", "TestSupport",

@@ -49,5 +49,13 @@ let package = Package(
             .product(name: "Messaging", package: project),
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
+        // The media relay's parsers: the HTTP request head, and the transport stream (packets, sections, PES
+        // headers, the chunker).
+        .executableTarget(name: "HTTPHeadFuzz", dependencies: [
+            "FuzzSupport", .product(name: "MediaRelay", package: project),
+        ]),
+        .executableTarget(name: "TSChunkerFuzz", dependencies: [
+            "FuzzSupport", .product(name: "MediaRelay", package: project),
+        ]),
     ]
 )

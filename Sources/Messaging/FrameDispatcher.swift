@@ -50,6 +50,9 @@ struct FrameDispatcher: Sendable {
     let statistics: FrameStatistics
     /// The server's budget of unfinished frames (nil for a client).
     var partials: PartialFrames? = nil
+    /// A server's log of unknown message ids, once per episode across its connections (nil for a client: once per
+    /// connection).
+    var unknownLog: UnknownMessageLog? = nil
 
     /// The data callback: whole frames are routed straight from the loop's buffer; a partial tail stays unconsumed
     /// (the connection keeps it). A bad frame closes the connection after one log line.
@@ -99,6 +102,10 @@ struct FrameDispatcher: Sendable {
 
     private func unknown(_ connection: TCPConnection, _ id: Int32) {
         statistics.unknownIn.wrappingAdd(1, ordering: .relaxed)
+        if let unknownLog {
+            unknownLog.record(connection, id: id)
+            return
+        }
         let session = FrameDispatcher.session(of: connection)
         if !session.loggedUnknown {
             session.loggedUnknown = true

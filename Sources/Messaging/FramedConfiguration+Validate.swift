@@ -19,6 +19,9 @@ extension FramedServerConfiguration {
             throw ConfigurationError("FramedServerConfiguration.partialFrameBudgetBytes",
                                      "must not be negative (0: no budget), got \(partialFrameBudgetBytes)")
         }
+        if logQuietInterval <= .zero {
+            throw ConfigurationError("FramedServerConfiguration.logQuietInterval", "must be positive")
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 import LarsWire
 import Logging
+import Metrics
 import Reactor
 import SwiftProtobuf
 import SwitchyardCore
@@ -21,17 +22,44 @@ public struct FramedServerConfiguration: Sendable {
     /// connections. Above it the connection whose bytes crossed the budget is closed. Default 64 MiB (16 frames of
     /// the default maximum body); 0: no budget.
     public var partialFrameBudgetBytes: Int
+    /// The server logs each kind of refusal (idle, head timeout, budget, unknown message ids) once per episode: an
+    /// event after this long without one of its kind starts a new episode, with a new line. Default 10 s.
+    public var logQuietInterval: Duration
 
     public init(server: ServerConfiguration = ServerConfiguration(),
                 maxBodyLength: Int = FrameParser.defaultMaxBodyLength,
                 idleTimeout: Duration? = .seconds(300),
                 headTimeout: Duration? = .seconds(10),
-                partialFrameBudgetBytes: Int = 64 << 20) {
+                partialFrameBudgetBytes: Int = 64 << 20,
+                logQuietInterval: Duration = .seconds(10)) {
         self.server = server
         self.maxBodyLength = maxBodyLength
         self.idleTimeout = idleTimeout
         self.headTimeout = headTimeout
         self.partialFrameBudgetBytes = partialFrameBudgetBytes
+        self.logQuietInterval = logQuietInterval
+    }
+}
+
+/// swift-metrics counters of a framed server's bounds (no-ops until the executable bootstraps a backend), with the
+/// dimension `server`: the label of the server's logger (`switchyard.names`, `switchyard.chat`...).
+struct FramedServerMetrics: Sendable {
+    let idleClosed: Counter
+    let headTimeouts: Counter
+    let budgetClosed: Counter
+    let unknownMessages: Counter
+
+    init(server: String, factory: MetricsFactory) {
+        let dimensions = [("server", server)]
+        func counter(_ label: String) -> Counter {
+            // The handler is made by `factory` (a test's, or the global one): no global bootstrap needed.
+            Counter(label: label, dimensions: dimensions,
+                    handler: factory.makeCounter(label: label, dimensions: dimensions))
+        }
+        idleClosed = counter("switchyard_framed_idle_closed_total")
+        headTimeouts = counter("switchyard_framed_head_timeout_closed_total")
+        budgetClosed = counter("switchyard_framed_budget_closed_total")
+        unknownMessages = counter("switchyard_framed_unknown_messages_total")
     }
 }
 
@@ -48,7 +76,11 @@ public struct FramedServerConfiguration: Sendable {
 ///
 /// Peers are held to three bounds by default (`FramedServerConfiguration`): silence (idle timeout), a frame that
 /// does not complete (head timeout), and the bytes of unfinished frames across the server (budget). Each closes
-/// the peer, is counted in `statistics`, and is logged once per episode.
+/// the peer, is counted in `statistics` and in a swift-metrics counter (`switchyard_framed_idle_closed_total`,
+/// `switchyard_framed_head_timeout_closed_total`, `switchyard_framed_budget_closed_total`, dimension `server`: the
+/// logger's label), and is logged once per episode. Frames with an id that has no route are counted
+/// (`switchyard_framed_unknown_messages_total`), logged once per episode across the connections, and the connection
+/// stays open.
 public final class FramedServer: Sendable {
     public let tcp: TCPServer
     public let router: MessageRouter<TCPConnection>
@@ -56,24 +88,31 @@ public final class FramedServer: Sendable {
     public let statistics = FrameStatistics()
     private let reaper: ConnectionReaper?
 
+    /// Creates the server; nothing is bound until `start()`. The counters go to `metricsFactory` (the global
+    /// swift-metrics backend by default; a test passes its own), named by `logger`'s label.
     public init(
         group: EventLoopGroup, configuration: FramedServerConfiguration = FramedServerConfiguration(),
         router: MessageRouter<TCPConnection>,
         logger: Logger = Logger(label: "switchyard.server", factory: { _ in SwiftLogNoOpLogHandler() }),
+        metricsFactory: MetricsFactory = MetricsSystem.factory,
         onConnect: @escaping @Sendable (TCPConnection) -> Void = { _ in },
         onClose: @escaping @Sendable (TCPConnection) -> Void = { _ in }
     ) {
         self.router = router
         self.configuration = configuration
+        let metrics = FramedServerMetrics(server: logger.label, factory: metricsFactory)
+        let quiet = configuration.logQuietInterval
         let partials = PartialFrames(budget: configuration.partialFrameBudgetBytes, statistics: statistics,
-                                     logger: logger)
-        let dispatcher = FrameDispatcher(router: router, maxBodyLength: configuration.maxBodyLength,
+                                     counter: metrics.budgetClosed, logger: logger, quietInterval: quiet)
+        var dispatcher = FrameDispatcher(router: router, maxBodyLength: configuration.maxBodyLength,
                                          logger: logger, statistics: statistics, partials: partials)
+        dispatcher.unknownLog = UnknownMessageLog(logger: logger, counter: metrics.unknownMessages,
+                                                  quietInterval: quiet)
         let idleNs = configuration.idleTimeout.map { $0.nanosecondsSaturated } ?? 0
         let headNs = configuration.headTimeout.map { $0.nanosecondsSaturated } ?? 0
         let reaper = idleNs > 0 || headNs > 0
             ? ConnectionReaper(idleNs: idleNs, headNs: headNs, loops: group.ioLoops, statistics: statistics,
-                               logger: logger)
+                               metrics: metrics, logger: logger, quietInterval: quiet)
             : nil
         self.reaper = reaper
         tcp = TCPServer(
@@ -83,7 +122,7 @@ public final class FramedServer: Sendable {
                     reaper?.track(connection)
                     onConnect(connection)
                 },
-                onData: { connection, bytes in dispatcher.handle(connection, &bytes) },
+                onData: { [dispatcher] connection, bytes in dispatcher.handle(connection, &bytes) },
                 onClose: { connection in
                     reaper?.forget(connection)
                     partials.forget(connection)
@@ -115,13 +154,16 @@ final class PartialFrames: Sendable {
     let budget: Int
     let total = Atomic<Int>(0)
     let statistics: FrameStatistics
+    let counter: Counter
     let logger: Logger
-    private let overBudget = Mutex(LogEpisode())
+    private let overBudget: Mutex<LogEpisode>
 
-    init(budget: Int, statistics: FrameStatistics, logger: Logger) {
+    init(budget: Int, statistics: FrameStatistics, counter: Counter, logger: Logger, quietInterval: Duration) {
         self.budget = budget
         self.statistics = statistics
+        self.counter = counter
         self.logger = logger
+        overBudget = Mutex(LogEpisode(quietInterval: quietInterval))
     }
 
     /// The connection now holds `held` bytes of an unfinished frame (0: none); `frameStarted` when they begin a new
@@ -140,7 +182,8 @@ final class PartialFrames: Sendable {
         statistics.partialBytes.store(now, ordering: .relaxed)
         guard delta > 0, budget > 0, now > budget else { return }
         statistics.budgetClosedIn.wrappingAdd(1, ordering: .relaxed)
-        let step = overBudget.withLock { $0.record(now: connection.loop.wakeTime) }
+        counter.increment()
+        let step = overBudget.withLock { $0.record(now: SystemInfo.monotonicNanoseconds()) }
         if case .started(let ended) = step {
             if ended > 0 {
                 logger.info("closed connections over the partial frame budget", metadata: ["count": "\(ended)"])
@@ -164,7 +207,8 @@ final class PartialFrames: Sendable {
 
 /// Closes connections that have been silent for longer than the idle timeout, or whose unfinished frame is older
 /// than the head timeout: each I/O loop checks its own connections on a timer (a quarter of the shorter timeout, at
-/// most every second) that runs while the loop has connections of this server.
+/// most every second) that runs while the loop has connections of this server. The episodes are shared by the
+/// loops, so their clock is read under their lock (one loop's older sweep time would look like a quiet interval).
 final class ConnectionReaper: @unchecked Sendable {
     // @unchecked Sendable: `perLoop[i]` is touched only on its loop's thread; the map itself is immutable.
     final class LoopConnections: @unchecked Sendable {
@@ -178,11 +222,13 @@ final class ConnectionReaper: @unchecked Sendable {
     let periodNs: UInt64
     let perLoop: [ObjectIdentifier: LoopConnections]
     let statistics: FrameStatistics
+    let metrics: FramedServerMetrics
     let logger: Logger
-    private let idleEpisode = Mutex(LogEpisode())
-    private let headEpisode = Mutex(LogEpisode())
+    private let idleEpisode: Mutex<LogEpisode>
+    private let headEpisode: Mutex<LogEpisode>
 
-    init(idleNs: UInt64, headNs: UInt64, loops: [EventLoop], statistics: FrameStatistics, logger: Logger) {
+    init(idleNs: UInt64, headNs: UInt64, loops: [EventLoop], statistics: FrameStatistics,
+         metrics: FramedServerMetrics, logger: Logger, quietInterval: Duration) {
         self.idleNs = idleNs
         self.headNs = headNs
         let shortest = min(idleNs == 0 ? .max : idleNs, headNs == 0 ? .max : headNs)
@@ -191,7 +237,10 @@ final class ConnectionReaper: @unchecked Sendable {
         for loop in loops { map[ObjectIdentifier(loop)] = LoopConnections() }
         perLoop = map
         self.statistics = statistics
+        self.metrics = metrics
         self.logger = logger
+        idleEpisode = Mutex(LogEpisode(quietInterval: quietInterval))
+        headEpisode = Mutex(LogEpisode(quietInterval: quietInterval))
     }
 
     /// Loop thread of `connection`.
@@ -228,26 +277,29 @@ final class ConnectionReaper: @unchecked Sendable {
                 stalled.append(connection)
             }
         }
-        report(idle, episode: idleEpisode, now: now, counter: statistics.idleClosedIn,
+        report(idle, episode: idleEpisode, counter: statistics.idleClosedIn, metric: metrics.idleClosed,
                what: "closing connections silent for longer than the idle timeout")
-        report(stalled, episode: headEpisode, now: now, counter: statistics.headTimeoutsIn,
+        report(stalled, episode: headEpisode, counter: statistics.headTimeoutsIn,
+               metric: metrics.headTimeouts,
                what: "closing connections whose frame did not complete within the head timeout")
         for connection in idle + stalled { connection.forceClose() }
     }
 
     /// One line when an episode of such closes starts (the first peer), one with the count when it ends.
-    private func report(_ closing: [TCPConnection], episode: borrowing Mutex<LogEpisode>, now: UInt64,
-                        counter: borrowing Atomic<Int>,
+    private func report(_ closing: [TCPConnection], episode: borrowing Mutex<LogEpisode>,
+                        counter: borrowing Atomic<Int>, metric: Counter,
                         what: Logger.Message) {
         if closing.isEmpty {
-            if let ended = episode.withLock({ $0.endIfQuiet(now: now) }) {
+            if let ended = episode.withLock({ $0.endIfQuiet(now: SystemInfo.monotonicNanoseconds()) }) {
                 logger.info("\(what): episode over", metadata: ["count": "\(ended)"])
             }
             return
         }
         counter.wrappingAdd(closing.count, ordering: .relaxed)
+        metric.increment(by: closing.count)
         var started: Int?
         episode.withLock { e in
+            let now = SystemInfo.monotonicNanoseconds()
             for _ in closing { if case .started(let ended) = e.record(now: now) { started = ended } }
         }
         guard let ended = started else { return }
@@ -255,6 +307,33 @@ final class ConnectionReaper: @unchecked Sendable {
         logger.info("\(what) (logged once per episode)",
                     metadata: ["peer.address": "\(closing[0].peerAddress)", "connection.id": "\(closing[0].id)",
                                "count": "\(closing.count)"])
+    }
+}
+
+/// Frames with an id that has no route, across a server's connections: counted, and logged once per episode (the
+/// first such frame after the quiet interval without one), not once per connection. Safe from any loop.
+final class UnknownMessageLog: Sendable {
+    let logger: Logger
+    let counter: Counter
+    private let episode: Mutex<LogEpisode>
+
+    init(logger: Logger, counter: Counter, quietInterval: Duration) {
+        self.logger = logger
+        self.counter = counter
+        episode = Mutex(LogEpisode(quietInterval: quietInterval))
+    }
+
+    /// One frame of `id` had no route. Loop thread of `connection`.
+    func record(_ connection: TCPConnection, id: Int32) {
+        counter.increment()
+        let step = episode.withLock { $0.record(now: SystemInfo.monotonicNanoseconds()) }
+        guard case .started(let ended) = step else { return }
+        if ended > 0 {
+            logger.info("frames with message ids that have no handler: episode over", metadata: ["count": "\(ended)"])
+        }
+        logger.info("message id has no handler (logged once per episode)",
+                    metadata: ["peer.address": "\(connection.peerAddress)", "connection.id": "\(connection.id)",
+                               "message.id": "\(id)"])
     }
 }
 

@@ -47,8 +47,9 @@ public struct InboundMessage<Connection> {
 /// Maps message ids to handlers. Register every route before starting the server or client that uses it;
 /// registering an id twice throws at once. After start the table is read-only and dispatch takes no lock.
 ///
-/// Frames with an id that has no route go to `unknownHandler` when set; otherwise they are counted and logged once
-/// per connection, and the connection stays open.
+/// Frames with an id that has no route go to `unknownHandler` when set; otherwise they are counted and logged (a
+/// `FramedServer`: once per episode across its connections; a `FramedClient`: once per connection), and the
+/// connection stays open.
 public final class MessageRouter<Connection>: @unchecked Sendable {
     // @unchecked Sendable: the tables are written only before `freeze()` (a Mutex guards registration and the
     // frozen flag); after it they are only read, from any loop.

@@ -38,6 +38,8 @@ extension NameService {
         let routeChangesPruned = Atomic<Int>(0)
         let reachable = Atomic<Bool>(true)
         let metrics = Metrics()
+        /// Connections reaching their subscription limit: one line per episode, not one per connection.
+        let subscriptionLimitEpisode: Mutex<LogEpisode>
         /// Wakes the rebuild loop; a burst of registrations leaves one wake-up (newest kept).
         let rebuildSignal: AsyncStream<Void>
         let rebuildRequests: AsyncStream<Void>.Continuation
@@ -56,10 +58,12 @@ extension NameService {
             let routesTruncated = Counter(label: "switchyard_names_routes_truncated_total", dimensions: dimensions)
         }
 
-        init(pool: ConnectionPool, configuration: NameServiceConfiguration, logger: Logger) {
+        init(pool: ConnectionPool, configuration: NameServiceConfiguration, logger: Logger,
+             logQuietInterval: Duration) {
             self.pool = pool
             self.configuration = configuration
             self.logger = logger
+            subscriptionLimitEpisode = Mutex(LogEpisode(quietInterval: logQuietInterval))
             state = Mutex(Shared(core: NameServiceCore(limits: NameServiceCore.Limits(configuration))))
             (rebuildSignal, rebuildRequests) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         }
@@ -172,7 +176,14 @@ extension NameService {
             let peer = peer.map { "\($0)" } ?? "gone"
             switch event {
             case .subscriptionLimitReached(let connection, let limit):
-                logger.info("subscription limit of a connection reached; further routes are answered, not pushed",
+                // The core says so once per connection; many connections at their limit are one episode.
+                let step = subscriptionLimitEpisode.withLock { $0.record(now: SystemInfo.monotonicNanoseconds()) }
+                guard case .started(let ended) = step else { break }
+                if ended > 0 {
+                    logger.info("connections at their subscription limit: episode over",
+                                metadata: ["count": "\(ended)"])
+                }
+                logger.info("a connection at its subscription limit: further routes answered, not pushed (per episode)",
                             metadata: ["peer.address": "\(peer)", "connection.id": "\(connection)",
                                        "subscription.limit": "\(limit)"])
             // One line per registration would be one per request of a flood: debug.

@@ -45,9 +45,19 @@ public final class NameService: Service, Sendable {
     ///     ``NameServiceConfiguration/validate()``; ``run()`` throws when it is out of range).
     ///   - pool: The database with the Lars tables.
     ///   - logger: Where the service logs start, stop, reloads, registrations and database outages (info and below).
-    public init(group: EventLoopGroup, configuration: NameServiceConfiguration, pool: ConnectionPool, logger: Logger) {
+    public convenience init(group: EventLoopGroup, configuration: NameServiceConfiguration, pool: ConnectionPool,
+                            logger: Logger) {
+        self.init(group: group, configuration: configuration, pool: pool, logger: logger,
+                  logQuietInterval: .seconds(10))
+    }
+
+    /// `logQuietInterval`: an episode of connections at their subscription limit (and of the framed server's
+    /// refusals) ends after this long without one; the next starts a new log line. Tests shorten it.
+    init(group: EventLoopGroup, configuration: NameServiceConfiguration, pool: ConnectionPool, logger: Logger,
+         logQuietInterval: Duration) {
         self.configuration = configuration
-        let engine = Engine(pool: pool, configuration: configuration, logger: logger)
+        let engine = Engine(pool: pool, configuration: configuration, logger: logger,
+                            logQuietInterval: logQuietInterval)
         self.engine = engine
         let router = MessageRouter<TCPConnection>()
         // Cannot throw: a fresh router with two routes.
@@ -59,8 +69,10 @@ public final class NameService: Service, Sendable {
         }
         server = FramedServer(
             group: group,
-            configuration: FramedServerConfiguration(server: ServerConfiguration(
-                host: configuration.host, port: configuration.port, maxConnections: configuration.maxConnections)),
+            configuration: FramedServerConfiguration(
+                server: ServerConfiguration(host: configuration.host, port: configuration.port,
+                                            maxConnections: configuration.maxConnections),
+                logQuietInterval: logQuietInterval),
             router: router, logger: logger,
             onClose: { connection in engine.connectionClosed(connection) })
     }

@@ -2,6 +2,7 @@ import Foundation
 import LarsWire
 import Logging
 import Messaging
+import MetricsTestKit
 import Reactor
 import Testing
 import TestSupport
@@ -15,6 +16,10 @@ extension MessagingSocketTests {
             #expect(configuration.idleTimeout == .seconds(300))
             #expect(configuration.headTimeout == .seconds(10))
             #expect(configuration.partialFrameBudgetBytes == 64 << 20)
+            #expect(configuration.logQuietInterval == .seconds(10))
+            #expect(throws: ConfigurationError.self) {
+                try FramedServerConfiguration(logQuietInterval: .zero).validate()
+            }
             #expect(throws: ConfigurationError.self) { try FramedServerConfiguration(headTimeout: .zero).validate() }
             #expect(throws: ConfigurationError.self) {
                 try FramedServerConfiguration(partialFrameBudgetBytes: -1).validate()
@@ -163,6 +168,43 @@ extension MessagingSocketTests {
                     #expect(echoed.body.count == 320 << 10)
                     let logged = lines.get().filter { $0.message.contains("budget") }
                     #expect(logged.count == 1, "\(logged)")
+                }
+            }
+        }
+
+        @Test("idle, head timeout and budget closes and unknown ids are swift-metrics counters named by the server",
+              arguments: PollerKind.allCases)
+        func boundsAreMetrics(poller: PollerKind) throws {
+            let metrics = TestMetrics()
+            let logger = Logger(label: "test.metrics", factory: { _ in SwiftLogNoOpLogHandler() })
+            try withGroup(poller: poller) { group in
+                try withFramedServer(group: group, router: try echoRouter(), idleTimeout: .milliseconds(1500),
+                                     headTimeout: .milliseconds(300), partialFrameBudgetBytes: 4096,
+                                     logger: logger, metricsFactory: metrics) { server, port in
+                    let peers = try (0..<4).map { _ in try BlockingSocket.frameClient(port: port, receiveTimeout: 10) }
+                    defer { for p in peers { p.close() } }
+                    // 0 crosses the budget at once; 1 starts a frame and stops (head timeout); 2 and 3 fall silent
+                    // (idle timeout), 3 after a frame of an id without a route.
+                    try? peers[0].sendAll(rawHeader(id: 10, length: 8000) + [UInt8](repeating: 1, count: 5000))
+                    try peers[1].sendAll(rawHeader(id: 10, length: 100) + [1, 2, 3])
+                    try peers[3].sendFrame(id: 77, body: [1])
+                    for p in peers { #expect(p.seesClose()) }
+                    #expect(eventually { server.connectionCount == 0 })
+                    #expect(server.statistics.budgetClosed == 1)
+                    #expect(server.statistics.headTimeouts == 1)
+                    #expect(server.statistics.idleClosed == 2)
+                    #expect(server.statistics.unknownMessages == 1)
+                    let dimensions = [("server", "test.metrics")]
+                    let expected: [(String, Int)] = [
+                        ("switchyard_framed_budget_closed_total", server.statistics.budgetClosed),
+                        ("switchyard_framed_head_timeout_closed_total", server.statistics.headTimeouts),
+                        ("switchyard_framed_idle_closed_total", server.statistics.idleClosed),
+                        ("switchyard_framed_unknown_messages_total", server.statistics.unknownMessages),
+                    ]
+                    for (label, value) in expected {
+                        let counter = try metrics.expectCounter(label, dimensions)
+                        #expect(counter.totalValue == Int64(value), "\(label)")
+                    }
                 }
             }
         }

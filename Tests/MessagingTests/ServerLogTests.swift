@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import Messaging
 import Reactor
@@ -30,25 +31,39 @@ extension MessagingSocketTests {
             }
         }
 
-        @Test("unknown ids are logged once per connection", arguments: PollerKind.allCases)
-        func unknownLoggedOncePerConnection(poller: PollerKind) throws {
+        @Test("unknown ids from many connections log one line per episode; after the quiet interval a new one",
+              arguments: PollerKind.allCases)
+        func unknownLoggedOncePerEpisode(poller: PollerKind) throws {
             let lines = Shared<[CapturedLog]>([])
             try withGroup(poller: poller) { group in
-                try withFramedServer(group: group, router: try echoRouter(),
+                try withFramedServer(group: group, router: try echoRouter(), logQuietInterval: .seconds(1),
                                      logger: CapturingLogHandler.logger(into: lines)) { server, port in
-                    let clients = try (0..<2).map { _ in try BlockingSocket.frameClient(port: port) }
+                    let clients = try (0..<20).map { _ in try BlockingSocket.frameClient(port: port) }
                     defer { for c in clients { c.close() } }
+                    // The burst: every connection sends four frames of ids without a route, then one the server
+                    // echoes; the echo coming back means the four before it were handled.
                     for client in clients {
                         for id in Int32(60)..<64 { try client.sendFrame(id: id, body: [1]) }
                         try client.sendFrame(id: 10, body: [2])
-                        #expect(try client.receiveFrame() == TestFrame(id: 10, body: [2]))
                     }
-                    #expect(server.statistics.unknownMessages == 8)
-                    let unknownLines = lines.get().filter { $0.metadata["message.id"] != nil }
-                    #expect(unknownLines.count == 2, "\(unknownLines)")
-                    #expect(Set(unknownLines.compactMap { $0.metadata["peer.address"] })
-                            == Set(clients.map { "127.0.0.1:\($0.localPort)" }))
-                    #expect(unknownLines.allSatisfy { $0.metadata["message.id"] == "60" && $0.level <= .info })
+                    for client in clients { #expect(try client.receiveFrame() == TestFrame(id: 10, body: [2])) }
+                    #expect(server.statistics.unknownMessages == 80)
+                    func unknownLines() -> [CapturedLog] { lines.get().filter { $0.metadata["message.id"] != nil } }
+                    #expect(unknownLines().count == 1, "\(unknownLines())")
+                    #expect(unknownLines().first?.metadata["message.id"] == "60")
+                    #expect(unknownLines().allSatisfy { $0.level <= .info })
+                    #expect(server.connectionCount == 20, "unknown ids do not close the connection")
+                    // The quiet interval passes (time, not an event: nothing to await), then a new episode: one
+                    // new line, and one that ends the burst's with its count.
+                    usleep(1_300_000)
+                    try clients[3].sendFrame(id: 70, body: [])
+                    try clients[3].sendFrame(id: 10, body: [3])
+                    #expect(try clients[3].receiveFrame() == TestFrame(id: 10, body: [3]))
+                    #expect(unknownLines().count == 2, "\(unknownLines())")
+                    #expect(unknownLines().last?.metadata["message.id"] == "70")
+                    #expect(unknownLines().last?.metadata["peer.address"] == "127.0.0.1:\(clients[3].localPort)")
+                    let ended = lines.get().filter { $0.message.contains("episode over") }
+                    #expect(ended.count == 1 && ended.first?.metadata["count"] == "80", "\(ended)")
                 }
             }
         }

@@ -2,6 +2,7 @@ import Foundation
 import LarsWire
 import Logging
 import Messaging
+import Metrics
 import Reactor
 import Testing
 import TestSupport
@@ -150,7 +151,8 @@ func withFramedServer<R>(
     group: EventLoopGroup, router: MessageRouter<TCPConnection>,
     maxBodyLength: Int = FrameParser.defaultMaxBodyLength, idleTimeout: Duration? = nil,
     headTimeout: Duration? = nil, partialFrameBudgetBytes: Int = 0,
-    logger: Logger? = nil,
+    logQuietInterval: Duration = .seconds(10),
+    logger: Logger? = nil, metricsFactory: MetricsFactory = MetricsSystem.factory,
     onConnect: @escaping @Sendable (TCPConnection) -> Void = { _ in },
     onClose: @escaping @Sendable (TCPConnection) -> Void = { _ in },
     _ body: (FramedServer, UInt16) throws -> R
@@ -159,9 +161,10 @@ func withFramedServer<R>(
         group: group,
         configuration: FramedServerConfiguration(server: ServerConfiguration(port: 0), maxBodyLength: maxBodyLength,
                                                  idleTimeout: idleTimeout, headTimeout: headTimeout,
-                                                 partialFrameBudgetBytes: partialFrameBudgetBytes),
+                                                 partialFrameBudgetBytes: partialFrameBudgetBytes,
+                                                 logQuietInterval: logQuietInterval),
         router: router, logger: logger ?? Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
-        onConnect: onConnect, onClose: onClose)
+        metricsFactory: metricsFactory, onConnect: onConnect, onClose: onClose)
     let address = try server.start()
     defer { server.shutdown(timeout: .seconds(2)) }
     return try body(server, address.port)

@@ -146,6 +146,55 @@ extension NameServiceSocketTests {
             await pool.close()
         }
 
+        @Test("connections at their subscription limit log one line per episode; after the quiet interval a new one")
+        func subscriptionLimitOncePerEpisode() async throws {
+            let pool = try await makePool(TestDatabase.sqliteFile.url())
+            let recorder = LogRecorder()
+            let group = try EventLoopGroup(ioLoops: 1)
+            let service = NameService(
+                group: group, configuration: NameServiceConfiguration(port: 0, maxSubscriptionsPerConnection: 2),
+                pool: pool, logger: recorder.logger, logQuietInterval: .seconds(1))
+            let port = Int(try service.start().port)
+            let task = Task { try await service.run() }
+            let modid = uniqueModid()
+            // Three routes from each connection: the third is past its limit of two (answered, not subscribed).
+            func ask(_ client: AsyncFrameClient, _ cmdids: ClosedRange<Int32>) async throws {
+                for cmdid in cmdids { try await askRoute(client, RouteKey(modid: modid, cmdid: cmdid)) }
+            }
+            func answered(_ client: AsyncFrameClient, _ count: Int) async throws {
+                for _ in 0..<count {
+                    #expect(try await nextFrame(client) { $0.messageID == MessageID.getRouteResponse.rawValue } != nil)
+                }
+            }
+            var clients: [AsyncFrameClient] = []
+            for _ in 0..<12 {
+                let client = try await AsyncFrameClient.connect(port: port, loop: group.next())
+                clients.append(client)
+                try await ask(client, 1...2)
+                try await answered(client, 2)
+            }
+            // The burst: every connection asks its third route at once.
+            for client in clients { try await ask(client, 3...3) }
+            for client in clients { try await answered(client, 1) }
+            let limitLines = "at its subscription limit: further routes"
+            #expect(recorder.count(containing: limitLines) == 1, "one line for the burst of 12 connections")
+            #expect(service.statistics.subscriptions == 24)
+            // The quiet interval passes (time, not an event: nothing to await), then a new episode.
+            try await Task.sleep(for: .milliseconds(1300))
+            let late = try await AsyncFrameClient.connect(port: port, loop: group.next())
+            clients.append(late)
+            try await ask(late, 1...3)
+            try await answered(late, 3)
+            #expect(recorder.count(containing: limitLines) == 2)
+            let ended = recorder.lines.get().filter { $0.message.contains("subscription limit: episode over") }
+            #expect(ended.count == 1 && ended.first?.metadata["count"] == "12", "\(ended)")
+            for client in clients { await client.close() }
+            task.cancel()
+            _ = await task.result
+            await onThread { group.shutdown() }
+            await pool.close()
+        }
+
         @Test("a route with 8,000 hosts is answered with as many as fit in a Lars frame; logged once")
         func frameCap() async throws {
             let pool = try await makePool(TestDatabase.sqliteFile.url())
