@@ -9,23 +9,20 @@ import TestSupport
 import Glibc
 #endif
 
-/// What a loop that stops, and a connection that closes, let go of: nothing they will never use again stays alive
-/// (a cycle through the loop, its handlers, its timers or a connection's callbacks would keep it for good; the
-/// sanitizer's leak check found each of these). Checked with weak references, so the tests fail without sanitizers.
-@Suite("What a stopped loop and a closed connection release", .serialized)
-struct StopReleaseTests {
-    /// Something a callback or a timer holds.
-    final class Payload: Sendable {}
+/// Something a callback or a timer holds, for the tests below.
+private final class Payload: Sendable {}
 
+// What a loop that stops, and a connection that closes, let go of: nothing they will never use again stays alive
+// (a cycle through the loop, its handlers, its timers or a connection's callbacks would keep it for good; the
+// sanitizer's leak check found each of these). Checked with weak references, so the tests fail without sanitizers.
+// They join the serialized suites of their subjects, so the run has no more suites side by side than before.
+
+extension LoopTaskTimerTests {
     @Test("timers a stopping loop will never fire are released, also those scheduled while it winds down",
           arguments: PollerKind.allCases)
     func timersReleasedAtStop(poller: PollerKind) throws {
-        let loop = try EventLoop(configuration: LoopConfiguration(poller: poller))
-        let returned = EventCounter()
-        Thread {
-            loop.run()
-            returned.signal()
-        }.start()
+        let group = try EventLoopGroup(ioLoops: 0, configuration: LoopConfiguration(poller: poller))
+        let loop = group.acceptorLoop
         weak var before: Payload?
         weak var windingDown: Payload?
         do {
@@ -41,11 +38,14 @@ struct StopReleaseTests {
                 loop.execute { loop.schedule(after: .seconds(3600)) { _ = late; _ = loop } }
             }
         }
-        #expect(returned.wait(for: 1))
+        group.shutdown()  // joins the loop's thread: run() has returned
+        #expect(loop.hasFinished)
         #expect(before == nil, "a timer scheduled before the stop was kept")
         #expect(windingDown == nil, "a timer scheduled while the loop wound down was kept")
     }
+}
 
+extension ShutdownTests {
     @Test("a group shut down before its server closes its connections, once each; the server and all it held are freed",
           arguments: PollerKind.allCases)
     func groupShutdownClosesConnections(poller: PollerKind) throws {
@@ -128,24 +128,40 @@ struct StopReleaseTests {
         #expect(eventually { weakConnection == nil }, "the closed connection was kept by its callbacks")
     }
 
-    @Test("a UDP channel left open when its loop stops is closed: its port is free again, the channel freed",
+    @Test("a UDP channel left open when its loop stops is closed (a datagram to it is refused) and freed",
           arguments: PollerKind.allCases)
     func udpChannelClosedAtStop(poller: PollerKind) throws {
         weak var weakChannel: UDPChannel?
-        let port: Int
+        let port: UInt16
         do {
             let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller),
                                            placement: .roundRobin)
             let channel = try UDPChannel(loop: group.ioLoops[0]) { _, _, _ in }
             weakChannel = channel
-            port = Int(channel.localAddress.port)
+            port = UInt16(channel.localAddress.port)
             group.shutdown()
         }
         #expect(eventually { weakChannel == nil }, "the channel was kept by its stopped loop")
-        try withGroup(poller: poller, ioLoops: 1) { group in
-            // Binds the same port: the first channel's descriptor is closed (UDP binds without SO_REUSEADDR).
-            let again = try UDPChannel(loop: group.ioLoops[0], port: port) { _, _, _ in }
-            again.close()
+        // No port is bound again (another test may take it): a datagram to a closed port comes back as ICMP port
+        // unreachable, which a connected socket reports as ECONNREFUSED; an open socket would just queue it.
+        let (fd, _) = try boundLoopbackSocket(type: Int32(SOCK_DGRAM.rawValue))
+        defer { Glibc.close(fd) }
+        var to = sockaddr_in()
+        to.sin_family = sa_family_t(AF_INET)
+        to.sin_port = port.bigEndian
+        inet_pton(AF_INET, "127.0.0.1", &to.sin_addr)
+        let connected = withUnsafePointer(to: &to) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
+        #expect(connected == 0)
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var byte: UInt8 = 1
+        _ = Glibc.send(fd, &byte, 1, 0)
+        let received = Glibc.recv(fd, &byte, 1, 0)
+        let error = errno
+        #expect(received < 0 && error == ECONNREFUSED, "the channel's socket is still open (errno \(error))")
     }
 }
