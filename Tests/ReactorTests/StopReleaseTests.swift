@@ -127,41 +127,4 @@ extension ShutdownTests {
         #expect(eventually { weakServer == nil }, "the server was kept")
         #expect(eventually { weakConnection == nil }, "the closed connection was kept by its callbacks")
     }
-
-    @Test("a UDP channel left open when its loop stops is closed (a datagram to it is refused) and freed",
-          arguments: PollerKind.allCases)
-    func udpChannelClosedAtStop(poller: PollerKind) throws {
-        weak var weakChannel: UDPChannel?
-        let port: UInt16
-        do {
-            let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller),
-                                           placement: .roundRobin)
-            let channel = try UDPChannel(loop: group.ioLoops[0]) { _, _, _ in }
-            weakChannel = channel
-            port = UInt16(channel.localAddress.port)
-            group.shutdown()
-        }
-        #expect(eventually { weakChannel == nil }, "the channel was kept by its stopped loop")
-        // No port is bound again (another test may take it): a datagram to a closed port comes back as ICMP port
-        // unreachable, which a connected socket reports as ECONNREFUSED; an open socket would just queue it.
-        let (fd, _) = try boundLoopbackSocket(type: Int32(SOCK_DGRAM.rawValue))
-        defer { Glibc.close(fd) }
-        var to = sockaddr_in()
-        to.sin_family = sa_family_t(AF_INET)
-        to.sin_port = port.bigEndian
-        inet_pton(AF_INET, "127.0.0.1", &to.sin_addr)
-        let connected = withUnsafePointer(to: &to) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        #expect(connected == 0)
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var byte: UInt8 = 1
-        _ = Glibc.send(fd, &byte, 1, 0)
-        let received = Glibc.recv(fd, &byte, 1, 0)
-        let error = errno
-        #expect(received < 0 && error == ECONNREFUSED, "the channel's socket is still open (errno \(error))")
-    }
 }
