@@ -116,5 +116,45 @@ extension MessagingSocketTests {
                 }
             }
         }
+
+        @Test("a heartbeating client whose loop stops while connected closes once and is freed with its timer",
+              arguments: PollerKind.allCases)
+        func heartbeatingClientReleasedAtStop(poller: PollerKind) throws {
+            weak var weakClient: FramedClient?
+            weak var weakConnection: TCPConnection?
+            weak var weakLoop: EventLoop?
+            let clientCloses = EventCounter()
+            try withGroup(poller: poller, ioLoops: 1) { serverGroup in
+                try withFramedServer(group: serverGroup, router: MessageRouter<TCPConnection>()) { server, port in
+                    let clientGroup = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller),
+                                                         placement: .roundRobin)
+                    defer { clientGroup.shutdown() }
+                    weakLoop = clientGroup.ioLoops[0]
+                    let connected = EventCounter()
+                    let client = try FramedClient(
+                        loop: clientGroup.ioLoops[0],
+                        configuration: FramedClientConfiguration(
+                            client: ClientConfiguration(port: Int(port), reconnect: true),
+                            heartbeatInterval: .milliseconds(50)),
+                        router: MessageRouter<TCPConnection>(),
+                        onConnect: { _ in connected.signal() },
+                        onClose: { _ in clientCloses.signal() })
+                    weakClient = client
+                    client.connect()
+                    #expect(connected.wait(for: 1))
+                    weakConnection = client.connection
+                    #expect(eventually { server.statistics.heartbeats >= 1 })
+                    // Stopped with the connection open, its heartbeat timer armed and a reconnect wanted.
+                    clientGroup.shutdown()
+                    #expect(clientCloses.count == 1, "the client's connection stayed open on its stopped loop")
+                    #expect(client.connection == nil)
+                    #expect(eventually { server.connectionCount == 0 }, "the server still sees the client")
+                }
+            }
+            #expect(clientCloses.count == 1)
+            #expect(eventually { weakClient == nil }, "the client was kept")
+            #expect(eventually { weakConnection == nil }, "the client's connection was kept")
+            #expect(eventually { weakLoop == nil }, "the client's loop was kept")
+        }
     }
 }

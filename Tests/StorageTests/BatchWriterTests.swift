@@ -61,8 +61,11 @@ final class RecordingSink: Sendable {
 }
 
 /// How long a test waits for the writer: long, because under the full suite the cooperative pool is shared with
-/// tests that block its threads (seen: 13 s without a turn).
+/// tests that block its threads (seen: 13 s without a turn). `eventually` and `withTimeout` scale it by
+/// `testTimeScale` themselves; a bound a test checks on the clock uses `scaledPatience` (the same, scaled).
 private let patience: Duration = .seconds(60)
+/// `patience` as long as the waits made with it may last (5 times longer under the sanitizers).
+private let scaledPatience: Duration = patience * testTimeScale
 
 private func balanced(_ s: BatchWriterStatistics) -> Bool {
     s.received == s.written + s.dropped + s.failed + s.queued
@@ -280,7 +283,7 @@ struct BatchWriterTests {
         try await running(writer, flushing: false) {
             for i in 0..<10 { writer.append(i) }
         }
-        #expect(ContinuousClock.now - start < patience, "at once: not after the hour-long flush interval")
+        #expect(ContinuousClock.now - start < scaledPatience, "at once: not after the hour-long flush interval")
         #expect(sink.written == Array(0..<10))
         #expect(writer.statistics.queued == 0)
         // Appended before run(): finish() then run() writes it and returns.
@@ -309,7 +312,7 @@ struct BatchWriterTests {
             #expect(await eventually(timeout: patience) { sink.attempts == 1 })
         }
         let took = ContinuousClock.now - start
-        #expect(took < patience, "run() returned \(took) after finish although the write never did")
+        #expect(took < scaledPatience, "run() returned \(took) after finish although the write never did")
         var stats = writer.statistics
         #expect(stats.queued == 2 && stats.written == 0 && balanced(stats), "\(stats)")
         #expect(lines.get().filter { $0.message.contains("stopped before its queue was written") }.count == 1)

@@ -57,6 +57,15 @@ public struct LoopConfiguration: Sendable {
 protocol EventHandler: AnyObject {
     /// Loop thread only. `events` holds `PollBits`.
     func handleEvents(_ events: UInt32)
+    /// The loop has returned from `run()` for good with this handler still registered: release what it will never
+    /// serve (a connection closes, firing its close callbacks). The loop forgets the handler afterwards. Runs once,
+    /// as the loop's last act on its thread; its task queue is closed by then and it takes no more timers.
+    func loopDidStop()
+}
+
+extension EventHandler {
+    /// Nothing to release: the owner (a server's listener, a signal watcher) closes the descriptor itself.
+    func loopDidStop() {}
 }
 
 /// One reactor: a poller, a task queue any thread may post to, and timers, run by exactly one thread.
@@ -269,12 +278,13 @@ public final class EventLoop: @unchecked Sendable {
             runPendingTasks()
             if !poolMaintenanceArmed && (pool.needsMaintenance || trimPending) { armPoolMaintenance() }
         }
-        timers.removeAll()
         // Tasks posted before the stop still run (and what they post in turn), so nothing handed to the loop is
-        // lost. Then the queue closes: a task posted later is released at once instead of being kept, with all it
-        // holds (often this loop itself), by a loop that will never run it.
+        // lost. Handlers still registered are released (`releaseHandlers`): their close callbacks may post more.
+        // Then the queue closes: a task posted later is released at once instead of being kept, with all it holds
+        // (often this loop itself), by a loop that will never run it.
         for _ in 0..<100 {
             runPendingTasks()
+            if releaseHandlers() { continue }
             let drained = pendingTasks.withLock { q -> Bool in
                 guard q.tasks.isEmpty else { return false }
                 q.closed = true
@@ -292,6 +302,25 @@ public final class EventLoop: @unchecked Sendable {
             return q.tasks
         }
         _ = consume left
+        _ = releaseHandlers()
+        // The timers go last, with those scheduled by the tasks above; from now on none is taken (`scheduleTimer`).
+        timers.removeAll()
+    }
+
+    /// The end of `run()`, on the loop thread: every handler still registered will never be served, and it would be
+    /// kept for good by a cycle through the loop (a connection holds its loop, the loop its handlers and its timers'
+    /// closures, which hold connections and their owners). Each is told (`loopDidStop`: a connection closes and
+    /// fires its close callbacks, its server forgets it), then forgotten; the wake-up handler stays. True when there
+    /// was any.
+    private func releaseHandlers() -> Bool {
+        var released = false
+        for fd in handlers.indices where fd != Int(wakeFD) {
+            guard let handler = handlers[fd] else { continue }
+            handlers[fd] = nil
+            released = true
+            handler.loopDidStop()
+        }
+        return released
     }
 
     /// Asks the loop to return from `run()` after its current iteration. Safe to call from any thread.
@@ -411,6 +440,8 @@ public final class EventLoop: @unchecked Sendable {
         let delayNs = delay.nanosecondsSaturated
         let intervalNs = interval.map { max(1, $0.nanosecondsSaturated) } ?? 0
         if inLoopThread {
+            // A timer scheduled from a close callback while the loop stops would never fire: released at once.
+            if tasksClosed.load(ordering: .relaxed) { return handle }
             timers.schedule(id: id, deadline: sy_monotonic_ns() + delayNs, interval: intervalNs, task)
         } else {
             let requested = sy_monotonic_ns()

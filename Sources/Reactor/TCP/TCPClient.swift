@@ -164,6 +164,13 @@ public final class TCPClient: @unchecked Sendable {
         established(p.fd)
     }
 
+    /// The loop stopped with a connect in progress: the descriptor closes; no retry (the loop takes no timer).
+    fileprivate func connectAbandoned(_ p: PendingConnect) {
+        guard pending === p else { return }
+        pending = nil
+        p.abandon()
+    }
+
     private func established(_ fd: Int32) {
         backoff = configuration.initialBackoff
         let local = SocketAddress.local(of: fd) ?? SocketAddress(ip: 0, port: 0)
@@ -214,6 +221,8 @@ private final class PendingConnect: EventHandler {
         self.client = client
     }
     func handleEvents(_ events: UInt32) { client.connectCompleted(self) }
+    /// The loop stopped during the connect: it will never complete.
+    func loopDidStop() { client.connectAbandoned(self) }
     func abandon() {
         timer?.cancel()
         client.loop.unregister(fd: fd)

@@ -25,7 +25,9 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
     public let peerAddress: SocketAddress
     public let localAddress: SocketAddress
     let fd: Int32
-    let callbacks: ConnectionCallbacks
+    /// The application's callbacks; replaced by no-ops once `onClose` has run, so what they captured (often this
+    /// connection, through the application's own state) is not kept alive by the connection. Loop thread only.
+    @exclusivity(unchecked) private var callbacks: ConnectionCallbacks
     let options: ConnectionOptions
 
     // @exclusivity(unchecked): every such property below is loop thread only, and no access is held across a callback.
@@ -560,5 +562,13 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         onClosedByOwner = nil
         owner?(self)
         callbacks.onClose(self)
+        // Never called again: let go of what they hold (a cycle through them would keep this connection forever).
+        callbacks = ConnectionCallbacks()
+    }
+
+    /// The loop has stopped with this connection open (its group shut down before its server): it closes now,
+    /// discarding queued output, with the usual close callbacks. Loop thread (the loop's last act).
+    func loopDidStop() {
+        closeNow(reason: ReactorError.loopStopped)
     }
 }

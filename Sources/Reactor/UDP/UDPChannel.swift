@@ -129,12 +129,17 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
 
     /// Stops receiving and closes the socket. Safe to call from any thread.
     public func close() {
-        loop.executeInLoop { [self] in
-            guard isOpen else { return }
-            isOpen = false
-            loop.unregister(fd: fd)
-            Posix.close(fd)
-        }
+        loop.executeInLoop { [self] in closeInLoop() }
+    }
+
+    /// The loop stopped with the channel open: it closes (no task would close it any more).
+    func loopDidStop() { closeInLoop() }
+
+    private func closeInLoop() {
+        guard isOpen else { return }
+        isOpen = false
+        loop.unregister(fd: fd)
+        Posix.close(fd)
     }
 }
 
