@@ -139,12 +139,7 @@ struct WatchCommand: AsyncParsableCommand {
         }
         let group = try EventLoopGroup(ioLoops: 1)
         defer { group.shutdown() }
-        let client: AsyncFrameClient
-        do {
-            client = try await AsyncFrameClient.connect(host: host, port: port, loop: group.next())
-        } catch {
-            throw CommandFailure("watch: cannot connect to \(relay): \(error)")
-        }
+        let client = try await connectToRelay(host: host, port: port, loop: group.next(), command: "watch")
         var subscribe = Switchyard_Media_Subscribe()
         subscribe.resource = name
         subscribe.mode = vod ? .vod : .live
@@ -213,12 +208,7 @@ struct PublishCommand: AsyncParsableCommand {
         }
         let group = try EventLoopGroup(ioLoops: 1)
         defer { group.shutdown() }
-        let client: AsyncFrameClient
-        do {
-            client = try await AsyncFrameClient.connect(host: host, port: port, loop: group.next())
-        } catch {
-            throw CommandFailure("publish: cannot connect to \(relay): \(error)")
-        }
+        let client = try await connectToRelay(host: host, port: port, loop: group.next(), command: "publish")
         var publish = Switchyard_Media_Publish()
         publish.resource = name
         publish.room = room
@@ -272,5 +262,16 @@ struct PublishCommand: AsyncParsableCommand {
             throw CommandFailure("publish: the relay refused \(name): \(reason)")
         }
         print("published \(name): \(sent) chunks")
+    }
+}
+
+/// Connects to a relay's frame port; a failure is the command's one line.
+private func connectToRelay(host: String, port: Int, loop: EventLoop, command: String) async throws
+    -> AsyncFrameClient
+{
+    do {
+        return try await AsyncFrameClient.connect(host: host, port: port, loop: loop)
+    } catch {
+        throw CommandFailure("\(command): cannot connect to \(host):\(port): \(error)")
     }
 }

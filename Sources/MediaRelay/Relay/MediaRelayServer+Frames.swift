@@ -11,8 +11,7 @@ extension MediaRelayServer {
             frameError(connection, .badRequest, "one subscribe per connection")
             return
         }
-        guard ResourceCatalog.isValidName(request.resource),
-              request.room.utf8.count <= ResourceCatalog.maxNameBytes else {
+        guard Self.validNames(request.resource, request.room) else {
             counters.add(.badRequests)
             frameError(connection, .badRequest, "bad resource or room name")
             return
@@ -22,23 +21,13 @@ extension MediaRelayServer {
             return
         }
         state.holdsViewerSlot = true
-        let live = request.mode == .live
-        let (name, room) = (request.resource, request.room)
         let start = Duration.milliseconds(Int64(min(request.startMs, UInt64(Int64.max / 1_000_000))))
-        let viewer = newViewerID()
-        let loop = connection.loop
-        Task { [self] in
-            let found = live ? await livePlayback(name: name, room: room)
-                : await vodPlayback(name: name, start: start, viewer: viewer)
-            loop.execute { [self] in
-                switch found {
-                case .success(let playback):
-                    attach(connection, state, to: playback) { FrameViewerSink(connection: connection) }
-                case .failure(let refusal):
-                    frameRefuse(refusal, connection)
-                }
-            }
-        }
+        resolveViewer(live: request.mode == .live, name: request.resource, room: request.room, start: start,
+                      connection, state,
+                      found: { [self] playback in
+                          attach(connection, state, to: playback) { FrameViewerSink(connection: connection) }
+                      },
+                      refused: { [self] refusal in frameRefuse(refusal, connection) })
     }
 
     func framePublish(_ request: Switchyard_Media_Publish, _ connection: TCPConnection) {
@@ -47,8 +36,7 @@ extension MediaRelayServer {
             frameError(connection, .badRequest, "publish must be the first frame of its connection")
             return
         }
-        guard ResourceCatalog.isValidName(request.resource),
-              request.room.utf8.count <= ResourceCatalog.maxNameBytes else {
+        guard Self.validNames(request.resource, request.room) else {
             counters.add(.badRequests)
             frameError(connection, .badRequest, "bad resource or room name")
             return

@@ -66,7 +66,7 @@ extension MediaRelayServer {
             return
         }
         let room = head.queryValue("room") ?? ""
-        guard room.utf8.count <= ResourceCatalog.maxNameBytes else {
+        guard Self.validNames(name, room) else {
             counters.add(.badRequests)
             respond(connection, state, status: 400,
                     "the room name is longer than \(ResourceCatalog.maxNameBytes) bytes")
@@ -90,27 +90,17 @@ extension MediaRelayServer {
             return
         }
         state.holdsViewerSlot = true
-        let live = path.hasPrefix("/live/")
         let chunked = head.version == "HTTP/1.1"
-        let viewer = newViewerID()
-        let loop = connection.loop
-        Task { [self] in
-            let found = live ? await livePlayback(name: name, room: room)
-                : await vodPlayback(name: name, start: start, viewer: viewer)
-            loop.execute { [self] in
-                switch found {
-                case .success(let playback):
-                    guard connection.isActive, case .resolving = state.phase else {
-                        if !live { playback.loop.execute { playback.stop(reason: "its viewer left") } }
-                        return
-                    }
-                    _ = HTTPViewerSink.responseHead(chunked: chunked).withUnsafeBytes { connection.sendInLoop($0) }
-                    attach(connection, state, to: playback) { HTTPViewerSink(connection: connection, chunked: chunked) }
-                case .failure(let refusal):
-                    refuse(refusal, connection, state)
-                }
-            }
-        }
+        resolveViewer(live: path.hasPrefix("/live/"), name: name, room: room, start: start, connection, state,
+                      found: { [self] playback in
+                          _ = HTTPViewerSink.responseHead(chunked: chunked).withUnsafeBytes {
+                              connection.sendInLoop($0)
+                          }
+                          attach(connection, state, to: playback) {
+                              HTTPViewerSink(connection: connection, chunked: chunked)
+                          }
+                      },
+                      refused: { [self] refusal in refuse(refusal, connection, state) })
     }
 
     private func publish(name: String, room: String, head: HTTPRequestHead, rest: [UInt8],

@@ -366,13 +366,40 @@ public final class MediaRelayServer: Service, Sendable {
         state.phase = .closing
     }
 
+    /// Finds the stream a viewer asked for, off the loops, and comes back on the connection's loop: `found` with the
+    /// playback when the viewer is still there waiting (it then starts with `attach`), `refused` otherwise. An
+    /// on-demand playback made for a viewer that has left meanwhile is stopped.
+    func resolveViewer(live: Bool, name: String, room: String, start: Duration, _ connection: TCPConnection,
+                       _ state: RelayConnection, found: @escaping @Sendable (Playback) -> Void,
+                       refused: @escaping @Sendable (Refusal) -> Void) {
+        let viewer = newViewerID()
+        let loop = connection.loop
+        Task { [self] in
+            let result = live ? await livePlayback(name: name, room: room)
+                : await vodPlayback(name: name, start: start, viewer: viewer)
+            loop.execute {
+                switch result {
+                case .success(let playback):
+                    guard connection.isActive, case .resolving = state.phase else {
+                        if !live { playback.loop.execute { playback.stop(reason: "its viewer left") } }
+                        return
+                    }
+                    found(playback)
+                case .failure(let refusal):
+                    refused(refusal)
+                }
+            }
+        }
+    }
+
+    /// Whether a resource and room name may be asked for (the catalog's rule; a room has the same byte bound).
+    static func validNames(_ resource: String, _ room: String) -> Bool {
+        ResourceCatalog.isValidName(resource) && room.utf8.count <= ResourceCatalog.maxNameBytes
+    }
+
     /// Starts streaming `playback` to the connection (on its loop) with `sink`.
     func attach(_ connection: TCPConnection, _ state: RelayConnection, to playback: Playback,
                 sink: @escaping () -> any ViewerSink) {
-        guard connection.isActive, case .resolving = state.phase else {
-            if case .vod = playback.key.mode { playback.loop.execute { playback.stop(reason: "its viewer left") } }
-            return
-        }
         let id = newViewerID()
         state.phase = .viewing(playback, id)
         playback.addViewer(id, sink())
