@@ -211,7 +211,8 @@ public final class MediaRelayServer: Service, Sendable {
         let (host, port) = IPv4Endpoint.splitHostPort(origin)!
         let client: AsyncFrameClient
         do {
-            client = try await AsyncFrameClient.connect(host: host, port: port, loop: group.next(), bufferCapacity: 1024)
+            client = try await AsyncFrameClient.connect(host: host, port: port, loop: group.next(),
+                                                        bufferCapacity: 1024)
         } catch {
             logger.info("relay: the origin cannot be reached", metadata: [
                 "origin.address": "\(origin)", "error.description": "\(error)",
