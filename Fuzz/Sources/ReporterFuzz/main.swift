@@ -3,8 +3,10 @@
 // does before its upsert. Built by scripts/fuzz (swift build --sanitize=fuzzer --sanitize=address in Fuzz/); the
 // row functions are internal (@testable import).
 //
-// Checked: a report gives one row per result with a port in range, carrying the report's route and caller; merging
-// keeps one row per key and adds the counts (wrapping, as the upsert's columns would).
+// Checked: a report gives one row per result with a port in range, carrying the report's route and caller (the bits
+// of the int32 field, read unsigned); merging keeps one row per key, the last one that came (the upsert overwrites:
+// a report carries running window counts, Lars's semantics), and the statement's parameters are unsigned and capped
+// as Lars's columns want.
 import FuzzSupport
 import LarsProtocol
 import Messaging
@@ -19,7 +21,9 @@ final class Queue: @unchecked Sendable {
 func body(_ input: inout FuzzInput) -> [UInt8] {
     if input.choice(4) == 0 { return input.bytes() }
     var m = Lars_ReportStatusRequest()
-    (m.modid, m.cmdid, m.caller) = (Int32(input.choice(3)), Int32(input.choice(2)), Int32(input.choice(2)))
+    (m.modid, m.cmdid) = (Int32(input.choice(3)), Int32(input.choice(2)))
+    // Callers from 128.0.0.0 up are negative in the int32 field.
+    m.caller = input.choice(3) == 0 ? Int32(bitPattern: input.uint32()) : Int32(input.choice(2))
     m.ts = input.choice(2) == 0 ? 0 : input.uint32()
     m.results = (0..<input.choice(8)).map { _ in
         var r = Lars_HostCallResult()
@@ -43,9 +47,13 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         invariant(rows.count == inRange.count, "\(rows.count) rows for \(inRange.count) results in range")
         for (row, result) in zip(rows, inRange) {
             invariant(row.key.modid == request.modid && row.key.cmdid == request.cmdid
-                      && row.key.caller == request.caller && row.key.port == result.port
+                      && row.key.caller == UInt32(bitPattern: request.caller) && row.key.port == result.port
                       && row.succ == result.succ && row.err == result.err, "a row that is not its result")
             invariant(row.ts == (request.ts != 0 ? request.ts : now), "a row with the wrong time")
+            let p = row.parameters
+            invariant(p.count == 9 && p[2] == .integer(Int64(row.key.ip)) && p[4] == .integer(Int64(row.key.caller))
+                      && p[5] == .integer(Int64(min(row.succ, UInt32(Int32.max))))
+                      && p[6] == .integer(Int64(min(row.err, UInt32(Int32.max)))), "parameters not unsigned or capped")
         }
         queue.rows += rows
         queue.reports += 1
@@ -57,10 +65,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             invariant(Set(merged.map(\.key)).count == merged.count, "merged rows with the same key")
             invariant(Set(merged.map(\.key)) == Set(queue.rows.map(\.key)), "merging lost or made up a key")
             for row in merged {
-                let same = queue.rows.filter { $0.key == row.key }
-                invariant(row.succ == same.reduce(0) { $0 &+ $1.succ } && row.err == same.reduce(0) { $0 &+ $1.err },
-                          "merged counts are not the sums")
-                invariant(row.ts == same.map(\.ts).max(), "merged row does not keep the latest time")
+                invariant(row == queue.rows.last { $0.key == row.key }, "a merged row that is not its key's last")
             }
             queue.rows.removeAll()
         } else {
