@@ -32,7 +32,6 @@ public struct HTTPBodyDecoder: Sendable {
     public let framing: Framing
     private var state: State
     private var line: [UInt8] = []
-    private var remaining: Int
     /// Longest chunk-size line (size, extensions) taken.
     static let maxLine = 1024
 
@@ -54,13 +53,10 @@ public struct HTTPBodyDecoder: Sendable {
         self.framing = framing
         switch framing {
         case .length(let n):
-            remaining = n
             state = n == 0 ? .done : .data(remaining: n)
         case .chunked:
-            remaining = 0
             state = .sizeLine
         case .untilClose:
-            remaining = .max
             state = .data(remaining: .max)
         }
     }
