@@ -27,6 +27,7 @@ let package = Package(
         .library(name: "Reporter", targets: ["Reporter"]),
         .library(name: "Chat", targets: ["Chat"]),
         .library(name: "MediaRelay", targets: ["MediaRelay"]),
+        .library(name: "ReverseProxy", targets: ["ReverseProxy"]),
         .executable(name: "switchyard", targets: ["switchyard"]),
         .executable(name: "switchyard-echo", targets: ["switchyard-echo"]),
     ],
@@ -172,6 +173,13 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
 
+        // The reverse proxy: backends picked through the agent, bytes relayed by the reactor's tunnels.
+        .target(name: "ReverseProxy", dependencies: [
+            "SwitchyardCore", "Reactor", "LoadBalancing", "LoadBalanceClient",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+
         // ---- Internal targets (not products): the demo, the benchmarks, the echo service ----
         .target(name: "EchoServer", dependencies: ["Reactor"]),
         .target(
@@ -208,7 +216,7 @@ let package = Package(
                 "SwitchyardCore", "CSwitchyardCLI", "Reactor", "LarsProtocol", "Messaging", "Storage", "LoadBalancing",
                 "RouteStore",
                 "LoadBalanceClient", "LoadBalanceAgent", "NameService", "Reporter", "Chat", "MediaRelay",
-                "EchoServer", "SwitchyardDemo", "SwitchyardBench",
+                "ReverseProxy", "EchoServer", "SwitchyardDemo", "SwitchyardBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -256,6 +264,11 @@ let package = Package(
         .testTarget(name: "MediaRelayTests", dependencies: [
             "MediaRelay", "Storage", "Reactor", "Messaging", "LarsWire", "TestSupport",
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "ReverseProxyTests", dependencies: [
+            "ReverseProxy", "LoadBalanceAgent", "LoadBalanceClient", "LoadBalancing", "NameService", "RouteStore",
+            "Reactor", "Storage", "TestSupport", "RouteTestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "ChatTests", dependencies: [

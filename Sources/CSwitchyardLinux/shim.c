@@ -2,6 +2,7 @@
 #include "CSwitchyardLinux.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <poll.h>
 #include <signal.h>
@@ -244,5 +245,13 @@ ssize_t sy_read(int fd, void *buf, size_t count) { return syscall(SYS_read, fd, 
 ssize_t sy_write(int fd, const void *buf, size_t count) { return syscall(SYS_write, fd, buf, count); }
 
 ssize_t sy_writev(int fd, const struct iovec *iov, int iovcnt) { return syscall(SYS_writev, fd, iov, iovcnt); }
+
+int sy_pipe_nonblocking(int fds[2]) { return pipe2(fds, O_NONBLOCK | O_CLOEXEC); }
+
+int sy_set_pipe_size(int fd, int bytes) { return fcntl(fd, F_SETPIPE_SZ, bytes); }
+
+ssize_t sy_splice(int from, int to, size_t count) {
+    return splice(from, NULL, to, NULL, count, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+}
 
 int sy_malloc_trim(void) { return malloc_trim(0); }

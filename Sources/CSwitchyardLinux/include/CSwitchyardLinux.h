@@ -72,6 +72,16 @@ ssize_t sy_read(int fd, void *buf, size_t count);
 ssize_t sy_write(int fd, const void *buf, size_t count);
 ssize_t sy_writev(int fd, const struct iovec *iov, int iovcnt);
 
+/* Zero-copy relay between two sockets (the tunnel's splice path): a pipe per direction, bytes moved
+   socket -> pipe -> socket by splice(2) with SPLICE_F_MOVE | SPLICE_F_NONBLOCK, never through user memory.
+   -1 and errno on failure. */
+/// A non-blocking, close-on-exec pipe: fds[0] reads, fds[1] writes.
+int sy_pipe_nonblocking(int fds[2]);
+/// Sets the pipe's capacity (F_SETPIPE_SZ); the capacity granted, or -1.
+int sy_set_pipe_size(int fd, int bytes);
+/// splice(2) of up to `count` bytes from `from` to `to` (one of them a pipe), never blocking.
+ssize_t sy_splice(int from, int to, size_t count);
+
 pid_t sy_gettid(void);
 /// The calling thread's CPU affinity mask into `mask` (`size` bytes, zeroed first); bytes the kernel wrote, or -1.
 long sy_sched_getaffinity(void *mask, size_t size);

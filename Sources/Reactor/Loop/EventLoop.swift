@@ -119,6 +119,8 @@ public final class EventLoop: @unchecked Sendable {
     let scratch: UnsafeMutableRawBufferPointer
     /// Per-loop buffer pool.
     let pool: BufferPool
+    /// Empty pipes the loop's tunnels splice through (`TCPTunnel`). Loop thread only.
+    @exclusivity(unchecked) var tunnelPipes = TunnelPipePool()
     @exclusivity(unchecked) private var wakeHandler: WakeupHandler?
     /// True while the events of one poller wait are handled. Loop thread only.
     @exclusivity(unchecked) private var handlingBatch = false
@@ -305,6 +307,7 @@ public final class EventLoop: @unchecked Sendable {
         _ = releaseHandlers()
         // The timers go last, with those scheduled by the tasks above; from now on none is taken (`scheduleTimer`).
         timers.removeAll()
+        tunnelPipes.closeAll()
     }
 
     /// The end of `run()`, on the loop thread: every handler still registered will never be served, and it would be

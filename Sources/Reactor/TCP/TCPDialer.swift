@@ -1,0 +1,136 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSwitchyardLinux
+
+/// One non-blocking connect on a loop, with a timeout, handing over the raw connected descriptor: for owners that
+/// serve it themselves (a `TCPTunnel`). `TCPClient` is the managed kind (reconnects, a `TCPConnection`).
+///
+/// ```swift
+/// let dial = TCPDialer.connect(on: loop, to: address, timeout: .seconds(2)) { result in
+///     switch result {
+///     case .success(let fd): serve(fd)              // the receiver owns fd
+///     case .failure(let error): report(error)       // IOError (refused, unreachable) or ReactorError.connectTimeout
+///     }
+/// }
+/// dial.cancel()  // the descriptor closes; the completion does not run
+/// ```
+///
+/// Loop thread only: `connect`, `cancel` and the completion all run on `loop`. The completion runs once, never
+/// from inside `connect` (an immediate result waits for the loop's next turn), unless the attempt was cancelled.
+public final class TCPDialer: EventHandler, @unchecked Sendable {
+    // @unchecked Sendable: touched only on `loop`; crosses threads only inside the loop's own tasks.
+    public let loop: EventLoop
+    public let address: SocketAddress
+    private let fd: Int32
+    // @exclusivity(unchecked): loop thread only, short accesses; the completion runs after the state is cleared.
+    @exclusivity(unchecked) private var completion: ((Result<Int32, any Error>) -> Void)?
+    @exclusivity(unchecked) private var timer: TimerHandle?
+    @exclusivity(unchecked) private var watching = false
+
+    private init(loop: EventLoop, address: SocketAddress, fd: Int32,
+                 completion: @escaping (Result<Int32, any Error>) -> Void) {
+        self.loop = loop
+        self.address = address
+        self.fd = fd
+        self.completion = completion
+    }
+
+    /// Starts connecting `to` address. `noDelay` sets TCP_NODELAY on the socket. Loop thread only.
+    @discardableResult
+    public static func connect(on loop: EventLoop, to address: SocketAddress, timeout: Duration, noDelay: Bool = true,
+                               completion: @escaping (Result<Int32, any Error>) -> Void) -> TCPDialer {
+        loop.assertInLoopThread()
+        let fd: Int32
+        do {
+            fd = try Posix.socket(domain: AF_INET, type: Int32(Glibc.SOCK_STREAM.rawValue))
+        } catch {
+            let dialer = TCPDialer(loop: loop, address: address, fd: -1, completion: completion)
+            dialer.finishLater(.failure(error))
+            return dialer
+        }
+        if noDelay { try? Posix.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1) }
+        let dialer = TCPDialer(loop: loop, address: address, fd: fd, completion: completion)
+        let started: IOResult<Void>
+        do {
+            started = try Posix.connect(fd, to: address)
+        } catch {
+            dialer.finishLater(.failure(error))
+            return dialer
+        }
+        switch started {
+        case .processed:
+            dialer.finishLater(.success(fd))
+        case .wouldBlock:
+            do {
+                try loop.register(fd: fd, interest: .write, handler: dialer)
+                dialer.watching = true
+            } catch {
+                dialer.finishLater(.failure(error))
+                return dialer
+            }
+            dialer.timer = loop.schedule(after: timeout) { [weak dialer] in
+                guard let dialer, dialer.completion != nil else { return }
+                dialer.timer = nil
+                dialer.finish(.failure(ReactorError.connectTimeout))
+            }
+        }
+        return dialer
+    }
+
+    /// Abandons the attempt: the descriptor closes, the completion never runs. Loop thread only; nothing once it
+    /// has completed.
+    public func cancel() {
+        loop.assertInLoopThread()
+        guard completion != nil else { return }
+        completion = nil
+        release(closing: true)
+    }
+
+    func handleEvents(_ events: UInt32) {
+        guard completion != nil else { return }
+        let err = Posix.socketError(fd)
+        if err != 0 {
+            finish(.failure(IOError(errnoCode: err, call: "connect \(address)")))
+            return
+        }
+        // A connect to a free port of this host can connect to itself: that is a refusal.
+        if let local = SocketAddress.local(of: fd), let peer = SocketAddress.peer(of: fd), local == peer {
+            finish(.failure(IOError(errnoCode: ECONNREFUSED, call: "connect \(address) (self-connect)")))
+            return
+        }
+        finish(.success(fd))
+    }
+
+    /// The loop stopped during the connect: it will never complete.
+    func loopDidStop() {
+        watching = false
+        guard completion != nil else { return }
+        completion = nil
+        release(closing: true)
+    }
+
+    private func finishLater(_ result: Result<Int32, any Error>) {
+        loop.execute { [self] in finish(result) }
+    }
+
+    private func finish(_ result: Result<Int32, any Error>) {
+        guard let completion else {
+            if case .success(let fd) = result, fd >= 0 { Posix.close(fd) }
+            return
+        }
+        self.completion = nil
+        let succeeded: Bool
+        if case .success = result { succeeded = true } else { succeeded = false }
+        release(closing: !succeeded)
+        completion(result)
+    }
+
+    private func release(closing: Bool) {
+        timer?.cancel()
+        timer = nil
+        if watching { loop.unregister(fd: fd) }
+        watching = false
+        if closing && fd >= 0 { Posix.close(fd) }
+    }
+}

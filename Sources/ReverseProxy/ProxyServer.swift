@@ -1,0 +1,431 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import LoadBalanceClient
+import LoadBalancing
+import Logging
+import Reactor
+import ServiceLifecycle
+import SwitchyardCore
+import Synchronization
+
+/// A TCP reverse proxy that picks each connection's backend through the local load-balancing agent: clients that
+/// cannot run an agent connect to one address; for every new connection the proxy asks the agent for a host of
+/// the route's module, connects (trying the next host after a failure, reported to the agent), relays bytes both
+/// ways with backpressure and half-close (`TCPTunnel`: splice or read/write), and reports the outcome, so a failing
+/// backend goes to overload and is avoided exactly as for callers that use the agent themselves.
+///
+///     client --accept (TCPListener)--> ProxySession: GetHost (LoopLoadBalanceClient, the loop's own socket)
+///            --TCPDialer--> backend --TCPTunnel--> bytes both ways --end--> Report (success or failure)
+///
+/// Everything of one connection happens on one loop, with no task or lock on its way (the agent client of each loop
+/// answers on that loop). A `Service`: ``run()`` starts (unless ``start()`` did) and serves until graceful
+/// shutdown, then stops accepting and lets open connections finish for up to `drainTimeout`.
+public final class ProxyServer: Service, Sendable {
+    public let configuration: ProxyConfiguration
+    public let group: EventLoopGroup
+    let logger: Logger
+    let counters = ProxyCounters()
+    private let state = Mutex<RunState>(RunState())
+    private let nextID = Atomic<UInt64>(1)
+    private let refusals = Mutex(LogEpisode())
+    private let drained = Mutex<DispatchSemaphore?>(nil)
+
+    private struct RunState {
+        var started = false
+        var stopped = false
+        var listeners: [TCPListener] = []
+        var addresses: [SocketAddress] = []
+        var loops: [ProxyLoop] = []
+    }
+
+    /// - Parameters:
+    ///   - group: The loops of the connections (the acceptor loop accepts, the I/O loops serve).
+    ///   - configuration: Routes, the agent, limits (see ``ProxyConfiguration/validate()``).
+    ///   - logger: Start, stop, refusals once per episode; nothing per connection above debug.
+    public init(group: EventLoopGroup, configuration: ProxyConfiguration,
+                logger: Logger = Logger(label: "switchyard.proxy", factory: { _ in SwiftLogNoOpLogHandler() })) {
+        self.group = group
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Binds every route's port and starts serving; returns the bound addresses in the order of the routes. Not on
+    /// one of the group's loops.
+    @discardableResult
+    public func start() throws -> [SocketAddress] {
+        try configuration.validate()
+        if state.withLock({ s in defer { s.started = true }; return s.started }) { throw ProxyError.alreadyStarted }
+        var loops: [ProxyLoop] = []
+        do {
+            for loop in group.ioLoops {
+                let made = Mutex<Result<ProxyLoop, any Error>?>(nil)
+                let done = DispatchSemaphore(value: 0)
+                let configuration = self.configuration
+                loop.executeInLoop {
+                    made.withLock {
+                        $0 = Result {
+                            ProxyLoop(loop: loop, agent: try LoopLoadBalanceClient(
+                                loop: loop, agentHost: configuration.agentHost, agentPorts: configuration.agentPorts,
+                                timeout: configuration.agentTimeout, reportSecret: configuration.reportSecret))
+                        }
+                    }
+                    done.signal()
+                }
+                done.wait()
+                loops.append(try made.withLock { $0! }.get())
+            }
+        } catch {
+            closeAgents(loops)
+            throw error
+        }
+        state.withLock { $0.loops = loops }
+        var listeners: [TCPListener] = []
+        var addresses: [SocketAddress] = []
+        do {
+            for route in configuration.routes {
+                let listener = TCPListener(group: group, host: configuration.host, port: route.port, logger: logger) {
+                    [weak self] socket in
+                    guard let self else { return Posix.close(socket.fd) }
+                    accepted(socket, route: route)
+                }
+                addresses.append(try listener.start())
+                listeners.append(listener)
+            }
+        } catch {
+            for listener in listeners { listener.stop() }
+            closeAgents(loops)
+            throw error
+        }
+        state.withLock {
+            $0.listeners = listeners
+            $0.addresses = addresses
+        }
+        warmUp(loops)
+        logger.info("proxy serving", metadata: [
+            "routes": "\(zip(configuration.routes, addresses).map { "\($1.port)->\($0.modid)/\($0.cmdid)" })",
+            "transfer": "\(configuration.transfer)", "agent.ports": "\(configuration.agentPorts)",
+        ])
+        return addresses
+    }
+
+    /// The bound addresses, in the order of the routes (empty before ``start()``).
+    public var addresses: [SocketAddress] { state.withLock { $0.addresses } }
+
+    /// Starts (unless ``start()`` did) and serves until graceful shutdown; then ``shutdown()``.
+    public func run() async throws {
+        if state.withLock({ $0.started }) == false {
+            _ = try await runOnDedicatedThread(name: "sy-proxy-bind") { [self] in Result { try start() } }.get()
+        }
+        try? await gracefulShutdown()
+        await runOnDedicatedThread(name: "sy-proxy-stop") { [self] in shutdown() }
+    }
+
+    /// Stops accepting, lets open connections finish for up to `drainTimeout`, closes the rest, and closes the
+    /// agent clients. Blocks; not on a loop thread. Idempotent.
+    public func shutdown() {
+        let (listeners, loops) = state.withLock { s -> ([TCPListener], [ProxyLoop]) in
+            if s.stopped || !s.started { return ([], []) }
+            s.stopped = true
+            return (s.listeners, s.loops)
+        }
+        guard !loops.isEmpty else { return }
+        for listener in listeners { listener.stop() }
+        let open = counters.active.load(ordering: .acquiring)
+        if open > 0 {
+            logger.info("draining connections", metadata: [
+                "count": "\(open)", "drain.timeout": "\(configuration.drainTimeout)",
+            ])
+            let sem = DispatchSemaphore(value: 0)
+            drained.withLock { $0 = sem }
+            if counters.active.load(ordering: .acquiring) > 0 {
+                let deadline = DispatchTime.now() + .nanoseconds(Int(clamping: configuration.drainTimeout
+                    .nanosecondsSaturated))
+                if sem.wait(timeout: deadline) == .timedOut && counters.active.load(ordering: .acquiring) > 0 {
+                    logger.info("drain timeout: closing open connections",
+                                metadata: ["count": "\(counters.active.load(ordering: .relaxed))"])
+                    let closedAll = DispatchSemaphore(value: 0)
+                    for proxyLoop in loops {
+                        let bound = LoopBound(proxyLoop, loop: proxyLoop.loop)
+                        proxyLoop.loop.execute {
+                            bound.value.closeAll()
+                            closedAll.signal()
+                        }
+                    }
+                    for _ in loops { _ = closedAll.wait(timeout: .now() + .seconds(5)) }
+                }
+            }
+            drained.withLock { $0 = nil }
+        }
+        closeAgents(loops)
+        logger.info("proxy stopped", metadata: ["connections.served": "\(counters.accepted.load(ordering: .relaxed))"])
+    }
+
+    /// A snapshot of the counters.
+    public var statistics: ProxyStatistics { counters.snapshot() }
+
+    // MARK: Connections (on their loop)
+
+    private func accepted(_ socket: AcceptedSocket, route: ProxyRoute) {
+        guard let proxyLoop = loop(for: socket.loop) else { return Posix.close(socket.fd) }
+        if counters.active.load(ordering: .relaxed) >= configuration.maxConnections {
+            Posix.close(socket.fd)
+            counters.refused.wrappingAdd(1, ordering: .relaxed)
+            noteRefusal("connection limit reached; closing new connections", peer: socket.peer,
+                        metadata: ["limit": "\(configuration.maxConnections)"])
+            return
+        }
+        counters.active.wrappingAdd(1, ordering: .relaxed)
+        counters.accepted.wrappingAdd(1, ordering: .relaxed)
+        let key: [UInt8]? = configuration.affinity == .clientIP ? Array(socket.peer.address.utf8) : nil
+        let connection = ProxyConnection(id: nextID.wrappingAdd(1, ordering: .relaxed).oldValue, socket: socket,
+                                         route: route, session: ProxySession(key: key,
+                                                                             attempts: configuration.connectAttempts))
+        proxyLoop.connections[connection.id] = connection
+        perform(connection.session.handle(.accepted), for: connection, on: proxyLoop)
+    }
+
+    private func perform(_ actions: [ProxySession.Action], for connection: ProxyConnection, on proxyLoop: ProxyLoop) {
+        for action in actions {
+            switch action {
+            case .askAgent(let key):
+                proxyLoop.agent.getHost(modid: connection.route.modid, cmdid: connection.route.cmdid, key: key) {
+                    [self] result in
+                    let event: ProxySession.Event
+                    switch result {
+                    case .success(let answer): event = .agentAnswered(answer)
+                    case .failure(let error): event = .agentFailed("\(error)")
+                    }
+                    perform(connection.session.handle(event), for: connection, on: proxyLoop)
+                }
+            case .connect(let host):
+                connection.dialer = TCPDialer.connect(on: proxyLoop.loop, to: host,
+                                                      timeout: configuration.connectTimeout) { [self] result in
+                    connection.dialer = nil
+                    let event: ProxySession.Event
+                    switch result {
+                    case .success(let fd):
+                        connection.backend = fd
+                        event = .connected
+                    case .failure(let error):
+                        counters.noteConnectFailure(host)
+                        logger.debug("backend connect failed", metadata: [
+                            "backend": "\(host)", "error": "\(error)", "peer.address": "\(connection.socket.peer)",
+                        ])
+                        event = .connectFailed("\(error)")
+                    }
+                    perform(connection.session.handle(event), for: connection, on: proxyLoop)
+                }
+            case .startTunnel(let host):
+                startTunnel(connection, host: host, on: proxyLoop)
+            case .report(let host, let success):
+                proxyLoop.agent.report(modid: connection.route.modid, cmdid: connection.route.cmdid, host: host,
+                                       success: success)
+                if success {
+                    counters.reportedSuccesses.wrappingAdd(1, ordering: .relaxed)
+                } else {
+                    counters.reportedFailures.wrappingAdd(1, ordering: .relaxed)
+                }
+            case .refuse(let refusal):
+                Posix.close(connection.socket.fd)
+                connection.clientClosed = true
+                counters.noBackend.wrappingAdd(1, ordering: .relaxed)
+                noteRefusal("no backend for new connections; closing them", peer: connection.socket.peer, metadata: [
+                    "reason": "\(refusal)", "route": "\(connection.route)",
+                ])
+            case .finished:
+                finished(connection, on: proxyLoop)
+            }
+        }
+    }
+
+    private func startTunnel(_ connection: ProxyConnection, host: Host, on proxyLoop: ProxyLoop) {
+        let preamble = configuration.sendProxy.map { version in
+            ProxyHeader.encode(version, client: connection.socket.peer,
+                               proxy: connection.socket.local)
+        } ?? []
+        let backend = connection.backend
+        connection.backend = -1
+        let tunnel = TCPTunnel(
+            loop: proxyLoop.loop, client: connection.socket.fd, server: backend,
+            options: TunnelOptions(transfer: configuration.transfer, bufferBytes: configuration.bufferBytes,
+                                   idleTimeout: configuration.idleTimeout),
+            preamble: preamble
+        ) { [self] _, outcome in
+            connection.tunnel = nil
+            counters.noteTunnelEnd(outcome)
+            perform(connection.session.handle(.tunnelEnded(outcome)), for: connection, on: proxyLoop)
+        }
+        connection.tunnel = tunnel
+        connection.clientClosed = true  // the tunnel owns the descriptors now
+        do {
+            try tunnel.start()
+        } catch {
+            // Both descriptors are closed; the backend did nothing wrong.
+            connection.tunnel = nil
+            logger.debug("cannot serve the connection", metadata: ["error": "\(error)"])
+            perform(connection.session.handle(.tunnelEnded(TunnelOutcome(end: .closed, clientToServerBytes: 0,
+                                                                          serverToClientBytes: 0))),
+                    for: connection, on: proxyLoop)
+        }
+    }
+
+    private func finished(_ connection: ProxyConnection, on proxyLoop: ProxyLoop) {
+        guard proxyLoop.connections.removeValue(forKey: connection.id) != nil else { return }
+        connection.releaseDescriptors()
+        if counters.active.wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+            _ = drained.withLock { $0?.signal() }
+        }
+    }
+
+    private func loop(for loop: EventLoop) -> ProxyLoop? {
+        state.withLock { s in s.loops.first { $0.loop === loop } }
+    }
+
+    /// Asks the agent for each route once at start: an agent learns a module on its first request (and answers
+    /// it "no such module" while it fetches the route), so the first client does not pay for that.
+    private func warmUp(_ loops: [ProxyLoop]) {
+        guard let first = loops.first else { return }
+        let routes = configuration.routes
+        let bound = LoopBound(first, loop: first.loop)
+        first.loop.execute {
+            for route in routes {
+                bound.value.agent.getHost(modid: route.modid, cmdid: route.cmdid, key: nil) { _ in }
+            }
+        }
+    }
+
+    private func closeAgents(_ loops: [ProxyLoop]) {
+        for proxyLoop in loops {
+            let bound = LoopBound(proxyLoop, loop: proxyLoop.loop)
+            proxyLoop.loop.execute { bound.value.agent.close() }
+        }
+    }
+
+    /// One log line when an episode of refusals starts (the first peer and reason), one with the count when it ends.
+    private func noteRefusal(_ message: Logger.Message, peer: SocketAddress, metadata: Logger.Metadata) {
+        let step = refusals.withLock { $0.record(now: SystemInfo.monotonicNanoseconds()) }
+        guard case .started(let ended) = step else { return }
+        if ended > 0 { logger.info("refused connections", metadata: ["refused.count": "\(ended)"]) }
+        var all = metadata
+        all["peer.address"] = "\(peer)"
+        logger.info("\(message) (logged once per episode)", metadata: all)
+    }
+}
+
+/// The proxy's state on one I/O loop: its agent client and its open connections. Loop thread only.
+final class ProxyLoop: @unchecked Sendable {
+    // @unchecked Sendable: touched on `loop` only; crosses threads inside LoopBound or the loop's own tasks.
+    let loop: EventLoop
+    let agent: LoopLoadBalanceClient
+    var connections: [UInt64: ProxyConnection] = [:]
+
+    init(loop: EventLoop, agent: LoopLoadBalanceClient) {
+        self.loop = loop
+        self.agent = agent
+    }
+
+    /// The drain timeout passed: every connection ends now (tunnels close, connects are abandoned).
+    func closeAll() {
+        for connection in Array(connections.values) { connection.abort() }
+    }
+}
+
+/// One client connection while it is served. Loop thread only.
+final class ProxyConnection {
+    let id: UInt64
+    let socket: AcceptedSocket
+    let route: ProxyRoute
+    var session: ProxySession
+    var dialer: TCPDialer?
+    var tunnel: TCPTunnel?
+    /// The connected backend's descriptor between the connect and the tunnel's start.
+    var backend: Int32 = -1
+    /// The client's descriptor is closed, or owned by the tunnel.
+    var clientClosed = false
+
+    init(id: UInt64, socket: AcceptedSocket, route: ProxyRoute, session: ProxySession) {
+        self.id = id
+        self.socket = socket
+        self.route = route
+        self.session = session
+    }
+
+    /// Ends the connection at once, whatever it is doing: a tunnel closes (and finishes the session), a connect in
+    /// progress is abandoned and the client closed.
+    func abort() {
+        if let tunnel {
+            tunnel.close()
+            return
+        }
+        dialer?.cancel()
+        dialer = nil
+        releaseDescriptors()
+    }
+
+    func releaseDescriptors() {
+        if backend >= 0 { Posix.close(backend) }
+        backend = -1
+        if !clientClosed { Posix.close(socket.fd) }
+        clientClosed = true
+    }
+}
+
+/// The proxy's counters (any thread).
+final class ProxyCounters: Sendable {
+    let active = Atomic<Int>(0)
+    let accepted = Atomic<Int>(0)
+    let refused = Atomic<Int>(0)
+    let noBackend = Atomic<Int>(0)
+    let reportedSuccesses = Atomic<Int>(0)
+    let reportedFailures = Atomic<Int>(0)
+    let clientToBackendBytes = Atomic<UInt64>(0)
+    let backendToClientBytes = Atomic<UInt64>(0)
+    let idleClosed = Atomic<Int>(0)
+    let connectFailures = Mutex<[Host: Int]>([:])
+
+    func noteConnectFailure(_ host: Host) {
+        connectFailures.withLock { $0[host, default: 0] += 1 }
+    }
+
+    func noteTunnelEnd(_ outcome: TunnelOutcome) {
+        clientToBackendBytes.wrappingAdd(outcome.clientToServerBytes, ordering: .relaxed)
+        backendToClientBytes.wrappingAdd(outcome.serverToClientBytes, ordering: .relaxed)
+        if outcome.end == .idleTimeout { idleClosed.wrappingAdd(1, ordering: .relaxed) }
+    }
+
+    func snapshot() -> ProxyStatistics {
+        ProxyStatistics(
+            active: active.load(ordering: .relaxed), accepted: accepted.load(ordering: .relaxed),
+            refused: refused.load(ordering: .relaxed), noBackend: noBackend.load(ordering: .relaxed),
+            reportedSuccesses: reportedSuccesses.load(ordering: .relaxed),
+            reportedFailures: reportedFailures.load(ordering: .relaxed),
+            clientToBackendBytes: clientToBackendBytes.load(ordering: .relaxed),
+            backendToClientBytes: backendToClientBytes.load(ordering: .relaxed),
+            idleClosed: idleClosed.load(ordering: .relaxed), connectFailures: connectFailures.withLock { $0 })
+    }
+}
+
+/// A snapshot of a proxy's counters.
+public struct ProxyStatistics: Sendable, Hashable {
+    /// Client connections open now (asking, connecting or relaying).
+    public var active: Int
+    /// Client connections accepted since the start (not counting those refused at the limit).
+    public var accepted: Int
+    /// Connections closed at once because `maxConnections` were open.
+    public var refused: Int
+    /// Connections closed because no backend could be had (the agent had none, did not answer, or every host
+    /// tried failed to connect).
+    public var noBackend: Int
+    /// Outcomes reported to the agent.
+    public var reportedSuccesses: Int
+    public var reportedFailures: Int
+    /// Bytes relayed, of connections that have ended.
+    public var clientToBackendBytes: UInt64
+    public var backendToClientBytes: UInt64
+    /// Connections closed by the idle timeout.
+    public var idleClosed: Int
+    /// Failed connects per backend.
+    public var connectFailures: [Host: Int]
+}

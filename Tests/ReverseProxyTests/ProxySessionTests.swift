@@ -1,0 +1,94 @@
+import LoadBalanceClient
+import LoadBalancing
+import Reactor
+import Testing
+@testable import ReverseProxy
+
+@Suite("Proxy session: the pure core of one client connection")
+struct ProxySessionTests {
+    let a = Host(address: "10.0.0.1", port: 9000)!
+    let b = Host(address: "10.0.0.2", port: 9000)!
+    let c = Host(address: "10.0.0.3", port: 9000)!
+
+    func outcome(_ end: TunnelEnd, up: UInt64 = 10, down: UInt64 = 10) -> TunnelOutcome {
+        TunnelOutcome(end: end, clientToServerBytes: up, serverToClientBytes: down)
+    }
+
+    @Test("accept, a host, connect, a finished tunnel: the host is reported a success")
+    func happyPath() {
+        var session = ProxySession(key: Array("127.0.0.2".utf8), attempts: 3)
+        #expect(session.handle(.accepted) == [.askAgent(key: Array("127.0.0.2".utf8))])
+        #expect(session.handle(.agentAnswered(.host(a))) == [.connect(a)])
+        #expect(session.handle(.connected) == [.startTunnel(a)])
+        #expect(session.handle(.tunnelEnded(outcome(.finished))) == [.report(a, success: true), .finished])
+        #expect(session.state == .done)
+        // Late events change nothing.
+        #expect(session.handle(.connected) == [])
+        #expect(session.handle(.agentAnswered(.host(b))) == [])
+    }
+
+    @Test("a failed connect is reported a failure and the agent is asked again without the key, up to the attempts")
+    func retriesOtherHosts() {
+        var session = ProxySession(key: [1, 2, 3], attempts: 3)
+        _ = session.handle(.accepted)
+        _ = session.handle(.agentAnswered(.host(a)))
+        #expect(session.handle(.connectFailed("refused")) == [.report(a, success: false), .askAgent(key: nil)])
+        // The agent offers the failed host again: skipped, asked once more.
+        #expect(session.handle(.agentAnswered(.host(a))) == [.askAgent(key: nil)])
+        #expect(session.handle(.agentAnswered(.host(b))) == [.connect(b)])
+        #expect(session.failedHosts == [a])
+    }
+
+    @Test("every attempt fails: the last host is reported and the client refused")
+    func allBackendsFail() {
+        var session = ProxySession(key: nil, attempts: 2)
+        _ = session.handle(.accepted)
+        _ = session.handle(.agentAnswered(.host(a)))
+        _ = session.handle(.connectFailed("refused"))
+        #expect(session.handle(.agentAnswered(.host(b))) == [.connect(b)])
+        #expect(session.handle(.connectFailed("timed out")) == [
+            .report(b, success: false), .refuse(.backendsFailed(attempts: 2, lastError: "timed out")), .finished,
+        ])
+        #expect(session.failedHosts == [a, b])
+    }
+
+    @Test("no host from the agent, or no agent: refused at once, nothing reported")
+    func noHost() {
+        for answer in [GetHostResult.overloaded, .noSuchModule, .systemError] {
+            var session = ProxySession(key: nil, attempts: 3)
+            _ = session.handle(.accepted)
+            #expect(session.handle(.agentAnswered(answer)) == [.refuse(.noHost(answer)), .finished])
+        }
+        var session = ProxySession(key: nil, attempts: 3)
+        _ = session.handle(.accepted)
+        #expect(session.handle(.agentFailed("timeout")) == [.refuse(.agentUnavailable("timeout")), .finished])
+    }
+
+    @Test("the backend's part in a tunnel's end")
+    func outcomes() {
+        let reset = IOError(errnoCode: 104, call: "read")
+        #expect(ProxySession.backendSucceeded(outcome(.finished, down: 0)) == true)
+        #expect(ProxySession.backendSucceeded(outcome(.failed(.server, reset), down: 0)) == false)
+        #expect(ProxySession.backendSucceeded(outcome(.failed(.server, reset), down: 5)) == true)
+        #expect(ProxySession.backendSucceeded(outcome(.failed(.client, reset), down: 0)) == true)
+        #expect(ProxySession.backendSucceeded(outcome(.idleTimeout, down: 0)) == false)
+        #expect(ProxySession.backendSucceeded(outcome(.idleTimeout, down: 1)) == true)
+        #expect(ProxySession.backendSucceeded(outcome(.closed, down: 0)) == nil)
+        var session = ProxySession(key: nil, attempts: 1)
+        _ = session.handle(.accepted)
+        _ = session.handle(.agentAnswered(.host(c)))
+        _ = session.handle(.connected)
+        #expect(session.handle(.tunnelEnded(outcome(.closed, down: 0))) == [.finished])
+    }
+
+    @Test("PROXY headers, v1 text and v2 binary, byte for byte")
+    func proxyHeaders() {
+        let client = Host(address: "127.0.0.2", port: 40000)!
+        let proxy = Host(address: "127.0.0.1", port: 8080)!
+        #expect(ProxyHeader.encode(.v1, client: client, proxy: proxy)
+            == Array("PROXY TCP4 127.0.0.2 127.0.0.1 40000 8080\r\n".utf8))
+        let v2 = ProxyHeader.encode(.v2, client: client, proxy: proxy)
+        #expect(v2 == [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0x00, 0x0C,
+                       127, 0, 0, 2, 127, 0, 0, 1, 0x9C, 0x40, 0x1F, 0x90])
+    }
+}

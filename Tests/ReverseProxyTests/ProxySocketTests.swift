@@ -1,0 +1,254 @@
+import Foundation
+import LoadBalancing
+import Reactor
+import ReverseProxy
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Every poller, both ways of moving bytes.
+let proxyCases: [(PollerKind, TunnelTransfer)] = PollerKind.allCases.flatMap { p in
+    TunnelTransfer.allCases.map { (p, $0) }
+}
+
+@Suite("Reverse proxy over real sockets, through a real agent and name service", .serialized)
+struct ProxySocketTests {
+    @Test("byte-exact relay of 1 B, 64 KiB and 16 MiB payloads in random pieces, many connections at once",
+          arguments: proxyCases)
+    func byteExact(poller: PollerKind, transfer: TunnelTransfer) async throws {
+        let fleet = try await ProxyFleet.start(poller: poller, backends: [.echo, .echo]) { $0.transfer = transfer }
+        // select watches descriptors below 1024 only: this process holds four per proxied connection.
+        let many = poller == .select ? 100 : 500
+        let payloads = (0..<many).map { i in randomBytes(i % 2 == 0 ? 1 : 64 << 10) }
+            + [randomBytes(16 << 20), randomBytes(16 << 20)]
+        let failures = await onThread { echoThroughProxy(port: fleet.proxyPort, payloads: payloads) }
+        #expect(failures.isEmpty, "\(failures.prefix(5))")
+        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.active == 0 })
+        let s = fleet.proxy.statistics
+        #expect(s.accepted == payloads.count)
+        #expect(s.reportedSuccesses == payloads.count)
+        #expect(s.reportedFailures == 0)
+        let total = UInt64(payloads.reduce(0) { $0 + $1.count })
+        #expect(s.clientToBackendBytes == total)
+        #expect(s.backendToClientBytes == total)
+        await fleet.stop()
+    }
+
+    @Test("half-close: the client's FIN reaches the backend and the rest of the reply still comes back",
+          arguments: proxyCases)
+    func halfClose(poller: PollerKind, transfer: TunnelTransfer) async throws {
+        let fleet = try await ProxyFleet.start(poller: poller, backends: [.echo]) { $0.transfer = transfer }
+        let payloads = [randomBytes(1), randomBytes(300 << 10), randomBytes(3 << 20)]
+        let failures = await onThread { echoThroughProxy(port: fleet.proxyPort, payloads: payloads, halfClose: true) }
+        #expect(failures.isEmpty, "\(failures)")
+        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.active == 0 })
+        #expect(fleet.proxy.statistics.reportedSuccesses == 3)
+        await fleet.stop()
+    }
+
+    @Test("a backend stops listening: connections go to the other at once, the agent overloads it, it comes back",
+          arguments: PollerKind.allCases)
+    func backendGoesAway(poller: PollerKind) async throws {
+        var balancer = BalancerSettings()
+        balancer.continErrLimit = 3
+        balancer.probeNum = 2
+        balancer.overloadTimeout = .seconds(1)
+        let fleet = try await ProxyFleet.start(poller: poller, backends: [.echo, .echo], balancer: balancer)
+        let dead = fleet.backends[0]
+        dead.stop()
+        // Every connection is served (a refused connect is retried on the other backend).
+        for _ in 0..<12 {
+            let failures = await onThread { echoThroughProxy(port: fleet.proxyPort, payloads: [randomBytes(100)]) }
+            #expect(failures.isEmpty, "\(failures)")
+        }
+        #expect(fleet.proxy.statistics.noBackend == 0)
+        #expect((fleet.proxy.statistics.connectFailures[dead.host] ?? 0) >= 3)
+        #expect(await eventually { await fleet.overloadedHosts() == [dead.host] })
+        // It listens again: probes find it, successes bring it back.
+        try dead.restart()
+        let before = dead.connections.count
+        let back = await eventually(timeout: .seconds(20)) {
+            _ = await onThread { echoThroughProxy(port: fleet.proxyPort, payloads: [randomBytes(10)]) }
+            return await fleet.overloadedHosts().isEmpty && dead.connections.count > before
+        }
+        #expect(back, "the backend never came back")
+        await fleet.stop()
+    }
+
+    @Test("all backends down, or no agent: the client is closed at once and nothing is left open",
+          arguments: PollerKind.allCases)
+    func noBackend(poller: PollerKind) async throws {
+        let fleet = try await ProxyFleet.start(poller: poller, backends: [.echo, .echo]) {
+            $0.connectTimeout = .milliseconds(500)
+        }
+        for b in fleet.backends { b.stop() }
+        let socket = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
+        #expect(socket.seesClose())
+        socket.close()
+        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.noBackend == 1 && fleet.proxy.statistics.active == 0 })
+        #expect(fleet.proxy.statistics.reportedFailures >= 2)
+        // The agent goes away too: GetHost times out, the client is closed.
+        await onThread { fleet.agent.shutdown() }
+        let second = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
+        #expect(second.seesClose())
+        second.close()
+        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.noBackend == 2 && fleet.proxy.statistics.active == 0 })
+        await fleet.stop()
+    }
+
+    @Test("the connection limit: one more client is closed at once, the open ones are served",
+          arguments: PollerKind.allCases)
+    func connectionLimit(poller: PollerKind) async throws {
+        let fleet = try await ProxyFleet.start(poller: poller, backends: [.echo]) { $0.maxConnections = 2 }
+        let open = try (0..<2).map { _ in try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10) }
+        for s in open {
+            try s.sendAll([1, 2, 3])
+            #expect(try s.receive(exactly: 3) == [1, 2, 3])
+        }
+        let third = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
+        #expect(third.seesClose())
+        third.close()
+        #expect(fleet.proxy.statistics.refused == 1)
+        try open[0].sendAll([4])
+        #expect(try open[0].receive(exactly: 1) == [4])
+        for s in open { s.close() }
+        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.active == 0 })
+        await fleet.stop()
+    }
+
+    @Test("a backend that never answers: the idle timeout closes both sides and reports it failed",
+          arguments: PollerKind.allCases)
+    func idleBackend(poller: PollerKind) async throws {
+        let fleet = try await ProxyFleet.start(poller: poller, backends: [.silent]) {
+            $0.idleTimeout = .milliseconds(300)
+        }
+        let socket = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
+        try socket.sendAll(Array("hello".utf8))
+        #expect(socket.seesClose())
+        socket.close()
+        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.idleClosed == 1 })
+        #expect(fleet.proxy.statistics.reportedFailures == 1)
+        await fleet.stop()
+    }
+
+    @Test("a client that does not read: the proxy stops reading the backend, its memory stays bounded",
+          arguments: proxyCases)
+    func slowClient(poller: PollerKind, transfer: TunnelTransfer) async throws {
+        let fleet = try await ProxyFleet.start(poller: poller, backends: [.echo]) { $0.transfer = transfer }
+        let socket = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
+        // The client sends 32 MiB and reads nothing: the echo comes back until every buffer on the way is full.
+        let sender = Thread {
+            _ = try? socket.sendAll(randomBytes(32 << 20))
+        }
+        sender.start()
+        let buffered = { fleet.proxyGroup.ioLoops.reduce(0) { $0 + $1.bufferStatistics.outstandingBytes } }
+        // Once the pipeline is full nothing moves: the proxy holds at most a buffer per direction in user memory.
+        try await Task.sleep(for: .seconds(2))
+        #expect(buffered() <= 2 * (64 << 10), "\(buffered()) bytes held by the proxy")
+        #expect(fleet.proxy.statistics.active == 1)
+        socket.close()
+        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.active == 0 })
+        await fleet.stop()
+    }
+
+    @Test("PROXY protocol v1 and v2 headers reach the backend byte for byte before the client's bytes",
+          arguments: PollerKind.allCases)
+    func proxyHeaders(poller: PollerKind) async throws {
+        for version in ProxyHeaderVersion.allCases {
+            let fleet = try await ProxyFleet.start(poller: poller, backends: [.recordFirstBytes]) {
+                $0.sendProxy = version
+            }
+            let socket = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
+            let payload = Array("0123456789abcdefghijklmnopqrstuvwxyz".utf8)
+            try socket.sendAll(payload)
+            let header: [UInt8]
+            let clientPort = socket.localPort
+            let p = fleet.proxyPort
+            switch version {
+            case .v1:
+                header = Array("PROXY TCP4 127.0.0.1 127.0.0.1 \(clientPort) \(p)\r\n".utf8)
+            case .v2:
+                header = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0, 12,
+                          127, 0, 0, 1, 127, 0, 0, 1, UInt8(clientPort >> 8), UInt8(clientPort & 0xFF),
+                          UInt8(p >> 8), UInt8(p & 0xFF)]
+            }
+            // The echo carries the header back first, then the client's bytes.
+            let back = try socket.receive(exactly: header.count + payload.count)
+            #expect(Array(back.prefix(header.count)) == header, "\(version)")
+            #expect(Array(back.dropFirst(header.count)) == payload)
+            socket.close()
+            await fleet.stop()
+        }
+    }
+
+    @Test("affinity by client IP: connections from one source address keep their backend",
+          arguments: PollerKind.allCases)
+    func clientIPAffinity(poller: PollerKind) async throws {
+        let fleet = try await ProxyFleet.start(poller: poller, backends: [.whoami, .whoami, .whoami]) {
+            $0.affinity = .clientIP
+        }
+        var chosen: [String: Set<UInt16>] = [:]
+        for source in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+            for _ in 0..<5 {
+                let port = try whoami(proxyPort: fleet.proxyPort, from: source)
+                chosen[source, default: []].insert(port)
+            }
+        }
+        for (source, ports) in chosen { #expect(ports.count == 1, "\(source) went to \(ports)") }
+        await fleet.stop()
+    }
+
+    @Test("shutdown drains: open connections finish within the drain timeout, the rest are closed at its end",
+          arguments: PollerKind.allCases)
+    func drain(poller: PollerKind) async throws {
+        let fleet = try await ProxyFleet.start(poller: poller, backends: [.echo]) {
+            $0.drainTimeout = .seconds(1)
+        }
+        let descriptorsBefore = SystemInfo.openDescriptorCount()
+        let lingering = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
+        try lingering.sendAll([7])
+        #expect(try lingering.receive(exactly: 1) == [7])
+        let started = Date()
+        await onThread { fleet.proxy.shutdown() }
+        let took = Date().timeIntervalSince(started)
+        #expect(took >= 0.9, "shutdown returned after \(took) s with a connection open")
+        #expect(lingering.seesClose())
+        lingering.close()
+        #expect(fleet.proxy.statistics.active == 0)
+        // Listening stopped: a new connection is refused.
+        #expect(throws: (any Error).self) { try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 2) }
+        #expect(eventually(timeout: 10.0) { SystemInfo.openDescriptorCount() <= descriptorsBefore - 1 })
+        await fleet.stop()
+    }
+}
+
+/// Connects from `source` (a loopback address) and reads the 2-byte port a whoami backend sends.
+func whoami(proxyPort: UInt16, from source: String) throws -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var local = sockaddr_in()
+    local.sin_family = sa_family_t(AF_INET)
+    inet_pton(AF_INET, source, &local.sin_addr)
+    var remote = sockaddr_in()
+    remote.sin_family = sa_family_t(AF_INET)
+    remote.sin_port = proxyPort.bigEndian
+    inet_pton(AF_INET, "127.0.0.1", &remote.sin_addr)
+    let size = socklen_t(MemoryLayout<sockaddr_in>.size)
+    guard withUnsafePointer(to: &local, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, size) } })
+        == 0,
+        withUnsafePointer(to: &remote, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, size) } })
+        == 0 else { throw TestFailure("cannot connect from \(source): errno \(errno)") }
+    var timeout = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var bytes: [UInt8] = [0, 0]
+    var got = 0
+    while got < 2 {
+        let n = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, 2 - got, 0) }
+        guard n > 0 else { throw TestFailure("no answer from the backend through the proxy") }
+        got += n
+    }
+    return UInt16(bytes[0]) << 8 | UInt16(bytes[1])
+}
