@@ -170,8 +170,8 @@ public final class ProxyServer: Service, Sendable {
     private func accepted(_ socket: AcceptedSocket, route: ProxyRoute) {
         guard let proxyLoop = loop(for: socket.loop) else { return Posix.close(socket.fd) }
         if counters.active.load(ordering: .relaxed) >= configuration.maxConnections {
-            Posix.close(socket.fd)
             counters.refused.wrappingAdd(1, ordering: .relaxed)
+            Posix.close(socket.fd)
             noteRefusal("connection limit reached; closing new connections", peer: socket.peer,
                         metadata: ["limit": "\(configuration.maxConnections)"])
             return
@@ -228,9 +228,9 @@ public final class ProxyServer: Service, Sendable {
                     counters.reportedFailures.wrappingAdd(1, ordering: .relaxed)
                 }
             case .refuse(let refusal):
+                counters.noBackend.wrappingAdd(1, ordering: .relaxed)
                 Posix.close(connection.socket.fd)
                 connection.clientClosed = true
-                counters.noBackend.wrappingAdd(1, ordering: .relaxed)
                 noteRefusal("no backend for new connections; closing them", peer: connection.socket.peer, metadata: [
                     "reason": "\(refusal)", "route": "\(connection.route)",
                 ])

@@ -119,18 +119,20 @@ final class ProxyFleet: @unchecked Sendable {
     var proxy: ProxyServer!
     var proxyPort: UInt16 = 0
 
+    /// - Parameter otherHosts: Hosts of the route besides `backends` (backends the test runs itself).
     static func start(poller: PollerKind, backends behaviours: [BackendBehaviour],
-                      balancer: BalancerSettings = BalancerSettings(),
+                      otherHosts: [LoadBalancing.Host] = [], balancer: BalancerSettings = BalancerSettings(),
                       configure: (inout ProxyConfiguration) -> Void = { _ in }) async throws -> ProxyFleet {
         let fleet = ProxyFleet()
         fleet.pool = try await makePool(temporarySQLiteURL("proxy"))
         fleet.servicesGroup = try EventLoopGroup(ioLoops: 1)
+        let key = RouteKey(modid: fleet.modid, cmdid: fleet.cmdid)
         for behaviour in behaviours {
             let backend = try Backend(group: fleet.servicesGroup, behaviour: behaviour)
             fleet.backends.append(backend)
-            _ = try await RouteAdmin.addHost(backend.host, to: RouteKey(modid: fleet.modid, cmdid: fleet.cmdid),
-                                             on: fleet.pool)
+            _ = try await RouteAdmin.addHost(backend.host, to: key, on: fleet.pool)
         }
+        for host in otherHosts { _ = try await RouteAdmin.addHost(host, to: key, on: fleet.pool) }
         let names = NameService(group: fleet.servicesGroup,
                                 configuration: NameServiceConfiguration(port: 0, pollInterval: .milliseconds(100)),
                                 pool: fleet.pool, logger: quietLogger)
@@ -145,7 +147,8 @@ final class ProxyFleet: @unchecked Sendable {
         // The agent has the route once a GetRoute through it lists every backend.
         let client = try LoadBalanceClient(agentPorts: fleet.agentPorts, timeout: .seconds(2))
         let ready = await eventually(timeout: .seconds(20)) {
-            (try? await client.getRoute(modid: fleet.modid, cmdid: fleet.cmdid).count) == behaviours.count
+            (try? await client.getRoute(modid: fleet.modid, cmdid: fleet.cmdid).count)
+                == behaviours.count + otherHosts.count
         }
         await client.shutdown()
         #expect(ready, "the agent never learnt the route")
@@ -283,4 +286,62 @@ func randomBytes(_ count: Int) -> [UInt8] {
         for j in 0..<min(8, count - i) { bytes[i + j] = UInt8(truncatingIfNeeded: v >> (j * 8)) }
     }
     return bytes
+}
+
+/// A backend that accepts, reads what arrives, and resets the connection (SO_LINGER 0) without answering: on a
+/// thread of its own, with blocking sockets.
+final class ResettingBackend: @unchecked Sendable {
+    // @unchecked Sendable: `fd` is set once; `stopped` is behind a lock.
+    let port: Int
+    private let fd: Int32
+    private let stopped = Shared<Bool>(false)
+    private let finished = DispatchSemaphore(value: 0)
+
+    init() throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        fd = listener
+        var one: Int32 = 1
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr)
+        let bound = withUnsafePointer(to: &sin) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard bound == 0, listen(listener, 64) == 0 else { throw TestFailure("cannot listen: errno \(errno)") }
+        port = Int(localPort(of: listener))
+        let stopped = self.stopped
+        let finished = self.finished
+        Thread {
+            defer { finished.signal() }
+            while !stopped.get() {
+                var p = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+                guard poll(&p, 1, 50) > 0 else { continue }
+                let conn = accept(listener, nil, nil)
+                guard conn >= 0 else { continue }
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                _ = recv(conn, &buffer, buffer.count, 0)
+                var option = linger(l_onoff: 1, l_linger: 0)
+                setsockopt(conn, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
+                close(conn)
+            }
+        }.start()
+    }
+
+    var host: LoadBalancing.Host { LoadBalancing.Host(address: "127.0.0.1", port: port)! }
+
+    func stop() {
+        stopped.set(true)
+        finished.wait()
+        close(fd)
+    }
+}
+
+/// CPU the whole process uses over `seconds` (after a scenario: nothing may spin).
+func processCPUSeconds(over seconds: Double) -> Double {
+    let before = SystemInfo.processCPUNanoseconds()
+    usleep(useconds_t(seconds * 1_000_000))
+    return Double(SystemInfo.processCPUNanoseconds() - before) / 1e9
 }

@@ -546,7 +546,7 @@ struct TunnelPipe {
 /// `keep`. Loop thread only.
 struct TunnelPipePool {
     private var free: [TunnelPipe] = []
-    static let keep = 256
+    static let keep = 16
 
     mutating func take(size: Int) -> TunnelPipe? {
         if let pipe = free.popLast() {
