@@ -177,6 +177,7 @@ let package = Package(
         .target(name: "ReverseProxy", dependencies: [
             "SwitchyardCore", "Reactor", "LoadBalancing", "LoadBalanceClient",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
 
@@ -270,6 +271,8 @@ let package = Package(
             "ReverseProxy", "LoadBalanceAgent", "LoadBalanceClient", "LoadBalancing", "NameService", "RouteStore",
             "Reactor", "Storage", "TestSupport", "RouteTestSupport",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "MetricsTestKit", package: "swift-metrics"),
         ]),
         .testTarget(name: "ChatTests", dependencies: [
             "Chat", "Messaging", "Reactor", "Storage", "TestSupport",

@@ -5,6 +5,7 @@ import Dispatch
 import LoadBalanceClient
 import LoadBalancing
 import Logging
+import Metrics
 import Reactor
 import ServiceLifecycle
 import SwitchyardCore
@@ -26,7 +27,7 @@ public final class ProxyServer: Service, Sendable {
     public let configuration: ProxyConfiguration
     public let group: EventLoopGroup
     let logger: Logger
-    let counters = ProxyCounters()
+    let counters: ProxyCounters
     private let state = Mutex<RunState>(RunState())
     private let nextID = Atomic<UInt64>(1)
     private let refusals = Mutex(LogEpisode())
@@ -44,11 +45,15 @@ public final class ProxyServer: Service, Sendable {
     ///   - group: The loops of the connections (the acceptor loop accepts, the I/O loops serve).
     ///   - configuration: Routes, the agent, limits (see ``ProxyConfiguration/validate()``).
     ///   - logger: Start, stop, refusals once per episode; nothing per connection above debug.
+    ///   - metricsFactory: Where the counters go besides ``statistics`` (swift-metrics; the global factory, a no-op
+    ///     until the executable bootstraps one), with the dimension `proxy`: the logger's label.
     public init(group: EventLoopGroup, configuration: ProxyConfiguration,
-                logger: Logger = Logger(label: "switchyard.proxy", factory: { _ in SwiftLogNoOpLogHandler() })) {
+                logger: Logger = Logger(label: "switchyard.proxy", factory: { _ in SwiftLogNoOpLogHandler() }),
+                metricsFactory: MetricsFactory = MetricsSystem.factory) {
         self.group = group
         self.configuration = configuration
         self.logger = logger
+        counters = ProxyCounters(metrics: ProxyMetrics(proxy: logger.label, factory: metricsFactory))
     }
 
     /// Binds every route's port and starts serving; returns the bound addresses in the order of the routes. Not on
@@ -132,19 +137,19 @@ public final class ProxyServer: Service, Sendable {
         }
         guard !loops.isEmpty else { return }
         for listener in listeners { listener.stop() }
-        let open = counters.active.load(ordering: .acquiring)
+        let open = counters.active
         if open > 0 {
             logger.info("draining connections", metadata: [
                 "count": "\(open)", "drain.timeout": "\(configuration.drainTimeout)",
             ])
             let sem = DispatchSemaphore(value: 0)
             drained.withLock { $0 = sem }
-            if counters.active.load(ordering: .acquiring) > 0 {
+            if counters.active > 0 {
                 let deadline = DispatchTime.now() + .nanoseconds(Int(clamping: configuration.drainTimeout
                     .nanosecondsSaturated))
-                if sem.wait(timeout: deadline) == .timedOut && counters.active.load(ordering: .acquiring) > 0 {
+                if sem.wait(timeout: deadline) == .timedOut && counters.active > 0 {
                     logger.info("drain timeout: closing open connections",
-                                metadata: ["count": "\(counters.active.load(ordering: .relaxed))"])
+                                metadata: ["count": "\(counters.active)"])
                     let closedAll = DispatchSemaphore(value: 0)
                     for proxyLoop in loops {
                         let bound = LoopBound(proxyLoop, loop: proxyLoop.loop)
@@ -159,7 +164,7 @@ public final class ProxyServer: Service, Sendable {
             drained.withLock { $0 = nil }
         }
         closeAgents(loops)
-        logger.info("proxy stopped", metadata: ["connections.served": "\(counters.accepted.load(ordering: .relaxed))"])
+        logger.info("proxy stopped", metadata: ["connections.served": "\(counters.snapshot().accepted)"])
     }
 
     /// A snapshot of the counters.
@@ -169,15 +174,14 @@ public final class ProxyServer: Service, Sendable {
 
     private func accepted(_ socket: AcceptedSocket, route: ProxyRoute) {
         guard let proxyLoop = loop(for: socket.loop) else { return Posix.close(socket.fd) }
-        if counters.active.load(ordering: .relaxed) >= configuration.maxConnections {
-            counters.refused.wrappingAdd(1, ordering: .relaxed)
+        if counters.active >= configuration.maxConnections {
+            counters.refused()
             Posix.close(socket.fd)
             noteRefusal("connection limit reached; closing new connections", peer: socket.peer,
                         metadata: ["limit": "\(configuration.maxConnections)"])
             return
         }
-        counters.active.wrappingAdd(1, ordering: .relaxed)
-        counters.accepted.wrappingAdd(1, ordering: .relaxed)
+        counters.opened()
         let key: [UInt8]? = configuration.affinity == .clientIP ? Array(socket.peer.address.utf8) : nil
         let connection = ProxyConnection(id: nextID.wrappingAdd(1, ordering: .relaxed).oldValue, socket: socket,
                                          route: route, session: ProxySession(key: key,
@@ -222,13 +226,9 @@ public final class ProxyServer: Service, Sendable {
             case .report(let host, let success):
                 proxyLoop.agent.report(modid: connection.route.modid, cmdid: connection.route.cmdid, host: host,
                                        success: success)
-                if success {
-                    counters.reportedSuccesses.wrappingAdd(1, ordering: .relaxed)
-                } else {
-                    counters.reportedFailures.wrappingAdd(1, ordering: .relaxed)
-                }
+                counters.reported(success: success)
             case .refuse(let refusal):
-                counters.noBackend.wrappingAdd(1, ordering: .relaxed)
+                counters.noBackend()
                 Posix.close(connection.socket.fd)
                 connection.clientClosed = true
                 noteRefusal("no backend for new connections; closing them", peer: connection.socket.peer, metadata: [
@@ -274,7 +274,7 @@ public final class ProxyServer: Service, Sendable {
     private func finished(_ connection: ProxyConnection, on proxyLoop: ProxyLoop) {
         guard proxyLoop.connections.removeValue(forKey: connection.id) != nil else { return }
         connection.releaseDescriptors()
-        if counters.active.wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+        if counters.closed() {
             _ = drained.withLock { $0?.signal() }
         }
     }
@@ -372,38 +372,129 @@ final class ProxyConnection {
     }
 }
 
-/// The proxy's counters (any thread).
+/// swift-metrics counters of a proxy, with the dimension `proxy` (its logger's label).
+struct ProxyMetrics: Sendable {
+    let accepted: Counter
+    let refused: Counter
+    let noBackend: Counter
+    let reportedSuccesses: Counter
+    let reportedFailures: Counter
+    let clientToBackendBytes: Counter
+    let backendToClientBytes: Counter
+    let idleClosed: Counter
+    let active: Meter
+    let proxy: String
+    let factory: MetricsFactory
+
+    init(proxy: String, factory: MetricsFactory) {
+        self.proxy = proxy
+        self.factory = factory
+        let dimensions = [("proxy", proxy)]
+        func counter(_ label: String) -> Counter {
+            Counter(label: label, dimensions: dimensions,
+                    handler: factory.makeCounter(label: label, dimensions: dimensions))
+        }
+        accepted = counter("switchyard_proxy_accepted_total")
+        refused = counter("switchyard_proxy_refused_total")
+        noBackend = counter("switchyard_proxy_no_backend_total")
+        reportedSuccesses = counter("switchyard_proxy_reported_successes_total")
+        reportedFailures = counter("switchyard_proxy_reported_failures_total")
+        clientToBackendBytes = counter("switchyard_proxy_client_to_backend_bytes_total")
+        backendToClientBytes = counter("switchyard_proxy_backend_to_client_bytes_total")
+        idleClosed = counter("switchyard_proxy_idle_closed_total")
+        active = Meter(label: "switchyard_proxy_active_connections", dimensions: dimensions,
+                       handler: factory.makeMeter(label: "switchyard_proxy_active_connections",
+                                                  dimensions: dimensions))
+    }
+
+    /// The failed connects of one backend (dimension `backend`, "a.b.c.d:port").
+    func connectFailures(_ host: Host) -> Counter {
+        let label = "switchyard_proxy_connect_failures_total"
+        let dimensions = [("proxy", proxy), ("backend", "\(host)")]
+        return Counter(label: label, dimensions: dimensions,
+                       handler: factory.makeCounter(label: label, dimensions: dimensions))
+    }
+}
+
+/// The proxy's counters (any thread): the statistics snapshot's atomics, and the same counts as swift-metrics.
 final class ProxyCounters: Sendable {
-    let active = Atomic<Int>(0)
-    let accepted = Atomic<Int>(0)
-    let refused = Atomic<Int>(0)
-    let noBackend = Atomic<Int>(0)
-    let reportedSuccesses = Atomic<Int>(0)
-    let reportedFailures = Atomic<Int>(0)
-    let clientToBackendBytes = Atomic<UInt64>(0)
-    let backendToClientBytes = Atomic<UInt64>(0)
-    let idleClosed = Atomic<Int>(0)
-    let connectFailures = Mutex<[Host: Int]>([:])
+    let metrics: ProxyMetrics
+    private let activeCount = Atomic<Int>(0)
+    private let acceptedCount = Atomic<Int>(0)
+    private let refusedCount = Atomic<Int>(0)
+    private let noBackendCount = Atomic<Int>(0)
+    private let successes = Atomic<Int>(0)
+    private let failures = Atomic<Int>(0)
+    private let clientToBackendBytes = Atomic<UInt64>(0)
+    private let backendToClientBytes = Atomic<UInt64>(0)
+    private let idleClosed = Atomic<Int>(0)
+    private let connectFailures = Mutex<[Host: (count: Int, counter: Counter)]>([:])
+
+    init(metrics: ProxyMetrics) { self.metrics = metrics }
+
+    var active: Int { activeCount.load(ordering: .acquiring) }
+
+    func opened() {
+        activeCount.wrappingAdd(1, ordering: .relaxed)
+        acceptedCount.wrappingAdd(1, ordering: .relaxed)
+        metrics.accepted.increment()
+        metrics.active.increment()
+    }
+
+    /// One connection fewer; true when none is left.
+    func closed() -> Bool {
+        metrics.active.decrement()
+        return activeCount.wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue == 0
+    }
+
+    func refused() {
+        refusedCount.wrappingAdd(1, ordering: .relaxed)
+        metrics.refused.increment()
+    }
+
+    func noBackend() {
+        noBackendCount.wrappingAdd(1, ordering: .relaxed)
+        metrics.noBackend.increment()
+    }
+
+    func reported(success: Bool) {
+        (success ? metrics.reportedSuccesses : metrics.reportedFailures).increment()
+        if success {
+            successes.wrappingAdd(1, ordering: .relaxed)
+        } else {
+            failures.wrappingAdd(1, ordering: .relaxed)
+        }
+    }
 
     func noteConnectFailure(_ host: Host) {
-        connectFailures.withLock { $0[host, default: 0] += 1 }
+        let counter = connectFailures.withLock { all -> Counter in
+            let counter = all[host]?.counter ?? metrics.connectFailures(host)
+            all[host] = ((all[host]?.count ?? 0) + 1, counter)
+            return counter
+        }
+        counter.increment()
     }
 
     func noteTunnelEnd(_ outcome: TunnelOutcome) {
         clientToBackendBytes.wrappingAdd(outcome.clientToServerBytes, ordering: .relaxed)
         backendToClientBytes.wrappingAdd(outcome.serverToClientBytes, ordering: .relaxed)
-        if outcome.end == .idleTimeout { idleClosed.wrappingAdd(1, ordering: .relaxed) }
+        metrics.clientToBackendBytes.increment(by: Int64(clamping: outcome.clientToServerBytes))
+        metrics.backendToClientBytes.increment(by: Int64(clamping: outcome.serverToClientBytes))
+        if outcome.end == .idleTimeout {
+            idleClosed.wrappingAdd(1, ordering: .relaxed)
+            metrics.idleClosed.increment()
+        }
     }
 
     func snapshot() -> ProxyStatistics {
         ProxyStatistics(
-            active: active.load(ordering: .relaxed), accepted: accepted.load(ordering: .relaxed),
-            refused: refused.load(ordering: .relaxed), noBackend: noBackend.load(ordering: .relaxed),
-            reportedSuccesses: reportedSuccesses.load(ordering: .relaxed),
-            reportedFailures: reportedFailures.load(ordering: .relaxed),
+            active: activeCount.load(ordering: .relaxed), accepted: acceptedCount.load(ordering: .relaxed),
+            refused: refusedCount.load(ordering: .relaxed), noBackend: noBackendCount.load(ordering: .relaxed),
+            reportedSuccesses: successes.load(ordering: .relaxed), reportedFailures: failures.load(ordering: .relaxed),
             clientToBackendBytes: clientToBackendBytes.load(ordering: .relaxed),
             backendToClientBytes: backendToClientBytes.load(ordering: .relaxed),
-            idleClosed: idleClosed.load(ordering: .relaxed), connectFailures: connectFailures.withLock { $0 })
+            idleClosed: idleClosed.load(ordering: .relaxed),
+            connectFailures: connectFailures.withLock { $0.mapValues(\.count) })
     }
 }
 

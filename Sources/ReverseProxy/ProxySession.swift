@@ -11,7 +11,8 @@ import Reactor
 ///                 +--- connect failed: report the host failed, ask again (up to `attempts` hosts) ---+
 ///
 /// A failed connect (refused, timed out) is reported as a failure and the agent asked again without the key, so the
-/// next host is tried; a host that failed once for this connection is not tried again. A tunnel that ends after the
+/// next host is tried, up to `attempts` hosts; a host that failed once for this connection is not tried again (when
+/// the agent offers it, it is asked once more, up to `maxAsks` requests in all). A tunnel that ends after the
 /// backend answered, or by the client's doing, is the backend's success; a backend that resets, or stays silent
 /// until the idle timeout, before sending any byte is its failure.
 public struct ProxySession: Sendable {
@@ -66,8 +67,9 @@ public struct ProxySession: Sendable {
 
     public enum State: Sendable, Equatable {
         case new
-        case asking(attempt: Int)
-        case connecting(Host, attempt: Int)
+        /// Waiting for the agent's answer to the `asks`-th GetHost.
+        case asking(asks: Int)
+        case connecting(Host, asks: Int)
         case relaying(Host)
         case done
     }
@@ -76,7 +78,11 @@ public struct ProxySession: Sendable {
     /// Hosts whose connect failed for this session.
     public private(set) var failedHosts: [Host] = []
     public let key: [UInt8]?
+    /// Hosts to try at most.
     public let attempts: Int
+    /// GetHost requests at most: the agent may offer a host that failed already (it does not know yet, or other
+    /// connections' requests took its other hosts' turns), which is skipped and asked again.
+    public var maxAsks: Int { attempts * 4 }
 
     /// - Parameters:
     ///   - key: The affinity key of the first request (the client's address with `--affinity client-ip`).
@@ -90,29 +96,29 @@ public struct ProxySession: Sendable {
     public mutating func handle(_ event: Event) -> [Action] {
         switch (state, event) {
         case (.new, .accepted):
-            state = .asking(attempt: 1)
+            state = .asking(asks: 1)
             return [.askAgent(key: key)]
-        case (.asking(let attempt), .agentAnswered(let result)):
+        case (.asking(let asks), .agentAnswered(let result)):
             guard let host = result.host else { return refuse(.noHost(result)) }
             if failedHosts.contains(host) {
-                // The agent offered a host that already failed for this connection: ask again while attempts last.
-                if attempt < attempts {
-                    state = .asking(attempt: attempt + 1)
+                // A host that already failed for this connection: ask again, a bounded number of times.
+                if asks < maxAsks {
+                    state = .asking(asks: asks + 1)
                     return [.askAgent(key: nil)]
                 }
                 return refuse(.backendsFailed(attempts: failedHosts.count, lastError: "no other host"))
             }
-            state = .connecting(host, attempt: attempt)
+            state = .connecting(host, asks: asks)
             return [.connect(host)]
         case (.asking, .agentFailed(let text)):
             return refuse(.agentUnavailable(text))
         case (.connecting(let host, _), .connected):
             state = .relaying(host)
             return [.startTunnel(host)]
-        case (.connecting(let host, let attempt), .connectFailed(let text)):
+        case (.connecting(let host, let asks), .connectFailed(let text)):
             failedHosts.append(host)
-            if attempt < attempts {
-                state = .asking(attempt: attempt + 1)
+            if failedHosts.count < attempts && asks < maxAsks {
+                state = .asking(asks: asks + 1)
                 return [.report(host, success: false), .askAgent(key: nil)]
             }
             return [.report(host, success: false)]

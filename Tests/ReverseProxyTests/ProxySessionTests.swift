@@ -33,10 +33,26 @@ struct ProxySessionTests {
         _ = session.handle(.accepted)
         _ = session.handle(.agentAnswered(.host(a)))
         #expect(session.handle(.connectFailed("refused")) == [.report(a, success: false), .askAgent(key: nil)])
-        // The agent offers the failed host again: skipped, asked once more.
+        // The agent offers the failed host again: skipped, asked once more (not counted as a host tried).
+        #expect(session.handle(.agentAnswered(.host(a))) == [.askAgent(key: nil)])
         #expect(session.handle(.agentAnswered(.host(a))) == [.askAgent(key: nil)])
         #expect(session.handle(.agentAnswered(.host(b))) == [.connect(b)])
         #expect(session.failedHosts == [a])
+        #expect(session.handle(.connectFailed("refused")) == [.report(b, success: false), .askAgent(key: nil)])
+        #expect(session.handle(.agentAnswered(.host(c))) == [.connect(c)])
+        #expect(session.handle(.connected) == [.startTunnel(c)])
+    }
+
+    @Test("an agent that keeps offering a failed host: the asks are bounded")
+    func boundedAsks() {
+        var session = ProxySession(key: nil, attempts: 2)
+        _ = session.handle(.accepted)
+        _ = session.handle(.agentAnswered(.host(a)))
+        _ = session.handle(.connectFailed("refused"))
+        var asks = 1
+        while session.handle(.agentAnswered(.host(a))) == [.askAgent(key: nil)] { asks += 1 }
+        #expect(session.state == .done)
+        #expect(asks == session.maxAsks - 1)
     }
 
     @Test("every attempt fails: the last host is reported and the client refused")

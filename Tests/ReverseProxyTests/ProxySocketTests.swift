@@ -1,5 +1,6 @@
 import Foundation
 import LoadBalancing
+import MetricsTestKit
 import Reactor
 import ReverseProxy
 import TestSupport
@@ -278,6 +279,35 @@ struct ProxySocketTests {
         // Listening stopped: a new connection is refused.
         #expect(throws: (any Error).self) { try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 2) }
         #expect(eventually(timeout: 10.0) { SystemInfo.openDescriptorCount() <= descriptorsBefore - 1 })
+        await fleet.stop()
+    }
+
+    @Test("the counters are swift-metrics counters and gauges named by the proxy", arguments: [PollerKind.epoll])
+    func metrics(poller: PollerKind) async throws {
+        let metrics = TestMetrics()
+        let dead = LoadBalancing.Host(address: "127.0.0.1", port: try freePort())!
+        let fleet = try await ProxyFleet.start(poller: poller, backends: [.echo], otherHosts: [dead],
+                                               metrics: metrics)
+        let payloads = (0..<6).map { _ in randomBytes(1000) }
+        let failures = await onThread { echoThroughProxy(port: fleet.proxyPort, payloads: payloads) }
+        #expect(failures.isEmpty, "\(failures)")
+        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.reportedSuccesses == 6 })
+        let s = fleet.proxy.statistics
+        #expect((s.connectFailures[dead] ?? 0) >= 1)
+        let proxy = [("proxy", "switchyard-tests")]
+        let expected: [(String, [(String, String)], Int64)] = [
+            ("switchyard_proxy_accepted_total", proxy, 6),
+            ("switchyard_proxy_reported_successes_total", proxy, 6),
+            ("switchyard_proxy_reported_failures_total", proxy, Int64(s.reportedFailures)),
+            ("switchyard_proxy_client_to_backend_bytes_total", proxy, 6000),
+            ("switchyard_proxy_backend_to_client_bytes_total", proxy, 6000),
+            ("switchyard_proxy_connect_failures_total", proxy + [("backend", "\(dead)")],
+             Int64(s.connectFailures[dead] ?? 0)),
+        ]
+        for (label, dimensions, value) in expected {
+            #expect(try metrics.expectCounter(label, dimensions).totalValue == value, "\(label)")
+        }
+        #expect(try metrics.expectMeter("switchyard_proxy_active_connections", proxy).lastValue == 0)
         await fleet.stop()
     }
 }
