@@ -41,6 +41,50 @@ struct CLITests {
         #expect(process.terminationReason == .exit && process.terminationStatus == 0)
     }
 
+    @Test("proxy: bad routes and flags exit non-zero with one line naming the problem", arguments: [
+        ([], "at least one route"),
+        (["--route", "80:1"], "--route must be PORT:MODID:CMDID"),
+        (["--port", "0", "--modid", "1"], "--port, --modid and --cmdid go together"),
+        (["--route", "0:1:1", "--agent-ports", "a,b"], "--agent-ports"),
+        (["--route", "0:1:1", "--splice", "maybe"], "--splice must be on or off"),
+        (["--route", "0:1:1", "--connect-attempts", "0"], "connect attempts"),
+        (["--route", "0:1:1", "--affinity", "cookie"], "affinity"),
+    ])
+    func proxyBadFlags(arguments: [String], message: String) throws {
+        let result = try runSwitchyard(["proxy"] + arguments)
+        #expect(result.status != 0)
+        let lines = result.stderr.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+        #expect(lines.count == 1, "stderr: \(result.stderr)")
+        #expect(result.stderr.contains(message), "stderr: \(result.stderr)")
+    }
+
+    @Test("proxy on a port already taken exits 1 and names the address; SIGTERM after the announce exits 0")
+    func proxyListen() throws {
+        let listener = try boundLoopbackSocket(listenBacklog: 1)
+        defer { close(listener.fd) }
+        let taken = try runSwitchyard(["proxy", "--host", "127.0.0.1", "--route", "\(listener.port):1:1"])
+        #expect(taken.status == 1)
+        let lines = taken.stderr.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+        #expect(lines.count == 1 && lines[0].contains("proxy: cannot listen on 127.0.0.1"), "\(taken.stderr)")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: switchyardExecutable())
+        process.arguments = ["proxy", "--host", "127.0.0.1", "--route", "0:1:1", "--drain-timeout", "1"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line.append(chunk)
+        }
+        #expect(String(decoding: line, as: UTF8.self).hasPrefix("proxy listening on 127.0.0.1:"))
+        process.terminate()
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit && process.terminationStatus == 0)
+    }
+
     @Test("bench qps --json prints one JSON object with the message count")
     func qpsJSON() throws {
         let result = try runSwitchyard(["bench", "qps", "--seconds", "1", "--connections", "2", "--json"])
