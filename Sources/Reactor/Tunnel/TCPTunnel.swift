@@ -235,16 +235,19 @@ public final class TCPTunnel: @unchecked Sendable {
     /// after a short one, and the poller is level-triggered), passes the FIN on.
     private func pump(_ flow: Flow) {
         var rounds = 0
+        var drained = false
         while true {
             if flow.pending > 0 {
                 if !deliver(flow) { return }
                 if flow.pending > 0 { break }  // the destination is full: wait for writability
             }
-            if flow.eof || rounds == 4 || (flow === up && !preamble.isEmpty) { break }
+            if drained || flow.eof || rounds == 4 || (flow === up && !preamble.isEmpty) { break }
             rounds += 1
             switch receive(flow) {
             case .full: continue
-            case .some: if flow.pending == 0 { break } else { continue }
+            case .some:
+                drained = true  // a short read: the socket is empty, another read would only say so
+                continue
             case .none: break
             case .failed: return
             }
