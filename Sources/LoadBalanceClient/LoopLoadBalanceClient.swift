@@ -55,6 +55,8 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
         try router.on(MessageID.getHostByKeyResponse, as: Lars_GetHostResponse.self) { response, _ in
             pending.answer(response)
         }
+        // The answer to `prefetch`: nothing waits for it.
+        try router.on(MessageID.apiGetRouteResponse, as: Lars_GetRouteResponse.self) { _, _ in }
         endpoint = try FramedUDPEndpoint(loop: loop, host: "0.0.0.0", ports: [0], router: router)
         let period = Duration.nanoseconds(Int64(min(max(timeout.nanosecondsSaturated / 10, 1_000_000), 100_000_000)))
         sweepTimer = loop.scheduleRepeating(every: period) {
@@ -94,6 +96,17 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
         guard !pending.isClosed,
               let frame = AgentRequests.report(modid: modid, cmdid: cmdid, host: host, retcode: success ? 0 : 1,
                                                secret: reportSecret) else { return }
+        let destination = AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses)
+        frame.withUnsafeBytes { _ = endpoint.channels[0].sendInLoop($0, to: destination) }
+    }
+
+    /// Asks the agent for the route of (modid, cmdid) without waiting for it: an agent learns a module on its
+    /// first request (and answers GetHost "no such module" while it fetches it), so a caller that knows its
+    /// modules names them at start. Unlike a GetHost, it picks no host (no call counted against one). Loop thread
+    /// only.
+    public func prefetch(modid: Int32, cmdid: Int32) {
+        loop.assertInLoopThread()
+        guard !pending.isClosed, let frame = try? AgentRequests.getRoute(modid: modid, cmdid: cmdid) else { return }
         let destination = AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses)
         frame.withUnsafeBytes { _ = endpoint.channels[0].sendInLoop($0, to: destination) }
     }

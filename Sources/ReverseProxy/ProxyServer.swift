@@ -283,16 +283,14 @@ public final class ProxyServer: Service, Sendable {
         state.withLock { s in s.loops.first { $0.loop === loop } }
     }
 
-    /// Asks the agent for each route once at start: an agent learns a module on its first request (and answers
-    /// it "no such module" while it fetches the route), so the first client does not pay for that.
+    /// Names each route's module to the agent at start (`prefetch`): an agent learns a module on its first request
+    /// (and answers GetHost "no such module" while it fetches the route), so the first client does not pay for that.
     private func warmUp(_ loops: [ProxyLoop]) {
         guard let first = loops.first else { return }
         let routes = configuration.routes
         let bound = LoopBound(first, loop: first.loop)
         first.loop.execute {
-            for route in routes {
-                bound.value.agent.getHost(modid: route.modid, cmdid: route.cmdid, key: nil) { _ in }
-            }
+            for route in routes { bound.value.agent.prefetch(modid: route.modid, cmdid: route.cmdid) }
         }
     }
 
