@@ -75,7 +75,7 @@ public struct ProxyConfiguration: Sendable {
     public var drainTimeout: Duration
     /// PROXY protocol header to the backends; nil (default) sends none.
     public var sendProxy: ProxyHeaderVersion?
-    /// How bytes move between the sockets (default splice).
+    /// How bytes move between the sockets (default auto: copy for small reads, splice for bulk).
     public var transfer: TunnelTransfer
     /// Bytes in flight per direction of a connection (backpressure bound). Default 64 KiB.
     public var bufferBytes: Int
@@ -86,7 +86,7 @@ public struct ProxyConfiguration: Sendable {
                 agentPorts: [Int] = [8888, 8889, 8890], agentTimeout: Duration = .milliseconds(500),
                 affinity: ProxyAffinity = .none, maxConnections: Int = 10_000, connectTimeout: Duration = .seconds(2),
                 connectAttempts: Int = 3, idleTimeout: Duration? = .seconds(300), drainTimeout: Duration = .seconds(30),
-                sendProxy: ProxyHeaderVersion? = nil, transfer: TunnelTransfer = .splice, bufferBytes: Int = 64 << 10,
+                sendProxy: ProxyHeaderVersion? = nil, transfer: TunnelTransfer = .auto, bufferBytes: Int = 64 << 10,
                 reportSecret: [UInt8]? = nil) {
         self.host = host
         self.routes = routes

@@ -38,7 +38,11 @@ struct ProxyCommand: AsyncParsableCommand {
     var idleTimeout = 300.0
     @Option(help: "Seconds open connections may take to finish on SIGTERM (default 30).") var drainTimeout = 30.0
     @Option(help: "Send the PROXY protocol header to backends: v1 or v2.") var sendProxy: ProxyHeaderVersion?
-    @Option(help: "on: splice(2) through pipes, zero copy; off: read/write.") var splice = "on"
+    @Option(help: """
+        auto: read/write for small reads, splice(2) through pipes (zero copy) once a read fills the buffer; on: \
+        always splice; off: always read/write.
+        """)
+    var splice = "auto"
     @Option(help: "KiB in flight per direction of a connection (default 64).") var bufferKib = 64
     @Option(help: "Secret to send with reports, when the agent requires one.") var reportSecret: String?
     @Option(help: "I/O threads.") var loops = 1
@@ -62,7 +66,9 @@ struct ProxyCommand: AsyncParsableCommand {
         guard !ports.isEmpty, ports.allSatisfy({ $0 != nil }) else {
             throw ValidationError("--agent-ports must be comma-separated ports, got \(agentPorts)")
         }
-        guard ["on", "off"].contains(splice) else { throw ValidationError("--splice must be on or off") }
+        guard ["auto", "on", "off"].contains(splice) else {
+            throw ValidationError("--splice must be auto, on or off")
+        }
         guard idleTimeout >= 0, idleTimeout.isFinite, drainTimeout >= 0, drainTimeout.isFinite else {
             throw ValidationError("--idle-timeout and --drain-timeout must be seconds, 0 or more")
         }
@@ -72,7 +78,7 @@ struct ProxyCommand: AsyncParsableCommand {
             connectTimeout: .milliseconds(connectTimeout), connectAttempts: connectAttempts,
             idleTimeout: idleTimeout == 0 ? nil : .milliseconds(Int64(idleTimeout * 1000)),
             drainTimeout: .milliseconds(Int64(drainTimeout * 1000)), sendProxy: sendProxy,
-            transfer: splice == "on" ? .splice : .copy, bufferBytes: bufferKib << 10,
+            transfer: splice == "on" ? .splice : splice == "off" ? .copy : .auto, bufferBytes: bufferKib << 10,
             reportSecret: reportSecret.map { Array($0.utf8) })
     }
 

@@ -46,7 +46,7 @@ struct CLITests {
         (["--route", "80:1"], "--route must be PORT:MODID:CMDID"),
         (["--port", "0", "--modid", "1"], "--port, --modid and --cmdid go together"),
         (["--route", "0:1:1", "--agent-ports", "a,b"], "--agent-ports"),
-        (["--route", "0:1:1", "--splice", "maybe"], "--splice must be on or off"),
+        (["--route", "0:1:1", "--splice", "maybe"], "--splice must be auto, on or off"),
         (["--route", "0:1:1", "--connect-attempts", "0"], "connect attempts"),
         (["--route", "0:1:1", "--affinity", "cookie"], "affinity"),
     ])

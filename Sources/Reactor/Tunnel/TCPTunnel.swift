@@ -10,13 +10,16 @@ public enum TunnelTransfer: String, Sendable, CaseIterable, CustomStringConverti
     /// read(2) into the loop's scratch area and write(2) out of it (what is not taken at once waits in a
     /// pooled buffer).
     case copy
+    /// Each direction copies while its reads are small (a splice costs more than a read and a write for a short
+    /// message) and splices once a read fills the buffer (a bulk transfer), back to copying after a short one.
+    case auto
 
     public var description: String { rawValue }
 }
 
 /// A tunnel's limits.
 public struct TunnelOptions: Sendable {
-    /// How bytes move (default splice).
+    /// How bytes move (default auto).
     public var transfer: TunnelTransfer
     /// Bytes in flight per direction. Nothing more is read from a side while this many of its bytes wait for
     /// the other side to take them (backpressure), so a tunnel holds at most twice this.
@@ -24,7 +27,7 @@ public struct TunnelOptions: Sendable {
     /// A tunnel with no byte moving either way for this long ends (`TunnelEnd.idleTimeout`). Off when nil.
     public var idleTimeout: Duration?
 
-    public init(transfer: TunnelTransfer = .splice, bufferBytes: Int = 64 * 1024, idleTimeout: Duration? = nil) {
+    public init(transfer: TunnelTransfer = .auto, bufferBytes: Int = 64 * 1024, idleTimeout: Duration? = nil) {
         self.transfer = transfer
         self.bufferBytes = max(4096, bufferBytes)
         self.idleTimeout = idleTimeout
@@ -128,8 +131,9 @@ public final class TCPTunnel: @unchecked Sendable {
         self.options = options
         self.onEnd = onEnd
         self.preamble = preamble
-        up = Flow(from: client, to: server, fromSide: .client, toSide: .server)
-        down = Flow(from: server, to: client, fromSide: .server, toSide: .client)
+        up = Flow(from: client, to: server, fromSide: .client, toSide: .server, splicing: options.transfer == .splice)
+        down = Flow(from: server, to: client, fromSide: .server, toSide: .client,
+                    splicing: options.transfer == .splice)
     }
 
     /// Bytes delivered so far, client to server and server to client.
@@ -262,11 +266,14 @@ public final class TCPTunnel: @unchecked Sendable {
 
     private enum Received { case full, some, none, failed }
 
+    /// With `.auto`, a splice that moves less than this goes back to copying.
+    static let autoCopyBelow = 4096
+
     /// One read (or splice) from `flow.from` into the flow, which holds nothing when called.
     private func receive(_ flow: Flow) -> Received {
         let limit = options.bufferBytes
-        switch options.transfer {
-        case .copy:
+        switch flow.splicing ? TunnelTransfer.splice : .copy {
+        case .copy, .auto:
             let room = min(limit, loop.scratch.count)
             let result: IOResult<Int>
             do {
@@ -305,6 +312,7 @@ public final class TCPTunnel: @unchecked Sendable {
                 flow.head = 0
                 flow.pending = left
             }
+            if n == room && options.transfer == .auto { flow.splicing = true }
             return n == room ? .full : .some
         case .splice:
             if flow.pipe == nil {
@@ -331,6 +339,7 @@ public final class TCPTunnel: @unchecked Sendable {
                 return .none
             }
             flow.pending = n
+            if n < Self.autoCopyBelow && options.transfer == .auto { flow.splicing = false }
             return n == min(limit, pipe.capacity) ? .full : .some
         }
     }
@@ -511,12 +520,15 @@ private final class Flow {
     /// The FIN was passed on to `to`.
     @exclusivity(unchecked) var shut = false
     @exclusivity(unchecked) var moved: UInt64 = 0
+    /// Reads splice into a pipe (else they copy through the scratch area).
+    @exclusivity(unchecked) var splicing: Bool
 
-    init(from: Int32, to: Int32, fromSide: TunnelSide, toSide: TunnelSide) {
+    init(from: Int32, to: Int32, fromSide: TunnelSide, toSide: TunnelSide, splicing: Bool) {
         self.from = from
         self.to = to
         self.fromSide = fromSide
         self.toSide = toSide
+        self.splicing = splicing
     }
 }
 
