@@ -94,8 +94,9 @@ public final class TCPDialer: EventHandler, @unchecked Sendable {
             finish(.failure(IOError(errnoCode: err, call: "connect \(address)")))
             return
         }
-        // A connect to a free port of this host can connect to itself: that is a refusal.
-        if let local = SocketAddress.local(of: fd), let peer = SocketAddress.peer(of: fd), local == peer {
+        // A connect to a free port of this host can connect to itself: that is a refusal. (The peer is the address
+        // connected to: only the local end needs asking.)
+        if let local = SocketAddress.local(of: fd), local == address {
             finish(.failure(IOError(errnoCode: ECONNREFUSED, call: "connect \(address) (self-connect)")))
             return
         }
