@@ -17,6 +17,17 @@ enum AgentRequests {
         return addresses[(((Int(modid) + Int(cmdid)) % n) + n) % n]
     }
 
+    /// The timeout error of each agent port, made once (not formatted on every call).
+    static func timeoutErrors(agentHost: String, addresses: [IPv4Endpoint], timeout: Duration)
+        -> [UInt16: LoadBalanceClientError]
+    {
+        let ms = timeout.millisecondsTruncated
+        return Dictionary(addresses.map { address in
+            (address.port, LoadBalanceClientError.timeout(
+                "no agent answered on \(agentHost):\(address.port) within \(ms) ms"))
+        }, uniquingKeysWith: { first, _ in first })
+    }
+
     /// GetHost (Lars, id 4) for (modid, cmdid) under sequence number `seq`.
     static func getHost(seq: UInt32, modid: Int32, cmdid: Int32) throws -> [UInt8] {
         var request = Lars_GetHostRequest()

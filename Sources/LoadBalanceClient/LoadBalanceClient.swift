@@ -72,11 +72,7 @@ public final class LoadBalanceClient: Sendable {
         self.timeout = timeout
         self.reportSecret = reportSecret
         addresses = try agentPorts.map { try SocketAddress(host: agentHost, port: $0) }
-        let timeoutMs = timeout.millisecondsTruncated
-        timeoutErrors = Dictionary(addresses.map { address in
-            (address.port, LoadBalanceClientError.timeout(
-                "no agent answered on \(agentHost):\(address.port) within \(timeoutMs) ms"))
-        }, uniquingKeysWith: { first, _ in first })
+        timeoutErrors = AgentRequests.timeoutErrors(agentHost: agentHost, addresses: addresses, timeout: timeout)
         let group: EventLoopGroup? = loop == nil
             ? try EventLoopGroup(ioLoops: 0, configuration: LoopConfiguration(busyPoll: busyPoll)) : nil
         ownedGroup = group

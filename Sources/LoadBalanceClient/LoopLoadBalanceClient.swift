@@ -42,11 +42,7 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
         self.timeout = timeout
         self.reportSecret = reportSecret
         addresses = try agentPorts.map { try SocketAddress(host: agentHost, port: $0) }
-        let ms = timeout.millisecondsTruncated
-        timeoutErrors = Dictionary(addresses.map { address in
-            (address.port, LoadBalanceClientError.timeout(
-                "no agent answered on \(agentHost):\(address.port) within \(ms) ms"))
-        }, uniquingKeysWith: { first, _ in first })
+        timeoutErrors = AgentRequests.timeoutErrors(agentHost: agentHost, addresses: addresses, timeout: timeout)
         let router = MessageRouter<UDPPeer>()
         let pending = self.pending
         try router.on(MessageID.getHostResponse, as: Lars_GetHostResponse.self) { response, _ in

@@ -25,17 +25,8 @@ struct CLITests {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: switchyardExecutable())
         process.arguments = ["echo", "--port", "0", "--threads", "1"]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        var line = Data()
-        while !line.contains(UInt8(ascii: "\n")) {
-            let chunk = out.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            line.append(chunk)
-        }
-        #expect(String(decoding: line, as: UTF8.self).hasPrefix("echo listening on 127.0.0.1:"))
+        let line = try firstLine(of: process)
+        #expect(line.hasPrefix("echo listening on 127.0.0.1:"))
         process.terminate()  // SIGTERM
         process.waitUntilExit()
         #expect(process.terminationReason == .exit && process.terminationStatus == 0)
@@ -69,17 +60,8 @@ struct CLITests {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: switchyardExecutable())
         process.arguments = ["proxy", "--host", "127.0.0.1", "--route", "0:1:1", "--drain-timeout", "1"]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        var line = Data()
-        while !line.contains(UInt8(ascii: "\n")) {
-            let chunk = out.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            line.append(chunk)
-        }
-        #expect(String(decoding: line, as: UTF8.self).hasPrefix("proxy listening on 127.0.0.1:"))
+        let line = try firstLine(of: process)
+        #expect(line.hasPrefix("proxy listening on 127.0.0.1:"))
         process.terminate()
         process.waitUntilExit()
         #expect(process.terminationReason == .exit && process.terminationStatus == 0)
@@ -95,4 +77,19 @@ struct CLITests {
         #expect((object["per_second"] as? [Int])?.count == 1)
         #expect(object["connections"] as? Int == 2)
     }
+}
+
+/// Starts `process` with stdout to a pipe (stderr discarded) and returns its first line of output.
+private func firstLine(of process: Process) throws -> String {
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    var line = Data()
+    while !line.contains(UInt8(ascii: "\n")) {
+        let chunk = out.fileHandleForReading.availableData
+        if chunk.isEmpty { break }
+        line.append(chunk)
+    }
+    return String(decoding: line, as: UTF8.self)
 }

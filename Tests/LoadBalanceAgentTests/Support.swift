@@ -32,6 +32,8 @@ final class Counter: Sendable {
 final class FakeNameService: Sendable {
     let routes: Locked<[RouteKey: [LoadBalancing.Host]]>
     let requests = Counter()
+    /// The routes asked for (each once, however often).
+    let requestedKeys = Locked<Set<RouteKey>>([])
     let connections = Locked<[TCPConnection]>([])
     let server: FramedServer
     let port: UInt16
@@ -40,11 +42,13 @@ final class FakeNameService: Sendable {
         let table = Locked(routes)
         self.routes = table
         let requests = self.requests
+        let requestedKeys = self.requestedKeys
         let connections = self.connections
         let router = MessageRouter<TCPConnection>()
         try router.on(MessageID.getRouteRequest, as: Lars_GetRouteRequest.self) { request, message in
             requests.increment()
             let key = RouteKey(modid: request.modid, cmdid: request.cmdid)
+            requestedKeys.withLock { _ = $0.insert(key) }
             message.connection.send(FakeNameService.response(key, table.withLock { $0[key] } ?? []),
                                     id: MessageID.getRouteResponse)
         }

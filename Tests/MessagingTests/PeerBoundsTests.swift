@@ -184,10 +184,12 @@ extension MessagingSocketTests {
                     let peers = try (0..<4).map { _ in try BlockingSocket.frameClient(port: port, receiveTimeout: 10) }
                     defer { for p in peers { p.close() } }
                     // 0 crosses the budget at once; 1 starts a frame and stops (head timeout); 2 and 3 fall silent
-                    // (idle timeout), 3 after a frame of an id without a route. 1 starts after 0 is closed: read
-                    // in the other order, 1's bytes would be the ones that cross the budget.
+                    // (idle timeout), 3 after a frame of an id without a route. 1 starts once 0 is closed and its
+                    // share has left the budget (its close callback, which may run after the peer sees the close):
+                    // otherwise 1's bytes could be the ones that cross the budget.
                     try? peers[0].sendAll(rawHeader(id: 10, length: 8000) + [UInt8](repeating: 1, count: 5000))
                     #expect(peers[0].seesClose())
+                    #expect(eventually { server.statistics.partialFrameBytes == 0 })
                     try peers[1].sendAll(rawHeader(id: 10, length: 100) + [1, 2, 3])
                     try peers[3].sendFrame(id: 77, body: [1])
                     for p in peers { #expect(p.seesClose()) }
