@@ -2,6 +2,7 @@
 //
 //   pingpong --host 127.0.0.1 --port P --connections C --size B --seconds S
 //            [--threads T] [--rate R] [--frame-proto] [--msg-id N] [--idle] [--reconnect]
+//            [--warmup W]
 //
 // Closed loop (default): each connection sends one message of B bytes, then sends back whatever
 // arrives. Every B bytes that come back on a connection complete one round trip; its time is the
@@ -22,6 +23,10 @@
 // whole, closes, and opens the next connection (a non-blocking connect) at once, so C connects
 // are in flight at any time. A round trip counts from the start of its connect; connections_per_sec
 // is the rate of those whole exchanges (connect, message, reply, close).
+//
+// --warmup W: the load runs W seconds before the S measured ones (not counted), and "measuring" and
+// "measured" go to stderr at the start and the end of the measured window (before the connections
+// close), so a caller can sample a server's CPU over exactly that window.
 //
 // Prints one JSON line: msgs_per_sec, mib_per_sec, p50_us, p99_us, client_cpu_s, connections,
 // size, seconds, connections_per_sec (0 without --reconnect), and a few more counters.
@@ -87,8 +92,10 @@ static struct {
     const char *host;
     int port, connections, threads, frame, idle, msg_id, reconnect;
     long size;
-    double seconds, rate;
-} opt = {"127.0.0.1", 0, 1, 1, 0, 0, 1000, 0, 16, 5, 0};
+    double seconds, rate, warmup;
+} opt = {"127.0.0.1", 0, 1, 1, 0, 0, 1000, 0, 16, 5, 0, -1};
+
+static uint64_t window_start, window_end;   // the measured window (ns, CLOCK_MONOTONIC), set in main
 
 static struct sockaddr_in server_addr;   // --host and --port, filled once in main
 
@@ -279,7 +286,8 @@ static void *run_worker(void *arg) {
     size_t scratch_len = 256 * 1024;
     char *scratch = malloc(scratch_len);
     uint64_t t0 = now_ns();
-    uint64_t end = t0 + (uint64_t)(opt.seconds * 1e9);
+    uint64_t end = window_end;
+    int counting = t0 >= window_start;
     for (int i = 0; i < w->count; i++) {
         conn_t *c = &w->conns[i];
         if (opt.reconnect) {
@@ -315,7 +323,12 @@ static void *run_worker(void *arg) {
     for (;;) {
         uint64_t t = now_ns();
         if (t >= end) break;
-        int timeout_ms = (int)((end - t) / 1000000ULL) + 1;
+        if (!counting && t >= window_start) {       // --warmup is over: count from here
+            counting = 1;
+            w->messages = w->bytes = w->missed = 0;
+            memset(&w->hist, 0, sizeof w->hist);
+        }
+        int timeout_ms = (int)(((counting ? end : window_start) - t) / 1000000ULL) + 1;
         if (timeout_ms > 100) timeout_ms = 100;
         int n = epoll_wait(ep, events, 512, timeout_ms);
         for (int i = 0; i < n; i++) {
@@ -366,7 +379,8 @@ static void *run_worker(void *arg) {
 static void usage(void) {
     fprintf(stderr,
             "usage: pingpong --port P [--host 127.0.0.1] [--connections C] [--size B] [--seconds S]\n"
-            "                [--threads T] [--rate R] [--frame-proto] [--msg-id N] [--idle] [--reconnect]\n");
+            "                [--threads T] [--rate R] [--frame-proto] [--msg-id N] [--idle] [--reconnect]\n"
+            "                [--warmup W]\n");
     exit(2);
 }
 
@@ -377,7 +391,8 @@ int main(int argc, char **argv) {
         {"seconds", required_argument, 0, 's'}, {"threads", required_argument, 0, 't'},
         {"rate", required_argument, 0, 'r'},    {"frame-proto", no_argument, 0, 'f'},
         {"msg-id", required_argument, 0, 'm'},  {"idle", no_argument, 0, 'i'},
-        {"reconnect", no_argument, 0, 'n'},   {0, 0, 0, 0},
+        {"reconnect", no_argument, 0, 'n'},   {"warmup", required_argument, 0, 'w'},
+        {0, 0, 0, 0},
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -393,11 +408,13 @@ int main(int argc, char **argv) {
         case 'm': opt.msg_id = atoi(optarg); break;
         case 'i': opt.idle = 1; break;
         case 'n': opt.reconnect = 1; break;
+        case 'w': opt.warmup = atof(optarg); break;
         default: usage();
         }
     }
     if (opt.port <= 0 || opt.connections <= 0 || opt.size <= 0 || opt.seconds <= 0 || opt.threads <= 0) usage();
     if (opt.reconnect && (opt.idle || opt.rate > 0)) usage();
+    if (opt.warmup >= 0 && opt.idle) usage();
     if (opt.threads > opt.connections) opt.threads = opt.connections;
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
@@ -426,7 +443,8 @@ int main(int argc, char **argv) {
     }
 
     worker_t *workers = calloc((size_t)opt.threads, sizeof *workers);
-    uint64_t t_start = now_ns();
+    window_start = now_ns() + (opt.warmup > 0 ? (uint64_t)(opt.warmup * 1e9) : 0);
+    window_end = window_start + (uint64_t)(opt.seconds * 1e9);
     for (int i = 0, first = 0; i < opt.threads; i++) {
         int count = opt.connections / opt.threads + (i < opt.connections % opt.threads);
         workers[i].first = first;
@@ -435,6 +453,16 @@ int main(int argc, char **argv) {
         workers[i].rate = opt.rate * count / opt.connections;
         first += count;
         pthread_create(&workers[i].tid, NULL, run_worker, &workers[i]);
+    }
+    if (opt.warmup >= 0) {
+        uint64_t t = now_ns();
+        if (t < window_start) {
+            struct timespec ts = {(time_t)((window_start - t) / 1000000000ULL),
+                                  (long)((window_start - t) % 1000000000ULL)};
+            nanosleep(&ts, NULL);
+        }
+        fprintf(stderr, "measuring\n");
+        fflush(stderr);
     }
     histo_t *all = calloc(1, sizeof *all);
     uint64_t messages = 0, bytes = 0, missed = 0, errors = 0;
@@ -447,7 +475,11 @@ int main(int argc, char **argv) {
         missed += workers[i].missed;
         errors += workers[i].errors;
     }
-    double elapsed = (double)(now_ns() - t_start) / 1e9;
+    double elapsed = (double)(now_ns() - window_start) / 1e9;
+    if (opt.warmup >= 0) {
+        fprintf(stderr, "measured\n");
+        fflush(stderr);
+    }
     for (int i = 0; i < opt.connections; i++) {
         if (conns[i].fd >= 0) close(conns[i].fd);
     }
