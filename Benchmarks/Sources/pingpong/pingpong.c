@@ -391,7 +391,7 @@ int main(int argc, char **argv) {
         {"seconds", required_argument, 0, 's'}, {"threads", required_argument, 0, 't'},
         {"rate", required_argument, 0, 'r'},    {"frame-proto", no_argument, 0, 'f'},
         {"msg-id", required_argument, 0, 'm'},  {"idle", no_argument, 0, 'i'},
-        {"reconnect", no_argument, 0, 'n'},   {"warmup", required_argument, 0, 'w'},
+        {"reconnect", no_argument, 0, 'n'},     {"warmup", required_argument, 0, 'w'},
         {0, 0, 0, 0},
     };
     int ch;
