@@ -15,6 +15,7 @@ Rows, in every cell:
   switchyard-splice  `switchyard proxy --splice on --loops N`: each connection's backend from a local agent (a name
                      service on SQLite holds the echo server as the route's one host, a reporter takes the reports)
   switchyard-rw      the same with --splice off (read/write)
+  haproxy-copy       (--noise-check) a second HAProxy: its ratios to the first show how far a ratio strays by chance
 Until `switchyard proxy` exists its rows are skipped with a note. haproxy and nginx are installed with apt-get when
 missing (as root, or through `sudo -n`).
 
@@ -71,6 +72,7 @@ SWITCHYARD = bench.SWITCHYARD
 MODID, CMDID = 1801, 1  # the route of the echo backend
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROWS = ["direct", "haproxy", "nginx", "switchyard-splice", "switchyard-rw"]
+NOISE_ROW = "haproxy-copy"  # --noise-check: HAProxy against itself shows how far a ratio strays by chance
 SWITCHYARD_ROWS = ("switchyard-splice", "switchyard-rw")
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 log = bench.log
@@ -79,23 +81,33 @@ log = bench.log
 # ---------------------------------------------------------------- processes
 
 
-def cpu_seconds(pid):
-    """On-CPU time of all the threads of `pid` so far (schedstat, else utime+stime in clock ticks)."""
+def thread_cpu(pid):
+    """{(pid, tid): on-CPU seconds so far} of the threads of `pid` (schedstat; without it utime+stime in clock
+    ticks, the whole process as one entry)."""
+    out = {}
     try:
-        total = 0
         for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        if total > 0:
-            return total / 1e9
-    except (OSError, ValueError, IndexError):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    out[(pid, tid)] = int(f.read().split()[0]) / 1e9
+            except (OSError, ValueError, IndexError):
+                pass  # the thread ended meanwhile
+    except OSError:
         pass
+    if out and any(out.values()):
+        return out
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return {(pid, "stat"): (int(fields[11]) + int(fields[12])) / CLK_TCK}
     except (OSError, ValueError, IndexError):
-        return 0.0
+        return {}
+
+
+def cpu_between(before, after):
+    """CPU seconds spent between two thread_cpu samples: per thread, so that a thread that ends in between does not
+    take its earlier time away from the sum (a thread started in between counts whole)."""
+    return sum(v - before.get(k, 0.0) for k, v in after.items())
 
 
 def child_pids(pid):
@@ -181,9 +193,12 @@ class Proc:
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
-    def cpu_seconds(self):
-        pids = child_pids(self.proc.pid) if self.workers else [self.proc.pid]
-        return sum(cpu_seconds(p) for p in pids)
+    def cpu_sample(self):
+        """A thread_cpu sample of the process (with `workers`: of its children)."""
+        out = {}
+        for pid in child_pids(self.proc.pid) if self.workers else [self.proc.pid]:
+            out.update(thread_cpu(pid))
+        return out
 
     def stop(self):
         if self.proc is None:
@@ -238,7 +253,7 @@ def nginx_stream_static(nginx):
 def ensure_installed(rows, notes):
     """haproxy and nginx (with a stream module) for their rows; the rows that cannot run are dropped."""
     want = []
-    if "haproxy" in rows and not find_binary("haproxy"):
+    if {"haproxy", NOISE_ROW} & set(rows) and not find_binary("haproxy"):
         want.append("haproxy")
     nginx = find_binary("nginx")
     if "nginx" in rows and (not nginx or (not nginx_stream_static(nginx) and not os.path.exists(NGINX_STREAM_MODULE))):
@@ -247,7 +262,7 @@ def ensure_installed(rows, notes):
         apt_install(want, notes)
     out = []
     for row in rows:
-        if row in ("haproxy", "nginx") and not find_binary(row):
+        if row in ("haproxy", NOISE_ROW, "nginx") and not find_binary(row.split("-")[0]):
             notes.append(f"{row} is not installed: its rows were skipped.")
             continue
         out.append(row)
@@ -341,8 +356,8 @@ def proxy_for(row, backend, opts, work, proxy_help):
     """The Proc of one proxy row, listening on a free port, forwarding to the echo backend."""
     port = free_port()
     loops = opts.loops
-    if row == "haproxy":
-        conf = os.path.join(work, "haproxy.cfg")
+    if row in ("haproxy", NOISE_ROW):
+        conf = os.path.join(work, f"{row}.cfg")
         with open(conf, "w") as f:
             f.write(f"""global
     nbthread {loops}
@@ -363,7 +378,7 @@ frontend proxy
 backend echo
     server echo 127.0.0.1:{backend.port}
 """)
-        return Proc("haproxy", [find_binary("haproxy"), "-db", "-f", conf], port=port)
+        return Proc(row, [find_binary("haproxy"), "-db", "-f", conf], port=port)
     if row == "nginx":
         nginx = find_binary("nginx")
         prefix = os.path.join(work, "nginx")
@@ -419,7 +434,7 @@ def measured_run(port, cell, opts, procs):
         for line in client.stderr:
             line = line.strip()
             if line in ("measuring", "measured"):
-                marks[line] = {role: p.cpu_seconds() for role, p in procs.items()}
+                marks[line] = {role: p.cpu_sample() for role, p in procs.items()}
             elif line:
                 errors.append(line)
 
@@ -435,7 +450,7 @@ def measured_run(port, cell, opts, procs):
     res = json.loads(line)
     count = res["messages"]
     for role in procs:
-        cpu = marks["measured"][role] - marks["measuring"][role]
+        cpu = cpu_between(marks["measuring"][role], marks["measured"][role])
         res[f"{role}_cpu_s"] = cpu
         res[f"{role}_cpu_us_per_msg"] = cpu * 1e6 / count if count else None
     res["client_cpu_share"] = res["client_cpu_s"] / (res["seconds"] + opts.warmup)
@@ -509,7 +524,7 @@ def summarize(runs):
     out = []
     for (order, size, conns), rounds in sorted(cells.items()):
         kind = "echo" if order == 0 else "rate"
-        names = [n for n in ROWS if any(n in rr for rr in rounds.values())]
+        names = [n for n in ROWS + [NOISE_ROW] if any(n in rr for rr in rounds.values())]
         cell = {"kind": kind, "size": size, "connections": conns, "rows": {}, "ratios": {}}
         rate_key = "connections_per_sec" if kind == "rate" else "msgs_per_sec"
         for n in names:
@@ -542,6 +557,8 @@ def summarize(runs):
                 continue
             if "direct" in names:
                 cell["ratios"][f"{n}/direct"] = ratio(n, "direct")
+            if n == NOISE_ROW and "haproxy" in names:
+                cell["ratios"][f"{n}/haproxy"] = ratio(n, "haproxy")
             if n in SWITCHYARD_ROWS:
                 for ref in ("haproxy", "nginx"):
                     if ref in names:
@@ -627,7 +644,7 @@ def markdown(report):
     L.append("")
     echo = [c for c in report["summary"] if c["kind"] == "echo"]
     keys = [k for k in ("switchyard-splice/haproxy", "switchyard-rw/haproxy", "switchyard-splice/nginx",
-                        "switchyard-rw/nginx", "switchyard-splice/switchyard-rw")
+                        "switchyard-rw/nginx", "switchyard-splice/switchyard-rw", f"{NOISE_ROW}/haproxy")
             if any(k in c["ratios"] for c in echo)]
     if keys:
         L.append("Geometric means over the closed-loop cells of the per-cell median ratios:\n")
@@ -685,6 +702,8 @@ def main():
     p.add_argument("--max-connections", type=int, default=4096,
                    help="every proxy's connection limit (default 4096; HAProxy needs 2 descriptors a connection "
                    "under the hard RLIMIT_NOFILE)")
+    p.add_argument("--noise-check", action="store_true",
+                   help=f"add a second HAProxy ({NOISE_ROW}): its ratios to haproxy show the noise of a ratio")
     p.add_argument("--haproxy-splice", action="store_true", help="HAProxy with `option splice-auto` (default off)")
     p.add_argument("--proxy-args", default="", help="more arguments for `switchyard proxy`")
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
@@ -708,7 +727,7 @@ def main():
     opts.seconds = opts.seconds or (0.5 if q else 1.0)
     opts.warmup = opts.warmup if opts.warmup is not None else (0.2 if q else 0.5)
     opts.proxy_args = opts.proxy_args.split()
-    rows = [r for r in bench.parse_list(opts.rows) if r in ROWS]
+    rows = [r for r in bench.parse_list(opts.rows) if r in ROWS] + ([NOISE_ROW] if opts.noise_check else [])
     cells = [{"kind": "echo", "size": s, "connections": c}
              for s in bench.parse_list(opts.sizes, int) for c in bench.parse_list(opts.conns, int)]
     if opts.rate_conns > 0:
