@@ -408,6 +408,8 @@ stream {{
     splice = "on" if row == "switchyard-splice" else "off"
     cmd = [SWITCHYARD, "proxy", "--route", f"{port}:{MODID}:{CMDID}", "--agent-ports", ",".join(backend.agent_ports),
            "--splice", splice, "--loops", str(loops), "--max-connections", str(opts.max_connections)]
+    if "--host" in proxy_help:
+        cmd += ["--host", "127.0.0.1"]
     if "--log-level" in proxy_help:
         cmd += ["--log-level", "warning"]
     return Proc(row, cmd + opts.proxy_args, ready=r"listening", port=port)
