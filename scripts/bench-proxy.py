@@ -544,7 +544,8 @@ def summarize(runs):
             }
 
         def ratio(a, b):
-            rate, cpu = [], []
+            """a/b: rate, proxy CPU, and proxy CPU with the agent's (the Switchyard rows' GetHost and Report)."""
+            rate, cpu, with_agent = [], [], []
             for rr in rounds.values():
                 if a in rr and b in rr:
                     x, y = rr[a], rr[b]
@@ -552,7 +553,10 @@ def summarize(runs):
                         rate.append(x[rate_key] / y[rate_key])
                     if x.get("proxy_cpu_us_per_msg") and y.get("proxy_cpu_us_per_msg"):
                         cpu.append(x["proxy_cpu_us_per_msg"] / y["proxy_cpu_us_per_msg"])
-            return {"rate": bench.median(rate), "cpu": bench.median(cpu), "rounds": len(rate)}
+                        with_agent.append((x["proxy_cpu_us_per_msg"] + (x.get("agent_cpu_us_per_msg") or 0))
+                                          / (y["proxy_cpu_us_per_msg"] + (y.get("agent_cpu_us_per_msg") or 0)))
+            return {"rate": bench.median(rate), "cpu": bench.median(cpu), "cpu_with_agent": bench.median(with_agent),
+                    "rounds": len(rate)}
 
         for n in names:
             if n == "direct":
@@ -649,14 +653,24 @@ def markdown(report):
                         "switchyard-rw/nginx", "switchyard-splice/switchyard-rw", f"{NOISE_ROW}/haproxy")
             if any(k in c["ratios"] for c in echo)]
     if keys:
-        L.append("Geometric means over the closed-loop cells of the per-cell median ratios:\n")
-        L.append("| ratio | msg/s | proxy CPU/msg |")
-        L.append("|---|---:|---:|")
+        L.append("Geometric means over the closed-loop cells of the per-cell median ratios (`+ agent`: the proxy's "
+                 "CPU with the agent's):\n")
+        L.append("| ratio | msg/s | proxy CPU/msg | proxy + agent CPU/msg |")
+        L.append("|---|---:|---:|---:|")
         for k in keys:
-            rates = [c["ratios"][k]["rate"] for c in echo if k in c["ratios"]]
-            cpus = [c["ratios"][k]["cpu"] for c in echo if k in c["ratios"]]
-            L.append(f"| {k} | {fmt(bench.geomean(rates))} | {fmt(bench.geomean(cpus))} |")
+            def g(metric):
+                return fmt(bench.geomean([c["ratios"][k].get(metric) for c in echo if k in c["ratios"]]))
+            L.append(f"| {k} | {g('rate')} | {g('cpu')} | {g('cpu_with_agent')} |")
         L.append("")
+    for c in [c for c in report["summary"] if c["kind"] == "rate"]:
+        found = [(k, c["ratios"][k]) for k in keys if k in c["ratios"]]
+        if found:
+            L.append(f"{cell_name(c)} (a new connection per request):\n")
+            L.append("| ratio | connections/s | proxy CPU/connection | proxy + agent CPU/connection |")
+            L.append("|---|---:|---:|---:|")
+            for k, r in found:
+                L.append(f"| {k} | {fmt(r.get('rate'))} | {fmt(r.get('cpu'))} | {fmt(r.get('cpu_with_agent'))} |")
+            L.append("")
     L.append("## Targets (issue 18)\n")
     if report["targets"]:
         L.append("| target | value | |")
@@ -717,6 +731,7 @@ def main():
     if opts.render:
         with open(opts.render) as f:
             report = json.load(f)
+        report["summary"] = summarize(report["runs"])
         report["targets"] = targets(report["summary"])
         write_report(report, opts.out)
         return
