@@ -2,8 +2,8 @@
 """The reverse proxy against HAProxy and nginx (issue 18): the C ping-pong client through each proxy to one C echo
 backend.
 
-    scripts/bench-proxy.py               # 5 rounds, 1 s cells (about 10 minutes on 2 cores)
-    scripts/bench-proxy.py --quick       # smoke run: 1 round, short cells (about 2 minutes)
+    scripts/bench-proxy.py               # 5 rounds, 1 s cells (about 8 minutes on 2 cores)
+    scripts/bench-proxy.py --quick       # smoke run: 1 round, short cells (about 1 minute)
     scripts/bench --phases proxy         # the same from the suite (scripts/bench --quick --phases proxy: smoke run)
 
 Cells: {16 B, 4 KiB, 64 KiB} x {10, 100, 1000} connections in a closed loop (pingpong), and a connection-rate cell:
@@ -362,6 +362,7 @@ def proxy_for(row, backend, opts, work, proxy_help):
             f.write(f"""global
     nbthread {loops}
     maxconn {opts.max_connections}
+{f"    tune.bufsize {opts.haproxy_bufsize}" if opts.haproxy_bufsize else ""}
 
 defaults
     mode tcp
@@ -721,6 +722,9 @@ def main():
     p.add_argument("--noise-check", action="store_true",
                    help=f"add a second HAProxy ({NOISE_ROW}): its ratios to haproxy show the noise of a ratio")
     p.add_argument("--haproxy-splice", action="store_true", help="HAProxy with `option splice-auto` (default off)")
+    p.add_argument("--haproxy-bufsize", type=int,
+                   help="HAProxy's tune.bufsize in bytes (default HAProxy's, 16384; Switchyard's proxy holds 64 KiB "
+                   "per direction, --buffer-kib)")
     p.add_argument("--proxy-args", default="", help="more arguments for `switchyard proxy`")
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
     p.add_argument("--switchyard", metavar="PATH", help="switchyard binary (default .build-static/release/switchyard; "
