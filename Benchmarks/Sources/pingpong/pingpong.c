@@ -1,7 +1,8 @@
 // Ping-pong load client for the benchmark suite (muduo "pingpong" style), epoll, loopback only.
 //
 //   pingpong --host 127.0.0.1 --port P --connections C --size B --seconds S
-//            [--threads T] [--rate R] [--frame-proto] [--msg-id N] [--idle]
+//            [--threads T] [--rate R] [--frame-proto] [--msg-id N] [--idle] [--reconnect]
+//            [--warmup W]
 //
 // Closed loop (default): each connection sends one message of B bytes, then sends back whatever
 // arrives. Every B bytes that come back on a connection complete one round trip; its time is the
@@ -18,8 +19,17 @@
 //
 // --idle: open C connections, print "connected C" on stdout, hold them for S seconds, exit.
 //
+// --reconnect (connection rate): each of the C connections sends one message, reads its reply
+// whole, closes, and opens the next connection (a non-blocking connect) at once, so C connects
+// are in flight at any time. A round trip counts from the start of its connect; connections_per_sec
+// is the rate of those whole exchanges (connect, message, reply, close).
+//
+// --warmup W: the load runs W seconds before the S measured ones (not counted), and "measuring" and
+// "measured" go to stderr at the start and the end of the measured window (before the connections
+// close), so a caller can sample a server's CPU over exactly that window.
+//
 // Prints one JSON line: msgs_per_sec, mib_per_sec, p50_us, p99_us, client_cpu_s, connections,
-// size, seconds, and a few more counters.
+// size, seconds, connections_per_sec (0 without --reconnect), and a few more counters.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -80,10 +90,14 @@ static double percentile_us(const histo_t *h, double p) {
 
 static struct {
     const char *host;
-    int port, connections, threads, frame, idle, msg_id;
+    int port, connections, threads, frame, idle, msg_id, reconnect;
     long size;
-    double seconds, rate;
-} opt = {"127.0.0.1", 0, 1, 1, 0, 0, 1000, 16, 5, 0};
+    double seconds, rate, warmup;
+} opt = {"127.0.0.1", 0, 1, 1, 0, 0, 1000, 0, 16, 5, 0, -1};
+
+static uint64_t window_start, window_end;   // the measured window (ns, CLOCK_MONOTONIC), set in main
+
+static struct sockaddr_in server_addr;   // --host and --port, filled once in main
 
 static char *message;       // the bytes every connection sends (identical for all)
 static size_t msglen;
@@ -145,16 +159,18 @@ static void build_message(void) {
     msglen = n;
 }
 
-static int connect_one(void) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
-    inet_pton(AF_INET, opt.host, &a.sin_addr);
-    if (a.sin_addr.s_addr != htonl(INADDR_LOOPBACK) && (ntohl(a.sin_addr.s_addr) >> 24) != 127) {
+static void resolve_server(void) {
+    server_addr = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
+    if (inet_pton(AF_INET, opt.host, &server_addr.sin_addr) != 1 || (ntohl(server_addr.sin_addr.s_addr) >> 24) != 127) {
         fprintf(stderr, "pingpong: loopback addresses only\n");
         exit(2);
     }
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) { close(fd); return -1; }
+}
+
+static int connect_one(void) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0) { close(fd); return -1; }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
@@ -189,6 +205,29 @@ static int flush_conn(int ep, conn_t *c) {
     return 0;
 }
 
+// --reconnect: opens the connection's next socket (non-blocking connect) and sends its message
+// as soon as the socket takes it. Returns -1 when no socket could be opened.
+static int reopen_conn(int ep, conn_t *c) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->msg_start = now_ns();
+    if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0 && errno != EINPROGRESS) {
+        close(fd);
+        return -1;
+    }
+    c->fd = fd;
+    c->to_send = msglen;
+    c->send_off = 0;
+    c->recv_in_msg = 0;
+    c->in_flight = 1;
+    c->want_out = 1;                   // EPOLLOUT tells when the connect is done and the rest can go
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+    return flush_conn(ep, c);          // a connect in progress takes nothing yet (EAGAIN)
+}
+
 static void start_scheduled(conn_t *c) {       // fixed rate: send the oldest owed message
     c->msg_start = c->owed[c->owed_head];
     c->owed_head = (c->owed_head + 1) % OWED_CAP;
@@ -197,6 +236,8 @@ static void start_scheduled(conn_t *c) {       // fixed rate: send the oldest ow
     c->to_send += msglen;
 }
 
+// Reads what arrived; returns -1 on a fatal error, 1 when --reconnect's exchange is complete
+// (the caller closes the connection and opens the next).
 static int on_read(int ep, worker_t *w, conn_t *c, char *scratch, size_t scratch_len) {
     for (;;) {
         ssize_t n = read(c->fd, scratch, scratch_len);
@@ -207,8 +248,19 @@ static int on_read(int ep, worker_t *w, conn_t *c, char *scratch, size_t scratch
             return -1;
         }
         w->bytes += (uint64_t)n;
-        if (opt.rate <= 0) c->to_send += (size_t)n;   // closed loop: send back what arrived
         c->recv_in_msg += (size_t)n;
+        if (opt.reconnect) {
+            if (c->recv_in_msg >= msglen) {
+                uint64_t rtt = now_ns() - c->msg_start;
+                w->messages++;
+                w->hist.count[bucket_of(rtt)]++;
+                w->hist.total++;
+                return 1;
+            }
+            if ((size_t)n < scratch_len) break;
+            continue;
+        }
+        if (opt.rate <= 0) c->to_send += (size_t)n;   // closed loop: send back what arrived
         while (c->recv_in_msg >= msglen && (opt.rate <= 0 || c->in_flight)) {
             uint64_t t = now_ns();
             c->recv_in_msg -= msglen;
@@ -234,9 +286,15 @@ static void *run_worker(void *arg) {
     size_t scratch_len = 256 * 1024;
     char *scratch = malloc(scratch_len);
     uint64_t t0 = now_ns();
-    uint64_t end = t0 + (uint64_t)(opt.seconds * 1e9);
+    uint64_t end = window_end;
+    int counting = t0 >= window_start;
     for (int i = 0; i < w->count; i++) {
         conn_t *c = &w->conns[i];
+        if (opt.reconnect) {
+            c->fd = -1;
+            if (reopen_conn(ep, c) < 0) w->errors++;
+            continue;
+        }
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
         if (opt.rate <= 0) {
@@ -265,7 +323,12 @@ static void *run_worker(void *arg) {
     for (;;) {
         uint64_t t = now_ns();
         if (t >= end) break;
-        int timeout_ms = (int)((end - t) / 1000000ULL) + 1;
+        if (!counting && t >= window_start) {       // --warmup is over: count from here
+            counting = 1;
+            w->messages = w->bytes = w->missed = 0;
+            memset(&w->hist, 0, sizeof w->hist);
+        }
+        int timeout_ms = (int)(((counting ? end : window_start) - t) / 1000000ULL) + 1;
         if (timeout_ms > 100) timeout_ms = 100;
         int n = epoll_wait(ep, events, 512, timeout_ms);
         for (int i = 0; i < n; i++) {
@@ -292,7 +355,15 @@ static void *run_worker(void *arg) {
             int rc = 0;
             if (events[i].events & EPOLLIN) rc = on_read(ep, w, c, scratch, scratch_len);
             else if (events[i].events & EPOLLOUT) rc = flush_conn(ep, c);
-            if (events[i].events & (EPOLLERR | EPOLLHUP)) rc = -1;
+            if ((events[i].events & (EPOLLERR | EPOLLHUP)) && rc == 0) rc = -1;
+            if (rc != 0 && opt.reconnect) {            // done or failed: the next connection
+                if (rc < 0) w->errors++;
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                close(c->fd);
+                c->fd = -1;
+                if (reopen_conn(ep, c) < 0) w->errors++;
+                continue;
+            }
             if (rc < 0) {
                 w->errors++;
                 epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
@@ -308,7 +379,8 @@ static void *run_worker(void *arg) {
 static void usage(void) {
     fprintf(stderr,
             "usage: pingpong --port P [--host 127.0.0.1] [--connections C] [--size B] [--seconds S]\n"
-            "                [--threads T] [--rate R] [--frame-proto] [--msg-id N] [--idle]\n");
+            "                [--threads T] [--rate R] [--frame-proto] [--msg-id N] [--idle] [--reconnect]\n"
+            "                [--warmup W]\n");
     exit(2);
 }
 
@@ -319,6 +391,7 @@ int main(int argc, char **argv) {
         {"seconds", required_argument, 0, 's'}, {"threads", required_argument, 0, 't'},
         {"rate", required_argument, 0, 'r'},    {"frame-proto", no_argument, 0, 'f'},
         {"msg-id", required_argument, 0, 'm'},  {"idle", no_argument, 0, 'i'},
+        {"reconnect", no_argument, 0, 'n'},     {"warmup", required_argument, 0, 'w'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -334,10 +407,14 @@ int main(int argc, char **argv) {
         case 'f': opt.frame = 1; break;
         case 'm': opt.msg_id = atoi(optarg); break;
         case 'i': opt.idle = 1; break;
+        case 'n': opt.reconnect = 1; break;
+        case 'w': opt.warmup = atof(optarg); break;
         default: usage();
         }
     }
     if (opt.port <= 0 || opt.connections <= 0 || opt.size <= 0 || opt.seconds <= 0 || opt.threads <= 0) usage();
+    if (opt.reconnect && (opt.idle || opt.rate > 0)) usage();
+    if (opt.warmup >= 0 && opt.idle) usage();
     if (opt.threads > opt.connections) opt.threads = opt.connections;
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
@@ -346,9 +423,10 @@ int main(int argc, char **argv) {
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     build_message();
+    resolve_server();
 
     conn_t *conns = calloc((size_t)opt.connections, sizeof *conns);
-    for (int i = 0; i < opt.connections; i++) {
+    for (int i = 0; i < opt.connections && !opt.reconnect; i++) {
         conns[i].fd = connect_one();
         if (conns[i].fd < 0) {
             fprintf(stderr, "pingpong: connect #%d to %s:%d failed: %s\n", i, opt.host, opt.port, strerror(errno));
@@ -365,7 +443,8 @@ int main(int argc, char **argv) {
     }
 
     worker_t *workers = calloc((size_t)opt.threads, sizeof *workers);
-    uint64_t t_start = now_ns();
+    window_start = now_ns() + (opt.warmup > 0 ? (uint64_t)(opt.warmup * 1e9) : 0);
+    window_end = window_start + (uint64_t)(opt.seconds * 1e9);
     for (int i = 0, first = 0; i < opt.threads; i++) {
         int count = opt.connections / opt.threads + (i < opt.connections % opt.threads);
         workers[i].first = first;
@@ -374,6 +453,16 @@ int main(int argc, char **argv) {
         workers[i].rate = opt.rate * count / opt.connections;
         first += count;
         pthread_create(&workers[i].tid, NULL, run_worker, &workers[i]);
+    }
+    if (opt.warmup >= 0) {
+        uint64_t t = now_ns();
+        if (t < window_start) {
+            struct timespec ts = {(time_t)((window_start - t) / 1000000000ULL),
+                                  (long)((window_start - t) % 1000000000ULL)};
+            nanosleep(&ts, NULL);
+        }
+        fprintf(stderr, "measuring\n");
+        fflush(stderr);
     }
     histo_t *all = calloc(1, sizeof *all);
     uint64_t messages = 0, bytes = 0, missed = 0, errors = 0;
@@ -386,17 +475,25 @@ int main(int argc, char **argv) {
         missed += workers[i].missed;
         errors += workers[i].errors;
     }
-    double elapsed = (double)(now_ns() - t_start) / 1e9;
-    for (int i = 0; i < opt.connections; i++) close(conns[i].fd);
+    double elapsed = (double)(now_ns() - window_start) / 1e9;
+    if (opt.warmup >= 0) {
+        fprintf(stderr, "measured\n");
+        fflush(stderr);
+    }
+    for (int i = 0; i < opt.connections; i++) {
+        if (conns[i].fd >= 0) close(conns[i].fd);
+    }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
                  (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
     printf("{\"msgs_per_sec\": %.1f, \"mib_per_sec\": %.2f, \"p50_us\": %.1f, \"p99_us\": %.1f, "
            "\"client_cpu_s\": %.3f, \"connections\": %d, \"size\": %ld, \"seconds\": %.3f, "
-           "\"messages\": %llu, \"frame_bytes\": %zu, \"rate\": %.1f, \"missed\": %llu, \"errors\": %llu}\n",
+           "\"messages\": %llu, \"frame_bytes\": %zu, \"rate\": %.1f, \"missed\": %llu, \"errors\": %llu, "
+           "\"connections_per_sec\": %.1f}\n",
            (double)messages / elapsed, (double)bytes / elapsed / 1048576.0, percentile_us(all, 0.50),
            percentile_us(all, 0.99), cpu, opt.connections, opt.size, elapsed, (unsigned long long)messages,
-           msglen, opt.rate, (unsigned long long)missed, (unsigned long long)errors);
+           msglen, opt.rate, (unsigned long long)missed, (unsigned long long)errors,
+           opt.reconnect ? (double)messages / elapsed : 0.0);
     return errors > 0 && messages == 0 ? 1 : 0;
 }
