@@ -12,8 +12,10 @@ Rows, in every cell:
   direct             the client straight to the echo server: the path without a proxy
   haproxy            Debian's haproxy, `mode tcp`, nbthread = --loops, no logging, generous maxconn and timeouts
   nginx              Debian's nginx with libnginx-mod-stream, a stream server's `proxy_pass`, worker_processes = --loops
-  switchyard-splice  `switchyard proxy --splice on --loops N`: each connection's backend from a local agent (a name
-                     service on SQLite holds the echo server as the route's one host, a reporter takes the reports)
+  switchyard-auto    `switchyard proxy --loops N` (its default, --splice auto: read/write for short reads, splice
+                     once a read fills the buffer): each connection's backend from a local agent (a name service on
+                     SQLite holds the echo server as the route's one host, a reporter takes the reports)
+  switchyard-splice  the same with --splice on (always splice)
   switchyard-rw      the same with --splice off (read/write)
   haproxy-copy       (--noise-check) a second HAProxy: its ratios to the first show how far a ratio strays by chance
 Until `switchyard proxy` exists its rows are skipped with a note. haproxy and nginx are installed with apt-get when
@@ -71,9 +73,9 @@ RESULTS = bench.RESULTS
 SWITCHYARD = bench.SWITCHYARD
 MODID, CMDID = 1801, 1  # the route of the echo backend
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-ROWS = ["direct", "haproxy", "nginx", "switchyard-splice", "switchyard-rw"]
+ROWS = ["direct", "haproxy", "nginx", "switchyard-auto", "switchyard-splice", "switchyard-rw"]
 NOISE_ROW = "haproxy-copy"  # --noise-check: HAProxy against itself shows how far a ratio strays by chance
-SWITCHYARD_ROWS = ("switchyard-splice", "switchyard-rw")
+SWITCHYARD_ROWS = ("switchyard-auto", "switchyard-splice", "switchyard-rw")
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 log = bench.log
 
@@ -406,7 +408,7 @@ stream {{
 }}
 """)
         return Proc("nginx", [nginx, "-p", prefix, "-c", conf], port=port, workers=True)
-    splice = "on" if row == "switchyard-splice" else "off"
+    splice = {"switchyard-splice": "on", "switchyard-rw": "off"}.get(row, "auto")
     cmd = [SWITCHYARD, "proxy", "--route", f"{port}:{MODID}:{CMDID}", "--agent-ports", ",".join(backend.agent_ports),
            "--splice", splice, "--loops", str(loops), "--max-connections", str(opts.max_connections)]
     if "--host" in proxy_help:
@@ -650,7 +652,8 @@ def markdown(report):
                      f"{fmt(h.get('cpu'))} | {fmt(x.get('rate'))} | {fmt(x.get('cpu'))} |")
     L.append("")
     echo = [c for c in report["summary"] if c["kind"] == "echo"]
-    keys = [k for k in ("switchyard-splice/haproxy", "switchyard-rw/haproxy", "switchyard-splice/nginx",
+    keys = [k for k in ("switchyard-auto/haproxy", "switchyard-splice/haproxy", "switchyard-rw/haproxy",
+                        "switchyard-auto/nginx", "switchyard-splice/nginx",
                         "switchyard-rw/nginx", "switchyard-splice/switchyard-rw", f"{NOISE_ROW}/haproxy")
             if any(k in c["ratios"] for c in echo)]
     if keys:
