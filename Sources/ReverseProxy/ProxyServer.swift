@@ -259,6 +259,8 @@ public final class ProxyServer: Service, Sendable {
         }
         connection.tunnel = tunnel
         connection.clientClosed = true  // the tunnel owns the descriptors now
+        // Bytes go on as they come (as to the backend, TCPDialer): no Nagle delay on a small reply.
+        try? Posix.setOption(connection.socket.fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
         do {
             try tunnel.start()
         } catch {
