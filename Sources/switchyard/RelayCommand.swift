@@ -51,12 +51,12 @@ struct RelayCommand: AsyncParsableCommand {
         --capacity, so callers find the relay with GetHost by key (the movie's name) until it is full. Off unless given.
         """)
     var nameService: String?
-    @Option(help: "With --name-service: the module id relays register under (default 400).")
+    @Option(help: "With --name-service: the module id relays register under.")
     var registerModid = RelayRegistration.defaultModid
-    @Option(help: "With --name-service: the command id (default 1).") var registerCmdid = RelayRegistration.defaultCmdid
-    @Option(help: "With --name-service: the IPV4:PORT callers reach this relay at (default: --host and the frame port).")
+    @Option(help: "With --name-service: the command id.") var registerCmdid = RelayRegistration.defaultCmdid
+    @Option(help: "With --name-service: the IPV4:PORT callers reach the relay at (default: --host, the frame port).")
     var advertise: String?
-    @Option(help: "With --name-service: seconds the registration lives without a heartbeat (default 10).")
+    @Option(help: "With --name-service: seconds the registration lives without a heartbeat.")
     var registerTtl = 10.0
     @Option(help: "I/O threads.") var threads = 1
     @Option(help: "I/O multiplexer: epoll, poll or select.") var poller: PollerKind = .epoll

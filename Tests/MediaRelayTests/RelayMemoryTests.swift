@@ -81,7 +81,7 @@ extension RelaySocketTests {
             await running.stop()
         }
 
-        @Test("a relay process with 40 stuck viewers: peak RSS grows less than its ring + 40 x the queue bound + 16 MiB")
+        @Test("a relay process with 40 stuck viewers: its peak RSS grows less than ring + 40 x queue bound + 16 MiB")
         func stuckViewersRSS() async throws {
             let exe = switchyardExecutable()
             try #require(FileManager.default.isExecutableFile(atPath: exe), "build switchyard before the tests")
@@ -119,14 +119,15 @@ extension RelaySocketTests {
             let peak = try #require(procStatusBytes(pid: relay.pid, "VmHWM"))
             let growth = peak - baseline
             let bound = (ringKiB << 10) + stuckCount * (queueKiB << 10) + (16 << 20)
-            let summary = "peak RSS \(peak >> 10) KiB, \(growth >> 10) KiB above the idle relay; bound \(bound >> 10) KiB"
+            let summary = "peak RSS \(peak >> 10) KiB, \(growth >> 10) KiB above the idle relay, bound \(bound >> 10)"
             #expect(growth <= bound, "\(summary) (\(stuckCount) stuck viewers x 5 MB would be \(stuckCount * 5) MB)")
             for viewer in stuck { viewer.socket.close() }
             relay.stop()
             #expect(await eventually { relay.log.contains("relay totals") })
             // Every viewer was served (none refused, none closed: they held their batches to the end).
             let totals = relay.log.split(separator: "\n").first { $0.contains("relay totals") }.map(String.init) ?? ""
-            #expect(totals.contains("viewers.served=\(stuckCount + 1)") && totals.contains("stuck_closed=0"), "\(totals)")
+            #expect(totals.contains("viewers.served=\(stuckCount + 1)") && totals.contains("stuck_closed=0"),
+                    "\(totals)")
         }
     }
 }

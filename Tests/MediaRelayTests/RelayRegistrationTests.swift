@@ -19,7 +19,8 @@ struct RelayRegistrationSettingsTests {
             RelayConfiguration(host: host, registration: registration)
         }
         try configuration(RelayRegistration()).validate()
-        #expect(RelayRegistration().modid == 400 && RelayRegistration().cmdid == 1 && RelayRegistration().ttl == .seconds(10))
+        let defaults = RelayRegistration()
+        #expect(defaults.modid == 400 && defaults.cmdid == 1 && defaults.ttl == .seconds(10))
         let bad: [(RelayConfiguration, String)] = [
             (configuration(RelayRegistration(nameService: "names")), "name service"),
             (configuration(RelayRegistration(nameService: "127.0.0.1:0")), "name service"),
@@ -68,7 +69,8 @@ extension RelaySocketTests {
                 agentGroup = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(poller: poller))
                 // No reporter runs: the agent's reports are dropped (it reconnects in the background).
                 agent = LoadBalanceAgent(group: agentGroup, configuration: AgentConfiguration(
-                    ports: [0, 0, 0], nameServicePort: namesPort, reporterPort: 9, routeRetryInterval: .milliseconds(200),
+                    ports: [0, 0, 0], nameServicePort: namesPort, reporterPort: 9,
+                    routeRetryInterval: .milliseconds(200),
                     initialBackoff: .milliseconds(50), maxBackoff: .milliseconds(200)), logger: relayTestLogger)
                 let ports = try agent.start().map { Int($0.port) }
                 client = try LoadBalanceClient(agentPorts: ports, timeout: .seconds(2), loop: agentGroup.ioLoops[1])
@@ -118,7 +120,9 @@ extension RelaySocketTests {
                     $0.registration = registration
                 })
             }
-            let hostOf = { (relay: RunningRelay) in LoadBalancing.Host(address: "127.0.0.1", port: Int(relay.framePort))! }
+            let hostOf = { (relay: RunningRelay) in
+                LoadBalancing.Host(address: "127.0.0.1", port: Int(relay.framePort))!
+            }
             #expect(await eventually { relays.allSatisfy { $0.relay.statistics.registrationsAccepted >= 1 } })
             #expect(await eventually {
                 let route = try? await directory.client.getRoute(modid: RelayRegistration.defaultModid,

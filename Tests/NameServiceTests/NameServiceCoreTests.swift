@@ -210,7 +210,8 @@ struct NameServiceCoreTests {
 
         // Full: pushed at once, and logged.
         let full = register(&core, request(a, h1, ttlMs: 1000, load: 2, capacity: 2), at: t0 + .milliseconds(400))
-        #expect(pushes(full) == ["1 1/1"] && full.contains(.log(.loadChanged(a, h1, load: HostLoad(load: 2, capacity: 2)))))
+        #expect(pushes(full) == ["1 1/1"])
+        #expect(full.contains(.log(.loadChanged(a, h1, load: HostLoad(load: 2, capacity: 2)))))
         #expect(try loads(core.servedBody(for: a).body)[h1]?.isFull == true)
         // Still full, heartbeat after heartbeat: no push.
         #expect(pushes(register(&core, request(a, h1, ttlMs: 1000, load: 2, capacity: 2), at: t0 + .milliseconds(500)))
