@@ -230,6 +230,31 @@ struct NameServiceCoreTests {
         #expect(try loads(core.servedBody(for: a).body).isEmpty && core.snapshot.hosts(for: a) == [h2])
     }
 
+    @Test("the Lars frame cap counts the load fields: the hosts that fit are those whose encoding fits")
+    func frameCapWithLoads() throws {
+        var response = Lars_GetRouteResponse()
+        response.modid = 400
+        response.cmdid = 1
+        response.host = (0..<300).map { i in
+            var info = Lars_HostInfo(Host(ip: 0x0A00_0000 + UInt32(i), port: UInt16(1000 + i)))
+            if i % 3 != 0 {
+                info.load = UInt32(i % 5)  // 0 is written too: the field has presence
+                info.capacity = UInt32(i * 1000)
+            }
+            return info
+        }
+        for maxBody in [0, 10, 100, 1000, 2500, 4000, 100_000] {
+            let fitting = response.hostCountFitting(maxBody: maxBody)
+            var cut = response
+            cut.host = Array(response.host.prefix(fitting))
+            #expect(try (cut.serializedBytes() as [UInt8]).count <= maxBody || fitting == 0)
+            if fitting < response.host.count {
+                cut.host = Array(response.host.prefix(fitting + 1))
+                #expect(try (cut.serializedBytes() as [UInt8]).count > maxBody, "\(fitting + 1) hosts fit in \(maxBody) bytes")
+            }
+        }
+    }
+
     @Test("expiry: in deadline order, only what ran out, refreshed hosts kept; the heap stays bounded by heartbeats")
     func expiryOrder() {
         var core = core(maxRegistrations: 1000)
