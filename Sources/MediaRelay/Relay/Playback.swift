@@ -60,8 +60,9 @@ final class RelayCounters: Sendable {
 
 /// The ring of one playback on one loop, with the viewers of that loop: the shell of `ChunkRing`. The playback posts
 /// each due chunk to every loop that has viewers; on its loop the fanout appends it and writes it to the viewers that
-/// have drained their sockets. A viewer still writing is checked on every append and every 50 ms (its socket's
-/// queue empty: drained). Loop-confined: every method runs on `loop`.
+/// have drained their sockets. A viewer still writing is checked on every append and every beat (50 ms without one):
+/// once its connection's queue is empty it is handed the next part of its batch (`ViewerOutput`), and once nothing of
+/// the batch is left it has drained. Loop-confined: every method runs on `loop`.
 final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its methods assert it)
     let loop: EventLoop
     private var ring: ChunkRing<UInt64>
