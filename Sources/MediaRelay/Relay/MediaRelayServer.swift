@@ -158,8 +158,13 @@ public final class MediaRelayServer: Service, Sendable {
     /// or has room again). Any thread.
     private func reportLoad() {
         guard configuration.registration != nil else { return }
-        let viewers = UInt32(clamping: max(0, counters.viewers.load(ordering: .relaxed)))
-        registration.withLock { $0 }?.updateLoad(HostLoad(load: viewers, capacity: UInt32(configuration.capacity)))
+        let capacity = UInt32(configuration.capacity)
+        // Read and handed over under the lock: the last call reads the count after every change before it, so what
+        // the registration keeps is the latest count whatever the order the loops call in.
+        registration.withLock { current in
+            let viewers = UInt32(clamping: max(0, counters.viewers.load(ordering: .relaxed)))
+            current?.updateLoad(HostLoad(load: viewers, capacity: capacity))
+        }
     }
 
     /// The bound addresses once started.

@@ -132,7 +132,9 @@ public struct RelayRegistration: Sendable, Equatable {
 
     /// The name service, "HOST:PORT" (its TCP port, default 7778).
     public var nameService: String
+    /// The module relays register under (callers ask the agent for it by key). Default 400.
     public var modid: Int32
+    /// The command id of the route. Default 1.
     public var cmdid: Int32
     /// The address callers reach the relay at, "IPV4:PORT". Default nil: the relay's bound host and frame port (its
     /// HTTP port when it serves no frames).
