@@ -166,7 +166,7 @@ let package = Package(
 
         // The media relay: MPEG-TS chunking and pacing (pure), one reader and many viewers per playback.
         .target(name: "MediaRelay", dependencies: [
-            "SwitchyardCore", "Storage", "Reactor", "Messaging", "LarsWire",
+            "SwitchyardCore", "Storage", "Reactor", "Messaging", "LarsWire", "LoadBalancing", "LoadBalanceClient",
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
@@ -264,6 +264,8 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
         .testTarget(name: "MediaRelayTests", dependencies: [
             "MediaRelay", "Storage", "Reactor", "Messaging", "LarsWire", "TestSupport",
+            "LarsProtocol", "LoadBalancing", "LoadBalanceClient", "LoadBalanceAgent", "NameService", "RouteStore",
+            "RouteTestSupport",
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "Logging", package: "swift-log"),
         ]),

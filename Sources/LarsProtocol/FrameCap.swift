@@ -14,7 +14,10 @@ extension Lars_GetRouteResponse {
     public func hostCountFitting(maxBody: Int) -> Int {
         var size = Self.fieldSize(1, Int64(modid)) + Self.fieldSize(2, Int64(cmdid))
         for (index, info) in host.enumerated() {
-            let inner = Self.fieldSize(1, Int64(info.ip)) + Self.fieldSize(2, Int64(info.port))
+            var inner = Self.fieldSize(1, Int64(info.ip)) + Self.fieldSize(2, Int64(info.port))
+            // The load fields (a Switchyard extension) have presence: written when set, even as 0.
+            if info.hasLoad { inner += 1 + Self.varintSize(UInt64(info.load)) }
+            if info.hasCapacity { inner += 1 + Self.varintSize(UInt64(info.capacity)) }
             size += 1 + Self.varintSize(UInt64(inner)) + inner
             if size > maxBody { return index }
         }

@@ -107,18 +107,26 @@ public struct AgentCore<Peer> {
         }
     }
 
-    /// A GetRouteResponse from the name service, a reply or a push: the module's hosts become these. The cache is
+    /// A GetRouteResponse from the name service, a reply or a push: the module's hosts (and the loads the
+    /// self-registered ones reported, which GetHost by key reads) become these. The cache is
     /// saved (and the change logged) only when the hosts changed or the module had no route yet.
     public mutating func routeArrived(_ response: Lars_GetRouteResponse, now: UInt64, actions: inout [Action]) {
         let key = RouteKey(modid: response.modid, cmdid: response.cmdid)
         let hosts = response.host.compactMap { Host(wireIP: $0.ip, wirePort: $0.port) }
+        // The loads self-registered hosts reported (a Switchyard name service's extension; absent from Lars's).
+        var loads: [Host: HostLoad] = [:]
+        for info in response.host where info.hasLoad && info.hasCapacity {
+            if let host = Host(wireIP: info.ip, wirePort: info.port) {
+                loads[host] = HostLoad(load: info.load, capacity: info.capacity)
+            }
+        }
         // Only the modules the agent asked for (or has): an unsolicited answer for another module creates none.
         guard var module = modules[key] else { return }
         let hadHosts = !module.balancer.hosts.isEmpty
         let changed = Set(module.balancer.hosts) != Set(hosts)
         // A module that just lost its hosts (or arrives without any) starts its idle time now.
         if hosts.isEmpty && (hadHosts || module.emptyUsedAt == 0) { module.emptyUsedAt = now }
-        module.balancer.setHosts(hosts, now: now)
+        module.balancer.setHosts(hosts, loads: loads, now: now)
         module.hasRoute = true
         module.updatedAt = now
         if !hosts.isEmpty { module.everHadHosts = true }

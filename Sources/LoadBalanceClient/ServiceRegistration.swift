@@ -13,6 +13,11 @@ import Synchronization
 /// within `ttl` once it stops; `stop()` takes it back at once. Reconnects with backoff when the name
 /// service goes away, registering again on every connection. Safe to call from any thread.
 ///
+/// Load: a server that knows its capacity (a relay: viewers) reports its load with every registration and heartbeat
+/// (`updateLoad(_:)`); a change of fullness (the load reaching the capacity, or falling below it) is sent at once, so a
+/// full host drops out of GetHost by key within a round trip, not a heartbeat. Without `updateLoad` nothing is sent
+/// (as an older server: no load information).
+///
 /// A `Service`: in a `ServiceGroup`, `run()` registers, keeps the heartbeat until the group's graceful shutdown,
 /// and takes the registration back on the way out. Without a group, call `start()` and `stop()`:
 ///
@@ -30,6 +35,11 @@ public final class ServiceRegistration: Service, Sendable {
     private let client: FramedClient
     private let loop: EventLoop
     private let state = Mutex<(timer: TimerHandle?, stopped: Bool)>((nil, false))
+    /// The load sent with every registration (nil: none), shared with the connect callback.
+    private final class CurrentLoad: Sendable {
+        let value = Mutex<HostLoad?>(nil)
+    }
+    private let currentLoad = CurrentLoad()
     private final class Replies: Sendable {
         let accepted = Atomic<Int>(0)
         let lastRefusal = Mutex<String?>(nil)
@@ -49,7 +59,8 @@ public final class ServiceRegistration: Service, Sendable {
         self.host = host
         self.ttl = ttl
         self.loop = loop
-        let request = Self.request(key: key, host: host, ttl: ttl)
+        let key = self.key
+        let currentLoad = self.currentLoad
         let router = MessageRouter<TCPConnection>()
         let replies = self.replies
         try router.on(MessageID.registerHostResponse, as: Switchyard_Lb_RegisterHostResponse.self) { reply, _ in
@@ -71,14 +82,17 @@ public final class ServiceRegistration: Service, Sendable {
             onConnect: { connection in
                 logger.info("registering", metadata: ["route": "\(RouteKey(modid: modid, cmdid: cmdid))",
                                                        "host": "\(host)"])
-                connection.send(request, id: MessageID.registerHostRequest)
+                let load = currentLoad.value.withLock { $0 }
+                connection.send(Self.request(key: key, host: host, ttl: ttl, load: load),
+                                id: MessageID.registerHostRequest)
             })
     }
 
     /// Connects and keeps the registration alive. Safe to call from any thread. Does nothing when already started
     /// or once stopped.
     public func start() {
-        let request = Self.request(key: key, host: host, ttl: ttl)
+        let (key, host, ttl) = (self.key, self.host, self.ttl)
+        let currentLoad = self.currentLoad
         let client = self.client
         let loop = self.loop
         let policy = HeartbeatPolicy(interval: ttl / 3)
@@ -88,7 +102,9 @@ public final class ServiceRegistration: Service, Sendable {
                 guard let connection = client.connection else { return }
                 let now = SystemInfo.monotonicNanoseconds()
                 if policy.decide(now: now, lastSent: connection.lastSendTime, lastReceived: now) == .sendHeartbeat {
-                    _ = client.send(request, id: MessageID.registerHostRequest)
+                    let load = currentLoad.value.withLock { $0 }
+                    _ = client.send(Self.request(key: key, host: host, ttl: ttl, load: load),
+                                    id: MessageID.registerHostRequest)
                 }
             }
             return true
@@ -120,19 +136,45 @@ public final class ServiceRegistration: Service, Sendable {
         await afterPendingTasks(on: loop)
     }
 
+    /// The load to report from now on (with the next heartbeat); when its fullness differs from the last one
+    /// (`load >= capacity`), it is sent at once. Safe to call from any thread; cheap when nothing changes.
+    public func updateLoad(_ load: HostLoad) {
+        let previous = currentLoad.value.withLock { current in
+            defer { current = load }
+            return current
+        }
+        if let previous, previous.isFull == load.isFull { return }
+        // Sent from the loop, reading the load there (as the heartbeat and the connect do): whatever the order the
+        // threads call in, the last registration sent carries the latest load.
+        loop.execute { [self] in
+            guard !state.withLock({ $0.stopped }), let load = currentLoad.value.withLock({ $0 }) else { return }
+            _ = client.send(Self.request(key: key, host: host, ttl: ttl, load: load),
+                            id: MessageID.registerHostRequest)
+        }
+    }
+
+    /// The load reported with the registrations (nil before the first `updateLoad(_:)`).
+    public var load: HostLoad? { currentLoad.value.withLock { $0 } }
+
     /// Registrations (and heartbeats) the name service accepted so far.
     public var acceptedCount: Int { replies.accepted.load(ordering: .relaxed) }
 
     /// The last reason the name service gave for refusing, if it ever did.
     public var lastRefusalReason: String? { replies.lastRefusal.withLock { $0 } }
 
-    static func request(key: RouteKey, host: Host, ttl: Duration) -> Switchyard_Lb_RegisterHostRequest {
+    static func request(key: RouteKey, host: Host, ttl: Duration, load: HostLoad? = nil)
+        -> Switchyard_Lb_RegisterHostRequest
+    {
         var request = Switchyard_Lb_RegisterHostRequest()
         request.modid = key.modid
         request.cmdid = key.cmdid
         request.ip = host.wireIP
         request.port = Int32(host.port)
         request.ttlMs = UInt32(clamping: ttl.millisecondsTruncated)
+        if let load {
+            request.load = load.load
+            request.capacity = load.capacity
+        }
         return request
     }
 }

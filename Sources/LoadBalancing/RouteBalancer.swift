@@ -56,6 +56,9 @@ public struct RouteBalancer: Sendable {
     private var outstandingTotal = 0
     /// Built on the first keyed pick after the hosts changed (a module only asked without keys never pays for it).
     private var ring: BoundedLoadRing?
+    /// The loads the hosts reported with the route (self-registered hosts that know their capacity); a host without
+    /// an entry is never full.
+    private var reportedLoads: [Host: HostLoad] = [:]
     private let idleTimeoutNs: UInt64
     private let overloadTimeoutNs: UInt64
 
@@ -69,10 +72,13 @@ public struct RouteBalancer: Sendable {
     // MARK: Route
 
     /// Replaces the route's hosts: hosts still present keep their state and counters, new ones start idle,
-    /// removed ones are forgotten (with their counts). Duplicates count once.
-    public mutating func setHosts(_ hosts: [Host], now: UInt64) {
+    /// removed ones are forgotten (with their counts). Duplicates count once. `loads`: what the route says the hosts
+    /// carry (replacing what it said before; hosts not in the route are ignored): a full host is passed over by
+    /// ``pick(key:now:)``.
+    public mutating func setHosts(_ hosts: [Host], loads: [Host: HostLoad] = [:], now: UInt64) {
         var seen = Set<Host>()
         let unique = hosts.filter { seen.insert($0).inserted }
+        reportedLoads = loads.filter { seen.contains($0.key) }
         for host in statuses.keys where !seen.contains(host) {
             statuses[host] = nil
             outstandingTotal -= outstanding.removeValue(forKey: host) ?? 0
@@ -101,6 +107,12 @@ public struct RouteBalancer: Sendable {
 
     /// The state and counters of `host`, nil when it is not in the route.
     public func state(of host: Host) -> HostStatus? { statuses[host] }
+
+    /// The load `host` reported with the route, nil when it reported none.
+    public func reportedLoad(of host: Host) -> HostLoad? { reportedLoads[host] }
+
+    /// Whether `host` reported itself full (its load at its capacity).
+    public func isFull(_ host: Host) -> Bool { reportedLoads[host]?.isFull ?? false }
 
     /// Each host's fraction of the picks so far (0 when nothing was picked yet).
     public var callShares: [Host: Double] {
@@ -135,7 +147,9 @@ public struct RouteBalancer: Sendable {
     /// Chooses a host for a request with a key (consistent hashing with bounded loads, `BoundedLoadRing`): the
     /// key's host on the ring among the idle hosts while its load of unreported calls is within the bound, else
     /// the next one. Overloaded hosts are left out (and probed every probe_num-th request, as with `pick(now:)`);
-    /// with no idle host this is `pick(now:)`.
+    /// with no idle host this is `pick(now:)`. Hosts that reported themselves full (`setHosts(_:loads:now:)`) are
+    /// passed over: a key stays on its host until that host is full, then goes to the next one on the ring. When
+    /// every idle host is full the answer is `.overloaded` (overloaded hosts are still probed, loads aside).
     public mutating func pick(key: UInt64, now: UInt64) -> PickResult {
         if statuses.isEmpty { return .empty }
         recoverExpiredOverloads(now: now)
@@ -147,12 +161,16 @@ public struct RouteBalancer: Sendable {
             }
             accessCount += 1
         }
+        let open = reportedLoads.isEmpty ? idle.count : idle.count(where: { !isFull($0) })
+        if open == 0 { return .overloaded }
         if ring == nil { ring = BoundedLoadRing(hosts: hosts) }
         let statuses = self.statuses
         let outstanding = self.outstanding
-        guard let host = ring!.pick(key: key, eligible: { statuses[$0]?.health == .idle },
+        let loads = self.reportedLoads
+        guard let host = ring!.pick(key: key,
+                                   eligible: { statuses[$0]?.health == .idle && !(loads[$0]?.isFull ?? false) },
                                    load: { outstanding[$0] ?? 0 }, totalLoad: outstandingTotal,
-                                   eligibleCount: idle.count) else { return .host(nextIdle()) }
+                                   eligibleCount: open) else { return .host(nextIdle()) }
         picked(host)
         return .host(host)
     }

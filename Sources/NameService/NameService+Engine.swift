@@ -192,6 +192,10 @@ extension NameService {
                     "route.key": "\(key)", "host.address": "\(host)", "registration.ttl_ms": "\(ttlMs)"])
             case .deregistered(let key, let host):
                 logger.debug("host deregistered", metadata: ["route.key": "\(key)", "host.address": "\(host)"])
+            case .loadChanged(let key, let host, let load):
+                logger.debug(load?.isFull == true ? "host full" : "host has room", metadata: [
+                    "route.key": "\(key)", "host.address": "\(host)", "host.load": "\(load.map(\.description) ?? "-")",
+                ])
             case .registrationRefused(let connection, let kind, let reason):
                 logger.info("registrations refused (logged once per episode)", metadata: [
                     "peer.address": "\(peer)", "connection.id": "\(connection)", "registration.refusal": "\(kind)",

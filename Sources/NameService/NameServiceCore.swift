@@ -11,7 +11,8 @@ import SwiftProtobuf
 ///     getRoute(key, from: id)              subscribe id to key (up to the limit), then reply from what is served
 ///     register(request, from:, source:)    add, refresh or take back a host with a time to live (within the
 ///                                          global, per-source and per-route limits); the route is updated in
-///                                          place and pushed; reply
+///                                          place and pushed; reply. A reported load is kept and served with
+///                                          the route; a host becoming full (or not) is pushed
 ///     connectionClosed(id)                 forget id: it is pushed nothing more
 ///     databaseLoaded(version, ...)         RouteData as loaded; the database snapshot is rebuilt from it
 ///     tick(now)                            registrations whose time ran out are dropped (a heap of deadlines:
@@ -47,6 +48,8 @@ struct NameServiceCore {
         case subscriptionLimitReached(connection: UInt64, limit: Int)
         case registered(RouteKey, Host, ttlMs: UInt32)
         case deregistered(RouteKey, Host)
+        /// A registered host became full, or has room again (nil load: it stopped reporting one).
+        case loadChanged(RouteKey, Host, load: HostLoad?)
         /// Registrations are refused for `kind`: once per episode of that kind (the first refusal after
         /// ``RegistrationRefusal/quiet`` without one).
         case registrationRefused(connection: UInt64, kind: RefusalKind, reason: String)
@@ -99,6 +102,8 @@ struct NameServiceCore {
     private struct Registration {
         var expiry: ContinuousClock.Instant
         var source: UInt32
+        /// The load it reported last (nil: none), handed out with the route.
+        var load: HostLoad?
     }
 
     /// A deadline in the expiry heap. Stale once its registration was refreshed or taken back (the expiry no
@@ -225,6 +230,8 @@ struct NameServiceCore {
         guard ttl <= limits.maxRegistrationTTL else {
             return refuse(.ttlTooLong, "ttl \(request.ttlMs) ms is above the limit of \(limits.maxRegistrationTTL)")
         }
+        let load = request.hasLoad && request.hasCapacity
+            ? HostLoad(load: request.load, capacity: request.capacity) : nil
         var actions: [Action] = []
         if request.ttlMs == 0 {
             if let gone = registrations[key]?.removeValue(forKey: host) {
@@ -233,10 +240,21 @@ struct NameServiceCore {
                 actions.append(.log(.deregistered(key, host)))
                 routeChanged(key, &actions)
             }
-        } else if registrations[key]?[host] != nil {
+        } else if let held = registrations[key]?[host] {
             let expiry = now.advanced(by: ttl)
             registrations[key]![host]!.expiry = expiry
+            registrations[key]![host]!.load = load
             addDeadline(Deadline(expiry: expiry, key: key, host: host))
+            if held.load != load {
+                // Full or not any more: pushed at once, so agents stop (or start) sending keys there. Only the count
+                // changed: served from the next read on, pushed with the next change (a heartbeat costs no push).
+                if (held.load?.isFull ?? false) != (load?.isFull ?? false) {
+                    actions.append(.log(.loadChanged(key, host, load: load)))
+                    routeChanged(key, &actions)
+                } else {
+                    staleRoutes.insert(key)
+                }
+            }
         } else if registrationCount >= limits.maxRegistrations {
             return refuse(.globalLimit, "the name service holds its limit of \(limits.maxRegistrations) registrations")
         } else if perSource[source, default: 0] >= limits.maxRegistrationsPerSource {
@@ -247,7 +265,7 @@ struct NameServiceCore {
                           "route \(key) holds its limit of \(limits.maxRegistrationsPerRoute) registered hosts")
         } else {
             let expiry = now.advanced(by: ttl)
-            registrations[key, default: [:]][host] = Registration(expiry: expiry, source: source)
+            registrations[key, default: [:]][host] = Registration(expiry: expiry, source: source, load: load)
             perSource[source, default: 0] += 1
             registrationCount += 1
             addDeadline(Deadline(expiry: expiry, key: key, host: host))
@@ -334,7 +352,9 @@ struct NameServiceCore {
     private func merge(_ key: RouteKey) -> ServedRoutes.Route? {
         guard let hosts = registrations[key], !hosts.isEmpty else { return nil }
         let merged = Array(Set(database.hosts(for: key)).union(hosts.keys)).sorted()
-        let (body, sent) = RouteSnapshot.encodeResponse(key, merged)
+        var loads: [Host: HostLoad] = [:]
+        for (host, registration) in hosts { loads[host] = registration.load }
+        let (body, sent) = RouteSnapshot.encodeResponse(key, merged, loads: loads)
         return ServedRoutes.Route(hosts: merged, body: body, truncated: sent < merged.count, sent: sent)
     }
 

@@ -71,8 +71,11 @@ public final class RouteSnapshot: Sendable {
     }
 
     /// Encodes GetRouteResponse with as many of `hosts` as fit in `LarsFrameLimit.maxBody`: HostInfo.ip is the
-    /// reading-order number's int32 bit pattern. Returns the body and how many hosts it carries.
-    static func encodeResponse(_ key: RouteKey, _ hosts: [Host]) -> (body: [UInt8], sent: Int) {
+    /// reading-order number's int32 bit pattern; a host of `loads` carries its load and capacity (HostInfo fields 3
+    /// and 4). Returns the body and how many hosts it carries.
+    static func encodeResponse(_ key: RouteKey, _ hosts: [Host], loads: [Host: HostLoad] = [:])
+        -> (body: [UInt8], sent: Int)
+    {
         var response = Lars_GetRouteResponse()
         response.modid = key.modid
         response.cmdid = key.cmdid
@@ -80,6 +83,10 @@ public final class RouteSnapshot: Sendable {
             var info = Lars_HostInfo()
             info.ip = host.wireIP
             info.port = Int32(host.port)
+            if let load = loads[host] {
+                info.load = load.load
+                info.capacity = load.capacity
+            }
             return info
         }
         response.truncateHosts(toFit: LarsFrameLimit.maxBody)

@@ -37,10 +37,27 @@ struct RelayCommand: AsyncParsableCommand {
         """)
     var writeIntervalMs = 250
     @Option(help: """
+        KiB of a viewer's stream copied into its connection's queue at most; what its socket has not taken beyond \
+        that waits in the shared chunks (default 64).
+        """)
+    var viewerQueueKib = 64
+    @Option(help: """
         An edge relay's origin, HOST:PORT of its frame port: live names the catalog lacks are pulled from it once \
         and fanned out here.
         """)
     var origin: String?
+    @Option(help: """
+        Register with this name service (HOST:PORT of its TCP port) while serving, with the viewer count and \
+        --capacity, so callers find the relay with GetHost by key (the movie's name) until it is full. Off unless given.
+        """)
+    var nameService: String?
+    @Option(help: "With --name-service: the module id relays register under.")
+    var registerModid = RelayRegistration.defaultModid
+    @Option(help: "With --name-service: the command id.") var registerCmdid = RelayRegistration.defaultCmdid
+    @Option(help: "With --name-service: the IPV4:PORT callers reach the relay at (default: --host, the frame port).")
+    var advertise: String?
+    @Option(help: "With --name-service: seconds the registration lives without a heartbeat.")
+    var registerTtl = 10.0
     @Option(help: "I/O threads.") var threads = 1
     @Option(help: "I/O multiplexer: epoll, poll or select.") var poller: PollerKind = .epoll
     @OptionGroup var service: ServiceOptions
@@ -50,7 +67,12 @@ struct RelayCommand: AsyncParsableCommand {
             host: host, framePort: port, httpPort: httpPort, capacity: capacity, maxPublishers: maxPublishers,
             ring: .init(capacityBytes: ringKib << 10, maxLag: .milliseconds(Int64(maxLag * 1000)),
                         stuckTimeout: .milliseconds(Int64(stuckTimeout * 1000))),
-            origin: origin, writeInterval: .milliseconds(writeIntervalMs))
+            origin: origin, writeInterval: .milliseconds(writeIntervalMs),
+            registration: nameService.map {
+                RelayRegistration(nameService: $0, modid: registerModid, cmdid: registerCmdid, advertise: advertise,
+                                  ttl: .milliseconds(Int64(registerTtl * 1000)))
+            },
+            maxViewerQueueBytes: viewerQueueKib << 10)
     }
 
     func validate() throws {
@@ -59,6 +81,11 @@ struct RelayCommand: AsyncParsableCommand {
         }
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1...64, got \(threads)") }
         guard (64...(1 << 22)).contains(ringKib) else { throw ValidationError("--ring-kib must be 64...4194304") }
+        guard (4...(16 << 10)).contains(viewerQueueKib) else {
+            throw ValidationError("--viewer-queue-kib must be 4...16384, got \(viewerQueueKib)")
+        }
+        guard registerTtl.isFinite, registerTtl > 0 else { throw ValidationError("--register-ttl must be positive") }
+        guard nameService != nil || advertise == nil else { throw ValidationError("--advertise needs --name-service") }
         do {
             try relayConfiguration.validate()
         } catch {
@@ -91,7 +118,8 @@ struct RelayCommand: AsyncParsableCommand {
             [EventLoopGroupService(group: group), pool, relay],
             announcing: "relay listening on frames \(addresses.frames.map(\.description) ?? "-"), "
                 + "http \(addresses.http.map(\.description) ?? "-") (db \(pool.url)"
-                + (origin.map { ", origin \($0))" } ?? ")"),
+                + (origin.map { ", origin \($0)" } ?? "")
+                + (nameService.map { ", registered with \($0) as \(registerModid)/\(registerCmdid))" } ?? ")"),
             logger: logger)
         let s = relay.statistics
         logger.info("relay totals", metadata: [

@@ -95,6 +95,39 @@ struct AgentCoreTests {
         #expect(h.core.statistics.notExistAnswers == 2)
     }
 
+    @Test("GetHost by key passes a host the route says is full over, OVERLOAD when all are; no loads: none full")
+    func keyedPickSkipsFullHosts() {
+        var h = Harness()
+        _ = h.getHost(route12)
+        let key = BoundedLoadRing.hash(Array("movie".utf8))
+        func arrive(full: Set<Host>) {
+            var response = Harness.route(route12, [h1, h2])
+            for i in response.host.indices {
+                response.host[i].load = full.contains(Host(response.host[i])!) ? 3 : 1
+                response.host[i].capacity = 3
+            }
+            _ = h.run { $0.routeArrived(response, now: $1, actions: &$2) }
+        }
+        func answer() -> (Int32?, Host?) {
+            let reply = h.answer(route12, by: key)
+            if let reply, reply.retcode == LarsReturnCode.success, let host = Host(reply.host) {
+                h.report(route12, host, success: true)
+                return (reply.retcode, host)
+            }
+            return (reply?.retcode, nil)
+        }
+        arrive(full: [])
+        let (_, owner) = answer()
+        let other = owner == h1 ? h2 : h1
+        #expect(owner != nil && answer().1 == owner)
+        arrive(full: [owner!])
+        #expect((0..<5).allSatisfy { _ in answer().1 == other })
+        arrive(full: [h1, h2])
+        #expect(answer().0 == LarsReturnCode.overload)
+        _ = h.arrive(route12, [h1, h2])
+        #expect(answer().1 == owner, "no loads in the route: nobody is full")
+    }
+
     @Test("no answer from the name service: asked again after routeRetryInterval, not before")
     func retryWhileWaiting() {
         var h = Harness { $0.routeRetryInterval = .milliseconds(200) }

@@ -129,3 +129,92 @@ struct KeyedPickTests {
         #expect(lb.pick(key: key(1), now: 0).host == lb.owner(of: key(1)))
     }
 }
+
+@Suite("GetHost by key: hosts that report themselves full")
+struct FullHostTests {
+    let hosts = (1...4).map { Host(ip: 0x0A00_0100 + UInt32($0), port: 9000) }
+    let movie = BoundedLoadRing.hash(Array("movie.ts".utf8))
+
+    /// The hosts clockwise from `key`, as the ring meets them (the key's order of preference).
+    func preference(_ key: UInt64, among hosts: [Host]) -> [Host] {
+        var order: [Host] = []
+        var left = hosts
+        while !left.isEmpty {
+            let next = BoundedLoadRing(hosts: left).owner(of: key)!
+            order.append(next)
+            left.removeAll { $0 == next }
+        }
+        return order
+    }
+
+    /// Picks `key` and reports the call, as a caller that connects and reports does.
+    func pickAndReport(_ lb: inout RouteBalancer, _ key: UInt64) -> PickResult {
+        let picked = lb.pick(key: key, now: 0)
+        if let host = picked.host { lb.report(host: host, success: true, now: 0) }
+        return picked
+    }
+
+    @Test("a key stays on its host until that host reports full, then goes to the next one on the ring, and back")
+    func spillsOnlyWhenFull() {
+        let order = preference(movie, among: hosts)
+        var lb = RouteBalancer(hosts: hosts)
+        // Loads below capacity change nothing: the key keeps its owner whatever the counts say.
+        for viewers in [0, 5, 9] as [UInt32] {
+            lb.setHosts(hosts, loads: [order[0]: HostLoad(load: viewers, capacity: 10),
+                                       order[1]: HostLoad(load: 0, capacity: 10)], now: 0)
+            #expect(pickAndReport(&lb, movie) == .host(order[0]), "at \(viewers) of 10 viewers")
+        }
+        lb.setHosts(hosts, loads: [order[0]: HostLoad(load: 10, capacity: 10)], now: 0)
+        #expect(lb.isFull(order[0]) && !lb.isFull(order[1]))
+        for _ in 0..<20 { #expect(pickAndReport(&lb, movie) == .host(order[1])) }
+        // The next one full too: the third in the key's order, not any host.
+        lb.setHosts(hosts, loads: [order[0]: HostLoad(load: 12, capacity: 10),
+                                   order[1]: HostLoad(load: 3, capacity: 3)], now: 0)
+        #expect(pickAndReport(&lb, movie) == .host(order[2]))
+        // Room again (a viewer left): the key is back on its owner.
+        lb.setHosts(hosts, loads: [order[0]: HostLoad(load: 9, capacity: 10)], now: 0)
+        #expect(pickAndReport(&lb, movie) == .host(order[0]))
+        // Other keys owned by other hosts do not move when order[0] is full.
+        lb.setHosts(hosts, loads: [order[0]: HostLoad(load: 10, capacity: 10)], now: 0)
+        for i in 0..<300 {
+            let k = BoundedLoadRing.hash(Array("movie-\(i)".utf8))
+            let owner = lb.owner(of: k)!
+            let picked = pickAndReport(&lb, k).host!
+            #expect(picked != order[0])
+            if owner != order[0] { #expect(picked == owner) }
+        }
+    }
+
+    @Test("every host full: OVERLOAD; no load reported, or a load for a host not in the route: never full")
+    func allFullAndAbsentLoads() {
+        var lb = RouteBalancer(hosts: hosts)
+        let full = Dictionary(uniqueKeysWithValues: hosts.map { ($0, HostLoad(load: 4, capacity: 4)) })
+        lb.setHosts(hosts, loads: full, now: 0)
+        #expect(lb.pick(key: movie, now: 0) == .overloaded)
+        #expect(hosts.allSatisfy { lb.outstandingCalls(of: $0) == 0 }, "an OVERLOAD answer loads no host")
+        // A plain GetHost (no key) is Lars's round robin: loads are for keyed picks only.
+        #expect(lb.pick(now: 0).host != nil)
+        // The route came again without loads (an older name service, or the hosts stopped reporting): none is full.
+        lb.setHosts(hosts, now: 0)
+        #expect(hosts.allSatisfy { !lb.isFull($0) && lb.reportedLoad(of: $0) == nil })
+        #expect(lb.pick(key: movie, now: 0).host == lb.owner(of: movie))
+        // A load for a host the route does not have is dropped.
+        let stranger = Host(ip: 0x0A00_0999, port: 1)
+        lb.setHosts(hosts, loads: [stranger: HostLoad(load: 1, capacity: 1)], now: 0)
+        #expect(lb.reportedLoad(of: stranger) == nil)
+        // Capacity 0 is full from the start.
+        #expect(HostLoad(load: 0, capacity: 0).isFull && !HostLoad(load: 0, capacity: 1).isFull)
+    }
+
+    @Test("the only idle host full, the other overloaded: OVERLOAD, but the overloaded one is still probed")
+    func fullAndOverloaded() {
+        var lb = RouteBalancer(settings: BalancerSettings(probeNum: 2), hosts: Array(hosts.prefix(2)))
+        let order = preference(movie, among: Array(hosts.prefix(2)))
+        // The owner fails until it is overloaded; the other one is full: keyed picks get OVERLOAD except probes.
+        for _ in 0..<BalancerSettings().continErrLimit { lb.report(host: order[0], success: false, now: 0) }
+        #expect(lb.overloadedHosts == [order[0]])
+        lb.setHosts(Array(hosts.prefix(2)), loads: [order[1]: HostLoad(load: 1, capacity: 1)], now: 0)
+        let results = (0..<4).map { _ in lb.pick(key: movie, now: 0) }
+        #expect(results == [.overloaded, .probe(order[0]), .overloaded, .probe(order[0])])
+    }
+}

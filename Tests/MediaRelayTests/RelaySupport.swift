@@ -93,8 +93,8 @@ final class HTTPViewer: @unchecked Sendable {  // one thread at a time: the test
         try socket.sendAll(Array("\(method) \(target) \(version)\r\nHost: test\r\n\r\n".utf8))
     }
 
-    /// Reads the whole response (the relay closes after it).
-    func read() throws -> Response {
+    /// Reads the whole response (the relay closes after it); `progress` gets the bytes read so far after each read.
+    func read(progress: (Int) -> Void = { _ in }) throws -> Response {
         let start = ContinuousClock.now
         var raw: [UInt8] = []
         var firstBodyAt: Double?
@@ -105,6 +105,7 @@ final class HTTPViewer: @unchecked Sendable {  // one thread at a time: the test
             let n = buffer.withUnsafeMutableBytes { recv(socket.fd, $0.baseAddress, $0.count, 0) }
             if n <= 0 { break }
             raw += buffer[0..<n]
+            progress(raw.count)
             let now = (ContinuousClock.now - start).seconds
             if headEnd == nil, let end = raw.firstRange(of: [13, 10, 13, 10])?.upperBound { headEnd = end }
             if let headEnd, raw.count > headEnd {

@@ -175,6 +175,86 @@ struct NameServiceCoreTests {
         #expect(core.nextExpiry == nil)
     }
 
+    /// The loads of the GetRouteResponse `body` (hosts that carry one).
+    func loads(_ body: [UInt8]) throws -> [Host: HostLoad] {
+        var out: [Host: HostLoad] = [:]
+        for info in try Lars_GetRouteResponse(serializedBytes: body).host where info.hasLoad && info.hasCapacity {
+            out[Host(wireIP: info.ip, wirePort: info.port)!] = HostLoad(load: info.load, capacity: info.capacity)
+        }
+        return out
+    }
+
+    func request(_ key: RouteKey, _ host: Host, ttlMs: UInt32, load: UInt32, capacity: UInt32)
+        -> Switchyard_Lb_RegisterHostRequest
+    {
+        var r = request(key, host, ttlMs: ttlMs)
+        r.load = load
+        r.capacity = capacity
+        return r
+    }
+
+    @Test("a registered host's load is served with the route; full (or room again) is pushed, a count is not")
+    func registeredLoads() throws {
+        var core = core()
+        _ = core.getRoute(a, from: 1)
+        let added = register(&core, request(a, h1, ttlMs: 1000, load: 0, capacity: 2), at: t0)
+        #expect(pushes(added) == ["1 1/1"])
+        _ = register(&core, request(a, h2, ttlMs: 1000), at: t0)
+        #expect(try loads(core.responseBody(for: a)) == [h1: HostLoad(load: 0, capacity: 2)],
+                "h2 sent no load: its HostInfo carries none")
+
+        // One more viewer, not full: the served route has the count, but nothing is pushed for it.
+        let counted = register(&core, request(a, h1, ttlMs: 1000, load: 1, capacity: 2), at: t0 + .milliseconds(300))
+        #expect(try registerReply(counted)?.ok == true && pushes(counted).isEmpty)
+        #expect(try loads(core.servedBody(for: a).body)[h1] == HostLoad(load: 1, capacity: 2))
+
+        // Full: pushed at once, and logged.
+        let full = register(&core, request(a, h1, ttlMs: 1000, load: 2, capacity: 2), at: t0 + .milliseconds(400))
+        #expect(pushes(full) == ["1 1/1"])
+        #expect(full.contains(.log(.loadChanged(a, h1, load: HostLoad(load: 2, capacity: 2)))))
+        #expect(try loads(core.servedBody(for: a).body)[h1]?.isFull == true)
+        // Still full, heartbeat after heartbeat: no push.
+        #expect(pushes(register(&core, request(a, h1, ttlMs: 1000, load: 2, capacity: 2), at: t0 + .milliseconds(500)))
+            .isEmpty)
+        // Room again: pushed.
+        let room = register(&core, request(a, h1, ttlMs: 1000, load: 1, capacity: 2), at: t0 + .milliseconds(600))
+        #expect(pushes(room) == ["1 1/1"])
+        // A heartbeat without a load (an older server) drops it: nothing full any more, and it is pushed only when it
+        // was full.
+        let none = register(&core, request(a, h1, ttlMs: 1000), at: t0 + .milliseconds(700))
+        #expect(pushes(none).isEmpty)
+        #expect(try loads(core.servedBody(for: a).body).isEmpty)
+        // Taken back: its load goes with it.
+        _ = register(&core, request(a, h1, ttlMs: 1000, load: 5, capacity: 5), at: t0 + .milliseconds(800))
+        _ = register(&core, request(a, h1, ttlMs: 0), at: t0 + .milliseconds(900))
+        #expect(try loads(core.servedBody(for: a).body).isEmpty && core.snapshot.hosts(for: a) == [h2])
+    }
+
+    @Test("the Lars frame cap counts the load fields: the hosts that fit are those whose encoding fits")
+    func frameCapWithLoads() throws {
+        var response = Lars_GetRouteResponse()
+        response.modid = 400
+        response.cmdid = 1
+        response.host = (0..<300).map { i in
+            var info = Lars_HostInfo(Host(ip: 0x0A00_0000 + UInt32(i), port: UInt16(1000 + i)))
+            if i % 3 != 0 {
+                info.load = UInt32(i % 5)  // 0 is written too: the field has presence
+                info.capacity = UInt32(i * 1000)
+            }
+            return info
+        }
+        for maxBody in [0, 10, 100, 1000, 2500, 4000, 100_000] {
+            let fitting = response.hostCountFitting(maxBody: maxBody)
+            var cut = response
+            cut.host = Array(response.host.prefix(fitting))
+            #expect(try (cut.serializedBytes() as [UInt8]).count <= maxBody || fitting == 0)
+            if fitting < response.host.count {
+                cut.host = Array(response.host.prefix(fitting + 1))
+                #expect(try (cut.serializedBytes() as [UInt8]).count > maxBody, "\(fitting + 1) hosts fit in \(maxBody) bytes")
+            }
+        }
+    }
+
     @Test("expiry: in deadline order, only what ran out, refreshed hosts kept; the heap stays bounded by heartbeats")
     func expiryOrder() {
         var core = core(maxRegistrations: 1000)

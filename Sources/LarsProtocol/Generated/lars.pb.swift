@@ -27,6 +27,10 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
 
 /// One host of a route. `ip` is the IPv4 address as a 32-bit number in reading
 /// order (127.0.0.1 is 0x7F000001), stored in an int32.
+///
+/// Fields 3 and 4 are a Switchyard extension: a Switchyard name service sets them in GetRouteResponse (id 2) for a
+/// self-registered host that reported its load (switchyard_lb.RegisterHostRequest fields 6 and 7); absent otherwise.
+/// Lars's parsers skip them as unknown fields; nothing else sets them.
 public nonisolated struct Lars_HostInfo: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -36,9 +40,30 @@ public nonisolated struct Lars_HostInfo: Sendable {
 
   public var port: Int32 = 0
 
+  public var load: UInt32 {
+    get {_load ?? 0}
+    set {_load = newValue}
+  }
+  /// Returns true if `load` has been explicitly set.
+  public var hasLoad: Bool {self._load != nil}
+  /// Clears the value of `load`. Subsequent reads from it will return its default value.
+  public mutating func clearLoad() {self._load = nil}
+
+  public var capacity: UInt32 {
+    get {_capacity ?? 0}
+    set {_capacity = newValue}
+  }
+  /// Returns true if `capacity` has been explicitly set.
+  public var hasCapacity: Bool {self._capacity != nil}
+  /// Clears the value of `capacity`. Subsequent reads from it will return its default value.
+  public mutating func clearCapacity() {self._capacity = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _load: UInt32? = nil
+  fileprivate var _capacity: UInt32? = nil
 }
 
 /// Agent -> name service (id 1, TCP); client API -> agent (id 7, UDP).
@@ -198,7 +223,7 @@ fileprivate nonisolated let _protobuf_package = "lars"
 
 nonisolated extension Lars_HostInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HostInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ip\0\u{1}port\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ip\0\u{1}port\0\u{1}load\0\u{1}capacity\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -208,24 +233,38 @@ nonisolated extension Lars_HostInfo: SwiftProtobuf.Message, SwiftProtobuf._Messa
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularInt32Field(value: &self.ip) }()
       case 2: try { try decoder.decodeSingularInt32Field(value: &self.port) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self._load) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self._capacity) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.ip != 0 {
       try visitor.visitSingularInt32Field(value: self.ip, fieldNumber: 1)
     }
     if self.port != 0 {
       try visitor.visitSingularInt32Field(value: self.port, fieldNumber: 2)
     }
+    try { if let v = self._load {
+      try visitor.visitSingularUInt32Field(value: v, fieldNumber: 3)
+    } }()
+    try { if let v = self._capacity {
+      try visitor.visitSingularUInt32Field(value: v, fieldNumber: 4)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Lars_HostInfo, rhs: Lars_HostInfo) -> Bool {
     if lhs.ip != rhs.ip {return false}
     if lhs.port != rhs.port {return false}
+    if lhs._load != rhs._load {return false}
+    if lhs._capacity != rhs._capacity {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -69,9 +69,33 @@ public nonisolated struct Switchyard_Lb_RegisterHostRequest: Sendable {
 
   public var ttlMs: UInt32 = 0
 
+  /// The host's load and the most it takes (a relay: its viewers and its capacity), sent with every registration and
+  /// heartbeat when the server knows them. A host with load >= capacity is full: GetHost by key (id 100) passes it
+  /// over. Absent (an older server, or one without a capacity): no load information, never full.
+  public var load: UInt32 {
+    get {_load ?? 0}
+    set {_load = newValue}
+  }
+  /// Returns true if `load` has been explicitly set.
+  public var hasLoad: Bool {self._load != nil}
+  /// Clears the value of `load`. Subsequent reads from it will return its default value.
+  public mutating func clearLoad() {self._load = nil}
+
+  public var capacity: UInt32 {
+    get {_capacity ?? 0}
+    set {_capacity = newValue}
+  }
+  /// Returns true if `capacity` has been explicitly set.
+  public var hasCapacity: Bool {self._capacity != nil}
+  /// Clears the value of `capacity`. Subsequent reads from it will return its default value.
+  public mutating func clearCapacity() {self._capacity = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _load: UInt32? = nil
+  fileprivate var _capacity: UInt32? = nil
 }
 
 /// Id 103, name service -> server: ok, or why the registration was refused.
@@ -144,7 +168,7 @@ nonisolated extension Switchyard_Lb_GetHostByKeyRequest: SwiftProtobuf.Message, 
 
 nonisolated extension Switchyard_Lb_RegisterHostRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterHostRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}modid\0\u{1}cmdid\0\u{1}ip\0\u{1}port\0\u{3}ttl_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}modid\0\u{1}cmdid\0\u{1}ip\0\u{1}port\0\u{3}ttl_ms\0\u{1}load\0\u{1}capacity\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -157,12 +181,18 @@ nonisolated extension Switchyard_Lb_RegisterHostRequest: SwiftProtobuf.Message, 
       case 3: try { try decoder.decodeSingularInt32Field(value: &self.ip) }()
       case 4: try { try decoder.decodeSingularInt32Field(value: &self.port) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.ttlMs) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self._load) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self._capacity) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.modid != 0 {
       try visitor.visitSingularInt32Field(value: self.modid, fieldNumber: 1)
     }
@@ -178,6 +208,12 @@ nonisolated extension Switchyard_Lb_RegisterHostRequest: SwiftProtobuf.Message, 
     if self.ttlMs != 0 {
       try visitor.visitSingularUInt32Field(value: self.ttlMs, fieldNumber: 5)
     }
+    try { if let v = self._load {
+      try visitor.visitSingularUInt32Field(value: v, fieldNumber: 6)
+    } }()
+    try { if let v = self._capacity {
+      try visitor.visitSingularUInt32Field(value: v, fieldNumber: 7)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -187,6 +223,8 @@ nonisolated extension Switchyard_Lb_RegisterHostRequest: SwiftProtobuf.Message, 
     if lhs.ip != rhs.ip {return false}
     if lhs.port != rhs.port {return false}
     if lhs.ttlMs != rhs.ttlMs {return false}
+    if lhs._load != rhs._load {return false}
+    if lhs._capacity != rhs._capacity {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -25,7 +25,10 @@ extension MediaRelayServer {
         resolveViewer(live: request.mode == .live, name: request.resource, room: request.room, start: start,
                       connection, state,
                       found: { [self] playback in
-                          attach(connection, state, to: playback) { FrameViewerSink(connection: connection) }
+                          let queueLimit = configuration.maxViewerQueueBytes
+                          attach(connection, state, to: playback) {
+                              FrameViewerSink(connection: connection, queueLimit: queueLimit)
+                          }
                       },
                       refused: { [self] refusal in frameRefuse(refusal, connection) })
     }

@@ -96,8 +96,9 @@ extension MediaRelayServer {
                           _ = HTTPViewerSink.responseHead(chunked: chunked).withUnsafeBytes {
                               connection.sendInLoop($0)
                           }
+                          let queueLimit = configuration.maxViewerQueueBytes
                           attach(connection, state, to: playback) {
-                              HTTPViewerSink(connection: connection, chunked: chunked)
+                              HTTPViewerSink(connection: connection, chunked: chunked, queueLimit: queueLimit)
                           }
                       },
                       refused: { [self] refusal in refuse(refusal, connection, state) })
@@ -178,10 +179,7 @@ extension MediaRelayServer {
             publisher.timer?.cancel()
             publisher.playback.endPush(reason: status == 200 ? nil : text)
         }
-        if state.holdsViewerSlot {
-            state.holdsViewerSlot = false
-            counters.viewers.wrappingSubtract(1, ordering: .relaxed)
-        }
+        releaseViewerSlot(state)
         state.phase = .closing
         logRefusal("http", connection, "\(status) \(text)")
         let body = text + "\n"

@@ -1,6 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import LoadBalanceClient
+import LoadBalancing
 import Logging
 import Messaging
 import Reactor
@@ -24,6 +26,9 @@ import Synchronization
 /// Names are looked up in the catalog (`ResourceCatalog`) through the pool, off the loops; a published name is
 /// served while its publisher sends.
 ///
+/// With ``RelayConfiguration/registration``, the relay registers itself with the name service while it serves
+/// (`ServiceRegistration`), reporting its viewers and capacity, and takes the registration back on shutdown.
+///
 /// A `Service`: ``run()`` binds (unless ``start()`` did) and serves until graceful shutdown, then stops accepting,
 /// ends every playback (viewers get the end of their stream) and closes the connections.
 public final class MediaRelayServer: Service, Sendable {
@@ -40,6 +45,8 @@ public final class MediaRelayServer: Service, Sendable {
     private let httpServer: TCPServer?
     private let frameServer: FramedServer?
     private let started = Mutex<(frames: SocketAddress?, http: SocketAddress?)?>(nil)
+    /// The registration with the name service while serving (nil: none configured, not started, or stopped).
+    private let registration = Mutex<ServiceRegistration?>(nil)
 
     /// Creates the relay; nothing is bound until ``start()`` or ``run()``.
     ///
@@ -117,12 +124,47 @@ public final class MediaRelayServer: Service, Sendable {
             throw error
         }
         let addresses = (frames, http)
+        if let settings = configuration.registration {
+            do {
+                try register(settings, port: frames?.port ?? http!.port)
+            } catch {
+                frameServer?.shutdown(timeout: .seconds(1))
+                httpServer?.shutdown(timeout: .seconds(1))
+                throw error
+            }
+        }
         started.withLock { $0 = addresses }
         logger.info("relay listening", metadata: [
             "frames.address": "\(frames.map(\.description) ?? "-")",
             "http.address": "\(http.map(\.description) ?? "-")",
         ])
         return addresses
+    }
+
+    /// Starts the registration with the name service, with the viewers and capacity of now.
+    private func register(_ settings: RelayRegistration, port: UInt16) throws {
+        // validate() checked the address; the port is the bound one.
+        let host = settings.advertisedHost(boundHost: configuration.host, boundPort: port)!
+        let (namesHost, namesPort) = IPv4Endpoint.splitHostPort(settings.nameService)!
+        let made = try ServiceRegistration(
+            loop: group.next(), nameServiceHost: namesHost, nameServicePort: namesPort, modid: settings.modid,
+            cmdid: settings.cmdid, host: host, ttl: settings.ttl, logger: logger)
+        registration.withLock { $0 = made }
+        reportLoad()
+        made.start()
+    }
+
+    /// Hands the viewer count to the registration (sent with the next heartbeat; at once when the relay becomes full
+    /// or has room again). Any thread.
+    private func reportLoad() {
+        guard configuration.registration != nil else { return }
+        let capacity = UInt32(configuration.capacity)
+        // Read and handed over under the lock: the last call reads the count after every change before it, so what
+        // the registration keeps is the latest count whatever the order the loops call in.
+        registration.withLock { current in
+            let viewers = UInt32(clamping: max(0, counters.viewers.load(ordering: .relaxed)))
+            current?.updateLoad(HostLoad(load: viewers, capacity: capacity))
+        }
     }
 
     /// The bound addresses once started.
@@ -142,6 +184,8 @@ public final class MediaRelayServer: Service, Sendable {
     /// Stops accepting, ends every playback (each viewer gets the end of its stream) and closes the connections
     /// (flushing, bounded). Blocks; not on a loop thread.
     public func shutdown() {
+        // Out of the route first, so no caller is sent here while the relay winds down.
+        registration.withLock { current in defer { current = nil }; return current }?.stop()
         let all = playbacks.withLock { Array($0.values) }
         for playback in all { playback.loop.execute { playback.stop(reason: "the relay is shutting down") } }
         httpServer?.shutdown(timeout: .seconds(2))
@@ -160,7 +204,9 @@ public final class MediaRelayServer: Service, Sendable {
             chunksAppended: c.chunksAppended.load(ordering: .relaxed), bytesSent: c.bytesSent.load(ordering: .relaxed),
             drops: c.drops.load(ordering: .relaxed), stuckClosed: c.stuckClosed.load(ordering: .relaxed),
             badRequests: c.badRequests.load(ordering: .relaxed), notFound: c.notFound.load(ordering: .relaxed),
-            publishers: c.publishers.load(ordering: .relaxed))
+            publishers: c.publishers.load(ordering: .relaxed),
+            peakViewerQueuedBytes: c.peakViewerQueuedBytes.load(ordering: .relaxed),
+            registrationsAccepted: registration.withLock { $0 }?.acceptedCount ?? 0)
     }
 
     // MARK: Finding and starting playbacks
@@ -342,7 +388,16 @@ public final class MediaRelayServer: Service, Sendable {
             return false
         }
         counters.add(.viewersServed)
+        reportLoad()
         return true
+    }
+
+    /// Gives the connection's viewer slot back, if it holds one.
+    func releaseViewerSlot(_ state: RelayConnection) {
+        guard state.holdsViewerSlot else { return }
+        state.holdsViewerSlot = false
+        counters.viewers.wrappingSubtract(1, ordering: .relaxed)
+        reportLoad()
     }
 
     func newViewerID() -> UInt64 { nextViewerID.wrappingAdd(1, ordering: .relaxed).oldValue }
@@ -360,10 +415,7 @@ public final class MediaRelayServer: Service, Sendable {
         case .head, .resolving, .closing:
             break
         }
-        if state.holdsViewerSlot {
-            state.holdsViewerSlot = false
-            counters.viewers.wrappingSubtract(1, ordering: .relaxed)
-        }
+        releaseViewerSlot(state)
         state.phase = .closing
     }
 

@@ -6,11 +6,17 @@ import Synchronization
 
 /// Where one viewer's chunks go: an HTTP response body, or chunk frames. Loop thread of its connection only.
 protocol ViewerSink: AnyObject, Sendable {
-    var connection: TCPConnection { get }
-    /// Hands the batch to the socket, straight from the shared chunks; returns the bytes handed over.
+    /// The viewer's bytes not taken by its socket yet (references to the shared chunks), and its connection.
+    var output: ViewerOutput { get }
+    /// Hands the batch to the socket, straight from the shared chunks (what the socket does not take waits in
+    /// `output`); returns the bytes handed to the connection.
     func write(_ batch: [ChunkRing<UInt64>.Delivery]) -> Int
     /// The stream ended and the viewer has had everything: end its stream and close after the flush.
     func end()
+}
+
+extension ViewerSink {
+    var connection: TCPConnection { output.connection }
 }
 
 /// The counters every playback and fanout of a relay adds to.
@@ -28,6 +34,8 @@ final class RelayCounters: Sendable {
     let badRequests = Atomic<Int>(0)
     let notFound = Atomic<Int>(0)
     let publishers = Atomic<Int>(0)
+    /// The largest output queue of any viewer so far (a maximum, not a sum).
+    let peakViewerQueuedBytes = Atomic<Int>(0)
 
     enum Name { case viewersServed, viewersRefused, playbacks, playbacksStarted, fileBytesRead, chunksAppended,
                      bytesSent, drops, stuckClosed, badRequests, notFound, publishers }
@@ -52,8 +60,9 @@ final class RelayCounters: Sendable {
 
 /// The ring of one playback on one loop, with the viewers of that loop: the shell of `ChunkRing`. The playback posts
 /// each due chunk to every loop that has viewers; on its loop the fanout appends it and writes it to the viewers that
-/// have drained their sockets. A viewer still writing is checked on every append and every 50 ms (its socket's
-/// queue empty: drained). Loop-confined: every method runs on `loop`.
+/// have drained their sockets. A viewer still writing is checked on every append and every beat (50 ms without one):
+/// once its connection's queue is empty it is handed the next part of its batch (`ViewerOutput`), and once nothing of
+/// the batch is left it has drained. Loop-confined: every method runs on `loop`.
 final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its methods assert it)
     let loop: EventLoop
     private var ring: ChunkRing<UInt64>
@@ -144,9 +153,30 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
 
     private func pollDrained(now: UInt64) {
         guard !writing.isEmpty else { return }
-        for id in writing where sinks[id]?.connection.queuedOutputBytes ?? 0 == 0 {
-            writing.remove(id)
-            perform(ring.drained(id, now: now))
+        for id in writing {
+            guard let sink = sinks[id] else {
+                writing.remove(id)
+                continue
+            }
+            guard sink.connection.queuedOutputBytes == 0 else { continue }
+            counters.add(.bytesSent, sink.output.flush())
+            notePeak(sink)
+            if sink.output.isDrained {
+                writing.remove(id)
+                perform(ring.drained(id, now: now))
+            }
+        }
+    }
+
+    /// Keeps the largest output queue any viewer had (bytes copied because its socket did not take them).
+    private func notePeak(_ sink: any ViewerSink) {
+        let peak = sink.connection.peakQueuedOutputBytes
+        var seen = counters.peakViewerQueuedBytes.load(ordering: .relaxed)
+        while peak > seen {
+            let (exchanged, original) = counters.peakViewerQueuedBytes.compareExchange(
+                expected: seen, desired: peak, ordering: .relaxed)
+            if exchanged { break }
+            seen = original
         }
     }
 
@@ -156,7 +186,8 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
             case .send(let id, let batch):
                 guard let sink = sinks[id] else { continue }
                 counters.add(.bytesSent, sink.write(batch))
-                if sink.connection.queuedOutputBytes == 0 && sink.connection.isActive {
+                notePeak(sink)
+                if sink.output.isDrained && sink.connection.isActive {
                     perform(ring.drained(id, now: sy_now()))
                 } else {
                     writing.insert(id)

@@ -1,3 +1,4 @@
+import LoadBalancing
 import Reactor
 import SwitchyardCore
 
@@ -22,6 +23,12 @@ public struct RelayConfiguration: Sendable {
     /// viewer's socket paid per beat and not per frame. Zero writes every chunk when it is due. Default 250 ms
     /// (a player buffers more than that; a live stream is that much further ahead of its viewers).
     public var writeInterval: Duration
+    /// Bytes of a viewer's stream copied into its connection's output queue at most: what its socket has not taken
+    /// beyond that waits in the shared chunks (references, no copy) until the queue has drained. So a slow or stuck
+    /// viewer costs at most this much memory of its own, and the relay's memory is the rings' plus viewers x this
+    /// (not viewers x stream). Smaller: less memory per slow viewer, more writes for a viewer catching up. Default
+    /// 64 KiB (a 250 ms beat of a 2 Mbit/s stream in one write).
+    public var maxViewerQueueBytes: Int
     /// Media the reader keeps read ahead of what is due. Default 2 s.
     public var readAhead: Duration
     /// Bytes of one file read. Default 256 KiB.
@@ -38,13 +45,17 @@ public struct RelayConfiguration: Sendable {
     /// origin once and fanned out here, so the origin serves one connection however many viewers the edge has.
     /// Default nil: not an edge.
     public var origin: String?
+    /// Registration with the name service while the relay serves, with its viewer count and capacity, so callers find
+    /// "the relay that has this movie, until it is full" with GetHost by key. Default nil: not registered.
+    public var registration: RelayRegistration?
 
     public init(host: String = "127.0.0.1", framePort: Int? = 7800, httpPort: Int? = 7801, capacity: Int = 1000,
                 maxPublishers: Int = 16, ring: ChunkRing<UInt64>.Configuration = .init(),
                 readAhead: Duration = .seconds(2), readSize: Int = 256 << 10, idleLivePlayback: Duration = .seconds(10),
                 publisherIdleTimeout: Duration = .seconds(10), maxRequestHeadBytes: Int = 8 << 10,
                 requestHeadTimeout: Duration = .seconds(10), origin: String? = nil,
-                writeInterval: Duration = .milliseconds(250)) {
+                writeInterval: Duration = .milliseconds(250), registration: RelayRegistration? = nil,
+                maxViewerQueueBytes: Int = 64 << 10) {
         self.host = host
         self.framePort = framePort
         self.httpPort = httpPort
@@ -59,6 +70,8 @@ public struct RelayConfiguration: Sendable {
         self.requestHeadTimeout = requestHeadTimeout
         self.origin = origin
         self.writeInterval = writeInterval
+        self.registration = registration
+        self.maxViewerQueueBytes = maxViewerQueueBytes
     }
 
     /// Throws ``RelayError/invalidConfiguration(_:)`` naming the first setting out of range.
@@ -85,10 +98,69 @@ public struct RelayConfiguration: Sendable {
         try check(requestHeadTimeout > .zero, "requestHeadTimeout must be positive")
         try check(writeInterval >= .zero && writeInterval <= .seconds(1), "writeInterval must be 0...1 s")
         try check(writeInterval < ring.maxLag, "writeInterval must be shorter than the ring's maxLag")
+        try check((4 << 10...16 << 20).contains(maxViewerQueueBytes),
+                  "maxViewerQueueBytes must be 4 KiB...16 MiB, got \(maxViewerQueueBytes)")
         if let origin {
             try check(IPv4Endpoint.splitHostPort(origin).map { $0.port > 0 } == true,
                       "origin must be HOST:PORT, got \(origin)")
         }
+        if let registration {
+            try check(IPv4Endpoint.splitHostPort(registration.nameService).map { $0.port > 0 } == true,
+                      "the registration's name service must be HOST:PORT, got \(registration.nameService)")
+            try check(registration.ttl >= .milliseconds(300) && registration.ttl <= .seconds(3600),
+                      "the registration's ttl must be 0.3...3600 s, got \(registration.ttl)")
+            if let advertise = registration.advertise {
+                try check(registration.advertisedHost(boundPort: 0) != nil,
+                          "advertise must be IPV4:PORT with an address other than 0.0.0.0, got \(advertise)")
+            } else {
+                try check(Host(address: host, port: 1).map { $0.ip != 0 } == true,
+                          "the relay binds \(host): give the address callers reach it at (advertise)")
+            }
+        }
+    }
+}
+
+/// How a relay registers itself with the name service (`ServiceRegistration`, message id 102): "relay at host:port
+/// for (modid, cmdid), with so many viewers of its capacity", refreshed with the heartbeat (a third of `ttl`) and at
+/// once when the viewers reach the capacity or fall below it. The agents' GetHost by key (id 100) then keeps a movie's
+/// key on one relay until that relay is full, and moves it to the next relay on the ring.
+public struct RelayRegistration: Sendable, Equatable {
+    /// The module id relays register under unless told otherwise (400, as the relay's message ids 400+).
+    public static let defaultModid: Int32 = 400
+    /// The command id relays register under unless told otherwise.
+    public static let defaultCmdid: Int32 = 1
+
+    /// The name service, "HOST:PORT" (its TCP port, default 7778).
+    public var nameService: String
+    /// The module relays register under (callers ask the agent for it by key). Default 400.
+    public var modid: Int32
+    /// The command id of the route. Default 1.
+    public var cmdid: Int32
+    /// The address callers reach the relay at, "IPV4:PORT". Default nil: the relay's bound host and frame port (its
+    /// HTTP port when it serves no frames).
+    public var advertise: String?
+    /// How long the registration lives without a heartbeat: a relay that dies leaves the route within it. Default 10 s.
+    public var ttl: Duration
+
+    public init(nameService: String = "127.0.0.1:7778", modid: Int32 = Self.defaultModid,
+                cmdid: Int32 = Self.defaultCmdid, advertise: String? = nil, ttl: Duration = .seconds(10)) {
+        self.nameService = nameService
+        self.modid = modid
+        self.cmdid = cmdid
+        self.advertise = advertise
+        self.ttl = ttl
+    }
+
+    /// The host registered: `advertise`, else the relay's host with `boundPort`. Nil when not a usable IPv4 address.
+    func advertisedHost(boundHost: String = "", boundPort: UInt16) -> Host? {
+        let found: Host?
+        if let advertise {
+            found = IPv4Endpoint.splitHostPort(advertise).flatMap { Host(address: $0.host, port: $0.port) }
+        } else {
+            found = Host(address: boundHost, port: Int(boundPort))
+        }
+        guard let found, found.ip != 0, found.port != 0 else { return nil }
+        return found
     }
 }
 
@@ -135,4 +207,9 @@ public struct RelayStatistics: Sendable, Hashable {
     public var notFound = 0
     /// Publishers now.
     public var publishers = 0
+    /// The most bytes any viewer's output queue held (copied because its socket did not take them): at most
+    /// ``RelayConfiguration/maxViewerQueueBytes`` plus a response head or end of stream.
+    public var peakViewerQueuedBytes = 0
+    /// Registrations and heartbeats the name service accepted (0 without a registration).
+    public var registrationsAccepted = 0
 }
