@@ -126,7 +126,9 @@ extension RelaySocketTests {
                                                    .utf8) + [13, 10, 13, 10] + garbage, port: port)
             #expect(refused.status == 415, "\(refused.text)")
 
-            // Stalled after 100 KB: closed after the idle timeout; its viewer's stream ends.
+            // Stalled after 100 KB: closed after the idle timeout; its viewer's stream ends. (The publishers before
+            // it have left first, so the count below is the staller's.)
+            #expect(await eventually { running.relay.statistics.publishers == 0 })
             let staller = try BlockingSocket(port: port, receiveTimeout: 20)
             try staller.sendAll(Array("PUT /publish/slow.ts HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n".utf8))
             try staller.sendAll(Array(movie.prefix(100_000)))

@@ -342,9 +342,17 @@ final class ResettingBackend: @unchecked Sendable {
     }
 }
 
-/// CPU the whole process uses over `seconds` (after a scenario: nothing may spin).
-func processCPUSeconds(over seconds: Double) -> Double {
-    let before = SystemInfo.processCPUNanoseconds()
+/// CPU the threads of `group`'s loops use over `seconds` (after a scenario: nothing may spin). Only those threads:
+/// other suites run beside this one.
+func loopCPUSeconds(_ group: EventLoopGroup, over seconds: Double) -> Double {
+    func now() -> UInt64 {
+        group.allLoops.reduce(0) { sum, loop in
+            let path = "/proc/self/task/\(loop.kernelThreadID)/schedstat"
+            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            return sum + (UInt64(text.split(separator: " ").first ?? "") ?? 0)
+        }
+    }
+    let before = now()
     usleep(useconds_t(seconds * 1_000_000))
-    return Double(SystemInfo.processCPUNanoseconds() - before) / 1e9
+    return Double(now() - before) / 1e9
 }
