@@ -74,6 +74,7 @@ SWITCHYARD = bench.SWITCHYARD
 MODID, CMDID = 1801, 1  # the route of the echo backend
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROWS = ["direct", "haproxy", "nginx", "switchyard-auto", "switchyard-splice", "switchyard-rw"]
+AGENT_BUSY_POLL_US = 50  # --agent-busy-poll-us
 NOISE_ROW = "haproxy-copy"  # --noise-check: HAProxy against itself shows how far a ratio strays by chance
 SWITCHYARD_ROWS = ("switchyard-auto", "switchyard-splice", "switchyard-rw")
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -336,7 +337,8 @@ class Backend:
         self.agent = Proc("agent", [SWITCHYARD, "agent", "--ports", "0,0,0",
                                     "--names", f"127.0.0.1:{self.names.match.group(1)}",
                                     "--reporter", f"127.0.0.1:{self.reporter.match.group(1)}",
-                                    "--route-cache", os.path.join(self.work, "routes.json")] + quiet,
+                                    "--route-cache", os.path.join(self.work, "routes.json"),
+                                    "--busy-poll-us", str(AGENT_BUSY_POLL_US)] + quiet,
                           ready=r"listening on udp (\S+)").start()
         self.agent_ports = re.findall(r":(\d+)", self.agent.match.group(1))
         if len(self.agent_ports) != 3:
@@ -717,6 +719,8 @@ def main():
                    help="connections of the connection-rate cell, each reconnecting per request (default 10; 0: no "
                    "such cell)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"rows to run (default {','.join(ROWS)})")
+    p.add_argument("--agent-busy-poll-us", type=int, default=50,
+                   help="the agent's --busy-poll-us (default 50, its own default; 0: it sleeps at once)")
     p.add_argument("--loops", type=int, default=2,
                    help="I/O loops of Switchyard's proxy, HAProxy's nbthread, nginx's worker_processes (default 2)")
     p.add_argument("--max-connections", type=int, default=4096,
@@ -735,6 +739,8 @@ def main():
     p.add_argument("--out", default=RESULTS, help="where proxy-latest.md and .json go (default Benchmarks/results)")
     p.add_argument("--render", metavar="JSON", help="only rewrite proxy-latest.md from a proxy-latest.json")
     opts = p.parse_args()
+    global AGENT_BUSY_POLL_US
+    AGENT_BUSY_POLL_US = opts.agent_busy_poll_us
     if opts.render:
         with open(opts.render) as f:
             report = json.load(f)
