@@ -15,7 +15,9 @@ private func tcpPair() throws -> (Int32, Int32) {
     sin.sin_family = sa_family_t(AF_INET)
     inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr)
     let size = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, size) } }
+    _ = withUnsafePointer(to: &sin) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, size) }
+    }
     listen(listener, 1)
     var bound = sockaddr_in()
     var len = size
@@ -108,7 +110,9 @@ struct TunnelTests {
             setsockopt(client, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
             close(client)
             #expect(eventually { outcome.get() != nil })
-            if case .failed(.client, _)? = outcome.get()?.end {} else { Issue.record("\(String(describing: outcome.get()))") }
+            if case .failed(.client, _)? = outcome.get()?.end {} else {
+                Issue.record("ended \(String(describing: outcome.get()))")
+            }
             var byte: UInt8 = 0
             // The server sees the three bytes, if they got through, then the reset (or at least the end).
             var n = recv(server, &byte, 1, 0)

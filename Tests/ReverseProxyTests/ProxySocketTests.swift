@@ -134,14 +134,18 @@ struct ProxySocketTests {
         let socket = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
         #expect(socket.seesClose())
         socket.close()
-        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.noBackend == 1 && fleet.proxy.statistics.active == 0 })
+        #expect(eventually(timeout: 10.0) {
+            fleet.proxy.statistics.noBackend == 1 && fleet.proxy.statistics.active == 0
+        })
         #expect(fleet.proxy.statistics.reportedFailures >= 2)
         // The agent goes away too: GetHost times out, the client is closed.
         await onThread { fleet.agent.shutdown() }
         let second = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
         #expect(second.seesClose())
         second.close()
-        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.noBackend == 2 && fleet.proxy.statistics.active == 0 })
+        #expect(eventually(timeout: 10.0) {
+            fleet.proxy.statistics.noBackend == 2 && fleet.proxy.statistics.active == 0
+        })
         await fleet.stop()
     }
 
@@ -324,10 +328,13 @@ func whoami(proxyPort: UInt16, from source: String) throws -> UInt16 {
     remote.sin_port = proxyPort.bigEndian
     inet_pton(AF_INET, "127.0.0.1", &remote.sin_addr)
     let size = socklen_t(MemoryLayout<sockaddr_in>.size)
-    guard withUnsafePointer(to: &local, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, size) } })
-        == 0,
-        withUnsafePointer(to: &remote, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, size) } })
-        == 0 else { throw TestFailure("cannot connect from \(source): errno \(errno)") }
+    let bound = withUnsafePointer(to: &local) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, size) }
+    }
+    let connected = withUnsafePointer(to: &remote) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, size) }
+    }
+    guard bound == 0, connected == 0 else { throw TestFailure("cannot connect from \(source): errno \(errno)") }
     var timeout = timeval(tv_sec: 10, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     var bytes: [UInt8] = [0, 0]
