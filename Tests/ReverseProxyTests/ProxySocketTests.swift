@@ -192,19 +192,24 @@ struct ProxySocketTests {
         let fleet = try await ProxyFleet.start(poller: poller, backends: [.echo]) { $0.transfer = transfer }
         let socket = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
         // The client sends 32 MiB and reads nothing: the echo comes back until every buffer on the way is full.
-        let sender = Thread {
+        let sent = DispatchSemaphore(value: 0)
+        Thread {
             _ = try? socket.sendAll(randomBytes(32 << 20))
-        }
-        sender.start()
+            sent.signal()
+        }.start()
         let buffered = {
             fleet.proxyGroup.ioLoops.reduce(0) { sum, loop in
                 sum + ((try? onLoop(loop) { loop.bufferStatistics.outstandingBytes }) ?? 0)
             }
         }
-        // Once the pipeline is full nothing moves: the proxy holds at most a buffer per direction in user memory.
-        try await Task.sleep(for: .seconds(2))
+        // The pipeline fills: the backend is left with bytes it cannot send (the proxy stopped reading it), while
+        // the proxy holds at most a buffer per direction in user memory.
+        #expect(eventually(timeout: 20.0) { fleet.backends[0].queuedOutputBytes() > 1 << 20 })
         #expect(buffered() <= 2 * (64 << 10), "\(buffered()) bytes held by the proxy")
         #expect(fleet.proxy.statistics.active == 1)
+        // shutdown wakes the sender blocked in send (a close alone would not: its send keeps the socket open).
+        shutdown(socket.fd, Int32(SHUT_RDWR))
+        sent.wait()
         socket.close()
         #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.active == 0 })
         await fleet.stop()

@@ -88,6 +88,15 @@ final class Backend: Sendable {
             }))
     }
 
+    /// Bytes its connections have queued and the peer has not taken (read on their loops).
+    func queuedOutputBytes() -> Int {
+        guard let s = server.withLock({ $0 }) else { return 0 }
+        return s.connectionIDs.reduce(0) { sum, id in
+            guard let c = s.connection(id: id) else { return sum }
+            return sum + ((try? onLoop(c.loop) { c.queuedOutputBytes }) ?? 0)
+        }
+    }
+
     /// Stops listening and closes its connections.
     func stop() {
         let s = server.withLock { s -> TCPServer? in defer { s = nil }; return s }

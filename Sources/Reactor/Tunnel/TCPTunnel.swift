@@ -396,7 +396,7 @@ public final class TCPTunnel: @unchecked Sendable {
     private func updateInterest() {
         var client: IOInterest = []
         var server: IOInterest = []
-        if !up.eof && up.pending == 0 { client.insert(.read) }
+        if !up.eof && up.pending == 0 && preamble.isEmpty { client.insert(.read) }  // the preamble goes first
         if down.pending > 0 { client.insert(.write) }
         if !down.eof && down.pending == 0 { server.insert(.read) }
         if up.pending > 0 || preambleSent < preamble.count { server.insert(.write) }
