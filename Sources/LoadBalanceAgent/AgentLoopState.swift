@@ -56,6 +56,14 @@ final class AgentLoopState: @unchecked Sendable {
         core.loadCachedRoutes(cachedRoutes, now: now)
     }
 
+    /// Forgets the links at shutdown: the name service client's router holds this state (its route callback), so
+    /// a state that kept the client would keep itself, the client and the loop for good.
+    func uninstall() {
+        loop.assertInLoopThread()
+        names = nil
+        reporter = nil
+    }
+
     /// Whether the datagram of `peer` is served (its source is allowed); a refusal is counted and logged by the
     /// core.
     private func admit(_ peer: UDPPeer, now: UInt64) -> Bool {

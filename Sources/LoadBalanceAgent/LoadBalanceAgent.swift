@@ -234,6 +234,7 @@ public final class LoadBalanceAgent: Service, Sendable {
                 loopState.flushReports()
                 loopState.saveCacheIfChanged()
                 running.reporter.disconnect()
+                loopState.uninstall()
                 once.resume()
             }
         }
@@ -252,6 +253,7 @@ public final class LoadBalanceAgent: Service, Sendable {
             loopState.flushReports()
             loopState.saveCacheIfChanged()
             running.reporter.disconnect()
+            loopState.uninstall()
         }
         guard let writer = loopState.cacheWriter else { return }
         // The snapshot is taken on the loop: wait for that task, then for the write (both within the bound).

@@ -103,6 +103,10 @@ public final class TCPListener: Sendable {
 
     private static func close(_ acceptors: [LoopBound<Acceptor>]) {
         for bound in acceptors {
+            if bound.loop.inLoopThread {
+                bound.value.close()  // released on its own loop: it cannot wait for itself
+                continue
+            }
             let closed = DispatchSemaphore(value: 0)
             if bound.loop.enqueue({
                 bound.value.close()
