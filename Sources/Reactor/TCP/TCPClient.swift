@@ -52,7 +52,7 @@ public final class TCPClient: @unchecked Sendable {
 
     // Loop thread only. @exclusivity(unchecked): one thread, and no access spans a call that reaches these again.
     @exclusivity(unchecked) private var wantConnected = false
-    @exclusivity(unchecked) private var pending: PendingConnect?
+    @exclusivity(unchecked) private var pending: TCPDialer?
     @exclusivity(unchecked) private var retryTimer: TimerHandle?
     @exclusivity(unchecked) private var backoff: Duration
 
@@ -91,7 +91,7 @@ public final class TCPClient: @unchecked Sendable {
             wantConnected = false
             retryTimer?.cancel()
             retryTimer = nil
-            pending?.abandon()
+            pending?.cancel()
             pending = nil
             current.withLock { $0 }?.closeGracefullyInLoop()
         }
@@ -107,68 +107,15 @@ public final class TCPClient: @unchecked Sendable {
     private func startConnect() {
         guard wantConnected, pending == nil, connection == nil else { return }
         attemptCounter.wrappingAdd(1, ordering: .relaxed)
-        let fd: Int32
-        do {
-            fd = try Posix.socket(domain: AF_INET, type: Int32(Glibc.SOCK_STREAM.rawValue))
-        } catch {
-            failed(error)
-            return
-        }
-        let started: IOResult<Void>
-        do {
-            started = try Posix.connect(fd, to: address)
-        } catch {
-            Posix.close(fd)
-            failed(error)
-            return
-        }
-        switch started {
-        case .processed:
-            established(fd)
-        case .wouldBlock:
-            let p = PendingConnect(fd: fd, client: self)
-            do {
-                try loop.register(fd: fd, interest: .write, handler: p)
-            } catch {
-                Posix.close(fd)
-                failed(error)
-                return
-            }
-            pending = p
-            p.timer = loop.schedule(after: configuration.connectTimeout) { [self] in
-                guard let p = pending, p.fd == fd else { return }
-                p.abandon()
-                pending = nil
-                failed(ReactorError.connectTimeout)
+        // TCP_NODELAY is the connection's option (`establish`), not the dialer's.
+        pending = TCPDialer.connect(on: loop, to: address, timeout: configuration.connectTimeout,
+                                    noDelay: false) { [self] result in
+            pending = nil
+            switch result {
+            case .success(let fd): established(fd)
+            case .failure(let error): failed(error)
             }
         }
-    }
-
-    fileprivate func connectCompleted(_ p: PendingConnect) {
-        guard pending === p else { return }
-        pending = nil
-        p.timer?.cancel()
-        loop.unregister(fd: p.fd)
-        let err = Posix.socketError(p.fd)
-        if err != 0 {
-            Posix.close(p.fd)
-            failed(IOError(errnoCode: err, call: "connect \(address)"))
-            return
-        }
-        // A connect to a free port on the same host can connect to itself; treat it as refused.
-        if let local = SocketAddress.local(of: p.fd), let peer = SocketAddress.peer(of: p.fd), local == peer {
-            Posix.close(p.fd)
-            failed(IOError(errnoCode: ECONNREFUSED, call: "connect \(address) (self-connect)"))
-            return
-        }
-        established(p.fd)
-    }
-
-    /// The loop stopped with a connect in progress: the descriptor closes; no retry (the loop takes no timer).
-    fileprivate func connectAbandoned(_ p: PendingConnect) {
-        guard pending === p else { return }
-        pending = nil
-        p.abandon()
     }
 
     private func established(_ fd: Int32) {
@@ -207,25 +154,5 @@ public final class TCPClient: @unchecked Sendable {
             retryTimer = nil
             startConnect()
         }
-    }
-}
-
-/// A connect in progress: waits for writability. Loop thread only.
-private final class PendingConnect: EventHandler {
-    let fd: Int32
-    unowned let client: TCPClient
-    // @exclusivity(unchecked): set and read on the client's loop only, by short accesses.
-    @exclusivity(unchecked) var timer: TimerHandle?
-    init(fd: Int32, client: TCPClient) {
-        self.fd = fd
-        self.client = client
-    }
-    func handleEvents(_ events: UInt32) { client.connectCompleted(self) }
-    /// The loop stopped during the connect: it will never complete.
-    func loopDidStop() { client.connectAbandoned(self) }
-    func abandon() {
-        timer?.cancel()
-        client.loop.unregister(fd: fd)
-        Posix.close(fd)
     }
 }
