@@ -31,6 +31,7 @@ public final class ProxyServer: Service, Sendable {
     private let state = Mutex<RunState>(RunState())
     private let nextID = Atomic<UInt64>(1)
     private let refusals = Mutex(LogEpisode())
+    private let idleCloses = Mutex(LogEpisode())
     private let drained = Mutex<DispatchSemaphore?>(nil)
 
     private struct RunState {
@@ -255,6 +256,7 @@ public final class ProxyServer: Service, Sendable {
         ) { [self] _, outcome in
             connection.tunnel = nil
             counters.noteTunnelEnd(outcome)
+            if outcome.end == .idleTimeout { noteIdleClose(connection) }
             perform(connection.session.handle(.tunnelEnded(outcome)), for: connection, on: proxyLoop)
         }
         connection.tunnel = tunnel
@@ -301,6 +303,16 @@ public final class ProxyServer: Service, Sendable {
             let bound = LoopBound(proxyLoop, loop: proxyLoop.loop)
             proxyLoop.loop.execute { bound.value.agent.close() }
         }
+    }
+
+    /// Connections closed by the idle timeout: one log line when an episode starts, one with the count when it ends.
+    private func noteIdleClose(_ connection: ProxyConnection) {
+        let step = idleCloses.withLock { $0.record(now: SystemInfo.monotonicNanoseconds()) }
+        guard case .started(let ended) = step else { return }
+        if ended > 0 { logger.info("closed idle connections", metadata: ["count": "\(ended)"]) }
+        logger.info("closing connections silent for longer than the idle timeout (logged once per episode)",
+                    metadata: ["peer.address": "\(connection.socket.peer)", "route": "\(connection.route)",
+                               "idle.timeout": "\(configuration.idleTimeout.map { "\($0)" } ?? "none")"])
     }
 
     /// One log line when an episode of refusals starts (the first peer and reason), one with the count when it ends.

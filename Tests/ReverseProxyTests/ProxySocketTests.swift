@@ -172,17 +172,25 @@ struct ProxySocketTests {
     @Test("a backend that never answers: the idle timeout closes both sides and reports it failed",
           arguments: PollerKind.allCases)
     func idleBackend(poller: PollerKind) async throws {
-        let fleet = try await ProxyFleet.start(poller: poller, backends: [.silent]) {
+        let lines = Shared<[CapturedLog]>([])
+        let fleet = try await ProxyFleet.start(poller: poller, backends: [.silent],
+                                               logger: CapturingLogHandler.logger(into: lines, level: .info)) {
             $0.idleTimeout = .milliseconds(300)
         }
-        let socket = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
-        try socket.sendAll(Array("hello".utf8))
-        #expect(socket.seesClose())
-        socket.close()
+        let sockets = try (0..<3).map { _ in try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10) }
+        for socket in sockets {
+            try socket.sendAll(Array("hello".utf8))
+        }
+        for socket in sockets {
+            #expect(socket.seesClose())
+            socket.close()
+        }
         #expect(eventually(timeout: 10.0) {
-            fleet.proxy.statistics.idleClosed == 1 && fleet.proxy.statistics.active == 0
+            fleet.proxy.statistics.idleClosed == 3 && fleet.proxy.statistics.active == 0
         })
-        #expect(fleet.proxy.statistics.reportedFailures == 1)
+        #expect(fleet.proxy.statistics.reportedFailures == 3)
+        let logged = lines.get().filter { $0.message.contains("idle timeout") }
+        #expect(logged.count == 1, "\(logged)")
         await fleet.stop()
     }
 

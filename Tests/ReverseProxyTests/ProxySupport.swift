@@ -132,7 +132,7 @@ final class ProxyFleet: @unchecked Sendable {
     /// - Parameter otherHosts: Hosts of the route besides `backends` (backends the test runs itself).
     static func start(poller: PollerKind, backends behaviours: [BackendBehaviour],
                       otherHosts: [LoadBalancing.Host] = [], balancer: BalancerSettings = BalancerSettings(),
-                      metrics: MetricsFactory = MetricsSystem.factory,
+                      metrics: MetricsFactory = MetricsSystem.factory, logger: Logger = quietLogger,
                       configure: (inout ProxyConfiguration) -> Void = { _ in }) async throws -> ProxyFleet {
         let fleet = ProxyFleet()
         fleet.pool = try await makePool(temporarySQLiteURL("proxy"))
@@ -168,7 +168,7 @@ final class ProxyFleet: @unchecked Sendable {
             host: "127.0.0.1", routes: [ProxyRoute(port: 0, modid: fleet.modid, cmdid: fleet.cmdid)],
             agentPorts: fleet.agentPorts, agentTimeout: .seconds(2))
         configure(&configuration)
-        fleet.proxy = ProxyServer(group: fleet.proxyGroup, configuration: configuration, logger: quietLogger,
+        fleet.proxy = ProxyServer(group: fleet.proxyGroup, configuration: configuration, logger: logger,
                                   metricsFactory: metrics)
         fleet.proxyPort = try fleet.proxy.start()[0].port
         return fleet
