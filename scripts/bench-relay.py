@@ -265,13 +265,14 @@ def main():
     p.add_argument("--seconds", type=int, default=20, help="length of the movie (default 20)")
     p.add_argument("--servers", default="switchyard,nginx", help="switchyard,nginx")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--no-build", action="store_true", help="use the release build as it is")
     p.add_argument("--relay-args", default="", help="more arguments for `switchyard relay` (e.g. --write-interval-ms 0)")
     opts = p.parse_args()
     RELAY_ARGS.extend(opts.relay_args.split())
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1000 viewers: above the usual 1024
     servers = opts.servers.split(",")
-    if "switchyard" in servers:
+    if "switchyard" in servers and not opts.no_build:
         subprocess.run(["swift", "build", "-c", "release", "--product", "switchyard"], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
     if "nginx" in servers and not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")):

@@ -15,6 +15,9 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/select.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 
 _Static_assert(SY_EV_READ == EPOLLIN, "read bit");
@@ -252,6 +255,42 @@ int sy_set_pipe_size(int fd, int bytes) { return fcntl(fd, F_SETPIPE_SZ, bytes);
 
 ssize_t sy_splice(int from, int to, size_t count) {
     return splice(from, NULL, to, NULL, count, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+}
+
+int sy_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+int sy_pwrite_all(int fd, const void *buf, size_t count, int64_t offset) {
+    const char *p = buf;
+    while (count > 0) {
+        ssize_t n = pwrite(fd, p, count, (off_t)offset);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += n;
+        count -= (size_t)n;
+        offset += n;
+    }
+    return 0;
+}
+
+int sy_punch_hole(int fd, int64_t offset, int64_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length);
+}
+
+ssize_t sy_sendfile(int out, int in, int64_t *offset, size_t count) {
+    off_t off = (off_t)*offset;
+    ssize_t n = sendfile(out, in, &off, count);
+    *offset = (int64_t)off;
+    return n;
+}
+
+ssize_t sy_sendv_more(int fd, const struct iovec *iov, int iovcnt) {
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_iov = (struct iovec *)iov;
+    message.msg_iovlen = (size_t)iovcnt;
+    return sendmsg(fd, &message, MSG_MORE | MSG_NOSIGNAL);
 }
 
 int sy_malloc_trim(void) { return malloc_trim(0); }

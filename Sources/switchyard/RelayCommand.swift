@@ -42,6 +42,11 @@ struct RelayCommand: AsyncParsableCommand {
         """)
     var viewerQueueKib = 64
     @Option(help: """
+        on: HTTP viewers are sent from a shared memory copy of each playback's chunks with sendfile(2), no copy per \
+        viewer; off: every viewer's bytes are copied by writev (default on).
+        """)
+    var sendfile = "on"
+    @Option(help: """
         An edge relay's origin, HOST:PORT of its frame port: live names the catalog lacks are pulled from it once \
         and fanned out here.
         """)
@@ -72,10 +77,11 @@ struct RelayCommand: AsyncParsableCommand {
                 RelayRegistration(nameService: $0, modid: registerModid, cmdid: registerCmdid, advertise: advertise,
                                   ttl: .milliseconds(Int64(registerTtl * 1000)))
             },
-            maxViewerQueueBytes: viewerQueueKib << 10)
+            maxViewerQueueBytes: viewerQueueKib << 10, sendFile: sendfile == "on")
     }
 
     func validate() throws {
+        guard ["on", "off"].contains(sendfile) else { throw ValidationError("--sendfile must be on or off") }
         guard maxLag > 0, maxLag.isFinite, stuckTimeout > 0, stuckTimeout.isFinite else {
             throw ValidationError("--max-lag and --stuck-timeout must be positive seconds")
         }

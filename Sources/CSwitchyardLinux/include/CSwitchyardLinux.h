@@ -82,6 +82,21 @@ int sy_set_pipe_size(int fd, int bytes);
 /// splice(2) of up to `count` bytes from `from` to `to` (one of them a pipe), never blocking.
 ssize_t sy_splice(int from, int to, size_t count);
 
+/* Bytes written once and sent to many sockets (the media relay's shared chunks): an append-only file in memory,
+   sent with sendfile(2), so the kernel takes references to its pages instead of copying them per socket.
+   -1 and errno on failure. */
+/// memfd_create(name, MFD_CLOEXEC): an anonymous file in memory.
+int sy_memfd(const char *name);
+/// pwrite(2) of all `count` bytes at `offset` (retried on EINTR and short writes); 0, or -1 and errno.
+int sy_pwrite_all(int fd, const void *buf, size_t count, int64_t offset);
+/// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE): gives the pages of the range back (reads see zeros).
+int sy_punch_hole(int fd, int64_t offset, int64_t length);
+/// sendfile(2) of up to `count` bytes of `in` from `*offset` (advanced by what was sent) to the socket `out`.
+ssize_t sy_sendfile(int out, int in, int64_t *offset, size_t count);
+/// sendmsg(2) of the pieces with MSG_MORE | MSG_NOSIGNAL: the kernel holds them for what is sent next (a sendfile
+/// of the bytes they frame), so both leave in the same segments.
+ssize_t sy_sendv_more(int fd, const struct iovec *iov, int iovcnt);
+
 pid_t sy_gettid(void);
 /// The calling thread's CPU affinity mask into `mask` (`size` bytes, zeroed first); bytes the kernel wrote, or -1.
 long sy_sched_getaffinity(void *mask, size_t size);

@@ -97,8 +97,10 @@ extension MediaRelayServer {
                               connection.sendInLoop($0)
                           }
                           let queueLimit = configuration.maxViewerQueueBytes
+                          let counters = self.counters
                           attach(connection, state, to: playback) {
-                              HTTPViewerSink(connection: connection, chunked: chunked, queueLimit: queueLimit)
+                              HTTPViewerSink(connection: connection, chunked: chunked, queueLimit: queueLimit,
+                                             counters: counters, sendBuffer: 512 << 10)
                           }
                       },
                       refused: { [self] refusal in refuse(refusal, connection, state) })

@@ -206,7 +206,9 @@ public final class MediaRelayServer: Service, Sendable {
             badRequests: c.badRequests.load(ordering: .relaxed), notFound: c.notFound.load(ordering: .relaxed),
             publishers: c.publishers.load(ordering: .relaxed),
             peakViewerQueuedBytes: c.peakViewerQueuedBytes.load(ordering: .relaxed),
-            registrationsAccepted: registration.withLock { $0 }?.acceptedCount ?? 0)
+            registrationsAccepted: registration.withLock { $0 }?.acceptedCount ?? 0,
+            sharedBytesSent: c.sharedBytesSent.load(ordering: .relaxed),
+            sharedMemoryBytes: c.sharedMemoryBytes.load(ordering: .relaxed))
     }
 
     // MARK: Finding and starting playbacks

@@ -34,11 +34,14 @@ final class RelayCounters: Sendable {
     let badRequests = Atomic<Int>(0)
     let notFound = Atomic<Int>(0)
     let publishers = Atomic<Int>(0)
+    let sharedBytesSent = Atomic<Int>(0)
+    let sharedMemoryBytes = Atomic<Int>(0)
     /// The largest output queue of any viewer so far (a maximum, not a sum).
     let peakViewerQueuedBytes = Atomic<Int>(0)
 
     enum Name { case viewersServed, viewersRefused, playbacks, playbacksStarted, fileBytesRead, chunksAppended,
-                     bytesSent, drops, stuckClosed, badRequests, notFound, publishers }
+                     bytesSent, drops, stuckClosed, badRequests, notFound, publishers, sharedBytesSent,
+                     sharedMemoryBytes }
 
     func add(_ name: Name, _ n: Int = 1) {
         switch name {
@@ -54,6 +57,8 @@ final class RelayCounters: Sendable {
         case .badRequests: badRequests.wrappingAdd(n, ordering: .relaxed)
         case .notFound: notFound.wrappingAdd(n, ordering: .relaxed)
         case .publishers: publishers.wrappingAdd(n, ordering: .relaxed)
+        case .sharedBytesSent: sharedBytesSent.wrappingAdd(n, ordering: .relaxed)
+        case .sharedMemoryBytes: sharedMemoryBytes.wrappingAdd(n, ordering: .relaxed)
         }
     }
 }
@@ -90,7 +95,7 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
     /// Seeds a new fanout with the chunks since the playback's latest keyframe, so its first viewer starts at once.
     func seed(_ chunks: [MediaChunk]) {
         loop.assertInLoopThread()
-        for chunk in chunks { _ = ring.append(chunk, now: loop.wakeTime) }
+        for chunk in chunks { ring.store(chunk) }
     }
 
     func add(_ id: UInt64, _ sink: any ViewerSink) {
@@ -113,17 +118,18 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
         stopTimerIfIdle()
     }
 
-    func append(_ chunk: MediaChunk) {
+    /// Chunks now due (handed over a beat early). Stored for the beat; served at once when there is no beat, or
+    /// when they are the playback's first, so a stream starts without waiting for the beat (the first hand-over
+    /// holds a whole beat of chunks, so the viewers have them before the next beat).
+    func append(_ chunks: [MediaChunk]) {
         loop.assertInLoopThread()
         let now = sy_now()
         pollDrained(now: now)
-        counters.add(.chunksAppended)
-        if writeInterval > .zero && ring.chunkCount > 0 {
-            ring.store(chunk)
-        } else {
-            // Every chunk at once when there is no beat; the playback's first one at once anyway, so a stream
-            // starts without waiting for the beat.
-            perform(ring.append(chunk, now: now))
+        counters.add(.chunksAppended, chunks.count)
+        let first = ring.chunkCount == 0
+        for chunk in chunks { ring.store(chunk) }
+        if writeInterval == .zero || first {
+            perform(ring.serveAll(now: now))
             countRingStatistics()
         }
     }
@@ -379,20 +385,24 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
     private func emitDue() {
         timer = nil
         let now = sy_now()
+        // Every chunk due now goes to the fanouts in one task per loop (at the start, a whole beat of them).
+        var handed: [MediaChunk] = []
         while let head = readAhead.first {
             let due = headDue ?? pacer.due(head, now: now)
             headDue = due
             // Handed over one write beat early (the fanouts write on that beat); within a millisecond is now.
             let handOver = due &- min(due, leadNanoseconds)
             if handOver > now &+ 1_000_000 {
+                fanOut(handed)
                 timer = loop.schedule(after: .nanoseconds(Int64(handOver - now))) { [weak self] in self?.emitDue() }
                 requestRead()
                 return
             }
             readAhead.removeFirst()
             headDue = nil
-            fanOut(head)
+            handed.append(head)
         }
+        fanOut(handed)
         if readerAtEnd {
             stop(reason: nil)
         } else {
@@ -406,7 +416,7 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
     func push(_ chunks: [MediaChunk]) {
         loop.executeInLoop { [self] in
             guard !finished else { return }
-            for chunk in chunks { fanOut(chunk) }
+            fanOut(chunks)
         }
     }
 
@@ -417,11 +427,62 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
 
     // MARK: Fan-out and the end
 
-    private func fanOut(_ chunk: MediaChunk) {
-        if chunk.keyframe { sinceKeyframe = [] }
-        if chunk.keyframe || !sinceKeyframe.isEmpty { sinceKeyframe.append(chunk) }
+    private enum SharedFileState {
+        case unused
+        case open(BroadcastFile)
+        case failed
+    }
+
+    /// The shared memory file the chunks are copied into once (HTTP viewers are sent them with sendfile).
+    private var sharedFileState = SharedFileState.unused
+
+    /// The playback's shared memory file, made on first use; nil when the relay does not use one or it failed.
+    private func sharedFile() -> BroadcastFile? {
+        switch sharedFileState {
+        case .open(let file): return file
+        case .failed: return nil
+        case .unused:
+            guard configuration.sendFile else {
+                sharedFileState = .failed
+                return nil
+            }
+            let counters = self.counters
+            do {
+                let file = try BroadcastFile(name: "switchyard-relay") { delta in
+                    counters.add(.sharedMemoryBytes, Int(delta))
+                }
+                sharedFileState = .open(file)
+                return file
+            } catch {
+                logger.info("relay: no shared memory file for a playback; its viewers are written from memory",
+                            metadata: ["playback": "\(key)", "error.description": "\(error)"])
+                sharedFileState = .failed
+                return nil
+            }
+        }
+    }
+
+    /// Hands chunks now due to every fanout, in one task per loop; copies each into the shared memory file first.
+    private func fanOut(_ due: [MediaChunk]) {
+        guard !due.isEmpty else { return }
+        var chunks = due
+        for i in chunks.indices {
+            if let file = sharedFile() {
+                do {
+                    chunks[i].shared = try chunks[i].bytes.withUnsafeBytes { bytes in try file.append(bytes) }
+                } catch {
+                    // The viewers are sent this chunk from its array; the file is not used again.
+                    logger.info("relay: a playback's shared memory file is full; its viewers are written from memory",
+                                metadata: ["playback": "\(key)", "error.description": "\(error)"])
+                    sharedFileState = .failed
+                }
+            }
+            if chunks[i].keyframe { sinceKeyframe = [] }
+            if chunks[i].keyframe || !sinceKeyframe.isEmpty { sinceKeyframe.append(chunks[i]) }
+        }
+        let batch = chunks
         for fanout in fanouts.values {
-            fanout.loop.executeInLoop { fanout.append(chunk) }
+            fanout.loop.executeInLoop { fanout.append(batch) }
         }
     }
 
@@ -440,6 +501,7 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
         for fanout in fanouts.values { fanout.loop.executeInLoop { fanout.finish() } }
         readAhead.removeAll()
         sinceKeyframe = []
+        sharedFileState = .failed  // closes once the viewers' rings let go of its regions
         counters.add(.playbacks, -1)
         logger.debug("relay: playback ended", metadata: ["playback": "\(key)", "reason": "\(reason ?? "end of file")"])
         onFinished(self)

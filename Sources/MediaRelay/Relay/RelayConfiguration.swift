@@ -29,6 +29,11 @@ public struct RelayConfiguration: Sendable {
     /// (not viewers x stream). Smaller: less memory per slow viewer, more writes for a viewer catching up. Default
     /// 64 KiB (a 250 ms beat of a 2 Mbit/s stream in one write).
     public var maxViewerQueueBytes: Int
+    /// HTTP viewers are sent from a shared memory file per playback (a memfd each chunk is copied into once) with
+    /// sendfile, so the kernel references the chunk's pages instead of copying the bytes once per viewer. Off: every
+    /// viewer's bytes are copied from the shared arrays by writev. Frame viewers are written by writev either way
+    /// (each chunk has its own frame header). Default true.
+    public var sendFile: Bool
     /// Media the reader keeps read ahead of what is due. Default 2 s.
     public var readAhead: Duration
     /// Bytes of one file read. Default 256 KiB.
@@ -55,7 +60,7 @@ public struct RelayConfiguration: Sendable {
                 publisherIdleTimeout: Duration = .seconds(10), maxRequestHeadBytes: Int = 8 << 10,
                 requestHeadTimeout: Duration = .seconds(10), origin: String? = nil,
                 writeInterval: Duration = .milliseconds(250), registration: RelayRegistration? = nil,
-                maxViewerQueueBytes: Int = 64 << 10) {
+                maxViewerQueueBytes: Int = 64 << 10, sendFile: Bool = true) {
         self.host = host
         self.framePort = framePort
         self.httpPort = httpPort
@@ -72,6 +77,7 @@ public struct RelayConfiguration: Sendable {
         self.writeInterval = writeInterval
         self.registration = registration
         self.maxViewerQueueBytes = maxViewerQueueBytes
+        self.sendFile = sendFile
     }
 
     /// Throws ``RelayError/invalidConfiguration(_:)`` naming the first setting out of range.
@@ -212,4 +218,8 @@ public struct RelayStatistics: Sendable, Hashable {
     public var peakViewerQueuedBytes = 0
     /// Registrations and heartbeats the name service accepted (0 without a registration).
     public var registrationsAccepted = 0
+    /// Bytes sent to viewers by sendfile from the playbacks' shared memory files (part of `bytesSent`).
+    public var sharedBytesSent = 0
+    /// Bytes the playbacks' shared memory files hold now (chunks still in a ring or a viewer's pending output).
+    public var sharedMemoryBytes = 0
 }

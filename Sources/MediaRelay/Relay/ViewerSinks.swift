@@ -4,64 +4,159 @@ import Messaging
 import Reactor
 import SwiftProtobuf
 
+/// One piece of a viewer's stream: bytes of an array (a size line, a frame header, a chunk), or bytes of the
+/// playback's shared memory file (the regions of consecutive chunks, sent with sendfile).
+enum OutputPiece {
+    case bytes(ArraySlice<UInt8>)
+    case file(FileSpan)
+
+    var count: Int {
+        switch self {
+        case .bytes(let bytes): return bytes.count
+        case .file(let span): return span.count
+        }
+    }
+}
+
+/// Consecutive bytes of a `BroadcastFile`, kept alive by the regions they come from.
+struct FileSpan {
+    let file: BroadcastFile
+    /// The next byte to send, and the end.
+    var offset: Int64
+    var end: Int64
+    /// The regions from `offset` to `end`, in order (they keep the bytes in the file).
+    var regions: [BroadcastFile.Region]
+
+    init(_ region: BroadcastFile.Region) {
+        file = region.file
+        offset = region.offset
+        end = region.end
+        regions = [region]
+    }
+
+    var count: Int { Int(end - offset) }
+
+    /// Adds `region` when it starts where this span ends (the next chunk of the same file).
+    mutating func extend(with region: BroadcastFile.Region) -> Bool {
+        guard region.file === file, region.offset == end else { return false }
+        end = region.end
+        regions.append(region)
+        return true
+    }
+
+    /// Adds `other` when it starts where this span ends.
+    mutating func extend(with other: FileSpan) -> Bool {
+        guard other.file === file, other.offset == end else { return false }
+        end = other.end
+        regions += other.regions
+        return true
+    }
+
+    /// `n` bytes were sent: drops the regions now wholly behind.
+    mutating func advance(by n: Int) {
+        offset += Int64(n)
+        var gone = 0
+        while gone < regions.count, regions[gone].end <= offset { gone += 1 }
+        if gone > 0 { regions.removeFirst(gone) }
+    }
+}
+
 /// What a viewer has been handed and its socket has not taken yet. The bytes stay where they are, in the shared
-/// chunks (references, no copy); they are handed to the connection at most `queueLimit` bytes at a time, and only
-/// while its output queue is empty. So what the socket does not take, and the connection copies into its queue, is
-/// at most `queueLimit` bytes per viewer, however far behind the viewer is and however large its batch:
+/// chunks (references, no copy); array bytes are handed to the connection at most `queueLimit` bytes at a time, and
+/// only while its output queue is empty, and shared-memory bytes go by sendfile straight from the file's pages (the
+/// kernel references them; nothing is copied or queued). So what the socket does not take, and the connection
+/// copies into its queue, is at most `queueLimit` bytes per viewer, however far behind the viewer is and however
+/// large its batch:
 ///
-///     batch: [head][chunk 1 ........][size][chunk 2 ....]      shared arrays (the ring's, no copy per viewer)
-///             \____ one send, <= queueLimit ___/ \__ pending (references) __/
-///                   |  written by the kernel, the unwritten tail copied into the queue (<= queueLimit)
+///     batch: [size][chunks 1-6 in the shared file .....][head][chunk 7 .......]    (references, no copy)
+///             \_ sendmsg(MSG_MORE) + sendfile, as the socket takes them _/ \__ pending __/
 ///
 /// Loop thread of its connection only.
 final class ViewerOutput {
     let connection: TCPConnection
     let queueLimit: Int
-    private var pending: Deque<ArraySlice<UInt8>> = []
+    private let counters: RelayCounters?
+    private var pending: Deque<OutputPiece> = []
     /// Bytes handed to the output and not to the connection yet.
     private(set) var pendingBytes = 0
 
-    init(connection: TCPConnection, queueLimit: Int) {
+    init(connection: TCPConnection, queueLimit: Int, counters: RelayCounters? = nil) {
         self.connection = connection
         self.queueLimit = queueLimit
+        self.counters = counters
     }
 
-    /// Adds `arrays` after what is pending (references only) and hands what it can to the connection.
-    func write(_ arrays: [[UInt8]]) -> Int {
-        for array in arrays where !array.isEmpty {
-            pending.append(array[...])
-            pendingBytes += array.count
+    /// Adds `pieces` after what is pending (references only; a region that continues the last pending span joins
+    /// it, so consecutive chunks go in one sendfile) and hands what it can to the connection.
+    func write(_ pieces: [OutputPiece]) -> Int {
+        for piece in pieces where piece.count > 0 {
+            if case .file(let span) = piece, case .file(var last)? = pending.last, last.extend(with: span) {
+                pending[pending.index(before: pending.endIndex)] = .file(last)
+            } else {
+                pending.append(piece)
+            }
+            pendingBytes += piece.count
         }
         return flush()
     }
 
-    /// Hands pending bytes to the connection while its output queue stays empty (the kernel took everything),
-    /// `queueLimit` bytes at a time; returns the bytes handed over. A closed connection drops what is pending.
+    /// Adds arrays after what is pending and hands what it can to the connection.
+    func write(_ arrays: [[UInt8]]) -> Int {
+        write(arrays.map { .bytes($0[...]) })
+    }
+
+    /// Hands pending bytes to the connection while its output queue stays empty (the kernel took everything):
+    /// array bytes `queueLimit` at a time, shared-memory bytes by sendfile until the socket is full. Returns the
+    /// bytes handed over. A closed connection drops what is pending.
     func flush() -> Int {
         var handed = 0
-        while !pending.isEmpty && connection.queuedOutputBytes == 0 {
+        while let first = pending.first, connection.queuedOutputBytes == 0 {
+            if case .file(var span) = first {
+                guard let n = connection.sendFileInLoop(span.file.descriptor, offset: span.offset, count: span.count)
+                else {
+                    dropAll()
+                    break
+                }
+                handed += n
+                pendingBytes -= n
+                counters?.add(.sharedBytesSent, n)
+                if n == span.count {
+                    pending.removeFirst()
+                    continue
+                }
+                span.advance(by: n)
+                pending[pending.startIndex] = .file(span)
+                break  // the socket is full
+            }
             var pieces: [ArraySlice<UInt8>] = []
             var size = 0
-            while size < queueLimit, let first = pending.first {
-                let take = min(first.count, queueLimit - size)
-                if take == first.count {
-                    pieces.append(first)
+            while size < queueLimit, case .bytes(let bytes)? = pending.first {
+                let take = min(bytes.count, queueLimit - size)
+                if take == bytes.count {
+                    pieces.append(bytes)
                     pending.removeFirst()
                 } else {
-                    pieces.append(first.prefix(take))
-                    pending[pending.startIndex] = first.dropFirst(take)
+                    pieces.append(bytes.prefix(take))
+                    pending[pending.startIndex] = .bytes(bytes.dropFirst(take))
                 }
                 size += take
             }
             pendingBytes -= size
-            guard gatherSend(pieces, on: connection) > 0 else {
-                pending.removeAll()
-                pendingBytes = 0
+            // Framing bytes before shared-memory bytes wait for them in the kernel: both leave in the same segments.
+            var moreFollows = false
+            if case .file? = pending.first { moreFollows = true }
+            guard gatherSend(pieces, on: connection, moreFollows: moreFollows) > 0 else {
+                dropAll()
                 break
             }
             handed += size
         }
         return handed
+    }
+
+    private func dropAll() {
+        pending.removeAll()
+        pendingBytes = 0
     }
 
     /// Nothing pending and nothing queued: the viewer has taken everything it was handed.
@@ -70,16 +165,19 @@ final class ViewerOutput {
 
 /// An HTTP viewer: the chunks are the response body (a player reads a plain MPEG-TS stream). To an HTTP/1.1 client
 /// the body is chunked (RFC 9112 section 7.1), so the end of the stream is a proper end of the body, not a close that
-/// a player reports as a truncated download; each relay chunk is one HTTP chunk, its size line written with it in one
-/// writev and its bytes straight from the shared array. To an HTTP/1.0 client the body ends with the connection.
+/// a player reports as a truncated download; each batch is one HTTP chunk, its size line sent with MSG_MORE and its
+/// bytes by sendfile from the playback's shared memory file (or from the shared arrays without one). To an HTTP/1.0
+/// client the body ends with the connection.
 final class HTTPViewerSink: ViewerSink, @unchecked Sendable {  // used on its connection's loop only
     let output: ViewerOutput
     let chunked: Bool
     private var sentAny = false
 
-    init(connection: TCPConnection, chunked: Bool, queueLimit: Int) {
-        output = ViewerOutput(connection: connection, queueLimit: queueLimit)
+    init(connection: TCPConnection, chunked: Bool, queueLimit: Int, counters: RelayCounters? = nil,
+         sendBuffer: Int? = nil) {
+        output = ViewerOutput(connection: connection, queueLimit: queueLimit, counters: counters)
         self.chunked = chunked
+        if let sendBuffer { connection.setSendBufferSize(sendBuffer) }
     }
 
     /// The head of the response that starts a stream.
@@ -88,18 +186,40 @@ final class HTTPViewerSink: ViewerSink, @unchecked Sendable {  // used on its co
             + (chunked ? "Transfer-Encoding: chunked\r\n" : "") + "Connection: close\r\n\r\n").utf8)
     }
 
+    /// To an HTTP/1.1 client the batch is one HTTP chunk: its size line (sent with MSG_MORE), then the chunks, from
+    /// the shared memory file when the playback has one (consecutive chunks are one range of it: one sendfile), else
+    /// from the shared arrays (one writev). To an HTTP/1.0 client, the chunks alone.
     func write(_ batch: [ChunkRing<UInt64>.Delivery]) -> Int {
-        var arrays: [[UInt8]] = []
-        arrays.reserveCapacity(batch.count * 3)
-        for delivery in batch {
-            if chunked {
-                // The CRLF that ends the previous HTTP chunk goes with this one's size line.
-                arrays.append(Array(((sentAny ? "\r\n" : "") + String(delivery.byteCount, radix: 16) + "\r\n").utf8))
-                sentAny = true
-            }
-            arrays += delivery.pieces
+        var pieces: [OutputPiece] = []
+        pieces.reserveCapacity(batch.count * 2 + 1)
+        if chunked {
+            let total = batch.reduce(0) { $0 + $1.byteCount }
+            guard total > 0 else { return 0 }
+            // The CRLF that ends the previous HTTP chunk goes with this one's size line.
+            pieces.append(.bytes(Array(((sentAny ? "\r\n" : "") + String(total, radix: 16) + "\r\n").utf8)[...]))
+            sentAny = true
         }
-        return output.write(arrays)
+        // Consecutive regions of the file become one span here (one sendfile), without a piece each.
+        var span: FileSpan?
+        for delivery in batch {
+            if delivery.withProgramHeader && !delivery.chunk.programHeader.isEmpty {
+                if let done = span { pieces.append(.file(done)) }
+                span = nil
+                pieces.append(.bytes(delivery.chunk.programHeader[...]))
+            }
+            if let region = delivery.chunk.shared {
+                if span?.extend(with: region) != true {
+                    if let done = span { pieces.append(.file(done)) }
+                    span = FileSpan(region)
+                }
+            } else {
+                if let done = span { pieces.append(.file(done)) }
+                span = nil
+                pieces.append(.bytes(delivery.chunk.bytes[...]))
+            }
+        }
+        if let done = span { pieces.append(.file(done)) }
+        return output.write(pieces)
     }
 
     func end() {
@@ -175,11 +295,11 @@ final class FrameViewerSink: ViewerSink, @unchecked Sendable {  // used on its c
 
 /// Writes the arrays in order with one gather write (no copy into one buffer); returns the bytes handed over (0 when
 /// the connection is closed).
-func gatherSend(_ arrays: [ArraySlice<UInt8>], on connection: TCPConnection) -> Int {
+func gatherSend(_ arrays: [ArraySlice<UInt8>], on connection: TCPConnection, moreFollows: Bool = false) -> Int {
     var pointers: [UnsafeRawBufferPointer] = []
     pointers.reserveCapacity(arrays.count)
     let total = arrays.reduce(0) { $0 + $1.count }
-    let ok = pinned(arrays[...], &pointers) { connection.sendInLoop(gathering: $0) }
+    let ok = pinned(arrays[...], &pointers) { connection.sendInLoop(gathering: $0, moreFollows: moreFollows) }
     return ok ? total : 0
 }
 

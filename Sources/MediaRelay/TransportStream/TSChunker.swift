@@ -1,3 +1,5 @@
+import Reactor
+
 /// A piece of a transport stream that the relay writes at once: whole 188-byte packets from the start of one frame
 /// of the clock stream (the first video stream, else the first stream) up to the next, with the audio and tables
 /// that came between. A 25 fps movie gives 25 chunks a second.
@@ -13,6 +15,10 @@ public struct MediaChunk: Sendable {
     public var discontinuity: Bool
     /// The latest PAT and PMT packets, for a viewer that starts at this chunk (set on keyframes).
     public var programHeader: [UInt8]
+    /// `bytes` again, in the playback's shared memory file, when it has one: consecutive chunks are one range of
+    /// the file, so a viewer's batch is sent from it with one sendfile (no copy per viewer). Set by the playback when
+    /// the chunk is due; the chunker never sets it.
+    var shared: BroadcastFile.Region?
 
     public init(bytes: [UInt8], time: UInt64, keyframe: Bool, discontinuity: Bool = false,
                 programHeader: [UInt8] = []) {

@@ -95,6 +95,20 @@ public enum Posix {
         try check("writev") { sy_writev(fd, iov, count) }
     }
 
+    /// sendmsg of the pieces with MSG_MORE (more follows at once: the kernel holds them for it).
+    @inline(__always)
+    static func sendMore(_ fd: Int32, _ iov: UnsafePointer<iovec>, _ count: Int32) throws(IOError) -> IOResult<Int> {
+        try check("sendmsg") { sy_sendv_more(fd, iov, count) }
+    }
+
+    /// sendfile of up to `count` bytes of `file` from `offset` (advanced by what was sent) to the socket `fd`.
+    @inline(__always)
+    static func sendFile(to fd: Int32, from file: Int32, offset: inout Int64, count: Int) throws(IOError)
+        -> IOResult<Int>
+    {
+        try check("sendfile") { sy_sendfile(fd, file, &offset, count) }
+    }
+
     /// accept4, non-blocking and close-on-exec: the descriptor, or 0 and the errno (EAGAIN when nothing is pending)
     /// for the acceptor to tell the failures apart.
     static func accept(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>, _ len: UnsafeMutablePointer<socklen_t>)

@@ -368,9 +368,11 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
 
     /// Sends pieces in order, in one writev when the socket takes them (a gather write: a media chunk and the framing
     /// around it, several chunks of a stream, with no copy into one buffer). What the socket does not take is queued
-    /// (copied), as with the other sends. At most 512 pieces a writev; more are written in turn. Loop thread only.
+    /// (copied), as with the other sends. At most 512 pieces a writev; more are written in turn. `moreFollows`: the
+    /// caller sends more at once (``sendFileInLoop(_:offset:count:)`` of the bytes these pieces frame), so the kernel
+    /// holds them to leave in the same segments (MSG_MORE). Loop thread only.
     @discardableResult
-    public func sendInLoop(gathering pieces: [UnsafeRawBufferPointer]) -> Bool {
+    public func sendInLoop(gathering pieces: [UnsafeRawBufferPointer], moreFollows: Bool = false) -> Bool {
         loop.assertInLoopThread()
         guard machine.isConnected else { return false }
         lastSendTime = loop.wakeTime
@@ -395,7 +397,9 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
                     total += piece.count - skip
                 }
                 do {
-                    if case .processed(let n) = try Posix.writev(fd, iov.baseAddress!, Int32(count)) { return n }
+                    let r = moreFollows ? try Posix.sendMore(fd, iov.baseAddress!, Int32(count))
+                        : try Posix.writev(fd, iov.baseAddress!, Int32(count))
+                    if case .processed(let n) = r { return n }
                     return 0  // would block
                 } catch {
                     failWrite(error)
@@ -426,6 +430,39 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
             if !rest.isEmpty { guard enqueue(rest) else { return false } }
         }
         return true
+    }
+
+    /// Sends up to `count` bytes of the file `file` from `offset` with sendfile(2): the kernel sends the file's
+    /// pages (a memfd's, the page cache's) without copying them through user memory, so bytes sent to many sockets
+    /// are not copied once per socket. Nothing is queued: returns the bytes the socket took now (0 when it is full,
+    /// or while output is queued, which goes first), and the caller sends the rest later (once
+    /// `queuedOutputBytes` is 0 and the socket has room). The file's bytes must not change until the peer has read
+    /// them (the kernel sends the pages, not a copy). nil when the connection is not open, or the send failed
+    /// (which closes it). Loop thread only.
+    public func sendFileInLoop(_ file: Int32, offset: Int64, count: Int) -> Int? {
+        loop.assertInLoopThread()
+        guard machine.isConnected else { return nil }
+        guard output.isEmpty, count > 0 else { return 0 }
+        lastSendTime = loop.wakeTime
+        var position = offset
+        do {
+            guard case .processed(let n) = try Posix.sendFile(to: fd, from: file, offset: &position, count: count)
+            else { return 0 }
+            bytesWritten &+= UInt64(n)
+            return n
+        } catch {
+            failWrite(error)
+            return nil
+        }
+    }
+
+    /// Sets the socket's send buffer (SO_SNDBUF; the kernel doubles it for its bookkeeping and caps it at
+    /// net.core.wmem_max), which also ends the kernel's autotuning of it. For a sender that hands the socket a known
+    /// amount at once (a media relay's write beat by ``sendFileInLoop(_:offset:count:)``, whose pages are shared, so a
+    /// larger buffer costs no copy). Returns false when the socket refused it. Safe to call from any thread.
+    @discardableResult
+    public func setSendBufferSize(_ bytes: Int) -> Bool {
+        (try? Posix.setOption(fd, SOL_SOCKET, SO_SNDBUF, Int32(clamping: bytes))) != nil
     }
 
     private func enqueue(_ rest: UnsafeRawBufferPointer) -> Bool {
