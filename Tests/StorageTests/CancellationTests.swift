@@ -17,8 +17,8 @@ func slowStatement(_ dialect: SQLDialect) -> String {
 func shortStatement(_ dialect: SQLDialect, milliseconds: Int) -> String {
     switch dialect {
     case .sqlite:
-        // About 1 ms per 10,000 steps on this machine; the exact time does not matter.
-        return "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < \(milliseconds * 10_000)) "
+        // About 1 ms per 1,000 steps on this machine; the exact time does not matter.
+        return "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < \(milliseconds * 1_000)) "
             + "SELECT ? AS v, count(*) AS n FROM c"
     case .mysql: return "SELECT ? AS v, SLEEP(\(Double(milliseconds) / 1000)) AS n"
     case .postgres: return "SELECT CAST(? AS BIGINT) AS v, pg_sleep(\(Double(milliseconds) / 1000)) AS n"

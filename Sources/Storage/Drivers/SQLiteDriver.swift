@@ -331,7 +331,8 @@ final class SQLiteStream: DriverStream {
     private let columnCount: Int
     private var lookahead: [SQLValue]?
 
-    /// Takes over a prepared, bound statement and reads its first row. Throws (and finalizes it) on failure.
+    /// Takes over a prepared, bound statement and reads its first row. Throws on failure (the statement is then
+    /// the caller's to finalize).
     init(connection: SQLiteConnection, statement: OpaquePointer) throws {
         self.connection = connection
         self.statement = statement
@@ -345,10 +346,8 @@ final class SQLiteStream: DriverStream {
             isFinished = true
             affectedRows = connection.changes
         default:
-            let error = connection.error(step, preparing: false)
-            self.statement = nil
-            sqlite3_finalize(statement)
-            throw error
+            self.statement = nil  // the caller finalizes it
+            throw connection.error(step, preparing: false)
         }
         columns = SQLiteConnection.columns(of: statement, firstRow: lookahead)
     }
