@@ -73,6 +73,7 @@ extension DriverTests {
             #expect(after.created == before.created, "\(before) -> \(after)")
             #expect(after.closed == before.closed && after.failed == 0, "\(after)")
             #expect(after.open == before.open && after.inUse == 0, "\(after)")
+            #expect(after.statementTimeouts == 2 && after.timeouts == 0, "\(after)")
         }
     }
 

@@ -20,9 +20,12 @@ protocol DriverConnection: AnyObject {
 /// from starting until `cancel()` returns, so a cancel never reaches a later statement. The statement then
 /// fails (or, for some drivers, ends early) on its own thread.
 protocol DriverCanceller: Sendable {
-    /// Asks the server (or the library) to stop the running statement. Blocks until the request is delivered;
-    /// errors are swallowed (the statement then simply runs on).
-    func cancel()
+    /// Asks the server (or the library) to stop the running statement. Blocks until the request is delivered
+    /// (bounded by the connect timeout). Returns `false` when it could not be delivered.
+    func cancel() -> Bool
+    /// The fallback when ``cancel()`` failed (the server does not answer): shuts the connection's socket down, so
+    /// that the statement fails at once and the connection is dropped as broken.
+    func abort()
 }
 
 /// A statement whose rows are read from the server batch by batch, as the caller asks: the driver's state for

@@ -1,5 +1,6 @@
 #if MySQL
 import CMariaDB
+import Glibc
 import SwitchyardCore
 
 /// Initializes libmariadb once, before any connection (mysql_init is not thread-safe the first time).
@@ -61,7 +62,8 @@ final class MySQLConnection: DriverConnection {
 
     func makeCanceller() -> (any DriverCanceller)? {
         guard let mysql else { return nil }
-        return MySQLCanceller(url: url, threadID: UInt64(mysql_thread_id(mysql)), connectTimeout: connectTimeout)
+        return MySQLCanceller(url: url, threadID: UInt64(mysql_thread_id(mysql)), socket: Int32(mysql_get_socket(mysql)),
+                              connectTimeout: connectTimeout)
     }
 
     func stream(_ sql: String, _ parameters: [SQLValue]) throws -> DriverStream {
@@ -456,20 +458,27 @@ final class MySQLConnection: DriverConnection {
 private struct MySQLCanceller: DriverCanceller {
     let url: DatabaseURL
     let threadID: UInt64
+    /// The statement's connection's socket, for ``abort()``.
+    let socket: Int32
     let connectTimeout: Duration
 
-    func cancel() {
+    func cancel() -> Bool {
         _ = mysqlLibraryInitialized
-        guard let mysql = mysql_init(nil) else { return }
+        guard let mysql = mysql_init(nil) else { return false }
         defer { mysql_close(mysql) }
         var seconds = UInt32(clamping: max(1, (connectTimeout.millisecondsRoundedUp + 999) / 1000))
         mysql_options(mysql, MYSQL_OPT_CONNECT_TIMEOUT, &seconds)
         mysql_options(mysql, MYSQL_OPT_READ_TIMEOUT, &seconds)
         mysql_options(mysql, MYSQL_OPT_WRITE_TIMEOUT, &seconds)
         guard mysql_real_connect(mysql, url.host, url.user, url.password, nil, UInt32(url.port), nil, 0) != nil else {
-            return
+            return false
         }
-        _ = mysql_query(mysql, "KILL QUERY \(threadID)")
+        // 1094: no such thread (the statement's connection is gone): nothing is left to cancel.
+        return mysql_query(mysql, "KILL QUERY \(threadID)") == 0 || mysql_errno(mysql) == 1094
+    }
+
+    func abort() {
+        if socket >= 0 { _ = Glibc.shutdown(socket, Int32(SHUT_RDWR)) }
     }
 }
 

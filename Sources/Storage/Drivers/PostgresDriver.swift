@@ -1,5 +1,6 @@
 #if PostgreSQL
 import CLibPQ
+import Glibc
 import SwitchyardCore
 
 /// Opens PostgreSQL connections through libpq. URL query items are passed to libpq as connection keywords
@@ -115,7 +116,7 @@ final class PostgresConnection: DriverConnection {
 
     func makeCanceller() -> (any DriverCanceller)? {
         guard let conn, let cancel = PQgetCancel(conn) else { return nil }
-        return PostgresCanceller(cancel)
+        return PostgresCanceller(cancel, socket: PQsocket(conn))
     }
 
     /// The connection's next result, or `nil` when the statement is over (stream use).
@@ -331,14 +332,22 @@ final class PostgresConnection: DriverConnection {
 /// meanwhile; this object owns it and frees it in `deinit`, after the last cancel.
 private final class PostgresCanceller: DriverCanceller, @unchecked Sendable {
     private let handle: OpaquePointer
+    private let socket: Int32
 
-    init(_ handle: OpaquePointer) { self.handle = handle }
+    init(_ handle: OpaquePointer, socket: Int32) {
+        self.handle = handle
+        self.socket = socket
+    }
 
     deinit { PQfreeCancel(handle) }
 
-    func cancel() {
+    func cancel() -> Bool {
         var message = [CChar](repeating: 0, count: 256)
-        _ = PQcancel(handle, &message, Int32(message.count))
+        return PQcancel(handle, &message, Int32(message.count)) == 1
+    }
+
+    func abort() {
+        if socket >= 0 { _ = Glibc.shutdown(socket, Int32(SHUT_RDWR)) }
     }
 }
 

@@ -316,7 +316,12 @@ private let SQLITE_TRANSIENT = unsafeBitCast(-1, to: sqlite3_destructor_type.sel
 private final class SQLiteCanceller: DriverCanceller, @unchecked Sendable {
     private let db: OpaquePointer
     init(db: OpaquePointer) { self.db = db }
-    func cancel() { sqlite3_interrupt(db) }
+    func cancel() -> Bool {
+        sqlite3_interrupt(db)
+        return true
+    }
+
+    func abort() {}  // an interrupt always arrives
 }
 
 /// A prepared statement stepped one row at a time as batches are asked for. The first row is read at the start

@@ -79,8 +79,8 @@ final class StatementGuard: Sendable {
             s.cancelled = reason
             s.cancelsSent += 1
             // Under the lock on purpose: the worker cannot end this statement and start the next one before the
-            // cancel is delivered (see the type's comment).
-            canceller?.cancel()
+            // cancel is delivered (see the type's comment), nor close the connection under `abort`.
+            if let canceller, !canceller.cancel() { canceller.abort() }
             return true
         }
     }

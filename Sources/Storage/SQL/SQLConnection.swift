@@ -304,8 +304,9 @@ public final class SQLConnection: SQLQueryable, Sendable {
             let reason = statementGuard.end(generation)
             if case .failure(let error) = result, error.breaksConnection { markBroken() }
             // A statement whose cancel was sent is reported as timed out even when it ended anyway (MariaDB
-            // answers a killed SLEEP with a row; the cancel may have come as it finished).
-            if case .timeout(let limit) = reason, !isBroken {
+            // answers a killed SLEEP with a row; the cancel may have come as it finished), and when the cancel
+            // could not be delivered and the socket was shut down instead (the connection is then broken).
+            if case .timeout(let limit) = reason {
                 result = .failure(.statementTimeout(limit, dialect: dialect))
             }
             completion(result)
