@@ -7,7 +7,8 @@ import TestSupport
 /// Statements that run long on each database: cancelled by a timeout long before they end.
 func slowStatement(_ dialect: SQLDialect) -> String {
     switch dialect {
-    case .sqlite: return "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 1000000000) SELECT count(*) FROM c"
+    case .sqlite:
+        return "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 1000000000) SELECT count(*) FROM c"
     case .mysql: return "SELECT SLEEP(10)"
     case .postgres: return "SELECT pg_sleep(10)"
     }
@@ -84,8 +85,9 @@ extension DriverTests {
                 let sql = shortStatement(pool.dialect, milliseconds: 5)
                 // 200 statements of ~5 ms, each with a 400 ms timeout: the run outlasts the timeout many times,
                 // so a timer that were not disarmed at the end of its statement would hit a later one.
+                let timeout = .milliseconds(400) * testTimeScale
                 for i in 0..<200 {
-                    let result = try await connection.query(sql, [.integer(Int64(i))], timeout: .milliseconds(400))
+                    let result = try await connection.query(sql, [.integer(Int64(i))], timeout: timeout)
                     #expect(try result.rows.first?.decode("v", as: Int64.self) == Int64(i))
                 }
                 #expect(connection.statementGuard.cancelsSent == 0)

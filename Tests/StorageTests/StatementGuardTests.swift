@@ -43,6 +43,15 @@ final class CountingCanceller: DriverCanceller {
         statementGuard.end(generation)
     }
 
+    @Test func anyTimeoutIsAccepted() {
+        let statementGuard = StatementGuard(canceller: CountingCanceller(delivers: true))
+        for timeout: Duration in [.seconds(Int64.max), .seconds(Int64.min), .zero, .nanoseconds(1)] {
+            let generation = statementGuard.begin(timeout: timeout)
+            statementGuard.end(generation)
+        }
+        #expect(statementGuard.runningGeneration == nil)
+    }
+
     @Test func theTimerCancelsAStatementThatRunsPastItsTimeout() async {
         let canceller = CountingCanceller(delivers: true)
         let statementGuard = StatementGuard(canceller: canceller)

@@ -62,8 +62,8 @@ final class MySQLConnection: DriverConnection {
 
     func makeCanceller() -> (any DriverCanceller)? {
         guard let mysql else { return nil }
-        return MySQLCanceller(url: url, threadID: UInt64(mysql_thread_id(mysql)), socket: Int32(mysql_get_socket(mysql)),
-                              connectTimeout: connectTimeout)
+        return MySQLCanceller(url: url, threadID: UInt64(mysql_thread_id(mysql)),
+                              socket: Int32(mysql_get_socket(mysql)), connectTimeout: connectTimeout)
     }
 
     func stream(_ sql: String, _ parameters: [SQLValue]) throws -> DriverStream {
@@ -152,7 +152,9 @@ final class MySQLConnection: DriverConnection {
     }
 
     /// Prepares a new statement (the caller closes it).
-    private func prepare(_ sql: String, _ mysql: UnsafeMutablePointer<MYSQL>) throws -> UnsafeMutablePointer<MYSQL_STMT> {
+    private func prepare(_ sql: String, _ mysql: UnsafeMutablePointer<MYSQL>) throws
+        -> UnsafeMutablePointer<MYSQL_STMT>
+    {
         guard let stmt = mysql_stmt_init(mysql) else { throw connectionError(mysql) }
         let utf8 = Array(sql.utf8)
         let prepared = utf8.withUnsafeBufferPointer { buffer in

@@ -38,8 +38,9 @@ final class StatementTimer: Sendable {
 
     /// Runs `action` after `delay` unless ``cancel(_:)`` comes first; returns the entry's id.
     func schedule(after delay: Duration, _ action: @escaping @Sendable () -> Void) -> UInt64 {
-        let nanoseconds = max(0, delay.components.seconds) * 1_000_000_000
-            + max(0, delay.components.attoseconds / 1_000_000_000)
+        // Clamped to about 136 years, so that no duration overflows (a zero or negative one runs at once).
+        let seconds = min(max(0, delay.components.seconds), Int64(UInt32.max))
+        let nanoseconds = seconds * 1_000_000_000 + max(0, delay.components.attoseconds / 1_000_000_000)
         let deadline = DispatchTime.now() + .nanoseconds(Int(clamping: nanoseconds))
         return state.withLock { s -> UInt64 in
             let id = s.nextID

@@ -119,7 +119,9 @@ public final class SQLConnection: SQLQueryable, Sendable {
     /// connection stays usable. `nil`: no timeout.
     public func query(_ sql: String, _ parameters: [SQLValue], timeout: Duration?) async throws -> SQLResult {
         try await withCheckedThrowingContinuation { continuation in
-            submit(timeout: timeout, { driver in try driver.execute(sql, parameters) }) { continuation.resume(with: $0) }
+            submit(timeout: timeout, { driver in try driver.execute(sql, parameters) }) {
+                continuation.resume(with: $0)
+            }
         }
     }
 
