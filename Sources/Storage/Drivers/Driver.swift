@@ -2,9 +2,48 @@
 protocol DriverConnection: AnyObject {
     /// Runs one statement (SQLite: one or more) with `?` parameters bound in order. Throws ``StorageError``.
     func execute(_ sql: String, _ parameters: [SQLValue]) throws -> SQLResult
+    /// Starts one statement whose rows are read on demand (see ``DriverStream``). Nothing else runs on the
+    /// connection until the stream is finished or closed. Throws ``StorageError``.
+    func stream(_ sql: String, _ parameters: [SQLValue]) throws -> DriverStream
     /// Returns `true` when the server answers a trivial round trip.
     func ping() -> Bool
+    /// The object that cancels this connection's running statement from another thread, or `nil` when the
+    /// driver cannot. Called once, right after connecting, on the worker thread.
+    func makeCanceller() -> (any DriverCanceller)?
     /// Closes the connection. Called once, last.
+    func close()
+}
+
+/// Cancels the statement running on one driver connection, from any thread (the statement timer's).
+///
+/// The caller (``StatementGuard``) makes sure a statement of that connection is running and keeps the next one
+/// from starting until `cancel()` returns, so a cancel never reaches a later statement. The statement then
+/// fails (or, for some drivers, ends early) on its own thread.
+protocol DriverCanceller: Sendable {
+    /// Asks the server (or the library) to stop the running statement. Blocks until the request is delivered
+    /// (bounded by the connect timeout). Returns `false` when it could not be delivered.
+    func cancel() -> Bool
+    /// The fallback when ``cancel()`` failed (the server does not answer): shuts the connection's socket down, so
+    /// that the statement fails at once and the connection is dropped as broken.
+    func abort()
+}
+
+/// A statement whose rows are read from the server batch by batch, as the caller asks: the driver's state for
+/// one ``SQLRowStream``. Used on the connection's worker thread only.
+protocol DriverStream: AnyObject {
+    /// The columns, known once the stream started.
+    var columns: SQLColumns { get }
+    /// Rows read from the driver so far (including a row read ahead to learn the column types).
+    var rowsFetched: Int { get }
+    /// Rows changed, for a statement that returns none.
+    var affectedRows: Int64 { get }
+    /// Reads up to `limit` rows; fewer (maybe none) only at the end, after which ``isFinished`` is `true`.
+    /// Throws ``StorageError``; the stream is then finished.
+    func fetch(_ limit: Int) throws -> [SQLRow]
+    /// `true` once the last row was read or a fetch failed.
+    var isFinished: Bool { get }
+    /// Ends the statement early or late: discards what is left of it, so that the connection is ready for the
+    /// next one. Called exactly once. Errors are swallowed (one that breaks the connection shows at the next use).
     func close()
 }
 

@@ -1,5 +1,6 @@
 #if PostgreSQL
 import CLibPQ
+import Glibc
 import SwitchyardCore
 
 /// Opens PostgreSQL connections through libpq. URL query items are passed to libpq as connection keywords
@@ -85,6 +86,54 @@ final class PostgresConnection: DriverConnection {
 
     func execute(_ sql: String, _ parameters: [SQLValue]) throws -> SQLResult {
         guard let conn else { throw StorageError.connectionLost(.init("the PostgreSQL connection is closed")) }
+        let result = try withParameters(sql, parameters) { text, count, types, values, lengths, formats in
+            PQexecParams(conn, text, count, types, values, lengths, formats, 0)
+        }
+        guard let result else { throw error(nil) }
+        defer { PQclear(result) }
+        switch PQresultStatus(result) {
+        case PGRES_COMMAND_OK, PGRES_EMPTY_QUERY:
+            return SQLResult(affectedRows: Self.affectedRows(result))
+        case PGRES_TUPLES_OK:
+            return decodeRows(result)
+        default:
+            throw error(result)
+        }
+    }
+
+    func stream(_ sql: String, _ parameters: [SQLValue]) throws -> DriverStream {
+        guard let conn else { throw StorageError.connectionLost(.init("the PostgreSQL connection is closed")) }
+        let sent = try withParameters(sql, parameters) { text, count, types, values, lengths, formats in
+            PQsendQueryParams(conn, text, count, types, values, lengths, formats, 0)
+        }
+        guard sent == 1 else { throw error(nil) }
+        guard PQsetSingleRowMode(conn) == 1 else {
+            drain()
+            throw StorageError.other(.init("libpq refused single-row mode", driver: "postgres"))
+        }
+        return try PostgresStream(connection: self)
+    }
+
+    func makeCanceller() -> (any DriverCanceller)? {
+        guard let conn, let cancel = PQgetCancel(conn) else { return nil }
+        return PostgresCanceller(cancel, socket: PQsocket(conn))
+    }
+
+    /// The connection's next result, or `nil` when the statement is over (stream use).
+    fileprivate func nextResult() -> OpaquePointer? {
+        conn.flatMap { PQgetResult($0) }
+    }
+
+    /// Reads and drops the rest of the running statement's results.
+    fileprivate func drain() {
+        while let result = nextResult() { PQclear(result) }
+    }
+
+    /// Binds `parameters` as libpq wants them for the duration of `body`.
+    private func withParameters<R>(
+        _ sql: String, _ parameters: [SQLValue],
+        _ body: (String, Int32, [UInt32], UnsafePointer<UnsafePointer<CChar>?>?, [Int32], [Int32]) -> R
+    ) throws -> R {
         let (text, count) = Placeholders.numbered(sql)
         guard count == parameters.count else {
             throw StorageError.syntax(.init(
@@ -130,18 +179,8 @@ final class PostgresConnection: DriverConnection {
                 formats.append(1)
             }
         }
-        let result = values.map { $0.map { UnsafePointer($0) } }.withUnsafeBufferPointer { valuePointers in
-            PQexecParams(conn, text, Int32(parameters.count), types, valuePointers.baseAddress, lengths, formats, 0)
-        }
-        guard let result else { throw error(nil) }
-        defer { PQclear(result) }
-        switch PQresultStatus(result) {
-        case PGRES_COMMAND_OK, PGRES_EMPTY_QUERY:
-            return SQLResult(affectedRows: Self.affectedRows(result))
-        case PGRES_TUPLES_OK:
-            return decodeRows(result)
-        default:
-            throw error(result)
+        return values.map { $0.map { UnsafePointer($0) } }.withUnsafeBufferPointer { valuePointers in
+            body(text, Int32(parameters.count), types, valuePointers.baseAddress, lengths, formats)
         }
     }
 
@@ -158,41 +197,63 @@ final class PostgresConnection: DriverConnection {
     }
 
     private func decodeRows(_ result: OpaquePointer) -> SQLResult {
-        let fieldCount = PQnfields(result)
         let rowCount = PQntuples(result)
-        let columns = SQLColumns((0..<fieldCount).map { String(cString: PQfname(result, $0)) })
-        let types = (0..<fieldCount).map { PQftype(result, $0) }
+        let (columns, types) = Self.columns(of: result)
         var rows: [SQLRow] = []
         rows.reserveCapacity(Int(rowCount))
         for r in 0..<rowCount {
-            var values: [SQLValue] = []
-            values.reserveCapacity(Int(fieldCount))
-            for c in 0..<fieldCount {
-                if PQgetisnull(result, r, c) != 0 {
-                    values.append(.null)
-                    continue
-                }
-                let pointer = PQgetvalue(result, r, c)!
-                let length = Int(PQgetlength(result, r, c))
-                let bytes = UnsafeRawBufferPointer(start: pointer, count: length)
-                switch types[Int(c)] {
-                case OID.int8, OID.int4, OID.int2, OID.oid:
-                    values.append(Int64(String(decoding: bytes, as: UTF8.self)).map { .integer($0) }
-                        ?? .text(String(decoding: bytes, as: UTF8.self)))
-                case OID.float8, OID.float4:
-                    values.append(Double(String(decoding: bytes, as: UTF8.self)).map { .double($0) }
-                        ?? .text(String(decoding: bytes, as: UTF8.self)))
-                case OID.bool:
-                    values.append(.integer(length > 0 && bytes[0] == UInt8(ascii: "t") ? 1 : 0))
-                case OID.bytea:
-                    values.append(.blob(Self.decodeHexBytea(bytes)))
-                default:
-                    values.append(.text(String(decoding: bytes, as: UTF8.self)))
-                }
-            }
-            rows.append(SQLRow(columns: columns, values: values))
+            rows.append(SQLRow(columns: columns, values: Self.values(of: result, row: r, types: types)))
         }
         return SQLResult(columns: columns, rows: rows, affectedRows: Self.affectedRows(result))
+    }
+
+    /// The columns of a result (names and types) and the type OIDs.
+    fileprivate static func columns(of result: OpaquePointer) -> (SQLColumns, [UInt32]) {
+        let fieldCount = PQnfields(result)
+        let oids = (0..<fieldCount).map { PQftype(result, $0) }
+        let names = (0..<fieldCount).map { String(cString: PQfname(result, $0)) }
+        return (SQLColumns(names, types: oids.map(columnType)), oids)
+    }
+
+    /// The column type of a type OID (as ``values(of:row:types:)`` decodes it).
+    private static func columnType(_ oid: UInt32) -> SQLColumnType {
+        switch oid {
+        case OID.int8, OID.int4, OID.int2, OID.oid, OID.bool: return .integer
+        case OID.float8, OID.float4: return .double
+        case OID.bytea: return .blob
+        default: return .text
+        }
+    }
+
+    /// The values of one row of a result.
+    fileprivate static func values(of result: OpaquePointer, row r: Int32, types: [UInt32]) -> [SQLValue] {
+        let fieldCount = PQnfields(result)
+        var values: [SQLValue] = []
+        values.reserveCapacity(Int(fieldCount))
+        for c in 0..<fieldCount {
+            if PQgetisnull(result, r, c) != 0 {
+                values.append(.null)
+                continue
+            }
+            let pointer = PQgetvalue(result, r, c)!
+            let length = Int(PQgetlength(result, r, c))
+            let bytes = UnsafeRawBufferPointer(start: pointer, count: length)
+            switch types[Int(c)] {
+            case OID.int8, OID.int4, OID.int2, OID.oid:
+                values.append(Int64(String(decoding: bytes, as: UTF8.self)).map { .integer($0) }
+                    ?? .text(String(decoding: bytes, as: UTF8.self)))
+            case OID.float8, OID.float4:
+                values.append(Double(String(decoding: bytes, as: UTF8.self)).map { .double($0) }
+                    ?? .text(String(decoding: bytes, as: UTF8.self)))
+            case OID.bool:
+                values.append(.integer(length > 0 && bytes[0] == UInt8(ascii: "t") ? 1 : 0))
+            case OID.bytea:
+                values.append(.blob(Self.decodeHexBytea(bytes)))
+            default:
+                values.append(.text(String(decoding: bytes, as: UTF8.self)))
+            }
+        }
+        return values
     }
 
     /// Decodes bytea's text output (`\x` then two hex digits a byte, the default `bytea_output`).
@@ -219,7 +280,7 @@ final class PostgresConnection: DriverConnection {
         }
     }
 
-    private static func affectedRows(_ result: OpaquePointer) -> Int64 {
+    fileprivate static func affectedRows(_ result: OpaquePointer) -> Int64 {
         guard let tuples = PQcmdTuples(result) else { return 0 }
         return Int64(String(cString: tuples)) ?? 0
     }
@@ -239,7 +300,7 @@ final class PostgresConnection: DriverConnection {
     }
 
     /// Maps a failed result (or a missing one) to a ``StorageError`` by SQLSTATE class.
-    private func error(_ result: OpaquePointer?) -> StorageError {
+    fileprivate func error(_ result: OpaquePointer?) -> StorageError {
         let message: String
         var sqlstate: String? = nil
         if let result {
@@ -251,6 +312,7 @@ final class PostgresConnection: DriverConnection {
         let detail = StorageError.Detail(message, code: sqlstate, driver: "postgres")
         if conn == nil || PQstatus(conn) != CONNECTION_OK { return .connectionLost(detail) }
         guard let sqlstate else { return .other(detail) }
+        if sqlstate == "57014" { return .timeout(detail) }  // query_canceled: PQcancel, statement_timeout
         switch sqlstate.prefix(2) {
         case "23": return .constraintViolation(detail)
         case "22": return .valueRejected(detail)  // data exception: out of range, too long, invalid text
@@ -259,6 +321,104 @@ final class PostgresConnection: DriverConnection {
         case "28": return .authenticationFailed(detail)
         case "57" where sqlstate.hasPrefix("57P"): return .connectionLost(detail)
         default: return .other(detail)
+        }
+    }
+}
+
+/// Cancels the running statement of one PostgreSQL connection with `PQcancel` (a separate connection to the
+/// server that sends the backend a cancel request).
+///
+/// `@unchecked Sendable`: libpq documents `PQcancel` as safe from any thread on a `PGcancel` that is not freed
+/// meanwhile; this object owns it and frees it in `deinit`, after the last cancel.
+private final class PostgresCanceller: DriverCanceller, @unchecked Sendable {
+    private let handle: OpaquePointer
+    private let socket: Int32
+
+    init(_ handle: OpaquePointer, socket: Int32) {
+        self.handle = handle
+        self.socket = socket
+    }
+
+    deinit { PQfreeCancel(handle) }
+
+    func cancel() -> Bool {
+        var message = [CChar](repeating: 0, count: 256)
+        return PQcancel(handle, &message, Int32(message.count)) == 1
+    }
+
+    func abort() {
+        if socket >= 0 { _ = Glibc.shutdown(socket, Int32(SHUT_RDWR)) }
+    }
+}
+
+/// A statement read in single-row mode: one `PQgetResult` a row, as batches are asked for. The first row (or the
+/// end) is read at the start, for the columns.
+final class PostgresStream: DriverStream {
+    private let connection: PostgresConnection
+    private(set) var columns = SQLColumns([])
+    private var oids: [UInt32] = []
+    private(set) var rowsFetched = 0
+    private(set) var affectedRows: Int64 = 0
+    private(set) var isFinished = false
+    private var lookahead: [SQLValue]?
+
+    /// Reads the first result of a statement just sent. Throws (after draining) when it failed.
+    init(connection: PostgresConnection) throws {
+        self.connection = connection
+        if let row = try readRow() {
+            lookahead = row
+        }
+    }
+
+    /// Reads one row; `nil` at the end (then ``isFinished``). Learns the columns from the first result.
+    private func readRow() throws -> [SQLValue]? {
+        guard !isFinished else { return nil }
+        guard let result = connection.nextResult() else {
+            isFinished = true
+            return nil
+        }
+        defer { PQclear(result) }
+        switch PQresultStatus(result) {
+        case PGRES_SINGLE_TUPLE:
+            if rowsFetched == 0 { (columns, oids) = PostgresConnection.columns(of: result) }
+            rowsFetched += 1
+            return PostgresConnection.values(of: result, row: 0, types: oids)
+        case PGRES_TUPLES_OK:
+            if rowsFetched == 0 { (columns, oids) = PostgresConnection.columns(of: result) }
+            connection.drain()
+            isFinished = true
+            return nil
+        case PGRES_COMMAND_OK, PGRES_EMPTY_QUERY:
+            affectedRows = PostgresConnection.affectedRows(result)
+            connection.drain()
+            isFinished = true
+            return nil
+        default:
+            let error = connection.error(result)
+            connection.drain()
+            isFinished = true
+            throw error
+        }
+    }
+
+    func fetch(_ limit: Int) throws -> [SQLRow] {
+        var rows: [SQLRow] = []
+        rows.reserveCapacity(min(limit, 4096))
+        if let lookahead {
+            rows.append(SQLRow(columns: columns, values: lookahead))
+            self.lookahead = nil
+        }
+        while rows.count < limit, let values = try readRow() {
+            rows.append(SQLRow(columns: columns, values: values))
+        }
+        return rows
+    }
+
+    func close() {
+        lookahead = nil
+        if !isFinished {
+            connection.drain()
+            isFinished = true
         }
     }
 }

@@ -126,21 +126,17 @@ final class SQLiteConnection: DriverConnection {
 
                 let columnCount = Int(sqlite3_column_count(statement))
                 var columns = SQLColumns([])
-                if columnCount > 0 {
-                    columns = SQLColumns((0..<columnCount).map { String(cString: sqlite3_column_name(statement, Int32($0))) })
-                    result.columns = columns
-                    result.rows = []
-                }
+                var rows: [[SQLValue]] = []
                 while true {
                     let step = sqlite3_step(statement)
                     if step == SQLITE_DONE { break }
                     guard step == SQLITE_ROW else { throw error(step, preparing: false) }
-                    var values: [SQLValue] = []
-                    values.reserveCapacity(columnCount)
-                    for c in 0..<Int32(columnCount) {
-                        values.append(column(c, of: statement))
-                    }
-                    result.rows.append(SQLRow(columns: columns, values: values))
+                    rows.append(values(of: statement, count: columnCount))
+                }
+                if columnCount > 0 {
+                    columns = Self.columns(of: statement, firstRow: rows.first)
+                    result.columns = columns
+                    result.rows = rows.map { SQLRow(columns: columns, values: $0) }
                 }
             }
         }
@@ -152,6 +148,47 @@ final class SQLiteConnection: DriverConnection {
         result.lastInsertID = sqlite3_last_insert_rowid(db)
         return result
     }
+
+    func stream(_ sql: String, _ parameters: [SQLValue]) throws -> DriverStream {
+        guard let db else { throw StorageError.connectionLost(.init("the SQLite connection is closed")) }
+        var statement: OpaquePointer?
+        var tail: UnsafePointer<CChar>?
+        let utf8 = Array(sql.utf8)
+        let rest = try utf8.withUnsafeBufferPointer { buffer -> String in
+            guard let base = buffer.baseAddress else { return "" }
+            let start = UnsafeRawPointer(base).assumingMemoryBound(to: CChar.self)
+            let rc = sqlite3_prepare_v2(db, start, Int32(buffer.count), &statement, &tail)
+            guard rc == SQLITE_OK else { throw error(rc, preparing: true) }
+            let used = tail.map { $0 - start } ?? buffer.count
+            return String(decoding: buffer[used...], as: UTF8.self)
+        }
+        guard let statement else {
+            throw StorageError.syntax(.init("the statement to stream is empty", driver: "sqlite"))
+        }
+        do {
+            guard rest.allSatisfy({ $0.isWhitespace || $0 == ";" }) else {
+                throw StorageError.syntax(.init("a stream runs one statement; more follow it", driver: "sqlite"))
+            }
+            let count = Int(sqlite3_bind_parameter_count(statement))
+            guard count == parameters.count else {
+                throw StorageError.syntax(.init(
+                    "the statement has \(count) placeholders but \(parameters.count) parameters were given",
+                    driver: "sqlite"))
+            }
+            for (i, parameter) in parameters.enumerated() { try bind(parameter, at: Int32(i + 1), in: statement) }
+            return try SQLiteStream(connection: self, statement: statement)
+        } catch {
+            sqlite3_finalize(statement)
+            throw error
+        }
+    }
+
+    func makeCanceller() -> (any DriverCanceller)? {
+        db.map { SQLiteCanceller(db: $0) }
+    }
+
+    /// The changes of the last statement (for a stream that returns no rows).
+    fileprivate var changes: Int64 { db.map { Int64(sqlite3_changes($0)) } ?? 0 }
 
     func ping() -> Bool {
         guard let db else { return false }
@@ -165,7 +202,7 @@ final class SQLiteConnection: DriverConnection {
 
     deinit { sqlite3_close_v2(db) }
 
-    private func bind(_ value: SQLValue, at index: Int32, in statement: OpaquePointer) throws {
+    fileprivate func bind(_ value: SQLValue, at index: Int32, in statement: OpaquePointer) throws {
         let rc: Int32
         switch value {
         case .null:
@@ -191,6 +228,49 @@ final class SQLiteConnection: DriverConnection {
         guard rc == SQLITE_OK else { throw error(rc, preparing: false) }
     }
 
+    /// The values of the current row.
+    fileprivate func values(of statement: OpaquePointer, count: Int) -> [SQLValue] {
+        var values: [SQLValue] = []
+        values.reserveCapacity(count)
+        for c in 0..<Int32(count) {
+            values.append(column(c, of: statement))
+        }
+        return values
+    }
+
+    /// The names and types of a statement's columns: the declared type's affinity where a column has one, else the
+    /// storage class of its first value.
+    fileprivate static func columns(of statement: OpaquePointer, firstRow: [SQLValue]?) -> SQLColumns {
+        let count = Int(sqlite3_column_count(statement))
+        var names: [String] = []
+        var types: [SQLColumnType] = []
+        for c in 0..<count {
+            names.append(String(cString: sqlite3_column_name(statement, Int32(c))))
+            let declared = sqlite3_column_decltype(statement, Int32(c)).map { String(cString: $0).uppercased() }
+            if let declared, let type = declaredType(declared) {
+                types.append(type)
+            } else {
+                switch firstRow?[c] {
+                case .integer: types.append(.integer)
+                case .double: types.append(.double)
+                case .text: types.append(.text)
+                case .blob: types.append(.blob)
+                case .null, nil: types.append(.unknown)
+                }
+            }
+        }
+        return SQLColumns(names, types: types)
+    }
+
+    /// SQLite's affinity rules (section 3.1 of "Datatypes In SQLite"), for the affinities that fix a type.
+    private static func declaredType(_ declared: String) -> SQLColumnType? {
+        if declared.contains("INT") { return .integer }
+        if declared.contains("CHAR") || declared.contains("CLOB") || declared.contains("TEXT") { return .text }
+        if declared.contains("BLOB") { return .blob }
+        if declared.contains("REAL") || declared.contains("FLOA") || declared.contains("DOUB") { return .double }
+        return nil  // NUMERIC affinity (DECIMAL, BOOLEAN, DATE) or none: the values decide
+    }
+
     private func column(_ index: Int32, of statement: OpaquePointer) -> SQLValue {
         switch sqlite3_column_type(statement, index) {
         case SQLITE_INTEGER:
@@ -211,7 +291,7 @@ final class SQLiteConnection: DriverConnection {
     }
 
     /// Maps a SQLite result code to a ``StorageError`` with the connection's message.
-    private func error(_ rc: Int32, preparing: Bool) -> StorageError {
+    fileprivate func error(_ rc: Int32, preparing: Bool) -> StorageError {
         let extended = db.map { sqlite3_extended_errcode($0) } ?? rc
         let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(rc))
         let detail = StorageError.Detail(message, code: String(extended), driver: "sqlite")
@@ -220,6 +300,7 @@ final class SQLiteConnection: DriverConnection {
         case SQLITE_ERROR where preparing: return .syntax(detail)
         case SQLITE_MISMATCH: return .constraintViolation(detail)
         case SQLITE_NOTADB, SQLITE_CANTOPEN, SQLITE_CORRUPT: return .connectionLost(detail)
+        case SQLITE_INTERRUPT: return .timeout(detail)
         default: return .other(detail)
         }
     }
@@ -227,3 +308,88 @@ final class SQLiteConnection: DriverConnection {
 
 /// SQLite's `SQLITE_TRANSIENT` (the C macro `(sqlite3_destructor_type)-1`): SQLite copies the bound bytes.
 private let SQLITE_TRANSIENT = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+/// Interrupts the statement running on one SQLite connection (`sqlite3_interrupt`).
+///
+/// `@unchecked Sendable`: `sqlite3_interrupt` may be called from any thread while the connection is open, and
+/// ``StatementGuard`` calls it only while a statement of the connection runs (so the handle is open).
+private final class SQLiteCanceller: DriverCanceller, @unchecked Sendable {
+    private let db: OpaquePointer
+    init(db: OpaquePointer) { self.db = db }
+    func cancel() -> Bool {
+        sqlite3_interrupt(db)
+        return true
+    }
+
+    func abort() {}  // an interrupt always arrives
+}
+
+/// A prepared statement stepped one row at a time as batches are asked for. The first row is read at the start
+/// (to learn the column types of expressions).
+final class SQLiteStream: DriverStream {
+    private let connection: SQLiteConnection
+    private var statement: OpaquePointer?
+    let columns: SQLColumns
+    private(set) var rowsFetched = 0
+    private(set) var affectedRows: Int64 = 0
+    private(set) var isFinished = false
+    private let columnCount: Int
+    private var lookahead: [SQLValue]?
+
+    /// Takes over a prepared, bound statement and reads its first row. Throws on failure (the statement is then
+    /// the caller's to finalize).
+    init(connection: SQLiteConnection, statement: OpaquePointer) throws {
+        self.connection = connection
+        self.statement = statement
+        columnCount = Int(sqlite3_column_count(statement))
+        let step = sqlite3_step(statement)
+        switch step {
+        case SQLITE_ROW:
+            lookahead = connection.values(of: statement, count: columnCount)
+            rowsFetched = 1
+        case SQLITE_DONE:
+            isFinished = true
+            affectedRows = connection.changes
+        default:
+            self.statement = nil  // the caller finalizes it
+            throw connection.error(step, preparing: false)
+        }
+        columns = SQLiteConnection.columns(of: statement, firstRow: lookahead)
+    }
+
+    deinit { sqlite3_finalize(statement) }
+
+    func fetch(_ limit: Int) throws -> [SQLRow] {
+        var rows: [SQLRow] = []
+        rows.reserveCapacity(min(limit, 4096))
+        if let lookahead {
+            rows.append(SQLRow(columns: columns, values: lookahead))
+            self.lookahead = nil
+        }
+        guard let statement else {
+            isFinished = true
+            return rows
+        }
+        while rows.count < limit && !isFinished {
+            let step = sqlite3_step(statement)
+            if step == SQLITE_DONE {
+                isFinished = true
+                break
+            }
+            guard step == SQLITE_ROW else {
+                isFinished = true
+                throw connection.error(step, preparing: false)
+            }
+            rows.append(SQLRow(columns: columns, values: connection.values(of: statement, count: columnCount)))
+            rowsFetched += 1
+        }
+        return rows
+    }
+
+    func close() {
+        sqlite3_finalize(statement)
+        statement = nil
+        lookahead = nil
+        isFinished = true
+    }
+}

@@ -67,6 +67,8 @@ public final class ConnectionPool: SQLQueryable, Sendable {
         var suspectBefore: ContinuousClock.Instant?
         var nextWaiterID: UInt64 = 1
         var isClosed = false
+        var statementTimeouts = 0
+        var openStreams = 0
 
         var open: Int { inUse + idle.count + connecting }
 
@@ -130,7 +132,8 @@ public final class ConnectionPool: SQLQueryable, Sendable {
         state.withLock { s in
             PoolStatistics(inUse: s.inUse, idle: s.idle.count, waiting: s.waiters.count, connecting: s.connecting,
                            created: s.created, failed: s.failed, closed: s.closedCount, timeouts: s.timeouts,
-                           highWater: s.highWater, consecutiveFailures: s.consecutiveFailures)
+                           highWater: s.highWater, consecutiveFailures: s.consecutiveFailures,
+                           statementTimeouts: s.statementTimeouts, openStreams: s.openStreams)
         }
     }
 
@@ -142,13 +145,72 @@ public final class ConnectionPool: SQLQueryable, Sendable {
     /// Runs a statement on some pooled connection and calls `completion` on `executor`.
     public func query(_ sql: String, _ parameters: [SQLValue], on executor: any StorageExecutor,
                       completion: @escaping @Sendable (Result<SQLResult, StorageError>) -> Void) {
+        query(sql, parameters, timeout: nil, on: executor, completion: completion)
+    }
+
+    /// Runs a statement on some pooled connection with a timeout (see ``SQLConnection/query(_:_:timeout:)``):
+    /// past it, the statement is cancelled on the server, this throws ``StorageError/timeout(_:)``, and the
+    /// connection goes back to the pool healthy. The wait for a connection is bounded by the acquire timeout, not
+    /// by `timeout`.
+    public func query(_ sql: String, _ parameters: [SQLValue], timeout: Duration?) async throws -> SQLResult {
+        do {
+            return try await withConnection { try await $0.query(sql, parameters, timeout: timeout) }
+        } catch let error as StorageError {
+            if error.isStatementTimeout { state.withLock { $0.statementTimeouts += 1 } }
+            throw error
+        }
+    }
+
+    /// Runs a statement with a timeout (as ``query(_:_:timeout:)``) and calls `completion` on `executor`.
+    public func query(_ sql: String, _ parameters: [SQLValue], timeout: Duration?, on executor: any StorageExecutor,
+                      completion: @escaping @Sendable (Result<SQLResult, StorageError>) -> Void) {
         acquire { [self] result in
             switch result {
             case .failure(let error):
                 executor.execute { completion(.failure(error)) }
             case .success(let connection):
-                connection.query(sql, parameters, on: ImmediateExecutor.shared) { result in
+                connection.query(sql, parameters, timeout: timeout, on: ImmediateExecutor.shared) { result in
+                    if case .failure(let error) = result, error.isStatementTimeout {
+                        self.state.withLock { $0.statementTimeouts += 1 }
+                    }
                     self.release(connection)
+                    executor.execute { completion(result) }
+                }
+            }
+        }
+    }
+
+    /// Starts a row stream (see ``SQLConnection/stream(_:_:batchRows:timeout:)``) on a pooled connection, which
+    /// the stream holds until it is finished, fails or is cancelled (or released, which cancels it); then the
+    /// connection goes back to the pool.
+    public func stream(_ sql: String, _ parameters: [SQLValue] = [], batchRows: Int = 1000,
+                       timeout: Duration? = nil) async throws -> SQLRowStream {
+        try await withCheckedThrowingContinuation { continuation in
+            stream(sql, parameters, batchRows: batchRows, timeout: timeout, on: ImmediateExecutor.shared) {
+                continuation.resume(with: $0)
+            }
+        }
+    }
+
+    /// Starts a row stream on a pooled connection (as ``stream(_:_:batchRows:timeout:)``) and calls `completion`
+    /// on `executor`.
+    public func stream(_ sql: String, _ parameters: [SQLValue], batchRows: Int = 1000, timeout: Duration? = nil,
+                       on executor: any StorageExecutor,
+                       completion: @escaping @Sendable (Result<SQLRowStream, StorageError>) -> Void) {
+        acquire { [self] result in
+            switch result {
+            case .failure(let error):
+                executor.execute { completion(.failure(error)) }
+            case .success(let connection):
+                state.withLock { $0.openStreams += 1 }
+                connection.openStream(sql, parameters, batchRows: batchRows, timeout: timeout,
+                                      onEnd: { [self] timedOut in
+                                          state.withLock { s in
+                                              s.openStreams -= 1
+                                              if timedOut { s.statementTimeouts += 1 }
+                                          }
+                                          release(connection)
+                                      }) { result in
                     executor.execute { completion(result) }
                 }
             }

@@ -104,12 +104,18 @@ public struct PoolStatistics: Sendable, Hashable, CustomStringConvertible {
     public var highWater: Int
     /// Connect failures since the last success (0 when healthy).
     public var consecutiveFailures: Int
+    /// Statements and streams cancelled on the server because they ran past their timeout (the connections
+    /// stayed in the pool).
+    public var statementTimeouts: Int = 0
+    /// Row streams holding a connection now.
+    public var openStreams: Int = 0
 
     /// In use + idle + connecting.
     public var open: Int { inUse + idle + connecting }
 
     public var description: String {
         "inUse=\(inUse) idle=\(idle) waiting=\(waiting) connecting=\(connecting) created=\(created) "
-            + "failed=\(failed) closed=\(closed) timeouts=\(timeouts) highWater=\(highWater)"
+            + "failed=\(failed) closed=\(closed) timeouts=\(timeouts) highWater=\(highWater) "
+            + "statementTimeouts=\(statementTimeouts) openStreams=\(openStreams)"
     }
 }

@@ -18,6 +18,18 @@ public protocol SQLQueryable: Sendable {
     /// Runs a statement and calls `completion` on `executor` with the result.
     func query(_ sql: String, _ parameters: [SQLValue], on executor: any StorageExecutor,
                completion: @escaping @Sendable (Result<SQLResult, StorageError>) -> Void)
+
+    /// Runs a statement that is cancelled on the server when it runs longer than `timeout` (then this throws
+    /// ``StorageError/timeout(_:)``; the connection stays usable). `nil`: no timeout.
+    func query(_ sql: String, _ parameters: [SQLValue], timeout: Duration?) async throws -> SQLResult
+
+    /// Runs a statement with a timeout and calls `completion` on `executor` with the result.
+    func query(_ sql: String, _ parameters: [SQLValue], timeout: Duration?, on executor: any StorageExecutor,
+               completion: @escaping @Sendable (Result<SQLResult, StorageError>) -> Void)
+
+    /// Starts a statement whose rows are read batch by batch as the caller asks (see ``SQLRowStream``).
+    func stream(_ sql: String, _ parameters: [SQLValue], batchRows: Int, timeout: Duration?) async throws
+        -> SQLRowStream
 }
 
 extension SQLQueryable {

@@ -47,16 +47,46 @@ public struct SQLRow: Sendable, Hashable {
     }
 }
 
-/// The column names of a result, with a lookup from name to position.
+/// The type of a result column, as the driver reports it (declared or wire type), mapped onto the
+/// ``SQLValue`` cases its values take. Raw values are stable (they travel in the database agent's frames).
+public enum SQLColumnType: Int, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    /// Not known: a NULL literal, an SQLite expression whose first value is NULL, or a result with no rows.
+    case unknown = 0
+    /// Integer types and booleans: values are ``SQLValue/integer(_:)``.
+    case integer = 1
+    /// Floating point types: values are ``SQLValue/double(_:)``.
+    case double = 2
+    /// Text and everything given in the server's text form (decimals, dates, JSON): ``SQLValue/text(_:)``.
+    case text = 3
+    /// Binary strings (`BLOB`, `BYTEA`, `VARBINARY`): ``SQLValue/blob(_:)``.
+    case blob = 4
+
+    public var description: String {
+        switch self {
+        case .unknown: return "unknown"
+        case .integer: return "integer"
+        case .double: return "double"
+        case .text: return "text"
+        case .blob: return "blob"
+        }
+    }
+}
+
+/// The column names of a result, with a lookup from name to position, and their types.
 public struct SQLColumns: Sendable, Hashable {
     /// The names in order.
     public let names: [String]
+    /// The type of each column, in the order of ``names`` (``SQLColumnType/unknown`` where not known).
+    public let types: [SQLColumnType]
     private let exact: [String: Int]
     private let folded: [String: Int]
 
-    /// Creates the column list.
-    public init(_ names: [String]) {
+    /// Creates the column list; `types` must have one type per name (all ``SQLColumnType/unknown`` when
+    /// omitted).
+    public init(_ names: [String], types: [SQLColumnType]? = nil) {
+        precondition(types == nil || types?.count == names.count, "one type per column")
         self.names = names
+        self.types = types ?? Array(repeating: .unknown, count: names.count)
         var exact: [String: Int] = [:]
         var folded: [String: Int] = [:]
         for (i, name) in names.enumerated().reversed() {  // reversed: the first of equal names wins

@@ -19,7 +19,9 @@ public enum StorageError: Error, Sendable, Equatable {
     case constraintViolation(Detail)
     /// The statement is not valid SQL for this database, or names a table or column that does not exist.
     case syntax(Detail)
-    /// No connection became free within the pool's acquire timeout.
+    /// No connection became free within the pool's acquire timeout, or a statement ran longer than its timeout
+    /// and was cancelled on the server (``isStatementTimeout``; code `statement_timeout`; the connection stays
+    /// usable). A driver's own interruption (PostgreSQL 57014, MySQL 1317/1969/3024, SQLite interrupt) maps here too.
     case timeout(Detail)
     /// The database URL cannot be parsed, or names a driver this build does not include.
     case badURL(Detail)
