@@ -81,13 +81,20 @@ public struct ProxyConfiguration: Sendable {
     public var bufferBytes: Int
     /// Sent with every report when the agent requires it (`--report-secret`).
     public var reportSecret: [UInt8]?
+    /// Hosts each loop asks of the agent ahead of the connections that will use them, per route (``SpareHosts``):
+    /// a new client connects at once to a host the agent picked a moment ago, while the next one is asked for, so
+    /// the agent's round trip is off the connection's path. Still one GetHost per connection; never with
+    /// `--affinity client-ip`. 0 asks when the client comes. Default 4.
+    public var spareHosts: Int
+    /// A spare host older than this is not used (an idle proxy asks again). Default 1 s.
+    public var spareHostMaxAge: Duration
 
     public init(host: String = "0.0.0.0", routes: [ProxyRoute], agentHost: String = "127.0.0.1",
                 agentPorts: [Int] = [8888, 8889, 8890], agentTimeout: Duration = .milliseconds(500),
                 affinity: ProxyAffinity = .none, maxConnections: Int = 10_000, connectTimeout: Duration = .seconds(2),
                 connectAttempts: Int = 3, idleTimeout: Duration? = .seconds(300), drainTimeout: Duration = .seconds(30),
                 sendProxy: ProxyHeaderVersion? = nil, transfer: TunnelTransfer = .auto, bufferBytes: Int = 64 << 10,
-                reportSecret: [UInt8]? = nil) {
+                reportSecret: [UInt8]? = nil, spareHosts: Int = 4, spareHostMaxAge: Duration = .seconds(1)) {
         self.host = host
         self.routes = routes
         self.agentHost = agentHost
@@ -103,6 +110,8 @@ public struct ProxyConfiguration: Sendable {
         self.transfer = transfer
         self.bufferBytes = bufferBytes
         self.reportSecret = reportSecret
+        self.spareHosts = spareHosts
+        self.spareHostMaxAge = spareHostMaxAge
     }
 
     /// Throws ``ProxyError/invalidConfiguration(_:)`` naming the first setting out of range.
@@ -127,6 +136,8 @@ public struct ProxyConfiguration: Sendable {
         try check(idleTimeout.map { $0 > .zero } ?? true, "idle timeout must be positive")
         try check(drainTimeout >= .zero, "drain timeout must not be negative")
         try check((4096...(16 << 20)).contains(bufferBytes), "buffer bytes must be 4 KiB...16 MiB")
+        try check((0...64).contains(spareHosts), "spare hosts must be 0...64")
+        try check(spareHostMaxAge > .zero, "the spare hosts' age bound must be positive")
     }
 }
 

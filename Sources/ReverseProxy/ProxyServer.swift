@@ -195,6 +195,18 @@ public final class ProxyServer: Service, Sendable {
         for action in actions {
             switch action {
             case .askAgent(let key):
+                if key == nil && configuration.spareHosts > 0 {
+                    let now = SystemInfo.monotonicNanoseconds()
+                    let spare = proxyLoop.takeSpare(for: connection.route, now: now, target: configuration.spareHosts,
+                                                    maxAge: configuration.spareHostMaxAge)
+                    askForSpares(connection.route, on: proxyLoop)
+                    if let spare {
+                        counters.usedSpare()
+                        perform(connection.session.handle(.agentAnswered(.host(spare))), for: connection,
+                                on: proxyLoop)
+                        continue
+                    }
+                }
                 proxyLoop.agent.getHost(modid: connection.route.modid, cmdid: connection.route.cmdid, key: key) {
                     [self] result in
                     let event: ProxySession.Event
@@ -237,6 +249,21 @@ public final class ProxyServer: Service, Sendable {
                 ])
             case .finished:
                 finished(connection, on: proxyLoop)
+            }
+        }
+    }
+
+    /// Asks the agent for the route's spare hosts that are missing (``SpareHosts``).
+    private func askForSpares(_ route: ProxyRoute, on proxyLoop: ProxyLoop) {
+        let key = ModuleKey(modid: route.modid, cmdid: route.cmdid)
+        guard var spares = proxyLoop.spares[key] else { return }
+        let count = spares.toAsk()
+        proxyLoop.spares[key] = spares
+        for _ in 0..<count {
+            proxyLoop.agent.getHost(modid: route.modid, cmdid: route.cmdid, key: nil) { [weak proxyLoop] result in
+                guard let proxyLoop else { return }
+                let host: Host? = if case .success(.host(let host)) = result { host } else { nil }
+                proxyLoop.spares[key]?.answered(host, now: SystemInfo.monotonicNanoseconds())
             }
         }
     }
@@ -332,6 +359,17 @@ final class ProxyLoop: @unchecked Sendable {
     let loop: EventLoop
     let agent: LoopLoadBalanceClient
     var connections: [UInt64: ProxyConnection] = [:]
+    /// Hosts asked for ahead, per module of a route.
+    var spares: [ModuleKey: SpareHosts] = [:]
+
+    /// A fresh spare host of the route's module, if one is in hand (its spares made on first use).
+    func takeSpare(for route: ProxyRoute, now: UInt64, target: Int, maxAge: Duration) -> Host? {
+        let key = ModuleKey(modid: route.modid, cmdid: route.cmdid)
+        var spare = spares[key] ?? SpareHosts(target: target, maxAgeNanoseconds: maxAge.nanosecondsSaturated)
+        let host = spare.take(now: now)
+        spares[key] = spare
+        return host
+    }
 
     init(loop: EventLoop, agent: LoopLoadBalanceClient) {
         self.loop = loop
@@ -342,6 +380,12 @@ final class ProxyLoop: @unchecked Sendable {
     func closeAll() {
         for connection in Array(connections.values) { connection.abort() }
     }
+}
+
+/// A module of the agent's (a route's modid and cmdid).
+struct ModuleKey: Hashable {
+    let modid: Int32
+    let cmdid: Int32
 }
 
 /// One client connection while it is served. Loop thread only.
@@ -440,6 +484,7 @@ final class ProxyCounters: Sendable {
     private let clientToBackendBytes = Atomic<UInt64>(0)
     private let backendToClientBytes = Atomic<UInt64>(0)
     private let idleClosed = Atomic<Int>(0)
+    private let sparesUsed = Atomic<Int>(0)
     private let connectFailures = Mutex<[Host: (count: Int, counter: Counter)]>([:])
 
     init(metrics: ProxyMetrics) { self.metrics = metrics }
@@ -478,6 +523,10 @@ final class ProxyCounters: Sendable {
         }
     }
 
+    func usedSpare() {
+        sparesUsed.wrappingAdd(1, ordering: .relaxed)
+    }
+
     func noteConnectFailure(_ host: Host) {
         let counter = connectFailures.withLock { all -> Counter in
             let counter = all[host]?.counter ?? metrics.connectFailures(host)
@@ -506,7 +555,8 @@ final class ProxyCounters: Sendable {
             clientToBackendBytes: clientToBackendBytes.load(ordering: .relaxed),
             backendToClientBytes: backendToClientBytes.load(ordering: .relaxed),
             idleClosed: idleClosed.load(ordering: .relaxed),
-            connectFailures: connectFailures.withLock { $0.mapValues(\.count) })
+            connectFailures: connectFailures.withLock { $0.mapValues(\.count) },
+            spareHostsUsed: sparesUsed.load(ordering: .relaxed))
     }
 }
 
@@ -531,4 +581,6 @@ public struct ProxyStatistics: Sendable, Hashable {
     public var idleClosed: Int
     /// Failed connects per backend.
     public var connectFailures: [Host: Int]
+    /// Connections that went to a host asked for ahead (``ProxyConfiguration/spareHosts``).
+    public var spareHostsUsed: Int = 0
 }

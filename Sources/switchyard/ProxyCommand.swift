@@ -45,6 +45,12 @@ struct ProxyCommand: AsyncParsableCommand {
     var splice = "auto"
     @Option(help: "KiB in flight per direction of a connection (default 64).") var bufferKib = 64
     @Option(help: "Secret to send with reports, when the agent requires one.") var reportSecret: String?
+    @Option(help: """
+        Hosts each loop asks the agent for ahead of the connections that use them (the agent's round trip off a \
+        new connection's path; still one GetHost per connection; not with --affinity client-ip). 0: ask when the \
+        client comes (default 4).
+        """)
+    var spareHosts = 4
     @Option(help: "I/O threads.") var loops = 1
     @Option(help: "I/O multiplexer: epoll, poll or select.") var poller: PollerKind = .epoll
     @OptionGroup var service: ServiceOptions
@@ -79,7 +85,7 @@ struct ProxyCommand: AsyncParsableCommand {
             idleTimeout: idleTimeout == 0 ? nil : .milliseconds(Int64(idleTimeout * 1000)),
             drainTimeout: .milliseconds(Int64(drainTimeout * 1000)), sendProxy: sendProxy,
             transfer: splice == "on" ? .splice : splice == "off" ? .copy : .auto, bufferBytes: bufferKib << 10,
-            reportSecret: reportSecret.map { Array($0.utf8) })
+            reportSecret: reportSecret.map { Array($0.utf8) }, spareHosts: spareHosts)
     }
 
     func validate() throws {

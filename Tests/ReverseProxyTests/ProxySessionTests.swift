@@ -108,3 +108,34 @@ struct ProxySessionTests {
                        127, 0, 0, 2, 127, 0, 0, 1, 0x9C, 0x40, 0x1F, 0x90])
     }
 }
+
+@Suite("Spare hosts: picks asked ahead of the connections that use them")
+struct SpareHostsTests {
+    let a = Host(address: "10.0.0.1", port: 9000)!
+    let b = Host(address: "10.0.0.2", port: 9000)!
+
+    @Test("asks up to the target, hands out fresh hosts in order, drops stale ones and answers without a host")
+    func freshHostsOnly() {
+        var spares = SpareHosts(target: 3, maxAgeNanoseconds: 1_000)
+        #expect(spares.take(now: 0) == nil)
+        #expect(spares.toAsk() == 3)
+        #expect(spares.toAsk() == 0, "three asked already")
+        spares.answered(a, now: 100)
+        spares.answered(nil, now: 110)  // the agent had no host: nothing kept
+        spares.answered(b, now: 2_000)
+        #expect(spares.count == 2 && spares.asked == 0)
+        #expect(spares.toAsk() == 1)
+        // `a` is 2,000 ns old at 2,100: past the bound, dropped; `b` is fresh.
+        #expect(spares.take(now: 2_100) == b)
+        #expect(spares.take(now: 2_100) == nil)
+        #expect(spares.toAsk() == 2, "one still asked, two to fill")
+    }
+
+    @Test("a target of zero never asks")
+    func zeroTarget() {
+        var spares = SpareHosts(target: 0, maxAgeNanoseconds: 1_000)
+        #expect(spares.toAsk() == 0)
+        spares.answered(a, now: 0)
+        #expect(spares.take(now: 0) == nil)
+    }
+}

@@ -112,6 +112,8 @@ struct ProxySocketTests {
         }
         #expect(fleet.proxy.statistics.noBackend == 0)
         #expect((fleet.proxy.statistics.connectFailures[dead.host] ?? 0) >= 3)
+        // One connection after another: each after the first went to a host asked for ahead (a spare).
+        #expect(fleet.proxy.statistics.spareHostsUsed > 0, "\(fleet.proxy.statistics)")
         #expect(await eventually { await fleet.overloadedHosts() == [dead.host] })
         // It listens again: probes find it, successes bring it back.
         try dead.restart()
