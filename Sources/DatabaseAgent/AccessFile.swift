@@ -25,7 +25,7 @@ public enum AccessFile {
         var secrets: [String: Int] = [:]
         var labels: [String: Int] = [:]
         var lineNumber = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        for rawLine in lines(of: text) {
             lineNumber += 1
             var line = Substring(rawLine)
             if line.last == "\r" { line = line.dropLast() }
@@ -63,6 +63,11 @@ public enum AccessFile {
             }
         }
         return AccessRules(statements: statements, tokens: tokens)
+    }
+
+    /// The lines of a text: LF and CRLF end a line (in Swift "\r\n" is one character).
+    static func lines(of text: String) -> [Substring] {
+        text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
     }
 
     private static func parseStatement(_ text: Substring, line: Int) throws(AccessFileError) -> NamedStatement {

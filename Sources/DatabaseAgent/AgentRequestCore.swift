@@ -182,7 +182,7 @@ struct AgentRequestCore {
     /// A Cancel arrived: the request ends now (an unknown id, or one that ended already, is ignored).
     mutating func cancel(_ id: UInt64) -> [Action] {
         guard let request = finish(id) else { return [] }
-        return [.release(id), .send(.error(Self.error(id, .cancelled, "cancelled by the caller")), token: request.token)]
+        return [.release(id), failure(Self.error(id, .cancelled, "cancelled by the caller"), token: request.token)]
     }
 
     /// A MoreRows arrived: one more chunk granted (kept up to `maxCredit`).
@@ -240,7 +240,7 @@ struct AgentRequestCore {
     /// The statement, a batch read or the transaction failed.
     mutating func failed(_ id: UInt64, _ error: any Error, now: UInt64) -> [Action] {
         guard let request = finish(id) else { return [.release(id)] }
-        return [.release(id), .send(.error(Self.error(id, for: error)), token: request.token)]
+        return [.release(id), failure(Self.error(id, for: error), token: request.token)]
     }
 
     /// The time passed: requests whose caller granted no chunk within the credit timeout end.
@@ -252,8 +252,8 @@ struct AgentRequestCore {
             _ = finish(id)
             counters.creditTimeout()
             actions.append(.release(id))
-            actions.append(.send(.error(Self.error(id, .timeout, "no MoreRows within the credit timeout")),
-                                 token: request.token))
+            actions.append(failure(Self.error(id, .timeout, "no MoreRows within the credit timeout"),
+                               token: request.token))
         }
         return actions
     }
@@ -276,9 +276,8 @@ struct AgentRequestCore {
         guard !closing else { return .refused([]) }
         guard let token = rules.tokenIndex(for: presented.utf8) else {
             authFailures += 1
-            var actions: [Action] = [.send(.error(Self.error(id, .unauthorized,
-                                                             presented.isEmpty ? "no token" : "unknown token")),
-                                           token: nil)]
+            var actions: [Action] = [failure(Self.error(id, .unauthorized,
+                                                        presented.isEmpty ? "no token" : "unknown token"), token: nil)]
             if authFailures == 1 {
                 actions.append(.logUnauthorized(reason: presented.isEmpty ? "no token" : "unknown token"))
             }
@@ -365,8 +364,8 @@ struct AgentRequestCore {
             let bytes = Self.estimatedBytes(values)
             guard bytes <= limits.maxChunkBytes else {
                 _ = finish(id)
-                return actions + [.release(id), .send(.error(Self.error(id, .tooLarge,
-                    "a row of about \(bytes) bytes does not fit in a frame of \(limits.maxChunkBytes)")),
+                return actions + [.release(id), failure(Self.error(id, .tooLarge,
+                    "a row of about \(bytes) bytes does not fit in a frame of \(limits.maxChunkBytes)"),
                     token: request.token)]
             }
             if chunkBytes + bytes > limits.maxChunkBytes {
@@ -381,6 +380,7 @@ struct AgentRequestCore {
         }
         if !chunk.rows.isEmpty { actions.append(.send(.rows(chunk), token: request.token)) }
         request.sent += rows.count
+        counters.rows(request.token, rows.count)
         if batch.isLast || truncated {
             _ = finish(id)
             var done = Switchyard_Dbagent_Done()
@@ -428,7 +428,13 @@ struct AgentRequestCore {
     }
 
     private func refuse(_ id: UInt64, _ kind: Switchyard_Dbagent_ErrorKind, _ message: String, token: Int?) -> [Action] {
-        [.send(.error(Self.error(id, kind, message)), token: token)]
+        [failure(Self.error(id, kind, message), token: token)]
+    }
+
+    /// An error answer, counted.
+    private func failure(_ error: Switchyard_Dbagent_Error, token: Int?) -> Action {
+        counters.error(error.kind, token: token)
+        return .send(.error(error), token: token)
     }
 
     static func error(_ id: UInt64, _ kind: Switchyard_Dbagent_ErrorKind, _ message: String) -> Switchyard_Dbagent_Error {

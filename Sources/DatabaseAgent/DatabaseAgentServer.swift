@@ -252,6 +252,7 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
         perform(core.failed(id, error, now: now))
     }
 
+    /// Sends an answer (the core counted it).
     private func send(_ answer: AgentRequestCore.Answer, token: Int?) {
         let id: DatabaseAgentMessageID
         let body: [UInt8]?
@@ -262,14 +263,12 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
         case .rows(let m):
             id = .rows
             body = try? m.serializedBytes()
-            if let token { counters.rows(token, m.rows.count) }
         case .done(let m):
             id = .done
             body = try? m.serializedBytes()
         case .error(let m):
             id = .error
             body = try? m.serializedBytes()
-            counters.error(m.kind, token: token)
         }
         guard let body else { return }
         _ = body.withUnsafeBytes { connection.sendFrameInLoop(messageID: id.rawValue, body: $0) }

@@ -6,7 +6,7 @@ struct AccessFileTests {
     static let sample = """
         # the statements
         statement user_by_id = SELECT id, name FROM users WHERE id = ?
-          statement add_user=INSERT INTO users (name, note) VALUES (?, '?')
+          statement add_user=INSERT INTO users (name, note, tag) VALUES (?, ?, '?')
 
         token web-secret statements=user_by_id rows=100 rate=50 name=web
         \ttoken admin-secret sql
@@ -134,7 +134,7 @@ struct AccessFileTests {
                 }
                 for (name, statement) in rules.statements { #expect(statement.name == name && !statement.sql.isEmpty) }
             } catch {
-                let lines = text.split(separator: "\n", omittingEmptySubsequences: false).count
+                let lines = AccessFile.lines(of: text).count
                 #expect(error.line >= 1 && error.line <= lines, "line \(error.line) of \(lines)")
                 #expect(!error.reason.isEmpty)
             }
