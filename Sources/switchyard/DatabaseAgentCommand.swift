@@ -177,8 +177,11 @@ struct DatabaseQueryCommand: ParsableCommand {
         }
         var summary = "(\(result.rows.count) row\(result.rows.count == 1 ? "" : "s")"
         if result.truncated { summary += ", truncated by the row limit" }
-        if result.affectedRows != 0 { summary += ", \(result.affectedRows) affected" }
-        if let id = result.lastInsertID, result.affectedRows != 0 { summary += ", last insert id \(id)" }
+        // Statements without columns: what they changed (a query's count is the driver's of an earlier statement).
+        if result.columns.isEmpty {
+            summary += ", \(result.affectedRows) affected"
+            if let id = result.lastInsertID, result.affectedRows != 0 { summary += ", last insert id \(id)" }
+        }
         return out + summary + ")\n"
     }
 
