@@ -288,3 +288,70 @@ struct AgentSocketTests {
 extension Switchyard_Dbagent_Value {
     var integer64: Int64? { if case .integer(let v)? = kind { v } else { nil } }
 }
+
+/// A runner whose statements take `delay` (watching cancellation), over the pool's otherwise.
+struct SlowRunner: StatementRunner {
+    let inner: PoolStatementRunner
+    let delay: Duration
+
+    func run(_ sql: String, _ parameters: [SQLValue], timeout: Duration) async throws -> any RowSource {
+        if sql.contains("slow") {
+            return try await PoolStatementRunner.withTimeout(timeout) { [delay] in
+                try await Task.sleep(for: delay)
+                return WholeResultSource(SQLResult())
+            }
+        }
+        return try await inner.run(sql, parameters, timeout: timeout)
+    }
+
+    func runBatch(_ statements: [(sql: String, parameters: [SQLValue])], timeout: Duration) async throws
+        -> BatchOutcome
+    {
+        try await inner.runBatch(statements, timeout: timeout)
+    }
+}
+
+@Suite("Database agent: timeouts", .timeLimit(.minutes(1)))
+struct AgentTimeoutTests {
+    @Test("a 10 s statement with a 200 ms timeout answers timeout in under a second; the next one works",
+          arguments: PollerKind.allCases)
+    func statementTimeout(poller: PollerKind) async throws {
+        let running = try await RunningAgent(poller: poller, bigRows: 3)
+        let agent = DatabaseAgentServer(
+            group: running.group, configuration: DatabaseAgentConfiguration(port0: ()),
+            rules: try AccessFile.parse("token t sql\n"),
+            runner: SlowRunner(inner: PoolStatementRunner(pool: running.pool), delay: .seconds(10)),
+            logger: .init(label: "test"))
+        let port = Int(try await runOnDedicatedThread(name: "start") { Result { try agent.start() } }.get().port)
+        let client = try await DatabaseAgentClient.connect(port: port, token: "t", loop: running.group.next())
+        let start = ContinuousClock.now
+        do {
+            _ = try await client.execute(sql: "SELECT 'slow'", timeout: .milliseconds(200))
+            Issue.record("no timeout")
+        } catch {
+            #expect(error.kind == .timeout, "\(error)")
+        }
+        let took = ContinuousClock.now - start
+        #expect(took < .seconds(1), "took \(took)")
+        #expect(try await client.execute(sql: "SELECT COUNT(*) FROM big").rows == [[.integer(3)]])
+        #expect(agent.statistics.inFlight == 0)
+        await client.close()
+        await runOnDedicatedThread(name: "stop") { agent.shutdown() }
+        await running.stop()
+    }
+
+    @Test("the runner's timeout race: the caller resumes at the timeout, or at once when cancelled")
+    func timeoutRace() async throws {
+        let start = ContinuousClock.now
+        await #expect(throws: RunnerError.timeout(.milliseconds(100))) {
+            try await PoolStatementRunner.withTimeout(.milliseconds(100)) { try await Task.sleep(for: .seconds(10)) }
+        }
+        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(try await PoolStatementRunner.withTimeout(.seconds(10)) { 42 } == 42)
+        let task = Task {
+            try await PoolStatementRunner.withTimeout(.seconds(10)) { try await Task.sleep(for: .seconds(10)) }
+        }
+        task.cancel()
+        await #expect(throws: RunnerError.cancelled) { try await task.value }
+    }
+}
