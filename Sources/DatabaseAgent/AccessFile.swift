@@ -37,8 +37,9 @@ public enum AccessFile {
             case "statement":
                 let statement = try parseStatement(rest, line: lineNumber)
                 if let earlier = statements[statement.name] {
-                    throw AccessFileError(line: lineNumber,
-                                          reason: "statement '\(statement.name)' is defined already (line \(earlier.line))")
+                    throw AccessFileError(
+                        line: lineNumber,
+                        reason: "statement '\(statement.name)' is defined already (line \(earlier.line))")
                 }
                 statements[statement.name] = statement
             case "token":
@@ -48,13 +49,15 @@ public enum AccessFile {
                     throw AccessFileError(line: lineNumber, reason: "the same token is on line \(earlier) already")
                 }
                 if let earlier = labels[token.label] {
-                    throw AccessFileError(line: lineNumber, reason: "token name '\(token.label)' is used on line \(earlier)")
+                    throw AccessFileError(line: lineNumber,
+                                          reason: "token name '\(token.label)' is used on line \(earlier)")
                 }
                 secrets[secret] = lineNumber
                 labels[token.label] = lineNumber
                 tokens.append(token)
             default:
-                throw AccessFileError(line: lineNumber, reason: "unknown entry '\(printable(keyword))': expected 'statement NAME = SQL' or 'token SECRET ...'")
+                throw AccessFileError(line: lineNumber, reason: "unknown entry '\(printable(keyword))': "
+                                      + "expected 'statement NAME = SQL' or 'token SECRET ...'")
             }
         }
         for token in tokens {
@@ -124,7 +127,8 @@ public enum AccessFile {
             case ("statements", false), ("rows", false), ("rate", false), ("name", false):
                 throw AccessFileError(line: line, reason: "'\(key)' needs a value: '\(key)=...'")
             default:
-                throw AccessFileError(line: line, reason: "unknown token option '\(printable(word))': expected sql, statements=, rows=, rate= or name=")
+                throw AccessFileError(line: line, reason: "unknown token option '\(printable(word))': "
+                                      + "expected sql, statements=, rows=, rate= or name=")
             }
         }
         return grant
@@ -132,7 +136,8 @@ public enum AccessFile {
 
     private static func number(_ text: Substring, key: String, line: Int) throws(AccessFileError) -> Int {
         guard let n = Int(text), n >= 1, n <= maxNumber else {
-            throw AccessFileError(line: line, reason: "'\(key)=\(printable(text))': expected a whole number 1...\(maxNumber)")
+            throw AccessFileError(line: line,
+                                  reason: "'\(key)=\(printable(text))': expected a whole number 1...\(maxNumber)")
         }
         return n
     }
@@ -142,7 +147,8 @@ public enum AccessFile {
             throw AccessFileError(line: line, reason: "\(what) longer than \(maxNameBytes) bytes")
         }
         guard let first = name.utf8.first, isNameStart(first), name.utf8.allSatisfy(isNameByte) else {
-            throw AccessFileError(line: line, reason: "bad \(what) '\(printable(name))': letters, digits, '_', '-' and '.', starting with a letter or '_'")
+            throw AccessFileError(line: line, reason: "bad \(what) '\(printable(name))': "
+                                  + "letters, digits, '_', '-' and '.', starting with a letter or '_'")
         }
     }
 

@@ -30,7 +30,8 @@ public enum AgentParameter {
             }
             return .blob(bytes)
         default:
-            throw AgentParameterError(text: text, reason: "unknown kind '\(kind)': expected text:, int:, double: or blob:")
+            throw AgentParameterError(text: text,
+                                      reason: "unknown kind '\(kind)': expected text:, int:, double: or blob:")
         }
     }
 

@@ -20,8 +20,8 @@ struct AgentRequestCore {
     enum Action: Equatable {
         /// Send an answer; `token` is the request's token (for the counters), when known.
         case send(Answer, token: Int?)
-        /// Run a statement, then read its first batch of at most `batchRows` rows; report with ``started(_:columns:batch:now:)``
-        /// or ``failed(_:_:now:)``.
+        /// Run a statement, then read its first batch of at most `batchRows` rows; report with
+        /// ``started(_:columns:batch:now:)`` or ``failed(_:_:now:)``.
         case run(UInt64, sql: String, parameters: [SQLValue], timeout: Duration, batchRows: Int, token: Int)
         /// Run statements in one transaction; report with ``batchFinished(_:_:)`` or ``failed(_:_:now:)``.
         case runBatch(UInt64, statements: [PlannedStatement], timeout: Duration, token: Int)
@@ -159,7 +159,9 @@ struct AgentRequestCore {
         case .refused(let actions): return actions
         case .admitted(let index): token = index
         }
-        guard !request.statements.isEmpty else { return refuse(id, .badRequest, "a batch needs statements", token: token) }
+        guard !request.statements.isEmpty else {
+            return refuse(id, .badRequest, "a batch needs statements", token: token)
+        }
         guard request.statements.count <= limits.maxBatchStatements else {
             return refuse(id, .tooLarge, "a batch has at most \(limits.maxBatchStatements) statements", token: token)
         }
@@ -248,7 +250,9 @@ struct AgentRequestCore {
         guard let timeoutNs = limits.creditTimeoutNs else { return [] }
         var actions: [Action] = []
         for (id, request) in open {
-            guard case .waitingCredit(let since) = request.phase, now > since, now - since >= timeoutNs else { continue }
+            guard case .waitingCredit(let since) = request.phase, now > since, now - since >= timeoutNs else {
+                continue
+            }
             _ = finish(id)
             counters.creditTimeout()
             actions.append(.release(id))
@@ -295,8 +299,8 @@ struct AgentRequestCore {
         }
         counters.request(token)
         guard limiter.take(token, now: now) else {
-            return .refused(refuse(id, .rateLimited, "over the token's \(rules.tokens[token].rate ?? 0) requests a second",
-                                   token: token))
+            let rate = rules.tokens[token].rate ?? 0
+            return .refused(refuse(id, .rateLimited, "over the token's \(rate) requests a second", token: token))
         }
         return .admitted(token)
     }
@@ -427,7 +431,9 @@ struct AgentRequestCore {
         return request
     }
 
-    private func refuse(_ id: UInt64, _ kind: Switchyard_Dbagent_ErrorKind, _ message: String, token: Int?) -> [Action] {
+    private func refuse(_ id: UInt64, _ kind: Switchyard_Dbagent_ErrorKind, _ message: String, token: Int?)
+        -> [Action]
+    {
         [failure(Self.error(id, kind, message), token: token)]
     }
 
@@ -437,7 +443,9 @@ struct AgentRequestCore {
         return .send(.error(error), token: token)
     }
 
-    static func error(_ id: UInt64, _ kind: Switchyard_Dbagent_ErrorKind, _ message: String) -> Switchyard_Dbagent_Error {
+    static func error(_ id: UInt64, _ kind: Switchyard_Dbagent_ErrorKind, _ message: String)
+        -> Switchyard_Dbagent_Error
+    {
         var error = Switchyard_Dbagent_Error()
         error.requestID = id
         error.kind = kind

@@ -112,7 +112,8 @@ struct ResultAssembler {
             case DatabaseAgentMessageID.columns.rawValue:
                 let columns = try Switchyard_Dbagent_Columns(serializedBytes: body)
                 result.columns = columns.names.enumerated().map { index, name in
-                    ColumnInfo(name: name, type: index < columns.types.count ? ColumnType(columns.types[index]) : .unknown)
+                    let type = index < columns.types.count ? ColumnType(columns.types[index]) : .unknown
+                    return ColumnInfo(name: name, type: type)
                 }
                 return .more(grant: false)
             case DatabaseAgentMessageID.rows.rawValue:

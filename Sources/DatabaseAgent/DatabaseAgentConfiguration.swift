@@ -80,7 +80,9 @@ public struct DatabaseAgentConfiguration: Sendable {
         guard defaultTimeout <= maxTimeout else { throw .invalid("defaultTimeout must not be above maxTimeout") }
         try positive(defaultBatchRows, "defaultBatchRows")
         try positive(maxBatchRows, "maxBatchRows")
-        guard defaultBatchRows <= maxBatchRows else { throw .invalid("defaultBatchRows must not be above maxBatchRows") }
+        guard defaultBatchRows <= maxBatchRows else {
+            throw .invalid("defaultBatchRows must not be above maxBatchRows")
+        }
         try positive(maxRequestsPerConnection, "maxRequestsPerConnection")
         try positive(maxRequestsInFlight, "maxRequestsInFlight")
         try positive(maxCredit, "maxCredit")

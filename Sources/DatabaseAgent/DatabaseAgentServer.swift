@@ -178,10 +178,13 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
     func cancel(_ id: UInt64) { perform(core.cancel(id)) }
     func moreRows(_ id: UInt64) { perform(core.moreRows(id)) }
 
+    /// The connection closed: its requests are released, and the connection lets go of this state (which holds the
+    /// connection: a cycle otherwise). Tasks still running keep it until they come back and find nothing open.
     func closed() {
         timer?.cancel()
         timer = nil
         perform(core.closed())
+        connection.context = nil
     }
 
     private func perform(_ actions: [AgentRequestCore.Action]) {

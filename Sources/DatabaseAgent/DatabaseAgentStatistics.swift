@@ -86,7 +86,8 @@ final class AgentCounters: Sendable {
     var snapshot: DatabaseAgentStatistics {
         var tokens: [String: DatabaseAgentStatistics.TokenCounters] = [:]
         for t in perToken {
-            tokens[t.label] = .init(requests: t.requests.load(ordering: .relaxed), rows: t.rows.load(ordering: .relaxed),
+            tokens[t.label] = .init(requests: t.requests.load(ordering: .relaxed),
+                                    rows: t.rows.load(ordering: .relaxed),
                                     errors: t.errors.load(ordering: .relaxed),
                                     rateLimited: t.rateLimited.load(ordering: .relaxed))
         }

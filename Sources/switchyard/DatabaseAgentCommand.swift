@@ -166,7 +166,9 @@ struct DatabaseQueryCommand: ParsableCommand {
             let header = result.columns.map(\.name)
             let cells = result.rows.map { $0.map(cell) }
             var widths = header.map(\.count)
-            for row in cells { for (i, c) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
+            for row in cells {
+                for (i, c) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) }
+            }
             func line(_ items: [String]) -> String {
                 items.enumerated().map { i, c in c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
                     .joined(separator: " | ")
@@ -211,5 +213,7 @@ struct DatabaseQueryCommand: ParsableCommand {
 }
 
 private extension String {
-    func leftPadded(_ width: Int) -> String { count >= width ? self : String(repeating: "0", count: width - count) + self }
+    func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
 }

@@ -102,7 +102,8 @@ struct AccessFileTests {
     @Test("random inputs (and the sample fed in random pieces joined again) never crash: parsed or one error")
     func randomInputsNeverCrash() {
         var generator = SplitMix(seed: 0x5EED)
-        let alphabet = Array("statement token sql rows= rate= statements= name= = , # ?'\"`\t\r\n abcXYZ019_-.é\u{0}".utf8)
+        let alphabet = Array(
+            "statement token sql rows= rate= statements= name= = , # ?'\"`\t\r\n abcXYZ019_-.é\u{0}".utf8)
         let sampleBytes = Array(Self.sample.utf8)
         for round in 0..<3000 {
             var bytes: [UInt8]

@@ -215,7 +215,8 @@ struct AgentSocketTests {
         #expect(seen == ["columns", "rows", "done"])
         #expect(running.agent.statistics.rowsRead == 10 + 1, "\(running.agent.statistics)")
         #expect(running.agent.statistics.inFlight == 1)
-        try await frames.send(Switchyard_Dbagent_MoreRows.with { $0.requestID = 1 }, id: DatabaseAgentMessageID.moreRows)
+        try await frames.send(Switchyard_Dbagent_MoreRows.with { $0.requestID = 1 },
+                              id: DatabaseAgentMessageID.moreRows)
         let second = try await inbound.next()
         #expect(kind(second) == "rows")
         let rows = try Switchyard_Dbagent_Rows(serializedBytes: second!.body).rows

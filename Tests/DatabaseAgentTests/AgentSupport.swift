@@ -82,8 +82,9 @@ extension DatabaseAgentConfiguration {
 
 extension AsyncFrameClient {
     func send(execute statement: AgentStatement, id: UInt64, token: String, batchRows: Int = 0) async throws {
-        try await send(AgentResult.executeMessage(id: id, token: token, statement: statement, rowLimit: 0,
-                                                  timeout: nil, batchRows: batchRows), id: DatabaseAgentMessageID.execute)
+        let request = AgentResult.executeMessage(id: id, token: token, statement: statement, rowLimit: 0,
+                                                 timeout: nil, batchRows: batchRows)
+        try await send(request, id: DatabaseAgentMessageID.execute)
     }
 
     /// The next frame, within 10 s.

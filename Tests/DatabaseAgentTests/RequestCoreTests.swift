@@ -70,8 +70,8 @@ struct RequestCoreTests {
             return
         }
         #expect(sql == "SELECT * FROM t" && batchRows == 10)
-        var actions = h.core.started(1, columns: [ColumnInfo(name: "x")], batch: RowBatch(rows: CoreHarness.rows(0..<10),
-                                                                                          isLast: false), now: 1)
+        var actions = h.core.started(1, columns: [ColumnInfo(name: "x")],
+                                     batch: RowBatch(rows: CoreHarness.rows(0..<10), isLast: false), now: 1)
         #expect(actions.count == 2 && actions[1].rowCount == 10, "columns and one chunk: \(actions)")
         #expect(actions.filter(\.isFetch).isEmpty, "nothing more is read without a grant")
         // No grant: nothing happens however much time passes (below the credit timeout).

@@ -11,8 +11,11 @@
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
     let lines = AccessFile.lines(of: text).count
-    let first: Result<AccessRules, AccessFileError> = Result { () throws(AccessFileError) in try AccessFile.parse(text) }
-    let second: Result<AccessRules, AccessFileError> = Result { () throws(AccessFileError) in try AccessFile.parse(text) }
+    func parse() -> Result<AccessRules, AccessFileError> {
+        Result { () throws(AccessFileError) in try AccessFile.parse(text) }
+    }
+    let first = parse()
+    let second = parse()
     switch (first, second) {
     case (.failure(let a), .failure(let b)):
         precondition(a == b, "two parses disagree: \(a) vs \(b)")
