@@ -4,7 +4,7 @@ import PackageDescription
 // The module graph (arrows point down only; no service module imports another service module):
 //
 //   switchyard (CLI)   SwitchyardDemo, SwitchyardBench (internal; only the CLI links them)
-//   services:          NameService  Reporter  LoadBalanceAgent  Chat
+//   services:          NameService  Reporter  LoadBalanceAgent  Chat  DatabaseAgent
 //   clients:           LoadBalanceClient (async, blocking, ServiceRegistration)
 //   RouteStore (route tables)    LoadBalancing (pure)    LarsProtocol (messages, ids, return codes)
 //   Storage                      Messaging (router, framed TCP/UDP, async client)

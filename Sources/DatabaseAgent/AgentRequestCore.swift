@@ -29,7 +29,7 @@ struct AgentRequestCore {
         case fetch(UInt64, maxRows: Int)
         /// The request is over: cancel its work in progress and drop its source.
         case release(UInt64)
-        /// A request without a valid token: log it (the first of the connection only).
+        /// The connection's first request without a valid token: log it (once per episode across connections).
         case logUnauthorized(reason: String)
         /// Close the connection (after the answers before this action are out).
         case close

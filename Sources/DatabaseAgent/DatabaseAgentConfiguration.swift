@@ -36,6 +36,9 @@ public struct DatabaseAgentConfiguration: Sendable {
     public var maxBatchStatements: Int
     /// Requests with no valid token a connection may send; at this count it is closed (default 3).
     public var maxAuthFailures: Int
+    /// Connections without a valid token are logged once per episode: one after this long without one starts a new
+    /// episode, with a new line (default 10 s).
+    public var logQuietInterval: Duration
 
     public init(server: ServerConfiguration = ServerConfiguration(port: 7795, maxConnections: 1024),
                 maxFrameBodyLength: Int = FrameParser.defaultMaxBodyLength, idleTimeout: Duration? = .seconds(300),
@@ -43,7 +46,7 @@ public struct DatabaseAgentConfiguration: Sendable {
                 defaultBatchRows: Int = 256, maxBatchRows: Int = 10_000, maxRequestsPerConnection: Int = 16,
                 maxRequestsInFlight: Int = 1024, maxCredit: Int = 4, creditTimeout: Duration? = .seconds(60),
                 maxSQLBytes: Int = 64 << 10, maxParameters: Int = 10_000, maxBatchStatements: Int = 1000,
-                maxAuthFailures: Int = 3) {
+                maxAuthFailures: Int = 3, logQuietInterval: Duration = .seconds(10)) {
         self.server = server
         self.maxFrameBodyLength = maxFrameBodyLength
         self.idleTimeout = idleTimeout
@@ -59,6 +62,7 @@ public struct DatabaseAgentConfiguration: Sendable {
         self.maxParameters = maxParameters
         self.maxBatchStatements = maxBatchStatements
         self.maxAuthFailures = maxAuthFailures
+        self.logQuietInterval = logQuietInterval
     }
 
     /// Throws the first setting out of range.
@@ -92,6 +96,7 @@ public struct DatabaseAgentConfiguration: Sendable {
         try positive(maxParameters, "maxParameters")
         try positive(maxBatchStatements, "maxBatchStatements")
         try positive(maxAuthFailures, "maxAuthFailures")
+        try positive(logQuietInterval, "logQuietInterval")
     }
 }
 

@@ -16,8 +16,8 @@ import Synchronization
 ///
 /// Callers present a token of the access file (``AccessFile``) with every request; it says which named statements
 /// they may run, whether they may send SQL text, how many rows an answer may hold and how many requests a second
-/// they may make. Requests without a valid token are refused, logged once per connection, and the connection is
-/// closed at ``DatabaseAgentConfiguration/maxAuthFailures``.
+/// they may make. Requests without a valid token are refused, logged once per episode across the connections, and
+/// the connection is closed at ``DatabaseAgentConfiguration/maxAuthFailures``.
 ///
 /// Threads: the requests of a connection live on its loop (``AgentRequestCore``, a pure state machine); statements
 /// run through the runner in tasks, never on a loop, and their results come back to the loop.
@@ -58,6 +58,7 @@ public final class DatabaseAgentServer: Service, Sendable {
         let limiter = TokenRateLimiter(rates: rules.tokens.map(\.rate))
         self.limiter = limiter
         let limits = AgentRequestCore.Limits(configuration)
+        let authLog = UnauthorizedLog(logger: logger, quietInterval: configuration.logQuietInterval)
         let router = MessageRouter<TCPConnection>()
         do {
             try router.on(DatabaseAgentMessageID.execute, as: Switchyard_Dbagent_Execute.self) { request, message in
@@ -84,7 +85,7 @@ public final class DatabaseAgentServer: Service, Sendable {
             onConnect: { connection in
                 let core = AgentRequestCore(rules: rules, limits: limits, limiter: limiter, counters: counters)
                 let state = AgentConnection(connection: connection, core: core, runner: runner,
-                                            counters: counters, logger: logger)
+                                            counters: counters, authLog: authLog)
                 connection.context = state
                 state.startTimer(every: configuration.creditTimeout.map { min($0 / 4, .seconds(1)) })
             },
@@ -140,6 +141,32 @@ public enum DatabaseAgentError: Error, Equatable, Sendable, CustomStringConverti
     public var description: String { "the database agent is running already" }
 }
 
+/// Connections whose requests carry no valid token, across the agent's connections: one line when an episode starts
+/// (the first such connection after the quiet interval without one), one with the count when the next starts, so a
+/// flood of bad callers costs a line per episode, not one per connection.
+final class UnauthorizedLog: Sendable {
+    let logger: Logger
+    private let episode: Mutex<LogEpisode>
+
+    init(logger: Logger, quietInterval: Duration) {
+        self.logger = logger
+        episode = Mutex(LogEpisode(quietInterval: quietInterval))
+    }
+
+    /// A connection sent its first request without a valid token. Any thread.
+    func record(_ connection: TCPConnection, reason: String) {
+        guard case .started(let ended) = episode.withLock({ $0.record(now: SystemInfo.monotonicNanoseconds()) })
+        else { return }
+        if ended > 0 {
+            logger.info("database agent: connections without a valid token: episode over",
+                        metadata: ["count": "\(ended)"])
+        }
+        logger.info("database agent: request without a valid token (logged once per episode)", metadata: [
+            "peer.address": "\(connection.peerAddress)", "connection.id": "\(connection.id)", "reason": "\(reason)",
+        ])
+    }
+}
+
 /// One caller's connection: its request core and the work in progress. Loop-confined: every method runs on the
 /// connection's loop, and the tasks that run statements come back to it with `loop.execute`.
 final class AgentConnection: @unchecked Sendable {  // used on its connection's loop only (tasks hop back to it)
@@ -147,18 +174,18 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
     var core: AgentRequestCore
     let runner: any StatementRunner
     let counters: AgentCounters
-    let logger: Logger
+    let authLog: UnauthorizedLog
     private var tasks: [UInt64: Task<Void, Never>] = [:]
     private var sources: [UInt64: any RowSource] = [:]
     private var timer: TimerHandle?
 
     init(connection: TCPConnection, core: AgentRequestCore, runner: any StatementRunner, counters: AgentCounters,
-         logger: Logger) {
+         authLog: UnauthorizedLog) {
         self.connection = connection
         self.core = core
         self.runner = runner
         self.counters = counters
-        self.logger = logger
+        self.authLog = authLog
     }
 
     static func of(_ connection: TCPConnection) -> AgentConnection? { connection.context as? AgentConnection }
@@ -233,10 +260,7 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
                 tasks.removeValue(forKey: id)?.cancel()
                 sources.removeValue(forKey: id)?.cancel()
             case .logUnauthorized(let reason):
-                logger.info("database agent: request without a valid token (logged once per connection)", metadata: [
-                    "peer.address": "\(connection.peerAddress)", "connection.id": "\(connection.id)",
-                    "reason": "\(reason)",
-                ])
+                authLog.record(connection, reason: reason)
             case .close:
                 counters.closedForAuth()
                 connection.close()

@@ -143,7 +143,7 @@ struct AgentSocketTests {
         await running.stop()
     }
 
-    @Test("a wrong token three times closes the connection, with one log line; others go on",
+    @Test("a wrong token three times closes the connection; one log line for many such callers; others go on",
           arguments: PollerKind.allCases)
     func wrongTokenCloses(poller: PollerKind) async throws {
         let running = try await RunningAgent(poller: poller, bigRows: 0)
@@ -165,10 +165,16 @@ struct AgentSocketTests {
             #expect(error.kind == .connectionClosed)
         }
         #expect(try await good.execute(statement: "count_t").rows == [[.integer(0)]])
+        // More bad callers within the episode: refused and closed the same, no more lines.
+        for _ in 0..<3 {
+            let another = try await running.client(token: "")
+            for _ in 0..<3 { _ = try? await another.execute(statement: "count_t") }
+            await another.close()
+        }
         let lines = running.logs.get().filter { $0.message.contains("without a valid token") }
         #expect(lines.count == 1, "\(lines)")
         #expect(lines.first?.metadata["peer.address"] != nil)
-        #expect(running.agent.statistics.unauthorized == 3 && running.agent.statistics.authClosed == 1)
+        #expect(running.agent.statistics.unauthorized == 12 && running.agent.statistics.authClosed == 4)
         await good.close()
         await bad.close()
         await running.stop()
