@@ -38,7 +38,9 @@ struct PoolStatementRunner: StatementRunner {
         let parameters: [SQLValue]
     }
 
-    /// Runs `work` and gives up after `timeout` (the work goes on; its result is dropped) or when cancelled.
+    /// Runs `work` and gives up after `timeout` or when cancelled: the work's task is cancelled then (a batch stops
+    /// before its next statement and rolls back; a statement already in the driver runs to its end, its result
+    /// dropped).
     static func withTimeout<T: Sendable>(_ timeout: Duration, _ work: @escaping @Sendable () async throws -> T)
         async throws -> T
     {
@@ -66,6 +68,7 @@ struct PoolStatementRunner: StatementRunner {
             var continuation: CheckedContinuation<T, Error>?
             var early: Result<T, Error>?
             var timer: Task<Void, Never>?
+            var worker: Task<Void, Never>?
             var done = false
         }
         private let state = Mutex(State())
@@ -82,20 +85,27 @@ struct PoolStatementRunner: StatementRunner {
         func setTasks(_ worker: Task<Void, Never>, _ timer: Task<Void, Never>) {
             let done = state.withLock { s -> Bool in
                 s.timer = timer
+                s.worker = worker
                 return s.done
             }
-            if done { timer.cancel() }
+            if done {
+                timer.cancel()
+                worker.cancel()
+            }
         }
 
         func finish(_ result: Result<T, Error>) {
-            let (continuation, timer) = state.withLock { s -> (CheckedContinuation<T, Error>?, Task<Void, Never>?) in
-                guard !s.done else { return (nil, nil) }
+            let (continuation, timer, worker) = state.withLock {
+                s -> (CheckedContinuation<T, Error>?, Task<Void, Never>?, Task<Void, Never>?) in
+                guard !s.done else { return (nil, nil, nil) }
                 s.done = true
                 if s.continuation == nil { s.early = result }
                 defer { s.continuation = nil }
-                return (s.continuation, s.timer)
+                return (s.continuation, s.timer, s.worker)
             }
             timer?.cancel()
+            // The work lost the race (timeout or cancellation): tell it. (It finished: cancelling is a no-op.)
+            worker?.cancel()
             continuation?.resume(with: result)
         }
     }

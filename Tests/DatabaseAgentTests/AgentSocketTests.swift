@@ -347,6 +347,36 @@ struct AgentTimeoutTests {
         await running.stop()
     }
 
+    @Test("open requests per connection are bounded: the next one is busy; a Cancel of a running one frees a slot",
+          arguments: PollerKind.allCases)
+    func openRequestsBounded(poller: PollerKind) async throws {
+        let running = try await RunningAgent(poller: poller, bigRows: 0)
+        var configuration = DatabaseAgentConfiguration(port0: ())
+        configuration.maxRequestsPerConnection = 4
+        let agent = DatabaseAgentServer(
+            group: running.group, configuration: configuration, rules: try AccessFile.parse("token t sql\n"),
+            runner: SlowRunner(inner: PoolStatementRunner(pool: running.pool), delay: .seconds(30)),
+            logger: .init(label: "test"))
+        let port = Int(try await runOnDedicatedThread(name: "start") { Result { try agent.start() } }.get().port)
+        let frames = try await AsyncFrameClient.connect(port: port, loop: running.group.next())
+        var inbound = frames.frames.makeAsyncIterator()
+        for id in 1...5 { try await frames.send(execute: .sql("SELECT 'slow'"), id: UInt64(id), token: "t") }
+        #expect(kind(try await inbound.next()) == "error:\(Switchyard_Dbagent_ErrorKind.busy.rawValue)")
+        #expect(agent.statistics.inFlight == 4 && agent.statistics.busy == 1)
+        try await frames.send(Switchyard_Dbagent_Cancel.with { $0.requestID = 2 }, id: DatabaseAgentMessageID.cancel)
+        let cancelled = try await inbound.next()
+        #expect(kind(cancelled) == "error:\(Switchyard_Dbagent_ErrorKind.cancelled.rawValue)")
+        #expect(try Switchyard_Dbagent_Error(serializedBytes: cancelled!.body).requestID == 2)
+        try await frames.send(execute: .sql("SELECT 'fast'"), id: 6, token: "t")
+        var seen: [String] = []
+        while seen.last != "done" { seen.append(kind(try await inbound.next())) }
+        #expect(seen == ["columns", "rows", "done"], "the freed slot serves")
+        await frames.close()
+        #expect(await eventually { agent.statistics.inFlight == 0 }, "a closed connection releases its requests")
+        await runOnDedicatedThread(name: "stop") { agent.shutdown() }
+        await running.stop()
+    }
+
     @Test("the runner's timeout race: the caller resumes at the timeout, or at once when cancelled")
     func timeoutRace() async throws {
         let start = ContinuousClock.now
@@ -354,6 +384,14 @@ struct AgentTimeoutTests {
             try await PoolStatementRunner.withTimeout(.milliseconds(100)) { try await Task.sleep(for: .seconds(10)) }
         }
         #expect(ContinuousClock.now - start < .seconds(2))
+        // The work that lost the race is told: its task is cancelled (a batch stops before its next statement).
+        let workCancelled = Shared(false)
+        await #expect(throws: RunnerError.timeout(.milliseconds(50))) {
+            try await PoolStatementRunner.withTimeout(.milliseconds(50)) {
+                do { try await Task.sleep(for: .seconds(10)) } catch { workCancelled.set(true) }
+            }
+        }
+        #expect(await eventually { workCancelled.get() })
         #expect(try await PoolStatementRunner.withTimeout(.seconds(10)) { 42 } == 42)
         let task = Task {
             try await PoolStatementRunner.withTimeout(.seconds(10)) { try await Task.sleep(for: .seconds(10)) }
