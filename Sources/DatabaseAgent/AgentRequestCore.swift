@@ -21,9 +21,11 @@ struct AgentRequestCore {
         /// Send an answer; `token` is the request's token (for the counters), when known.
         case send(Answer, token: Int?)
         /// Run a statement, then read its first batch of at most `batchRows` rows; report with
-        /// ``started(_:columns:batch:now:)`` or ``failed(_:_:now:)``.
+        /// ``started(_:columns:batch:now:)`` or ``failed(_:_:now:)``, and ``timedOut(_:)`` when `timeout` passes
+        /// first (the shell's timer on the loop: the caller is answered even if the runner cannot stop the statement).
         case run(UInt64, sql: String, parameters: [SQLValue], timeout: Duration, batchRows: Int, token: Int)
-        /// Run statements in one transaction; report with ``batchFinished(_:_:)`` or ``failed(_:_:now:)``.
+        /// Run statements in one transaction; report with ``batchFinished(_:_:)`` or ``failed(_:_:now:)``, and
+        /// ``timedOut(_:)`` when `timeout` passes first.
         case runBatch(UInt64, statements: [PlannedStatement], timeout: Duration, token: Int)
         /// Read the next batch of the request's source; report with ``batchReady(_:_:now:)`` or ``failed(_:_:now:)``.
         case fetch(UInt64, maxRows: Int)
@@ -243,6 +245,20 @@ struct AgentRequestCore {
     mutating func failed(_ id: UInt64, _ error: any Error, now: UInt64) -> [Action] {
         guard let request = finish(id) else { return [.release(id)] }
         return [.release(id), failure(Self.error(id, for: error), token: request.token)]
+    }
+
+    /// A request's statement timeout passed: one still running (or its transaction) ends with `TIMEOUT`; one
+    /// streaming rows already is not affected.
+    mutating func timedOut(_ id: UInt64) -> [Action] {
+        guard let request = open[id] else { return [] }
+        switch request.phase {
+        case .starting, .batch:
+            _ = finish(id)
+            return [.release(id), failure(Self.error(id, .timeout, "the statement did not finish within its timeout"),
+                                          token: request.token)]
+        case .fetching, .waitingCredit:
+            return []
+        }
     }
 
     /// The time passed: requests whose caller granted no chunk within the credit timeout end.

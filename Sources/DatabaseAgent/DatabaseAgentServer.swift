@@ -177,6 +177,8 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
     let authLog: UnauthorizedLog
     private var tasks: [UInt64: Task<Void, Never>] = [:]
     private var sources: [UInt64: any RowSource] = [:]
+    /// Statement timeouts of the requests still starting (loop timers: no task per request).
+    private var deadlines: [UInt64: TimerHandle] = [:]
     private var timer: TimerHandle?
 
     init(connection: TCPConnection, core: AgentRequestCore, runner: any StatementRunner, counters: AgentCounters,
@@ -220,6 +222,7 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
             case .send(let answer, let token):
                 send(answer, token: token)
             case .run(let id, let sql, let parameters, let timeout, let batchRows, _):
+                armTimeout(id, timeout)
                 let runner = runner
                 tasks[id] = Task { [self] in
                     do {
@@ -236,12 +239,16 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
                     }
                 }
             case .runBatch(let id, let statements, let timeout, _):
+                armTimeout(id, timeout)
                 let runner = runner
                 let all = statements.map { (sql: $0.sql, parameters: $0.parameters) }
                 tasks[id] = Task { [self] in
                     do {
                         let outcome = try await runner.runBatch(all, timeout: timeout)
-                        connection.loop.execute { self.perform(self.core.batchFinished(id, outcome)) }
+                        connection.loop.execute {
+                            self.deadlines.removeValue(forKey: id)?.cancel()
+                            self.perform(self.core.batchFinished(id, outcome))
+                        }
                     } catch {
                         connection.loop.execute { self.failed(id, error) }
                     }
@@ -257,6 +264,7 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
                     }
                 }
             case .release(let id):
+                deadlines.removeValue(forKey: id)?.cancel()
                 tasks.removeValue(forKey: id)?.cancel()
                 sources.removeValue(forKey: id)?.cancel()
             case .logUnauthorized(let reason):
@@ -268,13 +276,24 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
         }
     }
 
+    /// Answers `TIMEOUT` when the request is still starting after `timeout`.
+    private func armTimeout(_ id: UInt64, _ timeout: Duration) {
+        deadlines[id] = connection.loop.schedule(after: timeout) { [weak self] in
+            guard let self else { return }
+            deadlines[id] = nil
+            perform(core.timedOut(id))
+        }
+    }
+
     private func started(_ id: UInt64, _ source: any RowSource, _ batch: RowBatch) {
+        deadlines.removeValue(forKey: id)?.cancel()
         tasks[id] = nil
         sources[id] = source
         perform(core.started(id, columns: source.columns, batch: batch, now: now))
     }
 
     private func failed(_ id: UInt64, _ error: any Error) {
+        deadlines.removeValue(forKey: id)?.cancel()
         tasks[id] = nil
         perform(core.failed(id, error, now: now))
     }

@@ -214,6 +214,26 @@ struct RequestCoreTests {
         #expect(h.counters.snapshot.creditTimeouts == 1 && h.core.openCount == 0)
     }
 
+    @Test("the statement timeout ends a request still starting (or a transaction), not one already streaming")
+    func statementTimeout() throws {
+        var h = try CoreHarness()
+        _ = h.core.execute(CoreHarness.execute(1, name: "all", batchRows: 5), now: 0)
+        let ended = h.core.timedOut(1)
+        #expect(ended.first == .release(1) && ended.last?.errorKind == .timeout)
+        #expect(h.core.started(1, columns: [], batch: RowBatch(rows: [], isLast: true), now: 0) == [.release(1)],
+                "the late result is dropped")
+        _ = h.core.execute(CoreHarness.execute(2, name: "all", batchRows: 5), now: 0)
+        _ = h.core.started(2, columns: [], batch: RowBatch(rows: CoreHarness.rows(0..<5), isLast: false), now: 0)
+        #expect(h.core.timedOut(2).isEmpty && h.core.openCount == 1)
+        _ = h.core.batch(Switchyard_Dbagent_Batch.with {
+            $0.requestID = 3
+            $0.token = "full"
+            $0.statements = [AgentStatement.sql("DELETE FROM t").wire]
+        }, now: 0)
+        #expect(h.core.timedOut(3).last?.errorKind == .timeout)
+        #expect(h.core.batchFinished(3, BatchOutcome(affectedRows: 1, lastInsertID: nil)).isEmpty)
+    }
+
     @Test("a row too large for a frame is refused; big results are cut into chunks under the frame bound")
     func chunkBytes() throws {
         var h = try CoreHarness(configuration: DatabaseAgentConfiguration(maxFrameBodyLength: 4096, maxSQLBytes: 1024))
