@@ -398,10 +398,14 @@ struct AgentRequestCore {
             chunk.rows.append(row)
             chunkBytes += bytes
         }
-        if !chunk.rows.isEmpty { actions.append(.send(.rows(chunk), token: request.token)) }
+        let final = batch.isLast || truncated
+        if !chunk.rows.isEmpty {
+            chunk.last = final
+            actions.append(.send(.rows(chunk), token: request.token))
+        }
         request.sent += rows.count
         counters.rows(request.token, rows.count)
-        if batch.isLast || truncated {
+        if final {
             _ = finish(id)
             var done = Switchyard_Dbagent_Done()
             done.requestID = id

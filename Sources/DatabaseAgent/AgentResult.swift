@@ -97,8 +97,10 @@ public struct DatabaseAgentClientError: Error, Sendable, Equatable, CustomString
 /// Folds the answers of one request into its result; shared by the async and the blocking client.
 struct ResultAssembler {
     enum Step {
-        /// Keep reading (after a Rows chunk: grant the next one with MoreRows, when `grant`).
-        case more(grant: Bool)
+        /// The columns came; keep reading.
+        case columns
+        /// A Rows chunk came; keep reading (grant the next chunk with MoreRows when `grant`: not after the last).
+        case rows(grant: Bool)
         case finished(AgentResult)
         case failed(DatabaseAgentClientError)
     }
@@ -115,11 +117,11 @@ struct ResultAssembler {
                     let type = index < columns.types.count ? ColumnType(columns.types[index]) : .unknown
                     return ColumnInfo(name: name, type: type)
                 }
-                return .more(grant: false)
+                return .columns
             case DatabaseAgentMessageID.rows.rawValue:
                 let rows = try Switchyard_Dbagent_Rows(serializedBytes: body)
                 result.rows.append(contentsOf: rows.rows.map { $0.values.map(\.sqlValue) })
-                return .more(grant: true)
+                return .rows(grant: !rows.last)
             case DatabaseAgentMessageID.done.rawValue:
                 let done = try Switchyard_Dbagent_Done(serializedBytes: body)
                 result.affectedRows = done.affectedRows

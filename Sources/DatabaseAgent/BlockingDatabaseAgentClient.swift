@@ -91,7 +91,9 @@ public final class BlockingDatabaseAgentClient {
             // Answers of earlier requests that this client gave up on (timeouts) are skipped.
             guard ResultAssembler.requestID(body: body) == id else { continue }
             switch assembler.take(messageID: messageID, body: body) {
-            case .more(let grant):
+            case .columns:
+                continue
+            case .rows(let grant):
                 if grant {
                     var more = Switchyard_Dbagent_MoreRows()
                     more.requestID = id

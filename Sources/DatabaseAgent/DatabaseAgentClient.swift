@@ -66,7 +66,9 @@ public final class DatabaseAgentClient: Sendable {
         while true {
             let frame = try await next(channel, id: id)
             switch assembler.take(messageID: frame.messageID, body: frame.body) {
-            case .more(let grant):
+            case .columns:
+                continue
+            case .rows(let grant):
                 if grant { try await grantChunk(id) }
             case .finished(let result):
                 forget(id)
@@ -88,7 +90,7 @@ public final class DatabaseAgentClient: Sendable {
         while true {
             let frame = try await next(channel, id: id)
             switch assembler.take(messageID: frame.messageID, body: frame.body) {
-            case .more: continue
+            case .columns, .rows: continue
             case .finished(let result):
                 forget(id)
                 return result
@@ -117,10 +119,10 @@ public final class DatabaseAgentClient: Sendable {
         case .finished(let result):
             forget(id)
             return AgentRowStream(client: self, id: id, channel: channel, columns: [], finished: result)
-        case .more(grant: false):
+        case .columns:
             return AgentRowStream(client: self, id: id, channel: channel, columns: assembler.result.columns,
                                   finished: nil)
-        case .more(grant: true):
+        case .rows:
             // Rows without columns first: hand them out first.
             channel.pushFront(first)
             return AgentRowStream(client: self, id: id, channel: channel, columns: [], finished: nil)
@@ -313,10 +315,10 @@ public final class AgentRowStream: AsyncSequence, Sendable {
         while true {
             let frame = try await client.next(channel, id: id)
             switch assembler.take(messageID: frame.messageID, body: frame.body) {
-            case .more(grant: false):
+            case .columns:
                 continue
-            case .more(grant: true):
-                try await client.grantChunk(id)
+            case .rows(let grant):
+                if grant { try await client.grantChunk(id) }
                 return assembler.result.rows
             case .finished(let result):
                 client.forget(id)

@@ -53,6 +53,10 @@ extension AgentRequestCore.Action {
         if case .send(.rows(let r), _) = self { return r.rows.count }
         return nil
     }
+    var lastChunk: Bool? {
+        if case .send(.rows(let r), _) = self { return r.last }
+        return nil
+    }
     var isFetch: Bool {
         if case .fetch = self { return true }
         return false
@@ -82,8 +86,9 @@ struct RequestCoreTests {
         #expect(h.core.moreRows(1).isEmpty)
         actions = h.core.batchReady(1, RowBatch(rows: CoreHarness.rows(10..<20), isLast: false), now: 2)
         #expect(actions.count == 2 && actions[0].rowCount == 10 && actions[1].isFetch, "the kept grant: \(actions)")
+        #expect(actions[0].lastChunk == false)
         actions = h.core.batchReady(1, RowBatch(rows: CoreHarness.rows(20..<25), isLast: true, affectedRows: 0), now: 3)
-        #expect(actions.first?.rowCount == 5)
+        #expect(actions.first?.rowCount == 5 && actions.first?.lastChunk == true, "the last chunk says so")
         #expect(actions.last?.done?.rowsSent == 25 && actions.last?.done?.truncated == false)
         #expect(actions.contains(.release(1)))
         #expect(h.core.openCount == 0 && h.counters.inFlight.load(ordering: .relaxed) == 0)

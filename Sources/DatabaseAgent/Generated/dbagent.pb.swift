@@ -371,6 +371,9 @@ public nonisolated struct Switchyard_Dbagent_Rows: Sendable {
 
   public var rows: [Switchyard_Dbagent_Row] = []
 
+  /// no Rows of the request follow (Done does): the caller grants nothing more
+  public var last: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -807,7 +810,7 @@ nonisolated extension Switchyard_Dbagent_Row: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Switchyard_Dbagent_Rows: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Rows"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}rows\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}rows\0\u{1}last\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -817,6 +820,7 @@ nonisolated extension Switchyard_Dbagent_Rows: SwiftProtobuf.Message, SwiftProto
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.requestID) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.rows) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.last) }()
       default: break
       }
     }
@@ -829,12 +833,16 @@ nonisolated extension Switchyard_Dbagent_Rows: SwiftProtobuf.Message, SwiftProto
     if !self.rows.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.rows, fieldNumber: 2)
     }
+    if self.last != false {
+      try visitor.visitSingularBoolField(value: self.last, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Switchyard_Dbagent_Rows, rhs: Switchyard_Dbagent_Rows) -> Bool {
     if lhs.requestID != rhs.requestID {return false}
     if lhs.rows != rhs.rows {return false}
+    if lhs.last != rhs.last {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
