@@ -4,7 +4,7 @@ import PackageDescription
 // The module graph (arrows point down only; no service module imports another service module):
 //
 //   switchyard (CLI)   SwitchyardDemo, SwitchyardBench (internal; only the CLI links them)
-//   services:          NameService  Reporter  LoadBalanceAgent  Chat
+//   services:          NameService  Reporter  LoadBalanceAgent  Chat  DatabaseAgent
 //   clients:           LoadBalanceClient (async, blocking, ServiceRegistration)
 //   RouteStore (route tables)    LoadBalancing (pure)    LarsProtocol (messages, ids, return codes)
 //   Storage                      Messaging (router, framed TCP/UDP, async client)
@@ -28,6 +28,7 @@ let package = Package(
         .library(name: "Chat", targets: ["Chat"]),
         .library(name: "MediaRelay", targets: ["MediaRelay"]),
         .library(name: "ReverseProxy", targets: ["ReverseProxy"]),
+        .library(name: "DatabaseAgent", targets: ["DatabaseAgent"]),
         .executable(name: "switchyard", targets: ["switchyard"]),
         .executable(name: "switchyard-echo", targets: ["switchyard-echo"]),
     ],
@@ -181,6 +182,16 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
 
+        // The database agent (the seed's mysqlAgent): named statements and tokens over frames, on the pool.
+        .target(name: "DatabaseAgent", dependencies: [
+            "SwitchyardCore", "Storage", "Reactor", "Messaging", "LarsWire",
+            .product(name: "DequeModule", package: "swift-collections"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+
         // ---- Internal targets (not products): the demo, the benchmarks, the echo service ----
         .target(name: "EchoServer", dependencies: ["Reactor"]),
         .target(
@@ -217,7 +228,7 @@ let package = Package(
                 "SwitchyardCore", "CSwitchyardCLI", "Reactor", "LarsProtocol", "Messaging", "Storage", "LoadBalancing",
                 "RouteStore",
                 "LoadBalanceClient", "LoadBalanceAgent", "NameService", "Reporter", "Chat", "MediaRelay",
-                "ReverseProxy", "EchoServer", "SwitchyardDemo", "SwitchyardBench",
+                "ReverseProxy", "DatabaseAgent", "EchoServer", "SwitchyardDemo", "SwitchyardBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -275,6 +286,11 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "MetricsTestKit", package: "swift-metrics"),
+        ]),
+        .testTarget(name: "DatabaseAgentTests", dependencies: [
+            "DatabaseAgent", "Storage", "Messaging", "Reactor", "LarsWire", "TestSupport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
         .testTarget(name: "ChatTests", dependencies: [
             "Chat", "Messaging", "Reactor", "Storage", "TestSupport",

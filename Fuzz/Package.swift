@@ -57,5 +57,7 @@ let package = Package(
         .executableTarget(name: "TSChunkerFuzz", dependencies: [
             "FuzzSupport", .product(name: "MediaRelay", package: project),
         ]),
+        // The database agent's access file parser.
+        .executableTarget(name: "AccessFileFuzz", dependencies: [.product(name: "DatabaseAgent", package: project)]),
     ]
 )

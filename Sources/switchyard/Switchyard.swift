@@ -7,7 +7,7 @@ struct Switchyard: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "A reactor network framework and the services built on it.",
-        subcommands: [EchoCommand.self, BenchCommand.self, NamesCommand.self, ReporterCommand.self, RouteCommand.self, ResourceCommand.self, RelayCommand.self, ProxyCommand.self, WatchCommand.self, PublishCommand.self, DemoCommand.self, AgentCommand.self, GetHostCommand.self, ReportCommand.self, GetRouteCommand.self, RegisterCommand.self, ChatCommand.self, ChatClientCommand.self]
+        subcommands: [EchoCommand.self, BenchCommand.self, NamesCommand.self, ReporterCommand.self, RouteCommand.self, ResourceCommand.self, RelayCommand.self, ProxyCommand.self, WatchCommand.self, PublishCommand.self, DemoCommand.self, AgentCommand.self, GetHostCommand.self, ReportCommand.self, GetRouteCommand.self, RegisterCommand.self, ChatCommand.self, ChatClientCommand.self, DatabaseAgentCommand.self, DatabaseQueryCommand.self]
     )
 }
 

@@ -1,0 +1,322 @@
+import Logging
+import Messaging
+import Reactor
+import ServiceLifecycle
+import Storage
+import SwiftProtobuf
+import SwitchyardCore
+import Synchronization
+
+/// The database agent (the seed's mysqlAgent): one service owns the pool and the drivers, and every other service
+/// reaches the database through it over our frames (ids 300+, ``DatabaseAgentMessageID``, Protos/dbagent.proto),
+/// with no database library of its own.
+///
+///     caller --Execute/Batch (token, name or SQL, typed parameters)--> agent: checks (AccessRules, rate, bounds)
+///        <--Columns, Rows chunk-- (waits for MoreRows before reading the next batch) ... <--Done / Error--
+///
+/// Callers present a token of the access file (``AccessFile``) with every request; it says which named statements
+/// they may run, whether they may send SQL text, how many rows an answer may hold and how many requests a second
+/// they may make. Requests without a valid token are refused, logged once per episode across the connections, and
+/// the connection is closed at ``DatabaseAgentConfiguration/maxAuthFailures``.
+///
+/// Threads: the requests of a connection live on its loop (``AgentRequestCore``, a pure state machine); statements
+/// run through the runner in tasks, never on a loop, and their results come back to the loop.
+///
+/// A `Service`: ``run()`` binds (unless ``start()`` did) and serves until graceful shutdown, then stops accepting and
+/// closes the connections (their requests released). Put it in a `ServiceGroup` after its pool and loop group.
+public final class DatabaseAgentServer: Service, Sendable {
+    public let configuration: DatabaseAgentConfiguration
+    public let rules: AccessRules
+    let runner: any StatementRunner
+    let framed: FramedServer
+    let counters: AgentCounters
+    let limiter: TokenRateLimiter
+    private let logger: Logger
+    private let running = Atomic<Bool>(false)
+    private let bound = Mutex<SocketAddress?>(nil)
+
+    /// - Parameters:
+    ///   - group: The loops of the callers' connections.
+    ///   - configuration: Address and bounds (checked by ``start()``).
+    ///   - rules: The access file's statements and tokens.
+    ///   - pool: The database; the agent runs every statement on it.
+    ///   - logger: Start, stop, refused callers (once per connection) and protocol errors; nothing per request.
+    public convenience init(group: EventLoopGroup, configuration: DatabaseAgentConfiguration = .init(),
+                            rules: AccessRules, pool: ConnectionPool, logger: Logger) {
+        self.init(group: group, configuration: configuration, rules: rules, runner: PoolStatementRunner(pool: pool),
+                  logger: logger)
+    }
+
+    init(group: EventLoopGroup, configuration: DatabaseAgentConfiguration, rules: AccessRules,
+         runner: any StatementRunner, logger: Logger) {
+        self.configuration = configuration
+        self.rules = rules
+        self.runner = runner
+        self.logger = logger
+        let counters = AgentCounters(tokenLabels: rules.tokens.map(\.label))
+        self.counters = counters
+        let limiter = TokenRateLimiter(rates: rules.tokens.map(\.rate))
+        self.limiter = limiter
+        let limits = AgentRequestCore.Limits(configuration)
+        let authLog = UnauthorizedLog(logger: logger, quietInterval: configuration.logQuietInterval)
+        let router = MessageRouter<TCPConnection>()
+        do {
+            try router.on(DatabaseAgentMessageID.execute, as: Switchyard_Dbagent_Execute.self) { request, message in
+                AgentConnection.of(message.connection)?.execute(request)
+            }
+            try router.on(DatabaseAgentMessageID.batch, as: Switchyard_Dbagent_Batch.self) { request, message in
+                AgentConnection.of(message.connection)?.batch(request)
+            }
+            try router.on(DatabaseAgentMessageID.cancel, as: Switchyard_Dbagent_Cancel.self) { request, message in
+                AgentConnection.of(message.connection)?.cancel(request.requestID)
+            }
+            try router.on(DatabaseAgentMessageID.moreRows, as: Switchyard_Dbagent_MoreRows.self) { request, message in
+                AgentConnection.of(message.connection)?.moreRows(request.requestID)
+            }
+        } catch {
+            preconditionFailure("database agent routes: \(error)")
+        }
+        framed = FramedServer(
+            group: group,
+            configuration: FramedServerConfiguration(server: configuration.server,
+                                                     maxBodyLength: configuration.maxFrameBodyLength,
+                                                     idleTimeout: configuration.idleTimeout),
+            router: router, logger: logger,
+            onConnect: { connection in
+                let core = AgentRequestCore(rules: rules, limits: limits, limiter: limiter, counters: counters)
+                let state = AgentConnection(connection: connection, core: core, runner: runner,
+                                            counters: counters, authLog: authLog)
+                connection.context = state
+                state.startTimer(every: configuration.creditTimeout.map { min($0 / 4, .seconds(1)) })
+            },
+            onClose: { connection in AgentConnection.of(connection)?.closed() })
+    }
+
+    /// Checks the configuration, binds and starts accepting; returns the bound address. Idempotent. Not on a loop.
+    @discardableResult
+    public func start() throws -> SocketAddress {
+        if let address = bound.withLock({ $0 }) { return address }
+        try configuration.validate()
+        let address = try framed.start()
+        bound.withLock { $0 = address }
+        logger.info("database agent listening", metadata: [
+            "local.address": "\(address)", "statements.count": "\(rules.statements.count)",
+            "tokens.count": "\(rules.tokens.count)",
+        ])
+        return address
+    }
+
+    /// Serves until graceful shutdown or cancellation, then ``shutdown()``.
+    public func run() async throws {
+        if running.exchange(true, ordering: .acquiringAndReleasing) { throw DatabaseAgentError.alreadyRunning }
+        if bound.withLock({ $0 }) == nil {
+            try await runOnDedicatedThread(name: "sy-dbagent-bind") { [self] in Result { try start() } }.get()
+        }
+        try? await gracefulShutdown()
+        await runOnDedicatedThread(name: "sy-dbagent-stop") { [self] in shutdown() }
+    }
+
+    /// Stops accepting and closes every connection (flushing, bounded); open requests are released. Blocks; not on a
+    /// loop thread.
+    public func shutdown() {
+        framed.shutdown(timeout: .seconds(2))
+        logger.info("database agent stopped")
+    }
+
+    /// The bound address once started.
+    public var localAddress: SocketAddress? { framed.localAddress }
+    /// Open connections.
+    public var connectionCount: Int { framed.connectionCount }
+    /// The agent's counters (per token, refusals, rows read).
+    public var statistics: DatabaseAgentStatistics { counters.snapshot }
+    /// Frame-level counters (protocol errors, idle closes).
+    public var frameStatistics: FrameStatistics { framed.statistics }
+}
+
+/// Errors of the agent's lifecycle.
+public enum DatabaseAgentError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// `run()` while another `run()` serves.
+    case alreadyRunning
+
+    public var description: String { "the database agent is running already" }
+}
+
+/// Connections whose requests carry no valid token, across the agent's connections: one line when an episode starts
+/// (the first such connection after the quiet interval without one), one with the count when the next starts, so a
+/// flood of bad callers costs a line per episode, not one per connection.
+final class UnauthorizedLog: Sendable {
+    let logger: Logger
+    private let episode: Mutex<LogEpisode>
+
+    init(logger: Logger, quietInterval: Duration) {
+        self.logger = logger
+        episode = Mutex(LogEpisode(quietInterval: quietInterval))
+    }
+
+    /// A connection sent its first request without a valid token. Any thread.
+    func record(_ connection: TCPConnection, reason: String) {
+        guard case .started(let ended) = episode.withLock({ $0.record(now: SystemInfo.monotonicNanoseconds()) })
+        else { return }
+        if ended > 0 {
+            logger.info("database agent: connections without a valid token: episode over",
+                        metadata: ["count": "\(ended)"])
+        }
+        logger.info("database agent: request without a valid token (logged once per episode)", metadata: [
+            "peer.address": "\(connection.peerAddress)", "connection.id": "\(connection.id)", "reason": "\(reason)",
+        ])
+    }
+}
+
+/// One caller's connection: its request core and the work in progress. Loop-confined: every method runs on the
+/// connection's loop, and the tasks that run statements come back to it with `loop.execute`.
+final class AgentConnection: @unchecked Sendable {  // used on its connection's loop only (tasks hop back to it)
+    let connection: TCPConnection
+    var core: AgentRequestCore
+    let runner: any StatementRunner
+    let counters: AgentCounters
+    let authLog: UnauthorizedLog
+    private var tasks: [UInt64: Task<Void, Never>] = [:]
+    private var sources: [UInt64: any RowSource] = [:]
+    /// Statement timeouts of the requests still starting (loop timers: no task per request).
+    private var deadlines: [UInt64: TimerHandle] = [:]
+    private var timer: TimerHandle?
+
+    init(connection: TCPConnection, core: AgentRequestCore, runner: any StatementRunner, counters: AgentCounters,
+         authLog: UnauthorizedLog) {
+        self.connection = connection
+        self.core = core
+        self.runner = runner
+        self.counters = counters
+        self.authLog = authLog
+    }
+
+    static func of(_ connection: TCPConnection) -> AgentConnection? { connection.context as? AgentConnection }
+
+    private var now: UInt64 { connection.loop.wakeTime }
+
+    func startTimer(every period: Duration?) {
+        guard let period else { return }
+        timer = connection.loop.scheduleRepeating(every: period) { [weak self] in
+            guard let self else { return }
+            perform(core.tick(now: SystemInfo.monotonicNanoseconds()))
+        }
+    }
+
+    func execute(_ request: Switchyard_Dbagent_Execute) { perform(core.execute(request, now: now)) }
+    func batch(_ request: Switchyard_Dbagent_Batch) { perform(core.batch(request, now: now)) }
+    func cancel(_ id: UInt64) { perform(core.cancel(id)) }
+    func moreRows(_ id: UInt64) { perform(core.moreRows(id)) }
+
+    /// The connection closed: its requests are released, and the connection lets go of this state (which holds the
+    /// connection: a cycle otherwise). Tasks still running keep it until they come back and find nothing open.
+    func closed() {
+        timer?.cancel()
+        timer = nil
+        perform(core.closed())
+        connection.context = nil
+    }
+
+    private func perform(_ actions: [AgentRequestCore.Action]) {
+        for action in actions {
+            switch action {
+            case .send(let answer, let token):
+                send(answer, token: token)
+            case .run(let id, let sql, let parameters, let timeout, let batchRows, _):
+                armTimeout(id, timeout)
+                let runner = runner
+                tasks[id] = Task { [self] in
+                    do {
+                        let source = try await runner.run(sql, parameters, timeout: timeout)
+                        do {
+                            let batch = try await source.nextBatch(maxRows: batchRows)
+                            connection.loop.execute { self.started(id, source, batch) }
+                        } catch {
+                            source.cancel()
+                            connection.loop.execute { self.failed(id, error) }
+                        }
+                    } catch {
+                        connection.loop.execute { self.failed(id, error) }
+                    }
+                }
+            case .runBatch(let id, let statements, let timeout, _):
+                armTimeout(id, timeout)
+                let runner = runner
+                let all = statements.map { (sql: $0.sql, parameters: $0.parameters) }
+                tasks[id] = Task { [self] in
+                    do {
+                        let outcome = try await runner.runBatch(all, timeout: timeout)
+                        connection.loop.execute {
+                            self.deadlines.removeValue(forKey: id)?.cancel()
+                            self.perform(self.core.batchFinished(id, outcome))
+                        }
+                    } catch {
+                        connection.loop.execute { self.failed(id, error) }
+                    }
+                }
+            case .fetch(let id, let maxRows):
+                guard let source = sources[id] else { continue }
+                tasks[id] = Task { [self] in
+                    do {
+                        let batch = try await source.nextBatch(maxRows: maxRows)
+                        connection.loop.execute { self.perform(self.core.batchReady(id, batch, now: self.now)) }
+                    } catch {
+                        connection.loop.execute { self.failed(id, error) }
+                    }
+                }
+            case .release(let id):
+                deadlines.removeValue(forKey: id)?.cancel()
+                tasks.removeValue(forKey: id)?.cancel()
+                sources.removeValue(forKey: id)?.cancel()
+            case .logUnauthorized(let reason):
+                authLog.record(connection, reason: reason)
+            case .close:
+                counters.closedForAuth()
+                connection.close()
+            }
+        }
+    }
+
+    /// Answers `TIMEOUT` when the request is still starting after `timeout`.
+    private func armTimeout(_ id: UInt64, _ timeout: Duration) {
+        deadlines[id] = connection.loop.schedule(after: timeout) { [weak self] in
+            guard let self else { return }
+            deadlines[id] = nil
+            perform(core.timedOut(id))
+        }
+    }
+
+    private func started(_ id: UInt64, _ source: any RowSource, _ batch: RowBatch) {
+        deadlines.removeValue(forKey: id)?.cancel()
+        tasks[id] = nil
+        sources[id] = source
+        perform(core.started(id, columns: source.columns, batch: batch, now: now))
+    }
+
+    private func failed(_ id: UInt64, _ error: any Error) {
+        deadlines.removeValue(forKey: id)?.cancel()
+        tasks[id] = nil
+        perform(core.failed(id, error, now: now))
+    }
+
+    /// Sends an answer (the core counted it).
+    private func send(_ answer: AgentRequestCore.Answer, token: Int?) {
+        let id: DatabaseAgentMessageID
+        let body: [UInt8]?
+        switch answer {
+        case .columns(let m):
+            id = .columns
+            body = try? m.serializedBytes()
+        case .rows(let m):
+            id = .rows
+            body = try? m.serializedBytes()
+        case .done(let m):
+            id = .done
+            body = try? m.serializedBytes()
+        case .error(let m):
+            id = .error
+            body = try? m.serializedBytes()
+        }
+        guard let body else { return }
+        _ = body.withUnsafeBytes { connection.sendFrameInLoop(messageID: id.rawValue, body: $0) }
+    }
+}

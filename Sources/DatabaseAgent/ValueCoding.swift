@@ -1,0 +1,80 @@
+import Foundation
+import Storage
+
+extension Switchyard_Dbagent_Value {
+    /// The wire form of a value.
+    public init(_ value: SQLValue) {
+        self.init()
+        switch value {
+        case .null: kind = .null(true)
+        case .integer(let v): kind = .integer(v)
+        case .double(let v): kind = .real(v)
+        case .text(let v): kind = .text(v)
+        case .blob(let v): kind = .blob(Data(v))
+        }
+    }
+
+    /// The value it carries (no kind set: NULL).
+    public var sqlValue: SQLValue {
+        switch kind {
+        case .none, .null: return .null
+        case .integer(let v): return .integer(v)
+        case .real(let v): return .double(v)
+        case .text(let v): return .text(v)
+        case .blob(let v): return .blob([UInt8](v))
+        }
+    }
+}
+
+/// The type of a result column, as far as the agent knows it.
+public enum ColumnType: String, Sendable, Hashable {
+    case unknown, integer, double, text, blob
+
+    init(_ wire: Switchyard_Dbagent_ColumnType) {
+        switch wire {
+        case .integer: self = .integer
+        case .real: self = .double
+        case .text: self = .text
+        case .blob: self = .blob
+        default: self = .unknown
+        }
+    }
+
+    var wire: Switchyard_Dbagent_ColumnType {
+        switch self {
+        case .unknown: return .unknown
+        case .integer: return .integer
+        case .double: return .real
+        case .text: return .text
+        case .blob: return .blob
+        }
+    }
+
+    /// The type of the non-null values of a column when they all agree; unknown otherwise.
+    static func of(_ values: some Sequence<SQLValue>) -> ColumnType {
+        var found: ColumnType?
+        for value in values {
+            let type: ColumnType
+            switch value {
+            case .null: continue
+            case .integer: type = .integer
+            case .double: type = .double
+            case .text: type = .text
+            case .blob: type = .blob
+            }
+            if let found, found != type { return .unknown }
+            found = type
+        }
+        return found ?? .unknown
+    }
+}
+
+/// One column of a result: its name and type.
+public struct ColumnInfo: Sendable, Hashable {
+    public var name: String
+    public var type: ColumnType
+    public init(name: String, type: ColumnType = .unknown) {
+        self.name = name
+        self.type = type
+    }
+}
