@@ -50,6 +50,17 @@ public enum ColumnType: String, Sendable, Hashable {
         }
     }
 
+    /// The type Storage read from the database for a column.
+    init(_ storage: SQLColumnType) {
+        switch storage {
+        case .integer: self = .integer
+        case .double: self = .double
+        case .text: self = .text
+        case .blob: self = .blob
+        case .unknown: self = .unknown
+        }
+    }
+
     /// The type of the non-null values of a column when they all agree; unknown otherwise.
     static func of(_ values: some Sequence<SQLValue>) -> ColumnType {
         var found: ColumnType?
