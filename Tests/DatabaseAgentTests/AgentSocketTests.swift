@@ -126,19 +126,30 @@ struct AgentSocketTests {
     func rateLimited(poller: PollerKind) async throws {
         let running = try await RunningAgent(poller: poller, bigRows: 0)
         let client = try await running.client(token: "slowpoke")
-        var kinds: [DatabaseAgentClientError.Kind?] = []
-        for _ in 0..<6 {
-            do {
-                _ = try await client.execute(statement: "count_t")
-                kinds.append(nil)
-            } catch {
-                kinds.append(error.kind)
+        // Twelve requests at once on one connection: they reach the agent in one burst, whatever the machine's load.
+        let kinds = await withTaskGroup(of: DatabaseAgentClientError.Kind?.self) { group in
+            for _ in 0..<12 {
+                group.addTask {
+                    do {
+                        _ = try await client.execute(statement: "count_t")
+                        return nil
+                    } catch let error as DatabaseAgentClientError {
+                        return error.kind
+                    } catch {
+                        return .connectionClosed
+                    }
+                }
             }
+            var all: [DatabaseAgentClientError.Kind?] = []
+            for await kind in group { all.append(kind) }
+            return all
         }
-        // At most 3 + what refilled meanwhile (3 a second): the last ones of a quick burst are refused.
-        #expect(kinds.prefix(3).allSatisfy { $0 == nil }, "\(kinds)")
-        #expect(kinds.contains(.rateLimited), "\(kinds)")
-        #expect(running.agent.statistics.tokens["slowpoke"]?.rateLimited == kinds.filter { $0 == .rateLimited }.count)
+        // 3 at once and 3 a second after: of a burst, at least the 3 pass and some are refused.
+        let limited = DatabaseAgentClientError.Kind.rateLimited
+        let passed = kinds.filter { $0 == nil }.count
+        let refused = kinds.filter { $0 == limited }.count
+        #expect(passed >= 3 && refused >= 1 && passed + refused == kinds.count, "\(kinds)")
+        #expect(running.agent.statistics.tokens["slowpoke"]?.rateLimited == refused)
         await client.close()
         await running.stop()
     }
@@ -337,7 +348,9 @@ struct AgentTimeoutTests {
             #expect(error.kind == .timeout, "\(error)")
         }
         let took = ContinuousClock.now - start
-        #expect(took < .seconds(1), "took \(took)")
+        // The statement would take 10 s; the timeout answers at 200 ms (loose bound: beside the whole suite, the
+        // client's tasks may wait seconds for a thread).
+        #expect(took < .seconds(5), "took \(took)")
         #expect(try await client.execute(sql: "SELECT COUNT(*) FROM big").rows == [[.integer(3)]])
         #expect(agent.statistics.inFlight == 0)
         await client.close()

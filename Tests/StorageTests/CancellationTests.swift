@@ -37,7 +37,9 @@ extension DriverTests {
                     _ = try await connection.query(slowStatement(pool.dialect), [], timeout: .milliseconds(200))
                 }
                 let elapsed = ContinuousClock.now - started
-                #expect(elapsed < .seconds(1) * testTimeScale, "the timeout took \(elapsed)")
+                // The statement runs 10 s (SQLite: far longer); a cancelled one ends within a few. The bound is
+                // loose: beside the whole suite, the tasks that await it may wait seconds for a thread.
+                #expect(elapsed < .seconds(5) * testTimeScale, "the timeout took \(elapsed)")
                 #expect(elapsed >= .milliseconds(200))
                 #expect(error?.message.contains("200 ms") == true, "\(String(describing: error))")
                 #expect(!connection.isBroken)
@@ -45,7 +47,7 @@ extension DriverTests {
                 // The same connection answers at once: the server is not still running the statement.
                 let row = try await connection.queryFirst("SELECT 1 AS one")
                 #expect(try row?.decode("one", as: Int64.self) == 1)
-                #expect(ContinuousClock.now - started < .seconds(2) * testTimeScale)
+                #expect(ContinuousClock.now - started < .seconds(7) * testTimeScale)
             }
         }
     }
