@@ -2,10 +2,11 @@ import Storage
 import Synchronization
 
 /// The runner over a ``ConnectionPool``. A statement that returns rows (it starts with SELECT, VALUES, SHOW, PRAGMA,
-/// EXPLAIN, DESCRIBE or TABLE, or WITH without a change after it) runs as a Storage row stream: its rows are read from the database a batch at
-/// a time, only as the agent asks for them (the agent asks once its caller has granted a chunk), so a million-row
-/// answer never sits in memory, and the stream holds its pooled connection until it ends or is cancelled. Any other
-/// statement runs as one query (its affected rows and insert id, and the rows of a RETURNING, at once).
+/// EXPLAIN, DESCRIBE or TABLE, or WITH without a change after it) runs as a Storage row stream: its rows are read
+/// from the database a batch at a time, only as the agent asks for them (the agent asks once its caller has granted
+/// a chunk), so a million-row answer never sits in memory, and the stream holds its pooled connection until it ends
+/// or is cancelled. Any other statement runs as one query (its affected rows and insert id, and the rows of a
+/// RETURNING, at once).
 ///
 /// The timeout is the database's statement timeout: it covers the statement from its start to its last row, and when
 /// it passes Storage cancels the statement on the server (`sqlite3_interrupt`, `PQcancel`, `KILL QUERY`); the

@@ -20,7 +20,8 @@ struct RunnerTests {
     }
 
     private func pool(_ name: String) async throws -> ConnectionPool {
-        let pool = try ConnectionPool(url: temporarySQLiteURL(name), configuration: PoolConfiguration(maxConnections: 2),
+        let pool = try ConnectionPool(url: temporarySQLiteURL(name),
+                                      configuration: PoolConfiguration(maxConnections: 2),
                                       logger: Logger(label: "runner-tests"))
         try await pool.execute("CREATE TABLE big (k INTEGER PRIMARY KEY)", [])
         try await pool.execute("""
