@@ -80,7 +80,9 @@ struct RunnerTests {
             let source = try await runner.run(slow, [], timeout: .milliseconds(200))
             _ = try await source.nextBatch(maxRows: 10)
         }
-        #expect(clock.now - start < .seconds(5))
+        // The statement never ends by itself; a loose bound (beside the whole suite, the awaiting task may wait
+        // seconds for a thread).
+        #expect(clock.now - start < .seconds(30))
         #expect(await eventually { pool.statistics.openStreams == 0 })
         #expect(pool.statistics.statementTimeouts >= 1)
         #expect(try await pool.queryFirst("SELECT 7 AS n")?.decode("n", as: Int64.self) == 7)
