@@ -100,7 +100,7 @@ extension MediaRelayServer {
                           let counters = self.counters
                           attach(connection, state, to: playback) {
                               HTTPViewerSink(connection: connection, chunked: chunked, queueLimit: queueLimit,
-                                             counters: counters, sendBuffer: 512 << 10)
+                                             counters: counters)
                           }
                       },
                       refused: { [self] refusal in refuse(refusal, connection, state) })

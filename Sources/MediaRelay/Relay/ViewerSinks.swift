@@ -173,11 +173,9 @@ final class HTTPViewerSink: ViewerSink, @unchecked Sendable {  // used on its co
     let chunked: Bool
     private var sentAny = false
 
-    init(connection: TCPConnection, chunked: Bool, queueLimit: Int, counters: RelayCounters? = nil,
-         sendBuffer: Int? = nil) {
+    init(connection: TCPConnection, chunked: Bool, queueLimit: Int, counters: RelayCounters? = nil) {
         output = ViewerOutput(connection: connection, queueLimit: queueLimit, counters: counters)
         self.chunked = chunked
-        if let sendBuffer { connection.setSendBufferSize(sendBuffer) }
     }
 
     /// The head of the response that starts a stream.

@@ -456,15 +456,6 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         }
     }
 
-    /// Sets the socket's send buffer (SO_SNDBUF; the kernel doubles it for its bookkeeping and caps it at
-    /// net.core.wmem_max), which also ends the kernel's autotuning of it. For a sender that hands the socket a known
-    /// amount at once (a media relay's write beat by ``sendFileInLoop(_:offset:count:)``, whose pages are shared, so a
-    /// larger buffer costs no copy). Returns false when the socket refused it. Safe to call from any thread.
-    @discardableResult
-    public func setSendBufferSize(_ bytes: Int) -> Bool {
-        (try? Posix.setOption(fd, SOL_SOCKET, SO_SNDBUF, Int32(clamping: bytes))) != nil
-    }
-
     private func enqueue(_ rest: UnsafeRawBufferPointer) -> Bool {
         do {
             try output.append(rest, pool: loop.pool)
