@@ -7,8 +7,8 @@ import PackageDescription
 //   services:          NameService  Reporter  LoadBalanceAgent  Chat  DatabaseAgent
 //   clients:           LoadBalanceClient (async, blocking, ServiceRegistration)
 //   RouteStore (route tables)    LoadBalancing (pure)    LarsProtocol (messages, ids, return codes)
-//   Storage                      Messaging (router, framed TCP/UDP, async client)
-//                                Reactor                 LarsWire (frame header and decoder)
+//   Storage (incl. agent://)     Messaging (router, framed TCP/UDP, async client)
+//   DatabaseAgentProtocol        Reactor                 LarsWire (frame header and decoder)
 //                                CSwitchyardLinux
 let package = Package(
     name: "Switchyard",
@@ -28,6 +28,7 @@ let package = Package(
         .library(name: "Chat", targets: ["Chat"]),
         .library(name: "MediaRelay", targets: ["MediaRelay"]),
         .library(name: "ReverseProxy", targets: ["ReverseProxy"]),
+        .library(name: "DatabaseAgentProtocol", targets: ["DatabaseAgentProtocol"]),
         .library(name: "DatabaseAgent", targets: ["DatabaseAgent"]),
         .executable(name: "switchyard", targets: ["switchyard"]),
         .executable(name: "switchyard-echo", targets: ["switchyard-echo"]),
@@ -85,6 +86,12 @@ let package = Package(
         ),
 
         // ---- Storage ----
+        // The database agent's wire contract (generated messages, frame ids): shared by the agent and Storage's
+        // agent:// driver, so that neither depends on the other.
+        .target(
+            name: "DatabaseAgentProtocol",
+            dependencies: ["LarsWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
         // Server drivers: only built and linked when their trait is on, so the default build needs neither.
@@ -95,7 +102,8 @@ let package = Package(
         .target(
             name: "Storage",
             dependencies: [
-                "CSQLite", "SwitchyardCore",
+                "CSQLite", "SwitchyardCore", "DatabaseAgentProtocol", "LarsWire",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .target(name: "CMariaDB", condition: .when(traits: ["MySQL"])),
                 .target(name: "CLibPQ", condition: .when(traits: ["PostgreSQL"])),
                 .product(name: "Logging", package: "swift-log"),
@@ -184,7 +192,7 @@ let package = Package(
 
         // The database agent (the seed's mysqlAgent): named statements and tokens over frames, on the pool.
         .target(name: "DatabaseAgent", dependencies: [
-            "SwitchyardCore", "Storage", "Reactor", "Messaging", "LarsWire",
+            "SwitchyardCore", "DatabaseAgentProtocol", "Storage", "Reactor", "Messaging", "LarsWire",
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
@@ -210,7 +218,7 @@ let package = Package(
             dependencies: [
                 "SwitchyardCore", "Chat", "LarsWire", "LoadBalancing", "LoadBalanceAgent", "LoadBalanceClient",
                 "Messaging", "Reactor",
-                "Storage",
+                "Storage", "DatabaseAgent",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
@@ -239,7 +247,7 @@ let package = Package(
         // Helpers shared by the test targets (sockets, waiting, test databases, log capture); not a product.
         .target(
             name: "TestSupport",
-            dependencies: ["Reactor", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Reactor", "Storage", "DatabaseAgent", .product(name: "Logging", package: "swift-log")],
             path: "Tests/TestSupport"
         ),
         // Unique module ids and ready pools for the suites on the route tables.

@@ -32,6 +32,7 @@ let package = Package(
         .executableTarget(name: "NameServiceFuzz", dependencies: [
             "FuzzSupport",
             .product(name: "NameService", package: project),
+            .product(name: "Reactor", package: project),
             .product(name: "RouteStore", package: project),
             .product(name: "LoadBalancing", package: project),
             .product(name: "LarsProtocol", package: project),

@@ -257,6 +257,32 @@ ssize_t sy_splice(int from, int to, size_t count) {
     return splice(from, NULL, to, NULL, count, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 }
 
+unsigned sy_send_datagrams(int fd, const struct sockaddr_in *addresses, const struct iovec *payloads,
+                           unsigned count) {
+    enum { chunk = 64 };
+    struct mmsghdr messages[chunk];
+    unsigned taken = 0, next = 0;
+    while (next < count) {
+        unsigned n = count - next < chunk ? count - next : chunk;
+        memset(messages, 0, sizeof(struct mmsghdr) * n);
+        for (unsigned i = 0; i < n; i++) {
+            messages[i].msg_hdr.msg_name = (void *)&addresses[next + i];
+            messages[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+            messages[i].msg_hdr.msg_iov = (struct iovec *)&payloads[next + i];
+            messages[i].msg_hdr.msg_iovlen = 1;
+        }
+        int r = sendmmsg(fd, messages, n, MSG_NOSIGNAL);
+        if (r <= 0) {
+            if (r < 0 && errno == EINTR) continue;
+            next += 1;  /* the first one was refused: it is dropped, the others still go */
+            continue;
+        }
+        taken += (unsigned)r;
+        next += (unsigned)r;
+    }
+    return taken;
+}
+
 int sy_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 
 int sy_pwrite_all(int fd, const void *buf, size_t count, int64_t offset) {

@@ -170,9 +170,5 @@ final class ChatHub: Sendable {
 
     // MARK: Clock
 
-    static func unixMilliseconds() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-    }
+    static func unixMilliseconds() -> Int64 { SystemInfo.unixMilliseconds() }
 }

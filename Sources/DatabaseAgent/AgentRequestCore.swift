@@ -27,6 +27,9 @@ struct AgentRequestCore {
         /// Run statements in one transaction; report with ``batchFinished(_:_:)`` or ``failed(_:_:now:)``, and
         /// ``timedOut(_:)`` when `timeout` passes first.
         case runBatch(UInt64, statements: [PlannedStatement], timeout: Duration, token: Int)
+        /// Begin, commit or roll back the connection's transaction (AgentTransactions.swift); report with
+        /// ``batchFinished(_:_:)`` or ``failed(_:_:now:)``.
+        case transaction(UInt64, action: Switchyard_Dbagent_TransactionAction, timeout: Duration, token: Int)
         /// Read the next batch of the request's source; report with ``batchReady(_:_:now:)`` or ``failed(_:_:now:)``.
         case fetch(UInt64, maxRows: Int)
         /// The request is over: cancel its work in progress and drop its source.
@@ -43,6 +46,7 @@ struct AgentRequestCore {
         case rows(Switchyard_Dbagent_Rows)
         case done(Switchyard_Dbagent_Done)
         case error(Switchyard_Dbagent_Error)
+        case welcome(Switchyard_Dbagent_Welcome)
     }
 
     /// A statement resolved to its SQL.
@@ -65,6 +69,9 @@ struct AgentRequestCore {
         var maxParameters: Int
         var maxBatchStatements: Int
         var maxAuthFailures: Int
+        var maxTransactionTimeout: Duration
+        var maxTransactions: Int
+        var maxFrameBodyLength: Int
         /// Rows chunks are cut so their body stays under this (the frame bound less room for the envelope).
         var maxChunkBytes: Int
 
@@ -82,6 +89,9 @@ struct AgentRequestCore {
             maxParameters = c.maxParameters
             maxBatchStatements = c.maxBatchStatements
             maxAuthFailures = c.maxAuthFailures
+            maxTransactionTimeout = c.transactionTimeout
+            maxTransactions = c.maxTransactions
+            maxFrameBodyLength = c.maxFrameBodyLength
             maxChunkBytes = c.maxFrameBodyLength - 64
         }
     }
@@ -110,6 +120,8 @@ struct AgentRequestCore {
     let limits: Limits
     let limiter: TokenRateLimiter
     let counters: AgentCounters
+    /// The database behind the agent, told in Welcome ("sqlite", "mysql", "postgres"; empty when not known).
+    var dialect = ""
     private var open: [UInt64: Open] = [:]
     private(set) var authFailures = 0
     private var closing = false
@@ -181,6 +193,41 @@ struct AgentRequestCore {
         }
         open[id] = Open(token: token, phase: .batch, rowLimit: nil, batchRows: 1)
         return [.runBatch(id, statements: planned, timeout: timeout(request.timeoutMs), token: token)]
+    }
+
+    /// A Hello arrived: the token is checked and the agent's dialect told.
+    mutating func hello(_ request: Switchyard_Dbagent_Hello, now: UInt64) -> [Action] {
+        switch admit(id: request.requestID, token: request.token, now: now) {
+        case .refused(let actions): return actions
+        case .admitted(let token):
+            var welcome = Switchyard_Dbagent_Welcome()
+            welcome.requestID = request.requestID
+            welcome.dialect = dialect
+            welcome.sqlAllowed = rules.tokens[token].allowsSQL
+            welcome.maxFrameBody = UInt32(clamping: limits.maxFrameBodyLength)
+            return [.send(.welcome(welcome), token: token)]
+        }
+    }
+
+    /// A Transaction arrived: checked as any request, then begun, committed or rolled back by the shell.
+    mutating func transaction(_ request: Switchyard_Dbagent_Transaction, now: UInt64) -> [Action] {
+        let id = request.requestID
+        let token: Int
+        switch admit(id: id, token: request.token, now: now) {
+        case .refused(let actions): return actions
+        case .admitted(let index): token = index
+        }
+        switch request.action {
+        case .begin, .commit, .rollback: break
+        default: return refuse(id, .badRequest, "a transaction request needs BEGIN, COMMIT or ROLLBACK", token: token)
+        }
+        guard counters.takeInFlight(limit: limits.maxInFlight) else {
+            return refuse(id, .busy, "the agent has \(limits.maxInFlight) requests open", token: token)
+        }
+        open[id] = Open(token: token, phase: .batch, rowLimit: nil, batchRows: 1)
+        let timeout = request.timeoutMs == 0 ? limits.maxTransactionTimeout
+            : min(.milliseconds(Int64(request.timeoutMs)), limits.maxTransactionTimeout)
+        return [.transaction(id, action: request.action, timeout: timeout, token: token)]
     }
 
     /// A Cancel arrived: the request ends now (an unknown id, or one that ended already, is ignored).
@@ -480,6 +527,8 @@ struct AgentRequestCore {
             return error(id, .timeout, "the statement did not finish within \(limit)")
         case RunnerError.cancelled, is CancellationError:
             return error(id, .cancelled, "cancelled")
+        case let refusal as TransactionRefusal:
+            return error(id, refusal.kind, refusal.message)
         case StorageError.timeout(let detail):
             return error(id, .busy, "no database connection free: \(detail.message)")
         case let storage as StorageError:

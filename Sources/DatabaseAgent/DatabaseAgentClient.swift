@@ -24,8 +24,14 @@ public final class DatabaseAgentClient: Sendable {
 
     private struct State {
         var nextID: UInt64 = 1
-        var channels: [UInt64: Channel] = [:]
+        /// The open requests: a stream's frames go to its channel, a whole result is assembled by the reader.
+        var channels: [UInt64: Receiver] = [:]
         var closed: DatabaseAgentClientError?
+    }
+
+    private enum Receiver {
+        case stream(Channel)
+        case whole(PendingResult)
     }
 
     private init(frames: AsyncFrameClient, token: String) {
@@ -36,9 +42,14 @@ public final class DatabaseAgentClient: Sendable {
     /// Connects to the agent at `host:port`; `loop` does the connection's I/O. Throws the connect error.
     public static func connect(host: String = "127.0.0.1", port: Int, token: String, loop: EventLoop,
                                connectTimeout: Duration = .seconds(5)) async throws -> DatabaseAgentClient {
-        let frames = try await AsyncFrameClient.connect(host: host, port: port, loop: loop, bufferCapacity: 64,
-                                                        connectTimeout: connectTimeout)
+        // The answers are routed on the loop thread as they are decoded (`route`); the reader task only sees the
+        // connection end. The client is set once connected (frames cannot come before the first request).
+        let target = Mutex<DatabaseAgentClient?>(nil)
+        let frames = try await AsyncFrameClient.connect(
+            host: host, port: port, loop: loop, bufferCapacity: 64, connectTimeout: connectTimeout,
+            onFrame: { frame in target.withLock { $0 }?.route(frame) ?? false })
         let client = DatabaseAgentClient(frames: frames, token: token)
+        target.withLock { $0 = client }
         client.reader.withLock { $0 = Task { await client.readAnswers() } }
         return client
     }
@@ -56,49 +67,25 @@ public final class DatabaseAgentClient: Sendable {
     }
 
     /// Runs a statement and returns its whole result (granting every chunk as it arrives).
+    ///
+    /// The reader folds the answers in (granting every chunk but the last as it arrives) and wakes this task once,
+    /// with the result.
     public func execute(_ statement: AgentStatement, rowLimit: Int = 0, timeout: Duration? = nil,
                         batchRows: Int = 0) async throws(DatabaseAgentClientError) -> AgentResult {
-        let (id, channel) = try open()
+        let (id, pending) = try openWhole()
         let request = AgentResult.executeMessage(id: id, token: token, statement: statement, rowLimit: rowLimit,
                                                  timeout: timeout, batchRows: batchRows)
         try await send(request, .execute)
-        var assembler = ResultAssembler()
-        while true {
-            let frame = try await next(channel, id: id)
-            switch assembler.take(messageID: frame.messageID, body: frame.body) {
-            case .columns:
-                continue
-            case .rows(let grant):
-                if grant { try await grantChunk(id) }
-            case .finished(let result):
-                forget(id)
-                return result
-            case .failed(let error):
-                forget(id)
-                throw error
-            }
-        }
+        return try await wait(pending, id: id)
     }
 
     /// Runs statements in one transaction (all or nothing): the affected rows of all, the last insert id of the last.
     public func batch(_ statements: [AgentStatement], timeout: Duration? = nil)
         async throws(DatabaseAgentClientError) -> AgentResult
     {
-        let (id, channel) = try open()
+        let (id, pending) = try openWhole()
         try await send(AgentResult.batchMessage(id: id, token: token, statements: statements, timeout: timeout), .batch)
-        var assembler = ResultAssembler()
-        while true {
-            let frame = try await next(channel, id: id)
-            switch assembler.take(messageID: frame.messageID, body: frame.body) {
-            case .columns, .rows: continue
-            case .finished(let result):
-                forget(id)
-                return result
-            case .failed(let error):
-                forget(id)
-                throw error
-            }
-        }
+        return try await wait(pending, id: id)
     }
 
     /// Runs a statement and returns its rows as they come, a batch at a time: the agent reads the next batch only
@@ -139,14 +126,37 @@ public final class DatabaseAgentClient: Sendable {
 
     private func open() throws(DatabaseAgentClientError) -> (UInt64, Channel) {
         let channel = Channel()
+        return (try register(.stream(channel)), channel)
+    }
+
+    private func openWhole() throws(DatabaseAgentClientError) -> (UInt64, PendingResult) {
+        let pending = PendingResult()
+        return (try register(.whole(pending)), pending)
+    }
+
+    private func register(_ receiver: Receiver) throws(DatabaseAgentClientError) -> UInt64 {
         let result: Result<UInt64, DatabaseAgentClientError> = state.withLock { s in
             if let closed = s.closed { return .failure(closed) }
             let id = s.nextID
             s.nextID += 1
-            s.channels[id] = channel
+            s.channels[id] = receiver
             return .success(id)
         }
-        return (try result.get(), channel)
+        return try result.get()
+    }
+
+    /// The whole result of request `id`; a cancelled task cancels the request at the agent.
+    private func wait(_ pending: PendingResult, id: UInt64) async throws(DatabaseAgentClientError) -> AgentResult {
+        let outcome = await pending.outcome()
+        switch outcome {
+        case .success(let result):
+            return result
+        case .failure(let error) where error.kind == .cancelled && pending.wasCancelled:
+            await cancelRequest(id)
+            throw error
+        case .failure(let error):
+            throw error
+        }
     }
 
     func forget(_ id: UInt64) { _ = state.withLock { $0.channels.removeValue(forKey: id) } }
@@ -186,23 +196,114 @@ public final class DatabaseAgentClient: Sendable {
         }
     }
 
+    /// Loop thread: an answer frame goes to its request (a stream's channel, or the whole result being assembled;
+    /// a grant for the next chunk leaves from here). Frames of requests no longer open are dropped.
+    private func route(_ frame: InboundFrame) -> Bool {
+        let id = ResultAssembler.requestID(body: frame.body)
+        switch state.withLock({ $0.channels[id] }) {
+        case .stream(let channel)?:
+            channel.push(frame)
+        case .whole(let pending)?:
+            switch pending.take(frame) {
+            case .more: break
+            case .grant:
+                var more = Switchyard_Dbagent_MoreRows()
+                more.requestID = id
+                if let body: [UInt8] = try? more.serializedBytes() {
+                    frames.sendFrame(messageID: DatabaseAgentMessageID.moreRows.rawValue, body: body)
+                }
+            case .ended: forget(id)
+            }
+        case nil:
+            break
+        }
+        return true
+    }
+
     private func readAnswers() async {
         var failure = DatabaseAgentClientError(kind: .connectionClosed, message: "the agent closed the connection")
         do {
-            for try await frame in frames.frames {
-                let id = ResultAssembler.requestID(body: frame.body)
-                let channel = state.withLock { $0.channels[id] }
-                channel?.push(frame)
-            }
+            // `route` takes every answer on the loop thread: this only waits for the connection to end.
+            for try await _ in frames.frames {}
         } catch {
             failure = DatabaseAgentClientError(kind: .connectionClosed, message: "\(error)")
         }
-        let channels = state.withLock { s -> [Channel] in
+        let receivers = state.withLock { s -> [Receiver] in
             s.closed = failure
             defer { s.channels.removeAll() }
             return Array(s.channels.values)
         }
-        for channel in channels { channel.fail(failure) }
+        for receiver in receivers {
+            switch receiver {
+            case .stream(let channel): channel.fail(failure)
+            case .whole(let pending): pending.end(.failure(failure))
+            }
+        }
+    }
+
+    /// A request whose whole result the reader assembles (``execute(_:rowLimit:timeout:batchRows:)``, ``batch``):
+    /// its task waits once, for the outcome.
+    final class PendingResult: Sendable {
+        enum Progress { case more, grant, ended }
+
+        private struct State {
+            var assembler = ResultAssembler()
+            var outcome: Result<AgentResult, DatabaseAgentClientError>?
+            var waiter: CheckedContinuation<Result<AgentResult, DatabaseAgentClientError>, Never>?
+            var cancelled = false
+        }
+        private let state = Mutex(State())
+
+        /// The task waiting for it was cancelled (and the request should be cancelled at the agent).
+        var wasCancelled: Bool { state.withLock { $0.cancelled } }
+
+        /// The reader: one answer frame of the request.
+        func take(_ frame: InboundFrame) -> Progress {
+            let step = state.withLock { s -> ResultAssembler.Step? in
+                s.outcome == nil ? s.assembler.take(messageID: frame.messageID, body: frame.body) : nil
+            }
+            switch step {
+            case nil: return .ended
+            case .columns?: return .more
+            case .rows(let grant)?: return grant ? .grant : .more
+            case .finished(let result)?:
+                end(.success(result))
+                return .ended
+            case .failed(let error)?:
+                end(.failure(error))
+                return .ended
+            }
+        }
+
+        /// The outcome (the first one counts); wakes the waiting task.
+        func end(_ outcome: Result<AgentResult, DatabaseAgentClientError>) {
+            let waiter = state.withLock { s -> CheckedContinuation<Result<AgentResult, DatabaseAgentClientError>,
+                                                                   Never>? in
+                guard s.outcome == nil else { return nil }
+                s.outcome = outcome
+                defer { s.waiter = nil }
+                return s.waiter
+            }
+            waiter?.resume(returning: outcome)
+        }
+
+        /// Waits for the outcome; a cancelled task ends it with `cancelled`.
+        func outcome() async -> Result<AgentResult, DatabaseAgentClientError> {
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { (c: CheckedContinuation<Result<AgentResult, DatabaseAgentClientError>,
+                                                                        Never>) in
+                    let ready = state.withLock { s -> Result<AgentResult, DatabaseAgentClientError>? in
+                        if let outcome = s.outcome { return outcome }
+                        s.waiter = c
+                        return nil
+                    }
+                    if let ready { c.resume(returning: ready) }
+                }
+            } onCancel: {
+                state.withLock { $0.cancelled = true }
+                end(.failure(DatabaseAgentClientError(kind: .cancelled, message: "the task was cancelled")))
+            }
+        }
     }
 
     /// The answers of one request, waiting for its task.

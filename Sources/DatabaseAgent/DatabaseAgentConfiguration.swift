@@ -36,6 +36,13 @@ public struct DatabaseAgentConfiguration: Sendable {
     public var maxBatchStatements: Int
     /// Requests with no valid token a connection may send; at this count it is closed (default 3).
     public var maxAuthFailures: Int
+    /// Transactions open at once across the agent (Transaction BEGIN: each pins one pooled connection to its caller's
+    /// connection until COMMIT or ROLLBACK); more are refused `BUSY` (default 4; keep it below the pool's
+    /// maxConnections, so that single requests always find a connection).
+    public var maxTransactions: Int
+    /// The longest a transaction stays open (default 60 s; a BEGIN may ask for less): past it the agent rolls it back
+    /// and gives the pooled connection back; the caller's next request in it gets `TRANSACTION`.
+    public var transactionTimeout: Duration
     /// Connections without a valid token are logged once per episode: one after this long without one starts a new
     /// episode, with a new line (default 10 s).
     public var logQuietInterval: Duration
@@ -46,7 +53,8 @@ public struct DatabaseAgentConfiguration: Sendable {
                 defaultBatchRows: Int = 256, maxBatchRows: Int = 10_000, maxRequestsPerConnection: Int = 16,
                 maxRequestsInFlight: Int = 1024, maxCredit: Int = 4, creditTimeout: Duration? = .seconds(60),
                 maxSQLBytes: Int = 64 << 10, maxParameters: Int = 10_000, maxBatchStatements: Int = 1000,
-                maxAuthFailures: Int = 3, logQuietInterval: Duration = .seconds(10)) {
+                maxAuthFailures: Int = 3, logQuietInterval: Duration = .seconds(10), maxTransactions: Int = 4,
+                transactionTimeout: Duration = .seconds(60)) {
         self.server = server
         self.maxFrameBodyLength = maxFrameBodyLength
         self.idleTimeout = idleTimeout
@@ -63,6 +71,8 @@ public struct DatabaseAgentConfiguration: Sendable {
         self.maxBatchStatements = maxBatchStatements
         self.maxAuthFailures = maxAuthFailures
         self.logQuietInterval = logQuietInterval
+        self.maxTransactions = maxTransactions
+        self.transactionTimeout = transactionTimeout
     }
 
     /// Throws the first setting out of range.
@@ -97,6 +107,8 @@ public struct DatabaseAgentConfiguration: Sendable {
         try positive(maxBatchStatements, "maxBatchStatements")
         try positive(maxAuthFailures, "maxAuthFailures")
         try positive(logQuietInterval, "logQuietInterval")
+        try positive(maxTransactions, "maxTransactions")
+        try positive(transactionTimeout, "transactionTimeout")
     }
 }
 

@@ -1,3 +1,4 @@
+import LarsWire
 import Logging
 import Messaging
 import Reactor
@@ -20,7 +21,8 @@ import Synchronization
 /// the connection is closed at ``DatabaseAgentConfiguration/maxAuthFailures``.
 ///
 /// Threads: the requests of a connection live on its loop (``AgentRequestCore``, a pure state machine); statements
-/// run through the runner in tasks, never on a loop, and their results come back to the loop.
+/// run through the runner: a select on PostgreSQL is driven by that loop itself (non-blocking libpq, nothing blocks),
+/// the rest on the pool's worker threads or in tasks, whose results come back to the loop.
 ///
 /// A `Service`: ``run()`` binds (unless ``start()`` did) and serves until graceful shutdown, then stops accepting and
 /// closes the connections (their requests released). Put it in a `ServiceGroup` after its pool and loop group.
@@ -73,6 +75,13 @@ public final class DatabaseAgentServer: Service, Sendable {
             try router.on(DatabaseAgentMessageID.moreRows, as: Switchyard_Dbagent_MoreRows.self) { request, message in
                 AgentConnection.of(message.connection)?.moreRows(request.requestID)
             }
+            try router.on(DatabaseAgentMessageID.hello, as: Switchyard_Dbagent_Hello.self) { request, message in
+                AgentConnection.of(message.connection)?.hello(request)
+            }
+            try router.on(DatabaseAgentMessageID.transaction, as: Switchyard_Dbagent_Transaction.self) {
+                request, message in
+                AgentConnection.of(message.connection)?.transaction(request)
+            }
         } catch {
             preconditionFailure("database agent routes: \(error)")
         }
@@ -83,7 +92,8 @@ public final class DatabaseAgentServer: Service, Sendable {
                                                      idleTimeout: configuration.idleTimeout),
             router: router, logger: logger,
             onConnect: { connection in
-                let core = AgentRequestCore(rules: rules, limits: limits, limiter: limiter, counters: counters)
+                var core = AgentRequestCore(rules: rules, limits: limits, limiter: limiter, counters: counters)
+                core.dialect = runner.dialectName
                 let state = AgentConnection(connection: connection, core: core, runner: runner,
                                             counters: counters, authLog: authLog)
                 connection.context = state
@@ -175,11 +185,22 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
     let runner: any StatementRunner
     let counters: AgentCounters
     let authLog: UnauthorizedLog
-    private var tasks: [UInt64: Task<Void, Never>] = [:]
+    /// The connection's transaction across requests (AgentTransactions.swift).
+    var pin = TransactionPin.none
+    /// Work of the runner in progress (a task, for runners without a callback form and for statements inside a
+    /// transaction), cancelled with its request.
+    var tasks: [UInt64: any RunnerWork] = [:]
     private var sources: [UInt64: any RowSource] = [:]
     /// Statement timeouts of the requests still starting (loop timers: no task per request).
     private var deadlines: [UInt64: TimerHandle] = [:]
     private var timer: TimerHandle?
+    /// The frames of one ``perform(_:)``, written at its end in one send (a select's Columns, Rows and Done leave in
+    /// one segment, and its caller wakes once); the capacity is kept for the next.
+    private var outgoing: [UInt8] = []
+    /// The answers being queued now are written by a task of the loop (``coalescingWrites(_:)``).
+    private var coalescing = false
+    /// That task is posted.
+    private var flushScheduled = false
 
     init(connection: TCPConnection, core: AgentRequestCore, runner: any StatementRunner, counters: AgentCounters,
          authLog: UnauthorizedLog) {
@@ -206,6 +227,8 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
     func batch(_ request: Switchyard_Dbagent_Batch) { perform(core.batch(request, now: now)) }
     func cancel(_ id: UInt64) { perform(core.cancel(id)) }
     func moreRows(_ id: UInt64) { perform(core.moreRows(id)) }
+    func hello(_ request: Switchyard_Dbagent_Hello) { perform(core.hello(request, now: now)) }
+    func transaction(_ request: Switchyard_Dbagent_Transaction) { perform(core.transaction(request, now: now)) }
 
     /// The connection closed: its requests are released, and the connection lets go of this state (which holds the
     /// connection: a cycle otherwise). Tasks still running keep it until they come back and find nothing open.
@@ -213,32 +236,68 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
         timer?.cancel()
         timer = nil
         perform(core.closed())
+        rollBackOnClose()
         connection.context = nil
     }
 
-    private func perform(_ actions: [AgentRequestCore.Action]) {
+    func perform(_ actions: [AgentRequestCore.Action]) {
+        defer { flush() }
         for action in actions {
             switch action {
             case .send(let answer, let token):
                 send(answer, token: token)
             case .run(let id, let sql, let parameters, let timeout, let batchRows, _):
+                let session: (any TransactionSession)?
+                switch statementTarget() {
+                case .failure(let refusal):
+                    failed(id, refusal)
+                    continue
+                case .success(let target): session = target
+                }
                 armTimeout(id, timeout)
-                let runner = runner
-                tasks[id] = Task { [self] in
-                    do {
-                        let source = try await runner.run(sql, parameters, timeout: timeout)
+                if let session {
+                    // Inside a transaction: on the pinned connection, through its session.
+                    tasks[id] = Task { [self] in
                         do {
-                            let batch = try await source.nextBatch(maxRows: batchRows)
-                            connection.loop.execute { self.started(id, source, batch) }
+                            let source = try await session.run(sql, parameters, timeout: timeout)
+                            do {
+                                let batch = try await source.nextBatch(maxRows: batchRows)
+                                connection.loop.execute { self.started(id, source, batch) }
+                            } catch {
+                                source.cancel()
+                                connection.loop.execute { self.failed(id, error) }
+                            }
                         } catch {
-                            source.cancel()
                             connection.loop.execute { self.failed(id, error) }
                         }
-                    } catch {
-                        connection.loop.execute { self.failed(id, error) }
+                    }
+                    continue
+                }
+                // The runner reports on this loop (a statement it drives here) or on its own thread (the pool's
+                // worker): then one hop back here.
+                let work = runner.start(sql, parameters, timeout: timeout, firstBatch: batchRows,
+                                        loop: connection.loop) { [self] result in
+                    let report: @Sendable () -> Void = {
+                        switch result {
+                        case .success(let started): self.started(id, started.source, started.batch)
+                        case .failure(let error): self.failed(id, error)
+                        }
+                    }
+                    if connection.loop.inLoopThread {
+                        // Reported by a handler of this loop (the database's socket): the answers of every
+                        // statement that ends in this round of events leave in one write.
+                        self.coalescingWrites(report)
+                    } else {
+                        connection.loop.execute(report)
                     }
                 }
+                if let work { tasks[id] = work }
             case .runBatch(let id, let statements, let timeout, _):
+                guard case .none = pin else {
+                    failed(id, TransactionRefusal(kind: .transaction, message:
+                        "a batch cannot run inside a transaction: send its statements as Execute"))
+                    continue
+                }
                 armTimeout(id, timeout)
                 let runner = runner
                 let all = statements.map { (sql: $0.sql, parameters: $0.parameters) }
@@ -253,16 +312,22 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
                         connection.loop.execute { self.failed(id, error) }
                     }
                 }
+            case .transaction(let id, let action, let timeout, _):
+                runTransaction(id, action, timeout: timeout)
             case .fetch(let id, let maxRows):
                 guard let source = sources[id] else { continue }
-                tasks[id] = Task { [self] in
-                    do {
-                        let batch = try await source.nextBatch(maxRows: maxRows)
-                        connection.loop.execute { self.perform(self.core.batchReady(id, batch, now: self.now)) }
-                    } catch {
-                        connection.loop.execute { self.failed(id, error) }
+                let work = source.nextBatch(maxRows: maxRows) { [self] result in
+                    connection.loop.execute {
+                        switch result {
+                        case .success(let batch):
+                            self.tasks[id] = nil
+                            self.perform(self.core.batchReady(id, batch, now: self.now))
+                        case .failure(let error):
+                            self.failed(id, error)
+                        }
                     }
                 }
+                if let work { tasks[id] = work }
             case .release(let id):
                 deadlines.removeValue(forKey: id)?.cancel()
                 tasks.removeValue(forKey: id)?.cancel()
@@ -270,6 +335,7 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
             case .logUnauthorized(let reason):
                 authLog.record(connection, reason: reason)
             case .close:
+                flushNow()
                 counters.closedForAuth()
                 connection.close()
             }
@@ -292,7 +358,7 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
         perform(core.started(id, columns: source.columns, batch: batch, now: now))
     }
 
-    private func failed(_ id: UInt64, _ error: any Error) {
+    func failed(_ id: UInt64, _ error: any Error) {
         deadlines.removeValue(forKey: id)?.cancel()
         tasks[id] = nil
         perform(core.failed(id, error, now: now))
@@ -315,8 +381,39 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
         case .error(let m):
             id = .error
             body = try? m.serializedBytes()
+        case .welcome(let m):
+            id = .welcome
+            body = try? m.serializedBytes()
         }
         guard let body else { return }
-        _ = body.withUnsafeBytes { connection.sendFrameInLoop(messageID: id.rawValue, body: $0) }
+        var header = FrameParser.header(messageID: id.rawValue, bodyLength: body.count)
+        withUnsafeBytes(of: &header) { outgoing.append(contentsOf: $0) }
+        outgoing.append(contentsOf: body)
+    }
+
+    /// Runs `body` with its answers' write put off to a task of this loop (after the handlers of the events at hand,
+    /// whose answers join it). Only from a handler: a task posted from a task wakes the loop.
+    private func coalescingWrites(_ body: () -> Void) {
+        coalescing = true
+        body()
+        coalescing = false
+        guard !outgoing.isEmpty, !flushScheduled else { return }
+        flushScheduled = true
+        connection.loop.execute { [self] in
+            flushScheduled = false
+            flush()
+        }
+    }
+
+    /// Writes the frames queued by ``send(_:token:)`` in one send (later, while ``coalescingWrites(_:)`` runs).
+    private func flush() {
+        guard !coalescing else { return }
+        flushNow()
+    }
+
+    private func flushNow() {
+        guard !outgoing.isEmpty else { return }
+        _ = outgoing.withUnsafeBytes { connection.sendInLoop($0) }
+        outgoing.removeAll(keepingCapacity: outgoing.capacity <= 64 << 10)
     }
 }

@@ -29,6 +29,11 @@ public struct DatabaseAgentStatistics: Sendable, Hashable, CustomStringConvertib
     public var inFlight: Int
     /// Rows the runner handed to the agent (read from the database), all requests together.
     public var rowsRead: Int
+    /// Transactions open now (each holds a pooled connection).
+    public var transactionsOpen: Int = 0
+    /// Transactions the agent rolled back on its own: open past ``DatabaseAgentConfiguration/transactionTimeout``,
+    /// or their caller's connection closed.
+    public var transactionsRolledBack: Int = 0
 
     public var description: String {
         let perToken = tokens.keys.sorted().map { name in
@@ -36,7 +41,8 @@ public struct DatabaseAgentStatistics: Sendable, Hashable, CustomStringConvertib
             return "\(name): \(t.requests) requests, \(t.rows) rows, \(t.errors) errors, \(t.rateLimited) rate limited"
         }.joined(separator: "; ")
         return "\(inFlight) in flight, \(rowsRead) rows read, \(unauthorized) unauthorized (\(authClosed) closed), " +
-            "\(busy) busy, \(creditTimeouts) credit timeouts; \(perToken)"
+            "\(busy) busy, \(creditTimeouts) credit timeouts, \(transactionsOpen) transactions open "
+            + "(\(transactionsRolledBack) rolled back by the agent); \(perToken)"
     }
 }
 
@@ -78,6 +84,10 @@ final class AgentCounters: Sendable {
     private let creditTimeoutsMetric = Counter(label: "switchyard_dbagent_credit_timeouts_total")
     private let rowsReadMetric = Counter(label: "switchyard_dbagent_rows_read_total")
     private let inFlightMetric = Gauge(label: "switchyard_dbagent_in_flight")
+    private let transactionsOpen = Atomic<Int>(0)
+    private let transactionsRolledBack = Atomic<Int>(0)
+    private let transactionsOpenMetric = Gauge(label: "switchyard_dbagent_transactions_open")
+    private let transactionsRolledBackMetric = Counter(label: "switchyard_dbagent_transactions_rolled_back_total")
 
     init(tokenLabels: [String]) {
         perToken = tokenLabels.map(PerToken.init)
@@ -95,7 +105,28 @@ final class AgentCounters: Sendable {
             tokens: tokens, unauthorized: unauthorized.load(ordering: .relaxed),
             authClosed: authClosed.load(ordering: .relaxed), busy: busy.load(ordering: .relaxed),
             creditTimeouts: creditTimeouts.load(ordering: .relaxed), inFlight: inFlight.load(ordering: .relaxed),
-            rowsRead: rowsRead.load(ordering: .relaxed))
+            rowsRead: rowsRead.load(ordering: .relaxed), transactionsOpen: transactionsOpen.load(ordering: .relaxed),
+            transactionsRolledBack: transactionsRolledBack.load(ordering: .relaxed))
+    }
+
+    /// Takes a transaction slot; false (nothing taken) when `limit` are taken.
+    func takeTransaction(limit: Int) -> Bool {
+        let now = transactionsOpen.wrappingAdd(1, ordering: .relaxed).newValue
+        if now > limit {
+            transactionsOpen.wrappingSubtract(1, ordering: .relaxed)
+            return false
+        }
+        transactionsOpenMetric.record(now)
+        return true
+    }
+
+    func releaseTransaction() {
+        transactionsOpenMetric.record(transactionsOpen.wrappingSubtract(1, ordering: .relaxed).newValue)
+    }
+
+    func transactionRolledBack() {
+        transactionsRolledBack.wrappingAdd(1, ordering: .relaxed)
+        transactionsRolledBackMetric.increment()
     }
 
     /// Takes an in-flight slot; false (nothing taken) when `limit` are taken.

@@ -1,3 +1,4 @@
+import Reactor
 import Storage
 import Synchronization
 
@@ -13,6 +14,12 @@ import Synchronization
 /// connection goes back to the pool healthy. A batch has one deadline for all its statements.
 struct PoolStatementRunner: StatementRunner {
     let pool: ConnectionPool
+    /// The loops statements were driven on, as Storage sees them.
+    private let loops = LoopCache()
+
+    init(pool: ConnectionPool) {
+        self.pool = pool
+    }
 
     /// Rows the stream reads from the driver at a time (the agent's batches are cut from them).
     static let streamBatchRows = 500
@@ -28,6 +35,77 @@ struct PoolStatementRunner: StatementRunner {
         } catch let error as StorageError where error.isStatementTimeout {
             throw RunnerError.timeout(timeout)
         }
+    }
+
+    /// The callback form. A select on PostgreSQL runs driven by the caller's loop
+    /// (``ConnectionPool/stream(_:_:firstBatch:batchRows:timeout:drivenBy:completion:)``: libpq's non-blocking calls
+    /// on the loop's thread, which hears the answer itself; the rows after the first batch, if any, are read by a
+    /// stream on the connection's worker thread). Otherwise the pool's callbacks run on
+    /// the connection's worker thread, which then reads the first batch (a job queued right behind the statement's)
+    /// and reports from there: no task or continuation per request.
+    func start(_ sql: String, _ parameters: [SQLValue], timeout: Duration, firstBatch maxRows: Int, loop: EventLoop,
+               completion: @escaping @Sendable (Result<StartedStatement, any Error>) -> Void) -> (any RunnerWork)? {
+        if Self.returnsRows(sql), pool.drivesStatementsOnLoop {
+            return pool.stream(sql, parameters, firstBatch: maxRows, batchRows: Self.streamBatchRows, timeout: timeout,
+                               drivenBy: storageLoop(loop)) { result in
+                switch result {
+                case .failure(let error):
+                    completion(.failure(Self.runnerError(error, timeout)))
+                case .success(let start):
+                    let rows = start.rows.map(\.values)
+                    if let rest = start.rest {
+                        completion(.success(StartedStatement(source: StreamSource(rest, timeout: timeout),
+                                                             batch: RowBatch(rows: rows, isLast: false))))
+                    } else {
+                        let source = WholeResultSource(SQLResult(columns: start.columns,
+                                                                 affectedRows: start.affectedRows))
+                        completion(.success(StartedStatement(source: source, batch: RowBatch(
+                            rows: rows, isLast: true, affectedRows: start.affectedRows))))
+                    }
+                }
+            }
+        }
+        if Self.returnsRows(sql) {
+            pool.stream(sql, parameters, batchRows: Self.streamBatchRows, timeout: timeout,
+                        on: InlineExecutor.shared) { result in
+                switch result {
+                case .failure(let error):
+                    completion(.failure(Self.runnerError(error, timeout)))
+                case .success(let stream):
+                    let source = StreamSource(stream, timeout: timeout)
+                    _ = source.nextBatch(maxRows: maxRows) { batch in
+                        switch batch {
+                        case .success(let batch):
+                            completion(.success(StartedStatement(source: source, batch: batch)))
+                        case .failure(let error):
+                            source.cancel()
+                            completion(.failure(error))
+                        }
+                    }
+                }
+            }
+        } else {
+            pool.query(sql, parameters, timeout: timeout, on: InlineExecutor.shared) { result in
+                switch result {
+                case .failure(let error):
+                    completion(.failure(Self.runnerError(error, timeout)))
+                case .success(let result):
+                    let source = WholeResultSource(result)
+                    completion(.success(StartedStatement(source: source, batch: source.take(maxRows: maxRows))))
+                }
+            }
+        }
+        return nil
+    }
+
+    /// The Storage view of the caller's loop (one per loop, kept by the runner).
+    private func storageLoop(_ loop: EventLoop) -> ReactorStorageLoop {
+        loops.storageLoop(loop)
+    }
+
+    /// A Storage timeout as the runner's; other errors as they are.
+    static func runnerError(_ error: StorageError, _ timeout: Duration) -> any Error {
+        error.isStatementTimeout ? RunnerError.timeout(timeout) : error
     }
 
     func runBatch(_ statements: [(sql: String, parameters: [SQLValue])], timeout: Duration) async throws
@@ -53,6 +131,10 @@ struct PoolStatementRunner: StatementRunner {
         }
     }
 
+    var dialectName: String { pool.dialect.rawValue }
+
+    func begin() async throws -> any TransactionSession { try await PoolTransaction.begin(on: pool) }
+
     /// Whether the statement's first keyword is one that returns rows (comments and parentheses before it skipped).
     static func returnsRows(_ sql: String) -> Bool {
         var rest = Substring(sql)
@@ -70,10 +152,34 @@ struct PoolStatementRunner: StatementRunner {
         if word == "WITH" {
             // A common table expression before a change (WITH ... INSERT) runs as a query, for its affected rows.
             let words = Set(rest.uppercased().split { !$0.isLetter }.map(String.init))
-            return words.isDisjoint(with: ["INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE"])
+            return words.isDisjoint(with: changeWords)
         }
-        return ["SELECT", "VALUES", "SHOW", "PRAGMA", "EXPLAIN", "DESCRIBE", "DESC", "TABLE"].contains(word)
+        return rowWords.contains(word)
     }
+
+    private static let rowWords: Set<String> = ["SELECT", "VALUES", "SHOW", "PRAGMA", "EXPLAIN", "DESCRIBE", "DESC",
+                                                "TABLE"]
+    private static let changeWords: Set<String> = ["INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE"]
+}
+
+/// The ``ReactorStorageLoop`` of each loop a runner drove statements on.
+final class LoopCache: Sendable {
+    private let loops = Mutex<[ObjectIdentifier: ReactorStorageLoop]>([:])
+
+    func storageLoop(_ loop: EventLoop) -> ReactorStorageLoop {
+        loops.withLock { loops in
+            if let known = loops[ObjectIdentifier(loop)] { return known }
+            let made = ReactorStorageLoop(loop)
+            loops[ObjectIdentifier(loop)] = made
+            return made
+        }
+    }
+}
+
+/// Runs the pool's callbacks where they are called (the connection's worker thread): they only hand results on.
+final class InlineExecutor: StorageExecutor {
+    static let shared = InlineExecutor()
+    func execute(_ work: @escaping @Sendable () -> Void) { work() }
 }
 
 /// The rows of a Storage row stream, cut into the agent's batches (a stream batch larger than the agent asks for is
@@ -121,18 +227,55 @@ final class StreamSource: RowSource {
         return RowBatch(rows: rows, isLast: stream.isFinished)
     }
 
+    func nextBatch(maxRows: Int, completion: @escaping @Sendable (Result<RowBatch, any Error>) -> Void)
+        -> (any RunnerWork)?
+    {
+        let rows = leftover.withLock { rows in
+            defer { rows = [] }
+            return rows
+        }
+        collect(rows, limit: max(1, maxRows), completion: completion)
+        return nil
+    }
+
+    /// Reads stream batches (each a job on the connection's worker thread, reported there) until `limit` rows or the
+    /// end, as the async `nextBatch` does.
+    private func collect(_ rows: [[SQLValue]], limit: Int,
+                         completion: @escaping @Sendable (Result<RowBatch, any Error>) -> Void) {
+        guard rows.count < limit else { return completion(.success(cut(rows, limit: limit))) }
+        stream.next(on: InlineExecutor.shared) { [self] result in
+            switch result {
+            case .failure(let error):
+                completion(.failure(PoolStatementRunner.runnerError(error, timeout)))
+            case .success(nil):
+                completion(.success(cut(rows, limit: limit)))
+            case .success(let next?):
+                var rows = rows
+                rows += next.lazy.map(\.values)
+                if stream.isFinished {
+                    completion(.success(cut(rows, limit: limit)))
+                } else {
+                    collect(rows, limit: limit, completion: completion)
+                }
+            }
+        }
+    }
+
+    /// The first `limit` rows as a batch; the rest kept for the next call.
+    private func cut(_ rows: [[SQLValue]], limit: Int) -> RowBatch {
+        guard rows.count > limit else { return RowBatch(rows: rows, isLast: stream.isFinished) }
+        leftover.withLock { $0 = Array(rows[limit...]) }
+        return RowBatch(rows: Array(rows[..<limit]), isLast: false)
+    }
+
     func cancel() {
         leftover.withLock { $0 = [] }
-        let stream = self.stream
-        Task { await stream.cancel() }
+        stream.cancel(on: InlineExecutor.shared)
     }
 
     /// A source dropped without a cancel (the agent always cancels or reads to the end) still frees its connection.
     deinit {
-        if !stream.isFinished {
-            let stream = self.stream
-            Task { await stream.cancel() }
-        }
+        if !stream.isFinished { stream.cancel(on: InlineExecutor.shared) }
     }
 }
 
@@ -157,7 +300,17 @@ final class WholeResultSource: RowSource {
         lastInsertID = result.lastInsertID
     }
 
-    func nextBatch(maxRows: Int) async throws -> RowBatch {
+    func nextBatch(maxRows: Int) async throws -> RowBatch { take(maxRows: maxRows) }
+
+    func nextBatch(maxRows: Int, completion: @escaping @Sendable (Result<RowBatch, any Error>) -> Void)
+        -> (any RunnerWork)?
+    {
+        completion(.success(take(maxRows: maxRows)))
+        return nil
+    }
+
+    /// The next rows, at once.
+    func take(maxRows: Int) -> RowBatch {
         let (rows, isLast) = state.withLock { s -> ([[SQLValue]], Bool) in
             let end = min(s.rows.count, s.next + max(1, maxRows))
             let batch = s.rows[s.next..<end].map(\.values)

@@ -1,30 +1,4 @@
-import Foundation
 import Storage
-
-extension Switchyard_Dbagent_Value {
-    /// The wire form of a value.
-    public init(_ value: SQLValue) {
-        self.init()
-        switch value {
-        case .null: kind = .null(true)
-        case .integer(let v): kind = .integer(v)
-        case .double(let v): kind = .real(v)
-        case .text(let v): kind = .text(v)
-        case .blob(let v): kind = .blob(Data(v))
-        }
-    }
-
-    /// The value it carries (no kind set: NULL).
-    public var sqlValue: SQLValue {
-        switch kind {
-        case .none, .null: return .null
-        case .integer(let v): return .integer(v)
-        case .real(let v): return .double(v)
-        case .text(let v): return .text(v)
-        case .blob(let v): return .blob([UInt8](v))
-        }
-    }
-}
 
 /// The type of a result column, as far as the agent knows it.
 public enum ColumnType: String, Sendable, Hashable {

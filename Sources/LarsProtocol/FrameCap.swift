@@ -18,6 +18,7 @@ extension Lars_GetRouteResponse {
             // The load fields (a Switchyard extension) have presence: written when set, even as 0.
             if info.hasLoad { inner += 1 + Self.varintSize(UInt64(info.load)) }
             if info.hasCapacity { inner += 1 + Self.varintSize(UInt64(info.capacity)) }
+            if info.hasWeight { inner += 1 + Self.varintSize(UInt64(info.weight)) }
             size += 1 + Self.varintSize(UInt64(inner)) + inner
             if size > maxBody { return index }
         }

@@ -28,6 +28,22 @@ public struct MessageID: FrameMessageID {
     public static let registerHostRequest = MessageID(rawValue: 102)
     /// Its answer, name service -> server: body `Switchyard_Lb_RegisterHostResponse`.
     public static let registerHostResponse = MessageID(rawValue: 103)
+    /// Switchyard extension: several GetHosts in one datagram, client API -> agent, UDP; body
+    /// `Switchyard_Lb_GetHostBatchRequest`.
+    public static let getHostBatchRequest = MessageID(rawValue: 104)
+    /// Its answer, agent -> client API: body `Switchyard_Lb_GetHostBatchResponse` (every answer, in request order).
+    public static let getHostBatchResponse = MessageID(rawValue: 105)
+    /// Switchyard extension: a regional name service asks its parent for a route it has no rows for, name service
+    /// -> name service, TCP; body `Switchyard_Names_ChainGetRouteRequest`, answered and pushed with id 2.
+    public static let chainGetRouteRequest = MessageID(rawValue: 110)
+    /// Switchyard extension, state relay: a server publishes a state change for its module, server -> name service,
+    /// TCP; body `Switchyard_Names_PublishState`, answered with id 112 (`Switchyard_Names_PublishStateResponse`).
+    public static let publishState = MessageID(rawValue: 111)
+    public static let publishStateResponse = MessageID(rawValue: 112)
+    /// State relay: subscribe to a module's changes (`Switchyard_Names_SubscribeState`), server -> name service.
+    public static let subscribeState = MessageID(rawValue: 113)
+    /// State relay: one change (`Switchyard_Names_StateChange`), name service -> subscriber.
+    public static let stateChange = MessageID(rawValue: 114)
 }
 
 /// Return codes of GetHostResponse.retcode.

@@ -18,6 +18,26 @@ public struct AgentConfiguration: Sendable {
     /// The reporter (TCP), sent aggregated call results. Default 127.0.0.1:7779.
     public var reporterHost: String
     public var reporterPort: Int
+    /// Further name services on the same database (replicas), tried in turn when the current one is lost, does not
+    /// answer a connect, or stays silent past `upstreamSilenceTimeout`; GetHost is answered from the routes held
+    /// meanwhile. Lars key and flag: `names = a:7778,b:7778` (the first is `nameServiceHost:Port`).
+    public var nameServiceAlternates: [ClientEndpoint] = []
+    /// Further reporters, as `nameServiceAlternates` (`reporter = a:7779,b:7779`).
+    public var reporterAlternates: [ClientEndpoint] = []
+    /// The name service and its alternates, in the order they are tried.
+    public var nameServiceEndpoints: [ClientEndpoint] {
+        [ClientEndpoint(host: nameServiceHost, port: nameServicePort)] + nameServiceAlternates
+    }
+    /// The reporter and its alternates, in the order they are tried.
+    public var reporterEndpoints: [ClientEndpoint] {
+        [ClientEndpoint(host: reporterHost, port: reporterPort)] + reporterAlternates
+    }
+    /// The name service and the reporter get a heartbeat after this long without traffic; with
+    /// `upstreamSilenceTimeout`, one that answers nothing for that long is left for the next address. Default 1 s.
+    public var upstreamHeartbeatInterval: Duration = .seconds(1)
+    /// Applies only with alternates (a single server is waited for). Nil: a silent name service or reporter is
+    /// waited for (Lars's do not answer heartbeats; a lost connection still fails over). Default 3 s.
+    public var upstreamSilenceTimeout: Duration? = .seconds(3)
     /// Reports are aggregated per module and sent at most once per interval. Default 1 s.
     public var reportInterval: Duration
     /// The `caller` field of reports: the reporter keeps one row per (host, caller). Lars's meaning: the agent
@@ -69,6 +89,13 @@ public struct AgentConfiguration: Sendable {
     /// instead of paying a thread wake-up; the price is at most this much CPU per request. Default 50 µs; zero
     /// turns it off.
     public var busyPoll: Duration
+    /// Most services one batch GetHost (id 104) may ask for; a batch with more (or with none) is answered with
+    /// retcode 2 and a reason, not served (counted in `batchesRefused`). Default 32; at most
+    /// ``AgentConfiguration/maxBatchItemsLimit``, so every reply fits in one datagram.
+    public var maxBatchItems: Int
+    /// The largest `maxBatchItems`: 512 answers of at most 50 bytes each (a GetHostResponse with ten-byte negative
+    /// ids) are about 25 KiB, well inside a datagram's 65,499-byte body.
+    public static let maxBatchItemsLimit = 512
 
     public init(
         host: String = "127.0.0.1",
@@ -93,7 +120,8 @@ public struct AgentConfiguration: Sendable {
         unknownModuleBurst: Int = 200,
         maxRateLimitedSources: Int = 4096,
         allowedSources: AgentSourceFilter = .loopback,
-        reportSecret: String? = nil
+        reportSecret: String? = nil,
+        maxBatchItems: Int = 32
     ) {
         self.host = host
         self.ports = ports
@@ -118,6 +146,7 @@ public struct AgentConfiguration: Sendable {
         self.maxRateLimitedSources = maxRateLimitedSources
         self.allowedSources = allowedSources
         self.reportSecret = reportSecret
+        self.maxBatchItems = maxBatchItems
     }
 
     /// The machine's primary IPv4 address, else 127.0.0.1 (looked up once).
@@ -152,6 +181,7 @@ public struct AgentConfiguration: Sendable {
             throw .sourcePrefixOutOfRange(prefix)
         }
         if let reportSecret, reportSecret.isEmpty { throw .emptyReportSecret }
+        if !(1...Self.maxBatchItemsLimit).contains(maxBatchItems) { throw .maxBatchItemsOutOfRange(maxBatchItems) }
     }
 }
 
@@ -191,6 +221,8 @@ public enum AgentConfigurationError: Error, Equatable, Sendable, CustomStringCon
     case sourcePrefixOutOfRange(Int)
     /// `reportSecret` is the empty string (use nil for none).
     case emptyReportSecret
+    /// `maxBatchItems` is outside 1...``AgentConfiguration/maxBatchItemsLimit``.
+    case maxBatchItemsOutOfRange(Int)
 
     public var description: String {
         switch self {
@@ -211,6 +243,8 @@ public enum AgentConfigurationError: Error, Equatable, Sendable, CustomStringCon
         case .maxRateLimitedSourcesBelowOne: return "max rate-limited sources must be at least 1"
         case .sourcePrefixOutOfRange(let p): return "source prefix length \(p) is not 0...32"
         case .emptyReportSecret: return "the report secret must not be empty"
+        case .maxBatchItemsOutOfRange(let n):
+            return "max batch items must be 1...\(AgentConfiguration.maxBatchItemsLimit), got \(n)"
         }
     }
 }
@@ -222,7 +256,7 @@ extension AgentConfiguration {
         "probe_num", "init_succ_cnt", "init_err_cnt", "err_rate", "succ_rate", "contin_err_limit",
         "contin_succ_limit", "window_err_rate", "idle_timeout", "overload_timeout", "update_timeout",
         "busy_poll_us", "empty_module_timeout", "max_modules", "route_cache_interval", "unknown_module_rate",
-        "unknown_module_burst", "allow_remote", "report_secret",
+        "unknown_module_burst", "allow_remote", "report_secret", "max_batch",
     ]
 
     /// Applies a configuration file: `key = value` lines, `#` comments, blank lines ignored. Durations
@@ -257,14 +291,19 @@ extension AgentConfiguration {
             guard !list.isEmpty, list.allSatisfy({ $0 != nil }) else { return "expected ports like 8888,8889,8890" }
             ports = list.map { $0! }
         case "names", "reporter":
-            guard let colon = value.lastIndex(of: ":"), let port = Int(value[value.index(after: colon)...]) else {
-                return "expected HOST:PORT"
+            guard let list = ClientEndpoint.list(String(value)) else {
+                return "expected HOST:PORT, or several comma-separated (replicas, tried in turn)"
             }
             if key == "names" {
-                nameServiceHost = String(value[..<colon]); nameServicePort = port
+                nameServiceHost = list[0].host; nameServicePort = list[0].port
+                nameServiceAlternates = Array(list.dropFirst())
             } else {
-                reporterHost = String(value[..<colon]); reporterPort = port
+                reporterHost = list[0].host; reporterPort = list[0].port
+                reporterAlternates = Array(list.dropFirst())
             }
+        case "upstream_silence_ms":
+            guard let v = int(Int64.self), v >= 0 else { return "expected milliseconds (0: wait for a silent one)" }
+            upstreamSilenceTimeout = v == 0 ? nil : .milliseconds(v)
         case "report_interval_ms":
             guard let v = int(Int64.self), v > 0 else { return "expected a positive number of milliseconds" }
             reportInterval = .milliseconds(v)
@@ -280,6 +319,11 @@ extension AgentConfiguration {
         case "max_modules":
             guard let v = int(Int.self), v >= 1 else { return "expected an integer >= 1" }
             maxModules = v
+        case "max_batch":
+            guard let v = int(Int.self), (1...Self.maxBatchItemsLimit).contains(v) else {
+                return "expected an integer 1...\(Self.maxBatchItemsLimit)"
+            }
+            maxBatchItems = v
         case "route_cache_interval":
             guard let v = seconds() else { return "expected positive seconds" }
             routeCacheInterval = v

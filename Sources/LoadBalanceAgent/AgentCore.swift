@@ -11,6 +11,8 @@ import SwitchyardCore
 ///  admit(source)                        --> false (dropped, counted) for a source outside `allowedSources`
 ///  GetHost / GetHost by key / GetRoute  --> answer (.replyHost / .replyRoute); a first request also .askNameService
 ///                                           (rate limited per source; a full table evicts an empty module)
+///  batch GetHost                        --> one .replyBatch: every item answered as its own GetHost, in order
+///                                           (more than maxBatchItems, or none: refused with retcode 2)
 ///  Report                               --> counted in the module's balancer (nothing to send); without the
 ///                                           configured secret dropped and counted
 ///  GetRouteResponse (reply or push)     --> hosts replaced; the cache marked dirty and .log when they changed
@@ -28,6 +30,8 @@ public struct AgentCore<Peer> {
     public enum Action {
         /// Answer a GetHost with `response`: id 5, or 101 when the request was by key (id 100).
         case replyHost(Lars_GetHostResponse, byKey: Bool, to: Peer)
+        /// Answer a batch GetHost with `response` (id 105).
+        case replyBatch(Switchyard_Lb_GetHostBatchResponse, to: Peer)
         /// Answer an API GetRoute with `response` (id 8).
         case replyRoute(Lars_GetRouteResponse, to: Peer)
         /// Send a GetRouteRequest (id 1) to the name service (dropped when it is not connected).
@@ -99,12 +103,18 @@ public struct AgentCore<Peer> {
 
     // MARK: Routes
 
-    /// Installs routes read from the cache file (before any request).
-    public mutating func loadCachedRoutes(_ routes: [RouteKey: [Host]], now: UInt64) {
-        for (key, hosts) in routes where !hosts.isEmpty && modules.count < configuration.maxModules {
-            modules[key] = Module(balancer: RouteBalancer(settings: configuration.balancer, hosts: hosts, now: now),
-                                  hasRoute: true, emptyUsedAt: now, everHadHosts: true)
+    /// Installs routes read from the cache file, with their weights (before any request).
+    public mutating func loadCachedRoutes(_ routes: [RouteKey: CachedRoute], now: UInt64) {
+        for (key, route) in routes where !route.hosts.isEmpty && modules.count < configuration.maxModules {
+            var balancer = RouteBalancer(settings: configuration.balancer)
+            balancer.setHosts(route.hosts, weights: route.weights, now: now)
+            modules[key] = Module(balancer: balancer, hasRoute: true, emptyUsedAt: now, everHadHosts: true)
         }
+    }
+
+    /// Installs routes whose hosts all weigh 1.
+    public mutating func loadCachedRoutes(_ routes: [RouteKey: [Host]], now: UInt64) {
+        loadCachedRoutes(routes.mapValues { CachedRoute(hosts: $0) }, now: now)
     }
 
     /// A GetRouteResponse from the name service, a reply or a push: the module's hosts (and the loads the
@@ -115,18 +125,23 @@ public struct AgentCore<Peer> {
         let hosts = response.host.compactMap { Host(wireIP: $0.ip, wirePort: $0.port) }
         // The loads self-registered hosts reported (a Switchyard name service's extension; absent from Lars's).
         var loads: [Host: HostLoad] = [:]
-        for info in response.host where info.hasLoad && info.hasCapacity {
-            if let host = Host(wireIP: info.ip, wirePort: info.port) {
-                loads[host] = HostLoad(load: info.load, capacity: info.capacity)
-            }
+        // And their weights (field 5, also ours): absent is 1; the balancer clamps above HostWeight.max.
+        var weights: [Host: UInt32] = [:]
+        for info in response.host where (info.hasLoad && info.hasCapacity) || info.hasWeight {
+            guard let host = Host(wireIP: info.ip, wirePort: info.port) else { continue }
+            if info.hasLoad && info.hasCapacity { loads[host] = HostLoad(load: info.load, capacity: info.capacity) }
+            if info.hasWeight { weights[host] = info.weight }
         }
         // Only the modules the agent asked for (or has): an unsolicited answer for another module creates none.
         guard var module = modules[key] else { return }
         let hadHosts = !module.balancer.hosts.isEmpty
         let changed = Set(module.balancer.hosts) != Set(hosts)
+            || hosts.contains { host in
+                module.balancer.weight(of: host) != min(weights[host] ?? HostWeight.standard, HostWeight.max)
+            }
         // A module that just lost its hosts (or arrives without any) starts its idle time now.
         if hosts.isEmpty && (hadHosts || module.emptyUsedAt == 0) { module.emptyUsedAt = now }
-        module.balancer.setHosts(hosts, loads: loads, now: now)
+        module.balancer.setHosts(hosts, loads: loads, weights: weights, now: now)
         module.hasRoute = true
         module.updatedAt = now
         if !hosts.isEmpty { module.everHadHosts = true }
@@ -180,16 +195,22 @@ public struct AgentCore<Peer> {
         for key in due { ask(key, now: now, actions: &actions) }
     }
 
-    /// The routes to write to the cache file: every module with hosts (hosts sorted; at most `maxModules`), or
+    /// The routes to write to the cache file: every module with hosts (hosts sorted, with their weights; at most
+    /// `maxModules`), or
     /// nil when no route with hosts changed since the last call (or there is no cache file). Clears the dirty flag:
     /// the shell calls it once per `routeCacheInterval` and writes what it gets, so a burst of changes is one write.
-    public mutating func takeCacheSnapshot() -> [RouteKey: [Host]]? {
+    public mutating func takeCacheSnapshot() -> [RouteKey: CachedRoute]? {
         guard cacheDirty, configuration.routeCacheFile != nil else { return nil }
         cacheDirty = false
         counts.cacheSnapshots += 1
-        var routes: [RouteKey: [Host]] = [:]
+        var routes: [RouteKey: CachedRoute] = [:]
         for (key, module) in modules where !module.balancer.hosts.isEmpty {
-            routes[key] = module.balancer.hosts.sorted()
+            let hosts = module.balancer.hosts.sorted()
+            var weights: [Host: UInt32] = [:]
+            for host in hosts where module.balancer.weight(of: host) != HostWeight.standard {
+                weights[host] = module.balancer.weight(of: host)
+            }
+            routes[key] = CachedRoute(hosts: hosts, weights: weights)
         }
         return routes
     }
@@ -201,6 +222,43 @@ public struct AgentCore<Peer> {
     /// asked for.
     public mutating func getHost(seq: UInt32, modid: Int32, cmdid: Int32, key hashedKey: UInt64? = nil,
                                  from peer: Peer, source: UInt32, now: UInt64, actions: inout [Action]) {
+        let response = answerHost(seq: seq, modid: modid, cmdid: cmdid, key: hashedKey, source: source, now: now,
+                                  actions: &actions)
+        actions.append(.replyHost(response, byKey: hashedKey != nil, to: peer))
+    }
+
+    /// A batch GetHost (id 104, answered with 105): each item is answered as its own GetHost (by key when it has
+    /// one) would be, in request order, each with the batch's seq and its own retcode; the counters count each item
+    /// as that request. A batch with more than `maxBatchItems` items, or none, is answered retcode 2 with a reason
+    /// and no answers (counted in `batchesRefused`; nothing is picked).
+    public mutating func getHostBatch(_ request: Switchyard_Lb_GetHostBatchRequest, from peer: Peer, source: UInt32,
+                                      now: UInt64, actions: inout [Action]) {
+        counts.batchRequests += 1
+        var response = Switchyard_Lb_GetHostBatchResponse()
+        response.seq = request.seq
+        let count = request.items.count
+        guard (1...configuration.maxBatchItems).contains(count) else {
+            counts.batchesRefused += 1
+            response.retcode = LarsReturnCode.systemError
+            response.reason = count == 0 ? "the batch asks for no service"
+                : "the batch asks for \(count) services; the agent answers at most \(configuration.maxBatchItems)"
+            actions.append(.replyBatch(response, to: peer))
+            return
+        }
+        response.retcode = LarsReturnCode.success
+        response.answers.reserveCapacity(count)
+        for item in request.items {
+            response.answers.append(answerHost(seq: request.seq, modid: item.modid, cmdid: item.cmdid,
+                                               key: item.hasKey ? BoundedLoadRing.hash(item.key) : nil,
+                                               source: source, now: now, actions: &actions))
+        }
+        counts.batchItems += count
+        actions.append(.replyBatch(response, to: peer))
+    }
+
+    /// The answer of one GetHost (by key with `hashedKey`), counted; a first request for a module asks for it.
+    private mutating func answerHost(seq: UInt32, modid: Int32, cmdid: Int32, key hashedKey: UInt64?,
+                                     source: UInt32, now: UInt64, actions: inout [Action]) -> Lars_GetHostResponse {
         let key = RouteKey(modid: modid, cmdid: cmdid)
         if hashedKey == nil { counts.getHostRequests += 1 } else { counts.getHostByKeyRequests += 1 }
         var response = Lars_GetHostResponse()
@@ -225,7 +283,7 @@ public struct AgentCore<Peer> {
             response.retcode = LarsReturnCode.notExist
         }
         if response.retcode == LarsReturnCode.notExist { counts.notExistAnswers += 1 }
-        actions.append(.replyHost(response, byKey: hashedKey != nil, to: peer))
+        return response
     }
 
     /// A ReportRequest (id 6, no answer): the call's outcome counts in the module's balancer and goes into the
@@ -483,6 +541,12 @@ public struct AgentStatistics: Sendable, Hashable {
     public var routeRepliesTruncated = 0
     /// Route cache snapshots handed to the writer (each is at most one write of the file).
     public var cacheSnapshots = 0
+    /// Batch GetHost requests (id 104), and the services their served batches asked for (each also counted as a
+    /// GetHost or GetHost-by-key request).
+    public var batchRequests = 0
+    public var batchItems = 0
+    /// Batches refused: more than `maxBatchItems` items, or none.
+    public var batchesRefused = 0
 
     public init() {}
 }

@@ -49,7 +49,7 @@ final class AgentLoopState: @unchecked Sendable {
     // MARK: Inputs
 
     /// Installs the links and the routes of the cache file, before any request.
-    func install(names: FramedClient, reporter: FramedClient, cachedRoutes: [RouteKey: [Host]]) {
+    func install(names: FramedClient, reporter: FramedClient, cachedRoutes: [RouteKey: CachedRoute]) {
         loop.assertInLoopThread()
         self.names = names
         self.reporter = reporter
@@ -78,6 +78,14 @@ final class AgentLoopState: @unchecked Sendable {
         guard admit(peer, now: now) else { return }
         core.getHost(seq: seq, modid: modid, cmdid: cmdid, key: key, from: peer, source: peer.address.ip, now: now,
                      actions: &actions)
+        performActions()
+    }
+
+    func getHostBatch(_ request: Switchyard_Lb_GetHostBatchRequest, from peer: UDPPeer) {
+        loop.assertInLoopThread()
+        let now = self.now
+        guard admit(peer, now: now) else { return }
+        core.getHostBatch(request, from: peer, source: peer.address.ip, now: now, actions: &actions)
         performActions()
     }
 
@@ -171,6 +179,8 @@ final class AgentLoopState: @unchecked Sendable {
         switch action {
         case .replyHost(let response, let byKey, let peer):
             peer.send(response, id: byKey ? MessageID.getHostByKeyResponse : MessageID.getHostResponse)
+        case .replyBatch(let response, let peer):
+            peer.send(response, id: MessageID.getHostBatchResponse)
         case .replyRoute(let response, let peer):
             peer.send(response, id: MessageID.apiGetRouteResponse)
         case .askNameService(let request):

@@ -10,6 +10,9 @@ struct AgentMetrics: Sendable {
                                dimensions: [service, ("kind", "get_host_by_key")])
     let report = Counter(label: "switchyard_agent_requests_total", dimensions: [service, ("kind", "report")])
     let getRoute = Counter(label: "switchyard_agent_requests_total", dimensions: [service, ("kind", "get_route")])
+    let batch = Counter(label: "switchyard_agent_requests_total", dimensions: [service, ("kind", "get_host_batch")])
+    /// Batches refused (too many items, or none).
+    let batchesRefused = Counter(label: "switchyard_agent_batches_refused_total", dimensions: [service])
     /// GetHost answers with NOEXIST.
     let notExist = Counter(label: "switchyard_agent_noexist_answers_total", dimensions: [service])
     /// ReportStatusRequests sent to the reporter.
@@ -48,6 +51,8 @@ struct AgentMetrics: Sendable {
         add(reportsRejected, now.reportsRejected - before.reportsRejected)
         add(routeRepliesTruncated, now.routeRepliesTruncated - before.routeRepliesTruncated)
         add(cacheSnapshots, now.cacheSnapshots - before.cacheSnapshots)
+        add(batch, now.batchRequests - before.batchRequests)
+        add(batchesRefused, now.batchesRefused - before.batchesRefused)
         modules.record(now.modules)
     }
 }

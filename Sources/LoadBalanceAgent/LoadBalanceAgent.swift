@@ -101,10 +101,10 @@ public final class LoadBalanceAgent: Service, Sendable {
         } catch {
             throw LoadBalanceAgentError.badConfiguration(error)
         }
-        var cached: [RouteKey: [Host]] = [:]
+        var cached: [RouteKey: CachedRoute] = [:]
         if let file = loopState.cacheWriter?.file {
             do {
-                cached = try file.load()
+                cached = try file.loadRoutes()
             } catch {
                 throw LoadBalanceAgentError.unreadableRouteCache(path: file.path, reason: "\(error)")
             }
@@ -116,16 +116,17 @@ public final class LoadBalanceAgent: Service, Sendable {
         }
         let names = try FramedClient(
             loop: loop,
-            configuration: FramedClientConfiguration(client: clientConfiguration(
-                host: configuration.nameServiceHost, port: configuration.nameServicePort)),
+            configuration: upstreamConfiguration(host: configuration.nameServiceHost,
+                                                 port: configuration.nameServicePort,
+                                                 alternates: configuration.nameServiceAlternates),
             router: namesRouter, logger: logger,
             onConnect: { _ in loopState.nameServiceConnected() },
             onClose: { _ in loopState.nameServiceLost() },
             onConnectFailed: { _ in loopState.nameServiceLost() })
         let reporter = try FramedClient(
             loop: loop,
-            configuration: FramedClientConfiguration(client: clientConfiguration(
-                host: configuration.reporterHost, port: configuration.reporterPort)),
+            configuration: upstreamConfiguration(host: configuration.reporterHost, port: configuration.reporterPort,
+                                                 alternates: configuration.reporterAlternates),
             router: MessageRouter<TCPConnection>(), logger: logger)
         // Posted before the endpoint registers its sockets (same queue, in order): no request sees an empty table
         // or a missing link.
@@ -140,6 +141,9 @@ public final class LoadBalanceAgent: Service, Sendable {
         try router.on(MessageID.getHostByKeyRequest, as: Switchyard_Lb_GetHostByKeyRequest.self) { request, message in
             loopState.getHost(seq: request.seq, modid: request.modid, cmdid: request.cmdid,
                               key: BoundedLoadRing.hash(request.key), from: message.connection)
+        }
+        try router.on(MessageID.getHostBatchRequest, as: Switchyard_Lb_GetHostBatchRequest.self) { request, message in
+            loopState.getHostBatch(request, from: message.connection)
         }
         try router.on(MessageID.reportRequest, as: Lars_ReportRequest.self) { request, message in
             loopState.report(request, from: message.connection)
@@ -163,8 +167,8 @@ public final class LoadBalanceAgent: Service, Sendable {
         }
         logger.info("agent started", metadata: [
             "udp.addresses": "\(endpoint.localAddresses.map(\.description).joined(separator: ","))",
-            "names.address": "\(configuration.nameServiceHost):\(configuration.nameServicePort)",
-            "reporter.address": "\(configuration.reporterHost):\(configuration.reporterPort)",
+            "names.address": "\(configuration.nameServiceEndpoints.map(\.description).joined(separator: ","))",
+            "reporter.address": "\(configuration.reporterEndpoints.map(\.description).joined(separator: ","))",
             "cache.routes": "\(cached.count)",
             "report.caller": "\(IPv4Endpoint(ip: configuration.caller, port: 0).address)",
         ])
@@ -184,9 +188,17 @@ public final class LoadBalanceAgent: Service, Sendable {
         return Running(endpoint: endpoint, names: names, reporter: reporter, timers: timers)
     }
 
-    private func clientConfiguration(host: String, port: Int) -> ClientConfiguration {
-        ClientConfiguration(host: host, port: port, connectTimeout: .seconds(2), reconnect: true,
-                            initialBackoff: configuration.initialBackoff, maxBackoff: configuration.maxBackoff)
+    private func upstreamConfiguration(host: String, port: Int, alternates: [ClientEndpoint])
+        -> FramedClientConfiguration
+    {
+        var client = ClientConfiguration(host: host, port: port, connectTimeout: .seconds(2), reconnect: true,
+                                         initialBackoff: configuration.initialBackoff,
+                                         maxBackoff: configuration.maxBackoff)
+        client.alternates = alternates
+        // A silent server is left only when there is another to go to (a single one is waited for, as Lars's agent
+        // does: Lars's servers do not answer heartbeats).
+        return FramedClientConfiguration(client: client, heartbeatInterval: configuration.upstreamHeartbeatInterval,
+                                         silenceTimeout: alternates.isEmpty ? nil : configuration.upstreamSilenceTimeout)
     }
 
     /// The bound UDP addresses (empty before `start()` and after `shutdown()`).

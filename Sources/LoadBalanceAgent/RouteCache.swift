@@ -4,10 +4,25 @@ import LoadBalancing
 import Logging
 import Synchronization
 
-/// Routes saved on disk, so an agent restarted while the name service is down serves its last known routes.
+/// A route as the cache file keeps it: its hosts and the weights among them that are not 1.
+public struct CachedRoute: Sendable, Hashable {
+    public var hosts: [LoadBalancing.Host]
+    /// The weights other than ``HostWeight/standard`` (a host without an entry weighs 1).
+    public var weights: [LoadBalancing.Host: UInt32]
+
+    public init(hosts: [LoadBalancing.Host], weights: [LoadBalancing.Host: UInt32] = [:]) {
+        self.hosts = hosts
+        self.weights = weights.filter { $0.value != HostWeight.standard }
+    }
+}
+
+/// Routes saved on disk, so an agent restarted while the name service is down serves its last known routes, with
+/// their weights.
 ///
-/// The file is JSON: `{"routes": [{"modid": 1, "cmdid": 2, "hosts": ["10.0.0.1:9000", ...]}, ...]}`. Writes go to
-/// a temporary file renamed over the old one, so a crash never leaves half a file.
+/// The file is JSON: `{"routes": [{"modid": 1, "cmdid": 2, "hosts": ["10.0.0.1:9000", ...],
+/// "weights": {"10.0.0.1:9000": 3}}, ...]}`; `weights` names only the hosts that do not weigh 1 and is left out
+/// when none does (a file written before weights has none: every host weighs 1). Writes go to a temporary file
+/// renamed over the old one, so a crash never leaves half a file.
 public struct RouteCacheFile: Sendable {
     public let path: String
 
@@ -17,28 +32,43 @@ public struct RouteCacheFile: Sendable {
         var modid: Int32
         var cmdid: Int32
         var hosts: [String]
+        var weights: [String: UInt32]?
     }
 
     struct Document: Codable {
         var routes: [Entry]
     }
 
-    /// Reads the routes; an absent file is no routes. Throws on unreadable or malformed contents.
-    public func load() throws -> [RouteKey: [LoadBalancing.Host]] {
+    /// Reads the routes with their weights; an absent file is no routes. Throws on unreadable or malformed contents.
+    public func loadRoutes() throws -> [RouteKey: CachedRoute] {
         guard FileManager.default.fileExists(atPath: path) else { return [:] }
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
         let document = try JSONDecoder().decode(Document.self, from: data)
-        var out: [RouteKey: [LoadBalancing.Host]] = [:]
+        var out: [RouteKey: CachedRoute] = [:]
         for entry in document.routes {
-            out[RouteKey(modid: entry.modid, cmdid: entry.cmdid)] = entry.hosts.compactMap { LoadBalancing.Host($0) }
+            var weights: [LoadBalancing.Host: UInt32] = [:]
+            for (text, weight) in entry.weights ?? [:] {
+                if let host = LoadBalancing.Host(text) { weights[host] = min(weight, HostWeight.max) }
+            }
+            out[RouteKey(modid: entry.modid, cmdid: entry.cmdid)] = CachedRoute(
+                hosts: entry.hosts.compactMap { LoadBalancing.Host($0) }, weights: weights)
         }
         return out
     }
 
-    /// Writes the routes atomically (temporary file, then rename).
-    public func save(_ routes: [RouteKey: [LoadBalancing.Host]]) throws {
-        let entries = routes.sorted { ($0.key.modid, $0.key.cmdid) < ($1.key.modid, $1.key.cmdid) }
-            .map { Entry(modid: $0.key.modid, cmdid: $0.key.cmdid, hosts: $0.value.map(\.description)) }
+    /// Reads the routes' hosts (``loadRoutes()`` without the weights).
+    public func load() throws -> [RouteKey: [LoadBalancing.Host]] {
+        try loadRoutes().mapValues(\.hosts)
+    }
+
+    /// Writes the routes with their weights atomically (temporary file, then rename).
+    public func save(_ routes: [RouteKey: CachedRoute]) throws {
+        let entries = routes.sorted { ($0.key.modid, $0.key.cmdid) < ($1.key.modid, $1.key.cmdid) }.map { key, route in
+            let weights = route.weights.filter { $0.value != HostWeight.standard }
+            return Entry(modid: key.modid, cmdid: key.cmdid, hosts: route.hosts.map(\.description),
+                         weights: weights.isEmpty ? nil
+                             : Dictionary(uniqueKeysWithValues: weights.map { ($0.key.description, $0.value) }))
+        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data = try encoder.encode(Document(routes: entries))
@@ -47,6 +77,11 @@ public struct RouteCacheFile: Sendable {
         if rename(temporary, path) != 0 {
             throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path])
         }
+    }
+
+    /// Writes routes whose hosts all weigh 1.
+    public func save(_ routes: [RouteKey: [LoadBalancing.Host]]) throws {
+        try save(routes.mapValues { CachedRoute(hosts: $0) })
     }
 }
 
@@ -62,7 +97,7 @@ final class RouteCacheWriter: Sendable {
     private let busy = DispatchGroup()
 
     private struct State {
-        var pending: [RouteKey: [LoadBalancing.Host]]?
+        var pending: [RouteKey: CachedRoute]?
         var writing = false
         var writes = 0
         var failures = 0
@@ -80,7 +115,7 @@ final class RouteCacheWriter: Sendable {
 
     /// Hands over the routes to write; replaces a snapshot not yet written. A failure is logged once until a write
     /// succeeds again (the agent goes on serving).
-    func submit(_ routes: [RouteKey: [LoadBalancing.Host]]) {
+    func submit(_ routes: [RouteKey: CachedRoute]) {
         let start = state.withLock { s -> Bool in
             s.pending = routes
             if s.writing { return false }
@@ -93,7 +128,7 @@ final class RouteCacheWriter: Sendable {
     }
 
     private func writeUntilIdle() {
-        while let routes = state.withLock({ s -> [RouteKey: [LoadBalancing.Host]]? in
+        while let routes = state.withLock({ s -> [RouteKey: CachedRoute]? in
             defer { s.pending = nil }
             if s.pending == nil { s.writing = false }
             return s.pending

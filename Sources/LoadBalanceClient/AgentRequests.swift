@@ -49,6 +49,49 @@ enum AgentRequests {
                                   body: try request.serializedBytes() as [UInt8])
     }
 
+    /// Batch GetHost (Switchyard, id 104) for `queries`, in order. Throws ``LoadBalanceClientError/batchRefused(_:)``
+    /// when there is no query, or when the request would not fit in one datagram (long keys).
+    static func getHostBatch(seq: UInt32, queries: [HostQuery]) throws -> [UInt8] {
+        guard !queries.isEmpty else { throw LoadBalanceClientError.batchRefused("a batch needs at least one service") }
+        var request = Switchyard_Lb_GetHostBatchRequest()
+        request.seq = seq
+        request.items = queries.map { query in
+            var item = Switchyard_Lb_GetHostBatchItem()
+            item.modid = query.modid
+            item.cmdid = query.cmdid
+            if let key = query.key { item.key = Data(key) }
+            return item
+        }
+        let body: [UInt8] = try request.serializedBytes()
+        guard body.count <= FrameParser.maxDatagramBodyLength else {
+            throw LoadBalanceClientError.batchRefused(
+                "the batch is \(body.count) bytes, more than one datagram (\(FrameParser.maxDatagramBodyLength))")
+        }
+        return FrameParser.encode(messageID: MessageID.getHostBatchRequest.rawValue, body: body)
+    }
+
+    /// The results of a batch reply, one per query in order. Throws ``LoadBalanceClientError/batchRefused(_:)``
+    /// when the agent refused the batch, `.badReply` when the answers do not match the queries.
+    static func results(of response: Switchyard_Lb_GetHostBatchResponse, for queries: [HostQuery]) throws
+        -> [GetHostResult]
+    {
+        guard response.retcode == LarsReturnCode.success else {
+            throw LoadBalanceClientError.batchRefused(response.reason.isEmpty
+                ? "the agent refused the batch (retcode \(response.retcode))" : response.reason)
+        }
+        guard response.answers.count == queries.count else {
+            throw LoadBalanceClientError.badReply(
+                "\(response.answers.count) answers to a batch of \(queries.count) services")
+        }
+        return try zip(queries, response.answers).map { query, answer in
+            guard answer.modid == query.modid, answer.cmdid == query.cmdid else {
+                throw LoadBalanceClientError.badReply("a batch answer for \(answer.modid):\(answer.cmdid) in the "
+                                                      + "place of \(query.modid):\(query.cmdid)")
+            }
+            return try GetHostResult(answer)
+        }
+    }
+
     /// Report (Lars, id 6): retcode 0 is a success, anything else a failure. With a secret (an agent started with
     /// `--report-secret`), the secret rides in field 15, which Lars's agents skip. Nil when it cannot be encoded.
     static func report(modid: Int32, cmdid: Int32, host: Host, retcode: Int32, secret: [UInt8]?) -> [UInt8]? {

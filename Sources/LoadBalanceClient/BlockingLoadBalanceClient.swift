@@ -121,6 +121,23 @@ public final class BlockingLoadBalanceClient {
         return try GetHostResult(response)
     }
 
+    /// A host for every query in one datagram (ids 104/105), in the order of `queries`; blocks up to `timeout`.
+    /// Same rules and errors as `LoadBalanceClient.getHosts(_:)`.
+    public func getHosts(_ queries: [HostQuery]) throws -> [GetHostResult] {
+        sequence &+= 1
+        let seq = sequence
+        let frame = try AgentRequests.getHostBatch(seq: seq, queries: queries)
+        let destination = address(modid: queries[0].modid, cmdid: queries[0].cmdid)
+        send(frame, to: destination)
+        let response = try receive(port: destination.port) { id, body -> Switchyard_Lb_GetHostBatchResponse? in
+            guard id == MessageID.getHostBatchResponse.rawValue,
+                  let r = try? Switchyard_Lb_GetHostBatchResponse(serializedBytes: body), r.seq == seq
+            else { return nil }
+            return r
+        }
+        return try AgentRequests.results(of: response, for: queries)
+    }
+
     /// Tells the agent how a call to `host` went (retcode 0: success). Fire and forget.
     public func report(modid: Int32, cmdid: Int32, host: Host, retcode: Int32) {
         guard let frame = AgentRequests.report(modid: modid, cmdid: cmdid, host: host, retcode: retcode,

@@ -14,12 +14,16 @@ public enum LoadBalanceClientError: Error, Equatable, Sendable, CustomStringConv
     case closed
     /// The agent's reply could not be understood.
     case badReply(String)
+    /// A batch GetHost was not served: the agent refused it (more services than its `--max-batch`, or none), or it
+    /// would not fit in one datagram. The text says which.
+    case batchRefused(String)
 
     public var description: String {
         switch self {
         case .timeout(let text): return text
         case .closed: return "the load-balance client is closed"
         case .badReply(let text): return "bad reply from the agent: \(text)"
+        case .batchRefused(let text): return "batch refused: \(text)"
         }
     }
 }
@@ -57,6 +61,7 @@ public final class LoadBalanceClient: Sendable {
     /// GetHost requests by sequence number, GetRoute requests by route (its reply carries no sequence number).
     private let hostRequests = RequestCorrelator<UInt32, Lars_GetHostResponse>()
     private let routeRequests = RequestCorrelator<RouteKey, Lars_GetRouteResponse>()
+    private let batchRequests = RequestCorrelator<UInt32, Switchyard_Lb_GetHostBatchResponse>()
     private let sweepTimer: TimerHandle
     private let sequence = Atomic<UInt32>(0)
 
@@ -80,12 +85,16 @@ public final class LoadBalanceClient: Sendable {
         self.loop = runLoop
         let hostRequests = self.hostRequests
         let routeRequests = self.routeRequests
+        let batchRequests = self.batchRequests
         let router = MessageRouter<UDPPeer>()
         try router.on(MessageID.getHostResponse, as: Lars_GetHostResponse.self) { response, _ in
             hostRequests.resume(response.seq, with: response)
         }
         try router.on(MessageID.getHostByKeyResponse, as: Lars_GetHostResponse.self) { response, _ in
             hostRequests.resume(response.seq, with: response)
+        }
+        try router.on(MessageID.getHostBatchResponse, as: Switchyard_Lb_GetHostBatchResponse.self) { response, _ in
+            batchRequests.resume(response.seq, with: response)
         }
         try router.on(MessageID.apiGetRouteResponse, as: Lars_GetRouteResponse.self) { response, _ in
             routeRequests.resume(RouteKey(modid: response.modid, cmdid: response.cmdid), with: response)
@@ -102,6 +111,7 @@ public final class LoadBalanceClient: Sendable {
             let now = SystemInfo.monotonicNanoseconds()
             hostRequests.expire(now: now)
             routeRequests.expire(now: now)
+            batchRequests.expire(now: now)
         }
     }
 
@@ -131,6 +141,7 @@ public final class LoadBalanceClient: Sendable {
         endpoint.close()
         hostRequests.failAll(LoadBalanceClientError.closed)
         routeRequests.failAll(LoadBalanceClientError.closed)
+        batchRequests.failAll(LoadBalanceClientError.closed)
         return ownedGroup
     }
 
@@ -157,6 +168,22 @@ public final class LoadBalanceClient: Sendable {
     /// `getHost(modid:cmdid:key:)` with the key's UTF-8 bytes.
     public func getHost(modid: Int32, cmdid: Int32, key: String) async throws -> GetHostResult {
         try await getHost(modid: modid, cmdid: cmdid, key: Array(key.utf8))
+    }
+
+    /// Asks the agent for a host of every query in one datagram (a Switchyard agent only; message ids 104/105): the
+    /// results in the order of `queries`, each as its own `getHost` would have it. Sent to the port of the first
+    /// query. Throws `.batchRefused` when the agent serves no batch that large (its `--max-batch`, default 32) or
+    /// the queries do not fit in one datagram, `.timeout` when no agent answers within `timeout`.
+    public func getHosts(_ queries: [HostQuery]) async throws -> [GetHostResult] {
+        let seq = sequence.wrappingAdd(1, ordering: .relaxed).newValue
+        let bytes = try AgentRequests.getHostBatch(seq: seq, queries: queries)
+        let destination = address(modid: queries[0].modid, cmdid: queries[0].cmdid)
+        let endpoint = self.endpoint
+        let response = try await batchRequests.request(seq, deadline: deadline(),
+                                                       timeoutError: timeoutError(destination)) {
+            endpoint.channels[0].send(bytes, to: destination)
+        }
+        return try AgentRequests.results(of: response, for: queries)
     }
 
     private func exchangeGetHost(_ bytes: [UInt8], seq: UInt32, modid: Int32, cmdid: Int32) async throws

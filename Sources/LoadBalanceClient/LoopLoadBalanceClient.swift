@@ -2,6 +2,7 @@ import LarsProtocol
 import LoadBalancing
 import Messaging
 import Reactor
+import Synchronization
 import SwitchyardCore
 
 /// The agent client of code that runs on an event loop (a proxy's connections): one per loop, its socket on that
@@ -19,19 +20,33 @@ import SwitchyardCore
 /// Loop thread only (create it on its loop, or hand it over before use). Requests time out after `timeout`
 /// (checked by one repeating timer, not one per request) with `LoadBalanceClientError.timeout`; `close()` fails
 /// the pending ones with `.closed`.
+///
+/// Reports wait for the end of the loop's iteration and go out together, one datagram each (a Lars frame per
+/// datagram) in one `sendmmsg(2)`: a proxy whose loop ends several connections in one wake-up makes one system call
+/// for their reports (at most ``maxQueuedReports`` wait; one more sends them at once). `close()` sends what waits.
 public final class LoopLoadBalanceClient: @unchecked Sendable {
     // @unchecked Sendable: every field is touched on `loop` only (the router's callbacks run there too).
     public let loop: EventLoop
     public let agentHost: String
     public let agentPorts: [Int]
     public let timeout: Duration
-    private let addresses: [SocketAddress]
+    let addresses: [SocketAddress]
     private let reportSecret: [UInt8]?
-    private let endpoint: FramedUDPEndpoint
-    private let pending = PendingHostRequests()
+    let endpoint: FramedUDPEndpoint
+    private let pending = PendingLoopRequests<GetHostResult, Void>()
+    let pendingBatches = PendingLoopRequests<[GetHostResult], [HostQuery]>()  // LoopLoadBalanceClient+Batch.swift
     private var sweepTimer: TimerHandle?
-    private var nextSequence: UInt32 = 0
-    private let timeoutErrors: [UInt16: LoadBalanceClientError]
+    var nextSequence: UInt32 = 0
+    let timeoutErrors: [UInt16: LoadBalanceClientError]
+    /// Reports of this loop iteration, sent by `flushReports()` (posted to run after the iteration's events).
+    private var queuedReports = DatagramBatch()
+    private var flushPosted = false
+    private let reportsSent = Atomic<Int>(0)
+    private let reportsDropped = Atomic<Int>(0)
+    private let reportBatches = Atomic<Int>(0)
+
+    /// Reports queued at most before they are sent at once (without waiting for the end of the loop's iteration).
+    public static let maxQueuedReports = 64
 
     public init(loop: EventLoop, agentHost: String = "127.0.0.1", agentPorts: [Int] = [8888, 8889, 8890],
                 timeout: Duration = .milliseconds(500), reportSecret: [UInt8]? = nil) throws {
@@ -46,17 +61,23 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
         let router = MessageRouter<UDPPeer>()
         let pending = self.pending
         try router.on(MessageID.getHostResponse, as: Lars_GetHostResponse.self) { response, _ in
-            pending.answer(response)
+            pending.answer(response.seq) { _ in try GetHostResult(response) }
         }
         try router.on(MessageID.getHostByKeyResponse, as: Lars_GetHostResponse.self) { response, _ in
-            pending.answer(response)
+            pending.answer(response.seq) { _ in try GetHostResult(response) }
+        }
+        let pendingBatches = self.pendingBatches
+        try router.on(MessageID.getHostBatchResponse, as: Switchyard_Lb_GetHostBatchResponse.self) { response, _ in
+            pendingBatches.answer(response.seq) { queries in try AgentRequests.results(of: response, for: queries) }
         }
         // The answer to `prefetch`: nothing waits for it.
         try router.on(MessageID.apiGetRouteResponse, as: Lars_GetRouteResponse.self) { _, _ in }
         endpoint = try FramedUDPEndpoint(loop: loop, host: "0.0.0.0", ports: [0], router: router)
         let period = Duration.nanoseconds(Int64(min(max(timeout.nanosecondsSaturated / 10, 1_000_000), 100_000_000)))
         sweepTimer = loop.scheduleRepeating(every: period) {
-            pending.expire(now: SystemInfo.monotonicNanoseconds())
+            let now = SystemInfo.monotonicNanoseconds()
+            pending.expire(now: now)
+            pendingBatches.expire(now: now)
         }
     }
 
@@ -81,19 +102,47 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
         }
         let destination = AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses)
         let timeoutError = timeoutErrors[destination.port] ?? .timeout("no agent answered on \(destination)")
-        pending.add(seq, deadline: SystemInfo.monotonicNanoseconds() &+ timeout.nanosecondsSaturated,
+        pending.add(seq, context: (), deadline: SystemInfo.monotonicNanoseconds() &+ timeout.nanosecondsSaturated,
                     timeoutError: timeoutError, completion: completion)
         frame.withUnsafeBytes { _ = endpoint.channels[0].sendInLoop($0, to: destination) }
     }
 
-    /// Tells the agent whether a call to `host` succeeded (retcode 0, else 1). Fire and forget. Loop thread only.
+    /// Tells the agent whether a call to `host` succeeded (retcode 0, else 1). Fire and forget: the report is
+    /// queued and sent with the others of this loop iteration when the iteration's events are handled (or at once
+    /// when ``maxQueuedReports`` wait). Loop thread only.
     public func report(modid: Int32, cmdid: Int32, host: Host, success: Bool) {
         loop.assertInLoopThread()
         guard !pending.isClosed,
               let frame = AgentRequests.report(modid: modid, cmdid: cmdid, host: host, retcode: success ? 0 : 1,
                                                secret: reportSecret) else { return }
-        let destination = AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses)
-        frame.withUnsafeBytes { _ = endpoint.channels[0].sendInLoop($0, to: destination) }
+        queuedReports.append(frame, to: AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses))
+        if queuedReports.count >= Self.maxQueuedReports {
+            flushReports()
+        } else if !flushPosted {
+            flushPosted = true
+            loop.execute { [self] in
+                flushPosted = false
+                flushReports()
+            }
+        }
+    }
+
+    /// Sends the queued reports now, in one system call. Loop thread only.
+    public func flushReports() {
+        loop.assertInLoopThread()
+        guard !queuedReports.isEmpty else { return }
+        let sent = endpoint.channels[0].sendInLoop(queuedReports)
+        reportsSent.wrappingAdd(sent, ordering: .relaxed)
+        reportsDropped.wrappingAdd(queuedReports.count - sent, ordering: .relaxed)
+        reportBatches.wrappingAdd(1, ordering: .relaxed)
+        queuedReports.removeAll()
+    }
+
+    /// Reports handed to the kernel, refused by it (dropped: the agent never sees them), and the system calls that
+    /// sent them. Safe to call from any thread.
+    public var reportStatistics: ReportCounts {
+        ReportCounts(sent: reportsSent.load(ordering: .relaxed), dropped: reportsDropped.load(ordering: .relaxed),
+                     batches: reportBatches.load(ordering: .relaxed))
     }
 
     /// Asks the agent for the route of (modid, cmdid) without waiting for it: an agent learns a module on its
@@ -111,37 +160,64 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
     public func close() {
         loop.assertInLoopThread()
         if pending.isClosed { return }
+        flushReports()
         sweepTimer?.cancel()
         sweepTimer = nil
         endpoint.close()
         pending.failAll()
+        pendingBatches.failAll()
     }
 }
 
-/// The GetHost requests of one `LoopLoadBalanceClient` by sequence number. Loop thread only.
-private final class PendingHostRequests: @unchecked Sendable {
+/// The reports of a `LoopLoadBalanceClient` so far.
+public struct ReportCounts: Sendable, Hashable {
+    /// Reports the kernel took.
+    public var sent = 0
+    /// Reports the kernel refused (a full socket buffer, an unreachable port): dropped.
+    public var dropped = 0
+    /// System calls that sent them (one per loop iteration that had any).
+    public var batches = 0
+
+    public init(sent: Int = 0, dropped: Int = 0, batches: Int = 0) {
+        self.sent = sent
+        self.dropped = dropped
+        self.batches = batches
+    }
+}
+
+/// The requests of one `LoopLoadBalanceClient` waiting for the agent, by sequence number: single GetHost requests
+/// (`Context` is `Void`) and batches (`Context` is their queries). Both kinds share the client's sequence numbers, so
+/// a reply can never answer the other kind. Loop thread only.
+final class PendingLoopRequests<Value, Context>: @unchecked Sendable {
     // @unchecked Sendable: captured by the router's callbacks and the sweep timer, which run on the client's loop.
-    struct Request {
+    typealias Completion = (Result<Value, LoadBalanceClientError>) -> Void
+    private struct Request {
+        let context: Context
         let deadline: UInt64
         let timeoutError: LoadBalanceClientError
-        let completion: (Result<GetHostResult, LoadBalanceClientError>) -> Void
+        let completion: Completion
     }
     private var requests: [UInt32: Request] = [:]
     private(set) var isClosed = false
 
     var count: Int { requests.count }
 
-    func add(_ seq: UInt32, deadline: UInt64, timeoutError: LoadBalanceClientError,
-             completion: @escaping (Result<GetHostResult, LoadBalanceClientError>) -> Void) {
-        requests[seq] = Request(deadline: deadline, timeoutError: timeoutError, completion: completion)
+    func add(_ seq: UInt32, context: Context, deadline: UInt64, timeoutError: LoadBalanceClientError,
+             completion: @escaping Completion) {
+        requests[seq] = Request(context: context, deadline: deadline, timeoutError: timeoutError,
+                                completion: completion)
     }
 
-    func answer(_ response: Lars_GetHostResponse) {
-        guard let request = requests.removeValue(forKey: response.seq) else { return }  // late: timed out already
+    /// Completes the request of `seq` with what `result` makes of its context; a late reply (timed out already)
+    /// is dropped.
+    func answer(_ seq: UInt32, _ result: (Context) throws -> Value) {
+        guard let request = requests.removeValue(forKey: seq) else { return }
         do {
-            request.completion(.success(try GetHostResult(response)))
-        } catch {
+            request.completion(.success(try result(request.context)))
+        } catch let error as LoadBalanceClientError {
             request.completion(.failure(error))
+        } catch {
+            request.completion(.failure(.badReply("\(error)")))
         }
     }
 

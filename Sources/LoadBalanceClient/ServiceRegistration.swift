@@ -1,3 +1,4 @@
+import struct Foundation.Data
 import LarsProtocol
 import LoadBalancing
 import Logging
@@ -6,6 +7,16 @@ import Reactor
 import ServiceLifecycle
 import SwitchyardCore
 import Synchronization
+
+/// A state change of a module (the state relay, ``ServiceRegistration/publish(_:)``).
+public struct StateChange: Sendable, Hashable {
+    /// The module it was published on.
+    public let modid: Int32
+    /// Its id: increasing in publish order (per publisher, across name services on one database).
+    public let id: UInt64
+    /// What the publisher sent.
+    public let payload: [UInt8]
+}
 
 /// A server's registration of itself with the name service (message id 102): "I serve (modid, cmdid) at `host`".
 /// Sent on connect and then again whenever a third of `ttl` has passed since the last one (the heartbeat, by the
@@ -32,6 +43,10 @@ public final class ServiceRegistration: Service, Sendable {
     public let key: RouteKey
     public let host: Host
     public let ttl: Duration
+    /// The weight sent with every registration (``HostWeight``: the host's share of the route's picks).
+    public let weight: UInt32
+    /// The module's owner token sent with every registration (nil: none).
+    public let token: String?
     private let client: FramedClient
     private let loop: EventLoop
     private let state = Mutex<(timer: TimerHandle?, stopped: Bool)>((nil, false))
@@ -45,22 +60,51 @@ public final class ServiceRegistration: Service, Sendable {
         let lastRefusal = Mutex<String?>(nil)
     }
     private let replies = Replies()
+    /// The state relay: the last change id received (changes at or below it are not handed out again) and the
+    /// id of the next publish.
+    private final class Relay: Sendable {
+        let lastSeen = Mutex<UInt64>(0)
+        let nextRequest = Atomic<UInt32>(1)
+        let published = Atomic<Int>(0)
+        let refusedPublishes = Atomic<Int>(0)
+    }
+    private let relay = Relay()
 
     /// - Parameters:
     ///   - nameServiceHost, nameServicePort: The name service (default 127.0.0.1:7778).
+    ///   - alternates: Further name services on the same database (replicas): when the current one is lost, or
+    ///     answers nothing for `ttl`, the registration moves to the next in turn (it keeps the host registered:
+    ///     every replica serves it from the database).
     ///   - ttl: How long the host stays registered without a heartbeat (at least 300 ms).
+    ///   - weight: The host's weight, 0...``HostWeight/max`` (default 1; 0 drains it: registered, never picked while
+    ///     another host is idle). Sent only when it is not 1, so a name service without weights sees what it knew.
+    ///   - token: The module's owner token, when the name service has one for the module (a registration without
+    ///     it is refused with a reason).
+    ///   - onStateChange: The state relay: called (on the loop) with every change published on this module
+    ///     (``publish(_:)``, by any server of the module through any name service on the same database), in id
+    ///     order, each once: after a reconnect the name service first sends what was missed (within its retention).
+    ///     Nil: not subscribed.
     public init(loop: EventLoop, nameServiceHost: String = "127.0.0.1", nameServicePort: Int = 7778,
+                alternates: [ClientEndpoint] = [],
                 modid: Int32, cmdid: Int32, host: Host, ttl: Duration = .seconds(10),
+                weight: UInt32 = HostWeight.standard,
+                token: String? = nil,
+                onStateChange: (@Sendable (StateChange) -> Void)? = nil,
                 logger: Logger = Logger(label: "switchyard.registration", factory: { _ in SwiftLogNoOpLogHandler() }))
         throws
     {
         precondition(ttl >= .milliseconds(300), "ttl must be at least 300 ms")
+        precondition(HostWeight.isValid(Int(weight)), "weight must be 0...\(HostWeight.max)")
         key = RouteKey(modid: modid, cmdid: cmdid)
+        self.weight = weight
+        self.token = token
         self.host = host
         self.ttl = ttl
         self.loop = loop
         let key = self.key
         let currentLoad = self.currentLoad
+        let weight = self.weight
+        let token = self.token
         let router = MessageRouter<TCPConnection>()
         let replies = self.replies
         try router.on(MessageID.registerHostResponse, as: Switchyard_Lb_RegisterHostResponse.self) { reply, _ in
@@ -74,24 +118,75 @@ public final class ServiceRegistration: Service, Sendable {
                 if !known { logger.warning("registration refused", metadata: ["reason": "\(reply.reason)"]) }
             }
         }
+        let relay = self.relay
+        try router.on(MessageID.publishStateResponse, as: Switchyard_Names_PublishStateResponse.self) { reply, _ in
+            if reply.ok {
+                relay.published.wrappingAdd(1, ordering: .relaxed)
+            } else {
+                relay.refusedPublishes.wrappingAdd(1, ordering: .relaxed)
+                logger.info("state change refused", metadata: ["reason": "\(reply.reason)"])
+            }
+        }
+        if let onStateChange {
+            try router.on(MessageID.stateChange, as: Switchyard_Names_StateChange.self) { change, _ in
+                let fresh = relay.lastSeen.withLock { last -> Bool in
+                    guard change.id > last else { return false }
+                    last = change.id
+                    return true
+                }
+                if fresh {
+                    onStateChange(StateChange(modid: change.modid, id: change.id, payload: Array(change.payload)))
+                }
+            }
+        }
+        let subscribes = onStateChange != nil
+        var connection = ClientConfiguration(host: nameServiceHost, port: nameServicePort, reconnect: true)
+        connection.alternates = alternates
         client = try FramedClient(
             loop: loop,
-            configuration: FramedClientConfiguration(client: ClientConfiguration(
-                host: nameServiceHost, port: nameServicePort, reconnect: true)),
+            // Every registration is answered: a name service silent for a ttl is left for the next one.
+            configuration: FramedClientConfiguration(client: connection, heartbeatInterval: ttl / 3,
+                                                     silenceTimeout: alternates.isEmpty ? nil : ttl),
             router: router, logger: logger,
             onConnect: { connection in
                 logger.info("registering", metadata: ["route": "\(RouteKey(modid: modid, cmdid: cmdid))",
                                                        "host": "\(host)"])
                 let load = currentLoad.value.withLock { $0 }
-                connection.send(Self.request(key: key, host: host, ttl: ttl, load: load),
+                connection.send(Self.request(key: key, host: host, ttl: ttl, load: load, weight: weight,
+                                             token: token),
                                 id: MessageID.registerHostRequest)
+                if subscribes {
+                    var subscribe = Switchyard_Names_SubscribeState()
+                    subscribe.modid = modid
+                    let last = relay.lastSeen.withLock { $0 }
+                    if last > 0 { subscribe.afterID = last }
+                    connection.send(subscribe, id: MessageID.subscribeState)
+                }
             })
     }
+
+    /// The state relay: publishes `payload` on this module's topic through the name service connected now; every
+    /// server of the module subscribed with `onStateChange` gets it (this one too), in this server's publish
+    /// order. False when not connected (nothing is queued). At most 64 KiB; the name service refuses more.
+    @discardableResult
+    public func publish(_ payload: [UInt8]) -> Bool {
+        var request = Switchyard_Names_PublishState()
+        request.requestID = relay.nextRequest.wrappingAdd(1, ordering: .relaxed).oldValue
+        request.modid = key.modid
+        request.payload = Data(payload)
+        return client.send(request, id: MessageID.publishState)
+    }
+
+    /// State changes this server published that the name service accepted (written).
+    public var publishedCount: Int { relay.published.load(ordering: .relaxed) }
+
+    /// The last state change id received.
+    public var lastStateChangeID: UInt64 { relay.lastSeen.withLock { $0 } }
 
     /// Connects and keeps the registration alive. Safe to call from any thread. Does nothing when already started
     /// or once stopped.
     public func start() {
-        let (key, host, ttl) = (self.key, self.host, self.ttl)
+        let (key, host, ttl, weight, token) = (self.key, self.host, self.ttl, self.weight, self.token)
         let currentLoad = self.currentLoad
         let client = self.client
         let loop = self.loop
@@ -103,7 +198,8 @@ public final class ServiceRegistration: Service, Sendable {
                 let now = SystemInfo.monotonicNanoseconds()
                 if policy.decide(now: now, lastSent: connection.lastSendTime, lastReceived: now) == .sendHeartbeat {
                     let load = currentLoad.value.withLock { $0 }
-                    _ = client.send(Self.request(key: key, host: host, ttl: ttl, load: load),
+                    _ = client.send(Self.request(key: key, host: host, ttl: ttl, load: load, weight: weight,
+                                                 token: token),
                                     id: MessageID.registerHostRequest)
                 }
             }
@@ -122,7 +218,8 @@ public final class ServiceRegistration: Service, Sendable {
             return s.timer
         }
         timer?.cancel()
-        _ = client.send(Self.request(key: key, host: host, ttl: .zero), id: MessageID.registerHostRequest)
+        _ = client.send(Self.request(key: key, host: host, ttl: .zero, weight: weight, token: token),
+                        id: MessageID.registerHostRequest)
         client.disconnect()
     }
 
@@ -148,7 +245,8 @@ public final class ServiceRegistration: Service, Sendable {
         // threads call in, the last registration sent carries the latest load.
         loop.execute { [self] in
             guard !state.withLock({ $0.stopped }), let load = currentLoad.value.withLock({ $0 }) else { return }
-            _ = client.send(Self.request(key: key, host: host, ttl: ttl, load: load),
+            _ = client.send(Self.request(key: key, host: host, ttl: ttl, load: load, weight: weight,
+                                         token: token),
                             id: MessageID.registerHostRequest)
         }
     }
@@ -162,7 +260,8 @@ public final class ServiceRegistration: Service, Sendable {
     /// The last reason the name service gave for refusing, if it ever did.
     public var lastRefusalReason: String? { replies.lastRefusal.withLock { $0 } }
 
-    static func request(key: RouteKey, host: Host, ttl: Duration, load: HostLoad? = nil)
+    static func request(key: RouteKey, host: Host, ttl: Duration, load: HostLoad? = nil,
+                        weight: UInt32 = HostWeight.standard, token: String? = nil)
         -> Switchyard_Lb_RegisterHostRequest
     {
         var request = Switchyard_Lb_RegisterHostRequest()
@@ -175,6 +274,8 @@ public final class ServiceRegistration: Service, Sendable {
             request.load = load.load
             request.capacity = load.capacity
         }
+        if weight != HostWeight.standard { request.weight = weight }
+        if let token { request.token = token }
         return request
     }
 }

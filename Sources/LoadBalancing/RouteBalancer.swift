@@ -1,7 +1,7 @@
 import SwitchyardCore
 /// What `RouteBalancer.pick(now:)` decided.
 public enum PickResult: Sendable, Hashable {
-    /// An idle host, round robin.
+    /// An idle host, round robin (weighted when the hosts' weights differ).
     case host(Host)
     /// An overloaded host sent one request to see whether it recovered (every `probeNum`-th request).
     case probe(Host)
@@ -33,6 +33,13 @@ public enum PickResult: Sendable, Hashable {
 ///
 /// - `pick` serves idle hosts round robin; every `probeNum`-th request goes to an overloaded host (round robin
 ///   among them) as a probe. With no idle host, a request that is not a probe gets `.overloaded`.
+/// - Weights (``HostWeight``, `setHosts(_:loads:weights:now:)`): while every idle host weighs the same, round robin
+///   is Lars's, in list order. Otherwise it is smooth weighted round robin: each pick adds every idle host's weight
+///   to its running score and takes the highest score (the first in list order on a tie), which then gives back the
+///   idle hosts' total weight. Every run of as many picks as that total gives each host exactly its weight in picks,
+///   spread out (5, 1, 1 picks a a b a c a a), never in a burst. A host of weight 0 is drained: never picked while
+///   an idle host weighs more than 0 (when none does, the idle hosts are served as if they weighed 1 each). Probes of
+///   overloaded hosts stay round robin, whatever the weights.
 /// - `report` counts a call's outcome (virtual and real counters, consecutive runs) and applies the transitions.
 ///   An idle host's window is checked when a report arrives at least `idleTimeout` after the window began: above
 ///   `windowErrRate` real errors it becomes overloaded, otherwise its counters are reset and a new window begins.
@@ -59,6 +66,10 @@ public struct RouteBalancer: Sendable {
     /// The loads the hosts reported with the route (self-registered hosts that know their capacity); a host without
     /// an entry is never full.
     private var reportedLoads: [Host: HostLoad] = [:]
+    /// The weights that are not ``HostWeight/standard`` (a route without weights has none and costs nothing).
+    private var weights: [Host: UInt32] = [:]
+    /// Smooth weighted round robin's running scores, per idle host (used while the idle hosts' weights differ).
+    private var scores: [Host: Int64] = [:]
     private let idleTimeoutNs: UInt64
     private let overloadTimeoutNs: UInt64
 
@@ -74,11 +85,20 @@ public struct RouteBalancer: Sendable {
     /// Replaces the route's hosts: hosts still present keep their state and counters, new ones start idle,
     /// removed ones are forgotten (with their counts). Duplicates count once. `loads`: what the route says the hosts
     /// carry (replacing what it said before; hosts not in the route are ignored): a full host is passed over by
-    /// ``pick(key:now:)``.
-    public mutating func setHosts(_ hosts: [Host], loads: [Host: HostLoad] = [:], now: UInt64) {
+    /// ``pick(key:now:)``. `weights`: each host's weight (``HostWeight``; absent: 1; above ``HostWeight/max``: the
+    /// max), replacing the weights given before.
+    public mutating func setHosts(_ hosts: [Host], loads: [Host: HostLoad] = [:], weights: [Host: UInt32] = [:],
+                                  now: UInt64) {
         var seen = Set<Host>()
         let unique = hosts.filter { seen.insert($0).inserted }
         reportedLoads = loads.filter { seen.contains($0.key) }
+        let newWeights = weights.compactMapValues { $0 == HostWeight.standard ? nil : min($0, HostWeight.max) }
+            .filter { seen.contains($0.key) }
+        if newWeights != self.weights {
+            self.weights = newWeights
+            scores = [:]  // a new schedule from the start: the new shares hold from the next pick on
+        }
+        for host in scores.keys where !seen.contains(host) { scores[host] = nil }
         for host in statuses.keys where !seen.contains(host) {
             statuses[host] = nil
             outstandingTotal -= outstanding.removeValue(forKey: host) ?? 0
@@ -113,6 +133,9 @@ public struct RouteBalancer: Sendable {
 
     /// Whether `host` reported itself full (its load at its capacity).
     public func isFull(_ host: Host) -> Bool { reportedLoads[host]?.isFull ?? false }
+
+    /// The weight of `host` (``HostWeight/standard`` when the route gave it none, or when it is not in the route).
+    public func weight(of host: Host) -> UInt32 { weights[host] ?? HostWeight.standard }
 
     /// Each host's fraction of the picks so far (0 when nothing was picked yet).
     public var callShares: [Host: Double] {
@@ -163,20 +186,35 @@ public struct RouteBalancer: Sendable {
         }
         let open = reportedLoads.isEmpty ? idle.count : idle.count(where: { !isFull($0) })
         if open == 0 { return .overloaded }
-        if ring == nil { ring = BoundedLoadRing(hosts: hosts) }
+        if ring == nil { ring = makeRing() }
         let statuses = self.statuses
         let outstanding = self.outstanding
         let loads = self.reportedLoads
+        let ringWeights = ringWeights()
+        func ringWeight(_ host: Host) -> UInt32 { ringWeights[host] ?? HostWeight.standard }
+        var openWeight = 0
+        for host in idle where !(loads[host]?.isFull ?? false) { openWeight += Int(ringWeight(host)) }
         guard let host = ring!.pick(key: key,
-                                   eligible: { statuses[$0]?.health == .idle && !(loads[$0]?.isFull ?? false) },
+                                   eligible: { statuses[$0]?.health == .idle && !(loads[$0]?.isFull ?? false)
+                                       && ringWeight($0) > 0 },
                                    load: { outstanding[$0] ?? 0 }, totalLoad: outstandingTotal,
-                                   eligibleCount: open) else { return .host(nextIdle()) }
+                                   weight: ringWeight, eligibleWeight: openWeight) else { return .host(nextIdle()) }
         picked(host)
         return .host(host)
     }
 
     /// Where `key` would go with no load anywhere (its owner on the ring), for inspection.
-    public func owner(of key: UInt64) -> Host? { (ring ?? BoundedLoadRing(hosts: hosts)).owner(of: key) }
+    public func owner(of key: UInt64) -> Host? { (ring ?? makeRing()).owner(of: key) }
+
+    /// The weights the ring is built with: the route's, except that when every host weighs 0 they all weigh 1 (a
+    /// drained route still answers).
+    private func ringWeights() -> [Host: UInt32] {
+        guard !weights.isEmpty else { return [:] }
+        let allDrained = statuses.keys.allSatisfy { weights[$0] == 0 }
+        return allDrained ? [:] : weights
+    }
+
+    private func makeRing() -> BoundedLoadRing { BoundedLoadRing(hosts: hosts, weights: ringWeights()) }
 
     /// Unreported calls of `host`.
     public func outstandingCalls(of host: Host) -> Int { outstanding[host] ?? 0 }
@@ -201,11 +239,39 @@ public struct RouteBalancer: Sendable {
     }
 
     private mutating func nextIdle() -> Host {
+        if !weights.isEmpty, let host = nextIdleWeighted() {
+            picked(host)
+            return host
+        }
         if idleCursor >= idle.count { idleCursor = 0 }
         let host = idle[idleCursor]
         idleCursor += 1
         picked(host)
         return host
+    }
+
+    /// Smooth weighted round robin over the idle hosts; nil when they all weigh the same (plain round robin then).
+    private mutating func nextIdleWeighted() -> Host? {
+        // Equal weights (all 0 included: a drained route is served as if every host weighed 1): Lars's round robin.
+        guard let first = idle.first.map(weight(of:)), idle.contains(where: { weight(of: $0) != first }) else {
+            return nil
+        }
+        var total: Int64 = 0
+        var best: Host?
+        var bestScore = Int64.min
+        for host in idle {
+            let w = Int64(weight(of: host))
+            guard w > 0 else { continue }  // drained: some idle host weighs more (the weights differ)
+            total += w
+            let score = scores[host, default: 0] + w
+            scores[host] = score
+            if score > bestScore {
+                bestScore = score
+                best = host
+            }
+        }
+        scores[best!]! -= total
+        return best
     }
 
     private mutating func nextOverloaded() -> Host {
@@ -310,6 +376,7 @@ public struct RouteBalancer: Sendable {
                 idle.remove(at: i)
                 if idleCursor > i { idleCursor -= 1 }
             }
+            scores[host] = nil  // back in the schedule from 0 when it recovers
             overloaded.append(host)
         }
     }

@@ -48,9 +48,12 @@ public final class AsyncFrameClient: Sendable {
     }
 
     /// Connects to `host:port` with the loop doing the I/O. Throws the connect error (refused, timeout, bad host).
+    /// `onFrame`, when given, sees every inbound frame first, on the loop thread; the frames it takes (returns `true`
+    /// for) skip `frames` (a client that routes answers to waiting requests itself: no task hop per frame).
     public static func connect(
         host: String = "127.0.0.1", port: Int, loop: EventLoop, bufferCapacity: Int = 256,
-        maxBodyLength: Int = FrameParser.defaultMaxBodyLength, connectTimeout: Duration = .seconds(5)
+        maxBodyLength: Int = FrameParser.defaultMaxBodyLength, connectTimeout: Duration = .seconds(5),
+        onFrame: (@Sendable (InboundFrame) -> Bool)? = nil
     ) async throws -> AsyncFrameClient {
         let inbox = Inbox(capacity: max(2, bufferCapacity))
         let waiter = ConnectWaiter()
@@ -66,7 +69,8 @@ public final class AsyncFrameClient: Sendable {
                 onData: { connection, bytes in
                     let (consumed, stop) = decoder.decode(bytes.readableView) { id, body in
                         if id != ReservedMessageID.heartbeat {
-                            inbox.deliver(InboundFrame(messageID: id, body: Array(body)))
+                            let frame = InboundFrame(messageID: id, body: Array(body))
+                            if onFrame?(frame) != true { inbox.deliver(frame) }
                         }
                         return true
                     }
@@ -98,6 +102,13 @@ public final class AsyncFrameClient: Sendable {
     public func send(messageID: Int32, body: [UInt8]) async throws {
         guard let connection = client.connection, inbox.isOpen else { throw AsyncClientError.closed }
         connection.sendFrame(messageID: messageID, body: body)
+    }
+
+    /// Sends one frame without waiting, from any thread (the loop's too); `false` when the connection is gone.
+    @discardableResult
+    public func sendFrame(messageID: Int32, body: [UInt8]) -> Bool {
+        guard let connection = client.connection, inbox.isOpen else { return false }
+        return connection.sendFrame(messageID: messageID, body: body)
     }
 
     /// Sends a protobuf message as the body of a frame.

@@ -23,6 +23,7 @@ public final class FrameStatistics: Sendable {
     let headTimeoutsIn = Atomic<Int>(0)
     let budgetClosedIn = Atomic<Int>(0)
     let partialBytes = Atomic<Int>(0)
+    let silentClosedIn = Atomic<Int>(0)
 
     /// Frames handed to handlers (heartbeats not included).
     public var frames: Int { framesIn.load(ordering: .relaxed) }
@@ -38,6 +39,8 @@ public final class FrameStatistics: Sendable {
     public var headTimeouts: Int { headTimeoutsIn.load(ordering: .relaxed) }
     /// Connections closed because the server's unfinished frames went over its budget.
     public var budgetClosed: Int { budgetClosedIn.load(ordering: .relaxed) }
+    /// Connections a client closed because its server stayed silent past the client's silence timeout.
+    public var silentClosed: Int { silentClosedIn.load(ordering: .relaxed) }
     /// Bytes of unfinished frames the server holds now, across its connections.
     public var partialFrameBytes: Int { partialBytes.load(ordering: .relaxed) }
 }
@@ -50,6 +53,8 @@ struct FrameDispatcher: Sendable {
     let statistics: FrameStatistics
     /// The server's budget of unfinished frames (nil for a client).
     var partials: PartialFrames? = nil
+    /// A server answers each heartbeat frame with one, so a client can tell a silent server from a quiet one.
+    var answersHeartbeats = false
     /// A server's log of unknown message ids, once per episode across its connections (nil for a client: once per
     /// connection).
     var unknownLog: UnknownMessageLog? = nil
@@ -64,6 +69,10 @@ struct FrameDispatcher: Sendable {
             result = try decoder.decode(bytes.readableView) { id, body in
                 if id == ReservedMessageID.heartbeat {
                     statistics.heartbeatsIn.wrappingAdd(1, ordering: .relaxed)
+                    if answersHeartbeats {
+                        connection.sendFrameInLoop(messageID: ReservedMessageID.heartbeat,
+                                                   body: UnsafeRawBufferPointer(start: nil, count: 0))
+                    }
                     return true
                 }
                 statistics.framesIn.wrappingAdd(1, ordering: .relaxed)

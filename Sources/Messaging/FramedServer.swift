@@ -108,6 +108,7 @@ public final class FramedServer: Sendable {
                                          logger: logger, statistics: statistics, partials: partials)
         dispatcher.unknownLog = UnknownMessageLog(logger: logger, counter: metrics.unknownMessages,
                                                   quietInterval: quiet)
+        dispatcher.answersHeartbeats = true
         let idleNs = configuration.idleTimeout.map { $0.nanosecondsSaturated } ?? 0
         let headNs = configuration.headTimeout.map { $0.nanosecondsSaturated } ?? 0
         let reaper = idleNs > 0 || headNs > 0

@@ -6,6 +6,7 @@ import Metrics
 import Reactor
 import RouteStore
 import Storage
+import SwitchyardCore
 import Synchronization
 
 extension NameService {
@@ -27,6 +28,7 @@ extension NameService {
             case send(TCPConnection, MessageID, [UInt8])
             case push(TCPConnection, RouteKey)
             case rebuild
+            case askParent(RouteKey, UInt32)
             case log(NameServiceCore.Event, TCPConnection?)
         }
 
@@ -64,7 +66,9 @@ extension NameService {
             self.configuration = configuration
             self.logger = logger
             subscriptionLimitEpisode = Mutex(LogEpisode(quietInterval: logQuietInterval))
-            state = Mutex(Shared(core: NameServiceCore(limits: NameServiceCore.Limits(configuration))))
+            var core = NameServiceCore(limits: NameServiceCore.Limits(configuration))
+            core.tokensLoaded(configuration.moduleTokens)  // in force before the first database load
+            state = Mutex(Shared(core: core))
             (rebuildSignal, rebuildRequests) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         }
 
@@ -86,14 +90,14 @@ extension NameService {
 
         // MARK: Handlers (loop threads)
 
-        /// Answers a GetRouteRequest. Loop thread of `connection`.
-        func getRoute(_ request: Lars_GetRouteRequest, on connection: TCPConnection) {
-            let key = RouteKey(modid: request.modid, cmdid: request.cmdid)
+        /// Answers a GetRouteRequest (id 1; or id 110 from a child name service, with its hop count). Loop thread
+        /// of `connection`.
+        func getRoute(_ key: RouteKey, hops: UInt32 = 0, on connection: TCPConnection) {
             metrics.requests.increment()
             let (actions, subscriptions) = state.withLock { s in
                 s.connections[connection.id] = connection
                 let before = s.core.subscriptionCount
-                let actions = resolve(s.core.getRoute(key, from: connection.id), in: s)
+                let actions = resolve(s.core.getRoute(key, from: connection.id, hops: hops), in: s)
                 return (actions, s.core.subscriptionCount == before ? nil : s.core.subscriptionCount)
             }
             if let subscriptions { metrics.subscriptions.record(subscriptions) }
@@ -112,6 +116,29 @@ extension NameService {
             }
             metrics.registrations.record(registrations)
             if refused > 0 { metrics.registrationsRefused.increment(by: refused) }
+            perform(actions)
+        }
+
+        /// The parent's connection (a regional name service), set once when the service is made.
+        let parent = Mutex<FramedClient?>(nil)
+
+        /// The parent answered or pushed a route. Loop thread of the parent's connection.
+        func parentAnswered(_ response: Lars_GetRouteResponse) {
+            let key = RouteKey(modid: response.modid, cmdid: response.cmdid)
+            var hosts: [Host] = []
+            var loads: [Host: HostLoad] = [:]
+            for info in response.host {
+                guard let host = Host(info) else { continue }
+                hosts.append(host)
+                if info.hasLoad && info.hasCapacity { loads[host] = HostLoad(load: info.load, capacity: info.capacity) }
+            }
+            let actions = state.withLock { s in resolve(s.core.parentAnswered(key, hosts: hosts, loads: loads), in: s) }
+            perform(actions)
+        }
+
+        /// Connected to the parent: asks again for every route asked of it.
+        func parentConnected() {
+            let actions = state.withLock { s in resolve(s.core.parentConnected(), in: s) }
             perform(actions)
         }
 
@@ -134,6 +161,7 @@ extension NameService {
                 case .send(let id, let messageID, let body): s.connections[id].map { .send($0, messageID, body) }
                 case .push(let id, let key): s.connections[id].map { .push($0, key) }
                 case .rebuild: .rebuild
+                case .askParent(let key, let hops): .askParent(key, hops)
                 case .log(let event):
                     switch event {
                     case .subscriptionLimitReached(let id, _), .registrationRefused(let id, _, _):
@@ -164,6 +192,13 @@ extension NameService {
                     pushes += 1
                 case .rebuild:
                     rebuildRequests.yield()
+                case .askParent(let key, let hops):
+                    var request = Switchyard_Names_ChainGetRouteRequest()
+                    request.modid = key.modid
+                    request.cmdid = key.cmdid
+                    request.hops = hops
+                    // Not connected: dropped; the connect asks again for every route (`parentConnected`).
+                    _ = parent.withLock { $0 }?.send(request, id: MessageID.chainGetRouteRequest)
                 case .log(let event, let connection):
                     log(event, peer: connection?.peerAddress)
                 }
@@ -200,6 +235,16 @@ extension NameService {
                 logger.info("registrations refused (logged once per episode)", metadata: [
                     "peer.address": "\(peer)", "connection.id": "\(connection)", "registration.refusal": "\(kind)",
                     "registration.reason": "\(reason)"])
+            case .notAskedOfParent(let key, let hops):
+                logger.info("""
+                    route not asked of the parent: the request passed the hop limit (a chain too long, or parents \
+                    in a loop), or the parent's routes are at their limit; answered with what is held
+                    """,
+                            metadata: ["route.key": "\(key)", "chain.hops": "\(hops)",
+                                       "chain.max_hops": "\(configuration.maxChainHops)"])
+            case .registeredElsewhere(let key, let host):
+                logger.debug("host registered through another replica", metadata: [
+                    "route.key": "\(key)", "host.address": "\(host)"])
             case .registrationExpired(let key, let host):
                 logger.debug("host registration ran out", metadata: ["route.key": "\(key)", "host.address": "\(host)"])
             case .routeTruncated(let key, let hostCount, let sent):
@@ -342,6 +387,149 @@ extension NameService {
             }
         }
 
+        // MARK: Registrations in the database
+
+        /// Writes the registrations made through this replica to HostRegistration and reads those of the other
+        /// replicas, until cancelled (``NameServiceConfiguration/registrationsInDatabase``): every
+        /// `registrationSyncInterval` the changes since the last batch are written (one transaction per batch; a
+        /// failed batch is written again with the next), every `pollInterval` the rows changed since the last read
+        /// are read, and every `fullReloadInterval` all of them (then rows that ran out long ago are deleted).
+        /// Writes and reads take turns on this task, so a read never races a write of this replica.
+        func runRegistrationSync() async {
+            guard configuration.registrationsInDatabase else { return }
+            var lastRead: (wall: Int64, instant: ContinuousClock.Instant)?
+            var lastFullRead = ContinuousClock.now
+            var failing = false
+            while !Task.isCancelled {
+                do {
+                    let now = ContinuousClock.now
+                    if let writes = state.withLock({ $0.core.takeWrites(now: now) }) {
+                        do {
+                            try await write(writes)
+                            state.withLock { $0.core.writesDone(writes) }
+                        } catch {
+                            state.withLock { $0.core.writesFailed(writes) }
+                            throw error
+                        }
+                    }
+                    let full = lastRead == nil || now - lastFullRead >= configuration.fullReloadInterval
+                    if full || now - lastRead!.instant >= configuration.pollInterval {
+                        let started = (wall: SystemInfo.unixMilliseconds(), instant: ContinuousClock.now)
+                        try await readRegistrations(changedSince: full ? nil : lastRead!.wall - Self.clockSlackMs)
+                        lastRead = started
+                        if full {
+                            lastFullRead = started.instant
+                            try await deleteOldRegistrations(before: started.wall - Self.tombstoneRetentionMs)
+                        }
+                    }
+                    if failing {
+                        failing = false
+                        logger.info("name service: registrations reach the database again")
+                    }
+                } catch {
+                    if Task.isCancelled { break }
+                    if !failing {
+                        failing = true
+                        logger.info("""
+                            name service: registrations cannot reach the database; served from memory, written when \
+                            it answers
+                            """, metadata: ["error.description": "\(error)"])
+                    }
+                }
+                do {
+                    try await Task.sleep(for: configuration.registrationSyncInterval)
+                } catch {
+                    break
+                }
+            }
+        }
+
+        /// How far back (ms) a read of changed rows reaches before the previous read began: covers the clocks of
+        /// the replicas disagreeing and a write committed after the row's `updated_ms` was taken.
+        static let clockSlackMs: Int64 = 5000
+        /// How long (ms) a tombstone or run-out row stays, so every replica reads it before it is deleted.
+        static let tombstoneRetentionMs: Int64 = 60_000
+
+        private static let registrationColumns = ["modid", "cmdid", "ip", "port", "expires_ms", "updated_ms",
+                                                  "source", "host_load", "host_capacity", "weight"]
+
+        /// Writes one batch in one transaction (chunks of 500 rows when the batch is larger).
+        private func write(_ writes: NameServiceCore.RegistrationWrites) async throws {
+            let upsert = pool.dialect.upsert(table: "HostRegistration", columns: Self.registrationColumns,
+                                             conflict: ["modid", "cmdid", "ip", "port"])
+            let now = ContinuousClock.now
+            let wall = SystemInfo.unixMilliseconds()
+            var start = 0
+            while start < writes.rows.count {
+                let chunk = writes.rows[start..<min(start + 500, writes.rows.count)]
+                start += chunk.count
+                try await pool.transaction { connection in
+                    for row in chunk {
+                        // A tombstone is 0: readers tell it from a row that ran out (served on for their grace).
+                        let expires = row.takenBack ? 0 : wall + max(1, (row.expiry - now).millisecondsTruncated)
+                        try await connection.execute(upsert, [
+                            SQLValue(row.id.key.modid), SQLValue(row.id.key.cmdid), .integer(Int64(row.id.host.ip)),
+                            .integer(Int64(row.id.host.port)), .integer(expires), .integer(wall),
+                            .integer(Int64(row.source)), row.load.map { .integer(Int64($0.load)) } ?? .null,
+                            row.load.map { .integer(Int64($0.capacity)) } ?? .null, .integer(Int64(row.weight)),
+                        ])
+                    }
+                }
+            }
+        }
+
+        /// Reads HostRegistration (every row, or those written since `changedSince`, wall-clock ms) into the core.
+        private func readRegistrations(changedSince: Int64?) async throws {
+            let writtenThrough = state.withLock { $0.core.writtenEpoch }
+            var sql = "SELECT modid, cmdid, ip, port, expires_ms, source, host_load, host_capacity, weight "
+                + "FROM HostRegistration"
+            var parameters: [SQLValue] = []
+            if let changedSince {
+                sql += " WHERE updated_ms >= ?"
+                parameters.append(.integer(changedSince))
+            }
+            let rows = try await pool.query(sql, parameters).rows
+            let now = ContinuousClock.now
+            let wall = SystemInfo.unixMilliseconds()
+            var stored: [NameServiceCore.StoredRegistration] = []
+            stored.reserveCapacity(rows.count)
+            for row in rows {
+                guard let modid = try? row.decode(0, as: Int32.self), let cmdid = try? row.decode(1, as: Int32.self),
+                      let ip = try? row.decode(2, as: UInt32.self),
+                      let port = (try? row.decode(3, as: Int.self)).flatMap({ UInt16(exactly: $0) }),
+                      let expires = try? row.decode(4, as: Int64.self)
+                else { continue }
+                let source = (try? row.decode(5, as: UInt32.self)) ?? 0
+                var load: HostLoad?
+                if let value = try? row.decode(6, as: UInt32?.self),
+                   let capacity = try? row.decode(7, as: UInt32?.self) {
+                    load = HostLoad(load: value, capacity: capacity)
+                }
+                let weight = (try? row.decode(8, as: UInt32?.self)).flatMap { $0 }.map { min($0, HostWeight.max) }
+                    ?? HostWeight.standard
+                // Clamped to a day either way: a row far off (a broken clock) neither wraps nor lives for ever.
+                let offset = max(-86_400_000, min(86_400_000, expires - wall))
+                stored.append(NameServiceCore.StoredRegistration(
+                    id: .init(key: RouteKey(modid: modid, cmdid: cmdid), host: Host(ip: ip, port: port)),
+                    expiry: now.advanced(by: .milliseconds(offset)), source: source, load: load, weight: weight,
+                    takenBack: expires == 0))
+            }
+            let (actions, registrations) = state.withLock { s in
+                (resolve(s.core.registrationsLoaded(stored, complete: changedSince == nil,
+                                                    writtenThrough: writtenThrough, now: now), in: s),
+                 s.core.registrationCount)
+            }
+            guard !actions.isEmpty else { return }
+            metrics.registrations.record(registrations)
+            perform(actions)
+        }
+
+        /// Deletes rows that ran out (or were taken back) and were last written before `wall` (ms).
+        private func deleteOldRegistrations(before wall: Int64) async throws {
+            try await pool.execute("DELETE FROM HostRegistration WHERE expires_ms < ? AND updated_ms < ?",
+                                   [.integer(wall), .integer(wall)])
+        }
+
         /// Deletes the RouteChange rows at or below `version` (``RouteChangeRetention`` says when).
         func pruneRouteChanges(through version: Int64) async throws {
             let deleted = try await pool.execute("DELETE FROM RouteChange WHERE version <= ?", [.integer(version)])
@@ -370,6 +558,10 @@ extension NameService {
                 }
             }
             let entries = try await RouteAdmin.listRoutes(on: pool)
+            // A Lars database has no ModuleToken table: no tokens from it (the configuration's still apply).
+            var tokens = (try? await RouteAdmin.moduleTokens(on: pool)) ?? [:]
+            tokens.merge(configuration.moduleTokens) { _, configured in configured }
+            state.withLock { $0.core.tokensLoaded(tokens) }
             _ = state.withLock { $0.core.databaseLoaded(version: version, entries: entries, changed: changed) }
             metrics.reloads.increment()
             await rebuild()

@@ -34,6 +34,7 @@ public final class NameService: Service, Sendable {
     /// The settings.
     public let configuration: NameServiceConfiguration
     private let engine: Engine
+    private let relay: StateRelay
     private let server: FramedServer
     private let running = Atomic<Bool>(false)
 
@@ -59,13 +60,46 @@ public final class NameService: Service, Sendable {
         let engine = Engine(pool: pool, configuration: configuration, logger: logger,
                             logQuietInterval: logQuietInterval)
         self.engine = engine
+        var relayLimits = StateRelay.Limits()
+        relayLimits.retention = configuration.stateRetention
+        relayLimits.maxPayload = configuration.stateMaxPayload
+        relayLimits.maxPendingBytes = configuration.stateMaxPendingBytes
+        relayLimits.maxQueuedBytes = configuration.stateMaxSubscriberQueue
+        let relay = StateRelay(pool: pool, limits: relayLimits, logger: logger)
+        self.relay = relay
         let router = MessageRouter<TCPConnection>()
+        try! router.on(MessageID.publishState, as: Switchyard_Names_PublishState.self) { request, message in
+            relay.publish(request, on: message.connection)
+        }
+        try! router.on(MessageID.subscribeState, as: Switchyard_Names_SubscribeState.self) { request, message in
+            relay.subscribe(request, on: message.connection)
+        }
         // Cannot throw: a fresh router with two routes.
         try! router.on(MessageID.getRouteRequest, as: Lars_GetRouteRequest.self) { request, message in
-            engine.getRoute(request, on: message.connection)
+            engine.getRoute(RouteKey(modid: request.modid, cmdid: request.cmdid), on: message.connection)
+        }
+        try! router.on(MessageID.chainGetRouteRequest, as: Switchyard_Names_ChainGetRouteRequest.self) { request, m in
+            engine.getRoute(RouteKey(modid: request.modid, cmdid: request.cmdid), hops: request.hops,
+                            on: m.connection)
         }
         try! router.on(MessageID.registerHostRequest, as: Switchyard_Lb_RegisterHostRequest.self) { request, message in
             engine.register(request, on: message.connection)
+        }
+        if let parent = configuration.parent {
+            let parentRouter = MessageRouter<TCPConnection>()
+            try! parentRouter.on(MessageID.getRouteResponse, as: Lars_GetRouteResponse.self) { response, _ in
+                engine.parentAnswered(response)
+            }
+            var client = ClientConfiguration(host: parent.host, port: parent.port, connectTimeout: .seconds(2))
+            client.alternates = configuration.parentAlternates
+            // A bad address fails here only if it is not an IPv4 literal or a name: `validate()` says so first.
+            let upstream = try? FramedClient(
+                loop: group.next(),
+                configuration: FramedClientConfiguration(client: client, heartbeatInterval: .seconds(1),
+                                                         silenceTimeout: .seconds(3)),
+                router: parentRouter, logger: logger,
+                onConnect: { _ in engine.parentConnected() })
+            engine.parent.withLock { $0 = upstream }
         }
         server = FramedServer(
             group: group,
@@ -74,7 +108,10 @@ public final class NameService: Service, Sendable {
                                             maxConnections: configuration.maxConnections),
                 logQuietInterval: logQuietInterval),
             router: router, logger: logger,
-            onClose: { connection in engine.connectionClosed(connection) })
+            onClose: { connection in
+                engine.connectionClosed(connection)
+                relay.connectionClosed(connection)
+            })
     }
 
     /// Binds and starts answering from the (still empty) snapshot; returns the bound address. Lets a caller learn
@@ -100,13 +137,21 @@ public final class NameService: Service, Sendable {
             try await runOnDedicatedThread(name: "sy-names-bind") { [self] in Result { try start() } }.get()
         }
         let engine = self.engine
+        let parent = engine.parent.withLock { $0 }
+        parent?.connect()
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask { await engine.runPolling() }
             tasks.addTask { await engine.runExpiry() }
             tasks.addTask { await engine.runRebuilds() }
+            tasks.addTask { await engine.runRegistrationSync() }
+            tasks.addTask { [relay, configuration] in
+                await relay.run(pollInterval: configuration.pollInterval,
+                                pruneInterval: configuration.fullReloadInterval)
+            }
             try? await gracefulShutdown()
             tasks.cancelAll()
         }
+        parent?.disconnect()
         await stopServer()
         engine.logger.info("name service stopped")
     }
@@ -123,7 +168,16 @@ public final class NameService: Service, Sendable {
     public var snapshot: ServedRoutes { engine.snapshot }
 
     /// The counters.
-    public var statistics: NameServiceStatistics { engine.statistics }
+    public var statistics: NameServiceStatistics {
+        var statistics = engine.statistics
+        let relay = relay.counters
+        statistics.stateChangesPublished = relay.published
+        statistics.stateChangesDelivered = relay.delivered
+        statistics.stateChangesRefused = relay.refused
+        statistics.stateSubscribersClosed = relay.slowClosed
+        statistics.stateRelayReady = relay.ready
+        return statistics
+    }
 
     /// Reloads the routes now (as a poll that found a new version would) and pushes the changed ones; the
     /// snapshot is swapped when this returns. Throws the database error; the snapshot is kept then.

@@ -1,3 +1,5 @@
+import Reactor
+
 /// Settings of a ``NameService``.
 public struct NameServiceConfiguration: Sendable {
     /// Address to bind (default 127.0.0.1).
@@ -27,6 +29,38 @@ public struct NameServiceConfiguration: Sendable {
     /// table does not grow for ever; nil keeps them. Default 1 hour: any other name service on the database polls
     /// far more often than that.
     public var routeChangeRetention: Duration?
+    /// Whether self-registrations are kept in the database (HostRegistration, beside Lars's tables), so that every
+    /// name service on it (replicas) serves and pushes them, and a server that moves to another replica keeps its
+    /// registration (default true). False keeps them in this process only, as before.
+    public var registrationsInDatabase: Bool = true
+    /// How often the registrations changed through this replica are written (one transaction per batch; a
+    /// heartbeat burst is one row per host). A registration made through another replica is served here
+    /// about `registrationSyncInterval + pollInterval` after it was made, and that much past its expiry.
+    public var registrationSyncInterval: Duration = .milliseconds(250)
+    /// A parent name service (regional name services): routes this one has no rows or registrations for are asked
+    /// of it (id 110), held, served and pushed down when it pushes; this one's own rows win. Its alternates are
+    /// tried in turn when it is lost or silent. While it is away the routes held are served. Nil: none (Lars).
+    public var parent: ClientEndpoint?
+    /// Further addresses of the parent (its replicas).
+    public var parentAlternates: [ClientEndpoint] = []
+    /// The most name services a route request passes through, this one included (default 8): a longer chain, or
+    /// parents in a loop, stops there and is answered with what is held (logged once per route).
+    public var maxChainHops: Int = 8
+    /// How long the state relay's changes are kept (StateChange rows), so a subscriber that comes back within it
+    /// gets what it missed (default 10 minutes).
+    public var stateRetention: Duration = .seconds(600)
+    /// The largest payload a state change may carry (default 64 KiB, at most 1 MiB: a frame's body is at most 4 MiB);
+    /// larger publishes are refused with a reason.
+    public var stateMaxPayload: Int = 64 * 1024
+    /// Payload bytes of publishes waiting for the database, all publishers together (default 16 MiB): beyond it
+    /// publishes are refused with a reason and counted, one log line per episode.
+    public var stateMaxPendingBytes: Int = 16 << 20
+    /// A subscriber whose unsent output passes this many bytes is closed, not waited for (default 4 MiB); it catches
+    /// up within the retention when it reconnects.
+    public var stateMaxSubscriberQueue: Int = 4 << 20
+    /// Owner tokens by module, beside the database's ModuleToken rows (these win): a module with a token takes
+    /// registrations and deregistrations (id 102) only with it (`switchyard names --tokens FILE`).
+    public var moduleTokens: [Int32: String] = [:]
 
     /// Creates a configuration; every setting has the default of PROTOCOL.md and DESIGN.md.
     public init(host: String = "127.0.0.1", port: Int = 7778, pollInterval: Duration = .seconds(1),
@@ -65,6 +99,16 @@ public struct NameServiceConfiguration: Sendable {
                   "maxRegistrationsPerRoute must not be negative, got \(maxRegistrationsPerRoute)")
         try check(routeChangeRetention.map { $0 > .zero } ?? true,
                   "routeChangeRetention must be positive (nil keeps the rows), got \(routeChangeRetention!)")
+        try check(stateRetention > .zero, "stateRetention must be positive, got \(stateRetention)")
+        try check((1...(1 << 20)).contains(stateMaxPayload),
+                  "stateMaxPayload must be 1...1 MiB, got \(stateMaxPayload)")
+        try check(stateMaxPendingBytes >= stateMaxPayload,
+                  "stateMaxPendingBytes must be at least stateMaxPayload, got \(stateMaxPendingBytes)")
+        try check(stateMaxSubscriberQueue >= stateMaxPayload,
+                  "stateMaxSubscriberQueue must be at least stateMaxPayload, got \(stateMaxSubscriberQueue)")
+        try check((1...64).contains(maxChainHops), "maxChainHops must be 1...64, got \(maxChainHops)")
+        try check(registrationSyncInterval > .zero,
+                  "registrationSyncInterval must be positive, got \(registrationSyncInterval)")
         try check(maxSubscriptionsPerConnection >= 0,
                   "maxSubscriptionsPerConnection must not be negative, got \(maxSubscriptionsPerConnection)")
     }
@@ -94,4 +138,14 @@ public struct NameServiceStatistics: Sendable, Hashable {
     public var routesTruncated: Int = 0
     /// RouteChange rows deleted past ``NameServiceConfiguration/routeChangeRetention``.
     public var routeChangesPruned: Int = 0
+    /// State changes published through this name service (written to StateChange).
+    public var stateChangesPublished: Int = 0
+    /// State changes sent to subscribers of this name service.
+    public var stateChangesDelivered: Int = 0
+    /// Publishes refused (payload too large, too many waiting for the database).
+    public var stateChangesRefused: Int = 0
+    /// Subscribers closed because they did not read (their unsent output passed 4 MiB).
+    public var stateSubscribersClosed: Int = 0
+    /// The state relay has read where the changes stand (it delivers what is published from then on).
+    public var stateRelayReady: Bool = false
 }

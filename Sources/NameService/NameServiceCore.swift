@@ -37,6 +37,9 @@ struct NameServiceCore {
         /// The database snapshot is behind the database: rebuild it (``takeRebuild()``, then
         /// ``install(_:from:)``), off the loops. Given once until the rebuild is taken.
         case rebuild
+        /// Ask the parent name service for the route (``Limits/hasParent``), with this hop count. Sent when
+        /// connected; ``parentConnected()`` asks again for every route.
+        case askParent(RouteKey, hops: UInt32)
         /// Worth a log line.
         case log(Event)
     }
@@ -54,14 +57,20 @@ struct NameServiceCore {
         /// ``RegistrationRefusal/quiet`` without one).
         case registrationRefused(connection: UInt64, kind: RefusalKind, reason: String)
         case registrationExpired(RouteKey, Host)
+        /// A host registered through another replica (read from the database) is served here too.
+        case registeredElsewhere(RouteKey, Host)
         /// A route has more hosts than fit in one Lars frame: it is answered with the first `sent` (once per route,
         /// until it fits again).
         case routeTruncated(RouteKey, hostCount: Int, sent: Int)
+        /// A route is not asked of the parent: the request came through `hops` name services already (a chain
+        /// longer than the limit, or parents in a loop), or the parent's routes held reached their limit. Once per
+        /// route.
+        case notAskedOfParent(RouteKey, hops: UInt32)
     }
 
     /// Why a registration is refused.
     enum RefusalKind: Int, Equatable, CaseIterable {
-        case badHost, ttlTooLong, globalLimit, sourceLimit, routeLimit
+        case badHost, ttlTooLong, badWeight, globalLimit, sourceLimit, routeLimit, badToken
     }
 
     /// The inputs of one database snapshot build, taken under the lock and built outside it.
@@ -82,6 +91,15 @@ struct NameServiceCore {
         var maxRegistrationsPerSource: Int
         var maxRegistrationsPerRoute: Int
         var maxRegistrationTTL: Duration
+        /// How much longer than its row says a registration learned from the database is served: the time its
+        /// refresh may take to reach this replica (another replica's write interval and this one's poll).
+        var remoteGrace: Duration
+        /// Routes with no rows or registrations here are asked of a parent name service.
+        var hasParent: Bool
+        /// The most name services a route request passes through (``NameServiceConfiguration/maxChainHops``).
+        var maxChainHops: Int
+        /// The most routes asked of the parent and held (each one subscribed there).
+        var maxParentRoutes: Int
 
         init(_ configuration: NameServiceConfiguration) {
             maxSubscriptionsPerConnection = configuration.maxSubscriptionsPerConnection
@@ -89,6 +107,10 @@ struct NameServiceCore {
             maxRegistrationsPerSource = configuration.maxRegistrationsPerSource
             maxRegistrationsPerRoute = configuration.maxRegistrationsPerRoute
             maxRegistrationTTL = configuration.maxRegistrationTTL
+            remoteGrace = configuration.registrationSyncInterval + configuration.pollInterval + .seconds(1)
+            hasParent = configuration.parent != nil
+            maxChainHops = configuration.maxChainHops
+            maxParentRoutes = configuration.maxSubscriptionsPerConnection
         }
     }
 
@@ -104,7 +126,38 @@ struct NameServiceCore {
         var source: UInt32
         /// The load it reported last (nil: none), handed out with the route.
         var load: HostLoad?
+        /// The weight it registered with last (``HostWeight``; 1 when it gave none).
+        var weight: UInt32 = HostWeight.standard
+        /// Learned from the database (registered through another replica), not through a connection of this one.
+        var remote = false
+        /// The ``RegistrationWrites/epoch`` of the last write that carried it (0: never written).
+        var writtenEpoch = 0
     }
+
+    /// A registration's identity: its route and host (the database row's key).
+    struct RegistrationID: Hashable {
+        var key: RouteKey
+        var host: Host
+    }
+
+    /// A HostRegistration row: a registration as the database holds it, with its expiry on this process's clock
+    /// (the shell converts to and from the row's wall-clock milliseconds), or a tombstone: the host was taken back.
+    struct StoredRegistration: Equatable {
+        var id: RegistrationID
+        var expiry: ContinuousClock.Instant
+        var source: UInt32
+        var load: HostLoad?
+        var weight: UInt32 = HostWeight.standard
+        var takenBack = false
+    }
+
+    /// The registration changes made through this replica since the last ``takeWrites(now:)``: rows to write
+    /// (upserts; a taken-back host is a tombstone row). Written in order, one batch at a time.
+    struct RegistrationWrites: Equatable {
+        var rows: [StoredRegistration]
+        var epoch: Int
+    }
+
 
     /// A deadline in the expiry heap. Stale once its registration was refreshed or taken back (the expiry no
     /// longer matches): skipped when it comes up.
@@ -134,6 +187,25 @@ struct NameServiceCore {
     private var lastRefusal: [RefusalKind: ContinuousClock.Instant] = [:]
     static let refusalQuiet: Duration = .seconds(10)
     private var pendingPushes: Set<RouteKey> = []
+    /// Owner tokens by module: a module here takes registrations only with its token.
+    private var tokens: [Int32: String] = [:]
+    /// The parent's answers for routes asked of it (served where this service has no hosts of its own).
+    private var inherited: [RouteKey: ServedRoutes.Route] = [:]
+    /// Routes asked of the parent, with the hop count they were asked with.
+    private var askedOfParent: [RouteKey: UInt32] = [:]
+    /// Routes refused a parent request (logged once each; bounded like `askedOfParent`).
+    private var notAsked: Set<RouteKey> = []
+    /// Registrations changed through this replica and not yet handed to the shell for writing.
+    private var unwritten: Set<RegistrationID> = []
+    /// The epoch of the last ``takeWrites(now:)`` (the writes of one epoch are one batch).
+    private(set) var writeEpoch = 0
+    /// The epoch of the last batch written (``writesDone(_:)``); batches are written one at a time, in order.
+    private(set) var writtenEpoch = 0
+    /// Registration rows handed to the shell for writing.
+    private(set) var registrationRowsWritten = 0
+    /// Taken-back registrations whose tombstone was not written because too many writes were waiting (the
+    /// database unreachable): the row then stays until its expiry.
+    private(set) var tombstonesDropped = 0
     private var stale = false
     private var rebuildRequested = false
 
@@ -163,13 +235,19 @@ struct NameServiceCore {
     var snapshot: ServedRoutes {
         var current = registered
         for key in staleRoutes { current[key] = merge(key) }
-        return ServedRoutes(database: database, registered: current)
+        return ServedRoutes(database: database, registered: current, inherited: inherited)
     }
 
     /// The GetRouteResponse body served for a route (for inspection; ``servedBody(for:)`` caches it).
     func responseBody(for key: RouteKey) -> [UInt8] {
-        if staleRoutes.contains(key) { return merge(key)?.body ?? database.responseBody(for: key) }
-        return registered[key]?.body ?? database.responseBody(for: key)
+        if staleRoutes.contains(key) { return merge(key)?.body ?? ownOrInheritedBody(key) }
+        return registered[key]?.body ?? ownOrInheritedBody(key)
+    }
+
+    /// The database's answer, or the parent's when the database has no hosts for the route.
+    private func ownOrInheritedBody(_ key: RouteKey) -> [UInt8] {
+        if let parent = inherited[key], database.hosts(for: key).isEmpty { return parent.body }
+        return database.responseBody(for: key)
     }
 
     /// The earliest registration deadline (nil when none is held): the shell's expiry task sleeps until then.
@@ -180,10 +258,21 @@ struct NameServiceCore {
 
     // MARK: Requests
 
-    /// A GetRouteRequest from a connection: subscribes it to the route (below its limit), then answers.
-    mutating func getRoute(_ key: RouteKey, from connection: UInt64) -> [Action] {
+    /// A GetRouteRequest from a connection: subscribes it to the route (below its limit), then answers. `hops`:
+    /// the name services the request came through (0 from an agent; a child name service's id 110 says). With a
+    /// parent, a route this service has no hosts for is asked of the parent (once; answered now with what is held,
+    /// pushed when the parent answers).
+    mutating func getRoute(_ key: RouteKey, from connection: UInt64, hops: UInt32 = 0) -> [Action] {
         requests += 1
         var actions: [Action] = []
+        if limits.hasParent, askedOfParent[key] == nil, registrations[key] == nil, database.hosts(for: key).isEmpty {
+            if Int(hops) + 1 <= limits.maxChainHops, askedOfParent.count < limits.maxParentRoutes {
+                askedOfParent[key] = hops + 1
+                actions.append(.askParent(key, hops: hops + 1))
+            } else if notAsked.count < limits.maxParentRoutes, notAsked.insert(key).inserted {
+                actions.append(.log(.notAskedOfParent(key, hops: hops)))
+            }
+        }
         var subscriber = subscribers[connection] ?? Subscriber()
         if !subscriber.keys.contains(key) {
             if subscriber.keys.count < limits.maxSubscriptionsPerConnection {
@@ -223,6 +312,10 @@ struct NameServiceCore {
             actions.append(.send(connection: connection, id: .registerHostResponse, body: Self.encode(reply)))
             return actions
         }
+        if let required = tokens[request.modid], !request.hasToken || request.token != required {
+            return refuse(.badToken, request.hasToken ? "wrong token for module \(request.modid)"
+                          : "module \(request.modid) takes registrations with its owner token only")
+        }
         guard let host = Host(wireIP: request.ip, wirePort: request.port), host.ip != 0, host.port != 0 else {
             return refuse(.badHost, "bad host: ip \(UInt32(bitPattern: request.ip)), port \(request.port)")
         }
@@ -230,6 +323,10 @@ struct NameServiceCore {
         guard ttl <= limits.maxRegistrationTTL else {
             return refuse(.ttlTooLong, "ttl \(request.ttlMs) ms is above the limit of \(limits.maxRegistrationTTL)")
         }
+        guard !request.hasWeight || HostWeight.isValid(Int(request.weight)) else {
+            return refuse(.badWeight, "weight \(request.weight) is above the limit of \(HostWeight.max)")
+        }
+        let weight = request.hasWeight ? request.weight : HostWeight.standard
         let load = request.hasLoad && request.hasCapacity
             ? HostLoad(load: request.load, capacity: request.capacity) : nil
         var actions: [Action] = []
@@ -237,6 +334,7 @@ struct NameServiceCore {
             if let gone = registrations[key]?.removeValue(forKey: host) {
                 if registrations[key]?.isEmpty == true { registrations[key] = nil }
                 forget(gone)
+                markUnwritten(RegistrationID(key: key, host: host), tombstone: true)
                 actions.append(.log(.deregistered(key, host)))
                 routeChanged(key, &actions)
             }
@@ -244,8 +342,13 @@ struct NameServiceCore {
             let expiry = now.advanced(by: ttl)
             registrations[key]![host]!.expiry = expiry
             registrations[key]![host]!.load = load
+            registrations[key]![host]!.remote = false
+            markUnwritten(RegistrationID(key: key, host: host), tombstone: false)
+            registrations[key]![host]!.weight = weight
             addDeadline(Deadline(expiry: expiry, key: key, host: host))
-            if held.load != load {
+            if held.weight != weight {
+                routeChanged(key, &actions)  // a new share of the picks: pushed at once
+            } else if held.load != load {
                 // Full or not any more: pushed at once, so agents stop (or start) sending keys there. Only the count
                 // changed: served from the next read on, pushed with the next change (a heartbeat costs no push).
                 if (held.load?.isFull ?? false) != (load?.isFull ?? false) {
@@ -265,7 +368,9 @@ struct NameServiceCore {
                           "route \(key) holds its limit of \(limits.maxRegistrationsPerRoute) registered hosts")
         } else {
             let expiry = now.advanced(by: ttl)
-            registrations[key, default: [:]][host] = Registration(expiry: expiry, source: source, load: load)
+            registrations[key, default: [:]][host] = Registration(expiry: expiry, source: source, load: load,
+                                                                  weight: weight)
+            markUnwritten(RegistrationID(key: key, host: host), tombstone: false)
             perSource[source, default: 0] += 1
             registrationCount += 1
             addDeadline(Deadline(expiry: expiry, key: key, host: host))
@@ -353,8 +458,12 @@ struct NameServiceCore {
         guard let hosts = registrations[key], !hosts.isEmpty else { return nil }
         let merged = Array(Set(database.hosts(for: key)).union(hosts.keys)).sorted()
         var loads: [Host: HostLoad] = [:]
-        for (host, registration) in hosts { loads[host] = registration.load }
-        let (body, sent) = RouteSnapshot.encodeResponse(key, merged, loads: loads)
+        var weights = database.weights(for: key)
+        for (host, registration) in hosts {
+            loads[host] = registration.load
+            weights[host] = registration.weight  // a registered host's own weight wins over its RouteData row's
+        }
+        let (body, sent) = RouteSnapshot.encodeResponse(key, merged, loads: loads, weights: weights)
         return ServedRoutes.Route(hosts: merged, body: body, truncated: sent < merged.count, sent: sent)
     }
 
@@ -374,7 +483,7 @@ struct NameServiceCore {
     /// and the log event when that made it cut for the first time.
     mutating func servedBody(for key: RouteKey) -> (body: [UInt8], event: Event?) {
         let event = refresh(key)
-        return (registered[key]?.body ?? database.responseBody(for: key), event)
+        return (registered[key]?.body ?? ownOrInheritedBody(key), event)
     }
 
     private mutating func pushToSubscribers(_ key: RouteKey, _ actions: inout [Action]) {
@@ -382,6 +491,166 @@ struct NameServiceCore {
             actions.append(.push(connection: connection, route: key))
             pushes += 1
         }
+    }
+
+    /// The modules' owner tokens as configured (the database's rows and the configuration's, the latter winning).
+    mutating func tokensLoaded(_ loaded: [Int32: String]) {
+        tokens = loaded
+    }
+
+    /// Modules with an owner token.
+    var tokenCount: Int { tokens.count }
+
+    // MARK: A parent name service (regional)
+
+    /// The parent answered (or pushed) a route: held and served where this service has no hosts of its own, and
+    /// pushed to its subscribers when that changes what they are served.
+    mutating func parentAnswered(_ key: RouteKey, hosts: [Host], loads: [Host: HostLoad]) -> [Action] {
+        guard askedOfParent[key] != nil else { return [] }
+        let sorted = Array(Set(hosts)).sorted()
+        let (body, sent) = RouteSnapshot.encodeResponse(key, sorted, loads: loads)
+        let route = ServedRoutes.Route(hosts: sorted, body: body, truncated: sent < sorted.count, sent: sent)
+        guard inherited[key] != route else { return [] }
+        inherited[key] = route
+        var actions: [Action] = []
+        if registrations[key] == nil, database.hosts(for: key).isEmpty { pushToSubscribers(key, &actions) }
+        return actions
+    }
+
+    /// Connected (again) to the parent: every route asked of it is asked again (the parent's subscriptions were
+    /// those of the lost connection).
+    func parentConnected() -> [Action] {
+        askedOfParent.sorted { ($0.key.modid, $0.key.cmdid) < ($1.key.modid, $1.key.cmdid) }
+            .map { .askParent($0.key, hops: $0.value) }
+    }
+
+    /// Routes asked of the parent.
+    var parentRouteCount: Int { askedOfParent.count }
+
+    // MARK: Registrations in the database (replicas)
+
+    /// Records a registration change for the next write. A tombstone is not recorded when the writes waiting
+    /// already reach the registration limit (the database is away): its row stays until its expiry.
+    private mutating func markUnwritten(_ id: RegistrationID, tombstone: Bool) {
+        if tombstone, unwritten.count >= limits.maxRegistrations, !unwritten.contains(id) {
+            tombstonesDropped += 1
+            return
+        }
+        unwritten.insert(id)
+    }
+
+    /// The rows to write for the changes made through this replica since the last call (nil when none), as the
+    /// registrations are now: a held registration is written with its expiry, a taken-back one as a tombstone.
+    /// Starts a new ``writeEpoch``. Call ``writesFailed(_:)`` when the batch could not be written.
+    mutating func takeWrites(now: ContinuousClock.Instant) -> RegistrationWrites? {
+        guard !unwritten.isEmpty else { return nil }
+        writeEpoch += 1
+        var rows: [StoredRegistration] = []
+        rows.reserveCapacity(unwritten.count)
+        for id in unwritten {
+            if let registration = registrations[id.key]?[id.host] {
+                registrations[id.key]![id.host]!.writtenEpoch = writeEpoch
+                rows.append(StoredRegistration(id: id, expiry: registration.expiry, source: registration.source,
+                                               load: registration.load, weight: registration.weight))
+            } else {
+                rows.append(StoredRegistration(id: id, expiry: now, source: 0, load: nil, takenBack: true))
+            }
+        }
+        unwritten = []
+        registrationRowsWritten += rows.count
+        return RegistrationWrites(rows: rows, epoch: writeEpoch)
+    }
+
+    /// A batch of ``takeWrites(now:)`` was written.
+    mutating func writesDone(_ writes: RegistrationWrites) {
+        writtenEpoch = max(writtenEpoch, writes.epoch)
+    }
+
+    /// A batch of ``takeWrites(now:)`` was not written: its registrations are written again with the next batch
+    /// (as they are then).
+    mutating func writesFailed(_ writes: RegistrationWrites) {
+        writtenEpoch = max(writtenEpoch, writes.epoch)
+        registrationRowsWritten -= writes.rows.count
+        for row in writes.rows { markUnwritten(row.id, tombstone: registrations[row.id.key]?[row.id.host] == nil) }
+    }
+
+    /// HostRegistration rows as read from the database, by a read that began when ``writtenEpoch`` was
+    /// `writtenThrough`: registrations made through other replicas are served (until their expiry plus
+    /// ``Limits/remoteGrace``) and pushed when they come, change fullness or go. A row never overrides a change
+    /// this replica made after it: one not written yet, or written by a batch the read may not have seen. A
+    /// held registration takes a row's expiry only when it is later than its own. With `complete` (every row was
+    /// read) a registration missing from the rows is dropped, under the same rule.
+    mutating func registrationsLoaded(_ rows: [StoredRegistration], complete: Bool, writtenThrough: Int,
+                                      now: ContinuousClock.Instant) -> [Action] {
+        var actions: [Action] = []
+        var changed: Set<RouteKey> = []
+        var seen: Set<RegistrationID> = []
+        if complete { seen.reserveCapacity(rows.count) }
+        /// Whether this replica changed the registration after what the read saw.
+        func newerHere(_ id: RegistrationID, _ registration: Registration) -> Bool {
+            !registration.remote && (unwritten.contains(id) || registration.writtenEpoch > writtenThrough)
+        }
+        for row in rows {
+            if complete { seen.insert(row.id) }
+            let (key, host) = (row.id.key, row.id.host)
+            if let held = registrations[key]?[host] {
+                if row.takenBack {
+                    // Another replica took the host back.
+                    if !newerHere(row.id, held) { drop(row.id, &actions, &changed) }
+                    continue
+                }
+                let expiry = row.expiry.advanced(by: limits.remoteGrace)
+                guard row.expiry > held.expiry || (held.remote && expiry > held.expiry) else { continue }
+                // Refreshed through another replica: served from its row from now on.
+                registrations[key]![host]!.expiry = expiry
+                registrations[key]![host]!.remote = true
+                addDeadline(Deadline(expiry: expiry, key: key, host: host))
+                if held.weight != row.weight {
+                    registrations[key]![host]!.weight = row.weight
+                    registrations[key]![host]!.load = row.load
+                    changed.insert(key)
+                } else if held.load != row.load {
+                    registrations[key]![host]!.load = row.load
+                    if (held.load?.isFull ?? false) != (row.load?.isFull ?? false) {
+                        actions.append(.log(.loadChanged(key, host, load: row.load)))
+                        changed.insert(key)
+                    } else {
+                        staleRoutes.insert(key)
+                    }
+                }
+            } else if !row.takenBack, row.expiry.advanced(by: limits.remoteGrace) > now, !unwritten.contains(row.id),
+                      registrationCount < limits.maxRegistrations {
+                let expiry = row.expiry.advanced(by: limits.remoteGrace)
+                registrations[key, default: [:]][host] = Registration(expiry: expiry, source: row.source,
+                                                                      load: row.load, weight: row.weight, remote: true)
+                perSource[row.source, default: 0] += 1
+                registrationCount += 1
+                addDeadline(Deadline(expiry: expiry, key: key, host: host))
+                actions.append(.log(.registeredElsewhere(key, host)))
+                changed.insert(key)
+            }
+        }
+        if complete {
+            var missing: [RegistrationID] = []
+            for (key, hosts) in registrations {
+                for (host, registration) in hosts {
+                    let id = RegistrationID(key: key, host: host)
+                    if !seen.contains(id), !newerHere(id, registration) { missing.append(id) }
+                }
+            }
+            for id in missing { drop(id, &actions, &changed) }
+        }
+        for key in changed { routeChanged(key, &actions) }
+        return actions
+    }
+
+    /// Drops a registration another replica took back (or whose row is gone).
+    private mutating func drop(_ id: RegistrationID, _ actions: inout [Action], _ changed: inout Set<RouteKey>) {
+        guard let gone = registrations[id.key]?.removeValue(forKey: id.host) else { return }
+        if registrations[id.key]?.isEmpty == true { registrations[id.key] = nil }
+        forget(gone)
+        actions.append(.log(.deregistered(id.key, id.host)))
+        changed.insert(id.key)
     }
 
     // MARK: Rebuilding the database snapshot
@@ -438,21 +707,30 @@ public struct ServedRoutes: Sendable {
 
     let database: RouteSnapshot
     let registered: [RouteKey: Route]
+    /// The parent's routes (a regional name service), served where the database has no hosts.
+    var inherited: [RouteKey: Route] = [:]
 
     /// The RouteVersion of the database snapshot (-1 before the first load).
     public var version: Int64 { database.version }
 
     /// The hosts of a route, sorted (empty when it has none).
-    public func hosts(for key: RouteKey) -> [Host] { registered[key]?.hosts ?? database.hosts(for: key) }
+    public func hosts(for key: RouteKey) -> [Host] {
+        if let route = registered[key] { return route.hosts }
+        let own = database.hosts(for: key)
+        return own.isEmpty ? inherited[key]?.hosts ?? own : own
+    }
 
     /// The GetRouteResponse body (protobuf) for a route, cut to fit one Lars frame.
     public func responseBody(for key: RouteKey) -> [UInt8] {
-        registered[key]?.body ?? database.responseBody(for: key)
+        if let route = registered[key] { return route.body }
+        if let parent = inherited[key], database.hosts(for: key).isEmpty { return parent.body }
+        return database.responseBody(for: key)
     }
 
     /// Every route with hosts (O(routes): for tools and tests).
     public var routes: [RouteKey: [Host]] {
         var all = database.routes
+        for (key, route) in inherited where all[key] == nil && !route.hosts.isEmpty { all[key] = route.hosts }
         for (key, route) in registered { all[key] = route.hosts }
         return all
     }

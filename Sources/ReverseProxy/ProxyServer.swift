@@ -91,7 +91,10 @@ public final class ProxyServer: Service, Sendable {
         var addresses: [SocketAddress] = []
         do {
             for route in configuration.routes {
-                let listener = TCPListener(group: group, host: configuration.host, port: route.port, logger: logger) {
+                // TCP_NODELAY on the listener: clients' bytes go on as they come (as to the backend, TCPDialer), no
+                // Nagle delay on a small reply, and no setsockopt per connection (accepted sockets inherit it).
+                let listener = TCPListener(group: group, host: configuration.host, port: route.port, noDelay: true,
+                                           logger: logger) {
                     [weak self] socket in
                     guard let self else { return Posix.close(socket.fd) }
                     accepted(socket, route: route)
@@ -169,7 +172,15 @@ public final class ProxyServer: Service, Sendable {
     }
 
     /// A snapshot of the counters.
-    public var statistics: ProxyStatistics { counters.snapshot() }
+    public var statistics: ProxyStatistics {
+        var snapshot = counters.snapshot()
+        for proxyLoop in state.withLock({ $0.loops }) {
+            let reports = proxyLoop.agent.reportStatistics
+            snapshot.reportBatches += reports.batches
+            snapshot.reportsDropped += reports.dropped
+        }
+        return snapshot
+    }
 
     // MARK: Connections (on their loop)
 
@@ -199,7 +210,8 @@ public final class ProxyServer: Service, Sendable {
                     let now = SystemInfo.monotonicNanoseconds()
                     let spare = proxyLoop.takeSpare(for: connection.route, now: now, target: configuration.spareHosts,
                                                     maxAge: configuration.spareHostMaxAge)
-                    askForSpares(connection.route, on: proxyLoop)
+                    // The next spare is asked for after this iteration's events (the connect goes first).
+                    refillSparesLater(on: proxyLoop)
                     if let spare {
                         counters.usedSpare()
                         perform(connection.session.handle(.agentAnswered(.host(spare))), for: connection,
@@ -253,14 +265,28 @@ public final class ProxyServer: Service, Sendable {
         }
     }
 
-    /// Asks the agent for the route's spare hosts that are missing (``SpareHosts``).
-    private func askForSpares(_ route: ProxyRoute, on proxyLoop: ProxyLoop) {
-        let key = ModuleKey(modid: route.modid, cmdid: route.cmdid)
+    /// Asks for the missing spare hosts once this loop iteration's events are handled (one task per iteration,
+    /// whatever the number of connections that took a spare): the UDP sends, and the agent they wake, come after the
+    /// iteration's accepts and connects.
+    private func refillSparesLater(on proxyLoop: ProxyLoop) {
+        guard !proxyLoop.refillPosted else { return }
+        proxyLoop.refillPosted = true
+        let bound = LoopBound(proxyLoop, loop: proxyLoop.loop)
+        proxyLoop.loop.execute { [weak self] in
+            let proxyLoop = bound.value
+            proxyLoop.refillPosted = false
+            guard let self else { return }
+            for key in proxyLoop.spares.keys { askForSpares(key, on: proxyLoop) }
+        }
+    }
+
+    /// Asks the agent for the module's spare hosts that are missing (``SpareHosts``).
+    private func askForSpares(_ key: ModuleKey, on proxyLoop: ProxyLoop) {
         guard var spares = proxyLoop.spares[key] else { return }
         let count = spares.toAsk()
         proxyLoop.spares[key] = spares
         for _ in 0..<count {
-            proxyLoop.agent.getHost(modid: route.modid, cmdid: route.cmdid, key: nil) { [weak proxyLoop] result in
+            proxyLoop.agent.getHost(modid: key.modid, cmdid: key.cmdid, key: nil) { [weak proxyLoop] result in
                 guard let proxyLoop else { return }
                 let host: Host? = if case .success(.host(let host)) = result { host } else { nil }
                 proxyLoop.spares[key]?.answered(host, now: SystemInfo.monotonicNanoseconds())
@@ -288,8 +314,6 @@ public final class ProxyServer: Service, Sendable {
         }
         connection.tunnel = tunnel
         connection.clientClosed = true  // the tunnel owns the descriptors now
-        // Bytes go on as they come (as to the backend, TCPDialer): no Nagle delay on a small reply.
-        try? Posix.setOption(connection.socket.fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
         do {
             try tunnel.start()
         } catch {
@@ -361,6 +385,8 @@ final class ProxyLoop: @unchecked Sendable {
     var connections: [UInt64: ProxyConnection] = [:]
     /// Hosts asked for ahead, per module of a route.
     var spares: [ModuleKey: SpareHosts] = [:]
+    /// A task to ask for the missing spares is posted (it runs after the loop iteration's events).
+    var refillPosted = false
 
     /// A fresh spare host of the route's module, if one is in hand (its spares made on first use).
     func takeSpare(for route: ProxyRoute, now: UInt64, target: Int, maxAge: Duration) -> Host? {
@@ -583,4 +609,10 @@ public struct ProxyStatistics: Sendable, Hashable {
     public var connectFailures: [Host: Int]
     /// Connections that went to a host asked for ahead (``ProxyConfiguration/spareHosts``).
     public var spareHostsUsed: Int = 0
+    /// System calls that sent the reports: those of one loop iteration go out together (one `sendmmsg(2)`, at most
+    /// `LoopLoadBalanceClient.maxQueuedReports` each), so this is at most ``reportedSuccesses`` +
+    /// ``reportedFailures``, and fewer when connections end together.
+    public var reportBatches: Int = 0
+    /// Reports the kernel refused to send (a full socket buffer): the agent never saw them.
+    public var reportsDropped: Int = 0
 }

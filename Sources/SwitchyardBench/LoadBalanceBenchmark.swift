@@ -11,12 +11,17 @@ import Synchronization
 
 /// GetHost + Report calls per second through a real agent over UDP, with the client API and reporting on (an
 /// in-process reporter that counts what it receives). The agent runs on its own loop with a route loaded from a
-/// route file (no name service needed).
+/// route file (no name service needed). With `batch` above 1, each call is one batch GetHost (ids 104/105) for that
+/// many services (modules 1/1, 2/1, 3/1, ... in turn), then a Report per service: a client's login.
 public enum LoadBalanceBenchmark {
     /// What a run measured.
     public struct Result: Sendable {
-        /// GetHost + Report pairs completed.
+        /// GetHost (or batch GetHost) round trips completed, each with its Reports.
         public var calls: Int
+        /// Services per call (1: plain GetHost).
+        public var batch: Int = 1
+        /// Services answered per second (`callsPerSecond` times `batch`).
+        public var servicesPerSecond: Double { callsPerSecond * Double(batch) }
         public var seconds: Double
         public var callsPerSecond: Double { seconds > 0 ? Double(calls) / seconds : 0 }
         /// GetHost answers that were not SUCC (should be 0).
@@ -24,6 +29,11 @@ public enum LoadBalanceBenchmark {
         /// ReportStatusRequests the reporter received, and the calls they accounted for.
         public var reportStatusRequests: Int
         public var reportedCalls: Int
+        /// Calls completed in each second of the run.
+        public var perSecond: [Int] = []
+        /// With a failover (`failoverAt`): calls/s before the first name service was stopped, in the second it was,
+        /// and after (from the next second on).
+        public var failover: (before: Double, during: Double, after: Double)?
     }
 
     private final class Counters: Sendable {
@@ -33,6 +43,13 @@ public enum LoadBalanceBenchmark {
 
         func count(_ result: GetHostResult) {
             if case .host = result {} else { failures.wrappingAdd(1, ordering: .relaxed) }
+            total.wrappingAdd(1, ordering: .relaxed)
+        }
+
+        /// A batch: one call; a failure per answer that is not SUCC.
+        func count(_ results: [GetHostResult]) {
+            let failed = results.count { $0.host == nil }
+            if failed > 0 { failures.wrappingAdd(failed, ordering: .relaxed) }
             total.wrappingAdd(1, ordering: .relaxed)
         }
     }
@@ -45,15 +62,36 @@ public enum LoadBalanceBenchmark {
 
     /// Reports progress every second, then tells the clients to stop.
     private static func tick(seconds: Int, start: ContinuousClock.Instant, counters: Counters,
-                             progress: @Sendable (Int, Int) -> Void) async throws {
+                             failoverAt: Int? = nil, failover: (@Sendable () -> Void)? = nil,
+                             progress: @Sendable (Int, Int) -> Void) async throws -> [Int] {
         var last = 0
+        var perSecond: [Int] = []
         for second in 1...max(1, seconds) {
+            if second - 1 == failoverAt { failover?() }
             try await Task.sleep(until: start + .seconds(second), clock: .continuous)
             let now = counters.total.load(ordering: .relaxed)
             progress(second, now - last)
+            perSecond.append(now - last)
             last = now
         }
         counters.stop.store(true, ordering: .relaxed)
+        return perSecond
+    }
+
+    /// A name service for the failover run: answers GetRouteRequest (id 1) with the route's hosts.
+    private static func routeServer(group: EventLoopGroup, hosts: [LoadBalancing.Host]) throws -> FramedServer {
+        let router = MessageRouter<TCPConnection>()
+        try router.on(MessageID.getRouteRequest, as: Lars_GetRouteRequest.self) { request, message in
+            var response = Lars_GetRouteResponse()
+            response.modid = request.modid
+            response.cmdid = request.cmdid
+            response.host = hosts.map(Lars_HostInfo.init)
+            message.connection.send(response, id: MessageID.getRouteResponse)
+        }
+        let server = FramedServer(group: group, configuration: FramedServerConfiguration(
+            server: ServerConfiguration(port: 0)), router: router)
+        _ = try server.start()
+        return server
     }
 
     /// Which client API drives the agent.
@@ -67,9 +105,9 @@ public enum LoadBalanceBenchmark {
     /// Runs `clients` concurrent clients for `seconds`, each calling GetHost then Report in a loop.
     /// `agentBusyPoll`: the agent loop's busy-poll window; `clientSpin`: the blocking client's (see
     /// `BlockingLoadBalanceClient.init`).
-    public static func run(seconds: Int, clients: Int, api: API = .async, poller: PollerKind = .epoll,
+    public static func run(seconds: Int, clients: Int, api: API = .async, batch: Int = 1, poller: PollerKind = .epoll,
                            agentBusyPoll: Duration = AgentConfiguration().busyPoll,
-                           clientSpin: Duration = .microseconds(50), logger: Logger,
+                           clientSpin: Duration = .microseconds(50), failoverAt: Int? = nil, logger: Logger,
                            progress: @Sendable (Int, Int) -> Void = { _, _ in }) async throws -> Result {
         let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(
             poller: poller, busyPoll: agentBusyPoll))
@@ -87,19 +125,37 @@ public enum LoadBalanceBenchmark {
         let reporterPort = Int(try reporter.start().port)
         defer { reporter.shutdown(timeout: .seconds(1)) }
 
-        // Route file: module 1/1 on three hosts. The name service is absent (a port nobody listens on).
+        // Route file: modules 1/1 (and 2/1, 3/1, ... for batches) on three hosts. The name service is absent (a port
+        // nobody listens on).
+        precondition((1...AgentConfiguration.maxBatchItemsLimit).contains(batch), "batch must be 1...512")
         let file = FileManager.default.temporaryDirectory
             .appendingPathComponent("switchyard-lb-bench-\(getpid()).json").path
         defer { try? FileManager.default.removeItem(atPath: file) }
         let hosts = (1...3).map { LoadBalancing.Host(ip: 0x0A00_0000 + UInt32($0), port: 9000) }
-        try RouteCacheFile(path: file).save([RouteKey(modid: 1, cmdid: 1): hosts])
-        let agent = LoadBalanceAgent(group: group, configuration: AgentConfiguration(
+        let queries = (1...batch).map { HostQuery(modid: Int32($0), cmdid: 1) }
+        try RouteCacheFile(path: file).save(Dictionary(uniqueKeysWithValues: queries.map {
+            (RouteKey(modid: $0.modid, cmdid: 1), hosts) }))
+        var configuration = AgentConfiguration(
             ports: [0, 0, 0], nameServicePort: 1, reporterPort: reporterPort, routeCacheFile: file,
-            maxBackoff: .seconds(30)), logger: logger)
+            maxBackoff: .seconds(30), maxBatchItems: max(batch, AgentConfiguration().maxBatchItems))
+        // With a failover: two name services (replicas) answer the routes; the first is stopped at `failoverAt` s.
+        var replicas: [FramedServer] = []
+        if failoverAt != nil {
+            replicas = try (0..<2).map { _ in try routeServer(group: group, hosts: hosts) }
+            configuration.nameServicePort = Int(replicas[0].localAddress!.port)
+            configuration.nameServiceAlternates = [ClientEndpoint(host: "127.0.0.1",
+                                                                  port: Int(replicas[1].localAddress!.port))]
+            configuration.initialBackoff = .milliseconds(50)
+        }
+        defer { for replica in replicas { replica.shutdown(timeout: .seconds(1)) } }
+        let first = replicas.first
+        let stopFirst: @Sendable () -> Void = { first?.shutdown(timeout: .zero) }
+        let agent = LoadBalanceAgent(group: group, configuration: configuration, logger: logger)
         let ports = try agent.start().map { Int($0.port) }
         defer { agent.shutdown() }
 
         let counters = Counters()
+        var perSecond: [Int] = []
         let start = ContinuousClock.now
         switch api {
         case .async:
@@ -112,13 +168,24 @@ public enum LoadBalanceBenchmark {
                     // On the client's own loop: the reply resumes the task there, with no hop to another thread.
                     tasks.addTask(executorPreference: client.loop) {
                         while !counters.stop.load(ordering: .relaxed) {
+                            if batch > 1 {
+                                let results = try await client.getHosts(queries)
+                                counters.count(results)
+                                for (query, result) in zip(queries, results) {
+                                    if let host = result.host {
+                                        client.report(modid: query.modid, cmdid: 1, host: host, success: true)
+                                    }
+                                }
+                                continue
+                            }
                             let result = try await client.getHost(modid: 1, cmdid: 1)
                             counters.count(result)
                             if let host = result.host { client.report(modid: 1, cmdid: 1, host: host, success: true) }
                         }
                     }
                 }
-                try await tick(seconds: seconds, start: start, counters: counters, progress: progress)
+                perSecond = try await tick(seconds: seconds, start: start, counters: counters, failoverAt: failoverAt,
+                                           failover: stopFirst, progress: progress)
                 try await tasks.waitForAll()
             }
         case .blocking:
@@ -132,6 +199,19 @@ public enum LoadBalanceBenchmark {
                     defer { done.leave() }
                     let client = box.client
                     while !counters.stop.load(ordering: .relaxed) {
+                        if batch > 1 {
+                            guard let results = try? client.getHosts(queries) else {
+                                counters.failures.wrappingAdd(batch, ordering: .relaxed)
+                                continue
+                            }
+                            counters.count(results)
+                            for (query, result) in zip(queries, results) {
+                                if let host = result.host {
+                                    client.report(modid: query.modid, cmdid: 1, host: host, success: true)
+                                }
+                            }
+                            continue
+                        }
                         guard let result = try? client.getHost(modid: 1, cmdid: 1) else {
                             counters.failures.wrappingAdd(1, ordering: .relaxed)
                             continue
@@ -141,15 +221,21 @@ public enum LoadBalanceBenchmark {
                     }
                 }.start()
             }
-            try await tick(seconds: seconds, start: start, counters: counters, progress: progress)
+            perSecond = try await tick(seconds: seconds, start: start, counters: counters, failoverAt: failoverAt,
+                                       failover: stopFirst, progress: progress)
             await withCheckedContinuation { c in done.notify(queue: .global()) { c.resume() } }
         }
         let elapsed = ContinuousClock.now - start
         // Let the last aggregated report go out.
         try await Task.sleep(for: agent.configuration.reportInterval + .milliseconds(300))
         let r = reported.withLock { $0 }
-        return Result(calls: counters.total.load(ordering: .relaxed), seconds: elapsed.secondsValue,
-                      failures: counters.failures.load(ordering: .relaxed), reportStatusRequests: r.requests,
-                      reportedCalls: r.calls)
+        var result = Result(calls: counters.total.load(ordering: .relaxed), batch: batch,
+                            seconds: elapsed.secondsValue, failures: counters.failures.load(ordering: .relaxed),
+                            reportStatusRequests: r.requests, reportedCalls: r.calls, perSecond: perSecond)
+        if let at = failoverAt, at > 0, at + 1 < perSecond.count {
+            func mean(_ slice: ArraySlice<Int>) -> Double { slice.isEmpty ? 0 : Double(slice.reduce(0, +)) / Double(slice.count) }
+            result.failover = (mean(perSecond[..<at]), Double(perSecond[at]), mean(perSecond[(at + 1)...]))
+        }
+        return result
     }
 }

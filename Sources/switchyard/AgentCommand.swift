@@ -22,8 +22,15 @@ struct AgentCommand: AsyncParsableCommand {
     var host: String?
     @Option(help: "The three UDP ports, comma-separated (default 8888,8889,8890; 0: the kernel picks).")
     var ports: String?
-    @Option(help: "Name service HOST:PORT (default 127.0.0.1:7778).") var names: String?
-    @Option(help: "Reporter HOST:PORT (default 127.0.0.1:7779).") var reporter: String?
+    @Option(help: """
+        Name service HOST:PORT (default 127.0.0.1:7778), or several comma-separated (replicas on one database, \
+        tried in turn when one is lost or silent).
+        """) var names: String?
+    @Option(help: "Reporter HOST:PORT (default 127.0.0.1:7779), or several comma-separated.") var reporter: String?
+    @Option(help: """
+        Milliseconds a name service or reporter may stay silent (not answering heartbeats) before the next one is \
+        tried (default 3000; 0: wait for a silent one, for servers that do not answer heartbeats).
+        """) var upstreamSilenceMs: Int?
     @Option(help: "File the routes are saved to and loaded from at start.") var routeCache: String?
     @Option(help: "A configuration file (key = value).") var config: String?
     @Option(help: "Milliseconds between aggregated reports of a module (default 1000).") var reportIntervalMs: Int?
@@ -38,6 +45,8 @@ struct AgentCommand: AsyncParsableCommand {
     var emptyModuleTimeout: Double?
     @Option(help: "Most modules kept; a new one evicts the oldest that never had hosts (default 100000).")
     var maxModules: Int?
+    @Option(help: "Most services one batch GetHost (id 104) may ask for; more are refused (default 32, max 512).")
+    var maxBatch: Int?
     @Option(help: "Seconds between writes of the route cache file, written only when a route changed (default 5).")
     var routeCacheInterval: Double?
     @Option(help: "Requests for unknown modules allowed per second and source address (default 100).")
@@ -83,11 +92,13 @@ struct AgentCommand: AsyncParsableCommand {
         let flags: [(String, String, String?)] = [
             ("--host", "host", host), ("--ports", "ports", ports), ("--names", "names", names),
             ("--reporter", "reporter", reporter), ("--route-cache", "route_cache", routeCache),
+            ("--upstream-silence-ms", "upstream_silence_ms", upstreamSilenceMs.map(String.init)),
             ("--report-interval-ms", "report_interval_ms", reportIntervalMs.map(String.init)),
             ("--caller", "caller", caller),
             ("--busy-poll-us", "busy_poll_us", busyPollUs.map(String.init)),
             ("--empty-module-timeout", "empty_module_timeout", emptyModuleTimeout.map { "\($0)" }),
             ("--max-modules", "max_modules", maxModules.map(String.init)),
+            ("--max-batch", "max_batch", maxBatch.map(String.init)),
             ("--route-cache-interval", "route_cache_interval", routeCacheInterval.map { "\($0)" }),
             ("--unknown-module-rate", "unknown_module_rate", unknownModuleRate.map { "\($0)" }),
             ("--unknown-module-burst", "unknown_module_burst", unknownModuleBurst.map(String.init)),
@@ -138,8 +149,8 @@ struct AgentCommand: AsyncParsableCommand {
         try await runServices(
             [EventLoopGroupService(group: group), agent],
             announcing: "agent listening on udp \(addresses.map(\.description).joined(separator: ",")) "
-                + "(names \(configuration.nameServiceHost):\(configuration.nameServicePort), "
-                + "reporter \(configuration.reporterHost):\(configuration.reporterPort))",
+                + "(names \(configuration.nameServiceEndpoints.map(\.description).joined(separator: ",")), "
+                + "reporter \(configuration.reporterEndpoints.map(\.description).joined(separator: ",")))",
             logger: logger)
     }
 }

@@ -10,7 +10,7 @@ struct BenchCommand: AsyncParsableCommand {
         commandName: "bench",
         abstract: "Benchmarks and the servers the benchmark suite measures.",
         subcommands: [QPSCommand.self, FramedEchoServerCommand.self, StorageBenchCommand.self, LBBenchCommand.self, ChatBenchCommand.self,
-                      ChatIdleBenchCommand.self]
+                      ChatIdleBenchCommand.self, DatabaseAgentBenchCommand.self]
     )
 }
 

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import ArgumentParser
+import Foundation
 import LarsProtocol
 import LoadBalanceAgent
 import LoadBalanceClient
@@ -54,17 +55,61 @@ struct GetHostCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gethost", abstract: "Ask the agent for a host of (modid, cmdid); exit 1 unless SUCC, 2 when no agent answers.")
 
-    @Option(help: "Module id.") var modid: Int32
-    @Option(help: "Command id.") var cmdid: Int32
+    @Option(help: "Module id.") var modid: Int32?
+    @Option(help: "Command id.") var cmdid: Int32?
     @Option(help: "Keep asking while the agent answers NOEXIST (it fetches new modules), for this many ms.")
     var retryMs = 1000
     @Option(help: "Pick by key (consistent hashing with bounded loads: the same key, the same host while it has room).")
     var key: String?
+    @Option(help: ArgumentHelp(
+        "Several services in one datagram (batch GetHost, ids 104/105): modid:cmdid[:key],... in place of --modid and "
+            + "--cmdid; one line per service, in order (exit 1 unless every answer is SUCC).",
+        valueName: "services"))
+    var batch: String?
+    @Flag(help: "With --batch: print the answers as one JSON array instead of a table.") var json = false
     @OptionGroup var address: AgentAddressOptions
+
+    func validate() throws {
+        if let batch {
+            guard modid == nil, cmdid == nil, key == nil else {
+                throw ValidationError("--batch takes the place of --modid, --cmdid and --key")
+            }
+            guard batchQueries(batch) != nil else {
+                throw ValidationError(
+                    "--batch must be modid:cmdid[:key],... (for example 1:1,2:1:room-7), got '\(batch)'")
+            }
+        } else {
+            guard modid != nil, cmdid != nil else {
+                throw ValidationError("--modid and --cmdid are needed (or --batch)")
+            }
+            guard !json else { throw ValidationError("--json goes with --batch") }
+        }
+    }
+
+    private func batchQueries(_ text: String) -> [HostQuery]? {
+        let queries = text.split(separator: ",").compactMap { HostQuery($0) }
+        return queries.isEmpty || queries.count != text.split(separator: ",", omittingEmptySubsequences: false).count
+            ? nil : queries
+    }
+
+    /// One answer of `--batch --json`.
+    private struct BatchAnswer: Encodable {
+        var modid: Int32
+        var cmdid: Int32
+        var key: String?
+        var retcode: Int32
+        var result: String
+        var host: String?
+    }
 
     func run() async throws {
         let client = try address.makeClient()
         defer { client.close() }
+        if let batch, let queries = batchQueries(batch) {
+            try await runBatch(client, queries)
+            return
+        }
+        guard let modid, let cmdid else { return }
         do {
             let result = try await retrying(for: retryMs,
                                             until: { (result: GetHostResult) in result != .noSuchModule }) {
@@ -77,6 +122,36 @@ struct GetHostCommand: AsyncParsableCommand {
             printError("gethost: \(error)")
             throw ExitCode(2)
         }
+    }
+
+    private func runBatch(_ client: LoadBalanceClient, _ queries: [HostQuery]) async throws {
+        let results: [GetHostResult]
+        do {
+            results = try await retrying(for: retryMs, until: { (results: [GetHostResult]) in
+                !results.contains(.noSuchModule)
+            }) { try await client.getHosts(queries) }
+        } catch let error as LoadBalanceClientError {
+            printError("gethost: \(error)")
+            throw ExitCode(2)
+        }
+        if json {
+            let answers = zip(queries, results).map { query, result in
+                BatchAnswer(modid: query.modid, cmdid: query.cmdid,
+                            key: query.key.map { String(decoding: $0, as: UTF8.self) }, retcode: result.retcode,
+                            result: result.host == nil ? result.description : "SUCC", host: result.host?.description)
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            announce(String(decoding: try encoder.encode(answers), as: UTF8.self))
+        } else {
+            let width = max(7, queries.map { $0.description.count }.max() ?? 0)
+            announce("service" + String(repeating: " ", count: width - 7) + "  answer")
+            for (query, result) in zip(queries, results) {
+                let name = query.description
+                announce(name + String(repeating: " ", count: width - name.count) + "  " + result.description)
+            }
+        }
+        if !results.allSatisfy(\.isSuccess) { throw ExitCode(1) }
     }
 }
 

@@ -32,6 +32,9 @@ struct DatabaseAgentCommand: AsyncParsableCommand {
     @Option(help: "A statement's timeout in milliseconds when a request gives none.") var timeoutMs = 30_000
     @Option(help: "Seconds a caller may take to ask for the next chunk of rows before its request ends (0: never).")
     var creditTimeout = 60
+    @Option(help: "Transactions open at once, each holding a pooled connection (at most --pool-size - 1); more busy.")
+    var maxTransactions = 4
+    @Option(help: "Seconds a transaction may stay open before the agent rolls it back.") var transactionTimeout = 60
     @OptionGroup var service: ServiceOptions
 
     func validate() throws {
@@ -40,6 +43,7 @@ struct DatabaseAgentCommand: AsyncParsableCommand {
         guard poolSize >= 1 else { throw ValidationError("--pool-size must be at least 1") }
         guard creditTimeout >= 0 else { throw ValidationError("--credit-timeout must be >= 0 (0: never)") }
         guard timeoutMs >= 1 else { throw ValidationError("--timeout-ms must be at least 1") }
+        guard maxTransactions >= 1 else { throw ValidationError("--max-transactions must be at least 1") }
         do {
             try makeConfiguration().validate()
         } catch {
@@ -52,7 +56,9 @@ struct DatabaseAgentCommand: AsyncParsableCommand {
             server: ServerConfiguration(host: host, port: port, maxConnections: maxConnections),
             defaultTimeout: .milliseconds(timeoutMs), defaultBatchRows: batchRows,
             maxRequestsPerConnection: maxRequestsPerConnection, maxRequestsInFlight: maxRequestsInFlight,
-            creditTimeout: creditTimeout == 0 ? nil : .seconds(creditTimeout))
+            creditTimeout: creditTimeout == 0 ? nil : .seconds(creditTimeout),
+            maxTransactions: min(maxTransactions, max(1, poolSize - 1)),
+            transactionTimeout: .seconds(transactionTimeout))
         configuration.maxTimeout = max(configuration.maxTimeout, configuration.defaultTimeout)
         configuration.maxBatchRows = max(configuration.maxBatchRows, batchRows)
         return configuration

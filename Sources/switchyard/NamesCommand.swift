@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import Logging
 import NameService
@@ -43,6 +44,48 @@ struct NamesCommand: AsyncParsableCommand {
         """)
     var routeChangeRetention: Double = 3600
 
+    @Option(help: """
+        Where self-registrations are kept: database (HostRegistration: every name service on the database serves \
+        them; run several for failover) or memory (this process only).
+        """)
+    var registrations: RegistrationStore = .database
+
+    @Option(help: "Milliseconds between writes of the registrations changed through this name service.")
+    var registrationSyncMs = 250
+
+    @Option(help: """
+        A parent name service HOST:PORT (or its replicas, comma-separated): routes this one has no rows or \
+        registrations for are asked of it, held, and pushed down when it pushes; this one's own rows win.
+        """)
+    var parent: String?
+
+    @Option(help: "The most name services a route request passes through (parents in a chain).")
+    var maxChainHops = NameServiceConfiguration().maxChainHops
+
+    @Option(help: """
+        A file of module owner tokens, one 'MODID TOKEN' per line ('#' comments): registrations for those modules \
+        must carry the token (beside the database's ModuleToken rows; the file wins).
+        """)
+    var tokens: String?
+
+    @Option(help: "Seconds the state relay keeps its changes for subscribers that come back (StateChange rows).")
+    var stateRetention: Double = 600
+
+    @Option(help: "The largest state change payload in KiB; a larger publish is refused with a reason.")
+    var stateMaxPayloadKib = NameServiceConfiguration().stateMaxPayload / 1024
+
+    @Option(help: """
+        KiB of publishes waiting for the database (all publishers); beyond it publishes are refused and counted.
+        """)
+    var statePendingKib = NameServiceConfiguration().stateMaxPendingBytes / 1024
+
+    @Option(help: "KiB of unsent state changes after which a subscriber that does not read is closed.")
+    var stateSubscriberQueueKib = NameServiceConfiguration().stateMaxSubscriberQueue / 1024
+
+    enum RegistrationStore: String, ExpressibleByArgument, CaseIterable {
+        case database, memory
+    }
+
     @OptionGroup var service: ServiceOptions
     @OptionGroup var loops: PlacementOptions
 
@@ -53,6 +96,25 @@ struct NamesCommand: AsyncParsableCommand {
         guard routeChangeRetention >= 0, routeChangeRetention.isFinite else {
             throw ValidationError("--route-change-retention must be 0 or more seconds, got \(routeChangeRetention)")
         }
+        if let parent, ClientEndpoint.list(parent) == nil {
+            throw ValidationError("--parent: expected HOST:PORT, or several comma-separated, got '\(parent)'")
+        }
+        if let tokens { _ = try Self.readTokens(tokens) }
+        guard (1...60_000).contains(registrationSyncMs) else {
+            throw ValidationError("--registration-sync-ms must be 1...60000, got \(registrationSyncMs)")
+        }
+        guard stateRetention > 0, stateRetention <= 30 * 86400 else {
+            throw ValidationError(
+                "--state-retention must be above 0 and at most 2592000 s (30 days), got \(stateRetention)")
+        }
+        guard (1...1024).contains(stateMaxPayloadKib) else {
+            throw ValidationError("--state-max-payload-kib must be 1...1024, got \(stateMaxPayloadKib)")
+        }
+        let queues = [("--state-pending-kib", statePendingKib),
+                      ("--state-subscriber-queue-kib", stateSubscriberQueueKib)]
+        for (flag, kib) in queues where !(stateMaxPayloadKib...(1 << 22)).contains(kib) {
+            throw ValidationError("\(flag) must be \(stateMaxPayloadKib)...4194304 (at least the payload), got \(kib)")
+        }
         guard (0...64).contains(threads) else { throw ValidationError("--threads must be 0...64, got \(threads)") }
         do {
             try configuration.validate()
@@ -62,11 +124,42 @@ struct NamesCommand: AsyncParsableCommand {
     }
 
     var configuration: NameServiceConfiguration {
-        NameServiceConfiguration(host: host, port: port, pollInterval: .seconds(pollInterval),
-                                 fullReloadInterval: .seconds(fullReloadInterval), maxRegistrations: maxRegistrations,
-                                 maxRegistrationsPerSource: maxRegistrationsPerSource,
-                                 maxRegistrationsPerRoute: maxRegistrationsPerRoute,
-                                 routeChangeRetention: routeChangeRetention == 0 ? nil : .seconds(routeChangeRetention))
+        var configuration = NameServiceConfiguration(
+            host: host, port: port, pollInterval: .seconds(pollInterval),
+            fullReloadInterval: .seconds(fullReloadInterval), maxRegistrations: maxRegistrations,
+            maxRegistrationsPerSource: maxRegistrationsPerSource, maxRegistrationsPerRoute: maxRegistrationsPerRoute,
+            routeChangeRetention: routeChangeRetention == 0 ? nil : .seconds(routeChangeRetention))
+        configuration.registrationsInDatabase = registrations == .database
+        configuration.registrationSyncInterval = .milliseconds(registrationSyncMs)
+        if let parent, let list = ClientEndpoint.list(parent) {
+            configuration.parent = list[0]
+            configuration.parentAlternates = Array(list.dropFirst())
+        }
+        configuration.maxChainHops = maxChainHops
+        configuration.stateRetention = .milliseconds(Int64(stateRetention * 1000))
+        configuration.stateMaxPayload = stateMaxPayloadKib * 1024
+        configuration.stateMaxPendingBytes = statePendingKib * 1024
+        configuration.stateMaxSubscriberQueue = stateSubscriberQueueKib * 1024
+        if let tokens { configuration.moduleTokens = (try? Self.readTokens(tokens)) ?? [:] }
+        return configuration
+    }
+
+    /// Reads a token file: `MODID TOKEN` per line, `#` comments, blank lines skipped. Throws a ValidationError
+    /// naming the file and line.
+    static func readTokens(_ path: String) throws -> [Int32: String] {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw ValidationError("--tokens \(path): cannot read the file")
+        }
+        var tokens: [Int32: String] = [:]
+        for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
+            if fields.isEmpty || fields[0].hasPrefix("#") { continue }
+            guard fields.count == 2, let modid = Int32(fields[0]), fields[1].utf8.count <= 255 else {
+                throw ValidationError("--tokens \(path): line \(number + 1): expected 'MODID TOKEN'")
+            }
+            tokens[modid] = String(fields[1])
+        }
+        return tokens
     }
 
     func run() async throws {

@@ -37,13 +37,23 @@ struct RelayCommand: AsyncParsableCommand {
         """)
     var writeIntervalMs = 250
     @Option(help: """
+        A playback of a file with this many viewers or more is written on --large-audience-write-interval-ms instead \
+        (back below half of it; default 50).
+        """)
+    var largeAudience = 50
+    @Option(help: """
+        Milliseconds between writes to the viewers of a large audience (default 1000; --write-interval-ms...1000): \
+        fewer, larger writes; its viewers hold the stream up to that much ahead.
+        """)
+    var largeAudienceWriteIntervalMs = 1000
+    @Option(help: """
         KiB of a viewer's stream copied into its connection's queue at most; what its socket has not taken beyond \
         that waits in the shared chunks (default 64).
         """)
     var viewerQueueKib = 64
     @Option(help: """
-        on: HTTP viewers are sent from a shared memory copy of each playback's chunks with sendfile(2), no copy per \
-        viewer; off: every viewer's bytes are copied by writev (default on).
+        on: HTTP viewers are sent with sendfile(2), no copy per viewer (a file's chunks from the file, a published \
+        stream's from a shared memory copy); off: every viewer's bytes are copied by writev (default on).
         """)
     var sendfile = "on"
     @Option(help: """
@@ -77,7 +87,8 @@ struct RelayCommand: AsyncParsableCommand {
                 RelayRegistration(nameService: $0, modid: registerModid, cmdid: registerCmdid, advertise: advertise,
                                   ttl: .milliseconds(Int64(registerTtl * 1000)))
             },
-            maxViewerQueueBytes: viewerQueueKib << 10, sendFile: sendfile == "on")
+            maxViewerQueueBytes: viewerQueueKib << 10, sendFile: sendfile == "on", largeAudience: largeAudience,
+            largeAudienceWriteInterval: .milliseconds(largeAudienceWriteIntervalMs))
     }
 
     func validate() throws {

@@ -8,7 +8,7 @@ struct RouteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "route",
         abstract: "Add, remove and list the hosts of routes (RouteData); changes reach the name service's agents.",
-        subcommands: [Add.self, Remove.self, List.self]
+        subcommands: [Add.self, Remove.self, List.self, Token.self]
     )
 
     /// The route and host of `add` and `remove`.
@@ -40,11 +40,27 @@ struct RouteCommand: AsyncParsableCommand {
         @OptionGroup var target: HostOptions
         @OptionGroup var database: DatabaseOptions
 
+        @Option(help: ArgumentHelp(
+            "The host's weight, 0...10000: its share of the route's picks (0 drains it). Without it a new host "
+                + "weighs 1 and an existing one keeps its weight; with it, an existing host gets the new weight "
+                + "(RouteData gets its weight column first when it has none)."))
+        var weight: Int?
+
+        func validate() throws {
+            if let weight, !HostWeight.isValid(weight) {
+                throw ValidationError("--weight must be 0...\(HostWeight.max), got \(weight)")
+            }
+        }
+
         func run() async throws {
             let (key, host) = (target.key, target.host)
-            let outcome = try await withAdminPool(database) { pool in try await RouteAdmin.addHost(host, to: key, on: pool) }
+            let weight = self.weight.map { UInt32($0) }
+            let outcome = try await withAdminPool(database) { pool in
+                try await RouteAdmin.addHost(host, to: key, weight: weight, on: pool)
+            }
+            let weighing = weight.map { " with weight \($0)" } ?? ""
             switch outcome {
-            case .changed(let version): print("added \(host) to route \(key) (route version \(version))")
+            case .changed(let version): print("added \(host) to route \(key)\(weighing) (route version \(version))")
             case .unchanged: print("\(host) is already in route \(key) (nothing changed)")
             }
         }
@@ -80,15 +96,42 @@ struct RouteCommand: AsyncParsableCommand {
                 (try await RouteAdmin.listRoutes(modid: modid, on: pool), try await RouteAdmin.currentVersion(on: pool))
             }
             print("route version \(version), \(entries.count) host\(entries.count == 1 ? "" : "s")")
-            if !entries.isEmpty { print("modid  cmdid  host") }
+            if !entries.isEmpty { print("modid  cmdid  weight  host") }
             for entry in entries {
-                print(pad(entry.key.modid, 5) + "  " + pad(entry.key.cmdid, 5) + "  " + entry.host.description)
+                print(pad(entry.key.modid, 5) + "  " + pad(entry.key.cmdid, 5) + "  " + pad(Int32(entry.weight), 6)
+                      + "  " + entry.host.description)
             }
         }
 
         private func pad(_ value: Int32, _ width: Int) -> String {
             let text = String(value)
             return String(repeating: " ", count: max(0, width - text.count)) + text
+        }
+    }
+}
+
+extension RouteCommand {
+    struct Token: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set or clear a module's owner token: its registrations (id 102) must then carry it.")
+
+        @Option(help: "Module id.") var modid: Int32
+        @Option(help: "The token (1...255 bytes); give it to the module's servers (`register --token`).")
+        var token: String?
+        @Flag(help: "Take the module's token away: it takes any registration again.") var clear = false
+        @OptionGroup var database: DatabaseOptions
+
+        func validate() throws {
+            guard (token == nil) != !clear else { throw ValidationError("give either --token or --clear") }
+            if let token, token.isEmpty || token.utf8.count > 255 {
+                throw ValidationError("--token must be 1...255 bytes")
+            }
+        }
+
+        func run() async throws {
+            let (modid, token) = (self.modid, clear ? nil : self.token)
+            try await withAdminPool(database) { pool in try await RouteAdmin.setModuleToken(token, modid: modid, on: pool) }
+            print(token == nil ? "module \(modid) takes any registration" : "module \(modid) takes registrations with its token")
         }
     }
 }

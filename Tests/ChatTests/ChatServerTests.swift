@@ -13,7 +13,7 @@ extension ChatSocketTests {
 
 extension ChatSocketTests.Basics {
     /// With the production iteration count of the password KDF (the other tests use the minimum).
-    @Test(arguments: PollerKind.allCases, TestDatabase.fileAndServers)
+    @Test(arguments: PollerKind.allCases, TestDatabase.fileServersAndAgent)
     func registerLoginAndUniformErrors(poller: PollerKind, db: TestDatabase) async throws {
         let production = ChatConfiguration().passwordIterations
         let names = UniqueNames()
@@ -126,7 +126,7 @@ extension ChatSocketTests.Basics {
         await h.stop([a, b])
     }
 
-    @Test(arguments: PollerKind.allCases, TestDatabase.fileAndServers)
+    @Test(arguments: PollerKind.allCases, TestDatabase.fileServersAndAgent)
     func historyOnJoinSurvivesRestart(poller: PollerKind, db: TestDatabase) async throws {
         let url = try db.url()
         let names = UniqueNames()
@@ -152,7 +152,7 @@ extension ChatSocketTests.Basics {
         await h2.stop([c])
     }
 
-    @Test(arguments: PollerKind.allCases, TestDatabase.fileAndServers)
+    @Test(arguments: PollerKind.allCases, TestDatabase.fileServersAndAgent)
     func friendsSeePresenceOnLoginAndLogout(poller: PollerKind, db: TestDatabase) async throws {
         let names = UniqueNames()
         let (alice, bob) = (names("alice"), names("bob"))

@@ -329,6 +329,63 @@ struct SlowRunner: StatementRunner {
 
 @Suite("Database agent: timeouts", .timeLimit(.minutes(1)))
 struct AgentTimeoutTests {
+    @Test("a statement past its 200 ms timeout: timeout answered, the statement interrupted, its connection back",
+          arguments: PollerKind.allCases)
+    func poolStatementTimeout(poller: PollerKind) async throws {
+        let running = try await RunningAgent(poller: poller)
+        let admin = try await running.client(token: "admin")
+        let start = ContinuousClock.now
+        do {
+            // 10^12 rows to count: it ends only when interrupted.
+            _ = try await admin.execute(sql: "SELECT COUNT(*) FROM big a, big b, big c, big d",
+                                        timeout: .milliseconds(200))
+            Issue.record("no timeout")
+        } catch {
+            #expect(error.kind == .timeout, "\(error)")
+        }
+        #expect(ContinuousClock.now - start < .seconds(5))
+        #expect(await eventually {
+            let stats = running.pool.statistics
+            return stats.statementTimeouts == 1 && stats.inUse == 0 && stats.openStreams == 0
+        }, "\(running.pool.statistics)")
+        #expect(running.agent.statistics.inFlight == 0)
+        #expect(try await admin.execute(sql: "SELECT COUNT(*) FROM big").rows == [[.integer(1000)]])
+        await admin.close()
+        await running.stop()
+    }
+
+    @Test("a task cancelled while its execute waits gets cancelled at once, the agent ends the request, the next works",
+          arguments: PollerKind.allCases)
+    func cancelledTask(poller: PollerKind) async throws {
+        let running = try await RunningAgent(poller: poller, bigRows: 3)
+        let agent = DatabaseAgentServer(
+            group: running.group, configuration: DatabaseAgentConfiguration(port0: ()),
+            rules: try AccessFile.parse("token t sql\n"),
+            runner: SlowRunner(inner: PoolStatementRunner(pool: running.pool), delay: .seconds(30)),
+            logger: .init(label: "test"))
+        let port = Int(try await runOnDedicatedThread(name: "start") { Result { try agent.start() } }.get().port)
+        let client = try await DatabaseAgentClient.connect(port: port, token: "t", loop: running.group.next())
+        let waiting = Task { () -> DatabaseAgentClientError.Kind? in
+            do {
+                _ = try await client.execute(sql: "SELECT 'slow'")
+                return nil
+            } catch let error as DatabaseAgentClientError {
+                return error.kind
+            } catch {
+                return nil
+            }
+        }
+        #expect(await eventually { agent.statistics.inFlight == 1 })
+        waiting.cancel()
+        #expect(try await withTimeout(10) { await waiting.value } == .cancelled)
+        // The client told the agent: the statement (30 s) is released long before it would end.
+        #expect(await eventually { agent.statistics.inFlight == 0 })
+        #expect(try await client.execute(sql: "SELECT COUNT(*) FROM big").rows == [[.integer(3)]])
+        await client.close()
+        await runOnDedicatedThread(name: "stop") { agent.shutdown() }
+        await running.stop()
+    }
+
     @Test("a 10 s statement with a 200 ms timeout answers timeout in under a second; the next one works",
           arguments: PollerKind.allCases)
     func statementTimeout(poller: PollerKind) async throws {

@@ -325,7 +325,7 @@ struct AgentCoreTests {
         let first = h.arrive(route12, [h2, h1])
         #expect(first.compactMap(\.event) == [.routeUpdated(route12, hostCount: 2)])
         #expect(h.arrive(route12, [h1, h2]).isEmpty, "same hosts in another order: nothing to do")
-        #expect(h.core.takeCacheSnapshot() == [route12: [h1, h2]])
+        #expect(h.core.takeCacheSnapshot() == [route12: CachedRoute(hosts: [h1, h2])])
         #expect(h.core.takeCacheSnapshot() == nil, "taken: clean until the next change")
         // Modules the name service does not know: neither logged nor a reason to write.
         for modid in Int32(500)..<Int32(600) {
@@ -337,7 +337,7 @@ struct AgentCoreTests {
         // A burst of changes is one snapshot, with the last hosts of each route.
         _ = h.arrive(route12, [h1, h3])
         _ = h.arrive(route12, [h3])
-        #expect(h.core.takeCacheSnapshot() == [route12: [h3]])
+        #expect(h.core.takeCacheSnapshot() == [route12: CachedRoute(hosts: [h3])])
         // Without a cache file there is no snapshot, but the change is still logged.
         var bare = Harness()
         _ = bare.getHost(route12)

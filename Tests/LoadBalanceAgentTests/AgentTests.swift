@@ -208,6 +208,60 @@ struct AgentTests {
         #expect(Set(try await client.getRoute(modid: 1, cmdid: 2)) == [h1, h2])
     }
 
+    @Test("an agent restarted from its route file, the name service down, serves the weights at once",
+          arguments: PollerKind.allCases)
+    func restartFromRouteFileKeepsWeights(poller: PollerKind) async throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("lb-weights-\(UUID()).json").path
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        do {
+            let world = try AgentWorld.make(poller: poller, routes: [route12: [h1, h2]]) { $0.routeCacheFile = file }
+            world.names.weights.withLock { $0 = [h1: 3] }
+            _ = try await world.client.getHost(modid: 1, cmdid: 2)
+            #expect(try await eventually { try await world.client.getHost(modid: 1, cmdid: 2).isSuccess })
+            world.shutdown()  // writes the cache file
+        }
+        let saved = try RouteCacheFile(path: file).loadRoutes()
+        #expect(saved == [route12: CachedRoute(hosts: [h1, h2], weights: [h1: 3])])
+
+        // The name service down: every pick comes from the file's route, weighted 3:1 from the first call.
+        let picks = try await picksFromRouteFile(file, poller: poller, calls: 40)
+        #expect(picks == [h1: 30, h2: 10], "smooth weighted round robin over weights 3 and 1")
+    }
+
+    /// Starts an agent whose name service is down, from the route cache file `file` alone, and counts the hosts of
+    /// `calls` GetHost calls for (1, 2).
+    private func picksFromRouteFile(_ file: String, poller: PollerKind, calls: Int) async throws
+        -> [LoadBalancing.Host: Int]
+    {
+        let group = try EventLoopGroup(ioLoops: 1, configuration: LoopConfiguration(poller: poller))
+        defer { group.shutdown() }
+        let agent = LoadBalanceAgent(group: group, configuration: AgentConfiguration(
+            ports: [0, 0, 0], nameServicePort: try freeTCPPort(), reporterPort: try freeTCPPort(),
+            routeCacheFile: file), logger: testLogger)
+        let ports = try agent.start().map { Int($0.port) }
+        defer { agent.shutdown() }
+        let client = try LoadBalanceClient(agentPorts: ports, timeout: .seconds(2))
+        defer { client.close() }
+        var picks: [LoadBalancing.Host: Int] = [:]
+        for _ in 0..<calls {
+            let answer = try await client.getHost(modid: 1, cmdid: 2)
+            picks[try #require(answer.host), default: 0] += 1
+        }
+        return picks
+    }
+
+    @Test("a route file written before weights (no `weights`) still loads: every host weighs 1",
+          arguments: PollerKind.allCases)
+    func routeFileWithoutWeights(poller: PollerKind) async throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("lb-old-\(UUID()).json").path
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let old = #"{"routes": [{"cmdid": 2, "hosts": ["\#(h1)", "\#(h2)"], "modid": 1}]}"#
+        try Data(old.utf8).write(to: URL(fileURLWithPath: file))
+        #expect(try RouteCacheFile(path: file).loadRoutes() == [route12: CachedRoute(hosts: [h1, h2])])
+        let picks = try await picksFromRouteFile(file, poller: poller, calls: 10)
+        #expect(picks == [h1: 5, h2: 5])
+    }
+
     @Test("reports are aggregated per module and carry the right counts", arguments: PollerKind.allCases)
     func reportsAggregated(poller: PollerKind) async throws {
         let world = try AgentWorld.make(poller: poller, routes: [route12: [h1, h2]]) { $0.caller = 4242 }

@@ -31,6 +31,8 @@ final class Counter: Sendable {
 /// A name service for tests: answers GetRouteRequest from a table, and pushes a route to every connection.
 final class FakeNameService: Sendable {
     let routes: Locked<[RouteKey: [LoadBalancing.Host]]>
+    /// The hosts' weights it hands out (HostInfo field 5); absent: none sent (1).
+    let weights = Locked<[LoadBalancing.Host: UInt32]>([:])
     let requests = Counter()
     /// The routes asked for (each once, however often).
     let requestedKeys = Locked<Set<RouteKey>>([])
@@ -42,6 +44,7 @@ final class FakeNameService: Sendable {
         let table = Locked(routes)
         self.routes = table
         let requests = self.requests
+        let weights = self.weights
         let requestedKeys = self.requestedKeys
         let connections = self.connections
         let router = MessageRouter<TCPConnection>()
@@ -49,7 +52,8 @@ final class FakeNameService: Sendable {
             requests.increment()
             let key = RouteKey(modid: request.modid, cmdid: request.cmdid)
             requestedKeys.withLock { _ = $0.insert(key) }
-            message.connection.send(FakeNameService.response(key, table.withLock { $0[key] } ?? []),
+            message.connection.send(FakeNameService.response(key, table.withLock { $0[key] } ?? [],
+                                                             weights: weights.withLock { $0 }),
                                     id: MessageID.getRouteResponse)
         }
         server = FramedServer(
@@ -61,7 +65,8 @@ final class FakeNameService: Sendable {
         port = try server.start().port
     }
 
-    static func response(_ key: RouteKey, _ hosts: [LoadBalancing.Host]) -> Lars_GetRouteResponse {
+    static func response(_ key: RouteKey, _ hosts: [LoadBalancing.Host],
+                         weights: [LoadBalancing.Host: UInt32] = [:]) -> Lars_GetRouteResponse {
         var response = Lars_GetRouteResponse()
         response.modid = key.modid
         response.cmdid = key.cmdid
@@ -69,6 +74,7 @@ final class FakeNameService: Sendable {
             var info = Lars_HostInfo()
             info.ip = $0.wireIP
             info.port = Int32($0.port)
+            if let weight = weights[$0] { info.weight = weight }
             return info
         }
         return response

@@ -121,4 +121,27 @@ struct PlaybackTests {
         #expect(last.count == 1)
         if case .end(let v)? = last.first { #expect(v == 7) } else { Issue.record("no end: \(last)") }
     }
+
+    @Test("a late joiner starts at the newest keyframe already due, not at one handed over early")
+    func lateJoinerStartsAtADueKeyframe() {
+        var ring = ChunkRing<Int>()
+        // Chunks 0...59 handed over a second before they are due (keyframes at 0, 25 and 50).
+        for frame in 0..<60 {
+            var early = chunk(frame)
+            early.due = UInt64(frame) * 40 * ms + 1_000 * ms
+            ring.store(early)
+        }
+        // At 2.2 s, frame 30 is due: keyframe 50 (due at 3 s) is not yet, keyframe 25 is.
+        let first = sent(ring.addViewer(7, now: 2_200 * ms), to: 7)
+        #expect(first.first == [0x47, 0, 0, 25], "\(first.map { $0[0] })")
+        #expect(first.dropFirst().map { $0[0] } == (25..<60).map { UInt8($0) })
+        // Nothing due yet at all: the oldest keyframe in the ring.
+        var ahead = ChunkRing<Int>()
+        for frame in 0..<30 {
+            var early = chunk(frame)
+            early.due = 5_000 * ms
+            ahead.store(early)
+        }
+        #expect(sent(ahead.addViewer(8, now: 0), to: 8).dropFirst().first?[0] == 0)
+    }
 }

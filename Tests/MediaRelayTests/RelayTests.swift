@@ -77,6 +77,37 @@ extension RelaySocketTests {
             await running.stop()
         }
 
+        @Test("a large audience is written on the long beat (about one write a second each), a small one on the short",
+              arguments: [2, 4])
+        func largeAudienceBeat(viewers: Int) async throws {
+            let movie = try TestMedia.movie(seconds: 4)
+            let file = try TestMedia.bytes(movie)
+            let running = try await RunningRelay(poller: .epoll, movies: ["movie": movie]) {
+                $0.writeInterval = .milliseconds(250)
+                $0.largeAudience = 3
+                $0.largeAudienceWriteInterval = .seconds(1)
+            }
+            let responses = try await withThrowingTaskGroup(of: HTTPViewer.Response.self) { group in
+                for _ in 0..<viewers {
+                    group.addTask { try await HTTPViewer.get("/live/movie.ts", port: running.httpPort) }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            // Every viewer gets the stream from its start to the end of the file (they join as it starts).
+            #expect(responses.allSatisfy { $0.status == 200 && $0.ended && Array($0.body.suffix(file.count)) == file })
+            let s = running.relay.statistics
+            let perViewer = Double(s.viewerWrites) / Double(viewers)
+            if viewers >= 3 {
+                // 4 s of media on a 1 s beat: about 4 writes each, plus the first and the switch's.
+                #expect(perViewer <= 8, "\(s)")
+            } else {
+                #expect(perViewer >= 10, "on the 250 ms beat: about 16 writes each; \(s)")
+            }
+            #expect(await eventually { running.relay.statistics.largeAudiencePlaybacks == 0 },
+                    "ended with its playback")
+            await running.stop()
+        }
+
         @Test("a viewer that never reads: the others get every chunk on time; it skips to keyframes, then is closed",
               arguments: PollerKind.allCases)
         func stuckViewer(poller: PollerKind) async throws {

@@ -107,6 +107,7 @@ struct TSChunkerTests {
             #expect(other.map(\.bytes) == whole.map(\.bytes))
             #expect(other.map(\.time) == whole.map(\.time))
             #expect(other.map(\.keyframe) == whole.map(\.keyframe))
+            #expect(other.map(\.sourceOffset) == whole.map(\.sourceOffset))
         }
         #expect(whole.filter(\.keyframe).count == 5)
     }
@@ -125,6 +126,35 @@ struct TSChunkerTests {
         let got = chunker.feed(damaged)
         #expect(chunker.skippedBytes == 7)
         #expect(got.count == expected)
+        // Each chunk names its range of the bytes fed, except one the garbage fell inside: not one run of them.
+        var cleanAgain = TSChunker()
+        let insideOne = cleanAgain.feed(bytes).contains { chunk in
+            let start = Int(chunk.sourceOffset ?? 0)
+            return start < cut && cut < start + chunk.bytes.count
+        }
+        #expect(got.filter { $0.sourceOffset == nil }.count == (insideOne ? 1 : 0))
+        for chunk in got {
+            guard let offset = chunk.sourceOffset.map(Int.init) else { continue }
+            #expect(Array(damaged[offset..<offset + chunk.bytes.count]) == chunk.bytes)
+        }
+    }
+
+    @Test("every chunk of a clean file names its range of the file: the ranges tile it")
+    func sourceRanges() throws {
+        let movie = try TestMedia.movie(seconds: 2, fps: 25, gop: 25)
+        defer { try? FileManager.default.removeItem(at: movie) }
+        let bytes = try TestMedia.bytes(movie)
+        var chunker = TSChunker()
+        var chunks = chunker.feed(bytes)
+        if let last = chunker.finish() { chunks.append(last) }
+        var next = 0
+        for chunk in chunks {
+            #expect(chunk.sourceOffset == Int64(next))
+            let end = next + chunk.bytes.count
+            #expect(Array(bytes[next..<end]) == chunk.bytes)
+            next = end
+        }
+        #expect(next == bytes.count)
     }
 
     @Test("a file that is not a transport stream, or has no clock, is refused with the reason")

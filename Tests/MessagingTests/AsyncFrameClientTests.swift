@@ -135,6 +135,56 @@ extension MessagingSocketTests {
             await client.close()
         }
 
+        @Test("onFrame sees every frame on the loop thread first; the ones it takes skip the sequence, and it can send",
+              arguments: PollerKind.allCases)
+        func onFrameTakesFrames(poller: PollerKind) async throws {
+            let router = MessageRouter<TCPConnection>()
+            try router.on(TestID(40)) { message in
+                message.connection.sendFrameInLoop(messageID: 41, body: message.body)
+            }
+            let fixture = try Fixture(poller: poller, router: router)
+            defer { fixture.tearDown() }
+            let loop = fixture.group.ioLoops[1]
+            let taken = Mutex<(frames: [InboundFrame], onLoop: Bool)>(([], true))
+            let owner = Mutex<AsyncFrameClient?>(nil)
+            let client = try await withTimeout(10) {
+                try await AsyncFrameClient.connect(port: fixture.port, loop: loop, onFrame: { frame in
+                    guard frame.body.first.map({ $0 % 2 == 0 }) ?? false else { return false }
+                    taken.withLock {
+                        $0.frames.append(frame)
+                        $0.onLoop = $0.onLoop && loop.inLoopThread
+                    }
+                    // Even bodies below 10 ask for one more (sent from the loop thread), 10 ends the exchange.
+                    if let n = frame.body.first, n < 10 {
+                        owner.withLock { $0 }?.sendFrame(messageID: 40, body: [n + 2])
+                    }
+                    return true
+                })
+            }
+            owner.withLock { $0 = client }
+            try await client.send(messageID: 40, body: [1])
+            try await client.send(messageID: 40, body: [2])
+            try await client.send(messageID: 40, body: [3])
+            let odd = try await withTimeout(10) {
+                var out: [InboundFrame] = []
+                for try await frame in client.frames {
+                    out.append(frame)
+                    if out.count == 2 { break }
+                }
+                return out
+            }
+            #expect(odd.map(\.body) == [[1], [3]])
+            #expect(await pollUntilAsync { taken.withLock { $0.frames.count } == 5 })
+            #expect(taken.withLock { $0.frames.map(\.body) } == [[2], [4], [6], [8], [10]])
+            #expect(taken.withLock { $0.onLoop })
+            #expect(client.bufferedFrames == 0)
+            await client.close()
+            #expect(!client.sendFrame(messageID: 40, body: [12]))
+            // The handler reaches the client through `owner`: let go of it, or the two keep each other (and the
+            // loop) alive.
+            owner.withLock { $0 = nil }
+        }
+
         @Test("heartbeats from the peer are not yielded; a bad frame from the peer ends the sequence with an error",
               arguments: PollerKind.allCases)
         func heartbeatsSkippedAndProtocolError(poller: PollerKind) async throws {

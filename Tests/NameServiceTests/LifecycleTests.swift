@@ -67,6 +67,19 @@ extension NameServiceSocketTests {
                     "stderr: \(out.stderr)")
         }
 
+        @Test("`switchyard names` refuses bad state relay limits with one line naming the flag",
+              arguments: [["--state-max-payload-kib", "0"], ["--state-max-payload-kib", "2048"],
+                          ["--state-retention", "0"], ["--state-pending-kib", "32"],
+                          ["--state-subscriber-queue-kib", "5000000"]])
+        func badStateRelayLimits(flag: [String]) async throws {
+            let db = "sqlite:" + temporaryFile("state-flags").path
+            let out = try await runSwitchyard(["names", "--port", "0", "--db", db] + flag, timeout: .seconds(30))
+            #expect(out.status != 0)
+            #expect(out.stdout.isEmpty, "nothing announced: \(out.stdout)")
+            let errors = out.stderr.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+            #expect(errors.count == 1 && errors[0].contains(flag[0]), "stderr: \(out.stderr)")
+        }
+
         @Test("`switchyard reporter`: writes what agents report; SIGTERM stops it gracefully with exit 0")
         func reporterStopsOnSigterm() async throws {
             let db = "sqlite:" + temporaryFile("reporter-term").path

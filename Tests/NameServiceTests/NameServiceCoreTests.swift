@@ -230,6 +230,44 @@ struct NameServiceCoreTests {
         #expect(try loads(core.servedBody(for: a).body).isEmpty && core.snapshot.hosts(for: a) == [h2])
     }
 
+    /// The weights of the GetRouteResponse `body` (hosts that carry one).
+    func weights(_ body: [UInt8]) throws -> [Host: UInt32] {
+        var out: [Host: UInt32] = [:]
+        for info in try Lars_GetRouteResponse(serializedBytes: body).host where info.hasWeight {
+            out[Host(wireIP: info.ip, wirePort: info.port)!] = info.weight
+        }
+        return out
+    }
+
+    @Test("weights: RouteData's are served (1 left out), a registration's own wins and is pushed when it changes")
+    func weightsServed() throws {
+        var core = core()
+        _ = core.getRoute(a, from: 1)
+        let changed = load(&core, version: 1, [RouteEntry(key: a, host: h1, weight: 5), RouteEntry(key: a, host: h2)])
+        #expect(pushes(changed) == ["1 1/1"])
+        #expect(try weights(core.responseBody(for: a)) == [h1: 5])
+        // Only a weight changed in the database: a change, pushed.
+        let reweighted = load(&core, version: 2, [RouteEntry(key: a, host: h1, weight: 2),
+                                                  RouteEntry(key: a, host: h2)])
+        #expect(pushes(reweighted) == ["1 1/1"])
+        #expect(try weights(core.responseBody(for: a)) == [h1: 2])
+        // A registration with a weight: served (and its own weight wins over the row's), pushed when it changes.
+        var heavy = request(a, h1, ttlMs: 1000)
+        heavy.weight = 7
+        #expect(pushes(register(&core, heavy, at: t0)) == ["1 1/1"])
+        #expect(try weights(core.servedBody(for: a).body) == [h1: 7])
+        #expect(pushes(register(&core, heavy, at: t0 + .milliseconds(100))).isEmpty, "a heartbeat: no push")
+        heavy.weight = 0
+        #expect(pushes(register(&core, heavy, at: t0 + .milliseconds(200))) == ["1 1/1"])
+        #expect(try weights(core.servedBody(for: a).body) == [h1: 0])
+        // Above the max: refused with a reason, the registration kept as it was.
+        heavy.weight = HostWeight.max + 1
+        let refused = register(&core, heavy, at: t0 + .milliseconds(300))
+        #expect(try registerReply(refused)?.ok == false)
+        #expect(try registerReply(refused)?.reason.contains("weight") == true)
+        #expect(try weights(core.servedBody(for: a).body) == [h1: 0])
+    }
+
     @Test("the Lars frame cap counts the load fields: the hosts that fit are those whose encoding fits")
     func frameCapWithLoads() throws {
         var response = Lars_GetRouteResponse()
@@ -241,6 +279,7 @@ struct NameServiceCoreTests {
                 info.load = UInt32(i % 5)  // 0 is written too: the field has presence
                 info.capacity = UInt32(i * 1000)
             }
+            if i % 4 == 1 { info.weight = UInt32(i * 37) }  // the weight field counts too
             return info
         }
         for maxBody in [0, 10, 100, 1000, 2500, 4000, 100_000] {

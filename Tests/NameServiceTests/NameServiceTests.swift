@@ -13,7 +13,7 @@ import TestSupport
 extension NameServiceSocketTests {
     @Suite("Name service")
     struct NameServiceTests {
-        @Test("answers a GetRouteRequest with the route's hosts", arguments: TestDatabase.fileAndServers)
+        @Test("answers a GetRouteRequest with the route's hosts", arguments: TestDatabase.fileServersAndAgent)
         func answersGetRoute(db: TestDatabase) async throws {
             let pool = try await makePool(db.url())
             let key = RouteKey(modid: uniqueModid(), cmdid: 2)
@@ -39,7 +39,7 @@ extension NameServiceSocketTests {
         }
 
         @Test("a route added with RouteAdmin is pushed to a subscribed client within 2 s; a removed host is gone",
-              arguments: TestDatabase.fileAndServers)
+              arguments: TestDatabase.fileServersAndAgent)
         func pushOnChange(db: TestDatabase) async throws {
             let url = try db.url()
             let pool = try await makePool(url)
@@ -82,7 +82,7 @@ extension NameServiceSocketTests {
         }
 
         @Test("the database made unreachable (pool closed): lookups keep working, the outage is logged once",
-              arguments: TestDatabase.fileAndServers)
+              arguments: TestDatabase.fileServersAndAgent)
         func closedPoolKeepsSnapshot(db: TestDatabase) async throws {
             let url = try db.url()
             let pool = try await makePool(url)

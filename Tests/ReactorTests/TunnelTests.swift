@@ -154,4 +154,34 @@ struct TunnelTests {
             #expect(eventually { outcome.get()?.end == .idleTimeout })
         }
     }
+
+    @Test("a request already waiting when the tunnel starts is passed on by start() itself, before the loop waits",
+          arguments: tunnelCases)
+    func waitingRequestMovesAtStart(poller: PollerKind, transfer: TunnelTransfer) throws {
+        try withGroup(poller: poller) { group in
+            let (client, clientInner) = try tcpPair()
+            let (server, serverInner) = try tcpPair()
+            defer { close(client); close(server) }
+            writeAll(client, Array("GET /".utf8))  // in clientInner's receive queue when send returns (loopback)
+            let loop = group.next()
+            // In one loop task: start, then look at the server's socket before the loop polls again.
+            let seen = try onLoop(loop) { () -> [UInt8] in
+                let t = TCPTunnel(loop: loop, client: clientInner, server: serverInner,
+                                  options: TunnelOptions(transfer: transfer)) { _, _ in }
+                try? t.start()
+                var buffer = [UInt8](repeating: 0, count: 64)
+                let n = recv(server, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+                return n > 0 ? Array(buffer[0..<n]) : []
+            }
+            #expect(seen == Array("GET /".utf8))
+            // The tunnel goes on as usual: the answer comes back, the FINs end it.
+            writeAll(server, Array("200".utf8))
+            var reply = [UInt8](repeating: 0, count: 3)
+            #expect(recv(client, &reply, 3, Int32(MSG_WAITALL)) == 3 && reply == Array("200".utf8))
+            shutdown(client, Int32(SHUT_WR))
+            #expect(readAll(server) == [])
+            shutdown(server, Int32(SHUT_WR))
+            #expect(readAll(client) == [])
+        }
+    }
 }

@@ -96,7 +96,7 @@ extension ReporterSocketTests {
         static let hostY: UInt32 = 0xC0A8_010B
 
         @Test("Lars's agent's reports (running window counts): each row holds the last report, not a sum",
-              arguments: TestDatabase.fileAndServers)
+              arguments: TestDatabase.fileServersAndAgent)
         func rowsHoldTheLastReport(db: TestDatabase) async throws {
             let pool = try await makePool(db.url())
             let running = try await RunningReporter(pool: pool, ReporterConfiguration(flushInterval: .milliseconds(20)))
@@ -133,7 +133,7 @@ extension ReporterSocketTests {
             await pool.close()
         }
 
-        @Test("reports of one window in one batch: the last one is stored", arguments: TestDatabase.fileAndServers)
+        @Test("reports of one window in one batch: the last one is stored", arguments: TestDatabase.fileServersAndAgent)
         func oneBatchKeepsTheLast(db: TestDatabase) async throws {
             let pool = try await makePool(db.url())
             // A long flush interval: the three reports wait and go in one transaction.

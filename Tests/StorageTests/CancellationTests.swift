@@ -43,7 +43,8 @@ extension DriverTests {
                 #expect(elapsed >= .milliseconds(200))
                 #expect(error?.message.contains("200 ms") == true, "\(String(describing: error))")
                 #expect(!connection.isBroken)
-                #expect(connection.statementGuard.cancelsSent == 1)
+                // Once, or again a second later if the first reached the server before the statement did.
+                #expect(connection.statementGuard.cancelsSent >= 1)
                 // The same connection answers at once: the server is not still running the statement.
                 let row = try await connection.queryFirst("SELECT 1 AS one")
                 #expect(try row?.decode("one", as: Int64.self) == 1)

@@ -54,7 +54,8 @@ final class CountingCanceller: DriverCanceller {
 
     @Test func theTimerCancelsAStatementThatRunsPastItsTimeout() async {
         let canceller = CountingCanceller(delivers: true)
-        let statementGuard = StatementGuard(canceller: canceller)
+        // No resend within the test (a loaded machine may take seconds to get here): the timer's cancel only.
+        let statementGuard = StatementGuard(canceller: canceller, resendInterval: .seconds(3600))
         let quick = statementGuard.begin(timeout: .milliseconds(20))
         #expect(statementGuard.end(quick) == nil)
         let slow = statementGuard.begin(timeout: .milliseconds(20))
@@ -63,5 +64,22 @@ final class CountingCanceller: DriverCanceller {
         // The quick statement's timer was disarmed: it never fires, also not later.
         try? await Task.sleep(for: .milliseconds(100))
         #expect(canceller.cancels == 1)
+    }
+
+    @Test func aCancelIsSentAgainWhileItsStatementKeepsRunning() async {
+        // A cancel that reached the server before the statement did is lost there; the guard sends it again.
+        let canceller = CountingCanceller(delivers: true)
+        let statementGuard = StatementGuard(canceller: canceller, resendInterval: .milliseconds(20))
+        let generation = statementGuard.begin(timeout: nil)
+        #expect(statementGuard.cancel(generation, reason: .caller))
+        #expect(await eventually { canceller.cancels >= 3 })
+        #expect(statementGuard.end(generation) == .caller)
+        let ended = canceller.cancels
+        #expect(statementGuard.cancelsSent == ended)
+        // Ended: no more resends, also not later; the next statement is not hit.
+        let next = statementGuard.begin(timeout: nil)
+        try? await Task.sleep(for: .milliseconds(100))
+        #expect(canceller.cancels == ended && canceller.aborts == 0)
+        #expect(statementGuard.end(next) == nil)
     }
 }

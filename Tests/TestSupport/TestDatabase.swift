@@ -9,6 +9,8 @@ public enum TestDatabase: String, CustomStringConvertible, Sendable, CaseIterabl
     case sqliteMemory
     case mysql
     case postgres
+    /// The database agent (`agent://`) in front of a fresh SQLite file, started in this process (``TestAgent``).
+    case agent
 
     public var description: String { rawValue }
 
@@ -18,6 +20,10 @@ public enum TestDatabase: String, CustomStringConvertible, Sendable, CaseIterabl
     /// A fresh SQLite file and the server databases of this build: for services whose data must outlive a
     /// connection or a restart (an in-memory SQLite database lives only as long as its connection).
     public static var fileAndServers: [TestDatabase] { [.sqliteFile] + servers }
+
+    /// ``fileAndServers`` and the database agent in front of a fresh SQLite file: for the services' suites, which
+    /// must run unchanged through the agent:// driver.
+    public static var fileServersAndAgent: [TestDatabase] { fileAndServers + [.agent] }
 
     /// The server databases of this build.
     public static var servers: [TestDatabase] {
@@ -34,7 +40,7 @@ public enum TestDatabase: String, CustomStringConvertible, Sendable, CaseIterabl
     /// The environment variable that holds a server's URL (nil for SQLite).
     public var environmentVariable: String? {
         switch self {
-        case .sqliteFile, .sqliteMemory: return nil
+        case .sqliteFile, .sqliteMemory, .agent: return nil
         case .mysql: return "SWITCHYARD_TEST_MYSQL_URL"
         case .postgres: return "SWITCHYARD_TEST_POSTGRES_URL"
         }
@@ -49,6 +55,8 @@ public enum TestDatabase: String, CustomStringConvertible, Sendable, CaseIterabl
             return temporarySQLiteURL()
         case .sqliteMemory:
             return "sqlite::memory:"
+        case .agent:
+            return try TestAgent.start()
         case .mysql, .postgres:
             let variable = environmentVariable!
             guard let url = ProcessInfo.processInfo.environment[variable], !url.isEmpty else {

@@ -1,4 +1,5 @@
-// libFuzzer target for the load-balancing agent: its UDP routes (GetHost, GetHost by key, Report, API GetRoute) and
+// libFuzzer target for the load-balancing agent: its UDP routes (GetHost, GetHost by key, batch GetHost, Report, API
+// GetRoute) and
 // its name-service route (GetRouteResponse), registered on MessageRouters the way LoadBalanceAgent registers them,
 // driving AgentCore on a mock clock, with the shell's timer inputs (refresh, report flush, name service up/down)
 // in between. Built by scripts/fuzz (swift build --sanitize=fuzzer --sanitize=address in Fuzz/).
@@ -6,7 +7,8 @@
 // Each input is a script: an operation byte, then its arguments (FuzzInput). Bodies are either raw bytes (most do
 // not decode: a protocol error) or a message built from the input and encoded, with small module ids so requests,
 // routes and reports meet on the same modules. Checked after every step: each reply answers the request it is for,
-// a host given out is one of the module's hosts, and the module count stays within maxModules for the modules the
+// a host given out is one of the module's hosts, a batch is answered item by item in order (or refused when it asks
+// for none or more than maxBatchItems), and the module count stays within maxModules for the modules the
 // requests create.
 import Foundation
 import FuzzSupport
@@ -24,6 +26,8 @@ final class Agent: @unchecked Sendable {
     /// (seq, modid, cmdid, by key) of the GetHost being answered.
     var lastGetHost: (UInt32, Int32, Int32, Bool)?
     var lastGetRoute: (Int32, Int32)?
+    /// The batch GetHost being answered.
+    var lastBatch: Switchyard_Lb_GetHostBatchRequest?
 
     init() {
         core = AgentCore(configuration: AgentConfiguration(
@@ -48,6 +52,11 @@ func makeRouters(_ agent: Agent) -> (udp: MessageRouter<Int>, names: MessageRout
                            key: BoundedLoadRing.hash(request.key), from: message.connection,
                            source: source(message.connection), now: agent.clock.now, actions: &agent.actions)
     }
+    try! udp.on(MessageID.getHostBatchRequest, as: Switchyard_Lb_GetHostBatchRequest.self) { request, message in
+        agent.lastBatch = request
+        agent.core.getHostBatch(request, from: message.connection, source: source(message.connection),
+                                now: agent.clock.now, actions: &agent.actions)
+    }
     try! udp.on(MessageID.reportRequest, as: Lars_ReportRequest.self) { request, message in
         agent.core.report(request, secret: ReportSecret.extract(from: message.body), source: source(message.connection),
                           now: agent.clock.now, actions: &agent.actions)
@@ -68,7 +77,7 @@ func makeRouters(_ agent: Agent) -> (udp: MessageRouter<Int>, names: MessageRout
 
 let udpIDs: [Int32] = [
     MessageID.getHostRequest.rawValue, MessageID.getHostByKeyRequest.rawValue, MessageID.reportRequest.rawValue,
-    MessageID.apiGetRouteRequest.rawValue,
+    MessageID.apiGetRouteRequest.rawValue, MessageID.getHostBatchRequest.rawValue,
 ]
 
 func smallHost(_ input: inout FuzzInput) -> Lars_HostInfo {
@@ -90,6 +99,17 @@ func body(for id: Int32, _ input: inout FuzzInput) -> [UInt8] {
     case MessageID.getHostByKeyRequest.rawValue:
         var m = Switchyard_Lb_GetHostByKeyRequest()
         (m.seq, m.modid, m.cmdid, m.key) = (input.uint32(), modid, cmdid, Data(input.bytes(limit: 16)))
+        return try! m.serializedBytes()
+    case MessageID.getHostBatchRequest.rawValue:
+        var m = Switchyard_Lb_GetHostBatchRequest()
+        m.seq = input.uint32()
+        // Up to a little past the agent's limit (32), so refusals are reached too.
+        m.items = (0..<input.choice(36)).map { _ in
+            var item = Switchyard_Lb_GetHostBatchItem()
+            (item.modid, item.cmdid) = (Int32(input.choice(4)), Int32(input.choice(3)))
+            if input.choice(2) == 0 { item.key = Data(input.bytes(limit: 8)) }
+            return item
+        }
         return try! m.serializedBytes()
     case MessageID.reportRequest.rawValue:
         var m = Lars_ReportRequest()
@@ -126,6 +146,32 @@ func check(_ agent: Agent) {
                 invariant(hosts.contains { $0.wireIP == response.host.ip && Int32($0.port) == response.host.port },
                           "GetHost gave out a host the module does not have")
             }
+        case .replyBatch(let response, _):
+            guard let request = agent.lastBatch else {
+                invariant(false, "a batch reply without a batch")
+                return
+            }
+            invariant(response.seq == request.seq, "batch reply does not echo its seq")
+            let limit = agent.core.configuration.maxBatchItems
+            if request.items.isEmpty || request.items.count > limit {
+                invariant(response.retcode == LarsReturnCode.systemError && response.answers.isEmpty,
+                          "a batch of \(request.items.count) items served (limit \(limit))")
+            } else {
+                invariant(response.retcode == LarsReturnCode.success && response.answers.count == request.items.count,
+                          "a batch of \(request.items.count) items got \(response.answers.count) answers")
+                for (item, answer) in zip(request.items, response.answers) {
+                    invariant(answer.seq == request.seq && answer.modid == item.modid && answer.cmdid == item.cmdid,
+                              "a batch answer out of order")
+                    if answer.retcode == LarsReturnCode.success {
+                        let hosts = agent.core.balancer(for: RouteKey(modid: item.modid, cmdid: item.cmdid))?.hosts
+                        invariant((hosts ?? []).contains {
+                            $0.wireIP == answer.host.ip && Int32($0.port) == answer.host.port
+                        }, "a batch gave out a host the module does not have")
+                    }
+                }
+                let bytes = (try? response.serializedBytes()) ?? []
+                invariant(bytes.count <= LarsFrameLimit.maxDatagramBody, "a batch reply larger than a datagram")
+            }
         case .replyRoute(let response, _):
             guard let request = agent.lastGetRoute else {
                 invariant(false, "a GetRoute reply without a GetRoute")
@@ -151,6 +197,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         agent.actions.removeAll(keepingCapacity: true)
         agent.lastGetHost = nil
         agent.lastGetRoute = nil
+        agent.lastBatch = nil
         switch input.choice(12) {
         case 0...5:
             let id = messageID(&input, routed: udpIDs)

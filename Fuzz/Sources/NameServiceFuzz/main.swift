@@ -1,6 +1,8 @@
 // libFuzzer target for the name service: its two routes (GetRouteRequest, RegisterHostRequest) registered on a
 // MessageRouter the way NameService registers them, driving NameServiceCore on a mock clock, with the shell's other
-// inputs in between: connections closing, database loads, expiry ticks and snapshot rebuilds. Built by scripts/fuzz
+// inputs in between: connections closing, database loads, expiry ticks and snapshot rebuilds, the replicas' rows
+// (writes taken, written or failed, rows read back or made up), owner tokens, and a parent's answers (the core has a
+// parent). Built by scripts/fuzz
 // (swift build --sanitize=fuzzer --sanitize=address in Fuzz/); NameServiceCore is internal (@testable import).
 //
 // Checked after every step: each reply decodes and answers its request's route, pushes go only to open
@@ -10,6 +12,7 @@ import LarsProtocol
 import LoadBalancing
 import Messaging
 @testable import NameService
+import Reactor
 import RouteStore
 
 /// The core and what the last input produced; the router's handlers reach it through this box.
@@ -20,12 +23,16 @@ final class Names: @unchecked Sendable {
             maxRegistrationTTL: .seconds(60), maxRegistrations: 6, maxSubscriptionsPerConnection: 3)
         configuration.maxRegistrationsPerSource = 4
         configuration.maxRegistrationsPerRoute = 3
+        configuration.parent = ClientEndpoint(host: "127.0.0.1", port: 1)
+        configuration.maxChainHops = 2
         return NameServiceCore(limits: NameServiceCore.Limits(configuration))
     }()
     let start = ContinuousClock.now
     var clock = FuzzClock()
     var actions: [NameServiceCore.Action] = []
     var lastRoute: RouteKey?
+    /// The HostRegistration table as the writes left it (the last write of a key wins).
+    var table: [NameServiceCore.RegistrationID: NameServiceCore.StoredRegistration] = [:]
     var now: ContinuousClock.Instant { start.advanced(by: clock.elapsed) }
 }
 
@@ -63,6 +70,7 @@ func body(for id: Int32, _ input: inout FuzzInput) -> [UInt8] {
         m.ip = input.choice(8) == 0 ? Int32(bitPattern: input.uint32()) : 0x0a00_0001 + Int32(input.choice(4))
         m.port = input.choice(8) == 0 ? Int32(bitPattern: input.uint32()) : 8000 + Int32(input.choice(3))
         m.ttlMs = input.choice(4) == 0 ? input.uint32() : UInt32(input.choice(4)) * 20_000
+        if input.choice(3) == 0 { m.token = input.choice(2) == 0 ? "t\(modid)" : "wrong" }
         return try! m.serializedBytes()
     default:
         return input.bytes()
@@ -93,6 +101,10 @@ func check(_ names: Names, open: Set<UInt64>) {
             }
         case .push(let connection, _):
             invariant(open.contains(connection), "a push to a closed connection")
+        case .askParent(let key, let hops):
+            invariant(Int(hops) <= names.core.limits.maxChainHops, "asked the parent past the hop limit")
+            invariant(hops >= 1, "a parent request with no hop")
+            _ = key
         case .rebuild, .log:
             break
         }
@@ -111,7 +123,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     while !input.isAtEnd {
         names.actions.removeAll(keepingCapacity: true)
         names.lastRoute = nil
-        switch input.choice(10) {
+        switch input.choice(11) {
         case 0...4:
             let connection = UInt64(input.choice(4))
             open.insert(connection)
@@ -140,6 +152,50 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
                     names.actions.removeAll()
                 }
                 names.actions += names.core.install(rebuild.build(), from: rebuild)
+            }
+        case 9:
+            switch input.choice(6) {
+            case 0:
+                if let writes = names.core.takeWrites(now: names.now) {
+                    if input.choice(4) == 0 {
+                        names.core.writesFailed(writes)
+                    } else {
+                        for row in writes.rows { names.table[row.id] = row }
+                        names.core.writesDone(writes)
+                    }
+                }
+            case 1:
+                // The table read back (all of it, or a part), as another replica would see it too.
+                let rows = Array(names.table.values)
+                let complete = input.choice(2) == 0
+                names.actions += names.core.registrationsLoaded(
+                    complete ? rows : Array(rows.prefix(input.choice(rows.count + 1))), complete: complete,
+                    writtenThrough: names.core.writtenEpoch, now: names.now)
+            case 2:
+                // A row another replica wrote.
+                let key = RouteKey(modid: Int32(input.choice(4)), cmdid: Int32(input.choice(3)))
+                let host = Host(ip: 0x0c00_0001 + UInt32(input.choice(4)), port: UInt16(6000 + input.choice(2)))
+                let row = NameServiceCore.StoredRegistration(
+                    id: .init(key: key, host: host), expiry: names.now.advanced(by: .milliseconds(input.choice(40_000))),
+                    source: UInt32(input.choice(3)),
+                    load: input.choice(2) == 0 ? HostLoad(load: UInt32(input.choice(3)), capacity: 2) : nil,
+                    weight: UInt32(input.choice(3)), takenBack: input.choice(3) == 0)
+                names.actions += names.core.registrationsLoaded([row], complete: false, writtenThrough: 0,
+                                                                now: names.now)
+            case 3:
+                var tokens: [Int32: String] = [:]
+                for modid in 0..<4 where input.choice(3) == 0 { tokens[Int32(modid)] = "t\(modid)" }
+                names.core.tokensLoaded(tokens)
+            case 4:
+                let key = RouteKey(modid: Int32(input.choice(4)), cmdid: Int32(input.choice(3)))
+                let hosts = (0..<input.choice(4)).map { Host(ip: 0x0d00_0001 + UInt32($0), port: 5000) }
+                names.actions += names.core.parentAnswered(key, hosts: hosts, loads: [:])
+            default:
+                let connection = UInt64(input.choice(4))
+                open.insert(connection)
+                let key = RouteKey(modid: Int32(input.choice(4)), cmdid: Int32(input.choice(3)))
+                names.lastRoute = key
+                names.actions += names.core.getRoute(key, from: connection, hops: UInt32(input.choice(4)))
             }
         default: names.clock.advance(&input)
         }

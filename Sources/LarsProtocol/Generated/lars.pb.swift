@@ -30,7 +30,10 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
 ///
 /// Fields 3 and 4 are a Switchyard extension: a Switchyard name service sets them in GetRouteResponse (id 2) for a
 /// self-registered host that reported its load (switchyard_lb.RegisterHostRequest fields 6 and 7); absent otherwise.
-/// Lars's parsers skip them as unknown fields; nothing else sets them.
+/// Field 5, also ours: the host's weight (RouteData.weight, or switchyard_lb.RegisterHostRequest field 8), set by a
+/// Switchyard name service in GetRouteResponse (id 2) when it is not 1; absent means 1 (every Lars host). 0 drains the
+/// host (never picked while another is idle); an agent clamps values above 10,000 to 10,000.
+/// Lars's parsers skip fields 3-5 as unknown fields; nothing else sets them.
 public nonisolated struct Lars_HostInfo: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -58,12 +61,22 @@ public nonisolated struct Lars_HostInfo: Sendable {
   /// Clears the value of `capacity`. Subsequent reads from it will return its default value.
   public mutating func clearCapacity() {self._capacity = nil}
 
+  public var weight: UInt32 {
+    get {_weight ?? 0}
+    set {_weight = newValue}
+  }
+  /// Returns true if `weight` has been explicitly set.
+  public var hasWeight: Bool {self._weight != nil}
+  /// Clears the value of `weight`. Subsequent reads from it will return its default value.
+  public mutating func clearWeight() {self._weight = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _load: UInt32? = nil
   fileprivate var _capacity: UInt32? = nil
+  fileprivate var _weight: UInt32? = nil
 }
 
 /// Agent -> name service (id 1, TCP); client API -> agent (id 7, UDP).
@@ -223,7 +236,7 @@ fileprivate nonisolated let _protobuf_package = "lars"
 
 nonisolated extension Lars_HostInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HostInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ip\0\u{1}port\0\u{1}load\0\u{1}capacity\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ip\0\u{1}port\0\u{1}load\0\u{1}capacity\0\u{1}weight\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -235,6 +248,7 @@ nonisolated extension Lars_HostInfo: SwiftProtobuf.Message, SwiftProtobuf._Messa
       case 2: try { try decoder.decodeSingularInt32Field(value: &self.port) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self._load) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self._capacity) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self._weight) }()
       default: break
       }
     }
@@ -257,6 +271,9 @@ nonisolated extension Lars_HostInfo: SwiftProtobuf.Message, SwiftProtobuf._Messa
     try { if let v = self._capacity {
       try visitor.visitSingularUInt32Field(value: v, fieldNumber: 4)
     } }()
+    try { if let v = self._weight {
+      try visitor.visitSingularUInt32Field(value: v, fieldNumber: 5)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -265,6 +282,7 @@ nonisolated extension Lars_HostInfo: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if lhs.port != rhs.port {return false}
     if lhs._load != rhs._load {return false}
     if lhs._capacity != rhs._capacity {return false}
+    if lhs._weight != rhs._weight {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -90,12 +90,37 @@ public nonisolated struct Switchyard_Lb_RegisterHostRequest: Sendable {
   /// Clears the value of `capacity`. Subsequent reads from it will return its default value.
   public mutating func clearCapacity() {self._capacity = nil}
 
+  /// The host's weight (its share of the route's picks is its weight over the route's total; lars.HostInfo field 5):
+  /// 0...10,000, absent means 1. A weight above 10,000 is refused.
+  public var weight: UInt32 {
+    get {_weight ?? 0}
+    set {_weight = newValue}
+  }
+  /// Returns true if `weight` has been explicitly set.
+  public var hasWeight: Bool {self._weight != nil}
+  /// Clears the value of `weight`. Subsequent reads from it will return its default value.
+  public mutating func clearWeight() {self._weight = nil}
+
+  /// The module's owner token: a module with a token (ModuleToken rows, `switchyard route token`) takes registrations
+  /// and deregistrations only with it; refused with a reason otherwise. A module without one takes any (as Lars,
+  /// which trusts its network).
+  public var token: String {
+    get {_token ?? String()}
+    set {_token = newValue}
+  }
+  /// Returns true if `token` has been explicitly set.
+  public var hasToken: Bool {self._token != nil}
+  /// Clears the value of `token`. Subsequent reads from it will return its default value.
+  public mutating func clearToken() {self._token = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _load: UInt32? = nil
   fileprivate var _capacity: UInt32? = nil
+  fileprivate var _weight: UInt32? = nil
+  fileprivate var _token: String? = nil
 }
 
 /// Id 103, name service -> server: ok, or why the registration was refused.
@@ -111,6 +136,74 @@ public nonisolated struct Switchyard_Lb_RegisterHostResponse: Sendable {
   public var ok: Bool = false
 
   public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Id 104, client API -> agent, UDP: several GetHosts in one datagram (a client's login: the hosts of every service
+/// it needs in one round trip). Each item is answered as its own request would be: as id 4 without a key, as id 100
+/// with one (the same balancer, the same counters). Any of the agent's ports takes it, whatever the modules. At most
+/// the agent's `maxBatchItems` items (default 32, at most 512); a request with more, or with none, gets a reply with
+/// retcode 2 (SYSTEM_ERROR), a reason and no answers. The agent answers with id 105.
+public nonisolated struct Switchyard_Lb_GetHostBatchRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var seq: UInt32 = 0
+
+  public var items: [Switchyard_Lb_GetHostBatchItem] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One service a batch asks for.
+public nonisolated struct Switchyard_Lb_GetHostBatchItem: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var modid: Int32 = 0
+
+  public var cmdid: Int32 = 0
+
+  /// Present: GetHost by key (as id 100). Absent: round robin (as id 4).
+  public var key: Data {
+    get {_key ?? Data()}
+    set {_key = newValue}
+  }
+  /// Returns true if `key` has been explicitly set.
+  public var hasKey: Bool {self._key != nil}
+  /// Clears the value of `key`. Subsequent reads from it will return its default value.
+  public mutating func clearKey() {self._key = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _key: Data? = nil
+}
+
+/// Id 105, agent -> client API: the answers, one per item, in the order of the request, each with its own seq (the
+/// batch's), modid, cmdid, retcode and host, as the single answer (id 5 or 101) would have them. retcode is 0 when
+/// the batch was served; 2 with `reason` and no answers when it was refused. A reply always fits one datagram: its
+/// size is at most 8 + 70 bytes per item, and items are capped at 512.
+public nonisolated struct Switchyard_Lb_GetHostBatchResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var seq: UInt32 = 0
+
+  public var retcode: Int32 = 0
+
+  public var reason: String = String()
+
+  public var answers: [Lars_GetHostResponse] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -168,7 +261,7 @@ nonisolated extension Switchyard_Lb_GetHostByKeyRequest: SwiftProtobuf.Message, 
 
 nonisolated extension Switchyard_Lb_RegisterHostRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterHostRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}modid\0\u{1}cmdid\0\u{1}ip\0\u{1}port\0\u{3}ttl_ms\0\u{1}load\0\u{1}capacity\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}modid\0\u{1}cmdid\0\u{1}ip\0\u{1}port\0\u{3}ttl_ms\0\u{1}load\0\u{1}capacity\0\u{1}weight\0\u{1}token\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -183,6 +276,8 @@ nonisolated extension Switchyard_Lb_RegisterHostRequest: SwiftProtobuf.Message, 
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.ttlMs) }()
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self._load) }()
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self._capacity) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self._weight) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self._token) }()
       default: break
       }
     }
@@ -214,6 +309,12 @@ nonisolated extension Switchyard_Lb_RegisterHostRequest: SwiftProtobuf.Message, 
     try { if let v = self._capacity {
       try visitor.visitSingularUInt32Field(value: v, fieldNumber: 7)
     } }()
+    try { if let v = self._weight {
+      try visitor.visitSingularUInt32Field(value: v, fieldNumber: 8)
+    } }()
+    try { if let v = self._token {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 9)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -225,6 +326,8 @@ nonisolated extension Switchyard_Lb_RegisterHostRequest: SwiftProtobuf.Message, 
     if lhs.ttlMs != rhs.ttlMs {return false}
     if lhs._load != rhs._load {return false}
     if lhs._capacity != rhs._capacity {return false}
+    if lhs._weight != rhs._weight {return false}
+    if lhs._token != rhs._token {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -270,6 +373,130 @@ nonisolated extension Switchyard_Lb_RegisterHostResponse: SwiftProtobuf.Message,
     if lhs.cmdid != rhs.cmdid {return false}
     if lhs.ok != rhs.ok {return false}
     if lhs.reason != rhs.reason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Switchyard_Lb_GetHostBatchRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetHostBatchRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}seq\0\u{1}items\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.seq) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.items) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.seq != 0 {
+      try visitor.visitSingularUInt32Field(value: self.seq, fieldNumber: 1)
+    }
+    if !self.items.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.items, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Switchyard_Lb_GetHostBatchRequest, rhs: Switchyard_Lb_GetHostBatchRequest) -> Bool {
+    if lhs.seq != rhs.seq {return false}
+    if lhs.items != rhs.items {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Switchyard_Lb_GetHostBatchItem: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetHostBatchItem"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}modid\0\u{1}cmdid\0\u{1}key\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt32Field(value: &self.modid) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.cmdid) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self._key) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.modid != 0 {
+      try visitor.visitSingularInt32Field(value: self.modid, fieldNumber: 1)
+    }
+    if self.cmdid != 0 {
+      try visitor.visitSingularInt32Field(value: self.cmdid, fieldNumber: 2)
+    }
+    try { if let v = self._key {
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Switchyard_Lb_GetHostBatchItem, rhs: Switchyard_Lb_GetHostBatchItem) -> Bool {
+    if lhs.modid != rhs.modid {return false}
+    if lhs.cmdid != rhs.cmdid {return false}
+    if lhs._key != rhs._key {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Switchyard_Lb_GetHostBatchResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetHostBatchResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}seq\0\u{1}retcode\0\u{1}reason\0\u{1}answers\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.seq) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.retcode) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.answers) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.seq != 0 {
+      try visitor.visitSingularUInt32Field(value: self.seq, fieldNumber: 1)
+    }
+    if self.retcode != 0 {
+      try visitor.visitSingularInt32Field(value: self.retcode, fieldNumber: 2)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 3)
+    }
+    if !self.answers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.answers, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Switchyard_Lb_GetHostBatchResponse, rhs: Switchyard_Lb_GetHostBatchResponse) -> Bool {
+    if lhs.seq != rhs.seq {return false}
+    if lhs.retcode != rhs.retcode {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.answers != rhs.answers {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

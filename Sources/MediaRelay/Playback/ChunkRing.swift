@@ -104,13 +104,16 @@ public struct ChunkRing<Viewer: Hashable & Sendable> {
     public var viewerCount: Int { viewers.count }
     public var chunkCount: Int { entries.count }
 
-    /// Adds a viewer; it starts at the newest keyframe in the ring (a late joiner starts at a random access point),
-    /// or at the next keyframe to come.
+    /// Adds a viewer; it starts at the newest keyframe in the ring that is due by `now` (a late joiner starts at a
+    /// random access point, and its player's clock, which starts with its first frame, is not ahead of the chunks'
+    /// due times: chunks handed over early would otherwise reach it late by as much), else at the oldest keyframe in
+    /// the ring, else at the next keyframe to come.
     public mutating func addViewer(_ viewer: Viewer, now: UInt64) -> [Action] {
-        let start = entries.last(where: { $0.chunk.keyframe })?.sequence ?? nextSequence
+        let start = entries.last(where: { $0.chunk.keyframe && ($0.chunk.due ?? 0) <= now })?.sequence
+            ?? entries.first(where: { $0.chunk.keyframe })?.sequence ?? nextSequence
         viewers[viewer] = ViewerState(next: start)
         if finished { return [.end(viewer)] }
-        return serve(viewer, now: now)
+        return serveOne(viewer, now: now)
     }
 
     /// Forgets a viewer (its connection closed).
@@ -142,23 +145,29 @@ public struct ChunkRing<Viewer: Hashable & Sendable> {
     public mutating func serveAll(now: UInt64) -> [Action] {
         var actions: [Action] = []
         for viewer in Array(viewers.keys) {
-            actions += serve(viewer, now: now)
+            actions += serveOne(viewer, now: now)
         }
         return actions
+    }
+
+    /// Serves one viewer, if it has drained: the chunks it has not had (or its skip, its close). The shell that
+    /// spreads its viewers over a beat serves each on its own phase of it.
+    public mutating func serve(_ viewer: Viewer, now: UInt64) -> [Action] {
+        serveOne(viewer, now: now)
     }
 
     /// The viewer's socket has written its batch.
     public mutating func drained(_ viewer: Viewer, now: UInt64) -> [Action] {
         guard viewers[viewer] != nil else { return [] }
         viewers[viewer]!.writing = false
-        return serve(viewer, now: now)
+        return serveOne(viewer, now: now)
     }
 
     /// The stream ended: every viewer gets what it has not had, then `.end`.
     public mutating func finish(now: UInt64) -> [Action] {
         finished = true
         var actions: [Action] = []
-        for viewer in Array(viewers.keys) { actions += serve(viewer, now: now) }
+        for viewer in Array(viewers.keys) { actions += serveOne(viewer, now: now) }
         return actions
     }
 
@@ -174,7 +183,7 @@ public struct ChunkRing<Viewer: Hashable & Sendable> {
         return actions
     }
 
-    private mutating func serve(_ viewer: Viewer, now: UInt64) -> [Action] {
+    private mutating func serveOne(_ viewer: Viewer, now: UInt64) -> [Action] {
         guard var state = viewers[viewer], !state.ended else { return [] }
         if state.writing {
             if now &- state.writingSince > stuckNanoseconds {

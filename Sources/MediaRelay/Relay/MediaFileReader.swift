@@ -4,6 +4,23 @@ import Glibc
 import Dispatch
 import Synchronization
 
+/// A media file open for sending: HTTP viewers of a file's playback are sent their chunks by sendfile from the file
+/// itself (its page cache, which the reader has just filled), not from a copy. Closed when the last chunk that names
+/// it is gone. A file changed under a playback sends what it holds now; a viewer that cannot be sent its bytes
+/// (the file was cut short) stops draining and is closed at the stuck timeout.
+final class MediaSourceFile: SendFileSource {
+    let descriptor: Int32
+
+    /// Takes ownership of `descriptor`.
+    init(descriptor: Int32) {
+        self.descriptor = descriptor
+    }
+
+    deinit {
+        Glibc.close(descriptor)
+    }
+}
+
 /// Reads one media file sequentially, off the loops (a serial queue of its own), and cuts it into chunks: the
 /// playback asks for the next piece when its read-ahead runs low and gets the chunks back on its loop. The file is
 /// read once per playback, whatever the number of viewers.
@@ -26,6 +43,8 @@ final class MediaFileReader: Sendable {
 
     let path: String
     let readSize: Int
+    /// The file again, for sending its chunks (nil when it could not be opened twice: the chunks are copied).
+    let sourceFile: MediaSourceFile?
     private let queue: DispatchQueue
     private let state: Mutex<State>
     private let bytesReadCounter = Atomic<Int>(0)
@@ -37,6 +56,8 @@ final class MediaFileReader: Sendable {
         guard fd >= 0 else { throw .badMedia("cannot open \(path): \(String(cString: strerror(errno)))") }
         self.path = path
         self.readSize = readSize
+        let again = dup(fd)
+        sourceFile = again >= 0 ? MediaSourceFile(descriptor: again) : nil
         queue = DispatchQueue(label: "switchyard.relay.reader")
         state = Mutex(State(fd: fd, seek: start.map { SeekFilter(start: PlaybackPacer.ticks($0)) }))
     }
@@ -84,7 +105,7 @@ final class MediaFileReader: Sendable {
                     if s.chunker.chunks == 0 {
                         return Piece(chunks: [], atEnd: true, failure: checked(s.chunker) ?? "the file holds no frame")
                     }
-                    return Piece(chunks: s.seek.map { $0.flush(chunks) } ?? chunks, atEnd: true)
+                    return Piece(chunks: withSource(s.seek.map { $0.flush(chunks) } ?? chunks), atEnd: true)
                 }
                 bytesReadCounter.wrappingAdd(n, ordering: .relaxed)
                 chunks = s.chunker.feed(buffer[0..<n])
@@ -98,8 +119,16 @@ final class MediaFileReader: Sendable {
                     if s.seek!.passed { s.seek = nil }
                 }
             }
-            return Piece(chunks: chunks, atEnd: false)
+            return Piece(chunks: withSource(chunks), atEnd: false)
         }
+    }
+
+    /// The chunks that are one range of the file name it (the chunker's offsets count from the file's start).
+    private func withSource(_ chunks: [MediaChunk]) -> [MediaChunk] {
+        guard let sourceFile else { return chunks }
+        var out = chunks
+        for i in out.indices where out[i].sourceOffset != nil { out[i].sourceFile = sourceFile }
+        return out
     }
 
     private func checked(_ chunker: TSChunker) -> String? {

@@ -65,7 +65,8 @@ public final class MediaRelayServer: Service, Sendable {
             httpServer = TCPServer(
                 group: group,
                 configuration: ServerConfiguration(host: configuration.host, port: port,
-                                                   maxConnections: configuration.capacity * 2 + 64),
+                                                   maxConnections: configuration.capacity * 2 + 64,
+                                                   connection: ConnectionOptions(noDelay: false)),
                 callbacks: ConnectionCallbacks(
                     onConnect: { handlers.relay?.httpConnected($0) },
                     onData: { connection, bytes in
@@ -208,7 +209,9 @@ public final class MediaRelayServer: Service, Sendable {
             peakViewerQueuedBytes: c.peakViewerQueuedBytes.load(ordering: .relaxed),
             registrationsAccepted: registration.withLock { $0 }?.acceptedCount ?? 0,
             sharedBytesSent: c.sharedBytesSent.load(ordering: .relaxed),
-            sharedMemoryBytes: c.sharedMemoryBytes.load(ordering: .relaxed))
+            sharedMemoryBytes: c.sharedMemoryBytes.load(ordering: .relaxed),
+            viewerWrites: c.viewerWrites.load(ordering: .relaxed),
+            largeAudiencePlaybacks: c.largeAudiencePlaybacks.load(ordering: .relaxed))
     }
 
     // MARK: Finding and starting playbacks

@@ -36,12 +36,14 @@ final class RelayCounters: Sendable {
     let publishers = Atomic<Int>(0)
     let sharedBytesSent = Atomic<Int>(0)
     let sharedMemoryBytes = Atomic<Int>(0)
+    let viewerWrites = Atomic<Int>(0)
+    let largeAudiencePlaybacks = Atomic<Int>(0)
     /// The largest output queue of any viewer so far (a maximum, not a sum).
     let peakViewerQueuedBytes = Atomic<Int>(0)
 
     enum Name { case viewersServed, viewersRefused, playbacks, playbacksStarted, fileBytesRead, chunksAppended,
                      bytesSent, drops, stuckClosed, badRequests, notFound, publishers, sharedBytesSent,
-                     sharedMemoryBytes }
+                     sharedMemoryBytes, viewerWrites, largeAudiencePlaybacks }
 
     func add(_ name: Name, _ n: Int = 1) {
         switch name {
@@ -59,159 +61,9 @@ final class RelayCounters: Sendable {
         case .publishers: publishers.wrappingAdd(n, ordering: .relaxed)
         case .sharedBytesSent: sharedBytesSent.wrappingAdd(n, ordering: .relaxed)
         case .sharedMemoryBytes: sharedMemoryBytes.wrappingAdd(n, ordering: .relaxed)
+        case .viewerWrites: viewerWrites.wrappingAdd(n, ordering: .relaxed)
+        case .largeAudiencePlaybacks: largeAudiencePlaybacks.wrappingAdd(n, ordering: .relaxed)
         }
-    }
-}
-
-/// The ring of one playback on one loop, with the viewers of that loop: the shell of `ChunkRing`. The playback posts
-/// each due chunk to every loop that has viewers; on its loop the fanout appends it and writes it to the viewers that
-/// have drained their sockets. A viewer still writing is checked on every append and every beat (50 ms without one):
-/// once its connection's queue is empty it is handed the next part of its batch (`ViewerOutput`), and once nothing of
-/// the batch is left it has drained. Loop-confined: every method runs on `loop`.
-final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its methods assert it)
-    let loop: EventLoop
-    private var ring: ChunkRing<UInt64>
-    private var sinks: [UInt64: any ViewerSink] = [:]
-    private var writing: Set<UInt64> = []
-    private var timer: TimerHandle?
-    private let counters: RelayCounters
-    private let viewerLeft: @Sendable () -> Void
-    private var reported = ChunkRing<UInt64>.Statistics()
-
-    /// The beat viewers are served on (zero: on every append, and a 50 ms beat for drains and stuck viewers).
-    private let writeInterval: Duration
-
-    init(loop: EventLoop, ring: ChunkRing<UInt64>.Configuration, writeInterval: Duration, counters: RelayCounters,
-         viewerLeft: @escaping @Sendable () -> Void) {
-        self.loop = loop
-        self.writeInterval = writeInterval
-        self.ring = ChunkRing(configuration: ring)
-        self.counters = counters
-        self.viewerLeft = viewerLeft
-    }
-
-    var viewerCount: Int { sinks.count }
-
-    /// Seeds a new fanout with the chunks since the playback's latest keyframe, so its first viewer starts at once.
-    func seed(_ chunks: [MediaChunk]) {
-        loop.assertInLoopThread()
-        for chunk in chunks { ring.store(chunk) }
-    }
-
-    func add(_ id: UInt64, _ sink: any ViewerSink) {
-        loop.assertInLoopThread()
-        sinks[id] = sink
-        if timer == nil {
-            let beat = writeInterval > .zero ? writeInterval : .milliseconds(50)
-            timer = loop.scheduleRepeating(every: beat) { [weak self] in self?.tick() }
-        }
-        perform(ring.addViewer(id, now: sy_now()))
-    }
-
-    /// The viewer's connection closed.
-    func remove(_ id: UInt64) {
-        loop.assertInLoopThread()
-        guard sinks.removeValue(forKey: id) != nil else { return }
-        writing.remove(id)
-        ring.removeViewer(id)
-        viewerLeft()
-        stopTimerIfIdle()
-    }
-
-    /// Chunks now due (handed over a beat early). Stored for the beat; served at once when there is no beat, or
-    /// when they are the playback's first, so a stream starts without waiting for the beat (the first hand-over
-    /// holds a whole beat of chunks, so the viewers have them before the next beat).
-    func append(_ chunks: [MediaChunk]) {
-        loop.assertInLoopThread()
-        let now = sy_now()
-        pollDrained(now: now)
-        counters.add(.chunksAppended, chunks.count)
-        let first = ring.chunkCount == 0
-        for chunk in chunks { ring.store(chunk) }
-        if writeInterval == .zero || first {
-            perform(ring.serveAll(now: now))
-            countRingStatistics()
-        }
-    }
-
-    func finish() {
-        loop.assertInLoopThread()
-        let now = sy_now()
-        pollDrained(now: now)
-        perform(ring.finish(now: now))
-    }
-
-    private func tick() {
-        let now = sy_now()
-        pollDrained(now: now)
-        if writeInterval > .zero { perform(ring.serveAll(now: now)) }
-        perform(ring.closeStuck(now: now))
-        countRingStatistics()
-        stopTimerIfIdle()
-    }
-
-    private func stopTimerIfIdle() {
-        if sinks.isEmpty, let timer {
-            timer.cancel()
-            self.timer = nil
-        }
-    }
-
-    private func pollDrained(now: UInt64) {
-        guard !writing.isEmpty else { return }
-        for id in writing {
-            guard let sink = sinks[id] else {
-                writing.remove(id)
-                continue
-            }
-            guard sink.connection.queuedOutputBytes == 0 else { continue }
-            counters.add(.bytesSent, sink.output.flush())
-            notePeak(sink)
-            if sink.output.isDrained {
-                writing.remove(id)
-                perform(ring.drained(id, now: now))
-            }
-        }
-    }
-
-    /// Keeps the largest output queue any viewer had (bytes copied because its socket did not take them).
-    private func notePeak(_ sink: any ViewerSink) {
-        let peak = sink.connection.peakQueuedOutputBytes
-        var seen = counters.peakViewerQueuedBytes.load(ordering: .relaxed)
-        while peak > seen {
-            let (exchanged, original) = counters.peakViewerQueuedBytes.compareExchange(
-                expected: seen, desired: peak, ordering: .relaxed)
-            if exchanged { break }
-            seen = original
-        }
-    }
-
-    private func perform(_ actions: [ChunkRing<UInt64>.Action]) {
-        for action in actions {
-            switch action {
-            case .send(let id, let batch):
-                guard let sink = sinks[id] else { continue }
-                counters.add(.bytesSent, sink.write(batch))
-                notePeak(sink)
-                if sink.output.isDrained && sink.connection.isActive {
-                    perform(ring.drained(id, now: sy_now()))
-                } else {
-                    writing.insert(id)
-                }
-            case .end(let id):
-                sinks[id]?.end()
-            case .close(let id):
-                writing.remove(id)
-                sinks[id]?.connection.forceClose()
-            }
-        }
-    }
-
-    private func countRingStatistics() {
-        let s = ring.statistics
-        if s.drops != reported.drops { counters.add(.drops, s.drops - reported.drops) }
-        if s.stuckClosed != reported.stuckClosed { counters.add(.stuckClosed, s.stuckClosed - reported.stuckClosed) }
-        reported = s
     }
 }
 
@@ -264,9 +116,13 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
     private var idleTimer: TimerHandle?
     private var fanouts: [ObjectIdentifier: LoopFanout] = [:]
     /// Chunks go to the rings this long before they are due (the fanouts' write beat).
-    private let leadNanoseconds: UInt64
-    /// Chunks since the latest keyframe (a new loop's fanout starts with them).
+    private var leadNanoseconds: UInt64
+    /// The beats, and whether the audience is large now (a file's playback only: its chunks can go out early).
+    private let plan: BeatPlan
+    private var largeAudience = false
+    /// Chunks since the keyframe before the latest (a new loop's fanout starts with them), and their bytes.
     private var sinceKeyframe: [MediaChunk] = []
+    private var sinceKeyframeBytes = 0
     private var viewers = 0
     private var started = false
     private(set) var finished = false
@@ -282,7 +138,10 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
         self.logger = logger
         self.onFinished = onFinished
         readAheadTicks = PlaybackPacer.ticks(configuration.readAhead)
-        leadNanoseconds = configuration.writeInterval.nanosecondsSaturated
+        plan = BeatPlan(writeInterval: configuration.writeInterval,
+                        largeAudienceWriteInterval: min(configuration.largeAudienceWriteInterval,
+                                                        configuration.ring.maxLag / 2))
+        leadNanoseconds = plan.lead(plan.shortPhases)
         counters.add(.playbacks)
         counters.add(.playbacksStarted)
     }
@@ -297,6 +156,7 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
                 return
             }
             viewers += 1
+            defer { audienceChanged() }
             idleTimer?.cancel()
             idleTimer = nil
             let fanout = fanout(for: viewerLoop)
@@ -308,10 +168,32 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
         }
     }
 
+    /// The beat of this playback's viewers now, in phases.
+    private var beatPhases: Int { largeAudience ? plan.longPhases : plan.shortPhases }
+
+    /// A file's playback with ``RelayConfiguration/largeAudience`` viewers or more goes to the long beat (its chunks
+    /// are handed over that much earlier at once, and every fanout serves everyone once with them); below half of it,
+    /// back to the short one. Home loop.
+    private func audienceChanged() {
+        guard case .file = source, !finished, plan.longPhases > plan.shortPhases else { return }
+        let threshold = largeAudience ? max(1, configuration.largeAudience / 2) : configuration.largeAudience
+        let large = viewers >= threshold
+        guard large != largeAudience else { return }
+        largeAudience = large
+        counters.add(.largeAudiencePlaybacks, large ? 1 : -1)
+        let phases = beatPhases
+        leadNanoseconds = plan.lead(phases)
+        for fanout in fanouts.values { fanout.loop.executeInLoop { fanout.setBeat(phases: phases) } }
+        if large, started, let pending = timer {
+            pending.cancel()
+            emitDue()
+        }
+    }
+
     /// The fanout of `viewerLoop` for viewers of this playback (made, and seeded, on first use). Home loop only.
     private func fanout(for viewerLoop: EventLoop) -> LoopFanout {
         if let existing = fanouts[ObjectIdentifier(viewerLoop)] { return existing }
-        let made = LoopFanout(loop: viewerLoop, ring: configuration.ring, writeInterval: configuration.writeInterval,
+        let made = LoopFanout(loop: viewerLoop, ring: configuration.ring, plan: plan, beatPhases: beatPhases,
                               counters: counters,
                               viewerLeft: { [weak self] in self?.viewerLeft() })
         fanouts[ObjectIdentifier(viewerLoop)] = made
@@ -324,6 +206,7 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
     private func viewerLeft() {
         loop.executeInLoop { [self] in
             viewers -= 1
+            audienceChanged()
             guard viewers == 0, !finished else { return }
             switch key.mode {
             case .vod:
@@ -400,7 +283,9 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
             }
             readAhead.removeFirst()
             headDue = nil
-            handed.append(head)
+            var chunk = head
+            chunk.due = due
+            handed.append(chunk)
         }
         fanOut(handed)
         if readerAtEnd {
@@ -467,7 +352,10 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
         guard !due.isEmpty else { return }
         var chunks = due
         for i in chunks.indices {
-            if let file = sharedFile() {
+            // A chunk that is a range of its media file is sent from the file; the others are copied into the
+            // shared memory file once. Without sendfile, from the arrays.
+            if !configuration.sendFile { chunks[i].sourceFile = nil }
+            if chunks[i].sourceFile == nil, let file = sharedFile() {
                 do {
                     chunks[i].shared = try chunks[i].bytes.withUnsafeBytes { bytes in try file.append(bytes) }
                 } catch {
@@ -477,8 +365,19 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
                     sharedFileState = .failed
                 }
             }
-            if chunks[i].keyframe { sinceKeyframe = [] }
-            if chunks[i].keyframe || !sinceKeyframe.isEmpty { sinceKeyframe.append(chunks[i]) }
+            // From the keyframe before the latest on: the latest may not be due yet (handed over early), and a new
+            // loop's first viewer starts at one that is. Within the ring's bound.
+            if chunks[i].keyframe, let latest = sinceKeyframe.lastIndex(where: { $0.keyframe }) {
+                for dropped in sinceKeyframe[..<latest] { sinceKeyframeBytes -= dropped.bytes.count }
+                sinceKeyframe.removeFirst(latest)
+            }
+            if chunks[i].keyframe || !sinceKeyframe.isEmpty {
+                sinceKeyframe.append(chunks[i])
+                sinceKeyframeBytes += chunks[i].bytes.count
+                while sinceKeyframeBytes > configuration.ring.capacityBytes, sinceKeyframe.count > 1 {
+                    sinceKeyframeBytes -= sinceKeyframe.removeFirst().bytes.count
+                }
+            }
         }
         let batch = chunks
         for fanout in fanouts.values {
@@ -493,6 +392,7 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
         finished = true
         timer?.cancel()
         idleTimer?.cancel()
+        if largeAudience { counters.add(.largeAudiencePlaybacks, -1) }
         switch source {
         case .file(let reader): reader.close()
         case .origin(let close): close()
@@ -501,6 +401,7 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
         for fanout in fanouts.values { fanout.loop.executeInLoop { fanout.finish() } }
         readAhead.removeAll()
         sinceKeyframe = []
+        sinceKeyframeBytes = 0
         sharedFileState = .failed  // closes once the viewers' rings let go of its regions
         counters.add(.playbacks, -1)
         logger.debug("relay: playback ended", metadata: ["playback": "\(key)", "reason": "\(reason ?? "end of file")"])

@@ -23,14 +23,22 @@ public struct RelayConfiguration: Sendable {
     /// viewer's socket paid per beat and not per frame. Zero writes every chunk when it is due. Default 250 ms
     /// (a player buffers more than that; a live stream is that much further ahead of its viewers).
     public var writeInterval: Duration
+    /// A playback with this many viewers or more is written on ``largeAudienceWriteInterval`` instead (it goes back
+    /// below half of it): a large audience costs fewer, larger writes, and its viewers hold the stream up to that
+    /// beat ahead. Default 50.
+    public var largeAudience: Int
+    /// The beat of a playback with a large audience (at least ``writeInterval``; equal: no change; used up to half the
+    /// ring's `maxLag`, so a viewer is not skipped for the beat's own lead). Default 1 s.
+    public var largeAudienceWriteInterval: Duration
     /// Bytes of a viewer's stream copied into its connection's output queue at most: what its socket has not taken
     /// beyond that waits in the shared chunks (references, no copy) until the queue has drained. So a slow or stuck
     /// viewer costs at most this much memory of its own, and the relay's memory is the rings' plus viewers x this
     /// (not viewers x stream). Smaller: less memory per slow viewer, more writes for a viewer catching up. Default
     /// 64 KiB (a 250 ms beat of a 2 Mbit/s stream in one write).
     public var maxViewerQueueBytes: Int
-    /// HTTP viewers are sent from a shared memory file per playback (a memfd each chunk is copied into once) with
-    /// sendfile, so the kernel references the chunk's pages instead of copying the bytes once per viewer. Off: every
+    /// HTTP viewers are sent their bytes with sendfile, so the kernel references pages instead of copying the bytes
+    /// once per viewer: a file's playback from the media file itself (its page cache, filled by the one read), a
+    /// pushed stream from a shared memory file per playback (a memfd each chunk is copied into once). Off: every
     /// viewer's bytes are copied from the shared arrays by writev. Frame viewers are written by writev either way
     /// (each chunk has its own frame header). Default true.
     public var sendFile: Bool
@@ -60,7 +68,10 @@ public struct RelayConfiguration: Sendable {
                 publisherIdleTimeout: Duration = .seconds(10), maxRequestHeadBytes: Int = 8 << 10,
                 requestHeadTimeout: Duration = .seconds(10), origin: String? = nil,
                 writeInterval: Duration = .milliseconds(250), registration: RelayRegistration? = nil,
-                maxViewerQueueBytes: Int = 64 << 10, sendFile: Bool = true) {
+                maxViewerQueueBytes: Int = 64 << 10, sendFile: Bool = true, largeAudience: Int = 50,
+                largeAudienceWriteInterval: Duration = .seconds(1)) {
+        self.largeAudience = largeAudience
+        self.largeAudienceWriteInterval = largeAudienceWriteInterval
         self.host = host
         self.framePort = framePort
         self.httpPort = httpPort
@@ -104,6 +115,9 @@ public struct RelayConfiguration: Sendable {
         try check(requestHeadTimeout > .zero, "requestHeadTimeout must be positive")
         try check(writeInterval >= .zero && writeInterval <= .seconds(1), "writeInterval must be 0...1 s")
         try check(writeInterval < ring.maxLag, "writeInterval must be shorter than the ring's maxLag")
+        try check(largeAudience >= 1, "largeAudience must be at least 1, got \(largeAudience)")
+        try check(largeAudienceWriteInterval >= writeInterval && largeAudienceWriteInterval <= .seconds(1),
+                  "largeAudienceWriteInterval must be writeInterval...1 s")
         try check((4 << 10...16 << 20).contains(maxViewerQueueBytes),
                   "maxViewerQueueBytes must be 4 KiB...16 MiB, got \(maxViewerQueueBytes)")
         if let origin {
@@ -222,4 +236,8 @@ public struct RelayStatistics: Sendable, Hashable {
     public var sharedBytesSent = 0
     /// Bytes the playbacks' shared memory files hold now (chunks still in a ring or a viewer's pending output).
     public var sharedMemoryBytes = 0
+    /// Batches of chunks handed to viewers (about one per viewer and beat).
+    public var viewerWrites = 0
+    /// Playbacks written on the large audience's beat now (``RelayConfiguration/largeAudience``).
+    public var largeAudiencePlaybacks = 0
 }

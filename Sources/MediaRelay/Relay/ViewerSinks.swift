@@ -18,13 +18,21 @@ enum OutputPiece {
     }
 }
 
-/// Consecutive bytes of a `BroadcastFile`, kept alive by the regions they come from.
+/// A file a viewer's bytes can be sent from with sendfile: a playback's shared memory file, or the media file itself.
+protocol SendFileSource: AnyObject, Sendable {
+    var descriptor: Int32 { get }
+}
+
+extension BroadcastFile: SendFileSource {}
+
+/// Consecutive bytes of a file to send: of a `BroadcastFile`, kept alive by the regions they come from, or of the media
+/// file itself (no regions: its bytes stay where they are).
 struct FileSpan {
-    let file: BroadcastFile
+    let file: any SendFileSource
     /// The next byte to send, and the end.
     var offset: Int64
     var end: Int64
-    /// The regions from `offset` to `end`, in order (they keep the bytes in the file).
+    /// The regions from `offset` to `end`, in order (they keep the bytes in a `BroadcastFile`).
     var regions: [BroadcastFile.Region]
 
     init(_ region: BroadcastFile.Region) {
@@ -34,6 +42,14 @@ struct FileSpan {
         regions = [region]
     }
 
+    /// `count` bytes of `file` from `offset`.
+    init(_ file: MediaSourceFile, offset: Int64, count: Int) {
+        self.file = file
+        self.offset = offset
+        end = offset + Int64(count)
+        regions = []
+    }
+
     var count: Int { Int(end - offset) }
 
     /// Adds `region` when it starts where this span ends (the next chunk of the same file).
@@ -41,6 +57,13 @@ struct FileSpan {
         guard region.file === file, region.offset == end else { return false }
         end = region.end
         regions.append(region)
+        return true
+    }
+
+    /// Adds `count` bytes of `source` from `at` when they start where this span ends.
+    mutating func extend(with source: MediaSourceFile, at start: Int64, count: Int) -> Bool {
+        guard source === file, start == end else { return false }
+        end += Int64(count)
         return true
     }
 
@@ -205,7 +228,13 @@ final class HTTPViewerSink: ViewerSink, @unchecked Sendable {  // used on its co
                 span = nil
                 pieces.append(.bytes(delivery.chunk.programHeader[...]))
             }
-            if let region = delivery.chunk.shared {
+            let chunk = delivery.chunk
+            if let source = chunk.sourceFile, let start = chunk.sourceOffset {
+                if span?.extend(with: source, at: start, count: chunk.bytes.count) != true {
+                    if let done = span { pieces.append(.file(done)) }
+                    span = FileSpan(source, offset: start, count: chunk.bytes.count)
+                }
+            } else if let region = chunk.shared {
                 if span?.extend(with: region) != true {
                     if let done = span { pieces.append(.file(done)) }
                     span = FileSpan(region)

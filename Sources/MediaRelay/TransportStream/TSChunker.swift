@@ -19,10 +19,21 @@ public struct MediaChunk: Sendable {
     /// the file, so a viewer's batch is sent from it with one sendfile (no copy per viewer). Set by the playback when
     /// the chunk is due; the chunker never sets it.
     var shared: BroadcastFile.Region?
+    /// Where the chunk's bytes start in the bytes fed to the chunker, when they are one run of them (nil: bytes were
+    /// skipped inside the chunk). For a file read from its start, the chunk is that range of the file.
+    public var sourceOffset: Int64?
+    /// The file the chunk is a range of (at `sourceOffset`), when its playback reads one: HTTP viewers are sent the
+    /// range with sendfile from the file itself. Set by the file's reader; the chunker never sets it.
+    var sourceFile: MediaSourceFile?
+    /// When the chunk is due to its viewers (the relay's monotonic clock, ns), for a chunk handed to the rings ahead of
+    /// time (a file's playback hands them over one write beat early); nil: due when it arrives (a publisher's). Set
+    /// by the playback; the chunker never sets it.
+    public var due: UInt64?
 
     public init(bytes: [UInt8], time: UInt64, keyframe: Bool, discontinuity: Bool = false,
-                programHeader: [UInt8] = []) {
+                programHeader: [UInt8] = [], sourceOffset: Int64? = nil) {
         self.bytes = bytes
+        self.sourceOffset = sourceOffset
         self.time = time
         self.keyframe = keyframe
         self.discontinuity = discontinuity
@@ -57,6 +68,9 @@ public struct TSChunker {
 
     private var pending: [UInt8] = []
     private var current: [UInt8] = []
+    /// Offset in the fed bytes of `pending[0]`, and of `current`'s first byte (nil: not one run).
+    private var pendingBase: Int64 = 0
+    private var currentStart: Int64?
     private var currentTime: UInt64?
     private var currentKeyframe = false
     private var currentDiscontinuity = false
@@ -110,8 +124,9 @@ public struct TSChunker {
                 }
                 synced = true
             }
+            let offset = pendingBase + Int64(i)
             let consumed = pending.withUnsafeBytes { raw in
-                handle(UnsafeRawBufferPointer(rebasing: raw[i..<i + TSPacket.size]), into: &out)
+                handle(UnsafeRawBufferPointer(rebasing: raw[i..<i + TSPacket.size]), at: offset, into: &out)
             }
             guard consumed else {
                 synced = false
@@ -122,6 +137,7 @@ public struct TSChunker {
             i += TSPacket.size
         }
         pending.removeFirst(i)
+        pendingBase += Int64(i)
         return out
     }
 
@@ -145,7 +161,8 @@ public struct TSChunker {
     // MARK: - Packets
 
     /// Handles one packet; false when it is not a valid packet (resync).
-    private mutating func handle(_ raw: UnsafeRawBufferPointer, into out: inout [MediaChunk]) -> Bool {
+    private mutating func handle(_ raw: UnsafeRawBufferPointer, at offset: Int64,
+                                 into out: inout [MediaChunk]) -> Bool {
         guard let packet = try? TSPacket(raw) else { return false }
         packets += 1
         if let pcr = packet.pcr, packet.pid == program?.pcrPID { lastPCR = pcr }
@@ -165,6 +182,11 @@ public struct TSChunker {
                   packet.hasPayload, !packet.scrambled {
             if let chunk = takeCurrent() { out.append(chunk) }
             startChunk(packet, payload: payload, kind: clock.kind)
+        }
+        if current.isEmpty {
+            currentStart = offset
+        } else if let start = currentStart, start + Int64(current.count) != offset {
+            currentStart = nil  // bytes were skipped inside the chunk
         }
         current.append(contentsOf: raw)
         if currentTime == nil, current.count > Self.maxUntimedBytes {
@@ -203,7 +225,7 @@ public struct TSChunker {
         chunks += 1
         if currentKeyframe { keyframes += 1 }
         return MediaChunk(bytes: current, time: time, keyframe: currentKeyframe, discontinuity: currentDiscontinuity,
-                          programHeader: currentHeader)
+                          programHeader: currentHeader, sourceOffset: currentStart)
     }
 
     /// Turns a 33-bit timestamp into a monotonic-ish 64-bit one: small steps either way keep their sign (B-frame

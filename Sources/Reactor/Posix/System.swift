@@ -329,6 +329,13 @@ public enum SystemInfo {
         return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
+    /// Wall-clock time (CLOCK_REALTIME) in milliseconds since 1970: for times other hosts read (database rows).
+    public static func unixMilliseconds() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+
     /// Monotonic clock reading in nanoseconds.
     @inline(__always)
     public static func monotonicNanoseconds() -> UInt64 { sy_monotonic_ns() }

@@ -26,12 +26,14 @@ final class Acceptor: EventHandler, @unchecked Sendable {
     @exclusivity(unchecked) private(set) var failureCount = 0
     let onAccept: (Int32, SocketAddress) -> Void
 
-    init(address: SocketAddress, backlog: Int32, reusePort: Bool, loop: EventLoop, logger: Logger,
-         onAccept: @escaping (Int32, SocketAddress) -> Void) throws {
+    /// - Parameter noDelay: TCP_NODELAY on the listening socket: the accepted sockets inherit it (Linux).
+    init(address: SocketAddress, backlog: Int32, reusePort: Bool, noDelay: Bool = false, loop: EventLoop,
+         logger: Logger, onAccept: @escaping (Int32, SocketAddress) -> Void) throws {
         let fd = try Posix.socket(domain: AF_INET, type: Int32(Glibc.SOCK_STREAM.rawValue))
         do {
             try Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
             if reusePort { try Posix.setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1) }
+            if noDelay { try Posix.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1) }
             try Posix.bind(fd, to: address)
             try Posix.listen(fd, backlog: backlog)
         } catch {

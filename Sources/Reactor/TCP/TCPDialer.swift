@@ -89,10 +89,14 @@ public final class TCPDialer: EventHandler, @unchecked Sendable {
 
     func handleEvents(_ events: UInt32) {
         guard completion != nil else { return }
-        let err = Posix.socketError(fd)
-        if err != 0 {
-            finish(.failure(IOError(errnoCode: err, call: "connect \(address)")))
-            return
+        // epoll and poll flag a failed connect (EPOLLERR/POLLERR with the writability); select cannot tell, so there
+        // the socket's error is always asked for. A clean writable event is a connect that succeeded.
+        if events & (PollBits.error | PollBits.hangup) != 0 || loop.pollerKind == .select {
+            let err = Posix.socketError(fd)
+            if err != 0 {
+                finish(.failure(IOError(errnoCode: err, call: "connect \(address)")))
+                return
+            }
         }
         // A connect to a free port of this host can connect to itself: that is a refusal. (The peer is the address
         // connected to: only the local end needs asking.)

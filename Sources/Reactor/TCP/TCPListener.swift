@@ -28,6 +28,8 @@ public final class TCPListener: Sendable {
     public let host: String
     public let port: Int
     public let backlog: Int32
+    /// TCP_NODELAY on the listening sockets, which the accepted ones inherit (Linux): no system call per connection.
+    public let noDelay: Bool
     public let logger: Logger
     private let onAccept: @Sendable (AcceptedSocket) -> Void
     private let state = Mutex<(acceptors: [LoopBound<Acceptor>], address: SocketAddress?, started: Bool)>(
@@ -35,12 +37,14 @@ public final class TCPListener: Sendable {
 
     /// - Parameter onAccept: Runs on the loop that accepted the socket, once per connection.
     public init(group: EventLoopGroup, host: String = "0.0.0.0", port: Int, backlog: Int32 = 1024,
+                noDelay: Bool = false,
                 logger: Logger = Logger(label: "switchyard.listener", factory: { _ in SwiftLogNoOpLogHandler() }),
                 onAccept: @escaping @Sendable (AcceptedSocket) -> Void) {
         self.group = group
         self.host = host
         self.port = port
         self.backlog = backlog
+        self.noDelay = noDelay
         self.logger = logger
         self.onAccept = onAccept
     }
@@ -55,8 +59,8 @@ public final class TCPListener: Sendable {
         do {
             for loop in group.ioLoops {
                 let onAccept = self.onAccept
-                let acceptor = try Acceptor(address: address, backlog: backlog, reusePort: true, loop: loop,
-                                            logger: logger) { fd, peer in
+                let acceptor = try Acceptor(address: address, backlog: backlog, reusePort: true, noDelay: noDelay,
+                                            loop: loop, logger: logger) { fd, peer in
                     onAccept(AcceptedSocket(fd: fd, peer: peer, loop: loop))
                 }
                 if address.port == 0, let bound = acceptor.localAddress { address = bound }  // the others join it

@@ -90,14 +90,16 @@ public struct TunnelOutcome: Sendable, Equatable {
 ///   `TunnelOptions.bufferBytes` per direction), so a peer that does not read stops the other from sending, and
 ///   the tunnel's memory is bounded whatever the peers do.
 /// - Half-close: a side's FIN is passed on as `shutdown(SHUT_WR)` on the other once its bytes are delivered; the
-///   other direction goes on. Both FINs delivered: the tunnel ends `.finished`.
+///   other direction goes on. Both FINs delivered: the tunnel ends `.finished` (the second FIN is passed on by the
+///   close itself, which sends it after what is still queued).
 /// - A reset or error on one side ends the tunnel and resets the other side (`SO_LINGER` 0), so a cut transfer
 ///   is never mistaken for a complete one.
 /// - Splice (`TunnelTransfer.splice`) moves bytes through a pipe taken from the loop's small pool for the time they
 ///   are in flight; idle tunnels hold no pipe and no buffer.
 ///
 /// Loop thread only (create, start and close it on `loop`). The tunnel owns both descriptors from `start()` on and
-/// closes them when it ends, then calls `onEnd` once.
+/// closes them when it ends, then calls `onEnd` once (possibly from inside `start()`: it reads what the client has
+/// sent already at once).
 public final class TCPTunnel: @unchecked Sendable {
     // @unchecked Sendable: every field is touched on `loop` only; the type crosses threads only to be handed to it.
     public let loop: EventLoop
@@ -163,7 +165,9 @@ public final class TCPTunnel: @unchecked Sendable {
         lastActivity = loop.wakeTime
         if let timeout = options.idleTimeout { armIdleTimer(after: timeout.nanosecondsSaturated) }
         if !preamble.isEmpty { sendPreamble() }
-        if !ended { updateInterest() }
+        // A client usually sends its request as soon as its connect completes, so it tends to be waiting by now:
+        // read it at once rather than after another wait for readiness (nothing there costs one read).
+        if !ended { handle(.client, PollBits.read) }
     }
 
     /// Ends the tunnel now (`TunnelEnd.closed`): both sockets close, bytes in flight are dropped. Loop thread
@@ -258,6 +262,13 @@ public final class TCPTunnel: @unchecked Sendable {
             break
         }
         if flow.eof && flow.pending == 0 && !flow.shut {
+            let other = flow === up ? down : up
+            if other.eof && other.shut {
+                // The last FIN to pass on: both sockets have sent theirs and have nothing unread, so closing them
+                // sends it (a graceful close, what is still queued goes first), one system call fewer.
+                finish(.finished, reset: false)
+                return
+            }
             // Fails only when the destination is gone, which its own events report.
             try? Posix.shutdown(flow.to, Int32(SHUT_WR))
             flow.shut = true

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CSwitchyardLinux
 import Dispatch
 import Synchronization
 
@@ -122,6 +123,30 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
         return true
     }
 
+    /// Sends every datagram of `batch` in one system call (sendmmsg(2)), each to its own address. Loop thread only.
+    /// Returns how many the kernel took; the others are dropped and counted in `failedSends`.
+    @discardableResult
+    public func sendInLoop(_ batch: DatagramBatch) -> Int {
+        loop.assertInLoopThread()
+        guard isOpen, !batch.isEmpty else { return 0 }
+        let count = batch.count
+        let taken = batch.bytes.withUnsafeBytes { raw -> Int in
+            withUnsafeTemporaryAllocation(of: sockaddr_in.self, capacity: count) { addresses in
+                withUnsafeTemporaryAllocation(of: iovec.self, capacity: count) { payloads in
+                    for (i, entry) in batch.entries.enumerated() {
+                        addresses[i] = entry.address.sockaddrIn
+                        let base = raw.baseAddress.map { UnsafeMutableRawPointer(mutating: $0 + entry.offset) }
+                        payloads[i] = iovec(iov_base: base, iov_len: entry.count)
+                    }
+                    return Int(sy_send_datagrams(fd, addresses.baseAddress!, payloads.baseAddress!, UInt32(count)))
+                }
+            }
+        }
+        sentCount.wrappingAdd(taken, ordering: .relaxed)
+        if taken < count { sendFailures.wrappingAdd(count - taken, ordering: .relaxed) }
+        return taken
+    }
+
     /// Sends one datagram. Safe to call from any thread.
     public func send(_ bytes: [UInt8], to address: SocketAddress) {
         loop.executeInLoop { [self] in bytes.withUnsafeBytes { _ = sendInLoop($0, to: address) } }
@@ -140,6 +165,34 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
         isOpen = false
         loop.unregister(fd: fd)
         Posix.close(fd)
+    }
+}
+
+/// Datagrams laid end to end in one buffer, each with its destination, for one `UDPChannel.sendInLoop(_:)`: a
+/// sender queues what it has to send during a loop iteration and hands it to the kernel in one system call.
+/// Reused with `removeAll()` (the storage is kept), so queuing allocates nothing once it has grown.
+public struct DatagramBatch: Sendable {
+    /// The payloads, end to end.
+    public private(set) var bytes: [UInt8] = []
+    /// Where each datagram starts in `bytes`, its length and its destination.
+    public private(set) var entries: [(offset: Int, count: Int, address: SocketAddress)] = []
+
+    public init() {}
+
+    /// Datagrams queued.
+    public var count: Int { entries.count }
+    public var isEmpty: Bool { entries.isEmpty }
+
+    /// Queues one datagram to `address`.
+    public mutating func append(_ payload: [UInt8], to address: SocketAddress) {
+        entries.append((bytes.count, payload.count, address))
+        bytes.append(contentsOf: payload)
+    }
+
+    /// Forgets every datagram, keeping the storage.
+    public mutating func removeAll() {
+        bytes.removeAll(keepingCapacity: true)
+        entries.removeAll(keepingCapacity: true)
     }
 }
 

@@ -5,6 +5,13 @@ protocol DriverConnection: AnyObject {
     /// Starts one statement whose rows are read on demand (see ``DriverStream``). Nothing else runs on the
     /// connection until the stream is finished or closed. Throws ``StorageError``.
     func stream(_ sql: String, _ parameters: [SQLValue]) throws -> DriverStream
+    /// Called right before each statement or stream starts, with its timeout (nil: none), for a driver that passes it
+    /// on (agent://: the agent then cancels in its database too). Most drivers ignore it.
+    func willStart(timeout: Duration?)
+    /// How much later than a statement's timeout the local timer cancels it: for a driver whose server enforces the
+    /// timeout itself and answers with it (agent://), the local cancel is the fallback for a server that does not
+    /// answer, not a race with it. Most drivers: zero.
+    var timeoutGrace: Duration { get }
     /// Returns `true` when the server answers a trivial round trip.
     func ping() -> Bool
     /// The object that cancels this connection's running statement from another thread, or `nil` when the
@@ -12,6 +19,11 @@ protocol DriverConnection: AnyObject {
     func makeCanceller() -> (any DriverCanceller)?
     /// Closes the connection. Called once, last.
     func close()
+}
+
+extension DriverConnection {
+    func willStart(timeout: Duration?) {}
+    var timeoutGrace: Duration { .zero }
 }
 
 /// Cancels the statement running on one driver connection, from any thread (the statement timer's).
@@ -69,6 +81,8 @@ enum Drivers {
         switch url.driver {
         case .sqlite:
             return try SQLiteConnector(url: url, options: options)
+        case .agent:
+            return try AgentConnector(url: url)
         case .mysql:
             #if MySQL
             return MySQLConnector(url: url)

@@ -65,13 +65,30 @@ final class PostgresConnector: DriverConnector {
 /// parameter whose type nothing determines (`SELECT ? IS NULL`) fails with "could not determine data type";
 /// write `CAST(? AS TEXT)` there.
 final class PostgresConnection: DriverConnection {
-    private var conn: OpaquePointer?
+    private(set) var conn: OpaquePointer?
+
+    /// A duplicate of the socket for an event loop to watch (``PostgresLoopStatement``): libpq closes its own
+    /// descriptor when the connection drops, which may happen under a watch, and its number may then be reused; the
+    /// duplicate keeps the socket's number ours until the connection is closed. Made on first use (-1 before).
+    private var loopSocket: Int32 = -1
 
     init(conn: OpaquePointer) {
         self.conn = conn
     }
 
-    deinit { if let conn { PQfinish(conn) } }
+    deinit {
+        if let conn { PQfinish(conn) }
+        if loopSocket >= 0 { Glibc.close(loopSocket) }
+    }
+
+    /// The socket for a loop to watch (a duplicate, see ``loopSocket``), or -1 when the connection has none.
+    func socketForLoop() -> Int32 {
+        if loopSocket < 0, let conn {
+            let fd = PQsocket(conn)
+            if fd >= 0 { loopSocket = fcntl(fd, F_DUPFD_CLOEXEC, 0) }
+        }
+        return loopSocket
+    }
 
     private enum OID {
         static let bool: UInt32 = 16
@@ -130,7 +147,7 @@ final class PostgresConnection: DriverConnection {
     }
 
     /// Binds `parameters` as libpq wants them for the duration of `body`.
-    private func withParameters<R>(
+    func withParameters<R>(
         _ sql: String, _ parameters: [SQLValue],
         _ body: (String, Int32, [UInt32], UnsafePointer<UnsafePointer<CChar>?>?, [Int32], [Int32]) -> R
     ) throws -> R {
@@ -194,6 +211,8 @@ final class PostgresConnection: DriverConnection {
     func close() {
         if let conn { PQfinish(conn) }
         conn = nil
+        if loopSocket >= 0 { Glibc.close(loopSocket) }
+        loopSocket = -1
     }
 
     private func decodeRows(_ result: OpaquePointer) -> SQLResult {
@@ -208,7 +227,7 @@ final class PostgresConnection: DriverConnection {
     }
 
     /// The columns of a result (names and types) and the type OIDs.
-    fileprivate static func columns(of result: OpaquePointer) -> (SQLColumns, [UInt32]) {
+    static func columns(of result: OpaquePointer) -> (SQLColumns, [UInt32]) {
         let fieldCount = PQnfields(result)
         let oids = (0..<fieldCount).map { PQftype(result, $0) }
         let names = (0..<fieldCount).map { String(cString: PQfname(result, $0)) }
@@ -226,7 +245,7 @@ final class PostgresConnection: DriverConnection {
     }
 
     /// The values of one row of a result.
-    fileprivate static func values(of result: OpaquePointer, row r: Int32, types: [UInt32]) -> [SQLValue] {
+    static func values(of result: OpaquePointer, row r: Int32, types: [UInt32]) -> [SQLValue] {
         let fieldCount = PQnfields(result)
         var values: [SQLValue] = []
         values.reserveCapacity(Int(fieldCount))
@@ -280,7 +299,7 @@ final class PostgresConnection: DriverConnection {
         }
     }
 
-    fileprivate static func affectedRows(_ result: OpaquePointer) -> Int64 {
+    static func affectedRows(_ result: OpaquePointer) -> Int64 {
         guard let tuples = PQcmdTuples(result) else { return 0 }
         return Int64(String(cString: tuples)) ?? 0
     }
@@ -300,7 +319,7 @@ final class PostgresConnection: DriverConnection {
     }
 
     /// Maps a failed result (or a missing one) to a ``StorageError`` by SQLSTATE class.
-    fileprivate func error(_ result: OpaquePointer?) -> StorageError {
+    func error(_ result: OpaquePointer?) -> StorageError {
         let message: String
         var sqlstate: String? = nil
         if let result {
@@ -368,6 +387,15 @@ final class PostgresStream: DriverStream {
         if let row = try readRow() {
             lookahead = row
         }
+    }
+
+    /// Goes on with a statement whose first rows a loop read (``PostgresLoopStatement``): the next rows come from
+    /// the connection, read in single-row mode with blocking calls.
+    init(continuing connection: PostgresConnection, columns: SQLColumns, oids: [UInt32], rowsFetched: Int) {
+        self.connection = connection
+        self.columns = columns
+        self.oids = oids
+        self.rowsFetched = rowsFetched
     }
 
     /// Reads one row; `nil` at the end (then ``isFinished``). Learns the columns from the first result.

@@ -25,6 +25,7 @@ final class StatementTimer: Sendable {
 
     private let state = Mutex(State())
     private let queue = DispatchQueue(label: "switchyard.storage.statement-timer")
+    private let actions = DispatchQueue(label: "switchyard.storage.statement-cancel", attributes: .concurrent)
     /// `nonisolated(unsafe)`: a dispatch source is thread-safe (schedule may be called from any thread); the
     /// reference is set once in `init`.
     private nonisolated(unsafe) let source: any DispatchSourceTimer
@@ -80,6 +81,6 @@ final class StatementTimer: Sendable {
             source.schedule(deadline: earliest ?? .distantFuture, leeway: .milliseconds(1))
             return due
         }
-        for action in due { DispatchQueue.global().async(execute: action) }
+        for action in due { actions.async(execute: action) }
     }
 }

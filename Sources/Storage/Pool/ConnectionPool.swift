@@ -37,7 +37,7 @@ public final class ConnectionPool: SQLQueryable, Sendable {
     private let state: Mutex<State>
     private let timerQueue: DispatchQueue
 
-    private typealias Delivery = @Sendable (Result<SQLConnection, StorageError>) -> Void
+    typealias Delivery = @Sendable (Result<SQLConnection, StorageError>) -> Void
 
     private struct IdleConnection {
         var connection: SQLConnection
@@ -69,6 +69,8 @@ public final class ConnectionPool: SQLQueryable, Sendable {
         var isClosed = false
         var statementTimeouts = 0
         var openStreams = 0
+        /// The instant the waiters' timer is armed for (nil: not armed).
+        var waiterTimer: ContinuousClock.Instant?
 
         var open: Int { inUse + idle.count + connecting }
 
@@ -81,7 +83,8 @@ public final class ConnectionPool: SQLQueryable, Sendable {
         case connect(Int)
         case check(SQLConnection, ContinuousClock.Instant, Delivery)
         case close(SQLConnection)
-        case scheduleTimeout(UInt64, ContinuousClock.Instant)
+        /// Arm the waiters' timer for this instant (one timer for all of them: a busy pool queues thousands a second).
+        case scheduleTimeout(ContinuousClock.Instant)
     }
 
     /// Creates a pool for a URL (see ``DatabaseURL``) and starts opening ``PoolConfiguration/minConnections``
@@ -306,8 +309,32 @@ public final class ConnectionPool: SQLQueryable, Sendable {
 
     // MARK: - Internals
 
+    /// Whether the pool's connections can run statements driven by an event loop
+    /// (``stream(_:_:firstBatch:batchRows:timeout:drivenBy:completion:)``).
+    var connectorDrivesOnLoop: Bool {
+        #if PostgreSQL
+        return connector is PostgresConnector
+        #else
+        return false
+        #endif
+    }
+
+    /// Counts a statement its timeout cancelled (the loop-driven path).
+    func noteStatementTimeout() { state.withLock { $0.statementTimeouts += 1 } }
+
+    /// Counts a row stream opened on a held connection (the loop-driven path hands its rest to one).
+    func noteStreamOpened() { state.withLock { $0.openStreams += 1 } }
+
+    /// Counts the end of a stream of ``noteStreamOpened()``.
+    func noteStreamEnded(timedOut: Bool) {
+        state.withLock { s in
+            s.openStreams -= 1
+            if timedOut { s.statementTimeouts += 1 }
+        }
+    }
+
     /// Finds or opens a connection for `deliver`, which is called exactly once.
-    private func acquire(deadline: ContinuousClock.Instant? = nil, _ deliver: @escaping Delivery) {
+    func acquire(deadline: ContinuousClock.Instant? = nil, _ deliver: @escaping Delivery) {
         let now = ContinuousClock.now
         let deadline = deadline ?? now.advanced(by: configuration.acquireTimeout)
         let actions = state.withLock { s -> [Action] in
@@ -325,8 +352,9 @@ public final class ConnectionPool: SQLQueryable, Sendable {
             s.nextWaiterID += 1
             s.waiters.append(Waiter(id: id, deadline: deadline, deliver: deliver))
             var actions = serveWaiters(&s, now: now)
-            if s.waiters.contains(where: { $0.id == id }) {
-                actions.append(.scheduleTimeout(id, deadline))
+            if s.waiters.contains(where: { $0.id == id }), s.waiterTimer.map({ deadline < $0 }) ?? true {
+                s.waiterTimer = deadline
+                actions.append(.scheduleTimeout(deadline))
             }
             return actions
         }
@@ -389,10 +417,10 @@ public final class ConnectionPool: SQLQueryable, Sendable {
                 }
             case .close(let connection):
                 connection.close()
-            case .scheduleTimeout(let id, let deadline):
+            case .scheduleTimeout(let deadline):
                 let delay = (deadline - ContinuousClock.now).millisecondsRoundedUp
                 timerQueue.asyncAfter(deadline: .now() + .milliseconds(Int(delay))) { [weak self] in
-                    self?.timeOut(waiter: id)
+                    self?.timeOutWaiters()
                 }
             }
         }
@@ -454,16 +482,30 @@ public final class ConnectionPool: SQLQueryable, Sendable {
         perform(actions)
     }
 
-    private func timeOut(waiter id: UInt64) {
-        let actions = state.withLock { s -> [Action] in
-            guard let index = s.waiters.firstIndex(where: { $0.id == id }) else { return [] }
-            let waiter = s.waiters.remove(at: index)
-            s.timeouts += 1
+    /// Timer queue: the waiters past their deadline get a timeout; the timer is armed again for the earliest left.
+    private func timeOutWaiters() {
+        let now = ContinuousClock.now
+        let (expired, rearm, error) = state.withLock { s -> ([Waiter], ContinuousClock.Instant?, StorageError) in
+            s.waiterTimer = nil
+            var expired: [Waiter] = []
+            var earliest: ContinuousClock.Instant?
+            s.waiters.removeAll { waiter in
+                if waiter.deadline <= now {
+                    expired.append(waiter)
+                    return true
+                }
+                if earliest.map({ waiter.deadline < $0 }) ?? true { earliest = waiter.deadline }
+                return false
+            }
+            s.timeouts += expired.count
+            s.waiterTimer = earliest
             let error = StorageError.timeout(.init(
                 "no connection free within \(configuration.acquireTimeout) (pool max \(configuration.maxConnections), "
                     + "in use \(s.inUse), connecting \(s.connecting), waiting \(s.waiters.count))"))
-            return [.deliver(waiter.deliver, .failure(error))]
+            return (expired, earliest, error)
         }
+        var actions = expired.map { Action.deliver($0.deliver, .failure(error)) }
+        if let rearm { actions.append(.scheduleTimeout(rearm)) }
         perform(actions)
     }
 

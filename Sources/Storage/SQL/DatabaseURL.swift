@@ -4,6 +4,7 @@
 ///     sqlite::memory:                  (one in-memory database shared by the pool's connections)
 ///     mysql://user:pass@127.0.0.1:3306/db        (also mariadb://)
 ///     postgres://user:pass@127.0.0.1:5432/db     (also postgresql://)
+///     agent://127.0.0.1:7795?token=SECRET        (the database agent, `switchyard db-agent`; see AgentDriver)
 ///
 /// User, password and database are percent-decoded. Query items (`?connect_timeout=3`) are kept in ``options``
 /// and passed to the server drivers where they mean something (see each driver).
@@ -16,11 +17,13 @@ public struct DatabaseURL: Sendable, Hashable {
         case mysql
         /// PostgreSQL through libpq: built with the `PostgreSQL` trait.
         case postgres
+        /// The database agent over its frames (ids 300+): always built; the agent links the database library.
+        case agent
 
         /// Whether this build includes the driver.
         public var isAvailable: Bool {
             switch self {
-            case .sqlite: return true
+            case .sqlite, .agent: return true
             case .mysql:
                 #if MySQL
                 return true
@@ -41,7 +44,7 @@ public struct DatabaseURL: Sendable, Hashable {
     public var driver: Driver
     /// Server host name or address (server drivers).
     public var host: String
-    /// Server port (server drivers; 3306 and 5432 by default).
+    /// Server port (server drivers; 3306, 5432 and 7795 by default).
     public var port: Int
     /// User name (server drivers).
     public var user: String
@@ -51,7 +54,7 @@ public struct DatabaseURL: Sendable, Hashable {
     public var database: String
     /// File path or `:memory:` (SQLite).
     public var path: String
-    /// Query items of the URL.
+    /// Query items of the URL (`agent://`: `token`, and optionally `dialect`, `connect_timeout`).
     public var options: [String: String]
 
     /// `true` for `sqlite::memory:`.
@@ -63,7 +66,7 @@ public struct DatabaseURL: Sendable, Hashable {
             .badURL(.init("bad database URL '\(DatabaseURL.redact(string))': \(why)"))
         }
         guard let colon = string.firstIndex(of: ":") else {
-            throw bad("no scheme; expected sqlite:PATH, mysql://... or postgres://...")
+            throw bad("no scheme; expected sqlite:PATH, mysql://..., postgres://... or agent://...")
         }
         let scheme = string[..<colon].lowercased()
         var rest = Substring(string[string.index(after: colon)...])
@@ -92,8 +95,11 @@ public struct DatabaseURL: Sendable, Hashable {
         case "postgres", "postgresql":
             self.driver = .postgres
             self.port = 5432
+        case "agent":
+            self.driver = .agent
+            self.port = 7795
         default:
-            throw bad("unknown scheme '\(scheme)'; expected sqlite, mysql or postgres")
+            throw bad("unknown scheme '\(scheme)'; expected sqlite, mysql, postgres or agent")
         }
 
         guard rest.hasPrefix("//") else { throw bad("expected '\(scheme)://user:password@host:port/database'") }
@@ -133,6 +139,12 @@ public struct DatabaseURL: Sendable, Hashable {
         if let portPart {
             guard let port = Int(portPart), (1...65535).contains(port) else { throw bad("bad port '\(portPart)'") }
             self.port = port
+        }
+        if driver == .agent {
+            guard let token = options["token"], !token.isEmpty else { throw bad("agent:// needs ?token=SECRET") }
+            if let dialect = options["dialect"], SQLDialect(rawValue: dialect) == nil {
+                throw bad("unknown dialect '\(dialect)'; expected sqlite, mysql or postgres")
+            }
         }
     }
 
@@ -177,8 +189,13 @@ public struct DatabaseURL: Sendable, Hashable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// The URL text with the password replaced by `***`.
+    /// The URL text with the password (and an agent token) replaced by `***`.
     static func redact(_ text: String) -> String {
+        var text = text
+        if let token = text.range(of: "token=") {
+            let end = text[token.upperBound...].firstIndex(of: "&") ?? text.endIndex
+            text.replaceSubrange(token.upperBound..<end, with: "***")
+        }
         guard let schemeEnd = text.range(of: "://"), let at = text.lastIndex(of: "@"), at > schemeEnd.upperBound
         else { return text }
         let credentials = text[schemeEnd.upperBound..<at]
@@ -196,6 +213,9 @@ extension DatabaseURL: CustomStringConvertible {
             let hostText = host.contains(":") ? "[\(host)]" : host
             let auth = user.isEmpty ? "" : user + (password.isEmpty ? "" : ":***") + "@"
             return "\(driver.rawValue)://\(auth)\(hostText):\(port)/\(database)"
+        case .agent:
+            let hostText = host.contains(":") ? "[\(host)]" : host
+            return "agent://\(hostText):\(port)" + (options["dialect"].map { "?dialect=\($0)" } ?? "")
         }
     }
 }

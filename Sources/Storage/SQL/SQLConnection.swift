@@ -21,7 +21,7 @@ public final class SQLConnection: SQLQueryable, Sendable {
     public let dialect: SQLDialect
 
     private let worker: WorkerThread
-    private let box: DriverBox
+    let box: DriverBox
     private let broken = Atomic<Bool>(false)
     private let closed = Atomic<Bool>(false)
     /// Generations and server-side cancels of this connection's statements.
@@ -43,7 +43,7 @@ public final class SQLConnection: SQLQueryable, Sendable {
     ///
     /// `@unchecked Sendable`: the class itself is not thread-safe, but every access happens inside a job of the
     /// single worker thread (jobs run one at a time), so there is never concurrent access.
-    private final class DriverBox: @unchecked Sendable {
+    final class DriverBox: @unchecked Sendable {
         var driver: DriverConnection?
         init(_ driver: DriverConnection?) { self.driver = driver }
     }
@@ -182,6 +182,7 @@ public final class SQLConnection: SQLQueryable, Sendable {
                 completion(.failure(.connectionLost(.init("the connection is closed"))))
                 return
             }
+            driver.willStart(timeout: timeout)
             let generation = statementGuard.begin(timeout: nil)
             let started = ContinuousClock.now
             var timer: UInt64?
@@ -296,7 +297,8 @@ public final class SQLConnection: SQLQueryable, Sendable {
                 completion(.failure(.connectionLost(.init("the connection is closed"))))
                 return
             }
-            let generation = statementGuard.begin(timeout: timeout)
+            driver.willStart(timeout: timeout)
+            let generation = statementGuard.begin(timeout: timeout, grace: driver.timeoutGrace)
             var result: Result<T, StorageError>
             do {
                 result = .success(try body(driver))
@@ -316,6 +318,16 @@ public final class SQLConnection: SQLQueryable, Sendable {
     }
 
     // MARK: - The stream gate
+
+    /// Turns the statement a loop started on this held connection (nothing queued on the worker) into a row stream
+    /// read on the worker thread from here on; `onEnd` as for ``openStream(_:_:batchRows:timeout:onEnd:completion:)``.
+    func adoptStream(_ driver: DriverStream, generation: UInt64, batchRows: Int, timeout: Duration?,
+                     remaining: Duration?, onEnd: @escaping @Sendable (_ timedOut: Bool) -> Void) -> SQLRowStream {
+        gate.withLock { $0.streamOpen = true }
+        let core = StreamCore(connection: self, driver: driver, generation: generation, batchRows: max(1, batchRows),
+                              timeout: timeout, remaining: remaining, onEnd: onEnd)
+        return SQLRowStream(core: core)
+    }
 
     /// Queues a job on the worker thread, or holds it back while a stream is open. `opensStream`: the job starts a
     /// stream; the jobs after it are held until ``streamEnded()``.

@@ -15,12 +15,14 @@ public enum SQLDialect: String, Sendable, Hashable {
     /// PostgreSQL 10 or later.
     case postgres
 
-    /// The dialect of a driver.
-    public init(_ driver: DatabaseURL.Driver) {
+    /// The dialect of a driver; `nil` for ``DatabaseURL/Driver/agent``, whose dialect is the database's behind the
+    /// agent (the URL's `dialect` option, or the agent's answer).
+    public init?(_ driver: DatabaseURL.Driver) {
         switch driver {
         case .sqlite: self = .sqlite
         case .mysql: self = .mysql
         case .postgres: self = .postgres
+        case .agent: return nil
         }
     }
 

@@ -9,7 +9,7 @@
 //   https://github.com/apple/swift-protobuf/
 
 /// Database agent messages (PROTOCOL.md: ids 300+). Each message's frame id is listed in
-/// Sources/DatabaseAgent/DatabaseAgentMessageID.swift. A caller sends requests tagged with its own request id (unique
+/// Sources/DatabaseAgentProtocol/DatabaseAgentMessageID.swift. A caller sends requests tagged with its own request id (unique
 /// among its open requests on the connection); every request ends with exactly one Done or one Error of that id.
 /// An Execute that returns rows is answered Columns, then Rows chunks, then Done; after each Rows chunk that is not
 /// the last the agent reads no more rows until the caller grants a chunk with MoreRows (the first chunk is free; at
@@ -30,6 +30,54 @@ import SwiftProtobuf
 fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobuf.ProtobufAPIVersionCheck {
   struct _2: SwiftProtobuf.ProtobufAPIVersion_2 {}
   typealias Version = _2
+}
+
+public nonisolated enum Switchyard_Dbagent_TransactionAction: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case transactionUnspecified // = 0
+
+  /// take a pooled connection for this caller's connection and start a transaction on it
+  case begin // = 1
+
+  /// commit it and give the pooled connection back
+  case commit // = 2
+
+  /// roll it back and give the pooled connection back
+  case rollback // = 3
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .transactionUnspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .transactionUnspecified
+    case 1: self = .begin
+    case 2: self = .commit
+    case 3: self = .rollback
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .transactionUnspecified: return 0
+    case .begin: return 1
+    case .commit: return 2
+    case .rollback: return 3
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Switchyard_Dbagent_TransactionAction] = [
+    .transactionUnspecified,
+    .begin,
+    .commit,
+    .rollback,
+  ]
+
 }
 
 public nonisolated enum Switchyard_Dbagent_ColumnType: SwiftProtobuf.Enum, Swift.CaseIterable {
@@ -113,6 +161,9 @@ public nonisolated enum Switchyard_Dbagent_ErrorKind: SwiftProtobuf.Enum, Swift.
 
   /// the caller cancelled it
   case cancelled // = 10
+
+  /// out of order (BEGIN in a transaction, COMMIT outside one, a Batch in one), or the
+  case transaction // = 11
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -132,6 +183,7 @@ public nonisolated enum Switchyard_Dbagent_ErrorKind: SwiftProtobuf.Enum, Swift.
     case 8: self = .tooLarge
     case 9: self = .busy
     case 10: self = .cancelled
+    case 11: self = .transaction
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -149,6 +201,7 @@ public nonisolated enum Switchyard_Dbagent_ErrorKind: SwiftProtobuf.Enum, Swift.
     case .tooLarge: return 8
     case .busy: return 9
     case .cancelled: return 10
+    case .transaction: return 11
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -166,6 +219,7 @@ public nonisolated enum Switchyard_Dbagent_ErrorKind: SwiftProtobuf.Enum, Swift.
     .tooLarge,
     .busy,
     .cancelled,
+    .transaction,
   ]
 
 }
@@ -332,6 +386,46 @@ public nonisolated struct Switchyard_Dbagent_MoreRows: Sendable {
   public init() {}
 }
 
+/// Caller -> agent (id 304): checks the token and asks what the agent serves (Storage's agent:// driver sends it
+/// when it connects). Answered Welcome, or Error UNAUTHORIZED.
+public nonisolated struct Switchyard_Dbagent_Hello: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var requestID: UInt64 = 0
+
+  public var token: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Caller -> agent (id 305): a transaction across requests. Between BEGIN and COMMIT/ROLLBACK every Execute of the
+/// caller's connection runs on one pooled connection, inside the transaction (a Batch is refused). A connection that
+/// closes, or a transaction open longer than its timeout, is rolled back (later requests of it get Error
+/// TRANSACTION until ROLLBACK). Answered Done or Error (a COMMIT that failed was rolled back). At most
+/// DatabaseAgentConfiguration.maxTransactions are open in the agent (more: Error BUSY).
+public nonisolated struct Switchyard_Dbagent_Transaction: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var requestID: UInt64 = 0
+
+  public var token: String = String()
+
+  public var action: Switchyard_Dbagent_TransactionAction = .transactionUnspecified
+
+  /// BEGIN: how long the transaction may stay open (0: the agent's default; capped)
+  public var timeoutMs: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// Agent -> caller (id 310): the columns of an Execute's result, before its rows.
 public nonisolated struct Switchyard_Dbagent_Columns: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -403,6 +497,28 @@ public nonisolated struct Switchyard_Dbagent_Done: Sendable {
   public init() {}
 }
 
+/// Agent -> caller (id 314): the answer to Hello.
+public nonisolated struct Switchyard_Dbagent_Welcome: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var requestID: UInt64 = 0
+
+  /// the database behind the agent: "sqlite", "mysql", "postgres"
+  public var dialect: String = String()
+
+  /// the token may send SQL text
+  public var sqlAllowed: Bool = false
+
+  /// the longest request body the agent accepts
+  public var maxFrameBody: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// Agent -> caller (id 313): the request failed (or was refused); nothing more comes for it.
 public nonisolated struct Switchyard_Dbagent_Error: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -433,12 +549,16 @@ public nonisolated struct Switchyard_Dbagent_Error: Sendable {
 
 fileprivate nonisolated let _protobuf_package = "switchyard.dbagent"
 
+nonisolated extension Switchyard_Dbagent_TransactionAction: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0TRANSACTION_UNSPECIFIED\0\u{1}BEGIN\0\u{1}COMMIT\0\u{1}ROLLBACK\0")
+}
+
 nonisolated extension Switchyard_Dbagent_ColumnType: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0UNKNOWN\0\u{1}INTEGER\0\u{1}REAL\0\u{1}TEXT\0\u{1}BLOB\0")
 }
 
 nonisolated extension Switchyard_Dbagent_ErrorKind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0UNSPECIFIED\0\u{1}UNAUTHORIZED\0\u{1}UNKNOWN_STATEMENT\0\u{1}SQL_NOT_ALLOWED\0\u{1}RATE_LIMITED\0\u{1}TIMEOUT\0\u{1}DATABASE\0\u{1}BAD_REQUEST\0\u{1}TOO_LARGE\0\u{1}BUSY\0\u{1}CANCELLED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0UNSPECIFIED\0\u{1}UNAUTHORIZED\0\u{1}UNKNOWN_STATEMENT\0\u{1}SQL_NOT_ALLOWED\0\u{1}RATE_LIMITED\0\u{1}TIMEOUT\0\u{1}DATABASE\0\u{1}BAD_REQUEST\0\u{1}TOO_LARGE\0\u{1}BUSY\0\u{1}CANCELLED\0\u{1}TRANSACTION\0")
 }
 
 nonisolated extension Switchyard_Dbagent_Value: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -738,6 +858,86 @@ nonisolated extension Switchyard_Dbagent_MoreRows: SwiftProtobuf.Message, SwiftP
   }
 }
 
+nonisolated extension Switchyard_Dbagent_Hello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Hello"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}token\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.requestID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.token) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.requestID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.requestID, fieldNumber: 1)
+    }
+    if !self.token.isEmpty {
+      try visitor.visitSingularStringField(value: self.token, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Switchyard_Dbagent_Hello, rhs: Switchyard_Dbagent_Hello) -> Bool {
+    if lhs.requestID != rhs.requestID {return false}
+    if lhs.token != rhs.token {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Switchyard_Dbagent_Transaction: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Transaction"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}token\0\u{1}action\0\u{3}timeout_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.requestID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.token) }()
+      case 3: try { try decoder.decodeSingularEnumField(value: &self.action) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.requestID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.requestID, fieldNumber: 1)
+    }
+    if !self.token.isEmpty {
+      try visitor.visitSingularStringField(value: self.token, fieldNumber: 2)
+    }
+    if self.action != .transactionUnspecified {
+      try visitor.visitSingularEnumField(value: self.action, fieldNumber: 3)
+    }
+    if self.timeoutMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.timeoutMs, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Switchyard_Dbagent_Transaction, rhs: Switchyard_Dbagent_Transaction) -> Bool {
+    if lhs.requestID != rhs.requestID {return false}
+    if lhs.token != rhs.token {return false}
+    if lhs.action != rhs.action {return false}
+    if lhs.timeoutMs != rhs.timeoutMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Switchyard_Dbagent_Columns: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Columns"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}names\0\u{1}types\0")
@@ -898,6 +1098,51 @@ nonisolated extension Switchyard_Dbagent_Done: SwiftProtobuf.Message, SwiftProto
     if lhs.lastInsertID != rhs.lastInsertID {return false}
     if lhs.rowsSent != rhs.rowsSent {return false}
     if lhs.truncated != rhs.truncated {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Switchyard_Dbagent_Welcome: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Welcome"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}dialect\0\u{3}sql_allowed\0\u{3}max_frame_body\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.requestID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.dialect) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.sqlAllowed) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.maxFrameBody) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.requestID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.requestID, fieldNumber: 1)
+    }
+    if !self.dialect.isEmpty {
+      try visitor.visitSingularStringField(value: self.dialect, fieldNumber: 2)
+    }
+    if self.sqlAllowed != false {
+      try visitor.visitSingularBoolField(value: self.sqlAllowed, fieldNumber: 3)
+    }
+    if self.maxFrameBody != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxFrameBody, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Switchyard_Dbagent_Welcome, rhs: Switchyard_Dbagent_Welcome) -> Bool {
+    if lhs.requestID != rhs.requestID {return false}
+    if lhs.dialect != rhs.dialect {return false}
+    if lhs.sqlAllowed != rhs.sqlAllowed {return false}
+    if lhs.maxFrameBody != rhs.maxFrameBody {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

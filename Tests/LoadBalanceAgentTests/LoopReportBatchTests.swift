@@ -1,0 +1,71 @@
+import Dispatch
+import LoadBalanceAgent
+import LoadBalanceClient
+import LoadBalancing
+import Reactor
+import Synchronization
+import TestSupport
+import Testing
+
+@Suite("LoopLoadBalanceClient: the reports of one loop iteration go out together")
+struct LoopReportBatchTests {
+    /// Runs `body` on `loop` (one task: one loop iteration) and waits for it, and for the tasks it posted.
+    private func inOneIteration(_ loop: EventLoop, _ body: @escaping @Sendable () -> Void) {
+        let done = DispatchSemaphore(value: 0)
+        loop.execute { body() }
+        // Posted after `body`'s task: runs once the flush that task posted has run.
+        loop.execute { loop.execute { done.signal() } }
+        done.wait()
+    }
+
+    @Test("every report reaches the agent once; one iteration's reports take one system call per 64",
+          arguments: PollerKind.allCases)
+    func reportsBatched(poller: PollerKind) async throws {
+        let key = RouteKey(modid: 7301, cmdid: 1)
+        let hosts = (0..<3).map { LoadBalancing.Host(address: "127.0.0.1", port: 9300 + $0)! }
+        let world = try AgentWorld.make(poller: poller, routes: [key: hosts])
+        let loop = world.group.ioLoops[0]
+        let made = Mutex<LoopLoadBalanceClient?>(nil)
+        let ports = world.ports
+        inOneIteration(loop) { made.withLock { $0 = try? LoopLoadBalanceClient(loop: loop, agentPorts: ports) } }
+        let client = try #require(made.withLock { $0 })
+        let before = try #require(await world.agent.statistics()).reportRequests
+
+        // 150 reports in one iteration: 64, 64 (sent as they fill up), then 22 at the iteration's end.
+        inOneIteration(loop) {
+            for i in 0..<150 {
+                client.report(modid: key.modid, cmdid: key.cmdid, host: hosts[i % 3], success: i % 5 != 0)
+            }
+        }
+        #expect(client.reportStatistics == ReportCounts(sent: 150, dropped: 0, batches: 3))
+        // 5 more in another iteration: one system call.
+        inOneIteration(loop) {
+            for i in 0..<5 { client.report(modid: key.modid, cmdid: key.cmdid, host: hosts[i % 3], success: true) }
+        }
+        #expect(client.reportStatistics == ReportCounts(sent: 155, dropped: 0, batches: 4))
+        let arrived = await eventually(timeout: .seconds(10)) {
+            await world.agent.statistics()?.reportRequests == before + 155
+        }
+        #expect(arrived, "the agent did not count 155 reports")
+        // One more, sent last on the same socket (loopback keeps the order): once it is counted, any duplicate of
+        // the earlier ones would have been counted too.
+        inOneIteration(loop) { client.report(modid: key.modid, cmdid: key.cmdid, host: hosts[0], success: true) }
+        let marker = await eventually(timeout: .seconds(10)) {
+            await world.agent.statistics()?.reportRequests ?? 0 >= before + 156
+        }
+        #expect(marker)
+        #expect(try #require(await world.agent.statistics()).reportRequests == before + 156)
+
+        // close() sends what still waits.
+        inOneIteration(loop) {
+            client.report(modid: key.modid, cmdid: key.cmdid, host: hosts[1], success: false)
+            client.close()
+        }
+        #expect(client.reportStatistics.sent == 157)
+        let last = await eventually(timeout: .seconds(10)) {
+            await world.agent.statistics()?.reportRequests == before + 157
+        }
+        #expect(last)
+        world.shutdown()
+    }
+}
