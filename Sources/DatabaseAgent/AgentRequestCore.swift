@@ -34,6 +34,8 @@ struct AgentRequestCore {
         case fetch(UInt64, maxRows: Int)
         /// The request is over: cancel its work in progress and drop its source.
         case release(UInt64)
+        /// As `release`, because the request's timeout passed: its statement is cancelled as timed out.
+        case expire(UInt64)
         /// The connection's first request without a valid token: log it (once per episode across connections).
         case logUnauthorized(reason: String)
         /// Close the connection (after the answers before this action are out).
@@ -301,7 +303,7 @@ struct AgentRequestCore {
         switch request.phase {
         case .starting, .batch:
             _ = finish(id)
-            return [.release(id), failure(Self.error(id, .timeout, "the statement did not finish within its timeout"),
+            return [.expire(id), failure(Self.error(id, .timeout, "the statement did not finish within its timeout"),
                                           token: request.token)]
         case .fetching, .waitingCredit:
             return []

@@ -332,6 +332,10 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
                 deadlines.removeValue(forKey: id)?.cancel()
                 tasks.removeValue(forKey: id)?.cancel()
                 sources.removeValue(forKey: id)?.cancel()
+            case .expire(let id):
+                deadlines.removeValue(forKey: id)?.cancel()
+                tasks.removeValue(forKey: id)?.expire()
+                sources.removeValue(forKey: id)?.cancel()
             case .logUnauthorized(let reason):
                 authLog.record(connection, reason: reason)
             case .close:

@@ -62,6 +62,12 @@ struct StartedStatement: Sendable {
 /// Work a runner started for a request (a task), cancelled when the request ends before it reports.
 protocol RunnerWork: Sendable {
     func cancel()
+    /// Cancels it because the request's timeout passed (counted as a statement timeout where the work can tell).
+    func expire()
+}
+
+extension RunnerWork {
+    func expire() { cancel() }
 }
 
 extension Task: RunnerWork where Success == Void, Failure == Never {}

@@ -224,7 +224,7 @@ struct RequestCoreTests {
         var h = try CoreHarness()
         _ = h.core.execute(CoreHarness.execute(1, name: "all", batchRows: 5), now: 0)
         let ended = h.core.timedOut(1)
-        #expect(ended.first == .release(1) && ended.last?.errorKind == .timeout)
+        #expect(ended.first == .expire(1) && ended.last?.errorKind == .timeout)
         #expect(h.core.started(1, columns: [], batch: RowBatch(rows: [], isLast: true), now: 0) == [.release(1)],
                 "the late result is dropped")
         _ = h.core.execute(CoreHarness.execute(2, name: "all", batchRows: 5), now: 0)

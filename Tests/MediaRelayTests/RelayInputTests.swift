@@ -16,7 +16,7 @@ private func exchange(_ bytes: [UInt8], port: UInt16) async throws -> (status: I
             try socket.sendAll(bytes)
             return try socket.receiveUntilClose()
         }
-    }.get()
+    }.mapError { TestFailure("no answer to a request of \(bytes.count) bytes: \($0)") }.get()
     socket.close()
     let text = String(decoding: answer, as: UTF8.self)
     let status = text.split(separator: " ", maxSplits: 2).dropFirst().first.flatMap { Int($0) } ?? 0
@@ -108,12 +108,21 @@ extension RelaySocketTests {
             try viewer.request("/live/cam.ts")
             #expect(await eventually { running.relay.statistics.viewers == 1 })
             async let watched = onThread { Result { try viewer.read() } }
-            for start in stride(from: 0, to: movie.count, by: 10_000) {
-                let piece = movie[start..<min(movie.count, start + 10_000)]
-                try publisher.sendAll(Array((String(piece.count, radix: 16) + "\r\n").utf8) + piece + [13, 10])
+            // The blocking sends and the wait for the answer run on a thread of their own: on the test's task they
+            // would hold one of the few threads of Swift's cooperative pool, which the suites beside this one (and
+            // the relay's lookups) need.
+            let published = await onThread { () -> Result<[UInt8], any Error> in
+                Result {
+                    for start in stride(from: 0, to: movie.count, by: 10_000) {
+                        let piece = movie[start..<min(movie.count, start + 10_000)]
+                        try publisher.sendAll(Array((String(piece.count, radix: 16) + "\r\n").utf8) + piece + [13, 10])
+                    }
+                    try publisher.sendAll(Array("0\r\n\r\n".utf8))
+                    return try publisher.receiveUntilClose()
+                }
             }
-            try publisher.sendAll(Array("0\r\n\r\n".utf8))
-            let answer = String(decoding: try publisher.receiveUntilClose(), as: UTF8.self)
+            let answer = String(decoding: try published.mapError { TestFailure("the publisher's answer: \($0)") }.get(),
+                                as: UTF8.self)
             #expect(answer.hasPrefix("HTTP/1.1 200 OK") && answer.contains("published \(movie.count) bytes"))
             let response = try await watched.get()
             #expect(response.status == 200 && response.ended)

@@ -55,18 +55,20 @@ extension NameServiceSocketTests {
             let reply = try #require(try await nextFrame(client))
             #expect(try routeHosts(reply) == [first])
 
-            // Added: pushed without asking again.
+            // Added: pushed without asking again. Through the agent, the change and every poll take two more hops
+            // (the driver, the agent's pool), which a loaded machine (the whole suite at once) stretches.
+            let within: Duration = db == .agent ? .seconds(5) : .seconds(2)
             let added = ContinuousClock.now
             try await RouteAdmin.addHost(second, to: key, on: admin)
-            let push = try #require(try await nextFrame(client, timeout: .seconds(2)) { try routeHosts($0).count == 2 },
-                                    "no push within 2 s")
-            #expect(ContinuousClock.now - added < .seconds(2))
+            let push = try #require(try await nextFrame(client, timeout: within) { try routeHosts($0).count == 2 },
+                                    "no push within \(within)")
+            #expect(ContinuousClock.now - added < within)
             #expect(push.messageID == MessageID.getRouteResponse.rawValue)
             #expect(try routeHosts(push) == [first, second])
 
             // Removed: the next push no longer has it.
             try await RouteAdmin.removeHost(first, from: key, on: admin)
-            let removal = try #require(try await nextFrame(client, timeout: .seconds(2)), "no push after removal")
+            let removal = try #require(try await nextFrame(client, timeout: within), "no push after removal")
             #expect(try routeHosts(removal) == [second])
 
             // A change to another route is not pushed to this client.

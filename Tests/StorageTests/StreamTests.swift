@@ -66,11 +66,13 @@ extension DriverTests {
             #expect(stream.rowsFetched == count)
             #expect(stream.isFinished)
             let growth = peak - start
-            // Held at once (as `query` does), the rows take about 250 MiB. AddressSanitizer keeps freed memory in
-            // its quarantine (256 MiB), so RSS says nothing there; rowsFetched above still bounds the read-ahead.
+            // Held at once (as `query` does), the rows take about 250 MiB. The bound leaves room for the suites
+            // that run beside this one in the same process (their allocations count in its RSS too). AddressSanitizer
+            // keeps freed memory in its quarantine (256 MiB), so RSS says nothing there; rowsFetched above still
+            // bounds the read-ahead.
             let environment = ProcessInfo.processInfo.environment
             if environment["ASAN_OPTIONS"] == nil && environment["TSAN_OPTIONS"] == nil {
-                #expect(growth < 20 << 20, "RSS grew by \(growth >> 20) MiB while streaming")
+                #expect(growth < 64 << 20, "RSS grew by \(growth >> 20) MiB while streaming")
             }
             #expect(pool.statistics.inUse == 0)
         }

@@ -24,12 +24,20 @@ public final class LoopStatementHandle: Sendable {
     }
 
     private let state = Mutex(State())
+    private let timeout: Duration?
 
-    init() {}
+    init(timeout: Duration?) { self.timeout = timeout }
 
     /// Cancels the statement (on the server when it runs; its connection goes back to the pool once the server
     /// answered); its completion is not called afterwards. Idempotent.
-    public func cancel() {
+    public func cancel() { cancel(reason: .caller) }
+
+    /// Cancels the statement as ``cancel()`` because the caller's deadline for it passed (the statement's own
+    /// timeout, timed from the request rather than from the statement's start): the pool counts it in
+    /// ``PoolStatistics/statementTimeouts``.
+    public func expire() { cancel(reason: timeout.map { .timeout($0) } ?? .caller) }
+
+    private func cancel(reason: CancelReason) {
         let running = state.withLock { s -> (SQLConnection, UInt64)? in
             guard !s.cancelled else { return nil }
             s.cancelled = true
@@ -37,7 +45,7 @@ public final class LoopStatementHandle: Sendable {
         }
         guard let (connection, generation) = running else { return }
         // PQcancel opens a connection to the server and waits: never on the loop.
-        DispatchQueue.global().async { connection.statementGuard.cancel(generation, reason: .caller) }
+        DispatchQueue.global().async { connection.statementGuard.cancel(generation, reason: reason) }
     }
 
     var isCancelled: Bool { state.withLock { $0.cancelled } }
@@ -78,7 +86,7 @@ extension ConnectionPool {
                        completion: @escaping @Sendable (Result<LoopStatementStart, StorageError>) -> Void)
         -> LoopStatementHandle
     {
-        let handle = LoopStatementHandle()
+        let handle = LoopStatementHandle(timeout: timeout)
         #if PostgreSQL
         guard connectorDrivesOnLoop else {
             streamOnWorker(sql, parameters, firstBatch: firstBatch, batchRows: batchRows, timeout: timeout,
