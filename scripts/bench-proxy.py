@@ -714,7 +714,8 @@ def main():
     p.add_argument("--warmup", type=float, help="seconds of load before each measured window (default 0.5; "
                    "--quick 0.2)")
     p.add_argument("--sizes", default="16,4096,65536", help="message sizes (default 16,4096,65536)")
-    p.add_argument("--conns", default="10,100,1000", help="connection counts (default 10,100,1000)")
+    p.add_argument("--conns", default="10,100,1000",
+                   help="connection counts (default 10,100,1000; empty: only the connection-rate cell)")
     p.add_argument("--rate-conns", type=int, default=10,
                    help="connections of the connection-rate cell, each reconnecting per request (default 10; 0: no "
                    "such cell)")
@@ -759,7 +760,7 @@ def main():
     opts.proxy_args = opts.proxy_args.split()
     rows = [r for r in bench.parse_list(opts.rows) if r in ROWS] + ([NOISE_ROW] if opts.noise_check else [])
     cells = [{"kind": "echo", "size": s, "connections": c}
-             for s in bench.parse_list(opts.sizes, int) for c in bench.parse_list(opts.conns, int)]
+             for s in bench.parse_list(opts.sizes, int) for c in (bench.parse_list(opts.conns, int) or [])]
     if opts.rate_conns > 0:
         cells.append({"kind": "rate", "size": 16, "connections": opts.rate_conns})
 

@@ -40,6 +40,8 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
     let timeoutErrors: [UInt16: LoadBalanceClientError]
     /// Reports of this loop iteration, sent by `flushReports()` (posted to run after the iteration's events).
     private var queuedReports = DatagramBatch()
+    /// For each queued datagram, whether it is a report (or a batched GetHost), for the report counters.
+    private var queuedIsReport: [Bool] = []
     private var flushPosted = false
     private let reportsSent = Atomic<Int>(0)
     private let reportsDropped = Atomic<Int>(0)
@@ -86,8 +88,10 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
 
     /// Asks the agent for a host of (modid, cmdid): by `key` (consistent hashing with bounded loads, a
     /// Switchyard agent) or, when nil, by the module's own order (Lars's GetHost). `completion` runs on the loop
-    /// with the agent's answer, or a `LoadBalanceClientError` (timeout, closed, a bad reply). Loop thread only.
-    public func getHost(modid: Int32, cmdid: Int32, key: [UInt8]?,
+    /// with the agent's answer, or a `LoadBalanceClientError` (timeout, closed, a bad reply). With `batched` the
+    /// request waits for the end of the loop's iteration and leaves with the reports and other batched requests in
+    /// one system call (for requests nobody waits for now: a proxy's spare hosts). Loop thread only.
+    public func getHost(modid: Int32, cmdid: Int32, key: [UInt8]?, batched: Bool = false,
                         completion: @escaping (Result<GetHostResult, LoadBalanceClientError>) -> Void) {
         loop.assertInLoopThread()
         if pending.isClosed { return completion(.failure(.closed)) }
@@ -104,7 +108,11 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
         let timeoutError = timeoutErrors[destination.port] ?? .timeout("no agent answered on \(destination)")
         pending.add(seq, context: (), deadline: SystemInfo.monotonicNanoseconds() &+ timeout.nanosecondsSaturated,
                     timeoutError: timeoutError, completion: completion)
-        frame.withUnsafeBytes { _ = endpoint.channels[0].sendInLoop($0, to: destination) }
+        if batched {
+            queue(frame, to: destination, isReport: false)
+        } else {
+            frame.withUnsafeBytes { _ = endpoint.channels[0].sendInLoop($0, to: destination) }
+        }
     }
 
     /// Tells the agent whether a call to `host` succeeded (retcode 0, else 1). Fire and forget: the report is
@@ -115,7 +123,13 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
         guard !pending.isClosed,
               let frame = AgentRequests.report(modid: modid, cmdid: cmdid, host: host, retcode: success ? 0 : 1,
                                                secret: reportSecret) else { return }
-        queuedReports.append(frame, to: AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses))
+        queue(frame, to: AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses), isReport: true)
+    }
+
+    /// Queues a datagram for the end of the loop's iteration (``flushReports()``).
+    private func queue(_ frame: [UInt8], to destination: SocketAddress, isReport: Bool) {
+        queuedReports.append(frame, to: destination)
+        queuedIsReport.append(isReport)
         if queuedReports.count >= Self.maxQueuedReports {
             flushReports()
         } else if !flushPosted {
@@ -127,15 +141,18 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
         }
     }
 
-    /// Sends the queued reports now, in one system call. Loop thread only.
+    /// Sends the queued reports (and batched requests) now, in one system call. Loop thread only.
     public func flushReports() {
         loop.assertInLoopThread()
         guard !queuedReports.isEmpty else { return }
         let sent = endpoint.channels[0].sendInLoop(queuedReports)
-        reportsSent.wrappingAdd(sent, ordering: .relaxed)
-        reportsDropped.wrappingAdd(queuedReports.count - sent, ordering: .relaxed)
-        reportBatches.wrappingAdd(1, ordering: .relaxed)
+        let reports = queuedIsReport.count { $0 }
+        let reportsTaken = queuedIsReport.prefix(sent).count { $0 }
+        reportsSent.wrappingAdd(reportsTaken, ordering: .relaxed)
+        reportsDropped.wrappingAdd(reports - reportsTaken, ordering: .relaxed)
+        if reports > 0 { reportBatches.wrappingAdd(1, ordering: .relaxed) }
         queuedReports.removeAll()
+        queuedIsReport.removeAll(keepingCapacity: true)
     }
 
     /// Reports handed to the kernel, refused by it (dropped: the agent never sees them), and the system calls that

@@ -229,13 +229,13 @@ public final class ProxyServer: Service, Sendable {
                     perform(connection.session.handle(event), for: connection, on: proxyLoop)
                 }
             case .connect(let host):
-                connection.dialer = TCPDialer.connect(on: proxyLoop.loop, to: host,
-                                                      timeout: configuration.connectTimeout) { [self] result in
+                connection.dialer = TCPDialer.dial(on: proxyLoop.loop, to: host,
+                                                   timeout: configuration.connectTimeout) { [self] result in
                     connection.dialer = nil
                     let event: ProxySession.Event
                     switch result {
-                    case .success(let fd):
-                        connection.backend = fd
+                    case .success(let socket):
+                        connection.backend = socket
                         event = .connected
                     case .failure(let error):
                         counters.noteConnectFailure(host)
@@ -286,7 +286,9 @@ public final class ProxyServer: Service, Sendable {
         let count = spares.toAsk()
         proxyLoop.spares[key] = spares
         for _ in 0..<count {
-            proxyLoop.agent.getHost(modid: key.modid, cmdid: key.cmdid, key: nil) { [weak proxyLoop] result in
+            // With this iteration's reports, in one system call.
+            proxyLoop.agent.getHost(modid: key.modid, cmdid: key.cmdid, key: nil, batched: true) {
+                [weak proxyLoop] result in
                 guard let proxyLoop else { return }
                 let host: Host? = if case .success(.host(let host)) = result { host } else { nil }
                 proxyLoop.spares[key]?.answered(host, now: SystemInfo.monotonicNanoseconds())
@@ -299,18 +301,24 @@ public final class ProxyServer: Service, Sendable {
             ProxyHeader.encode(version, client: connection.socket.peer,
                                proxy: connection.socket.local)
         } ?? []
-        let backend = connection.backend
-        connection.backend = -1
-        let tunnel = TCPTunnel(
-            loop: proxyLoop.loop, client: connection.socket.fd, server: backend,
-            options: TunnelOptions(transfer: configuration.transfer, bufferBytes: configuration.bufferBytes,
-                                   idleTimeout: configuration.idleTimeout),
-            preamble: preamble
-        ) { [self] _, outcome in
+        let onEnd: (TCPTunnel, TunnelOutcome) -> Void = { [self] _, outcome in
             connection.tunnel = nil
             counters.noteTunnelEnd(outcome)
             if outcome.end == .idleTimeout { noteIdleClose(connection) }
             perform(connection.session.handle(.tunnelEnded(outcome)), for: connection, on: proxyLoop)
+        }
+        let backend = connection.backend
+        connection.backend = nil
+        guard let backend, let tunnel = TCPTunnel(
+            loop: proxyLoop.loop, client: connection.socket.fd, server: backend,
+            options: TunnelOptions(transfer: configuration.transfer, bufferBytes: configuration.bufferBytes,
+                                   idleTimeout: configuration.idleTimeout),
+            preamble: preamble, onEnd: onEnd)
+        else {
+            // No connected socket to join (not reached: the connect's success sets it just before): the client
+            // closes, nothing is reported.
+            let outcome = TunnelOutcome(end: .closed, clientToServerBytes: 0, serverToClientBytes: 0)
+            return perform(connection.session.handle(.tunnelEnded(outcome)), for: connection, on: proxyLoop)
         }
         connection.tunnel = tunnel
         connection.clientClosed = true  // the tunnel owns the descriptors now
@@ -422,8 +430,8 @@ final class ProxyConnection {
     var session: ProxySession
     var dialer: TCPDialer?
     var tunnel: TCPTunnel?
-    /// The connected backend's descriptor between the connect and the tunnel's start.
-    var backend: Int32 = -1
+    /// The connected backend's socket between the connect and the tunnel's start.
+    var backend: DialedSocket?
     /// The client's descriptor is closed, or owned by the tunnel.
     var clientClosed = false
 
@@ -447,8 +455,8 @@ final class ProxyConnection {
     }
 
     func releaseDescriptors() {
-        if backend >= 0 { Posix.close(backend) }
-        backend = -1
+        backend?.close()
+        backend = nil
         if !clientClosed { Posix.close(socket.fd) }
         clientClosed = true
     }

@@ -18,17 +18,24 @@ struct LoopReportBatchTests {
         done.wait()
     }
 
+    /// An agent with `routes` and a loop client of it, made on the world's first loop.
+    private func makeClient(_ poller: PollerKind, routes: [RouteKey: [LoadBalancing.Host]]) throws
+        -> (AgentWorld, EventLoop, LoopLoadBalanceClient)
+    {
+        let world = try AgentWorld.make(poller: poller, routes: routes)
+        let loop = world.group.ioLoops[0]
+        let made = Mutex<LoopLoadBalanceClient?>(nil)
+        let ports = world.ports
+        inOneIteration(loop) { made.withLock { $0 = try? LoopLoadBalanceClient(loop: loop, agentPorts: ports) } }
+        return (world, loop, try #require(made.withLock { $0 }))
+    }
+
     @Test("every report reaches the agent once; one iteration's reports take one system call per 64",
           arguments: PollerKind.allCases)
     func reportsBatched(poller: PollerKind) async throws {
         let key = RouteKey(modid: 7301, cmdid: 1)
         let hosts = (0..<3).map { LoadBalancing.Host(address: "127.0.0.1", port: 9300 + $0)! }
-        let world = try AgentWorld.make(poller: poller, routes: [key: hosts])
-        let loop = world.group.ioLoops[0]
-        let made = Mutex<LoopLoadBalanceClient?>(nil)
-        let ports = world.ports
-        inOneIteration(loop) { made.withLock { $0 = try? LoopLoadBalanceClient(loop: loop, agentPorts: ports) } }
-        let client = try #require(made.withLock { $0 })
+        let (world, loop, client) = try makeClient(poller, routes: [key: hosts])
         let before = try #require(await world.agent.statistics()).reportRequests
 
         // 150 reports in one iteration: 64, 64 (sent as they fill up), then 22 at the iteration's end.
@@ -66,6 +73,48 @@ struct LoopReportBatchTests {
             await world.agent.statistics()?.reportRequests == before + 157
         }
         #expect(last)
+        world.shutdown()
+    }
+
+    @Test("batched GetHost requests leave with the iteration's reports and are answered; only reports are counted",
+          arguments: PollerKind.allCases)
+    func batchedGetHost(poller: PollerKind) async throws {
+        let key = RouteKey(modid: 7302, cmdid: 1)
+        let hosts = (0..<3).map { LoadBalancing.Host(address: "127.0.0.1", port: 9310 + $0)! }
+        let (world, loop, client) = try makeClient(poller, routes: [key: hosts])
+        let answers = Mutex<[GetHostResult?]>([])
+        let ask = { @Sendable in
+            client.getHost(modid: key.modid, cmdid: key.cmdid, key: nil, batched: true) { result in
+                answers.withLock { $0.append(try? result.get()) }
+            }
+        }
+        // An agent learns a module on its first request: ask until it has the route, one request at a time (each
+        // answered before the next, so none is still on its way below).
+        let learned = await eventually(timeout: .seconds(10)) {
+            let asked = answers.withLock { $0.count }
+            inOneIteration(loop) { ask() }
+            return await eventually(timeout: .seconds(2)) { answers.withLock { $0.count > asked } }
+                && answers.withLock { $0.last??.host != nil }
+        }
+        #expect(learned, "the agent never answered with a host: \(answers.withLock { $0 })")
+        answers.withLock { $0 = [] }
+
+        // Three requests and two reports in one iteration: one batch of reports; every request answered.
+        inOneIteration(loop) {
+            for _ in 0..<3 { ask() }
+            client.report(modid: key.modid, cmdid: key.cmdid, host: hosts[0], success: true)
+            client.report(modid: key.modid, cmdid: key.cmdid, host: hosts[1], success: true)
+        }
+        #expect(client.reportStatistics == ReportCounts(sent: 2, dropped: 0, batches: 1))
+        #expect(await eventually(timeout: .seconds(10)) { answers.withLock { $0.count == 3 } })
+        for answer in answers.withLock({ $0 }) {
+            #expect(answer?.host.map(hosts.contains) == true, "\(String(describing: answer))")
+        }
+        // Requests alone: sent at the iteration's end, answered; no report batch counted.
+        inOneIteration(loop) { ask() }
+        #expect(await eventually(timeout: .seconds(10)) { answers.withLock { $0.count == 4 } })
+        #expect(client.reportStatistics == ReportCounts(sent: 2, dropped: 0, batches: 1))
+        inOneIteration(loop) { client.close() }
         world.shutdown()
     }
 }

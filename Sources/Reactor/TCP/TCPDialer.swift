@@ -27,12 +27,17 @@ public final class TCPDialer: EventHandler, @unchecked Sendable {
     @exclusivity(unchecked) private var completion: ((Result<Int32, any Error>) -> Void)?
     @exclusivity(unchecked) private var timer: TimerHandle?
     @exclusivity(unchecked) private var watching = false
+    /// A success hands the descriptor over still registered with the loop (``dial(on:to:timeout:noDelay:completion:)``).
+    private let handOver: Bool
+    /// The success handed over a registered descriptor.
+    @exclusivity(unchecked) private var handedRegistered = false
 
-    private init(loop: EventLoop, address: SocketAddress, fd: Int32,
+    private init(loop: EventLoop, address: SocketAddress, fd: Int32, handOver: Bool,
                  completion: @escaping (Result<Int32, any Error>) -> Void) {
         self.loop = loop
         self.address = address
         self.fd = fd
+        self.handOver = handOver
         self.completion = completion
     }
 
@@ -40,17 +45,37 @@ public final class TCPDialer: EventHandler, @unchecked Sendable {
     @discardableResult
     public static func connect(on loop: EventLoop, to address: SocketAddress, timeout: Duration, noDelay: Bool = true,
                                completion: @escaping (Result<Int32, any Error>) -> Void) -> TCPDialer {
+        start(on: loop, to: address, timeout: timeout, noDelay: noDelay, handOver: false, completion: completion)
+    }
+
+    /// Starts connecting as ``connect(on:to:timeout:noDelay:completion:)``, and hands the connected socket over as
+    /// a ``DialedSocket``: still watched by the loop, so a ``TCPTunnel`` takes it over with one poller change
+    /// instead of a removal and a new registration. Loop thread only.
+    @discardableResult
+    public static func dial(on loop: EventLoop, to address: SocketAddress, timeout: Duration, noDelay: Bool = true,
+                            completion: @escaping (Result<DialedSocket, any Error>) -> Void) -> TCPDialer {
+        var dialer: TCPDialer?
+        dialer = start(on: loop, to: address, timeout: timeout, noDelay: noDelay, handOver: true) { result in
+            let registered = dialer?.handedRegistered ?? false
+            dialer = nil
+            completion(result.map { DialedSocket(fd: $0, loop: loop, registered: registered) })
+        }
+        return dialer!
+    }
+
+    private static func start(on loop: EventLoop, to address: SocketAddress, timeout: Duration, noDelay: Bool,
+                              handOver: Bool, completion: @escaping (Result<Int32, any Error>) -> Void) -> TCPDialer {
         loop.assertInLoopThread()
         let fd: Int32
         do {
             fd = try Posix.socket(domain: AF_INET, type: Int32(Glibc.SOCK_STREAM.rawValue))
         } catch {
-            let dialer = TCPDialer(loop: loop, address: address, fd: -1, completion: completion)
+            let dialer = TCPDialer(loop: loop, address: address, fd: -1, handOver: handOver, completion: completion)
             dialer.finishLater(.failure(error))
             return dialer
         }
         if noDelay { try? Posix.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1) }
-        let dialer = TCPDialer(loop: loop, address: address, fd: fd, completion: completion)
+        let dialer = TCPDialer(loop: loop, address: address, fd: fd, handOver: handOver, completion: completion)
         let started: IOResult<Void>
         do {
             started = try Posix.connect(fd, to: address)
@@ -127,6 +152,11 @@ public final class TCPDialer: EventHandler, @unchecked Sendable {
         self.completion = nil
         let succeeded: Bool
         if case .success = result { succeeded = true } else { succeeded = false }
+        if succeeded && handOver {
+            // The registration goes with the descriptor (`DialedSocket`); this dialer ignores its events from now on.
+            handedRegistered = watching
+            watching = false
+        }
         release(closing: !succeeded)
         completion(result)
     }
@@ -137,5 +167,48 @@ public final class TCPDialer: EventHandler, @unchecked Sendable {
         if watching { loop.unregister(fd: fd) }
         watching = false
         if closing && fd >= 0 { Posix.close(fd) }
+    }
+}
+
+/// A connected socket from ``TCPDialer/dial(on:to:timeout:noDelay:completion:)``, still watched by its loop (when the
+/// connect had to wait): hand it to a ``TCPTunnel`` (its initializer that takes one), which takes the registration
+/// over, or `close()` it. Dropped unclaimed, it closes itself. Loop thread only.
+public final class DialedSocket: @unchecked Sendable {
+    // @unchecked Sendable: touched only on `loop`.
+    public let fd: Int32
+    public let loop: EventLoop
+    /// The loop watches the descriptor (for the dialer, which no longer acts on its events).
+    let registered: Bool
+    @exclusivity(unchecked) private var owned = true
+
+    init(fd: Int32, loop: EventLoop, registered: Bool) {
+        self.fd = fd
+        self.loop = loop
+        self.registered = registered
+    }
+
+    /// Takes the descriptor (and its registration) over; nil when it was taken or closed already.
+    func take() -> (fd: Int32, registered: Bool)? {
+        guard owned else { return nil }
+        owned = false
+        return (fd, registered)
+    }
+
+    /// Closes the socket (it stops being watched first). Loop thread only; nothing once taken or closed.
+    public func close() {
+        guard owned else { return }
+        owned = false
+        if registered { loop.unregisterForClose(fd: fd) }
+        Posix.close(fd)
+    }
+
+    deinit {
+        guard owned else { return }
+        let (fd, registered, loop) = (fd, registered, loop)
+        let release: @Sendable () -> Void = {
+            if registered { loop.unregisterForClose(fd: fd) }
+            Posix.close(fd)
+        }
+        if loop.inLoopThread { release() } else { loop.execute(release) }
     }
 }

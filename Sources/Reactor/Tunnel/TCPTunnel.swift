@@ -121,6 +121,8 @@ public final class TCPTunnel: @unchecked Sendable {
     /// Bytes to send to the server before anything from the client (a PROXY protocol header).
     @exclusivity(unchecked) private var preamble: [UInt8]
     @exclusivity(unchecked) private var preambleSent = 0
+    /// The server's socket is registered with the loop already (a ``DialedSocket``): `start()` takes it over.
+    @exclusivity(unchecked) private var serverRegistered = false
 
     /// - Parameters:
     ///   - loop: The loop both sockets are served on (the caller's).
@@ -138,6 +140,17 @@ public final class TCPTunnel: @unchecked Sendable {
                     splicing: options.transfer == .splice)
     }
 
+    /// A tunnel to a socket ``TCPDialer/dial(on:to:timeout:noDelay:completion:)`` connected: `start()` takes over
+    /// the loop's registration of it with one poller change. Nil when `server` was taken or closed already.
+    public convenience init?(loop: EventLoop, client: Int32, server: DialedSocket,
+                             options: TunnelOptions = TunnelOptions(), preamble: [UInt8] = [],
+                             onEnd: @escaping (TCPTunnel, TunnelOutcome) -> Void) {
+        precondition(server.loop === loop, "the dialed socket belongs to another loop")
+        guard let (fd, registered) = server.take() else { return nil }
+        self.init(loop: loop, client: client, server: fd, options: options, preamble: preamble, onEnd: onEnd)
+        serverRegistered = registered
+    }
+
     /// Bytes delivered so far, client to server and server to client.
     public var bytesMoved: (clientToServer: UInt64, serverToClient: UInt64) { (up.moved, down.moved) }
 
@@ -151,12 +164,19 @@ public final class TCPTunnel: @unchecked Sendable {
             try loop.register(fd: up.from, interest: .read, handler: client)
             clientHandler = client
             clientInterest = .read
-            try loop.register(fd: down.from, interest: .read, handler: server)
+            if serverRegistered {
+                try loop.reassign(fd: down.from, interest: .read, handler: server)
+                serverRegistered = false
+            } else {
+                try loop.register(fd: down.from, interest: .read, handler: server)
+            }
             serverHandler = server
             serverInterest = .read
         } catch {
-            if clientHandler != nil { loop.unregister(fd: up.from) }
+            if clientHandler != nil { loop.unregisterForClose(fd: up.from) }
+            if serverRegistered { loop.unregisterForClose(fd: down.from) }
             clientHandler = nil
+            serverRegistered = false
             ended = true
             Posix.close(up.from)
             Posix.close(down.from)
@@ -478,8 +498,9 @@ public final class TCPTunnel: @unchecked Sendable {
         ended = true
         idleTimer?.cancel()
         idleTimer = nil
-        if clientHandler != nil { loop.unregister(fd: up.from) }
-        if serverHandler != nil { loop.unregister(fd: down.from) }
+        // Both descriptors close right below: no poller call for them (epoll drops them on the close).
+        if clientHandler != nil { loop.unregisterForClose(fd: up.from) }
+        if serverHandler != nil { loop.unregisterForClose(fd: down.from) }
         clientHandler = nil
         serverHandler = nil
         for flow in [up, down] {

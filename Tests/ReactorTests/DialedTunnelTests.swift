@@ -1,0 +1,151 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import Reactor
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A blocking listening socket on 127.0.0.1, port 0: (descriptor, port).
+private func listener() throws -> (Int32, Int) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var sin = sockaddr_in()
+    sin.sin_family = sa_family_t(AF_INET)
+    inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr)
+    var size = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &sin) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, size) == 0 && getsockname(fd, $0, &size) == 0 }
+    }
+    guard bound, listen(fd, 16) == 0 else { throw TestFailure("cannot listen: errno \(errno)") }
+    var timeout = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    return (fd, Int(UInt16(bigEndian: sin.sin_port)))
+}
+
+/// Accepts one connection (blocking, within the listener's timeout), with a receive timeout of its own.
+private func acceptOne(_ listener: Int32) throws -> Int32 {
+    let fd = accept(listener, nil, nil)
+    guard fd >= 0 else { throw TestFailure("nothing connected: errno \(errno)") }
+    var timeout = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    return fd
+}
+
+/// A connected loopback pair: (the test's blocking end, the tunnel's non-blocking end).
+private func clientPair(_ listenerFD: Int32, port: Int) throws -> (Int32, Int32) {
+    let outer = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var sin = sockaddr_in()
+    sin.sin_family = sa_family_t(AF_INET)
+    sin.sin_port = UInt16(port).bigEndian
+    inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr)
+    let connected = withUnsafePointer(to: &sin) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(outer, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
+    }
+    guard connected == 0 else { throw TestFailure("connect failed: errno \(errno)") }
+    let inner = try acceptOne(listenerFD)
+    _ = fcntl(inner, F_SETFL, fcntl(inner, F_GETFL) | O_NONBLOCK)
+    var timeout = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(outer, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    return (outer, inner)
+}
+
+private func receive(_ fd: Int32, _ count: Int) -> [UInt8] {
+    var buffer = [UInt8](repeating: 0, count: count)
+    let n = recv(fd, &buffer, count, Int32(MSG_WAITALL))
+    return n > 0 ? Array(buffer[0..<n]) : []
+}
+
+/// True when the peer closed (EOF or reset) within the receive timeout, with nothing sent first.
+private func seesEnd(_ fd: Int32) -> Bool {
+    var byte: UInt8 = 0
+    let n = recv(fd, &byte, 1, 0)
+    return n == 0 || (n < 0 && errno == ECONNRESET)
+}
+
+@Suite("TCPDialer.dial: a connected socket handed to a tunnel still watched, or closed")
+struct DialedTunnelTests {
+    @Test("a tunnel to a dialed socket moves bytes both ways and ends on the FINs; again on the same loop",
+          arguments: PollerKind.allCases)
+    func tunnelToDialedSocket(poller: PollerKind) throws {
+        try withGroup(poller: poller, ioLoops: 1) { group in
+            let (backendListener, backendPort) = try listener()
+            let (clientListener, clientPort) = try listener()
+            defer { close(backendListener); close(clientListener) }
+            let loop = group.next()
+            let address = try SocketAddress(host: "127.0.0.1", port: backendPort)
+            // Twice: the second tunnel's descriptors may reuse the first one's numbers, which must be free in the
+            // poller as well as in the process.
+            for round in 0..<2 {
+                let (client, clientInner) = try clientPair(clientListener, port: clientPort)
+                defer { close(client) }
+                let outcome = Shared<TunnelOutcome?>(nil)
+                let failure = Shared<String?>(nil)
+                _ = try onLoop(loop) {
+                    TCPDialer.dial(on: loop, to: address, timeout: .seconds(5)) { result in
+                        switch result {
+                        case .success(let socket):
+                            guard let tunnel = TCPTunnel(loop: loop, client: clientInner, server: socket,
+                                                         onEnd: { _, end in outcome.set(end) }) else {
+                                return failure.set("the dialed socket was taken already")
+                            }
+                            do { try tunnel.start() } catch { failure.set("start: \(error)") }
+                        case .failure(let error):
+                            failure.set("dial: \(error)")
+                            close(clientInner)
+                        }
+                    }
+                    return true
+                }
+                let backend = try acceptOne(backendListener)
+                defer { close(backend) }
+                let request = Array("ping \(round)".utf8)
+                #expect(send(client, request, request.count, 0) == request.count)
+                #expect(receive(backend, request.count) == request)
+                let answer = Array("pong \(round)".utf8)
+                #expect(send(backend, answer, answer.count, 0) == answer.count)
+                #expect(receive(client, answer.count) == answer)
+                shutdown(client, Int32(SHUT_WR))
+                #expect(seesEnd(backend))
+                shutdown(backend, Int32(SHUT_WR))
+                #expect(seesEnd(client))
+                #expect(eventually { outcome.get() != nil })
+                #expect(outcome.get() == TunnelOutcome(end: .finished, clientToServerBytes: UInt64(request.count),
+                                                       serverToClientBytes: UInt64(answer.count)))
+                #expect(failure.get() == nil)
+            }
+        }
+    }
+
+    @Test("a dialed socket closed, or dropped unclaimed, closes its connection; the loop dials on",
+          arguments: PollerKind.allCases)
+    func closedOrDropped(poller: PollerKind) throws {
+        try withGroup(poller: poller, ioLoops: 1) { group in
+            let (backendListener, backendPort) = try listener()
+            defer { close(backendListener) }
+            let loop = group.next()
+            let address = try SocketAddress(host: "127.0.0.1", port: backendPort)
+            for closes in [true, false, true] {
+                let connected = Shared<Bool?>(nil)
+                _ = try onLoop(loop) {
+                    TCPDialer.dial(on: loop, to: address, timeout: .seconds(5)) { result in
+                        guard case .success(let socket) = result else { return connected.set(false) }
+                        if closes {
+                            socket.close()
+                            socket.close()  // once only
+                        }  // else: dropped here, unclaimed
+                        connected.set(true)
+                    }
+                    return true
+                }
+                let backend = try acceptOne(backendListener)
+                defer { close(backend) }
+                #expect(seesEnd(backend), "closes: \(closes)")
+                #expect(eventually { connected.get() != nil })
+                #expect(connected.get() == true)
+            }
+        }
+    }
+}
