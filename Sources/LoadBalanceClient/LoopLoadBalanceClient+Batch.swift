@@ -7,14 +7,15 @@ extension LoopLoadBalanceClient {
     /// `LoadBalanceClient.getHosts(_:)` does: `completion` runs on the loop with the results in the order of
     /// `queries`, each as its own `getHost` would have it, or a `LoadBalanceClientError` (`.batchRefused` when the
     /// agent serves no batch that large or the queries do not fit in one datagram, `.timeout`, `.closed`,
-    /// `.badReply`). Sent to the agent port of the first query. Loop thread only.
+    /// `.badReply`). Sent to the agent port of the first query; with `batched`, at the end of the loop's iteration
+    /// with its reports (as `getHost(modid:cmdid:key:batched:completion:)`). Loop thread only.
     ///
     /// ```swift
     /// agent.getHosts([HostQuery(modid: 1, cmdid: 1), HostQuery(modid: 2, cmdid: 1, key: "room-7")]) { result in
     ///     if case .success(let answers) = result { login(with: answers) }   // on `loop`
     /// }
     /// ```
-    public func getHosts(_ queries: [HostQuery],
+    public func getHosts(_ queries: [HostQuery], batched: Bool = false,
                          completion: @escaping (Result<[GetHostResult], LoadBalanceClientError>) -> Void) {
         loop.assertInLoopThread()
         if pendingBatches.isClosed { return completion(.failure(.closed)) }
@@ -33,7 +34,11 @@ extension LoopLoadBalanceClient {
         pendingBatches.add(seq, context: queries,
                            deadline: SystemInfo.monotonicNanoseconds() &+ timeout.nanosecondsSaturated,
                            timeoutError: timeoutError, completion: completion)
-        frame.withUnsafeBytes { _ = endpoint.channels[0].sendInLoop($0, to: destination) }
+        if batched {
+            queue(frame, to: destination, isReport: false)
+        } else {
+            frame.withUnsafeBytes { _ = endpoint.channels[0].sendInLoop($0, to: destination) }
+        }
     }
 
     /// Batch requests waiting for the agent.

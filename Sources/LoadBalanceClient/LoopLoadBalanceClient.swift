@@ -127,7 +127,7 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
     }
 
     /// Queues a datagram for the end of the loop's iteration (``flushReports()``).
-    private func queue(_ frame: [UInt8], to destination: SocketAddress, isReport: Bool) {
+    func queue(_ frame: [UInt8], to destination: SocketAddress, isReport: Bool) {
         queuedReports.append(frame, to: destination)
         queuedIsReport.append(isReport)
         if queuedReports.count >= Self.maxQueuedReports {

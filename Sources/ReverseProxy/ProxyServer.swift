@@ -280,18 +280,40 @@ public final class ProxyServer: Service, Sendable {
         }
     }
 
-    /// Asks the agent for the module's spare hosts that are missing (``SpareHosts``).
+    /// Asks the agent for the module's spare hosts that are missing (``SpareHosts``): several in one batch GetHost
+    /// (one datagram, one pick each, one answer), which leaves with the loop iteration's reports. An agent that does
+    /// not answer batches (Lars's) gets single requests from then on.
     private func askForSpares(_ key: ModuleKey, on proxyLoop: ProxyLoop) {
         guard var spares = proxyLoop.spares[key] else { return }
         let count = spares.toAsk()
         proxyLoop.spares[key] = spares
+        guard count > 0 else { return }
+        let answered: (Host?) -> Void = { [weak proxyLoop] host in
+            proxyLoop?.spares[key]?.answered(host, now: SystemInfo.monotonicNanoseconds())
+        }
+        if count > 1 && proxyLoop.agentAnswersBatches {
+            let queries = Array(repeating: HostQuery(modid: key.modid, cmdid: key.cmdid), count: count)
+            proxyLoop.agent.getHosts(queries, batched: true) { [weak proxyLoop] result in
+                switch result {
+                case .success(let answers):
+                    proxyLoop?.agentAnsweredBatch = true
+                    for answer in answers { answered(answer.host) }
+                case .failure(let error):
+                    for _ in 0..<count { answered(nil) }
+                    if case .closed = error { return }
+                    // A refusal, or no answer from an agent that never answered one (Lars's has no ids 104/105):
+                    // single requests from now on. (An agent that answered batches before is away, not unable.)
+                    guard let proxyLoop else { return }
+                    if case .batchRefused = error { proxyLoop.agentAnswersBatches = false }
+                    if !proxyLoop.agentAnsweredBatch { proxyLoop.agentAnswersBatches = false }
+                }
+            }
+            return
+        }
         for _ in 0..<count {
             // With this iteration's reports, in one system call.
-            proxyLoop.agent.getHost(modid: key.modid, cmdid: key.cmdid, key: nil, batched: true) {
-                [weak proxyLoop] result in
-                guard let proxyLoop else { return }
-                let host: Host? = if case .success(.host(let host)) = result { host } else { nil }
-                proxyLoop.spares[key]?.answered(host, now: SystemInfo.monotonicNanoseconds())
+            proxyLoop.agent.getHost(modid: key.modid, cmdid: key.cmdid, key: nil, batched: true) { result in
+                if case .success(.host(let host)) = result { answered(host) } else { answered(nil) }
             }
         }
     }
@@ -395,6 +417,10 @@ final class ProxyLoop: @unchecked Sendable {
     var spares: [ModuleKey: SpareHosts] = [:]
     /// A task to ask for the missing spares is posted (it runs after the loop iteration's events).
     var refillPosted = false
+    /// Spare hosts are asked for in batch GetHost requests (a Switchyard agent answers them); false once one was
+    /// refused, or went unanswered before any was answered.
+    var agentAnswersBatches = true
+    var agentAnsweredBatch = false
 
     /// A fresh spare host of the route's module, if one is in hand (its spares made on first use).
     func takeSpare(for route: ProxyRoute, now: UInt64, target: Int, maxAge: Duration) -> Host? {

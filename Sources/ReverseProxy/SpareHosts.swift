@@ -3,8 +3,9 @@ import LoadBalancing
 
 /// Hosts asked of the agent ahead of the connections that will use them, for one route on one loop: a new client
 /// takes a host in hand (the agent picked it a moment ago) and connects at once, while the loop asks the agent for
-/// the next one, so the agent's round trip is off the connection's path. Each connection still uses one GetHost of
-/// its own (one pick per connection, as the agent counts them); only its timing changes. A host is used only while
+/// the next ones, so the agent's round trip is off the connection's path. Each connection still uses one pick of its
+/// own (as the agent counts them); only its timing changes, and the loop refills half the target at once (one batch
+/// request for several picks). A host is used only while
 /// it is fresh (`maxAge`): an idle proxy asks again rather than use an old pick; an answer without a host is not
 /// kept (the next client asks, and is refused, on its own). Keyed requests (`--affinity client-ip`) never use it.
 ///
@@ -35,9 +36,12 @@ public struct SpareHosts: Sendable {
         return nil
     }
 
-    /// How many requests to send now to fill up to the target; counts them as asked.
+    /// How many requests to send now to fill up to the target, counted as asked: none while more than half the
+    /// target is in hand or asked, then all that is missing at once (so the shell asks for several in one batch).
     public mutating func toAsk() -> Int {
-        let n = max(0, target - inHand.count - asked)
+        let have = inHand.count + asked
+        guard have <= target / 2 else { return 0 }
+        let n = max(0, target - have)
         asked += n
         return n
     }

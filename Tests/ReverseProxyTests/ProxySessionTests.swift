@@ -124,11 +124,27 @@ struct SpareHostsTests {
         spares.answered(nil, now: 110)  // the agent had no host: nothing kept
         spares.answered(b, now: 2_000)
         #expect(spares.count == 2 && spares.asked == 0)
-        #expect(spares.toAsk() == 1)
+        #expect(spares.toAsk() == 0, "more than half the target in hand")
         // `a` is 2,000 ns old at 2,100: past the bound, dropped; `b` is fresh.
         #expect(spares.take(now: 2_100) == b)
         #expect(spares.take(now: 2_100) == nil)
-        #expect(spares.toAsk() == 2, "one still asked, two to fill")
+        #expect(spares.toAsk() == 3, "nothing in hand or asked: the whole target")
+    }
+
+    @Test("refills once half the target is used, all that is missing at once")
+    func refillsAtHalf() {
+        var spares = SpareHosts(target: 4, maxAgeNanoseconds: 1_000_000)
+        #expect(spares.toAsk() == 4)
+        for host in [a, b, a, b] { spares.answered(host, now: 0) }
+        #expect(spares.take(now: 10) == a)
+        #expect(spares.toAsk() == 0, "three in hand")
+        #expect(spares.take(now: 10) == b)
+        #expect(spares.toAsk() == 2, "two in hand: two more in one request")
+        #expect(spares.take(now: 10) == a && spares.take(now: 10) == b)
+        #expect(spares.toAsk() == 2, "none in hand, two asked: the other two")
+        #expect(spares.toAsk() == 0, "four asked")
+        for host in [a, b, a, b] { spares.answered(host, now: 20) }
+        #expect(spares.count == 4 && spares.asked == 0 && spares.toAsk() == 0)
     }
 
     @Test("a target of zero never asks")
