@@ -82,9 +82,9 @@ public struct ProxyConfiguration: Sendable {
     /// Sent with every report when the agent requires it (`--report-secret`).
     public var reportSecret: [UInt8]?
     /// Hosts each loop asks of the agent ahead of the connections that will use them, per route (``SpareHosts``):
-    /// a new client connects at once to a host the agent picked a moment ago, while the next one is asked for, so
-    /// the agent's round trip is off the connection's path. Still one GetHost per connection; never with
-    /// `--affinity client-ip`. 0 asks when the client comes. Default 4.
+    /// a new client connects at once to a host the agent picked a moment ago, so the agent's round trip is off the
+    /// connection's path; once half are used the missing ones are asked for in one batch GetHost. Still one pick
+    /// per connection; never with `--affinity client-ip`. 0 asks when the client comes. Default 4.
     public var spareHosts: Int
     /// A spare host older than this is not used (an idle proxy asks again). Default 1 s.
     public var spareHostMaxAge: Duration

@@ -47,8 +47,8 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "Secret to send with reports, when the agent requires one.") var reportSecret: String?
     @Option(help: """
         Hosts each loop asks the agent for ahead of the connections that use them (the agent's round trip off a \
-        new connection's path; still one GetHost per connection; not with --affinity client-ip). 0: ask when the \
-        client comes (default 4).
+        new connection's path; still one pick per connection, half of them asked for at once in one batch \
+        request; not with --affinity client-ip). 0: ask when the client comes (default 4).
         """)
     var spareHosts = 4
     @Option(help: "I/O threads.") var loops = 1
