@@ -258,7 +258,7 @@ ssize_t sy_splice(int from, int to, size_t count) {
 }
 
 unsigned sy_send_datagrams(int fd, const struct sockaddr_in *addresses, const struct iovec *payloads,
-                           unsigned count) {
+                           unsigned count, unsigned char *refused) {
     enum { chunk = 64 };
     struct mmsghdr messages[chunk];
     unsigned taken = 0, next = 0;
@@ -274,6 +274,7 @@ unsigned sy_send_datagrams(int fd, const struct sockaddr_in *addresses, const st
         int r = sendmmsg(fd, messages, n, MSG_NOSIGNAL);
         if (r <= 0) {
             if (r < 0 && errno == EINTR) continue;
+            if (refused) refused[next] = 1;
             next += 1;  /* the first one was refused: it is dropped, the others still go */
             continue;
         }

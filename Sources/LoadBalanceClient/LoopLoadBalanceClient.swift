@@ -42,6 +42,8 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
     private var queuedReports = DatagramBatch()
     /// For each queued datagram, whether it is a report (or a batched GetHost), for the report counters.
     private var queuedIsReport: [Bool] = []
+    /// What runs at the end of the iteration before the flush (``atEndOfIteration(_:)``).
+    private var endOfIteration: [() -> Void] = []
     private var flushPosted = false
     private let reportsSent = Atomic<Int>(0)
     private let reportsDropped = Atomic<Int>(0)
@@ -126,15 +128,33 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
         queue(frame, to: AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses), isReport: true)
     }
 
+    /// Runs `body` at the end of this loop iteration, just before the queued reports and batched requests are sent,
+    /// so what it queues leaves with them in the same system call (a proxy's spare-host requests). Loop thread only.
+    public func atEndOfIteration(_ body: @escaping () -> Void) {
+        loop.assertInLoopThread()
+        endOfIteration.append(body)
+        postFlush()
+    }
+
     /// Queues a datagram for the end of the loop's iteration (``flushReports()``).
     func queue(_ frame: [UInt8], to destination: SocketAddress, isReport: Bool) {
         queuedReports.append(frame, to: destination)
         queuedIsReport.append(isReport)
         if queuedReports.count >= Self.maxQueuedReports {
             flushReports()
-        } else if !flushPosted {
+        } else {
+            postFlush()
+        }
+    }
+
+    /// Posts the end-of-iteration task (once per iteration): the `atEndOfIteration` bodies, then the flush.
+    private func postFlush() {
+        if !flushPosted {
             flushPosted = true
             loop.execute { [self] in
+                let bodies = endOfIteration
+                endOfIteration.removeAll()
+                for body in bodies { body() }
                 flushPosted = false
                 flushReports()
             }
@@ -145,11 +165,12 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
     public func flushReports() {
         loop.assertInLoopThread()
         guard !queuedReports.isEmpty else { return }
-        let sent = endpoint.channels[0].sendInLoop(queuedReports)
+        var refused = [Bool](repeating: false, count: queuedReports.count)
+        endpoint.channels[0].sendInLoop(queuedReports, refused: &refused)
         let reports = queuedIsReport.count { $0 }
-        let reportsTaken = queuedIsReport.prefix(sent).count { $0 }
-        reportsSent.wrappingAdd(reportsTaken, ordering: .relaxed)
-        reportsDropped.wrappingAdd(reports - reportsTaken, ordering: .relaxed)
+        let reportsRefused = zip(queuedIsReport, refused).count { $0 && $1 }
+        reportsSent.wrappingAdd(reports - reportsRefused, ordering: .relaxed)
+        reportsDropped.wrappingAdd(reportsRefused, ordering: .relaxed)
         if reports > 0 { reportBatches.wrappingAdd(1, ordering: .relaxed) }
         queuedReports.removeAll()
         queuedIsReport.removeAll(keepingCapacity: true)

@@ -265,15 +265,14 @@ public final class ProxyServer: Service, Sendable {
         }
     }
 
-    /// Asks for the missing spare hosts once this loop iteration's events are handled (one task per iteration,
-    /// whatever the number of connections that took a spare): the UDP sends, and the agent they wake, come after the
-    /// iteration's accepts and connects.
+    /// Asks for the missing spare hosts once this loop iteration's events are handled (once per iteration, whatever
+    /// the number of connections that took a spare), in the agent client's end-of-iteration task: the requests leave
+    /// with the iteration's reports in one system call, after the iteration's accepts and connects.
     private func refillSparesLater(on proxyLoop: ProxyLoop) {
         guard !proxyLoop.refillPosted else { return }
         proxyLoop.refillPosted = true
-        let bound = LoopBound(proxyLoop, loop: proxyLoop.loop)
-        proxyLoop.loop.execute { [weak self] in
-            let proxyLoop = bound.value
+        proxyLoop.agent.atEndOfIteration { [weak self, weak proxyLoop] in
+            guard let proxyLoop else { return }
             proxyLoop.refillPosted = false
             guard let self else { return }
             for key in proxyLoop.spares.keys { askForSpares(key, on: proxyLoop) }
@@ -331,17 +330,17 @@ public final class ProxyServer: Service, Sendable {
         }
         let backend = connection.backend
         connection.backend = nil
-        guard let backend, let tunnel = TCPTunnel(
-            loop: proxyLoop.loop, client: connection.socket.fd, server: backend,
-            options: TunnelOptions(transfer: configuration.transfer, bufferBytes: configuration.bufferBytes,
-                                   idleTimeout: configuration.idleTimeout),
-            preamble: preamble, onEnd: onEnd)
-        else {
+        guard let backend else {
             // No connected socket to join (not reached: the connect's success sets it just before): the client
             // closes, nothing is reported.
             let outcome = TunnelOutcome(end: .closed, clientToServerBytes: 0, serverToClientBytes: 0)
             return perform(connection.session.handle(.tunnelEnded(outcome)), for: connection, on: proxyLoop)
         }
+        let tunnel = TCPTunnel(
+            loop: proxyLoop.loop, client: connection.socket, server: backend,
+            options: TunnelOptions(transfer: configuration.transfer, bufferBytes: configuration.bufferBytes,
+                                   idleTimeout: configuration.idleTimeout),
+            preamble: preamble, onEnd: onEnd)
         connection.tunnel = tunnel
         connection.clientClosed = true  // the tunnel owns the descriptors now
         do {

@@ -32,7 +32,8 @@ private func acceptOne(_ listener: Int32) throws -> Int32 {
     return fd
 }
 
-/// A connected loopback pair: (the test's blocking end, the tunnel's non-blocking end).
+/// A connected loopback pair: (the test's blocking end, the tunnel's end, accepted as the reactor accepts:
+/// non-blocking, CLOEXEC).
 private func clientPair(_ listenerFD: Int32, port: Int) throws -> (Int32, Int32) {
     let outer = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var sin = sockaddr_in()
@@ -45,8 +46,10 @@ private func clientPair(_ listenerFD: Int32, port: Int) throws -> (Int32, Int32)
         }
     }
     guard connected == 0 else { throw TestFailure("connect failed: errno \(errno)") }
-    let inner = try acceptOne(listenerFD)
+    let inner = accept(listenerFD, nil, nil)
+    guard inner >= 0 else { throw TestFailure("accept failed: errno \(errno)") }
     _ = fcntl(inner, F_SETFL, fcntl(inner, F_GETFL) | O_NONBLOCK)
+    _ = fcntl(inner, F_SETFD, FD_CLOEXEC)
     var timeout = timeval(tv_sec: 10, tv_usec: 0)
     setsockopt(outer, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     return (outer, inner)
@@ -87,10 +90,9 @@ struct DialedTunnelTests {
                     TCPDialer.dial(on: loop, to: address, timeout: .seconds(5)) { result in
                         switch result {
                         case .success(let socket):
-                            guard let tunnel = TCPTunnel(loop: loop, client: clientInner, server: socket,
-                                                         onEnd: { _, end in outcome.set(end) }) else {
-                                return failure.set("the dialed socket was taken already")
-                            }
+                            let client = AcceptedSocket(fd: clientInner, peer: address, loop: loop)
+                            let tunnel = TCPTunnel(loop: loop, client: client, server: socket,
+                                                   onEnd: { _, end in outcome.set(end) })
                             do { try tunnel.start() } catch { failure.set("start: \(error)") }
                         case .failure(let error):
                             failure.set("dial: \(error)")
@@ -146,6 +148,72 @@ struct DialedTunnelTests {
                 #expect(eventually { connected.get() != nil })
                 #expect(connected.get() == true)
             }
+        }
+    }
+
+    @Test("a tunnel whose dialed socket was closed before start() fails to start and closes the client",
+          arguments: PollerKind.allCases)
+    func closedBeforeStart(poller: PollerKind) throws {
+        try withGroup(poller: poller, ioLoops: 1) { group in
+            let (backendListener, backendPort) = try listener()
+            let (clientListener, clientPort) = try listener()
+            defer { close(backendListener); close(clientListener) }
+            let loop = group.next()
+            let address = try SocketAddress(host: "127.0.0.1", port: backendPort)
+            let (client, clientInner) = try clientPair(clientListener, port: clientPort)
+            defer { close(client) }
+            let failure = Shared<String?>(nil)
+            _ = try onLoop(loop) {
+                TCPDialer.dial(on: loop, to: address, timeout: .seconds(5)) { result in
+                    guard case .success(let socket) = result else { return failure.set("dial failed") }
+                    let tunnel = TCPTunnel(loop: loop, client: AcceptedSocket(fd: clientInner, peer: address, loop: loop),
+                                           server: socket, onEnd: { _, _ in failure.set("onEnd ran") })
+                    socket.close()
+                    do {
+                        try tunnel.start()
+                        failure.set("started")
+                    } catch {
+                        failure.set("refused")
+                    }
+                }
+                return true
+            }
+            let backend = try acceptOne(backendListener)
+            defer { close(backend) }
+            #expect(seesEnd(backend))
+            #expect(seesEnd(client))
+            #expect(eventually { failure.get() != nil })
+            #expect(failure.get() == "refused")
+        }
+    }
+
+    @Test("a dialed socket not claimed yet does not keep the loop awake (its write interest is dropped)",
+          arguments: PollerKind.allCases)
+    func unclaimedSocketIsQuiet(poller: PollerKind) throws {
+        try withGroup(poller: poller, ioLoops: 1) { group in
+            let (backendListener, backendPort) = try listener()
+            defer { close(backendListener) }
+            let loop = group.next()
+            let address = try SocketAddress(host: "127.0.0.1", port: backendPort)
+            let held = Shared<DialedSocket?>(nil)
+            let iterations = Shared<(UInt64, UInt64)?>(nil)
+            _ = try onLoop(loop) {
+                TCPDialer.dial(on: loop, to: address, timeout: .seconds(5)) { result in
+                    guard case .success(let socket) = result else { return }
+                    held.set(socket)  // kept, unclaimed, across the loop's next iterations
+                    let start = loop.iterations
+                    loop.schedule(after: .milliseconds(50)) { iterations.set((start, loop.iterations)) }
+                }
+                return true
+            }
+            let backend = try acceptOne(backendListener)
+            defer { close(backend) }
+            #expect(eventually { iterations.get() != nil })
+            let (start, end) = try #require(iterations.get())
+            // Level-triggered writability would wake it on every wait: thousands of iterations in 50 ms.
+            #expect(end - start < 50, "\(end - start) iterations in 50 ms")
+            _ = try onLoop(loop) { held.get()?.close() }
+            #expect(seesEnd(backend))
         }
     }
 }

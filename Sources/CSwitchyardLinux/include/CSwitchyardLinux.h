@@ -84,9 +84,10 @@ ssize_t sy_splice(int from, int to, size_t count);
 
 /* Several datagrams in one system call (sendmmsg(2)): datagram i is `payloads[i]`, sent to `addresses[i]`. A
    datagram the kernel refuses (a full socket buffer, an unreachable port) is skipped and the rest still go; EINTR
-   is retried. Returns how many the kernel took. */
+   is retried. Returns how many the kernel took; `refused` (NULL, or `count` zeroed bytes) gets a 1 for each
+   datagram refused. */
 unsigned sy_send_datagrams(int fd, const struct sockaddr_in *addresses, const struct iovec *payloads,
-                           unsigned count);
+                           unsigned count, unsigned char *refused);
 
 /* Bytes written once and sent to many sockets (the media relay's shared chunks): an append-only file in memory,
    sent with sendfile(2), so the kernel takes references to its pages instead of copying them per socket.

@@ -31,6 +31,8 @@ public final class TCPDialer: EventHandler, @unchecked Sendable {
     private let handOver: Bool
     /// The success handed over a registered descriptor.
     @exclusivity(unchecked) private var handedRegistered = false
+    /// Its write interest was dropped while it waited for its owner.
+    @exclusivity(unchecked) private var quieted = false
 
     private init(loop: EventLoop, address: SocketAddress, fd: Int32, handOver: Bool,
                  completion: @escaping (Result<Int32, any Error>) -> Void) {
@@ -113,7 +115,15 @@ public final class TCPDialer: EventHandler, @unchecked Sendable {
     }
 
     func handleEvents(_ events: UInt32) {
-        guard completion != nil else { return }
+        guard completion != nil else {
+            // Handed over registered and not claimed yet: a connected socket is always writable, so stop watching
+            // it for that until its owner watches it (once).
+            if handedRegistered && !quieted {
+                quieted = true
+                loop.modify(fd: fd, interest: .none)
+            }
+            return
+        }
         // epoll and poll flag a failed connect (EPOLLERR/POLLERR with the writability); select cannot tell, so there
         // the socket's error is always asked for. A clean writable event is a connect that succeeded.
         if events & (PollBits.error | PollBits.hangup) != 0 || loop.pollerKind == .select {
@@ -209,6 +219,6 @@ public final class DialedSocket: @unchecked Sendable {
             if registered { loop.unregisterForClose(fd: fd) }
             Posix.close(fd)
         }
-        if loop.inLoopThread { release() } else { loop.execute(release) }
+        if loop.inLoopThread { release() } else { loop.executeOrRunIfStopped(release) }
     }
 }

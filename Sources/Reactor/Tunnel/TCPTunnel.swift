@@ -121,8 +121,12 @@ public final class TCPTunnel: @unchecked Sendable {
     /// Bytes to send to the server before anything from the client (a PROXY protocol header).
     @exclusivity(unchecked) private var preamble: [UInt8]
     @exclusivity(unchecked) private var preambleSent = 0
-    /// The server's socket is registered with the loop already (a ``DialedSocket``): `start()` takes it over.
+    /// The server's socket as the dialer handed it over (``DialedSocket``): `start()` takes it and its registration.
+    @exclusivity(unchecked) private var dialed: DialedSocket?
     @exclusivity(unchecked) private var serverRegistered = false
+    /// Both descriptors were made by the reactor (accepted, dialed: CLOEXEC, never duplicated), so the close alone
+    /// takes them out of the poller; descriptors handed in as numbers are unregistered first.
+    @exclusivity(unchecked) private var closeUnwatched = false
 
     /// - Parameters:
     ///   - loop: The loop both sockets are served on (the caller's).
@@ -140,15 +144,17 @@ public final class TCPTunnel: @unchecked Sendable {
                     splicing: options.transfer == .splice)
     }
 
-    /// A tunnel to a socket ``TCPDialer/dial(on:to:timeout:noDelay:completion:)`` connected: `start()` takes over
-    /// the loop's registration of it with one poller change. Nil when `server` was taken or closed already.
-    public convenience init?(loop: EventLoop, client: Int32, server: DialedSocket,
-                             options: TunnelOptions = TunnelOptions(), preamble: [UInt8] = [],
-                             onEnd: @escaping (TCPTunnel, TunnelOutcome) -> Void) {
-        precondition(server.loop === loop, "the dialed socket belongs to another loop")
-        guard let (fd, registered) = server.take() else { return nil }
-        self.init(loop: loop, client: client, server: fd, options: options, preamble: preamble, onEnd: onEnd)
-        serverRegistered = registered
+    /// A tunnel from an accepted client to a socket ``TCPDialer/dial(on:to:timeout:noDelay:completion:)``
+    /// connected: `start()` takes over the loop's registration of the server's socket with one poller change, and
+    /// at the end both close without a poller call (the reactor made them: CLOEXEC, never duplicated). Until
+    /// `start()`, `server` stays the caller's (dropped, it closes itself); `start()` fails when it was closed.
+    public convenience init(loop: EventLoop, client: AcceptedSocket, server: DialedSocket,
+                            options: TunnelOptions = TunnelOptions(), preamble: [UInt8] = [],
+                            onEnd: @escaping (TCPTunnel, TunnelOutcome) -> Void) {
+        precondition(server.loop === loop && client.loop === loop, "the sockets belong to another loop")
+        self.init(loop: loop, client: client.fd, server: server.fd, options: options, preamble: preamble, onEnd: onEnd)
+        dialed = server
+        closeUnwatched = true
     }
 
     /// Bytes delivered so far, client to server and server to client.
@@ -158,6 +164,15 @@ public final class TCPTunnel: @unchecked Sendable {
     /// descriptors are closed, `onEnd` is not called, and the error is thrown.
     public func start() throws {
         loop.assertInLoopThread()
+        if let dialed {
+            self.dialed = nil
+            guard let (_, registered) = dialed.take() else {
+                ended = true
+                Posix.close(up.from)
+                throw IOError(errnoCode: EBADF, call: "tunnel start (the dialed socket was closed)")
+            }
+            serverRegistered = registered
+        }
         let client = SideHandler(tunnel: self, side: .client)
         let server = SideHandler(tunnel: self, side: .server)
         do {
@@ -173,8 +188,10 @@ public final class TCPTunnel: @unchecked Sendable {
             serverHandler = server
             serverInterest = .read
         } catch {
-            if clientHandler != nil { loop.unregisterForClose(fd: up.from) }
-            if serverRegistered { loop.unregisterForClose(fd: down.from) }
+            if clientHandler != nil {
+                if closeUnwatched { loop.unregisterForClose(fd: up.from) } else { loop.unregister(fd: up.from) }
+            }
+            if serverRegistered { loop.unregisterForClose(fd: down.from) }  // a dialed socket, the reactor's
             clientHandler = nil
             serverRegistered = false
             ended = true
@@ -498,9 +515,10 @@ public final class TCPTunnel: @unchecked Sendable {
         ended = true
         idleTimer?.cancel()
         idleTimer = nil
-        // Both descriptors close right below: no poller call for them (epoll drops them on the close).
-        if clientHandler != nil { loop.unregisterForClose(fd: up.from) }
-        if serverHandler != nil { loop.unregisterForClose(fd: down.from) }
+        // Both descriptors close right below: the reactor's own need no poller call (epoll drops them on the close).
+        for (handler, fd) in [(clientHandler, up.from), (serverHandler, down.from)] where handler != nil {
+            if closeUnwatched { loop.unregisterForClose(fd: fd) } else { loop.unregister(fd: fd) }
+        }
         clientHandler = nil
         serverHandler = nil
         for flow in [up, down] {

@@ -127,6 +127,21 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
     /// Returns how many the kernel took; the others are dropped and counted in `failedSends`.
     @discardableResult
     public func sendInLoop(_ batch: DatagramBatch) -> Int {
+        sendInLoop(batch, refused: nil)
+    }
+
+    /// As ``sendInLoop(_:)``, and marks in `refused` (as many entries as `batch`, all false when called) the
+    /// datagrams the kernel refused. Loop thread only.
+    @discardableResult
+    public func sendInLoop(_ batch: DatagramBatch, refused: inout [Bool]) -> Int {
+        precondition(refused.count == batch.count, "one entry per datagram")
+        var marks = [UInt8](repeating: 0, count: batch.count)
+        let taken = marks.withUnsafeMutableBufferPointer { sendInLoop(batch, refused: $0.baseAddress) }
+        for (i, mark) in marks.enumerated() where mark != 0 { refused[i] = true }
+        return taken
+    }
+
+    private func sendInLoop(_ batch: DatagramBatch, refused: UnsafeMutablePointer<UInt8>?) -> Int {
         loop.assertInLoopThread()
         guard isOpen, !batch.isEmpty else { return 0 }
         let count = batch.count
@@ -138,7 +153,8 @@ public final class UDPChannel: @unchecked Sendable, EventHandler {
                         let base = raw.baseAddress.map { UnsafeMutableRawPointer(mutating: $0 + entry.offset) }
                         payloads[i] = iovec(iov_base: base, iov_len: entry.count)
                     }
-                    return Int(sy_send_datagrams(fd, addresses.baseAddress!, payloads.baseAddress!, UInt32(count)))
+                    return Int(sy_send_datagrams(fd, addresses.baseAddress!, payloads.baseAddress!, UInt32(count),
+                                                 refused))
                 }
             }
         }
