@@ -530,21 +530,8 @@ public final class EventLoop: @unchecked Sendable {
     /// once the loop has stopped (releasing what it owned).
     func unregister(fd: Int32) {
         assertInLoopThreadOrStopped()
-        poller.unregister(fd: fd)
-        forgetHandler(of: fd)
-    }
-
-    /// `unregister(fd:)` for a descriptor the caller closes right after, before anything else is registered: with
-    /// epoll the close takes it out of the kernel's set, so this makes no system call. Loop thread only.
-    func unregisterForClose(fd: Int32) {
-        assertInLoopThreadOrStopped()
-        poller.forget(fd: fd)
-        forgetHandler(of: fd)
-    }
-
-    /// The handler of a descriptor no longer watched goes; the batch's later events for the number are stale.
-    private func forgetHandler(of fd: Int32) {
         if handlingBatch { retiredInBatch.append(fd) }
+        poller.unregister(fd: fd)
         let i = Int(fd)
         if i < handlers.count { handlers[i] = nil }
     }

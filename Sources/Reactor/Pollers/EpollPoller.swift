@@ -35,10 +35,6 @@ final class EpollPoller: Poller {
         _ = try? Posix.complete("epoll_ctl(DEL)") { Int(sy_epoll_ctl(epfd, SY_EPOLL_CTL_DEL, fd, 0)) }
     }
 
-    /// The close that follows takes the descriptor out of the epoll set (the descriptors the loop watches are
-    /// CLOEXEC and never duplicated, so the close ends the last reference): no `epoll_ctl(DEL)` before it.
-    func forget(fd: Int32) {}
-
     /// A signal (EINTR) ends the wait with no events: the loop checks its tasks and timers, then waits again.
     func wait(timeoutMs: Int32, events: UnsafeMutablePointer<sy_event>, capacity: Int) throws -> Int {
         let r = try Posix.check("epoll_wait", retryInterrupted: false) {

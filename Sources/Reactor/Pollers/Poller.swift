@@ -36,16 +36,9 @@ protocol Poller: AnyObject {
     func register(fd: Int32, interest: IOInterest) throws
     func modify(fd: Int32, interest: IOInterest) throws
     func unregister(fd: Int32)
-    /// Stops watching `fd`, which its owner closes next: a poller whose kernel set drops a descriptor on its close
-    /// (epoll) makes no system call for it.
-    func forget(fd: Int32)
     /// Waits up to `timeoutMs` (-1: forever) and writes at most `capacity` events to `events`.
     func wait(timeoutMs: Int32, events: UnsafeMutablePointer<sy_event>, capacity: Int) throws -> Int
     func close()
-}
-
-extension Poller {
-    func forget(fd: Int32) { unregister(fd: fd) }
 }
 
 func makePoller(_ kind: PollerKind) throws -> any Poller {

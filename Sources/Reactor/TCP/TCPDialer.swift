@@ -208,7 +208,7 @@ public final class DialedSocket: @unchecked Sendable {
     public func close() {
         guard owned else { return }
         owned = false
-        if registered { loop.unregisterForClose(fd: fd) }
+        if registered { loop.unregister(fd: fd) }
         Posix.close(fd)
     }
 
@@ -216,7 +216,7 @@ public final class DialedSocket: @unchecked Sendable {
         guard owned else { return }
         let (fd, registered, loop) = (fd, registered, loop)
         let release: @Sendable () -> Void = {
-            if registered { loop.unregisterForClose(fd: fd) }
+            if registered { loop.unregister(fd: fd) }
             Posix.close(fd)
         }
         if loop.inLoopThread { release() } else { loop.executeOrRunIfStopped(release) }

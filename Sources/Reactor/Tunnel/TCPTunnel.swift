@@ -124,9 +124,6 @@ public final class TCPTunnel: @unchecked Sendable {
     /// The server's socket as the dialer handed it over (``DialedSocket``): `start()` takes it and its registration.
     @exclusivity(unchecked) private var dialed: DialedSocket?
     @exclusivity(unchecked) private var serverRegistered = false
-    /// Both descriptors were made by the reactor (accepted, dialed: CLOEXEC, never duplicated), so the close alone
-    /// takes them out of the poller; descriptors handed in as numbers are unregistered first.
-    @exclusivity(unchecked) private var closeUnwatched = false
 
     /// - Parameters:
     ///   - loop: The loop both sockets are served on (the caller's).
@@ -145,8 +142,7 @@ public final class TCPTunnel: @unchecked Sendable {
     }
 
     /// A tunnel from an accepted client to a socket ``TCPDialer/dial(on:to:timeout:noDelay:completion:)``
-    /// connected: `start()` takes over the loop's registration of the server's socket with one poller change, and
-    /// at the end both close without a poller call (the reactor made them: CLOEXEC, never duplicated). Until
+    /// connected: `start()` takes over the loop's registration of the server's socket with one poller change. Until
     /// `start()`, `server` stays the caller's (dropped, it closes itself); `start()` fails when it was closed.
     public convenience init(loop: EventLoop, client: AcceptedSocket, server: DialedSocket,
                             options: TunnelOptions = TunnelOptions(), preamble: [UInt8] = [],
@@ -154,7 +150,6 @@ public final class TCPTunnel: @unchecked Sendable {
         precondition(server.loop === loop && client.loop === loop, "the sockets belong to another loop")
         self.init(loop: loop, client: client.fd, server: server.fd, options: options, preamble: preamble, onEnd: onEnd)
         dialed = server
-        closeUnwatched = true
     }
 
     /// Bytes delivered so far, client to server and server to client.
@@ -188,10 +183,8 @@ public final class TCPTunnel: @unchecked Sendable {
             serverHandler = server
             serverInterest = .read
         } catch {
-            if clientHandler != nil {
-                if closeUnwatched { loop.unregisterForClose(fd: up.from) } else { loop.unregister(fd: up.from) }
-            }
-            if serverRegistered { loop.unregisterForClose(fd: down.from) }  // a dialed socket, the reactor's
+            if clientHandler != nil { loop.unregister(fd: up.from) }
+            if serverRegistered { loop.unregister(fd: down.from) }
             clientHandler = nil
             serverRegistered = false
             ended = true
@@ -515,10 +508,11 @@ public final class TCPTunnel: @unchecked Sendable {
         ended = true
         idleTimer?.cancel()
         idleTimer = nil
-        // Both descriptors close right below: the reactor's own need no poller call (epoll drops them on the close).
-        for (handler, fd) in [(clientHandler, up.from), (serverHandler, down.from)] where handler != nil {
-            if closeUnwatched { loop.unregisterForClose(fd: fd) } else { loop.unregister(fd: fd) }
-        }
+        // Unregistered before the close even though the close would take them out of the epoll set: a descriptor
+        // another process holds for a moment (a child between fork and exec) would stay in it, and its events would
+        // reach whatever socket gets its number next.
+        if clientHandler != nil { loop.unregister(fd: up.from) }
+        if serverHandler != nil { loop.unregister(fd: down.from) }
         clientHandler = nil
         serverHandler = nil
         for flow in [up, down] {
