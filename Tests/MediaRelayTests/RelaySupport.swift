@@ -69,6 +69,8 @@ func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
 /// piece of the body arrived (to check pacing). `receiveBuffer`: a small kernel buffer for a viewer that never reads.
 final class HTTPViewer: @unchecked Sendable {  // one thread at a time: the test starts it, then waits for it
     let socket: BlockingSocket
+    /// Bytes `readHead()` read (the response head and what came with it): `read()` starts from them.
+    private var early: [UInt8] = []
 
     struct Response: Sendable {
         var status: Int
@@ -93,10 +95,21 @@ final class HTTPViewer: @unchecked Sendable {  // one thread at a time: the test
         try socket.sendAll(Array("\(method) \(target) \(version)\r\nHost: test\r\n\r\n".utf8))
     }
 
+    /// Waits for the response head (the relay has attached the viewer once it sent it); `read()` goes on from there.
+    func readHead() throws {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while early.firstRange(of: [13, 10, 13, 10]) == nil {
+            let n = buffer.withUnsafeMutableBytes { recv(socket.fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { throw TestFailure("no response head in \(early.count) bytes (errno \(errno))") }
+            early += buffer[0..<n]
+        }
+    }
+
     /// Reads the whole response (the relay closes after it); `progress` gets the bytes read so far after each read.
     func read(progress: (Int) -> Void = { _ in }) throws -> Response {
         let start = ContinuousClock.now
-        var raw: [UInt8] = []
+        var raw: [UInt8] = early
+        early = []
         var firstBodyAt: Double?
         var lastAt = 0.0
         var headEnd: Int?

@@ -68,17 +68,24 @@ private func seesEnd(_ fd: Int32) -> Bool {
     return n == 0 || (n < 0 && errno == ECONNRESET)
 }
 
+/// A one-loop group on `poller` and a backend listening on 127.0.0.1: `body` gets the loop, the listener and its
+/// address.
+private func withBackend(_ poller: PollerKind, _ body: (EventLoop, Int32, SocketAddress) throws -> Void) throws {
+    try withGroup(poller: poller, ioLoops: 1) { group in
+        let (fd, port) = try listener()
+        defer { close(fd) }
+        try body(group.next(), fd, try SocketAddress(host: "127.0.0.1", port: port))
+    }
+}
+
 @Suite("TCPDialer.dial: a connected socket handed to a tunnel still watched, or closed")
 struct DialedTunnelTests {
     @Test("a tunnel to a dialed socket moves bytes both ways and ends on the FINs; again on the same loop",
           arguments: PollerKind.allCases)
     func tunnelToDialedSocket(poller: PollerKind) throws {
-        try withGroup(poller: poller, ioLoops: 1) { group in
-            let (backendListener, backendPort) = try listener()
+        try withBackend(poller) { loop, backendListener, address in
             let (clientListener, clientPort) = try listener()
-            defer { close(backendListener); close(clientListener) }
-            let loop = group.next()
-            let address = try SocketAddress(host: "127.0.0.1", port: backendPort)
+            defer { close(clientListener) }
             // Twice: the second tunnel's descriptors may reuse the first one's numbers, which must be free in the
             // poller as well as in the process.
             for round in 0..<2 {
@@ -124,11 +131,7 @@ struct DialedTunnelTests {
     @Test("a dialed socket closed, or dropped unclaimed, closes its connection; the loop dials on",
           arguments: PollerKind.allCases)
     func closedOrDropped(poller: PollerKind) throws {
-        try withGroup(poller: poller, ioLoops: 1) { group in
-            let (backendListener, backendPort) = try listener()
-            defer { close(backendListener) }
-            let loop = group.next()
-            let address = try SocketAddress(host: "127.0.0.1", port: backendPort)
+        try withBackend(poller) { loop, backendListener, address in
             for closes in [true, false, true] {
                 let connected = Shared<Bool?>(nil)
                 _ = try onLoop(loop) {
@@ -154,12 +157,9 @@ struct DialedTunnelTests {
     @Test("a tunnel whose dialed socket was closed before start() fails to start and closes the client",
           arguments: PollerKind.allCases)
     func closedBeforeStart(poller: PollerKind) throws {
-        try withGroup(poller: poller, ioLoops: 1) { group in
-            let (backendListener, backendPort) = try listener()
+        try withBackend(poller) { loop, backendListener, address in
             let (clientListener, clientPort) = try listener()
-            defer { close(backendListener); close(clientListener) }
-            let loop = group.next()
-            let address = try SocketAddress(host: "127.0.0.1", port: backendPort)
+            defer { close(clientListener) }
             let (client, clientInner) = try clientPair(clientListener, port: clientPort)
             defer { close(client) }
             let failure = Shared<String?>(nil)
@@ -190,11 +190,7 @@ struct DialedTunnelTests {
     @Test("a dialed socket not claimed yet does not keep the loop awake (its write interest is dropped)",
           arguments: PollerKind.allCases)
     func unclaimedSocketIsQuiet(poller: PollerKind) throws {
-        try withGroup(poller: poller, ioLoops: 1) { group in
-            let (backendListener, backendPort) = try listener()
-            defer { close(backendListener) }
-            let loop = group.next()
-            let address = try SocketAddress(host: "127.0.0.1", port: backendPort)
+        try withBackend(poller) { loop, backendListener, address in
             let held = Shared<DialedSocket?>(nil)
             let iterations = Shared<(UInt64, UInt64)?>(nil)
             _ = try onLoop(loop) {
