@@ -208,17 +208,18 @@ public final class DialedSocket: @unchecked Sendable {
     public func close() {
         guard owned else { return }
         owned = false
-        if registered { loop.unregister(fd: fd) }
-        Posix.close(fd)
+        Self.release(fd, registered: registered, on: loop)
     }
 
     deinit {
         guard owned else { return }
         let (fd, registered, loop) = (fd, registered, loop)
-        let release: @Sendable () -> Void = {
-            if registered { loop.unregister(fd: fd) }
-            Posix.close(fd)
-        }
-        if loop.inLoopThread { release() } else { loop.executeOrRunIfStopped(release) }
+        // On the loop (at once on its thread), or here once it has stopped.
+        loop.executeOrRunIfStopped { Self.release(fd, registered: registered, on: loop) }
+    }
+
+    private static func release(_ fd: Int32, registered: Bool, on loop: EventLoop) {
+        if registered { loop.unregister(fd: fd) }
+        Posix.close(fd)
     }
 }
