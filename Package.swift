@@ -201,7 +201,7 @@ let package = Package(
         ]),
 
         // ---- Internal targets (not products): the demo, the benchmarks, the echo service ----
-        .target(name: "EchoServer", dependencies: ["Reactor"]),
+        .target(name: "EchoServer", dependencies: ["Reactor", .product(name: "Logging", package: "swift-log")]),
         .target(
             name: "SwitchyardDemo",
             dependencies: [

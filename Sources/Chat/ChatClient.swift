@@ -93,22 +93,22 @@ public final class ChatClient: Sendable {
         func handle(_ m: InboundMessage<TCPConnection>) {
             switch ChatMessageID(rawValue: m.messageID) {
             case ChatMessageID.roomMessage:
-                if let e = try? Switchyard_Chat_RoomMessage(serializedBytes: m.body) {
+                if let e = try? Switchyard_Chat_RoomMessage(serializedBytes: m.body.bytes) {
                     eventSink.yield(.roomMessage(e))
                 }
             case ChatMessageID.privateMessage:
-                if let e = try? Switchyard_Chat_PrivateMessage(serializedBytes: m.body) {
+                if let e = try? Switchyard_Chat_PrivateMessage(serializedBytes: m.body.bytes) {
                     eventSink.yield(.privateMessage(e))
                 }
             case ChatMessageID.presenceEvent:
-                if let e = try? Switchyard_Chat_PresenceEvent(serializedBytes: m.body) {
+                if let e = try? Switchyard_Chat_PresenceEvent(serializedBytes: m.body.bytes) {
                     eventSink.yield(.presence(user: e.user, online: e.online))
                 }
             case ChatMessageID.notice:
-                if let e = try? Switchyard_Chat_Notice(serializedBytes: m.body) { eventSink.yield(.notice(e.status)) }
+                if let e = try? Switchyard_Chat_Notice(serializedBytes: m.body.bytes) { eventSink.yield(.notice(e.status)) }
             default:
                 // Every reply has `uint32 request_id = 1`: read it through a message that has only that field.
-                guard let header = try? Switchyard_Chat_ListRoomsRequest(serializedBytes: m.body) else { return }
+                guard let header = try? Switchyard_Chat_ListRoomsRequest(serializedBytes: m.body.bytes) else { return }
                 replies.resume(header.requestID, with: InboundFrame(messageID: m.messageID, body: m.bodyBytes))
             }
         }
@@ -216,140 +216,92 @@ public final class ChatClient: Sendable {
         return ChatClient(framed: framed, receiver: receiver, requestTimeout: requestTimeout)
     }
 
-    /// Sends a request with a fresh request id and waits for the frame that answers it.
-    private func request<Reply: SwiftProtobuf.Message>(
-        _ id: ChatMessageID, _ replyType: Reply.Type, _ build: (UInt32) -> [UInt8]?
+    /// Sends `message` with a fresh request id, waits for the frame that answers it and throws its status unless
+    /// it is OK.
+    private func request<Request: ChatRequestMessage, Reply: ChatReplyMessage>(
+        _ id: ChatMessageID, _ message: Request, _ replyType: Reply.Type
     ) async throws -> Reply {
         var requestID = nextRequestID.wrappingAdd(1, ordering: .relaxed).oldValue
         if requestID == 0 { requestID = nextRequestID.wrappingAdd(1, ordering: .relaxed).oldValue }
-        guard let body = build(requestID) else { throw ChatClientError.badReply("request did not encode") }
+        var message = message
+        message.requestID = requestID
+        guard let body: [UInt8] = try? message.serializedBytes() else {
+            throw ChatClientError.badReply("request did not encode")
+        }
         let deadline = SystemInfo.monotonicNanoseconds() &+ requestTimeout.nanosecondsSaturated
         let framed = self.framed
         let frame = try await receiver.replies.request(requestID, deadline: deadline,
                                                        timeoutError: ChatClientError.timeout) {
             guard framed.sendFrame(messageID: id.rawValue, body: body) else { throw ChatClientError.closed }
         }
+        let reply: Reply
         do {
-            return try frame.decode(as: Reply.self)
+            reply = try frame.decode(as: Reply.self)
         } catch {
             throw ChatClientError.badReply("\(error)")
         }
-    }
-
-    private static func check(_ status: Switchyard_Chat_Status) throws {
-        if status.code != .ok { throw ChatClientError.refused(status.code, status.reason) }
+        if reply.status.code != .ok { throw ChatClientError.refused(reply.status.code, reply.status.reason) }
+        return reply
     }
 
     // MARK: Requests
 
     /// Creates an account.
     public func register(name: String, password: String) async throws {
-        let reply = try await request(ChatMessageID.registerRequest, Switchyard_Chat_RegisterReply.self) { rid in
-            var r = Switchyard_Chat_RegisterRequest()
-            r.requestID = rid
-            r.name = name
-            r.password = password
-            return try? r.serializedBytes()
-        }
-        try Self.check(reply.status)
+        let r = Switchyard_Chat_RegisterRequest.with { $0.name = name; $0.password = password }
+        _ = try await request(.registerRequest, r, Switchyard_Chat_RegisterReply.self)
     }
 
     /// Logs in; returns the session token.
     @discardableResult
     public func login(name: String, password: String) async throws -> String {
-        let reply = try await request(ChatMessageID.loginRequest, Switchyard_Chat_LoginReply.self) { rid in
-            var r = Switchyard_Chat_LoginRequest()
-            r.requestID = rid
-            r.name = name
-            r.password = password
-            return try? r.serializedBytes()
-        }
-        try Self.check(reply.status)
-        return reply.token
+        let r = Switchyard_Chat_LoginRequest.with { $0.name = name; $0.password = password }
+        return try await request(.loginRequest, r, Switchyard_Chat_LoginReply.self).token
     }
 
     /// Joins (and creates if needed) a room; returns its member count and recent history.
     @discardableResult
     public func join(_ room: String) async throws -> JoinResult {
-        let reply = try await request(ChatMessageID.joinRequest, Switchyard_Chat_JoinReply.self) { rid in
-            var r = Switchyard_Chat_JoinRequest()
-            r.requestID = rid
-            r.room = room
-            return try? r.serializedBytes()
-        }
-        try Self.check(reply.status)
+        let reply = try await request(.joinRequest, Switchyard_Chat_JoinRequest.with { $0.room = room },
+                                      Switchyard_Chat_JoinReply.self)
         return JoinResult(room: reply.room, memberCount: Int(reply.memberCount), history: reply.history)
     }
 
     /// Leaves a room.
     public func leave(_ room: String) async throws {
-        let reply = try await request(ChatMessageID.leaveRequest, Switchyard_Chat_LeaveReply.self) { rid in
-            var r = Switchyard_Chat_LeaveRequest()
-            r.requestID = rid
-            r.room = room
-            return try? r.serializedBytes()
-        }
-        try Self.check(reply.status)
+        _ = try await request(.leaveRequest, Switchyard_Chat_LeaveRequest.with { $0.room = room },
+                              Switchyard_Chat_LeaveReply.self)
     }
 
     /// The rooms with members, with their member counts.
     public func rooms() async throws -> [Switchyard_Chat_RoomInfo] {
-        let reply = try await request(ChatMessageID.listRoomsRequest, Switchyard_Chat_ListRoomsReply.self) { rid in
-            var r = Switchyard_Chat_ListRoomsRequest()
-            r.requestID = rid
-            return try? r.serializedBytes()
-        }
-        try Self.check(reply.status)
-        return reply.rooms
+        try await request(.listRoomsRequest, Switchyard_Chat_ListRoomsRequest(), Switchyard_Chat_ListRoomsReply.self)
+            .rooms
     }
 
     /// Sends a message to a room; returns the sequence number the server gave it.
     @discardableResult
     public func say(_ text: String, in room: String) async throws -> UInt64 {
-        let reply = try await request(ChatMessageID.sayRequest, Switchyard_Chat_SayReply.self) { rid in
-            var r = Switchyard_Chat_SayRequest()
-            r.requestID = rid
-            r.room = room
-            r.text = text
-            return try? r.serializedBytes()
-        }
-        try Self.check(reply.status)
-        return reply.sequence
+        let r = Switchyard_Chat_SayRequest.with { $0.room = room; $0.text = text }
+        return try await request(.sayRequest, r, Switchyard_Chat_SayReply.self).sequence
     }
 
     /// Sends a private message to an online user.
     public func msg(to user: String, _ text: String) async throws {
-        let reply = try await request(ChatMessageID.privateMessageRequest,
-                                      Switchyard_Chat_PrivateMessageReply.self) { rid in
-            var r = Switchyard_Chat_PrivateMessageRequest()
-            r.requestID = rid
-            r.to = user
-            r.text = text
-            return try? r.serializedBytes()
-        }
-        try Self.check(reply.status)
+        let r = Switchyard_Chat_PrivateMessageRequest.with { $0.to = user; $0.text = text }
+        _ = try await request(.privateMessageRequest, r, Switchyard_Chat_PrivateMessageReply.self)
     }
 
     /// Adds a friend (both ways).
     public func addFriend(_ name: String) async throws {
-        let reply = try await request(ChatMessageID.friendAddRequest, Switchyard_Chat_FriendAddReply.self) { rid in
-            var r = Switchyard_Chat_FriendAddRequest()
-            r.requestID = rid
-            r.name = name
-            return try? r.serializedBytes()
-        }
-        try Self.check(reply.status)
+        _ = try await request(.friendAddRequest, Switchyard_Chat_FriendAddRequest.with { $0.name = name },
+                              Switchyard_Chat_FriendAddReply.self)
     }
 
     /// The friends, with whether each is online.
     public func friends() async throws -> [Switchyard_Chat_Friend] {
-        let reply = try await request(ChatMessageID.friendListRequest, Switchyard_Chat_FriendListReply.self) { rid in
-            var r = Switchyard_Chat_FriendListRequest()
-            r.requestID = rid
-            return try? r.serializedBytes()
-        }
-        try Self.check(reply.status)
-        return reply.friends
+        try await request(.friendListRequest, Switchyard_Chat_FriendListRequest(),
+                          Switchyard_Chat_FriendListReply.self).friends
     }
 
     /// Closes the connection (after flushing) and stops the heartbeats; `events` ends. Returns once it is closed.
@@ -358,3 +310,32 @@ public final class ChatClient: Sendable {
         await receiver.waitClosed()
     }
 }
+
+/// A chat request: it carries the id its reply echoes.
+protocol ChatRequestMessage: SwiftProtobuf.Message {
+    var requestID: UInt32 { get set }
+}
+
+/// A chat reply: it carries the request's status.
+protocol ChatReplyMessage: SwiftProtobuf.Message {
+    var status: Switchyard_Chat_Status { get set }
+}
+
+extension Switchyard_Chat_RegisterRequest: ChatRequestMessage {}
+extension Switchyard_Chat_LoginRequest: ChatRequestMessage {}
+extension Switchyard_Chat_JoinRequest: ChatRequestMessage {}
+extension Switchyard_Chat_LeaveRequest: ChatRequestMessage {}
+extension Switchyard_Chat_ListRoomsRequest: ChatRequestMessage {}
+extension Switchyard_Chat_SayRequest: ChatRequestMessage {}
+extension Switchyard_Chat_PrivateMessageRequest: ChatRequestMessage {}
+extension Switchyard_Chat_FriendAddRequest: ChatRequestMessage {}
+extension Switchyard_Chat_FriendListRequest: ChatRequestMessage {}
+extension Switchyard_Chat_RegisterReply: ChatReplyMessage {}
+extension Switchyard_Chat_LoginReply: ChatReplyMessage {}
+extension Switchyard_Chat_JoinReply: ChatReplyMessage {}
+extension Switchyard_Chat_LeaveReply: ChatReplyMessage {}
+extension Switchyard_Chat_ListRoomsReply: ChatReplyMessage {}
+extension Switchyard_Chat_SayReply: ChatReplyMessage {}
+extension Switchyard_Chat_PrivateMessageReply: ChatReplyMessage {}
+extension Switchyard_Chat_FriendAddReply: ChatReplyMessage {}
+extension Switchyard_Chat_FriendListReply: ChatReplyMessage {}

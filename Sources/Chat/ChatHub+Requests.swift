@@ -8,30 +8,25 @@ extension ChatHub {
     // MARK: Requests (loop thread of `c`)
 
     func register(_ r: Switchyard_Chat_RegisterRequest, from c: TCPConnection) {
-        let peer = peer(c)
         let now = SystemInfo.monotonicNanoseconds()
-        decide { $0.register(r, from: peer, now: now) }
+        decide(c) { $0.register(r, from: $1, now: now) }
     }
 
     func login(_ r: Switchyard_Chat_LoginRequest, from c: TCPConnection) {
-        let peer = peer(c)
         let now = SystemInfo.monotonicNanoseconds()
-        decide { $0.login(r, from: peer, now: now) }
+        decide(c) { $0.login(r, from: $1, now: now) }
     }
 
     func join(_ r: Switchyard_Chat_JoinRequest, from c: TCPConnection) {
-        let peer = peer(c)
-        decide { $0.join(r, from: peer) }
+        decide(c) { $0.join(r, from: $1) }
     }
 
     func leave(_ r: Switchyard_Chat_LeaveRequest, from c: TCPConnection) {
-        let peer = peer(c)
-        decide { $0.leave(r, from: peer) }
+        decide(c) { $0.leave(r, from: $1) }
     }
 
     func listRooms(_ r: Switchyard_Chat_ListRoomsRequest, from c: TCPConnection) {
-        let peer = peer(c)
-        decide { $0.listRooms(r, from: peer) }
+        decide(c) { $0.listRooms(r, from: $1) }
     }
 
     func say(_ r: Switchyard_Chat_SayRequest, from c: TCPConnection) {
@@ -53,13 +48,11 @@ extension ChatHub {
     }
 
     func addFriend(_ r: Switchyard_Chat_FriendAddRequest, from c: TCPConnection) {
-        let peer = peer(c)
-        decide { $0.addFriend(r, from: peer) }
+        decide(c) { $0.addFriend(r, from: $1) }
     }
 
     func listFriends(_ r: Switchyard_Chat_FriendListRequest, from c: TCPConnection) {
-        let peer = peer(c)
-        decide { $0.listFriends(r, from: peer) }
+        decide(c) { $0.listFriends(r, from: $1) }
     }
 
     // MARK: Jobs (a child task of ChatServer.run())

@@ -64,6 +64,12 @@ final class ChatHub: Sendable {
 
     // MARK: Deciding
 
+    /// `decide` for a request of `c`, its peer worked out before the lock is taken.
+    func decide(_ c: TCPConnection, _ body: (inout ChatCore, ChatPeer) -> [ChatAction]) {
+        let peer = peer(c)
+        decide { body(&$0, peer) }
+    }
+
     /// Runs `body` on the core under the lock and, before unlocking, adds its counts (so a peer that has its reply
     /// sees the counters that go with it) and posts its deliveries in order; then performs the rest. Safe to call
     /// from any thread (not while holding `state`).

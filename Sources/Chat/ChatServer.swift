@@ -59,33 +59,15 @@ public final class ChatServer: Service, Sendable {
         let router = MessageRouter<TCPConnection>()
         // The routes are fixed here; registering a fresh router cannot fail.
         do {
-            try router.on(ChatMessageID.registerRequest, as: Switchyard_Chat_RegisterRequest.self) { r, m in
-                hub.register(r, from: m.connection)
-            }
-            try router.on(ChatMessageID.loginRequest, as: Switchyard_Chat_LoginRequest.self) { r, m in
-                hub.login(r, from: m.connection)
-            }
-            try router.on(ChatMessageID.joinRequest, as: Switchyard_Chat_JoinRequest.self) { r, m in
-                hub.join(r, from: m.connection)
-            }
-            try router.on(ChatMessageID.leaveRequest, as: Switchyard_Chat_LeaveRequest.self) { r, m in
-                hub.leave(r, from: m.connection)
-            }
-            try router.on(ChatMessageID.listRoomsRequest, as: Switchyard_Chat_ListRoomsRequest.self) { r, m in
-                hub.listRooms(r, from: m.connection)
-            }
-            try router.on(ChatMessageID.sayRequest, as: Switchyard_Chat_SayRequest.self) { r, m in
-                hub.say(r, from: m.connection)
-            }
-            try router.on(ChatMessageID.privateMessageRequest, as: Switchyard_Chat_PrivateMessageRequest.self) { r, m in
-                hub.privateMessage(r, from: m.connection)
-            }
-            try router.on(ChatMessageID.friendAddRequest, as: Switchyard_Chat_FriendAddRequest.self) { r, m in
-                hub.addFriend(r, from: m.connection)
-            }
-            try router.on(ChatMessageID.friendListRequest, as: Switchyard_Chat_FriendListRequest.self) { r, m in
-                hub.listFriends(r, from: m.connection)
-            }
+            try router.on(ChatMessageID.registerRequest, hub.register)
+            try router.on(ChatMessageID.loginRequest, hub.login)
+            try router.on(ChatMessageID.joinRequest, hub.join)
+            try router.on(ChatMessageID.leaveRequest, hub.leave)
+            try router.on(ChatMessageID.listRoomsRequest, hub.listRooms)
+            try router.on(ChatMessageID.sayRequest, hub.say)
+            try router.on(ChatMessageID.privateMessageRequest, hub.privateMessage)
+            try router.on(ChatMessageID.friendAddRequest, hub.addFriend)
+            try router.on(ChatMessageID.friendListRequest, hub.listFriends)
         } catch {
             preconditionFailure("chat routes: \(error)")
         }

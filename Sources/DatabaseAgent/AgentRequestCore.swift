@@ -143,19 +143,14 @@ struct AgentRequestCore {
     /// An Execute arrived.
     mutating func execute(_ request: Switchyard_Dbagent_Execute, now: UInt64) -> [Action] {
         let id = request.requestID
-        let token: Int
-        switch admit(id: id, token: request.token, now: now) {
-        case .refused(let actions): return actions
-        case .admitted(let index): token = index
-        }
+        var refusal: [Action] = []
+        guard let token = admit(id: id, token: request.token, now: now, refusal: &refusal) else { return refusal }
         let planned: PlannedStatement
         switch plan(request.statement, token: token) {
         case .failure(let refusal): return refuse(id, refusal.kind, refusal.message, token: token)
         case .success(let p): planned = p
         }
-        guard counters.takeInFlight(limit: limits.maxInFlight) else {
-            return refuse(id, .busy, "the agent has \(limits.maxInFlight) requests open", token: token)
-        }
+        if let busy = takeInFlight(id, token: token) { return busy }
         let grantRows = rules.tokens[token].maxRows
         let asked = request.rowLimit == 0 ? nil : Int(request.rowLimit)
         let rowLimit = [asked, grantRows].compactMap { $0 }.min()
@@ -170,11 +165,8 @@ struct AgentRequestCore {
     /// A Batch arrived.
     mutating func batch(_ request: Switchyard_Dbagent_Batch, now: UInt64) -> [Action] {
         let id = request.requestID
-        let token: Int
-        switch admit(id: id, token: request.token, now: now) {
-        case .refused(let actions): return actions
-        case .admitted(let index): token = index
-        }
+        var refusal: [Action] = []
+        guard let token = admit(id: id, token: request.token, now: now, refusal: &refusal) else { return refusal }
         guard !request.statements.isEmpty else {
             return refuse(id, .badRequest, "a batch needs statements", token: token)
         }
@@ -190,42 +182,35 @@ struct AgentRequestCore {
             case .success(let p): planned.append(p)
             }
         }
-        guard counters.takeInFlight(limit: limits.maxInFlight) else {
-            return refuse(id, .busy, "the agent has \(limits.maxInFlight) requests open", token: token)
-        }
+        if let busy = takeInFlight(id, token: token) { return busy }
         open[id] = Open(token: token, phase: .batch, rowLimit: nil, batchRows: 1)
         return [.runBatch(id, statements: planned, timeout: timeout(request.timeoutMs), token: token)]
     }
 
     /// A Hello arrived: the token is checked and the agent's dialect told.
     mutating func hello(_ request: Switchyard_Dbagent_Hello, now: UInt64) -> [Action] {
-        switch admit(id: request.requestID, token: request.token, now: now) {
-        case .refused(let actions): return actions
-        case .admitted(let token):
-            var welcome = Switchyard_Dbagent_Welcome()
-            welcome.requestID = request.requestID
-            welcome.dialect = dialect
-            welcome.sqlAllowed = rules.tokens[token].allowsSQL
-            welcome.maxFrameBody = UInt32(clamping: limits.maxFrameBodyLength)
-            return [.send(.welcome(welcome), token: token)]
+        var refusal: [Action] = []
+        guard let token = admit(id: request.requestID, token: request.token, now: now, refusal: &refusal) else {
+            return refusal
         }
+        var welcome = Switchyard_Dbagent_Welcome()
+        welcome.requestID = request.requestID
+        welcome.dialect = dialect
+        welcome.sqlAllowed = rules.tokens[token].allowsSQL
+        welcome.maxFrameBody = UInt32(clamping: limits.maxFrameBodyLength)
+        return [.send(.welcome(welcome), token: token)]
     }
 
     /// A Transaction arrived: checked as any request, then begun, committed or rolled back by the shell.
     mutating func transaction(_ request: Switchyard_Dbagent_Transaction, now: UInt64) -> [Action] {
         let id = request.requestID
-        let token: Int
-        switch admit(id: id, token: request.token, now: now) {
-        case .refused(let actions): return actions
-        case .admitted(let index): token = index
-        }
+        var refusal: [Action] = []
+        guard let token = admit(id: id, token: request.token, now: now, refusal: &refusal) else { return refusal }
         switch request.action {
         case .begin, .commit, .rollback: break
         default: return refuse(id, .badRequest, "a transaction request needs BEGIN, COMMIT or ROLLBACK", token: token)
         }
-        guard counters.takeInFlight(limit: limits.maxInFlight) else {
-            return refuse(id, .busy, "the agent has \(limits.maxInFlight) requests open", token: token)
-        }
+        if let busy = takeInFlight(id, token: token) { return busy }
         open[id] = Open(token: token, phase: .batch, rowLimit: nil, batchRows: 1)
         let timeout = request.timeoutMs == 0 ? limits.maxTransactionTimeout
             : min(.milliseconds(Int64(request.timeoutMs)), limits.maxTransactionTimeout)
@@ -280,13 +265,7 @@ struct AgentRequestCore {
     /// The transaction batch committed.
     mutating func batchFinished(_ id: UInt64, _ outcome: BatchOutcome) -> [Action] {
         guard let request = finish(id) else { return [] }
-        var done = Switchyard_Dbagent_Done()
-        done.requestID = id
-        done.affectedRows = outcome.affectedRows
-        if let last = outcome.lastInsertID {
-            done.hasLastInsertID_p = true
-            done.lastInsertID = last
-        }
+        let done = Self.done(id, affectedRows: outcome.affectedRows, lastInsertID: outcome.lastInsertID)
         return [.release(id), .send(.done(done), token: request.token)]
     }
 
@@ -319,7 +298,7 @@ struct AgentRequestCore {
                 continue
             }
             _ = finish(id)
-            counters.creditTimeout()
+            counters.creditTimeouts.add()
             actions.append(.release(id))
             actions.append(failure(Self.error(id, .timeout, "no MoreRows within the credit timeout"),
                                token: request.token))
@@ -335,14 +314,16 @@ struct AgentRequestCore {
 
     // MARK: Helpers
 
-    private enum Admission {
-        case admitted(Int)
-        case refused([Action])
+    /// Takes a slot of ``Limits/maxInFlight`` for request `id`; nil when taken, the busy refusal when none is free.
+    private mutating func takeInFlight(_ id: UInt64, token: Int) -> [Action]? {
+        if counters.inFlight.take(limit: limits.maxInFlight) { return nil }
+        return refuse(id, .busy, "the agent has \(limits.maxInFlight) requests open", token: token)
     }
 
-    /// Token, request id, open requests and rate: the checks every request passes first.
-    private mutating func admit(id: UInt64, token presented: String, now: UInt64) -> Admission {
-        guard !closing else { return .refused([]) }
+    /// Token, request id, open requests and rate: the checks every request passes first. The token's index, or
+    /// nil with what refuses the request in `refusal`.
+    private mutating func admit(id: UInt64, token presented: String, now: UInt64, refusal: inout [Action]) -> Int? {
+        guard !closing else { return nil }
         guard let token = rules.tokenIndex(for: presented.utf8) else {
             authFailures += 1
             var actions: [Action] = [failure(Self.error(id, .unauthorized,
@@ -354,20 +335,24 @@ struct AgentRequestCore {
                 closing = true
                 actions.append(.close)
             }
-            return .refused(actions)
+            refusal = actions
+            return nil
         }
         guard open[id] == nil else {
-            return .refused(refuse(id, .badRequest, "request id \(id) is in use on this connection", token: token))
+            refusal = refuse(id, .badRequest, "request id \(id) is in use on this connection", token: token)
+            return nil
         }
         guard open.count < limits.maxOpen else {
-            return .refused(refuse(id, .busy, "\(limits.maxOpen) requests are open on this connection", token: token))
+            refusal = refuse(id, .busy, "\(limits.maxOpen) requests are open on this connection", token: token)
+            return nil
         }
         counters.request(token)
         guard limiter.take(token, now: now) else {
             let rate = rules.tokens[token].rate ?? 0
-            return .refused(refuse(id, .rateLimited, "over the token's \(rate) requests a second", token: token))
+            refusal = refuse(id, .rateLimited, "over the token's \(rate) requests a second", token: token)
+            return nil
         }
-        return .admitted(token)
+        return token
     }
 
     private struct Refusal: Error {
@@ -415,7 +400,7 @@ struct AgentRequestCore {
     /// Sends a batch's rows (within the row limit, in chunks under the frame bound), then Done or waits for a grant.
     private mutating func deliver(_ id: UInt64, _ batch: RowBatch, now: UInt64) -> [Action] {
         guard var request = open[id] else { return [.release(id)] }
-        counters.rowsRead(batch.rows.count)
+        counters.rowsRead.add(batch.rows.count)
         var rows = batch.rows[...]
         var truncated = false
         if let limit = request.rowLimit {
@@ -456,13 +441,7 @@ struct AgentRequestCore {
         counters.rows(request.token, rows.count)
         if final {
             _ = finish(id)
-            var done = Switchyard_Dbagent_Done()
-            done.requestID = id
-            done.affectedRows = batch.affectedRows
-            if let last = batch.lastInsertID {
-                done.hasLastInsertID_p = true
-                done.lastInsertID = last
-            }
+            var done = Self.done(id, affectedRows: batch.affectedRows, lastInsertID: batch.lastInsertID)
             done.rowsSent = UInt64(request.sent)
             done.truncated = truncated
             actions.append(.release(id))
@@ -496,7 +475,7 @@ struct AgentRequestCore {
     /// Removes an open request (its in-flight slot freed); nil when it was not open.
     private mutating func finish(_ id: UInt64) -> Open? {
         guard let request = open.removeValue(forKey: id) else { return nil }
-        counters.releaseInFlight()
+        counters.inFlight.release()
         return request
     }
 
@@ -510,6 +489,18 @@ struct AgentRequestCore {
     private func failure(_ error: Switchyard_Dbagent_Error, token: Int?) -> Action {
         counters.error(error.kind, token: token)
         return .send(.error(error), token: token)
+    }
+
+    /// The end of request `id`: what it changed.
+    static func done(_ id: UInt64, affectedRows: Int64, lastInsertID: Int64?) -> Switchyard_Dbagent_Done {
+        var done = Switchyard_Dbagent_Done()
+        done.requestID = id
+        done.affectedRows = affectedRows
+        if let lastInsertID {
+            done.hasLastInsertID_p = true
+            done.lastInsertID = lastInsertID
+        }
+        return done
     }
 
     static func error(_ id: UInt64, _ kind: Switchyard_Dbagent_ErrorKind, _ message: String)

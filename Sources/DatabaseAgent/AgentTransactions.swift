@@ -171,7 +171,7 @@ extension AgentConnection {
     func runTransaction(_ id: UInt64, _ action: Switchyard_Dbagent_TransactionAction, timeout: Duration) {
         switch (action, pin) {
         case (.begin, .none):
-            guard counters.takeTransaction(limit: core.limits.maxTransactions) else {
+            guard counters.transactions.take(limit: core.limits.maxTransactions) else {
                 failed(id, TransactionRefusal(kind: .busy, message:
                     "the agent has \(core.limits.maxTransactions) transactions open"))
                 return
@@ -184,7 +184,7 @@ extension AgentConnection {
                     connection.loop.execute { self.begun(id, session, timeout: timeout) }
                 } catch {
                     connection.loop.execute {
-                        self.counters.releaseTransaction()
+                        self.counters.transactions.release()
                         if case .beginning = self.pin { self.pin = .none }
                         self.failed(id, error)
                     }
@@ -202,7 +202,7 @@ extension AgentConnection {
                 }
                 let failure = outcome
                 connection.loop.execute {
-                    self.counters.releaseTransaction()
+                    self.counters.transactions.release()
                     self.pin = .none
                     if let failure {
                         self.failed(id, failure)
@@ -256,11 +256,11 @@ extension AgentConnection {
 
     /// Rolls a session back off the loop and frees its slot.
     private func rollBack(_ session: any TransactionSession, byTheAgent: Bool) {
-        if byTheAgent { counters.transactionRolledBack() }
+        if byTheAgent { counters.transactionsRolledBack.add() }
         let counters = counters
         Task {
             await session.rollback()
-            counters.releaseTransaction()
+            counters.transactions.release()
         }
     }
 }

@@ -63,25 +63,19 @@ public final class DatabaseAgentServer: Service, Sendable {
         let authLog = UnauthorizedLog(logger: logger, quietInterval: configuration.logQuietInterval)
         let router = MessageRouter<TCPConnection>()
         do {
-            try router.on(DatabaseAgentMessageID.execute, as: Switchyard_Dbagent_Execute.self) { request, message in
-                AgentConnection.of(message.connection)?.execute(request)
+            /// A route to a method of the connection's `AgentConnection`.
+            func route<M: SwiftProtobuf.Message>(_ id: DatabaseAgentMessageID,
+                                                 _ method: @escaping @Sendable (AgentConnection) -> (M) -> Void) throws {
+                try router.on(id) { (request: M, connection: TCPConnection) in
+                    if let agent = AgentConnection.of(connection) { method(agent)(request) }
+                }
             }
-            try router.on(DatabaseAgentMessageID.batch, as: Switchyard_Dbagent_Batch.self) { request, message in
-                AgentConnection.of(message.connection)?.batch(request)
-            }
-            try router.on(DatabaseAgentMessageID.cancel, as: Switchyard_Dbagent_Cancel.self) { request, message in
-                AgentConnection.of(message.connection)?.cancel(request.requestID)
-            }
-            try router.on(DatabaseAgentMessageID.moreRows, as: Switchyard_Dbagent_MoreRows.self) { request, message in
-                AgentConnection.of(message.connection)?.moreRows(request.requestID)
-            }
-            try router.on(DatabaseAgentMessageID.hello, as: Switchyard_Dbagent_Hello.self) { request, message in
-                AgentConnection.of(message.connection)?.hello(request)
-            }
-            try router.on(DatabaseAgentMessageID.transaction, as: Switchyard_Dbagent_Transaction.self) {
-                request, message in
-                AgentConnection.of(message.connection)?.transaction(request)
-            }
+            try route(.execute, AgentConnection.execute)
+            try route(.batch, AgentConnection.batch)
+            try route(.cancel, AgentConnection.cancel)
+            try route(.moreRows, AgentConnection.moreRows)
+            try route(.hello, AgentConnection.hello)
+            try route(.transaction, AgentConnection.transaction)
         } catch {
             preconditionFailure("database agent routes: \(error)")
         }
@@ -225,8 +219,8 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
 
     func execute(_ request: Switchyard_Dbagent_Execute) { perform(core.execute(request, now: now)) }
     func batch(_ request: Switchyard_Dbagent_Batch) { perform(core.batch(request, now: now)) }
-    func cancel(_ id: UInt64) { perform(core.cancel(id)) }
-    func moreRows(_ id: UInt64) { perform(core.moreRows(id)) }
+    func cancel(_ request: Switchyard_Dbagent_Cancel) { perform(core.cancel(request.requestID)) }
+    func moreRows(_ request: Switchyard_Dbagent_MoreRows) { perform(core.moreRows(request.requestID)) }
     func hello(_ request: Switchyard_Dbagent_Hello) { perform(core.hello(request, now: now)) }
     func transaction(_ request: Switchyard_Dbagent_Transaction) { perform(core.transaction(request, now: now)) }
 
@@ -340,7 +334,7 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
                 authLog.record(connection, reason: reason)
             case .close:
                 flushNow()
-                counters.closedForAuth()
+                counters.authClosed.add()
                 connection.close()
             }
         }
@@ -370,25 +364,14 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
 
     /// Sends an answer (the core counted it).
     private func send(_ answer: AgentRequestCore.Answer, token: Int?) {
-        let id: DatabaseAgentMessageID
-        let body: [UInt8]?
-        switch answer {
-        case .columns(let m):
-            id = .columns
-            body = try? m.serializedBytes()
-        case .rows(let m):
-            id = .rows
-            body = try? m.serializedBytes()
-        case .done(let m):
-            id = .done
-            body = try? m.serializedBytes()
-        case .error(let m):
-            id = .error
-            body = try? m.serializedBytes()
-        case .welcome(let m):
-            id = .welcome
-            body = try? m.serializedBytes()
+        let (id, message): (DatabaseAgentMessageID, any SwiftProtobuf.Message) = switch answer {
+        case .columns(let m): (.columns, m)
+        case .rows(let m): (.rows, m)
+        case .done(let m): (.done, m)
+        case .error(let m): (.error, m)
+        case .welcome(let m): (.welcome, m)
         }
+        let body: [UInt8]? = try? message.serializedBytes()
         guard let body else { return }
         var header = FrameParser.header(messageID: id.rawValue, bodyLength: body.count)
         withUnsafeBytes(of: &header) { outgoing.append(contentsOf: $0) }

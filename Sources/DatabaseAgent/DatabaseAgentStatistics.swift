@@ -1,5 +1,5 @@
-import Metrics
-import Synchronization
+import DatabaseAgentProtocol
+import Messaging
 
 /// A snapshot of a database agent's counters (``DatabaseAgentServer/statistics``).
 public struct DatabaseAgentStatistics: Sendable, Hashable, CustomStringConvertible {
@@ -50,44 +50,33 @@ public struct DatabaseAgentStatistics: Sendable, Hashable, CustomStringConvertib
 /// (`switchyard_dbagent_*_total`, dimension `token` = the token's name; the executable picks the backend). Safe
 /// from any thread; the metric handlers are made once.
 final class AgentCounters: Sendable {
-    private final class PerToken: Sendable {
+    private struct PerToken: Sendable {
         let label: String
-        let requests = Atomic<Int>(0)
-        let rows = Atomic<Int>(0)
-        let errors = Atomic<Int>(0)
-        let rateLimited = Atomic<Int>(0)
-        let requestsMetric: Counter
-        let rowsMetric: Counter
-        let errorsMetric: Counter
-        let rateLimitedMetric: Counter
+        let requests, rows, errors, rateLimited: MeteredCount
 
         init(label: String) {
             self.label = label
-            let dimensions = [("token", label)]
-            requestsMetric = Counter(label: "switchyard_dbagent_requests_total", dimensions: dimensions)
-            rowsMetric = Counter(label: "switchyard_dbagent_rows_total", dimensions: dimensions)
-            errorsMetric = Counter(label: "switchyard_dbagent_errors_total", dimensions: dimensions)
-            rateLimitedMetric = Counter(label: "switchyard_dbagent_rate_limited_total", dimensions: dimensions)
+            func count(_ name: String) -> MeteredCount {
+                MeteredCount("switchyard_dbagent_\(name)_total", dimensions: [("token", label)])
+            }
+            requests = count("requests")
+            rows = count("rows")
+            errors = count("errors")
+            rateLimited = count("rate_limited")
         }
     }
 
     private let perToken: [PerToken]
-    let inFlight = Atomic<Int>(0)
-    private let unauthorized = Atomic<Int>(0)
-    private let authClosed = Atomic<Int>(0)
-    private let busy = Atomic<Int>(0)
-    private let creditTimeouts = Atomic<Int>(0)
-    private let rowsRead = Atomic<Int>(0)
-    private let unauthorizedMetric = Counter(label: "switchyard_dbagent_unauthorized_total")
-    private let authClosedMetric = Counter(label: "switchyard_dbagent_auth_closed_total")
-    private let busyMetric = Counter(label: "switchyard_dbagent_busy_total")
-    private let creditTimeoutsMetric = Counter(label: "switchyard_dbagent_credit_timeouts_total")
-    private let rowsReadMetric = Counter(label: "switchyard_dbagent_rows_read_total")
-    private let inFlightMetric = Gauge(label: "switchyard_dbagent_in_flight")
-    private let transactionsOpen = Atomic<Int>(0)
-    private let transactionsRolledBack = Atomic<Int>(0)
-    private let transactionsOpenMetric = Gauge(label: "switchyard_dbagent_transactions_open")
-    private let transactionsRolledBackMetric = Counter(label: "switchyard_dbagent_transactions_rolled_back_total")
+    /// Requests open now (``DatabaseAgentConfiguration/maxRequestsInFlight`` at most).
+    let inFlight = MeteredSlots("switchyard_dbagent_in_flight")
+    /// Transactions open now (``DatabaseAgentConfiguration/maxTransactions`` at most).
+    let transactions = MeteredSlots("switchyard_dbagent_transactions_open")
+    let unauthorized = MeteredCount("switchyard_dbagent_unauthorized_total")
+    let authClosed = MeteredCount("switchyard_dbagent_auth_closed_total")
+    let busy = MeteredCount("switchyard_dbagent_busy_total")
+    let creditTimeouts = MeteredCount("switchyard_dbagent_credit_timeouts_total")
+    let rowsRead = MeteredCount("switchyard_dbagent_rows_read_total")
+    let transactionsRolledBack = MeteredCount("switchyard_dbagent_transactions_rolled_back_total")
 
     init(tokenLabels: [String]) {
         perToken = tokenLabels.map(PerToken.init)
@@ -96,98 +85,33 @@ final class AgentCounters: Sendable {
     var snapshot: DatabaseAgentStatistics {
         var tokens: [String: DatabaseAgentStatistics.TokenCounters] = [:]
         for t in perToken {
-            tokens[t.label] = .init(requests: t.requests.load(ordering: .relaxed),
-                                    rows: t.rows.load(ordering: .relaxed),
-                                    errors: t.errors.load(ordering: .relaxed),
-                                    rateLimited: t.rateLimited.load(ordering: .relaxed))
+            tokens[t.label] = .init(requests: t.requests.value, rows: t.rows.value, errors: t.errors.value,
+                                    rateLimited: t.rateLimited.value)
         }
         return DatabaseAgentStatistics(
-            tokens: tokens, unauthorized: unauthorized.load(ordering: .relaxed),
-            authClosed: authClosed.load(ordering: .relaxed), busy: busy.load(ordering: .relaxed),
-            creditTimeouts: creditTimeouts.load(ordering: .relaxed), inFlight: inFlight.load(ordering: .relaxed),
-            rowsRead: rowsRead.load(ordering: .relaxed), transactionsOpen: transactionsOpen.load(ordering: .relaxed),
-            transactionsRolledBack: transactionsRolledBack.load(ordering: .relaxed))
-    }
-
-    /// Takes a transaction slot; false (nothing taken) when `limit` are taken.
-    func takeTransaction(limit: Int) -> Bool {
-        let now = transactionsOpen.wrappingAdd(1, ordering: .relaxed).newValue
-        if now > limit {
-            transactionsOpen.wrappingSubtract(1, ordering: .relaxed)
-            return false
-        }
-        transactionsOpenMetric.record(now)
-        return true
-    }
-
-    func releaseTransaction() {
-        transactionsOpenMetric.record(transactionsOpen.wrappingSubtract(1, ordering: .relaxed).newValue)
-    }
-
-    func transactionRolledBack() {
-        transactionsRolledBack.wrappingAdd(1, ordering: .relaxed)
-        transactionsRolledBackMetric.increment()
-    }
-
-    /// Takes an in-flight slot; false (nothing taken) when `limit` are taken.
-    func takeInFlight(limit: Int) -> Bool {
-        let now = inFlight.wrappingAdd(1, ordering: .relaxed).newValue
-        if now > limit {
-            inFlight.wrappingSubtract(1, ordering: .relaxed)
-            return false
-        }
-        inFlightMetric.record(now)
-        return true
-    }
-
-    func releaseInFlight() {
-        inFlightMetric.record(inFlight.wrappingSubtract(1, ordering: .relaxed).newValue)
+            tokens: tokens, unauthorized: unauthorized.value, authClosed: authClosed.value, busy: busy.value,
+            creditTimeouts: creditTimeouts.value, inFlight: inFlight.value, rowsRead: rowsRead.value,
+            transactionsOpen: transactions.value, transactionsRolledBack: transactionsRolledBack.value)
     }
 
     func request(_ token: Int) {
-        perToken[token].requests.wrappingAdd(1, ordering: .relaxed)
-        perToken[token].requestsMetric.increment()
+        perToken[token].requests.add()
     }
 
     func rows(_ token: Int, _ n: Int) {
-        perToken[token].rows.wrappingAdd(n, ordering: .relaxed)
-        perToken[token].rowsMetric.increment(by: n)
-    }
-
-    func rowsRead(_ n: Int) {
-        rowsRead.wrappingAdd(n, ordering: .relaxed)
-        rowsReadMetric.increment(by: n)
+        perToken[token].rows.add(n)
     }
 
     /// An error answer of `kind` (to token `token`, when known).
     func error(_ kind: Switchyard_Dbagent_ErrorKind, token: Int?) {
         if let token {
-            perToken[token].errors.wrappingAdd(1, ordering: .relaxed)
-            perToken[token].errorsMetric.increment()
-            if kind == .rateLimited {
-                perToken[token].rateLimited.wrappingAdd(1, ordering: .relaxed)
-                perToken[token].rateLimitedMetric.increment()
-            }
+            perToken[token].errors.add()
+            if kind == .rateLimited { perToken[token].rateLimited.add() }
         }
         switch kind {
-        case .unauthorized:
-            unauthorized.wrappingAdd(1, ordering: .relaxed)
-            unauthorizedMetric.increment()
-        case .busy:
-            busy.wrappingAdd(1, ordering: .relaxed)
-            busyMetric.increment()
-        default:
-            break
+        case .unauthorized: unauthorized.add()
+        case .busy: busy.add()
+        default: break
         }
-    }
-
-    func creditTimeout() {
-        creditTimeouts.wrappingAdd(1, ordering: .relaxed)
-        creditTimeoutsMetric.increment()
-    }
-
-    func closedForAuth() {
-        authClosed.wrappingAdd(1, ordering: .relaxed)
-        authClosedMetric.increment()
     }
 }

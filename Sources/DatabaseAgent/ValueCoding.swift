@@ -5,13 +5,7 @@ public enum ColumnType: String, Sendable, Hashable {
     case unknown, integer, double, text, blob
 
     init(_ wire: Switchyard_Dbagent_ColumnType) {
-        switch wire {
-        case .integer: self = .integer
-        case .real: self = .double
-        case .text: self = .text
-        case .blob: self = .blob
-        default: self = .unknown
-        }
+        self.init(SQLColumnType(wire))
     }
 
     var wire: Switchyard_Dbagent_ColumnType {

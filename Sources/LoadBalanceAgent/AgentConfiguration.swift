@@ -279,9 +279,18 @@ extension AgentConfiguration {
         }
     }
 
+    /// Sets `keyPath` to `value`; returns `expected` when there is none (the text did not parse or was out of range).
+    private mutating func set<T>(_ keyPath: WritableKeyPath<Self, T>, _ value: T?, else expected: String) -> String? {
+        guard let value else { return expected }
+        self[keyPath: keyPath] = value
+        return nil
+    }
+
     /// Applies one setting; returns why it failed, nil when it was applied.
     public mutating func apply(key: String, value: String) -> String? {
-        func int<T: FixedWidthInteger>(_: T.Type) -> T? { T(value) }
+        func int<T: FixedWidthInteger>(_: T.Type, atLeast least: T = .min) -> T? {
+            T(value).flatMap { $0 >= least ? $0 : nil }
+        }
         func rate() -> Double? { Double(value).flatMap { (0...1).contains($0) ? $0 : nil } }
         func seconds() -> Duration? { Double(value).flatMap { $0 > 0 ? .milliseconds(Int64($0 * 1000)) : nil } }
         switch key {
@@ -313,26 +322,20 @@ extension AgentConfiguration {
             }
             caller = v
         case "route_cache": routeCacheFile = value.isEmpty ? nil : value
-        case "empty_module_timeout":
-            guard let v = seconds() else { return "expected positive seconds" }
-            emptyModuleTimeout = v
-        case "max_modules":
-            guard let v = int(Int.self), v >= 1 else { return "expected an integer >= 1" }
-            maxModules = v
+        case "empty_module_timeout": return set(\.emptyModuleTimeout, seconds(), else: "expected positive seconds")
+        case "max_modules": return set(\.maxModules, int(Int.self, atLeast: 1), else: "expected an integer >= 1")
         case "max_batch":
             guard let v = int(Int.self), (1...Self.maxBatchItemsLimit).contains(v) else {
                 return "expected an integer 1...\(Self.maxBatchItemsLimit)"
             }
             maxBatchItems = v
-        case "route_cache_interval":
-            guard let v = seconds() else { return "expected positive seconds" }
-            routeCacheInterval = v
+        case "route_cache_interval": return set(\.routeCacheInterval, seconds(), else: "expected positive seconds")
         case "unknown_module_rate":
-            guard let v = Double(value), v > 0, v.isFinite else { return "expected a positive rate per second" }
-            unknownModuleRate = v
+            let rate = Double(value).flatMap { $0 > 0 && $0.isFinite ? $0 : nil }
+            return set(\.unknownModuleRate, rate, else: "expected a positive rate per second")
         case "unknown_module_burst":
-            guard let v = int(Int.self), v >= 1 else { return "expected an integer >= 1" }
-            unknownModuleBurst = v
+            return set(\.unknownModuleBurst, int(Int.self, atLeast: 1),
+                       else: "expected an integer >= 1")
         case "allow_remote":
             switch value {
             case "true", "yes", "1": allowedSources = .any
@@ -345,39 +348,21 @@ extension AgentConfiguration {
                 return "expected microseconds 0...1000000"
             }
             busyPoll = .microseconds(v)
-        case "probe_num":
-            guard let v = int(Int.self), v >= 1 else { return "expected an integer >= 1" }
-            balancer.probeNum = v
-        case "init_succ_cnt":
-            guard let v = int(UInt32.self) else { return "expected a count" }
-            balancer.initSuccCount = v
-        case "init_err_cnt":
-            guard let v = int(UInt32.self) else { return "expected a count" }
-            balancer.initErrCount = v
+        case "probe_num": return set(\.balancer.probeNum, int(Int.self, atLeast: 1), else: "expected an integer >= 1")
+        case "init_succ_cnt": return set(\.balancer.initSuccCount, int(UInt32.self), else: "expected a count")
+        case "init_err_cnt": return set(\.balancer.initErrCount, int(UInt32.self), else: "expected a count")
         case "contin_err_limit":
-            guard let v = int(UInt32.self), v >= 1 else { return "expected a count >= 1" }
-            balancer.continErrLimit = v
+            return set(\.balancer.continErrLimit, int(UInt32.self, atLeast: 1),
+                       else: "expected a count >= 1")
         case "contin_succ_limit":
-            guard let v = int(UInt32.self), v >= 1 else { return "expected a count >= 1" }
-            balancer.continSuccLimit = v
-        case "err_rate":
-            guard let v = rate() else { return "expected a rate 0...1" }
-            balancer.errRate = v
-        case "succ_rate":
-            guard let v = rate() else { return "expected a rate 0...1" }
-            balancer.succRate = v
-        case "window_err_rate":
-            guard let v = rate() else { return "expected a rate 0...1" }
-            balancer.windowErrRate = v
-        case "idle_timeout":
-            guard let v = seconds() else { return "expected positive seconds" }
-            balancer.idleTimeout = v
-        case "overload_timeout":
-            guard let v = seconds() else { return "expected positive seconds" }
-            balancer.overloadTimeout = v
-        case "update_timeout":
-            guard let v = seconds() else { return "expected positive seconds" }
-            balancer.updateTimeout = v
+            return set(\.balancer.continSuccLimit, int(UInt32.self, atLeast: 1),
+                       else: "expected a count >= 1")
+        case "err_rate": return set(\.balancer.errRate, rate(), else: "expected a rate 0...1")
+        case "succ_rate": return set(\.balancer.succRate, rate(), else: "expected a rate 0...1")
+        case "window_err_rate": return set(\.balancer.windowErrRate, rate(), else: "expected a rate 0...1")
+        case "idle_timeout": return set(\.balancer.idleTimeout, seconds(), else: "expected positive seconds")
+        case "overload_timeout": return set(\.balancer.overloadTimeout, seconds(), else: "expected positive seconds")
+        case "update_timeout": return set(\.balancer.updateTimeout, seconds(), else: "expected positive seconds")
         default:
             return "unknown key (known: \(Self.fileKeys.joined(separator: ", ")))"
         }

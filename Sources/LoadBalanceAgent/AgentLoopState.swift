@@ -64,72 +64,59 @@ final class AgentLoopState: @unchecked Sendable {
         reporter = nil
     }
 
-    /// Whether the datagram of `peer` is served (its source is allowed); a refusal is counted and logged by the
-    /// core.
-    private func admit(_ peer: UDPPeer, now: UInt64) -> Bool {
-        if core.admit(source: peer.address.ip, now: now, actions: &actions) { return true }
+    /// Feeds the core a request datagram of `peer`, when its source is allowed (a refusal is counted and logged by
+    /// the core), and performs what it decided.
+    @inline(__always)
+    private func serve(_ peer: UDPPeer, _ feed: (inout Core, _ now: UInt64, inout [Core.Action]) -> Void) {
+        loop.assertInLoopThread()
+        let now = self.now
+        if core.admit(source: peer.address.ip, now: now, actions: &actions) { feed(&core, now, &actions) }
         performActions()
-        return false
+    }
+
+    /// Feeds the core something of the loop's own (a link, a timer) and performs what it decided.
+    private func decide(_ feed: (inout Core, _ now: UInt64, inout [Core.Action]) -> Void) {
+        loop.assertInLoopThread()
+        feed(&core, now, &actions)
+        performActions()
     }
 
     func getHost(seq: UInt32, modid: Int32, cmdid: Int32, key: UInt64?, from peer: UDPPeer) {
-        loop.assertInLoopThread()
-        let now = self.now
-        guard admit(peer, now: now) else { return }
-        core.getHost(seq: seq, modid: modid, cmdid: cmdid, key: key, from: peer, source: peer.address.ip, now: now,
-                     actions: &actions)
-        performActions()
+        serve(peer) {
+            $0.getHost(seq: seq, modid: modid, cmdid: cmdid, key: key, from: peer, source: peer.address.ip, now: $1,
+                       actions: &$2)
+        }
     }
 
     func getHostBatch(_ request: Switchyard_Lb_GetHostBatchRequest, from peer: UDPPeer) {
-        loop.assertInLoopThread()
-        let now = self.now
-        guard admit(peer, now: now) else { return }
-        core.getHostBatch(request, from: peer, source: peer.address.ip, now: now, actions: &actions)
-        performActions()
+        serve(peer) { $0.getHostBatch(request, from: peer, source: peer.address.ip, now: $1, actions: &$2) }
     }
 
     func report(_ request: Lars_ReportRequest, from peer: UDPPeer) {
-        loop.assertInLoopThread()
-        let now = self.now
-        guard admit(peer, now: now) else { return }
         let secret = core.configuration.reportSecret == nil
             ? nil : ReportSecret.extract(from: request.unknownFields.data)
-        core.report(request, secret: secret, source: peer.address.ip, now: now, actions: &actions)
-        performActions()
+        serve(peer) { $0.report(request, secret: secret, source: peer.address.ip, now: $1, actions: &$2) }
     }
 
     func getRoute(_ request: Lars_GetRouteRequest, from peer: UDPPeer) {
-        loop.assertInLoopThread()
-        let now = self.now
-        guard admit(peer, now: now) else { return }
-        core.getRoute(request, from: peer, source: peer.address.ip, now: now, actions: &actions)
-        performActions()
+        serve(peer) { $0.getRoute(request, from: peer, source: peer.address.ip, now: $1, actions: &$2) }
     }
 
     func routeArrived(_ response: Lars_GetRouteResponse) {
-        loop.assertInLoopThread()
-        core.routeArrived(response, now: now, actions: &actions)
-        performActions()
+        decide { $0.routeArrived(response, now: $1, actions: &$2) }
     }
 
     func nameServiceConnected() {
-        loop.assertInLoopThread()
-        core.nameServiceConnected(now: now, actions: &actions)
-        performActions()
+        decide { $0.nameServiceConnected(now: $1, actions: &$2) }
     }
 
     func nameServiceLost() {
-        loop.assertInLoopThread()
-        core.nameServiceLost(actions: &actions)
-        performActions()
+        decide { core, _, actions in core.nameServiceLost(actions: &actions) }
     }
 
     /// The refresh timer: forget empty modules, ask for stale routes.
     func refreshRoutes() {
-        loop.assertInLoopThread()
-        core.refreshRoutes(now: now, actions: &actions)
-        performActions()
+        decide { $0.refreshRoutes(now: $1, actions: &$2) }
     }
 
     /// The cache timer (and shutdown): hands the writer a snapshot of the routes when one with hosts changed.

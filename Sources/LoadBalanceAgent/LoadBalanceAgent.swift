@@ -142,15 +142,9 @@ public final class LoadBalanceAgent: Service, Sendable {
             loopState.getHost(seq: request.seq, modid: request.modid, cmdid: request.cmdid,
                               key: BoundedLoadRing.hash(request.key), from: message.connection)
         }
-        try router.on(MessageID.getHostBatchRequest, as: Switchyard_Lb_GetHostBatchRequest.self) { request, message in
-            loopState.getHostBatch(request, from: message.connection)
-        }
-        try router.on(MessageID.reportRequest, as: Lars_ReportRequest.self) { request, message in
-            loopState.report(request, from: message.connection)
-        }
-        try router.on(MessageID.apiGetRouteRequest, as: Lars_GetRouteRequest.self) { request, message in
-            loopState.getRoute(request, from: message.connection)
-        }
+        try router.on(MessageID.getHostBatchRequest, loopState.getHostBatch)
+        try router.on(MessageID.reportRequest, loopState.report)
+        try router.on(MessageID.apiGetRouteRequest, loopState.getRoute)
         let endpoint = try FramedUDPEndpoint(loop: loop, host: configuration.host, ports: configuration.ports,
                                              router: router, logger: logger)
         names.connect()

@@ -6,28 +6,45 @@ import struct Foundation.Data
 import LarsProtocol
 import LarsWire
 import LoadBalancing
+import Reactor
 import SwitchyardCore
 
-/// The frames both clients send to the agent, and which agent port a (modid, cmdid) goes to: one definition for
-/// `LoadBalanceClient` (async) and `BlockingLoadBalanceClient`, which differ only in how they wait.
-enum AgentRequests {
+/// Where a client's requests go: the agent's host and ports, resolved once, with each port's timeout error made
+/// once (not formatted on every call). One definition for the three clients.
+struct AgentEndpoints: Sendable {
+    let host: String
+    let ports: [Int]
+    let timeout: Duration
+    let addresses: [SocketAddress]
+    private let timeoutErrors: [UInt16: LoadBalanceClientError]
+
+    init(host: String, ports: [Int], timeout: Duration) throws {
+        precondition(!ports.isEmpty, "agentPorts must not be empty")
+        self.host = host
+        self.ports = ports
+        self.timeout = timeout
+        addresses = try ports.map { try SocketAddress(host: host, port: $0) }
+        let ms = timeout.millisecondsTruncated
+        timeoutErrors = Dictionary(addresses.map { address in
+            (address.port, LoadBalanceClientError.timeout("no agent answered on \(host):\(address.port) within \(ms) ms"))
+        }, uniquingKeysWith: { first, _ in first })
+    }
+
     /// `agentPorts[(modid + cmdid) % agentPorts.count]`, as Lars's API picks it (never negative).
-    static func address(modid: Int32, cmdid: Int32, in addresses: [IPv4Endpoint]) -> IPv4Endpoint {
+    func address(modid: Int32, cmdid: Int32) -> SocketAddress {
         let n = addresses.count
         return addresses[(((Int(modid) + Int(cmdid)) % n) + n) % n]
     }
 
-    /// The timeout error of each agent port, made once (not formatted on every call).
-    static func timeoutErrors(agentHost: String, addresses: [IPv4Endpoint], timeout: Duration)
-        -> [UInt16: LoadBalanceClientError]
-    {
-        let ms = timeout.millisecondsTruncated
-        return Dictionary(addresses.map { address in
-            (address.port, LoadBalanceClientError.timeout(
-                "no agent answered on \(agentHost):\(address.port) within \(ms) ms"))
-        }, uniquingKeysWith: { first, _ in first })
+    /// The error of a request to `address` that no agent answered in time.
+    func timeoutError(_ address: SocketAddress) -> LoadBalanceClientError {
+        timeoutErrors[address.port] ?? .timeout("no agent answered on \(host):\(address.port)")
     }
+}
 
+/// The frames both clients send to the agent, and which agent port a (modid, cmdid) goes to: one definition for
+/// `LoadBalanceClient` (async) and `BlockingLoadBalanceClient`, which differ only in how they wait.
+enum AgentRequests {
     /// GetHost (Lars, id 4) for (modid, cmdid) under sequence number `seq`.
     static func getHost(seq: UInt32, modid: Int32, cmdid: Int32) throws -> [UInt8] {
         var request = Lars_GetHostRequest()

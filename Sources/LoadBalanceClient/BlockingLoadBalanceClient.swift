@@ -15,15 +15,15 @@ import SwitchyardCore
 /// Same wire, same port choice and same errors as `LoadBalanceClient`. Not for async code (it blocks the thread):
 /// use `LoadBalanceClient` there. Not thread-safe: one thread at a time.
 public final class BlockingLoadBalanceClient {
-    public let agentHost: String
-    public let agentPorts: [Int]
-    public let timeout: Duration
+    private let agents: AgentEndpoints
+    public var agentHost: String { agents.host }
+    public var agentPorts: [Int] { agents.ports }
+    public var timeout: Duration { agents.timeout }
     /// Sent with every report when the agent requires it (`--report-secret`); nil: none.
     private let reportSecret: [UInt8]?
     /// How long a call polls its socket for the reply before sleeping in the kernel (see `init`).
     public let spin: Duration
     private let spinNanoseconds: UInt64
-    private let addresses: [SocketAddress]
     private let fd: Int32
     private var sequence: UInt32 = 0
     private var buffer = [UInt8](repeating: 0, count: 65_536)
@@ -35,21 +35,17 @@ public final class BlockingLoadBalanceClient {
     public init(agentHost: String = "127.0.0.1", agentPorts: [Int] = [8888, 8889, 8890],
                 timeout: Duration = .milliseconds(500), spin: Duration = .microseconds(50),
                 reportSecret: [UInt8]? = nil) throws {
-        precondition(!agentPorts.isEmpty, "agentPorts must not be empty")
-        self.agentHost = agentHost
-        self.agentPorts = agentPorts
-        self.timeout = timeout
+        agents = try AgentEndpoints(host: agentHost, ports: agentPorts, timeout: timeout)
         self.reportSecret = reportSecret
         self.spin = spin
         spinNanoseconds = spin.nanosecondsSaturated
-        addresses = try agentPorts.map { try SocketAddress(host: agentHost, port: $0) }
         fd = try Posix.blockingSocket(type: Int32(SOCK_DGRAM.rawValue))
     }
 
     deinit { if fd >= 0 { Posix.close(fd) } }
 
     private func address(modid: Int32, cmdid: Int32) -> SocketAddress {
-        AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses)
+        agents.address(modid: modid, cmdid: cmdid)
     }
 
     private func send(_ frame: [UInt8], to address: SocketAddress) {
@@ -57,15 +53,14 @@ public final class BlockingLoadBalanceClient {
     }
 
     /// Waits for a frame accepted by `match` (stale replies of earlier, timed-out calls are skipped).
-    private func receive<R>(port: UInt16, _ match: (Int32, UnsafeRawBufferPointer) -> R?) throws -> R {
+    private func receive<R>(from destination: SocketAddress, _ match: (Int32, UnsafeRawBufferPointer) -> R?) throws -> R {
         let start = SystemInfo.monotonicNanoseconds()
         let deadline = start &+ timeout.nanosecondsSaturated
         let spinUntil = start &+ min(spinNanoseconds, timeout.nanosecondsSaturated)
         while true {
             let now = SystemInfo.monotonicNanoseconds()
             guard now < deadline else {
-                throw LoadBalanceClientError.timeout(
-                    "no agent answered on \(agentHost):\(port) within \(timeout.millisecondsTruncated) ms")
+                throw agents.timeoutError(destination)
             }
             if now >= spinUntil {
                 let waitMs = Int32(min((deadline - now + 999_999) / 1_000_000, 60_000))
@@ -113,7 +108,7 @@ public final class BlockingLoadBalanceClient {
                                  cmdid: Int32) throws -> GetHostResult {
         let destination = address(modid: modid, cmdid: cmdid)
         send(frame, to: destination)
-        let response = try receive(port: destination.port) { id, body -> Lars_GetHostResponse? in
+        let response = try receive(from: destination) { id, body -> Lars_GetHostResponse? in
             guard id == replyID.rawValue,
                   let r = try? Lars_GetHostResponse(serializedBytes: body), r.seq == seq else { return nil }
             return r
@@ -129,7 +124,7 @@ public final class BlockingLoadBalanceClient {
         let frame = try AgentRequests.getHostBatch(seq: seq, queries: queries)
         let destination = address(modid: queries[0].modid, cmdid: queries[0].cmdid)
         send(frame, to: destination)
-        let response = try receive(port: destination.port) { id, body -> Switchyard_Lb_GetHostBatchResponse? in
+        let response = try receive(from: destination) { id, body -> Switchyard_Lb_GetHostBatchResponse? in
             guard id == MessageID.getHostBatchResponse.rawValue,
                   let r = try? Switchyard_Lb_GetHostBatchResponse(serializedBytes: body), r.seq == seq
             else { return nil }
@@ -154,7 +149,7 @@ public final class BlockingLoadBalanceClient {
     public func getRoute(modid: Int32, cmdid: Int32) throws -> [Host] {
         let destination = address(modid: modid, cmdid: cmdid)
         send(try AgentRequests.getRoute(modid: modid, cmdid: cmdid), to: destination)
-        let response = try receive(port: destination.port) { id, body -> Lars_GetRouteResponse? in
+        let response = try receive(from: destination) { id, body -> Lars_GetRouteResponse? in
             guard id == MessageID.apiGetRouteResponse.rawValue,
                   let r = try? Lars_GetRouteResponse(serializedBytes: body), r.modid == modid, r.cmdid == cmdid
             else { return nil }

@@ -44,14 +44,12 @@ public enum LoadBalanceClientError: Error, Equatable, Sendable, CustomStringConv
 /// A request for (modid, cmdid) goes to `agentPorts[(modid + cmdid) % agentPorts.count]`. Safe to use from any
 /// thread and from many tasks at once.
 public final class LoadBalanceClient: Sendable {
-    public let agentHost: String
-    public let agentPorts: [Int]
-    public let timeout: Duration
+    private let agents: AgentEndpoints
+    public var agentHost: String { agents.host }
+    public var agentPorts: [Int] { agents.ports }
+    public var timeout: Duration { agents.timeout }
     /// Sent with every report when the agent requires it (`--report-secret`); nil: none.
     private let reportSecret: [UInt8]?
-    private let addresses: [SocketAddress]
-    /// The timeout error of each agent port, made once (not formatted on every call).
-    private let timeoutErrors: [UInt16: LoadBalanceClientError]
     private let ownedGroup: EventLoopGroup?
     private let isClosed = Atomic<Bool>(false)
     /// The loop the client's socket is on. Tasks that prefer it as their executor (`Task(executorPreference:)`)
@@ -71,13 +69,8 @@ public final class LoadBalanceClient: Sendable {
     public init(agentHost: String = "127.0.0.1", agentPorts: [Int] = [8888, 8889, 8890],
                 timeout: Duration = .milliseconds(500), loop: EventLoop? = nil,
                 busyPoll: Duration = .microseconds(50), reportSecret: [UInt8]? = nil) throws {
-        precondition(!agentPorts.isEmpty, "agentPorts must not be empty")
-        self.agentHost = agentHost
-        self.agentPorts = agentPorts
-        self.timeout = timeout
+        agents = try AgentEndpoints(host: agentHost, ports: agentPorts, timeout: timeout)
         self.reportSecret = reportSecret
-        addresses = try agentPorts.map { try SocketAddress(host: agentHost, port: $0) }
-        timeoutErrors = AgentRequests.timeoutErrors(agentHost: agentHost, addresses: addresses, timeout: timeout)
         let group: EventLoopGroup? = loop == nil
             ? try EventLoopGroup(ioLoops: 0, configuration: LoopConfiguration(busyPoll: busyPoll)) : nil
         ownedGroup = group
@@ -146,7 +139,7 @@ public final class LoadBalanceClient: Sendable {
     }
 
     private func address(modid: Int32, cmdid: Int32) -> SocketAddress {
-        AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses)
+        agents.address(modid: modid, cmdid: cmdid)
     }
 
     /// Asks the agent for a host of (modid, cmdid). Throws `LoadBalanceClientError.timeout` when no agent answers
@@ -201,7 +194,7 @@ public final class LoadBalanceClient: Sendable {
     private func deadline() -> UInt64 { SystemInfo.monotonicNanoseconds() &+ timeout.nanosecondsSaturated }
 
     private func timeoutError(_ destination: SocketAddress) -> LoadBalanceClientError {
-        timeoutErrors[destination.port] ?? .timeout("no agent answered on \(agentHost):\(destination.port)")
+        agents.timeoutError(destination)
     }
 
     /// Tells the agent how a call to `host` went: retcode 0 is a success, anything else a failure (1 overload).

@@ -29,8 +29,8 @@ extension LoopLoadBalanceClient {
         } catch {
             return completion(.failure(.badReply("cannot encode the request: \(error)")))
         }
-        let destination = AgentRequests.address(modid: queries[0].modid, cmdid: queries[0].cmdid, in: addresses)
-        let timeoutError = timeoutErrors[destination.port] ?? .timeout("no agent answered on \(destination)")
+        let destination = agents.address(modid: queries[0].modid, cmdid: queries[0].cmdid)
+        let timeoutError = agents.timeoutError(destination)
         pendingBatches.add(seq, context: queries,
                            deadline: SystemInfo.monotonicNanoseconds() &+ timeout.nanosecondsSaturated,
                            timeoutError: timeoutError, completion: completion)

@@ -27,17 +27,16 @@ import SwitchyardCore
 public final class LoopLoadBalanceClient: @unchecked Sendable {
     // @unchecked Sendable: every field is touched on `loop` only (the router's callbacks run there too).
     public let loop: EventLoop
-    public let agentHost: String
-    public let agentPorts: [Int]
-    public let timeout: Duration
-    let addresses: [SocketAddress]
+    let agents: AgentEndpoints
+    public var agentHost: String { agents.host }
+    public var agentPorts: [Int] { agents.ports }
+    public var timeout: Duration { agents.timeout }
     private let reportSecret: [UInt8]?
     let endpoint: FramedUDPEndpoint
     private let pending = PendingLoopRequests<GetHostResult, Void>()
     let pendingBatches = PendingLoopRequests<[GetHostResult], [HostQuery]>()  // LoopLoadBalanceClient+Batch.swift
     private var sweepTimer: TimerHandle?
     var nextSequence: UInt32 = 0
-    let timeoutErrors: [UInt16: LoadBalanceClientError]
     /// Reports of this loop iteration, sent by `flushReports()` (posted to run after the iteration's events).
     private var queuedReports = DatagramBatch()
     /// For each queued datagram, whether it is a report (or a batched GetHost), for the report counters.
@@ -54,14 +53,9 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
 
     public init(loop: EventLoop, agentHost: String = "127.0.0.1", agentPorts: [Int] = [8888, 8889, 8890],
                 timeout: Duration = .milliseconds(500), reportSecret: [UInt8]? = nil) throws {
-        precondition(!agentPorts.isEmpty, "agentPorts must not be empty")
         self.loop = loop
-        self.agentHost = agentHost
-        self.agentPorts = agentPorts
-        self.timeout = timeout
+        agents = try AgentEndpoints(host: agentHost, ports: agentPorts, timeout: timeout)
         self.reportSecret = reportSecret
-        addresses = try agentPorts.map { try SocketAddress(host: agentHost, port: $0) }
-        timeoutErrors = AgentRequests.timeoutErrors(agentHost: agentHost, addresses: addresses, timeout: timeout)
         let router = MessageRouter<UDPPeer>()
         let pending = self.pending
         try router.on(MessageID.getHostResponse, as: Lars_GetHostResponse.self) { response, _ in
@@ -106,8 +100,8 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
         } catch {
             return completion(.failure(.badReply("cannot encode the request: \(error)")))
         }
-        let destination = AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses)
-        let timeoutError = timeoutErrors[destination.port] ?? .timeout("no agent answered on \(destination)")
+        let destination = agents.address(modid: modid, cmdid: cmdid)
+        let timeoutError = agents.timeoutError(destination)
         pending.add(seq, context: (), deadline: SystemInfo.monotonicNanoseconds() &+ timeout.nanosecondsSaturated,
                     timeoutError: timeoutError, completion: completion)
         if batched {
@@ -125,7 +119,7 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
         guard !pending.isClosed,
               let frame = AgentRequests.report(modid: modid, cmdid: cmdid, host: host, retcode: success ? 0 : 1,
                                                secret: reportSecret) else { return }
-        queue(frame, to: AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses), isReport: true)
+        queue(frame, to: agents.address(modid: modid, cmdid: cmdid), isReport: true)
     }
 
     /// Runs `body` at the end of this loop iteration, just before the queued reports and batched requests are sent,
@@ -190,7 +184,7 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
     public func prefetch(modid: Int32, cmdid: Int32) {
         loop.assertInLoopThread()
         guard !pending.isClosed, let frame = try? AgentRequests.getRoute(modid: modid, cmdid: cmdid) else { return }
-        let destination = AgentRequests.address(modid: modid, cmdid: cmdid, in: addresses)
+        let destination = agents.address(modid: modid, cmdid: cmdid)
         frame.withUnsafeBytes { _ = endpoint.channels[0].sendInLoop($0, to: destination) }
     }
 

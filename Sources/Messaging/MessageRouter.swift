@@ -107,6 +107,15 @@ public final class MessageRouter<Connection>: @unchecked Sendable {
         }
     }
 
+    /// Adds a typed route whose handler takes the decoded body and the connection it came on (a service's
+    /// `hub.join(_:from:)`); `M` is inferred from the handler.
+    @inlinable
+    public func on<M: SwiftProtobuf.Message>(
+        _ id: some FrameMessageID, _ handler: @escaping @Sendable (M, Connection) -> Void
+    ) throws {
+        try on(id, as: M.self) { decoded, message in handler(decoded, message.connection) }
+    }
+
     /// Handles frames whose id has no route (instead of counting and logging them).
     public func onUnknown(_ handler: @escaping Handler) throws {
         try registration.withLock { frozen in

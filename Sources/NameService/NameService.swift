@@ -134,7 +134,7 @@ public final class NameService: Service, Sendable {
     public func run() async throws {
         if running.exchange(true, ordering: .acquiringAndReleasing) { throw NameServiceError.alreadyRunning }
         if server.localAddress == nil {
-            try await runOnDedicatedThread(name: "sy-names-bind") { [self] in Result { try start() } }.get()
+            _ = try await runOnDedicatedThread(name: "sy-names-bind") { [self] in Result { try start() } }.get()
         }
         let engine = self.engine
         let parent = engine.parent.withLock { $0 }

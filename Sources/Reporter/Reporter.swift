@@ -145,7 +145,7 @@ public final class Reporter: Service, Sendable {
     public func run() async throws {
         if running.exchange(true, ordering: .acquiringAndReleasing) { throw ReporterError.alreadyRunning }
         if server.localAddress == nil {
-            try await runOnDedicatedThread(name: "sy-rep-bind") { [self] in Result { try start() } }.get()
+            _ = try await runOnDedicatedThread(name: "sy-rep-bind") { [self] in Result { try start() } }.get()
         }
         let (writer, server, intake) = (self.writer, self.server, self.intake)
         let drainTimeout = configuration.drainTimeout

@@ -118,13 +118,8 @@ do {
     // Before accepting: a flood of clients right after the announce could otherwise take the descriptor the signal
     // eventfd needs, and a SIGTERM right after it could meet the default handler.
     let signals = try TerminationSignals(loop: group.acceptorLoop) { _ in done.signal() }
-    let server = TCPServer(
-        group: group,
-        configuration: ServerConfiguration(
-            host: host, port: port, maxConnections: maxConnections,
-            connection: ConnectionOptions(highWaterMark: highWaterKiB * 1024, lowWaterMark: highWaterKiB * 256,
-                                          idleTimeout: idleTimeoutSeconds == 0 ? nil : .seconds(idleTimeoutSeconds))),
-        callbacks: EchoService.callbacks(), logger: logger)
+    let server = EchoService.server(group: group, host: host, port: port, maxConnections: maxConnections,
+                                    highWaterKiB: highWaterKiB, idleTimeoutSeconds: idleTimeoutSeconds, logger: logger)
     let address = try server.start()
     printLine("echo listening on \(address) (poller \(poller), \(threads) I/O threads, \(placementName) placement)")
     done.wait()

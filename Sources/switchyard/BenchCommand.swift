@@ -103,9 +103,7 @@ struct FramedEchoServerCommand: AsyncParsableCommand {
     func run() async throws {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.bench")
-        let group = try EventLoopGroup(
-            ioLoops: threads, configuration: LoopConfiguration(poller: poller),
-            placement: loops.loopPlacement, logger: logger)
+        let group = try loops.group(threads: threads, poller: poller, logger: logger)
         let server = FramedServer(
             group: group,
             configuration: FramedServerConfiguration(server: ServerConfiguration(host: host, port: port)),

@@ -71,9 +71,7 @@ struct ChatCommand: AsyncParsableCommand {
         } catch {
             throw CommandFailure("chat: bad --db: \(error)")
         }
-        let group = try EventLoopGroup(
-            ioLoops: threads, configuration: LoopConfiguration(poller: poller),
-            placement: loops.loopPlacement, logger: logger)
+        let group = try loops.group(threads: threads, poller: poller, logger: logger)
         let server = ChatServer(group: group, configuration: makeConfiguration(), pool: pool, logger: logger)
         let address: SocketAddress
         do {

@@ -47,16 +47,9 @@ struct EchoCommand: AsyncParsableCommand {
     func run() async throws {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.echo")
-        let group = try EventLoopGroup(
-            ioLoops: threads, configuration: LoopConfiguration(poller: poller),
-            placement: loops.loopPlacement, logger: logger)
-        let server = TCPServer(
-            group: group,
-            configuration: ServerConfiguration(
-                host: host, port: port, maxConnections: maxConnections,
-                connection: ConnectionOptions(highWaterMark: highWaterKib * 1024, lowWaterMark: highWaterKib * 256,
-                                              idleTimeout: idleTimeout == 0 ? nil : .seconds(idleTimeout))),
-            callbacks: EchoService.callbacks(), logger: logger)
+        let group = try loops.group(threads: threads, poller: poller, logger: logger)
+        let server = EchoService.server(group: group, host: host, port: port, maxConnections: maxConnections,
+                                        highWaterKiB: highWaterKib, idleTimeoutSeconds: idleTimeout, logger: logger)
         try await serveTCP(server, group: group, command: "echo", host: host, port: port,
                            announcing: { "echo listening on \($0) (poller \(poller), \(threads) I/O threads)" },
                            logger: logger)

@@ -166,9 +166,7 @@ struct NamesCommand: AsyncParsableCommand {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.names")
         let pool = try await database.openReadyPool(logger: logger)
-        let group = try EventLoopGroup(
-            ioLoops: threads, configuration: LoopConfiguration(),
-            placement: loops.loopPlacement, logger: logger)
+        let group = try loops.group(threads: threads, logger: logger)
         let names = NameService(group: group, configuration: configuration, pool: pool, logger: logger)
         try await serve(names, binding: names.start, command: "names", host: host, port: port, group: group,
                         pool: pool,
@@ -203,6 +201,25 @@ struct DatabaseOptions: ParsableArguments {
             throw CommandFailure("cannot use the database \(pool.url): \(error)")
         }
         return pool
+    }
+
+    /// Opens a ready pool (quiet: warnings only), runs `body`, closes it. A failure of `body` other than a
+    /// `CommandFailure` becomes one: `database URL: reason`.
+    func withPool<T: Sendable>(label: String, _ body: @Sendable (ConnectionPool) async throws -> T) async throws -> T {
+        var logger = Logger(label: label)
+        logger.logLevel = .warning
+        let pool = try await openReadyPool(logger: logger)
+        do {
+            let value = try await body(pool)
+            await pool.close()
+            return value
+        } catch let failure as CommandFailure {
+            await pool.close()
+            throw failure
+        } catch {
+            await pool.close()
+            throw CommandFailure("database \(pool.url): \(error)")
+        }
     }
 }
 

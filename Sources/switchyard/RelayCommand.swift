@@ -147,6 +147,19 @@ struct RelayCommand: AsyncParsableCommand {
     }
 }
 
+/// `--relay HOST:PORT`, the frame port of a relay (`watch`, `publish`).
+struct RelayAddressOption: ParsableArguments {
+    @Option(name: .customLong("relay"), help: "The relay's frame port, HOST:PORT.") var address = "127.0.0.1:7800"
+
+    func validate() throws {
+        guard IPv4Endpoint.splitHostPort(address).map({ $0.port > 0 }) == true else {
+            throw ValidationError("--relay must be HOST:PORT, got \(address)")
+        }
+    }
+
+    var endpoint: (host: String, port: Int) { IPv4Endpoint.splitHostPort(address)! }
+}
+
 /// `switchyard watch`: a viewer of the frame protocol that writes the stream's bytes to a file or stdout.
 struct WatchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -156,7 +169,7 @@ struct WatchCommand: AsyncParsableCommand {
     )
 
     @Argument(help: "The resource (or published stream) name.") var name: String
-    @Option(help: "The relay's frame port, HOST:PORT.") var relay = "127.0.0.1:7800"
+    @OptionGroup var relay: RelayAddressOption
     @Flag(help: "On demand: a playback of its own (from --start) instead of the shared live one.") var vod = false
     @Option(help: "With --vod: seconds from the start of the movie.") var start = 0.0
     @Option(help: "Live: the room (playbacks of one movie in different rooms are independent).") var room = ""
@@ -165,13 +178,10 @@ struct WatchCommand: AsyncParsableCommand {
     func validate() throws {
         guard ResourceCatalog.isValidName(name) else { throw ValidationError("\(ResourceCatalogError.badName(name))") }
         guard start >= 0, start.isFinite else { throw ValidationError("--start must be 0 or more seconds") }
-        guard IPv4Endpoint.splitHostPort(relay).map({ $0.port > 0 }) == true else {
-            throw ValidationError("--relay must be HOST:PORT, got \(relay)")
-        }
     }
 
     func run() async throws {
-        let (host, port) = IPv4Endpoint.splitHostPort(relay)!
+        let (host, port) = relay.endpoint
         let out: FileHandle
         if output == "-" {
             out = FileHandle.standardOutput
@@ -230,18 +240,15 @@ struct PublishCommand: AsyncParsableCommand {
     @Argument(help: "The name viewers ask for.") var name: String
     @Argument(help: "The MPEG-TS file, or - for stdin (sent as it comes: a live encoder paces itself).")
     var file: String
-    @Option(help: "The relay's frame port, HOST:PORT.") var relay = "127.0.0.1:7800"
+    @OptionGroup var relay: RelayAddressOption
     @Option(help: "The room.") var room = ""
 
     func validate() throws {
         guard ResourceCatalog.isValidName(name) else { throw ValidationError("\(ResourceCatalogError.badName(name))") }
-        guard IPv4Endpoint.splitHostPort(relay).map({ $0.port > 0 }) == true else {
-            throw ValidationError("--relay must be HOST:PORT, got \(relay)")
-        }
     }
 
     func run() async throws {
-        let (host, port) = IPv4Endpoint.splitHostPort(relay)!
+        let (host, port) = relay.endpoint
         let input: FileHandle
         if file == "-" {
             input = FileHandle.standardInput

@@ -59,9 +59,7 @@ struct ReporterCommand: AsyncParsableCommand {
         service.bootstrapLogging()
         let logger = Logger(label: "switchyard.reporter")
         let pool = try await database.openReadyPool(logger: logger)
-        let group = try EventLoopGroup(
-            ioLoops: threads, configuration: LoopConfiguration(),
-            placement: loops.loopPlacement, logger: logger)
+        let group = try loops.group(threads: threads, logger: logger)
         let reporter = Reporter(group: group, configuration: configuration, pool: pool, logger: logger)
         try await serve(reporter, binding: reporter.start, command: "reporter", host: host, port: port, group: group,
                         pool: pool,

@@ -88,19 +88,12 @@ struct ResourceCommand: AsyncParsableCommand {
 /// A pool on the database with the route and resource tables, closed after `body`; failures as one line.
 private func withResourcePool<T: Sendable>(_ database: DatabaseOptions,
                                            _ body: @Sendable (ConnectionPool) async throws -> T) async throws -> T {
-    var logger = Logger(label: "switchyard.resource")
-    logger.logLevel = .warning
-    let pool = try await database.openReadyPool(logger: logger)
-    do {
-        try await ResourceCatalog.create(on: pool)
-        let value = try await body(pool)
-        await pool.close()
-        return value
-    } catch let error as ResourceCatalogError {
-        await pool.close()
-        throw CommandFailure("\(error)")
-    } catch {
-        await pool.close()
-        throw CommandFailure("database \(pool.url): \(error)")
+    try await database.withPool(label: "switchyard.resource") { pool in
+        do {
+            try await ResourceCatalog.create(on: pool)
+            return try await body(pool)
+        } catch let error as ResourceCatalogError {
+            throw CommandFailure("\(error)")
+        }
     }
 }

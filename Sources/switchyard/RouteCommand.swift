@@ -140,15 +140,5 @@ extension RouteCommand {
 /// and exit status 1.
 private func withAdminPool<T: Sendable>(_ database: DatabaseOptions,
                                         _ body: @Sendable (ConnectionPool) async throws -> T) async throws -> T {
-    var logger = Logger(label: "switchyard.route")
-    logger.logLevel = .warning
-    let pool = try await database.openReadyPool(logger: logger)
-    do {
-        let value = try await body(pool)
-        await pool.close()
-        return value
-    } catch {
-        await pool.close()
-        throw CommandFailure("database \(pool.url): \(error)")
-    }
+    try await database.withPool(label: "switchyard.route", body)
 }

@@ -44,6 +44,12 @@ struct PlacementOptions: ParsableArguments {
     var placement: Choice = .adaptive
 
     var loopPlacement: LoopPlacement { placement == .adaptive ? .adaptive : .roundRobin }
+
+    /// A group of `threads` I/O loops on `poller` with this placement.
+    func group(threads: Int, poller: PollerKind = .epoll, logger: Logger) throws -> EventLoopGroup {
+        try EventLoopGroup(ioLoops: threads, configuration: LoopConfiguration(poller: poller), placement: loopPlacement,
+                           logger: logger)
+    }
 }
 
 /// Prints a line to stdout and flushes it at once (scripts wait for it).

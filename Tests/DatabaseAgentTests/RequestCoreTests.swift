@@ -91,7 +91,7 @@ struct RequestCoreTests {
         #expect(actions.first?.rowCount == 5 && actions.first?.lastChunk == true, "the last chunk says so")
         #expect(actions.last?.done?.rowsSent == 25 && actions.last?.done?.truncated == false)
         #expect(actions.contains(.release(1)))
-        #expect(h.core.openCount == 0 && h.counters.inFlight.load(ordering: .relaxed) == 0)
+        #expect(h.core.openCount == 0 && h.counters.inFlight.value == 0)
         #expect(h.counters.snapshot.rowsRead == 25)
     }
 

@@ -29,7 +29,7 @@ struct ChatFrame: Sendable, Equatable {
 }
 
 /// What `ChatCore` counts; the shell adds it to `ChatStatistics` and the metrics.
-enum ChatCounter: Sendable, Equatable {
+enum ChatCounter: Int, Sendable, Equatable, CaseIterable {
     /// A connection was accepted.
     case connection
     /// A login succeeded.

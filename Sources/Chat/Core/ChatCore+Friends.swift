@@ -4,38 +4,28 @@ extension ChatCore {
     mutating func privateMessage(_ r: Switchyard_Chat_PrivateMessageRequest, from peer: ChatPeer, now: UInt64,
                                  unixMs: Int64) -> [ChatAction] {
         var actions: [ChatAction] = []
-        var reply = Switchyard_Chat_PrivateMessageReply()
-        reply.requestID = r.requestID
-        func refuse(_ status: Switchyard_Chat_Status) -> [ChatAction] {
-            reply.status = status
-            actions.append(.send(ChatFrame(reply, id: .privateMessageReply), to: peer))
-            actions.append(Self.refusalLog("private message", peer, status))
-            return actions
+        var reply = Switchyard_Chat_PrivateMessageReply.with { $0.requestID = r.requestID }
+        do throws(ChatRefusal) {
+            var (session, user) = try messageSender(r.text, peer, into: &actions)
+            guard let targetID = online[r.to], let target = sessions[targetID] else {
+                let name = Self.isValidUserName(r.to) ? "'\(r.to)'" : "that user"
+                throw ChatRefusal(.noSuchUser, "\(name) is not online")
+            }
+            try takeMessageToken(&session, of: peer, now: now, into: &actions)
+            var m = Switchyard_Chat_PrivateMessage()
+            m.from = user
+            m.to = r.to
+            m.text = r.text
+            m.timeMs = unixMs
+            reply.status = .ok
+            return [
+                .send(ChatFrame(m, id: .privateMessage), to: target.peer),
+                .count(.delivered, 1),
+                .send(ChatFrame(reply, id: .privateMessageReply), to: peer),
+            ]
+        } catch {
+            return Self.refused(reply, error.status, id: .privateMessageReply, "private message", peer, after: actions)
         }
-        if let status = checkText(r.text, into: &actions) { return refuse(status) }
-        guard var session = sessions[peer.id], let user = session.user else { return refuse(Self.notLoggedIn) }
-        guard let targetID = online[r.to], let target = sessions[targetID] else {
-            let name = Self.isValidUserName(r.to) ? "'\(r.to)'" : "that user"
-            return refuse(Switchyard_Chat_Status(.noSuchUser, "\(name) is not online"))
-        }
-        let allowed = session.takeToken(now: now, rate: Double(configuration.messagesPerSecond))
-        sessions[peer.id] = session
-        guard allowed else {
-            actions.append(.count(.limitRejection, 1))
-            return refuse(Switchyard_Chat_Status(
-                .rateLimited, "more than \(configuration.messagesPerSecond) messages per second"))
-        }
-        var m = Switchyard_Chat_PrivateMessage()
-        m.from = user
-        m.to = r.to
-        m.text = r.text
-        m.timeMs = unixMs
-        reply.status = .ok
-        return [
-            .send(ChatFrame(m, id: .privateMessage), to: target.peer),
-            .count(.delivered, 1),
-            .send(ChatFrame(reply, id: .privateMessageReply), to: peer),
-        ]
     }
 
     mutating func addFriend(_ r: Switchyard_Chat_FriendAddRequest, from peer: ChatPeer) -> [ChatAction] {

@@ -139,46 +139,36 @@ extension ChatCore {
                       historyHasRoom: Bool = true) -> [ChatAction]
     {
         var actions: [ChatAction] = []
-        var reply = Switchyard_Chat_SayReply()
-        reply.requestID = r.requestID
-        func refuse(_ status: Switchyard_Chat_Status) -> [ChatAction] {
-            reply.status = status
+        var reply = Switchyard_Chat_SayReply.with { $0.requestID = r.requestID }
+        do throws(ChatRefusal) {
+            var (session, user) = try messageSender(r.text, peer, into: &actions)
+            guard session.rooms.contains(r.room), rooms[r.room] != nil else {
+                throw ChatRefusal(.notInRoom, "join that room first")
+            }
+            try takeMessageToken(&session, of: peer, now: now, into: &actions)
+            guard historyHasRoom else {
+                actions.append(.count(.historyRefused, 1))
+                throw ChatRefusal(.rateLimited, "busy: the room history is not keeping up; try again")
+            }
+            var m = Switchyard_Chat_RoomMessage()
+            m.room = r.room
+            m.sender = user
+            m.text = r.text
+            m.timeMs = unixMs
+            rooms[r.room]!.lastSequence += 1
+            m.sequence = rooms[r.room]!.lastSequence
+            rooms[r.room]!.record(m, keep: configuration.historyLength)
+            reply.status = .ok
+            reply.sequence = m.sequence
+            let members = rooms[r.room]!.members
+            actions.reserveCapacity(4)
             actions.append(.send(ChatFrame(reply, id: .sayReply), to: peer))
-            actions.append(Self.refusalLog("say", peer, status))
+            actions.append(.broadcast(ChatFrame(m, id: .roomMessage), to: members))
+            actions.append(.count(.delivered, members.count))
+            actions.append(.appendHistory(m))
             return actions
+        } catch {
+            return Self.refused(reply, error.status, id: .sayReply, "say", peer, after: actions)
         }
-        if let status = checkText(r.text, into: &actions) { return refuse(status) }
-        guard var session = sessions[peer.id], let user = session.user else { return refuse(Self.notLoggedIn) }
-        guard session.rooms.contains(r.room), rooms[r.room] != nil else {
-            return refuse(Switchyard_Chat_Status(.notInRoom, "join that room first"))
-        }
-        let allowed = session.takeToken(now: now, rate: Double(configuration.messagesPerSecond))
-        sessions[peer.id] = session
-        guard allowed else {
-            actions.append(.count(.limitRejection, 1))
-            return refuse(Switchyard_Chat_Status(
-                .rateLimited, "more than \(configuration.messagesPerSecond) messages per second"))
-        }
-        guard historyHasRoom else {
-            actions.append(.count(.historyRefused, 1))
-            return refuse(Switchyard_Chat_Status(.rateLimited, "busy: the room history is not keeping up; try again"))
-        }
-        var m = Switchyard_Chat_RoomMessage()
-        m.room = r.room
-        m.sender = user
-        m.text = r.text
-        m.timeMs = unixMs
-        rooms[r.room]!.lastSequence += 1
-        m.sequence = rooms[r.room]!.lastSequence
-        rooms[r.room]!.record(m, keep: configuration.historyLength)
-        reply.status = .ok
-        reply.sequence = m.sequence
-        let members = rooms[r.room]!.members
-        actions.reserveCapacity(4)
-        actions.append(.send(ChatFrame(reply, id: .sayReply), to: peer))
-        actions.append(.broadcast(ChatFrame(m, id: .roomMessage), to: members))
-        actions.append(.count(.delivered, members.count))
-        actions.append(.appendHistory(m))
-        return actions
     }
 }

@@ -299,7 +299,47 @@ struct ChatCore: Sendable {
             "chat.request": "\(request)", "connection.id": "\(peer.id)", "chat.status": "\(status.code)"])
     }
 
+    /// The first checks of a message (room or private): its text, then a logged-in sender. The sender's session
+    /// and name.
+    func messageSender(_ text: String, _ peer: ChatPeer, into actions: inout [ChatAction]) throws(ChatRefusal)
+        -> (ChatSession, String)
+    {
+        if let status = checkText(text, into: &actions) { throw ChatRefusal(status) }
+        guard let session = sessions[peer.id], let user = session.user else { throw ChatRefusal(Self.notLoggedIn) }
+        return (session, user)
+    }
+
+    /// Takes one of the sender's message tokens (``ChatConfiguration/messagesPerSecond``) and keeps the session;
+    /// with none left, the refusal (counted).
+    mutating func takeMessageToken(_ session: inout ChatSession, of peer: ChatPeer, now: UInt64,
+                                   into actions: inout [ChatAction]) throws(ChatRefusal) {
+        let allowed = session.takeToken(now: now, rate: Double(configuration.messagesPerSecond))
+        sessions[peer.id] = session
+        guard allowed else {
+            actions.append(.count(.limitRejection, 1))
+            throw ChatRefusal(.rateLimited, "more than \(configuration.messagesPerSecond) messages per second")
+        }
+    }
+
+    /// A refused request: `actions` so far, then `reply` with `status` to the sender and the refusal's log line.
+    static func refused<Reply: ChatReplyMessage>(_ reply: Reply, _ status: Switchyard_Chat_Status, id: ChatMessageID,
+                                                 _ request: String, _ peer: ChatPeer, after actions: [ChatAction])
+        -> [ChatAction]
+    {
+        var reply = reply
+        reply.status = status
+        return actions + [.send(ChatFrame(reply, id: id), to: peer), refusalLog(request, peer, status)]
+    }
+
     static let notLoggedIn = Switchyard_Chat_Status(.notLoggedIn, "log in first")
     static let internalError = Switchyard_Chat_Status(.internalError, "storage error; try again")
     static let invalidCredentials = Switchyard_Chat_Status(.invalidCredentials, "invalid name or password")
+}
+
+/// Why a request is refused: the status its reply carries.
+struct ChatRefusal: Error {
+    var status: Switchyard_Chat_Status
+
+    init(_ status: Switchyard_Chat_Status) { self.status = status }
+    init(_ code: Switchyard_Chat_StatusCode, _ reason: String) { status = Switchyard_Chat_Status(code, reason) }
 }

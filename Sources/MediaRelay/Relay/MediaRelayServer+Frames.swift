@@ -6,16 +6,8 @@ import SwiftProtobuf
 // and sends it as publish chunks. A refusal is an Error frame (id 403), then the connection closes.
 extension MediaRelayServer {
     func frameSubscribe(_ request: Switchyard_Media_Subscribe, _ connection: TCPConnection) {
-        guard let state = connection.context as? RelayConnection, case .resolving = state.phase,
-              !state.holdsViewerSlot else {
-            frameError(connection, .badRequest, "one subscribe per connection")
-            return
-        }
-        guard Self.validNames(request.resource, request.room) else {
-            counters.add(.badRequests)
-            frameError(connection, .badRequest, "bad resource or room name")
-            return
-        }
+        guard let state = firstFrame(connection, request.resource, request.room, "one subscribe per connection")
+        else { return }
         guard takeViewerSlot() else {
             frameError(connection, .full, "the relay is full (\(configuration.capacity) viewers)")
             return
@@ -34,16 +26,9 @@ extension MediaRelayServer {
     }
 
     func framePublish(_ request: Switchyard_Media_Publish, _ connection: TCPConnection) {
-        guard let state = connection.context as? RelayConnection, case .resolving = state.phase,
-              !state.holdsViewerSlot else {
-            frameError(connection, .badRequest, "publish must be the first frame of its connection")
-            return
-        }
-        guard Self.validNames(request.resource, request.room) else {
-            counters.add(.badRequests)
-            frameError(connection, .badRequest, "bad resource or room name")
-            return
-        }
+        guard let state = firstFrame(connection, request.resource, request.room,
+                                     "publish must be the first frame of its connection")
+        else { return }
         switch publishedPlayback(name: request.resource, room: request.room) {
         case .failure(let refusal):
             frameRefuse(refusal, connection)
@@ -52,6 +37,24 @@ extension MediaRelayServer {
             state.phase = .publishing(publisher)
             watchPublisher(publisher, connection)
         }
+    }
+
+    /// The state of a connection whose first frame (a subscribe or a publish) names `resource` in `room`; nil, after
+    /// an error frame, when it is not its first (`notFirst` says so) or the names are bad.
+    private func firstFrame(_ connection: TCPConnection, _ resource: String, _ room: String, _ notFirst: String)
+        -> RelayConnection?
+    {
+        guard let state = connection.context as? RelayConnection, case .resolving = state.phase,
+              !state.holdsViewerSlot else {
+            frameError(connection, .badRequest, notFirst)
+            return nil
+        }
+        guard Self.validNames(resource, room) else {
+            counters.add(.badRequests)
+            frameError(connection, .badRequest, "bad resource or room name")
+            return nil
+        }
+        return state
     }
 
     func framePublishedChunk(_ chunk: Switchyard_Media_Chunk, _ connection: TCPConnection) {

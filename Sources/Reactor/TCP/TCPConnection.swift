@@ -238,12 +238,7 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
             inEnd = live
             return
         }
-        let bigger = try loop.pool.allocate(minimumCapacity: chunk.capacity * 2)
-        bigger.base.copyMemory(from: chunk.base + inStart, byteCount: live)
-        loop.pool.release(chunk)
-        input = bigger
-        inStart = 0
-        inEnd = live
+        moveInput(from: chunk, to: try loop.pool.allocate(minimumCapacity: chunk.capacity * 2))
     }
 
     /// Moves the live input bytes out of a big, mostly consumed chunk into a smaller one (`shrinkAboveBytes`).
@@ -251,9 +246,16 @@ public final class TCPConnection: @unchecked Sendable, EventHandler, CustomStrin
         guard let chunk = input else { return }
         let live = inEnd - inStart
         guard let smaller = try? loop.pool.allocate(minimumCapacity: max(live * 2, 4096)) else { return }
-        smaller.base.copyMemory(from: chunk.base + inStart, byteCount: live)
+        moveInput(from: chunk, to: smaller)
+    }
+
+    /// Moves the live input bytes to the start of `other`, which becomes the input chunk; `chunk` goes back to the
+    /// pool.
+    private func moveInput(from chunk: Chunk, to other: Chunk) {
+        let live = inEnd - inStart
+        other.base.copyMemory(from: chunk.base + inStart, byteCount: live)
         loop.pool.release(chunk)
-        input = smaller
+        input = other
         inStart = 0
         inEnd = live
     }

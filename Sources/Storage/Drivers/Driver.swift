@@ -59,6 +59,22 @@ protocol DriverStream: AnyObject {
     func close()
 }
 
+/// A stream's `fetch`: up to `limit` rows, the row read ahead (to learn the column types) first, then rows from
+/// `next` until it returns nil (the end).
+func fetchRows(_ limit: Int, _ columns: SQLColumns, lookahead: inout [SQLValue]?,
+               next: () throws -> [SQLValue]?) rethrows -> [SQLRow] {
+    var rows: [SQLRow] = []
+    rows.reserveCapacity(min(limit, 4096))
+    if let first = lookahead {
+        rows.append(SQLRow(columns: columns, values: first))
+        lookahead = nil
+    }
+    while rows.count < limit, let values = try next() {
+        rows.append(SQLRow(columns: columns, values: values))
+    }
+    return rows
+}
+
 /// Opens driver connections. Safe to call from any thread; `connect` blocks and runs on a worker thread.
 protocol DriverConnector: Sendable {
     /// The SQL dialect of the connections.

@@ -77,13 +77,7 @@ final class MySQLConnection: DriverConnection {
                 return MySQLStream(statement: stmt, reader: nil,
                                    affectedRows: affected == UInt64.max ? 0 : Int64(clamping: affected))
             }
-            let reader: ResultReader
-            do {
-                reader = try ResultReader(stmt, metadata: metadata)
-            } catch {
-                mysql_free_result(metadata)
-                throw error
-            }
+            let reader = try Self.reader(stmt, metadata)
             return MySQLStream(statement: stmt, reader: reader, affectedRows: 0)
         } catch {
             mysql_stmt_close(stmt)
@@ -181,13 +175,7 @@ final class MySQLConnection: DriverConnection {
             return SQLResult(affectedRows: affected == UInt64.max ? 0 : Int64(clamping: affected),
                              lastInsertID: Int64(clamping: mysql_stmt_insert_id(stmt)))
         }
-        let reader: ResultReader
-        do {
-            reader = try ResultReader(stmt, metadata: metadata)
-        } catch {
-            mysql_free_result(metadata)
-            throw error
-        }
+        let reader = try Self.reader(stmt, metadata)
         guard mysql_stmt_store_result(stmt) == 0 else { throw Self.statementError(stmt) }
         var rows: [SQLRow] = []
         while let values = try reader.readRow() {
@@ -212,34 +200,22 @@ final class MySQLConnection: DriverConnection {
             binds.deallocate()
             buffers.forEach { $0.deallocate() }
         }
+        /// Binds parameter `i` to a copy of `bytes`, which lives until execute returns.
+        func bind(_ i: Int, _ type: enum_field_types, _ bytes: UnsafeRawBufferPointer) {
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(1, bytes.count), alignment: 8)
+            if let base = bytes.baseAddress { buffer.copyMemory(from: base, byteCount: bytes.count) }
+            buffers.append(buffer)
+            binds[i].buffer_type = type
+            binds[i].buffer = buffer
+            binds[i].buffer_length = UInt(bytes.count)
+        }
         for (i, parameter) in parameters.enumerated() {
             switch parameter {
-            case .null:
-                binds[i].buffer_type = MYSQL_TYPE_NULL
-            case .integer(let v):
-                let buffer = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
-                buffer.storeBytes(of: v, as: Int64.self)
-                buffers.append(buffer)
-                binds[i].buffer_type = MYSQL_TYPE_LONGLONG
-                binds[i].buffer = buffer
-            case .double(let v):
-                let buffer = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
-                buffer.storeBytes(of: v, as: Double.self)
-                buffers.append(buffer)
-                binds[i].buffer_type = MYSQL_TYPE_DOUBLE
-                binds[i].buffer = buffer
-            case .text(let s):
-                let buffer = Self.copy(Array(s.utf8))
-                buffers.append(buffer.pointer)
-                binds[i].buffer_type = MYSQL_TYPE_STRING
-                binds[i].buffer = buffer.pointer
-                binds[i].buffer_length = UInt(buffer.count)
-            case .blob(let bytes):
-                let buffer = Self.copy(bytes)
-                buffers.append(buffer.pointer)
-                binds[i].buffer_type = MYSQL_TYPE_BLOB
-                binds[i].buffer = buffer.pointer
-                binds[i].buffer_length = UInt(buffer.count)
+            case .null: binds[i].buffer_type = MYSQL_TYPE_NULL
+            case .integer(let v): withUnsafeBytes(of: v) { bind(i, MYSQL_TYPE_LONGLONG, $0) }
+            case .double(let v): withUnsafeBytes(of: v) { bind(i, MYSQL_TYPE_DOUBLE, $0) }
+            case .text(let s): Array(s.utf8).withUnsafeBytes { bind(i, MYSQL_TYPE_STRING, $0) }
+            case .blob(let bytes): bytes.withUnsafeBytes { bind(i, MYSQL_TYPE_BLOB, $0) }
             }
         }
         if count > 0 {
@@ -412,12 +388,16 @@ final class MySQLConnection: DriverConnection {
         }
     }
 
-    private static func copy(_ bytes: [UInt8]) -> (pointer: UnsafeMutableRawPointer, count: Int) {
-        let pointer = UnsafeMutableRawPointer.allocate(byteCount: max(1, bytes.count), alignment: 1)
-        bytes.withUnsafeBytes { raw in
-            if let base = raw.baseAddress { pointer.copyMemory(from: base, byteCount: raw.count) }
+    /// A reader of `stmt`'s result; `metadata` is freed when none can be made (the reader owns it otherwise).
+    private static func reader(_ stmt: UnsafeMutablePointer<MYSQL_STMT>, _ metadata: UnsafeMutablePointer<MYSQL_RES>)
+        throws -> ResultReader
+    {
+        do {
+            return try ResultReader(stmt, metadata: metadata)
+        } catch {
+            mysql_free_result(metadata)
+            throw error
         }
-        return (pointer, bytes.count)
     }
 
     fileprivate static func statementError(_ stmt: UnsafeMutablePointer<MYSQL_STMT>) -> StorageError {

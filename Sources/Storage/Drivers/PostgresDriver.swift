@@ -430,16 +430,7 @@ final class PostgresStream: DriverStream {
     }
 
     func fetch(_ limit: Int) throws -> [SQLRow] {
-        var rows: [SQLRow] = []
-        rows.reserveCapacity(min(limit, 4096))
-        if let lookahead {
-            rows.append(SQLRow(columns: columns, values: lookahead))
-            self.lookahead = nil
-        }
-        while rows.count < limit, let values = try readRow() {
-            rows.append(SQLRow(columns: columns, values: values))
-        }
-        return rows
+        try fetchRows(limit, columns, lookahead: &lookahead, next: readRow)
     }
 
     func close() {

@@ -360,30 +360,26 @@ final class SQLiteStream: DriverStream {
     deinit { sqlite3_finalize(statement) }
 
     func fetch(_ limit: Int) throws -> [SQLRow] {
-        var rows: [SQLRow] = []
-        rows.reserveCapacity(min(limit, 4096))
-        if let lookahead {
-            rows.append(SQLRow(columns: columns, values: lookahead))
-            self.lookahead = nil
-        }
-        guard let statement else {
+        try fetchRows(limit, columns, lookahead: &lookahead, next: nextRow)
+    }
+
+    /// Steps to the next row; nil at the end.
+    private func nextRow() throws -> [SQLValue]? {
+        guard let statement, !isFinished else {
             isFinished = true
-            return rows
+            return nil
         }
-        while rows.count < limit && !isFinished {
-            let step = sqlite3_step(statement)
-            if step == SQLITE_DONE {
-                isFinished = true
-                break
-            }
-            guard step == SQLITE_ROW else {
-                isFinished = true
-                throw connection.error(step, preparing: false)
-            }
-            rows.append(SQLRow(columns: columns, values: connection.values(of: statement, count: columnCount)))
-            rowsFetched += 1
+        let step = sqlite3_step(statement)
+        if step == SQLITE_DONE {
+            isFinished = true
+            return nil
         }
-        return rows
+        guard step == SQLITE_ROW else {
+            isFinished = true
+            throw connection.error(step, preparing: false)
+        }
+        rowsFetched += 1
+        return connection.values(of: statement, count: columnCount)
     }
 
     func close() {

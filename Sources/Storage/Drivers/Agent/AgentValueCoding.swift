@@ -34,7 +34,7 @@ extension Switchyard_Dbagent_Value {
 
 extension SQLColumnType {
     /// The type a column's wire type names.
-    init(_ wire: Switchyard_Dbagent_ColumnType) {
+    public init(_ wire: Switchyard_Dbagent_ColumnType) {
         switch wire {
         case .integer: self = .integer
         case .real: self = .double
