@@ -157,7 +157,18 @@ struct RelayAddressOption: ParsableArguments {
         }
     }
 
-    var endpoint: (host: String, port: Int) { IPv4Endpoint.splitHostPort(address)! }
+    /// Connects to the relay's frame port on a loop group of its own (shut it down after the client); a failure is
+    /// `command`'s one line.
+    func connect(command: String) async throws -> (client: AsyncFrameClient, group: EventLoopGroup) {
+        let (host, port) = IPv4Endpoint.splitHostPort(address)!
+        let group = try EventLoopGroup(ioLoops: 1)
+        do {
+            return (try await AsyncFrameClient.connect(host: host, port: port, loop: group.next()), group)
+        } catch {
+            await group.shutdown()
+            throw CommandFailure("\(command): cannot connect to \(host):\(port): \(error)")
+        }
+    }
 }
 
 /// `switchyard watch`: a viewer of the frame protocol that writes the stream's bytes to a file or stdout.
@@ -181,25 +192,15 @@ struct WatchCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let (host, port) = relay.endpoint
-        let out: FileHandle
-        if output == "-" {
-            out = FileHandle.standardOutput
-        } else {
-            guard FileManager.default.createFile(atPath: output, contents: nil),
-                  let file = FileHandle(forWritingAtPath: output) else {
-                throw CommandFailure("watch: cannot write \(output)")
-            }
-            out = file
-        }
-        let group = try EventLoopGroup(ioLoops: 1)
+        let out = try Self.openOutput(output)
+        let (client, group) = try await relay.connect(command: "watch")
         defer { group.shutdown() }
-        let client = try await connectToRelay(host: host, port: port, loop: group.next(), command: "watch")
-        var subscribe = Switchyard_Media_Subscribe()
-        subscribe.resource = name
-        subscribe.mode = vod ? .vod : .live
-        subscribe.startMs = UInt64(start * 1000)
-        subscribe.room = room
+        let subscribe = Switchyard_Media_Subscribe.with {
+            $0.resource = name
+            $0.mode = vod ? .vod : .live
+            $0.startMs = UInt64(start * 1000)
+            $0.room = room
+        }
         try await client.send(subscribe, id: MediaMessageID.subscribe)
         var chunks = 0
         do {
@@ -227,6 +228,16 @@ struct WatchCommand: AsyncParsableCommand {
         }
         throw CommandFailure("watch: the relay closed the stream after \(chunks) chunks, without an end of stream")
     }
+
+    /// Stdout for `-`, else the file, created or emptied.
+    private static func openOutput(_ output: String) throws -> FileHandle {
+        if output == "-" { return FileHandle.standardOutput }
+        guard FileManager.default.createFile(atPath: output, contents: nil),
+              let file = FileHandle(forWritingAtPath: output) else {
+            throw CommandFailure("watch: cannot write \(output)")
+        }
+        return file
+    }
 }
 
 /// `switchyard publish`: pushes a TS file (or stdin) to a relay as a live stream, at the stream's own pace.
@@ -248,22 +259,10 @@ struct PublishCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let (host, port) = relay.endpoint
-        let input: FileHandle
-        if file == "-" {
-            input = FileHandle.standardInput
-        } else {
-            guard let handle = FileHandle(forReadingAtPath: file) else {
-                throw CommandFailure("publish: cannot read \(file)")
-            }
-            input = handle
-        }
-        let group = try EventLoopGroup(ioLoops: 1)
+        let input = try Self.openInput(file)
+        let (client, group) = try await relay.connect(command: "publish")
         defer { group.shutdown() }
-        let client = try await connectToRelay(host: host, port: port, loop: group.next(), command: "publish")
-        var publish = Switchyard_Media_Publish()
-        publish.resource = name
-        publish.room = room
+        let publish = Switchyard_Media_Publish.with { $0.resource = name; $0.room = room }
         try await client.send(publish, id: MediaMessageID.publish)
         // A refusal comes back as an error frame; watch for it while sending.
         let refusal = Task { () -> String? in
@@ -315,15 +314,13 @@ struct PublishCommand: AsyncParsableCommand {
         }
         print("published \(name): \(sent) chunks")
     }
-}
 
-/// Connects to a relay's frame port; a failure is the command's one line.
-private func connectToRelay(host: String, port: Int, loop: EventLoop, command: String) async throws
-    -> AsyncFrameClient
-{
-    do {
-        return try await AsyncFrameClient.connect(host: host, port: port, loop: loop)
-    } catch {
-        throw CommandFailure("\(command): cannot connect to \(host):\(port): \(error)")
+    /// Stdin for `-`, else the file.
+    private static func openInput(_ file: String) throws -> FileHandle {
+        if file == "-" { return FileHandle.standardInput }
+        guard let handle = FileHandle(forReadingAtPath: file) else {
+            throw CommandFailure("publish: cannot read \(file)")
+        }
+        return handle
     }
 }
