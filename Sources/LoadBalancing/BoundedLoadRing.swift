@@ -1,3 +1,5 @@
+import SwitchyardCore
+
 /// Consistent hashing with bounded loads: a key goes to the same host as long as that host has room, so caches
 /// on the hosts stay warm ("same movie, same server, until full"); a host at its bound passes the key on to the
 /// next host on the ring, and only that key moves.
@@ -125,10 +127,5 @@ public struct BoundedLoadRing: Sendable {
     }
 
     /// SplitMix64's finaliser: spreads nearby inputs over the whole ring.
-    static func mix(_ x: UInt64) -> UInt64 {
-        var z = x &+ 0x9e37_79b9_7f4a_7c15
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
+    static func mix(_ x: UInt64) -> UInt64 { SplitMix64.mix(x) }
 }

@@ -182,7 +182,7 @@ public enum DatabaseAgentBenchmark {
                 // direct callers stay on the global executor (the pool's callers have no loop to prefer).
                 let executor: (any TaskExecutor)? = mode == .agent ? loop : nil
                 group.addTask(executorPreference: executor) {
-                    var random = SplitMix(seed: UInt64(caller + 1) &* 0x9E37_79B9)
+                    var random = SplitMix64(seed: UInt64(caller + 1) &* 0x9E37_79B9)
                     var latencies: [Int64] = []
                     latencies.reserveCapacity(4096)
                     var errors = 0

@@ -144,7 +144,7 @@ public enum StorageBenchmark {
         let counts = try await withThrowingTaskGroup(of: Int.self) { group in
             for caller in 0..<callers {
                 group.addTask {
-                    var generator = SplitMix(seed: UInt64(caller + 1))
+                    var generator = SplitMix64(seed: UInt64(caller + 1))
                     var count = 0
                     while true {
                         let now = clock.now

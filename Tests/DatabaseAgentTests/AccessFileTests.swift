@@ -1,4 +1,5 @@
 @testable import DatabaseAgent
+import SwitchyardCore
 import Testing
 
 @Suite("Access file: statements and tokens, every bad line refused with its number")
@@ -101,7 +102,7 @@ struct AccessFileTests {
 
     @Test("random inputs (and the sample fed in random pieces joined again) never crash: parsed or one error")
     func randomInputsNeverCrash() {
-        var generator = SplitMix(seed: 0x5EED)
+        var generator = SplitMix64(seed: 0x5EED)
         let alphabet = Array(
             "statement token sql rows= rate= statements= name= = , # ?'\"`\t\r\n abcXYZ019_-.é\u{0}".utf8)
         let sampleBytes = Array(Self.sample.utf8)
@@ -140,18 +141,5 @@ struct AccessFileTests {
                 #expect(!error.reason.isEmpty)
             }
         }
-    }
-}
-
-/// A small deterministic generator for the random tests.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -1,5 +1,6 @@
 import LarsWire
 import Messaging
+import SwitchyardCore
 import Testing
 
 /// Random frames, encoded by hand (not by FrameParser.encode) so the parser is checked against the spec's layout.
@@ -10,18 +11,7 @@ private func handEncoded(_ id: Int32, _ body: [UInt8]) -> [UInt8] {
             UInt8(n & 0xFF), UInt8((n >> 8) & 0xFF), UInt8((n >> 16) & 0xFF), UInt8(n >> 24)] + body
 }
 
-private struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-private func randomFrames(count: Int, maxBody: Int, rng: inout SplitMix) -> [(Int32, [UInt8])] {
+private func randomFrames(count: Int, maxBody: Int, rng: inout SplitMix64) -> [(Int32, [UInt8])] {
     (0..<count).map { _ in
         let id = Int32(truncatingIfNeeded: rng.next())
         let size = Int.random(in: 0...maxBody, using: &rng)
@@ -42,7 +32,7 @@ struct FrameParserTests {
 
     @Test("drip-fed one byte at a time: thousands of random frames come out whole and in order")
     func dripFeed() throws {
-        var rng = SplitMix(state: 1)
+        var rng = SplitMix64(seed: 1)
         let frames = randomFrames(count: 2000, maxBody: 300, rng: &rng)
         let stream = frames.flatMap { handEncoded($0.0, $0.1) }
         var acc = FrameAccumulator(maxBodyLength: 1000)
@@ -58,7 +48,7 @@ struct FrameParserTests {
 
     @Test("random splits, many frames per piece", arguments: [2, 3, 4, 5])
     func randomSplits(seed: UInt64) throws {
-        var rng = SplitMix(state: seed)
+        var rng = SplitMix64(seed: seed)
         let frames = randomFrames(count: 3000, maxBody: 5000, rng: &rng)
         let stream = frames.flatMap { handEncoded($0.0, $0.1) }
         var acc = FrameAccumulator(maxBodyLength: 5000)
@@ -123,7 +113,7 @@ struct FrameParserTests {
 
     @Test("property: encode then parse gives back id and body, for random frames")
     func roundTrip() throws {
-        var rng = SplitMix(state: 42)
+        var rng = SplitMix64(seed: 42)
         for (id, body) in randomFrames(count: 500, maxBody: 2000, rng: &rng) {
             let bytes = FrameParser.encode(messageID: id, body: body)
             #expect(bytes == handEncoded(id, body))
