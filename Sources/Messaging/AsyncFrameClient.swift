@@ -41,6 +41,7 @@ public enum AsyncClientError: Error, Equatable, Sendable, CustomStringConvertibl
 public final class AsyncFrameClient: Sendable {
     private let client: TCPClient
     private let inbox: Inbox
+    private let writer = GatheringWriter()
 
     private init(client: TCPClient, inbox: Inbox) {
         self.client = client
@@ -99,16 +100,29 @@ public final class AsyncFrameClient: Sendable {
     }
 
     /// Sends one frame. Throws `AsyncClientError.closed` when the connection is gone.
+    ///
+    /// From a task on the connection's loop (`Task(executorPreference: loop)`) the frame is written at the end of
+    /// the loop's iteration together with the frames its other tasks sent meanwhile: callers resumed by one read
+    /// of answers send their next requests in one system call (and the peer reads them in one). From elsewhere it
+    /// is posted to the loop. Frames leave in the order they were sent either way.
     public func send(messageID: Int32, body: [UInt8]) async throws {
-        guard let connection = client.connection, inbox.isOpen else { throw AsyncClientError.closed }
-        connection.sendFrame(messageID: messageID, body: body)
+        guard sendFrame(messageID: messageID, body: body) else { throw AsyncClientError.closed }
     }
 
-    /// Sends one frame without waiting, from any thread (the loop's too); `false` when the connection is gone.
+    /// Sends one frame without waiting, from any thread (the loop's too, gathered as ``send(messageID:body:)``
+    /// says); `false` when the connection is gone.
     @discardableResult
     public func sendFrame(messageID: Int32, body: [UInt8]) -> Bool {
         guard let connection = client.connection, inbox.isOpen else { return false }
-        return connection.sendFrame(messageID: messageID, body: body)
+        let writer = self.writer
+        if connection.loop.inLoopThread {
+            writer.append(messageID: messageID, body: body, flushingTo: connection)
+        } else {
+            connection.loop.execute {
+                writer.append(messageID: messageID, body: body, flushingTo: connection)
+            }
+        }
+        return true
     }
 
     /// Sends a protobuf message as the body of a frame.
@@ -292,6 +306,29 @@ final class Inbox: @unchecked Sendable {
                 return s.waiter
             }
             w?.resume(throwing: CancellationError())
+        }
+    }
+}
+
+/// The frames an `AsyncFrameClient` sent during one iteration of its loop, written in one send at the iteration's
+/// end (``EventLoop/atEndOfIteration(_:)``).
+///
+/// `@unchecked Sendable`: `pending` and `flushRegistered` are touched on the connection's loop only (`append` runs
+/// there: called on it, or posted to it).
+private final class GatheringWriter: @unchecked Sendable {
+    private var pending: [UInt8] = []
+    private var flushRegistered = false
+
+    func append(messageID: Int32, body: [UInt8], flushingTo connection: TCPConnection) {
+        var header = FrameParser.header(messageID: messageID, bodyLength: body.count)
+        withUnsafeBytes(of: &header) { pending.append(contentsOf: $0) }
+        pending.append(contentsOf: body)
+        guard !flushRegistered else { return }
+        flushRegistered = true
+        connection.loop.atEndOfIteration { [self] in
+            flushRegistered = false
+            _ = pending.withUnsafeBytes { connection.sendInLoop($0) }
+            pending.removeAll(keepingCapacity: pending.capacity <= 64 << 10)
         }
     }
 }

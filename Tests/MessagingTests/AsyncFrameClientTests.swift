@@ -84,6 +84,48 @@ extension MessagingSocketTests {
             #expect(await pollUntilAsync { fixture.server.connectionCount == 0 })
         }
 
+        /// Frames sent by tasks on the client's loop are gathered into one write an iteration.
+        @Test("frames sent on the client's loop and from other threads all arrive, whole and in each sender's order",
+              arguments: PollerKind.allCases)
+        func gatheredSendsKeepOrder(poller: PollerKind) async throws {
+            let fixture = try Fixture(poller: poller, router: try ProtobufTests.routeRouter())
+            defer { fixture.tearDown() }
+            let loop = fixture.group.ioLoops[0]
+            let client = try await withTimeout(10) { try await AsyncFrameClient.connect(port: fixture.port, loop: loop) }
+            let senders = 12
+            let perSender = 50
+            let collector = Task {
+                var modids: [Int32] = []
+                for try await frame in client.frames {
+                    modids.append(try frame.decode(as: Lars_GetRouteResponse.self).modid)
+                    if modids.count == senders * perSender { break }
+                }
+                return modids
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for sender in 0..<senders {
+                    // Even senders run on the client's loop (their frames are gathered), odd ones elsewhere.
+                    let executor: (any TaskExecutor)? = sender % 2 == 0 ? loop : nil
+                    group.addTask(executorPreference: executor) {
+                        for n in 0..<perSender {
+                            var request = Lars_GetRouteRequest()
+                            request.modid = Int32(sender * 1000 + n)
+                            try await client.send(request, id: MessageID.getRouteRequest)
+                            if n % 7 == 0 { await Task.yield() }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let modids = try await withTimeout(20) { try await collector.value }
+            #expect(modids.count == senders * perSender)
+            for sender in 0..<senders {
+                let mine = modids.filter { Int($0) / 1000 == sender }.map { Int($0) % 1000 }
+                #expect(mine == Array(0..<perSender), "sender \(sender)")
+            }
+            await client.close()
+        }
+
         @Test("a closed client leaves nothing behind: its connection and loop are freed once its group stops",
               arguments: PollerKind.allCases)
         func closedClientIsFreed(poller: PollerKind) async throws {

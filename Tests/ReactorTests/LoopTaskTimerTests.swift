@@ -43,6 +43,50 @@ private func monotonicNanoseconds() -> UInt64 {
 
 @Suite("Event loop: tasks and timers", .serialized)
 struct LoopTaskTimerTests {
+    @Test("atEndOfIteration: after the iteration's tasks, in the same iteration, bodies of bodies too, in order",
+          arguments: PollerKind.allCases)
+    func endOfIteration(poller: PollerKind) throws {
+        try withRunningLoop(poller: poller) { loop in
+            let log = Shared<[String]>([])
+            let iterations = Shared<[UInt64]>([])
+            let done = EventCounter()
+            loop.execute {
+                // Three tasks of one batch: the first registers the end body, the others run before it.
+                loop.execute {
+                    loop.atEndOfIteration {
+                        log.update { $0.append("end 1") }
+                        iterations.update { $0.append(loop.iterations) }
+                        loop.atEndOfIteration {
+                            log.update { $0.append("end 2") }
+                            iterations.update { $0.append(loop.iterations) }
+                            done.signal()
+                        }
+                    }
+                    log.update { $0.append("task a") }
+                    iterations.update { $0.append(loop.iterations) }
+                }
+                loop.execute { log.update { $0.append("task b") } }
+                loop.execute { log.update { $0.append("task c") } }
+            }
+            #expect(done.wait(for: 1))
+            #expect(log.get() == ["task a", "task b", "task c", "end 1", "end 2"])
+            let seen = iterations.get()
+            #expect(seen.count == 3 && Set(seen).count == 1, "one iteration for the tasks and both bodies: \(seen)")
+        }
+    }
+
+    @Test("atEndOfIteration bodies registered when the loop is asked to stop still run", arguments: PollerKind.allCases)
+    func endOfIterationAtStop(poller: PollerKind) throws {
+        let (loop, finished) = try startLoop(poller: poller)
+        let ran = EventCounter()
+        loop.execute {
+            loop.atEndOfIteration { ran.signal() }
+            loop.stop()
+        }
+        #expect(ran.wait(for: 1))
+        #expect(finished.wait(for: 1, timeout: 10))
+    }
+
     @Test("tasks posted from 8 threads x 1000 all run on the loop, in order per posting thread",
           arguments: PollerKind.allCases)
     func tasksFromManyThreads(poller: PollerKind) throws {

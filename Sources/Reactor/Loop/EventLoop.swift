@@ -124,6 +124,8 @@ public final class EventLoop: @unchecked Sendable {
     @exclusivity(unchecked) private var wakeHandler: WakeupHandler?
     /// True while the events of one poller wait are handled. Loop thread only.
     @exclusivity(unchecked) private var handlingBatch = false
+    /// What runs once this iteration's events, timers and tasks are handled (``atEndOfIteration(_:)``).
+    @exclusivity(unchecked) private var iterationEnd: [() -> Void] = []
     /// Descriptors unregistered while the current batch is handled: the batch's later events for those numbers
     /// are stale. Loop thread only.
     @exclusivity(unchecked) private var retiredInBatch: [Int32] = []
@@ -278,6 +280,7 @@ public final class EventLoop: @unchecked Sendable {
             if !retiredInBatch.isEmpty { retiredInBatch.removeAll(keepingCapacity: true) }
             runExpiredTimers()
             runPendingTasks()
+            if !iterationEnd.isEmpty { runIterationEnd() }
             if !poolMaintenanceArmed && (pool.needsMaintenance || trimPending) { armPoolMaintenance() }
         }
         // Tasks posted before the stop still run (and what they post in turn), so nothing handed to the loop is
@@ -286,6 +289,7 @@ public final class EventLoop: @unchecked Sendable {
         // (often this loop itself), by a loop that will never run it.
         for _ in 0..<100 {
             runPendingTasks()
+            if !iterationEnd.isEmpty { runIterationEnd() }
             if releaseHandlers() { continue }
             let drained = pendingTasks.withLock { q -> Bool in
                 guard q.tasks.isEmpty else { return false }
@@ -364,6 +368,23 @@ public final class EventLoop: @unchecked Sendable {
             wakeup()
         }
         return queued
+    }
+
+    /// Runs `body` on this loop's thread once the current iteration has handled its events, timers and tasks,
+    /// before the loop waits again: with no system call to wake it and no task queued (a client that gathers the
+    /// writes of one iteration's callers into one send registers its flush here). Bodies registered by a body run in
+    /// the same iteration. Loop thread only.
+    public func atEndOfIteration(_ body: @escaping () -> Void) {
+        assertInLoopThread()
+        iterationEnd.append(body)
+    }
+
+    private func runIterationEnd() {
+        while !iterationEnd.isEmpty {
+            let bodies = iterationEnd
+            iterationEnd.removeAll(keepingCapacity: true)
+            for body in bodies { body() }
+        }
     }
 
     /// Runs `task` on the loop (at once on its own thread), or on the calling thread when the loop has returned
