@@ -47,6 +47,11 @@ struct RelayCommand: AsyncParsableCommand {
         """)
     var largeAudienceWriteIntervalMs = 1000
     @Option(help: """
+        Milliseconds of a phase of the write beats (1...1000; default 250): each viewer is written in its own phase, \
+        spreading a beat's writes; longer phases make fewer, larger batches.
+        """)
+    var writePhaseMs = 250
+    @Option(help: """
         KiB of a viewer's stream copied into its connection's queue at most; what its socket has not taken beyond \
         that waits in the shared chunks (default 64).
         """)
@@ -88,7 +93,8 @@ struct RelayCommand: AsyncParsableCommand {
                                   ttl: .milliseconds(Int64(registerTtl * 1000)))
             },
             maxViewerQueueBytes: viewerQueueKib << 10, sendFile: sendfile == "on", largeAudience: largeAudience,
-            largeAudienceWriteInterval: .milliseconds(largeAudienceWriteIntervalMs))
+            largeAudienceWriteInterval: .milliseconds(largeAudienceWriteIntervalMs),
+            writePhase: .milliseconds(writePhaseMs))
     }
 
     func validate() throws {

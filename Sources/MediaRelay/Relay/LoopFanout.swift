@@ -1,7 +1,8 @@
 import Reactor
 import SwitchyardCore
 
-/// The beats of a relay's viewers, in phases: a beat is a whole number of phases of about 50 ms, the short one
+/// The beats of a relay's viewers, in phases: a beat is a whole number of phases (``RelayConfiguration/writePhase``,
+/// or the beat itself when it is shorter), the short one
 /// (``RelayConfiguration/writeInterval``) and the large audience's (``RelayConfiguration/largeAudienceWriteInterval``),
 /// each at most what was configured, so chunks handed over one configured beat early are never late.
 struct BeatPlan: Sendable, Equatable {
@@ -11,11 +12,9 @@ struct BeatPlan: Sendable, Equatable {
     let shortPhases: Int
     let longPhases: Int
 
-    static let phaseLength: Duration = .milliseconds(50)
-
-    init(writeInterval: Duration, largeAudienceWriteInterval: Duration) {
+    init(writeInterval: Duration, largeAudienceWriteInterval: Duration, phaseLength: Duration) {
         let long = max(writeInterval, largeAudienceWriteInterval)
-        let phase = writeInterval > .zero ? min(Self.phaseLength, writeInterval) : min(Self.phaseLength, long)
+        let phase = writeInterval > .zero ? min(phaseLength, writeInterval) : min(phaseLength, long)
         guard phase > .zero else {
             (phaseNanoseconds, shortPhases, longPhases) = (0, 0, 0)
             return
@@ -90,7 +89,8 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
         if timer == nil {
             let phases = beatPhases > 0 ? beatPhases : 1
             let period = Duration.nanoseconds(Int64(clamping: plan.lead(phases)))
-            timer = loop.scheduleRepeating(every: period > .zero ? period : BeatPlan.phaseLength) { [weak self] in
+            let every = period > .zero ? period : .nanoseconds(Int64(clamping: max(plan.phaseNanoseconds, 1_000_000)))
+            timer = loop.scheduleRepeating(every: every) { [weak self] in
                 self?.tick()
             }
         }

@@ -140,7 +140,8 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
         readAheadTicks = PlaybackPacer.ticks(configuration.readAhead)
         plan = BeatPlan(writeInterval: configuration.writeInterval,
                         largeAudienceWriteInterval: min(configuration.largeAudienceWriteInterval,
-                                                        configuration.ring.maxLag / 2))
+                                                        configuration.ring.maxLag / 2),
+                        phaseLength: configuration.writePhase)
         leadNanoseconds = plan.lead(plan.shortPhases)
         counters.add(.playbacks)
         counters.add(.playbacksStarted)

@@ -30,6 +30,11 @@ public struct RelayConfiguration: Sendable {
     /// The beat of a playback with a large audience (at least ``writeInterval``; equal: no change; used up to half the
     /// ring's `maxLag`, so a viewer is not skipped for the beat's own lead). Default 1 s.
     public var largeAudienceWriteInterval: Duration
+    /// A beat is cut into phases of this length (or is one phase when it is shorter) and every viewer is written in
+    /// its own phase, so a beat's writes are spread over it. Longer: fewer, larger batches of writes, each waking the
+    /// viewers' side fewer times (at 100 viewers on the 1 s beat, 250 ms phases took 16% less CPU per byte than 50 ms
+    /// ones, every frame on time either way). Default 250 ms: the short beat in one phase, the long one in four.
+    public var writePhase: Duration
     /// Bytes of a viewer's stream copied into its connection's output queue at most: what its socket has not taken
     /// beyond that waits in the shared chunks (references, no copy) until the queue has drained. So a slow or stuck
     /// viewer costs at most this much memory of its own, and the relay's memory is the rings' plus viewers x this
@@ -69,7 +74,8 @@ public struct RelayConfiguration: Sendable {
                 requestHeadTimeout: Duration = .seconds(10), origin: String? = nil,
                 writeInterval: Duration = .milliseconds(250), registration: RelayRegistration? = nil,
                 maxViewerQueueBytes: Int = 64 << 10, sendFile: Bool = true, largeAudience: Int = 50,
-                largeAudienceWriteInterval: Duration = .seconds(1)) {
+                largeAudienceWriteInterval: Duration = .seconds(1), writePhase: Duration = .milliseconds(250)) {
+        self.writePhase = writePhase
         self.largeAudience = largeAudience
         self.largeAudienceWriteInterval = largeAudienceWriteInterval
         self.host = host
@@ -116,6 +122,7 @@ public struct RelayConfiguration: Sendable {
         try check(writeInterval >= .zero && writeInterval <= .seconds(1), "writeInterval must be 0...1 s")
         try check(writeInterval < ring.maxLag, "writeInterval must be shorter than the ring's maxLag")
         try check(largeAudience >= 1, "largeAudience must be at least 1, got \(largeAudience)")
+        try check(writePhase >= .milliseconds(1) && writePhase <= .seconds(1), "writePhase must be 1 ms...1 s")
         try check(largeAudienceWriteInterval >= writeInterval && largeAudienceWriteInterval <= .seconds(1),
                   "largeAudienceWriteInterval must be writeInterval...1 s")
         try check((4 << 10...16 << 20).contains(maxViewerQueueBytes),
