@@ -64,8 +64,9 @@ public final class DatabaseAgentServer: Service, Sendable {
         let router = MessageRouter<TCPConnection>()
         do {
             /// A route to a method of the connection's `AgentConnection`.
-            func route<M: SwiftProtobuf.Message>(_ id: DatabaseAgentMessageID,
-                                                 _ method: @escaping @Sendable (AgentConnection) -> (M) -> Void) throws {
+            func route<M: SwiftProtobuf.Message>(
+                _ id: DatabaseAgentMessageID, _ method: @escaping @Sendable (AgentConnection) -> (M) -> Void
+            ) throws {
                 try router.on(id) { (request: M, connection: TCPConnection) in
                     if let agent = AgentConnection.of(connection) { method(agent)(request) }
                 }
@@ -364,14 +365,19 @@ final class AgentConnection: @unchecked Sendable {  // used on its connection's 
 
     /// Sends an answer (the core counted it).
     private func send(_ answer: AgentRequestCore.Answer, token: Int?) {
-        let (id, message): (DatabaseAgentMessageID, any SwiftProtobuf.Message) = switch answer {
-        case .columns(let m): (.columns, m)
-        case .rows(let m): (.rows, m)
-        case .done(let m): (.done, m)
-        case .error(let m): (.error, m)
-        case .welcome(let m): (.welcome, m)
+        // Encoded per case, so each message type's encoder is specialized (not through `any Message`).
+        func encoded<M: SwiftProtobuf.Message>(_ id: DatabaseAgentMessageID, _ m: M)
+            -> (DatabaseAgentMessageID, [UInt8]?)
+        {
+            (id, try? m.serializedBytes())
         }
-        let body: [UInt8]? = try? message.serializedBytes()
+        let (id, body) = switch answer {
+        case .columns(let m): encoded(.columns, m)
+        case .rows(let m): encoded(.rows, m)
+        case .done(let m): encoded(.done, m)
+        case .error(let m): encoded(.error, m)
+        case .welcome(let m): encoded(.welcome, m)
+        }
         guard let body else { return }
         var header = FrameParser.header(messageID: id.rawValue, bodyLength: body.count)
         withUnsafeBytes(of: &header) { outgoing.append(contentsOf: $0) }

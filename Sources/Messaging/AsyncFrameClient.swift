@@ -311,7 +311,8 @@ final class Inbox: @unchecked Sendable {
 }
 
 /// The frames an `AsyncFrameClient` sent during one iteration of its loop, written in one send at the iteration's
-/// end (``EventLoop/atEndOfIteration(_:)``).
+/// end (``EventLoop/atEndOfIteration(_:)``), or at once when ``maxGatheredBytes`` are gathered; past that the
+/// connection's own output queue and high-water mark apply.
 ///
 /// `@unchecked Sendable`: `pending` and `flushRegistered` are touched on the connection's loop only (`append` runs
 /// there: called on it, or posted to it).
@@ -319,16 +320,29 @@ private final class GatheringWriter: @unchecked Sendable {
     private var pending: [UInt8] = []
     private var flushRegistered = false
 
+    /// Bytes gathered at most: past this the frames go out at once (a task that sends many frames without
+    /// suspending does not grow the buffer without bound before the iteration ends).
+    static let maxGatheredBytes = 64 << 10
+
     func append(messageID: Int32, body: [UInt8], flushingTo connection: TCPConnection) {
         var header = FrameParser.header(messageID: messageID, bodyLength: body.count)
         withUnsafeBytes(of: &header) { pending.append(contentsOf: $0) }
         pending.append(contentsOf: body)
+        if pending.count >= Self.maxGatheredBytes {
+            flush(connection)
+            return
+        }
         guard !flushRegistered else { return }
         flushRegistered = true
         connection.loop.atEndOfIteration { [self] in
             flushRegistered = false
-            _ = pending.withUnsafeBytes { connection.sendInLoop($0) }
-            pending.removeAll(keepingCapacity: pending.capacity <= 64 << 10)
+            flush(connection)
         }
+    }
+
+    private func flush(_ connection: TCPConnection) {
+        guard !pending.isEmpty else { return }
+        _ = pending.withUnsafeBytes { connection.sendInLoop($0) }
+        pending.removeAll(keepingCapacity: pending.capacity <= Self.maxGatheredBytes * 2)
     }
 }
