@@ -45,7 +45,8 @@ struct PoolStatementRunner: StatementRunner {
     /// and reports from there: no task or continuation per request.
     func start(_ sql: String, _ parameters: [SQLValue], timeout: Duration, firstBatch maxRows: Int, loop: EventLoop,
                completion: @escaping @Sendable (Result<StartedStatement, any Error>) -> Void) -> (any RunnerWork)? {
-        if Self.returnsRows(sql), pool.drivesStatementsOnLoop {
+        let returnsRows = Self.returnsRows(sql)
+        if returnsRows, pool.drivesStatementsOnLoop {
             return pool.stream(sql, parameters, firstBatch: maxRows, batchRows: Self.streamBatchRows, timeout: timeout,
                                drivenBy: storageLoop(loop)) { result in
                 switch result {
@@ -65,7 +66,7 @@ struct PoolStatementRunner: StatementRunner {
                 }
             }
         }
-        if Self.returnsRows(sql) {
+        if returnsRows {
             pool.stream(sql, parameters, batchRows: Self.streamBatchRows, timeout: timeout,
                         on: InlineExecutor.shared) { result in
                 switch result {
@@ -136,25 +137,63 @@ struct PoolStatementRunner: StatementRunner {
     func begin() async throws -> any TransactionSession { try await PoolTransaction.begin(on: pool) }
 
     /// Whether the statement's first keyword is one that returns rows (comments and parentheses before it skipped).
+    /// Read as bytes (every keyword is ASCII): the agent asks this for every request.
     static func returnsRows(_ sql: String) -> Bool {
-        var rest = Substring(sql)
-        while true {
-            rest = rest.drop { $0.isWhitespace || $0 == "(" }
-            if rest.hasPrefix("--") {
-                rest = rest.drop { $0 != "\n" }
-            } else if rest.hasPrefix("/*"), let end = rest.range(of: "*/") {
-                rest = rest[end.upperBound...]
-            } else {
-                break
+        var sql = sql
+        return sql.withUTF8 { bytes in
+            var i = 0
+            let n = bytes.count
+            func at(_ k: Int) -> UInt8 { k < n ? bytes[k] : 0 }
+            while i < n {
+                let b = bytes[i]
+                if b == UInt8(ascii: " ") || (0x09...0x0D).contains(b) || b == UInt8(ascii: "(") {
+                    i += 1
+                } else if b == UInt8(ascii: "-") && at(i + 1) == UInt8(ascii: "-") {
+                    while i < n && bytes[i] != UInt8(ascii: "\n") { i += 1 }
+                } else if b == UInt8(ascii: "/") && at(i + 1) == UInt8(ascii: "*") {
+                    var k = i + 2
+                    while k + 1 < n && !(bytes[k] == UInt8(ascii: "*") && bytes[k + 1] == UInt8(ascii: "/")) { k += 1 }
+                    guard k + 1 < n else { break }  // an unclosed comment: its text is the statement's start
+                    i = k + 2
+                } else {
+                    break
+                }
             }
+            let first = Self.word(bytes, from: i)
+            if first.keyword == "WITH" {
+                // A common table expression before a change (WITH ... INSERT) runs as a query, for its affected rows.
+                var k = first.end
+                while k < n {
+                    guard Self.isWordByte(bytes[k]) else {
+                        k += 1
+                        continue
+                    }
+                    let next = Self.word(bytes, from: k)
+                    if changeWords.contains(next.keyword) { return false }
+                    k = next.end
+                }
+                return true
+            }
+            return rowWords.contains(first.keyword)
         }
-        let word = rest.prefix { $0.isLetter }.uppercased()
-        if word == "WITH" {
-            // A common table expression before a change (WITH ... INSERT) runs as a query, for its affected rows.
-            let words = Set(rest.uppercased().split { !$0.isLetter }.map(String.init))
-            return words.isDisjoint(with: changeWords)
+    }
+
+    /// Letters, and every byte of a non-ASCII character (part of a word, never of a keyword).
+    private static func isWordByte(_ b: UInt8) -> Bool {
+        b >= 0x80 || ((b | 0x20) >= UInt8(ascii: "a") && (b | 0x20) <= UInt8(ascii: "z"))
+    }
+
+    /// The word from `start` on, upper-cased when it may be a keyword (ASCII, 8 letters at most; "" otherwise), and
+    /// where it ends.
+    private static func word(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> (keyword: String, end: Int) {
+        var end = start
+        var ascii = true
+        while end < bytes.count && isWordByte(bytes[end]) {
+            if bytes[end] >= 0x80 { ascii = false }
+            end += 1
         }
-        return rowWords.contains(word)
+        guard ascii, end - start <= 8 else { return ("", end) }
+        return (String(decoding: bytes[start..<end].lazy.map { $0 & ~0x20 }, as: UTF8.self), end)
     }
 
     private static let rowWords: Set<String> = ["SELECT", "VALUES", "SHOW", "PRAGMA", "EXPLAIN", "DESCRIBE", "DESC",

@@ -43,6 +43,9 @@ public enum DatabaseAgentBenchmark {
         public var loops: Int = SystemInfo.coreCount
         /// The poller of both groups.
         public var poller: PollerKind = .epoll
+        /// How long the agent's loops poll without sleeping after an event (``LoopConfiguration/busyPoll``), as
+        /// `switchyard db-agent --busy-poll-us`.
+        public var agentBusyPoll: Duration = DatabaseAgentConfiguration.defaultBusyPoll
         /// The agent goes first in even rounds (direct first otherwise).
         public var agentFirst = false
 
@@ -88,7 +91,7 @@ public enum DatabaseAgentBenchmark {
                                              acquireTimeout: .seconds(30)),
             logger: logger)
         let agentGroup = try EventLoopGroup(ioLoops: settings.loops, configuration: LoopConfiguration(
-            poller: settings.poller), placement: .roundRobin)
+            poller: settings.poller, busyPoll: settings.agentBusyPoll), placement: .roundRobin)
         let clientGroup = try EventLoopGroup(ioLoops: settings.loops, configuration: LoopConfiguration(
             poller: settings.poller), placement: .roundRobin)
         let rules = try AccessFile.parse("statement point = \(sql)\ntoken \(token) statements=point\n")

@@ -25,6 +25,8 @@ struct DatabaseAgentBenchCommand: AsyncParsableCommand {
     @Option(help: "I/O loops of the agent (and of the client); default: the cores, as `db-agent --loops`.")
     var loops = SystemInfo.coreCount
     @Option(help: "Poller of the agent and the client.") var poller: PollerKind = .epoll
+    @Option(help: "Microseconds the agent's loops poll without sleeping after an event (default: as `db-agent`).")
+    var busyPollUs: Int64?
     @Flag(help: "Measure the agent first in the first round (direct first otherwise).") var agentFirst = false
     @OptionGroup var output: JSONOutputOption
 
@@ -49,6 +51,9 @@ struct DatabaseAgentBenchCommand: AsyncParsableCommand {
         guard (1...100).contains(rounds) else { throw ValidationError("--rounds must be 1...100") }
         guard (1...1000).contains(poolSize) else { throw ValidationError("--pool-size must be 1...1000") }
         guard (1...64).contains(loops) else { throw ValidationError("--loops must be 1...64") }
+        if let busyPollUs, !(0...1_000_000).contains(busyPollUs) {
+            throw ValidationError("--busy-poll-us must be 0...1000000")
+        }
         if let connections, !(1...1024).contains(connections) {
             throw ValidationError("--connections must be 1...1024")
         }
@@ -71,6 +76,7 @@ struct DatabaseAgentBenchCommand: AsyncParsableCommand {
         settings.connections = connections
         settings.loops = loops
         settings.poller = poller
+        if let busyPollUs { settings.agentBusyPoll = .microseconds(busyPollUs) }
         settings.agentFirst = agentFirst
         let results = try await DatabaseAgentBenchmark.run(settings, logger: logger)
         if output.json {

@@ -26,6 +26,10 @@ struct DatabaseAgentCommand: AsyncParsableCommand {
     @Option(help: "Pooled database connections at most.") var poolSize = 8
     @Option(help: "I/O threads (0: the acceptor thread does the I/O).") var loops = SystemInfo.coreCount
     @Option(help: "I/O multiplexer: epoll, poll or select.") var poller: PollerKind = .epoll
+    @Option(help: ArgumentHelp("Microseconds an I/O thread polls without sleeping after an event (0: off).",
+                               discussion: "A statement's answer and the caller's next request then find the thread "
+                                   + "awake instead of paying a wake-up; the price is CPU while requests come."))
+    var busyPollUs = Int64(DatabaseAgentConfiguration.defaultBusyPoll / .microseconds(1))
     @Option(help: "Open requests per connection; more are refused busy.") var maxRequestsPerConnection = 16
     @Option(help: "Open requests across the agent; more are refused busy.") var maxRequestsInFlight = 1024
     @Option(help: "Rows per chunk when a request gives none.") var batchRows = 256
@@ -40,6 +44,9 @@ struct DatabaseAgentCommand: AsyncParsableCommand {
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
         guard (0...1024).contains(loops) else { throw ValidationError("--loops must be 0...1024, got \(loops)") }
+        guard (0...1_000_000).contains(busyPollUs) else {
+            throw ValidationError("--busy-poll-us must be 0...1000000, got \(busyPollUs)")
+        }
         guard poolSize >= 1 else { throw ValidationError("--pool-size must be at least 1") }
         guard creditTimeout >= 0 else { throw ValidationError("--credit-timeout must be >= 0 (0: never)") }
         guard timeoutMs >= 1 else { throw ValidationError("--timeout-ms must be at least 1") }
@@ -86,7 +93,8 @@ struct DatabaseAgentCommand: AsyncParsableCommand {
         } catch {
             throw CommandFailure("db-agent: bad --db: \(error)")
         }
-        let group = try EventLoopGroup(ioLoops: loops, configuration: LoopConfiguration(poller: poller), logger: logger)
+        let group = try EventLoopGroup(ioLoops: loops, configuration: LoopConfiguration(
+            poller: poller, busyPoll: .microseconds(busyPollUs)), logger: logger)
         let agent = DatabaseAgentServer(group: group, configuration: makeConfiguration(), rules: rules, pool: pool,
                                         logger: logger)
         try await serve(agent, binding: agent.start, command: "db-agent", host: host, port: port, group: group,

@@ -24,6 +24,12 @@ struct AgentCLITests {
         #expect(lines.first?.contains("access \(file.path):3: 'rows=zero'") == true, "\(result.stderr)")
         let missing = try await switchyard(["db-agent", "--port", "0", "--access", file.path + ".none"])
         #expect(missing.status == 1 && errorLines(missing.stderr).count == 1, "\(missing.stderr)")
+        for bad in ["-1", "1000001"] {
+            let poll = try await switchyard(["db-agent", "--db", temporarySQLiteURL("cli"), "--port", "0",
+                                             "--access", file.path, "--busy-poll-us=\(bad)"])
+            #expect(poll.status != 0 && poll.stderr.contains("--busy-poll-us must be 0...1000000, got \(bad)"),
+                    "\(poll.stderr)")
+        }
     }
 
     @Test("db-agent serves db-query: typed --param values in, a table and --json out; SIGTERM exits 0")
@@ -39,7 +45,7 @@ struct AgentCLITests {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: switchyardExecutable())
         process.arguments = ["db-agent", "--db", db, "--port", "0", "--access", access.path, "--loops", "1",
-                             "--poller", "poll"]
+                             "--poller", "poll", "--busy-poll-us", "100"]
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice

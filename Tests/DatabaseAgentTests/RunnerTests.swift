@@ -10,11 +10,15 @@ struct RunnerTests {
     func classification() {
         for sql in ["SELECT 1", "  select * from t", "(SELECT 1) UNION (SELECT 2)", "-- note\nSELECT 1",
                     "/* c */ WITH c AS (SELECT 1) SELECT * FROM c", "VALUES (1)", "PRAGMA table_info(t)", "SHOW TABLES",
-                    "EXPLAIN SELECT 1"] {
+                    "EXPLAIN SELECT 1", "\t\r\nSeLeCt 1", "/* a */ /* b */ (((select 1)))", "desc t", "TABLE t",
+                    "WITH c AS (SELECT 1 AS abcdefghijinsert) SELECT * FROM c",
+                    "WITH c AS (SELECT 'ünïcödé' AS x, 1 AS insertionsort) SELECT * FROM c", "select\n1"] {
             #expect(PoolStatementRunner.returnsRows(sql), "\(sql)")
         }
         for sql in ["INSERT INTO t VALUES (1)", "update t set i = 1", "DELETE FROM t", "CREATE TABLE x (a INT)",
-                    "WITH c(x) AS (SELECT 1) INSERT INTO t (i) SELECT x FROM c", "BEGIN", "", "-- only a comment"] {
+                    "WITH c(x) AS (SELECT 1) INSERT INTO t (i) SELECT x FROM c", "BEGIN", "", "-- only a comment",
+                    "/* never closed SELECT 1", "SELECTION", "ÉSELECT 1", "with c as (select 1) delete from t",
+                    "WITH c AS (SELECT 1)\n\tUPDATE t SET i = 1", "   ", "(("] {
             #expect(!PoolStatementRunner.returnsRows(sql), "\(sql)")
         }
     }
