@@ -5,6 +5,7 @@ import Messaging
 import Reactor
 import Storage
 import SwiftProtobuf
+import Synchronization
 import Testing
 import TestSupport
 
@@ -54,6 +55,46 @@ extension RelaySocketTests {
             #expect(chunks == 250)
             #expect(await eventually { running.relay.statistics.chunksAppended == chunks })
             await running.stop()
+        }
+
+        @Test("on its beat a live playback wakes its loop about once a phase, not per chunk; with no beat, per chunk",
+              arguments: PollerKind.allCases)
+        func wakesOncePerPhase(poller: PollerKind) async throws {
+            let movie = try TestMedia.movie(seconds: 5)
+            var onBeat = 0
+            var perChunk = 0
+            for beat in [true, false] {
+                let running = try await RunningRelay(poller: poller, movies: ["movie": movie]) { configuration in
+                    if !beat { configuration.writeInterval = .zero }
+                }
+                let loop = running.group.ioLoops[0]
+                let viewer = try HTTPViewer(port: running.httpPort)
+                // The loop's iterations when the viewer has had its first second and its third of the stream.
+                let marks = Mutex<[UInt64]>([])
+                let start = ContinuousClock.now
+                let response = try await onThread { () -> Result<HTTPViewer.Response, any Error> in
+                    Result {
+                        try viewer.request("/live/movie.ts")
+                        return try viewer.read { _ in
+                            let elapsed = (ContinuousClock.now - start).seconds
+                            marks.withLock { marks in
+                                if marks.count < 2 && elapsed >= 1.0 + 2.0 * Double(marks.count) {
+                                    marks.append(loop.iterations)
+                                }
+                            }
+                        }
+                    }
+                }.get()
+                #expect(response.status == 200 && response.ended)
+                let (first, last) = marks.withLock { ($0.first ?? 0, $0.last ?? 0) }
+                let wakes = Int(last &- first)
+                #expect(marks.withLock { $0.count } == 2)
+                if beat { onBeat = wakes } else { perChunk = wakes }
+                await running.stop()
+            }
+            // 250 ms phases: 8 in those 2 s, plus the reader's and the viewer's events; a wake a chunk: 50.
+            #expect(perChunk >= 40, "\(perChunk) loop iterations in 2 s with no beat (a chunk every 40 ms)")
+            #expect(onBeat * 2 <= perChunk, "\(onBeat) loop iterations in 2 s on the beat, \(perChunk) without")
         }
 
         @Test("the file is read once per playback, with 1 viewer and with 50", arguments: [1, 50])

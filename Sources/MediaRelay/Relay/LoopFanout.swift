@@ -30,14 +30,15 @@ struct BeatPlan: Sendable, Equatable {
 
 /// The ring of one playback on one loop, with the viewers of that loop: the shell of `ChunkRing`. The playback posts
 /// each due chunk to every loop that has viewers; on its loop the fanout appends it and writes it to the viewers that
-/// have drained their sockets, each viewer once per write beat. The beat is cut into phases of about 50 ms and every
-/// viewer has one (the least used when it joins), so the writes of a beat are spread over it rather than leaving all
-/// at once: the viewers' side reads them as they come, and the sockets never see a burst of the whole audience. The
-/// phases that have come are served when a chunk arrives (25 times a second for a 25 fps stream), so the fanout
-/// wakes its loop no more often than the stream does; a timer on the beat serves them when no chunk comes. A viewer
-/// still writing is checked on the same occasions: once its connection's queue is empty it is handed the next part
-/// of its batch (`ViewerOutput`), and once nothing of the batch is left it has drained. Loop-confined: every method
-/// runs on `loop`.
+/// have drained their sockets, each viewer once per write beat. The beat is cut into phases
+/// (``RelayConfiguration/writePhase``) and every viewer has one (the least used when it joins), so the writes of a beat
+/// are spread over it rather than leaving all at once: the viewers' side reads them as they come, and the sockets never
+/// see a burst of the whole audience. The phases that have come are served when chunks arrive (a file's playback hands
+/// them over once a phase; a pushed stream as they come), so the fanout wakes its loop no more often than its playback
+/// does; a timer serves them when no chunk comes for a beat (appends move it on, so while chunks come it never fires).
+/// A viewer still writing is checked on the same occasions: once its connection's queue is empty it is handed the next
+/// part of its batch (`ViewerOutput`), and once nothing of the batch is left it has drained. Loop-confined: every
+/// method runs on `loop`.
 final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its methods assert it)
     let loop: EventLoop
     private var ring: ChunkRing<UInt64>
@@ -86,15 +87,9 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
         let bucket = buckets.indices.min { buckets[$0].count < buckets[$1].count } ?? 0
         buckets[bucket].append(id)
         bucketOf[id] = bucket
-        if timer == nil {
-            let phases = beatPhases > 0 ? beatPhases : 1
-            let period = Duration.nanoseconds(Int64(clamping: plan.lead(phases)))
-            let every = period > .zero ? period : .nanoseconds(Int64(clamping: max(plan.phaseNanoseconds, 1_000_000)))
-            timer = loop.scheduleRepeating(every: every) { [weak self] in
-                self?.tick()
-            }
-        }
-        perform(ring.addViewer(id, now: sy_now()))
+        let now = sy_now()
+        if timer == nil { armTick(now: now) }
+        perform(ring.addViewer(id, now: now))
     }
 
     /// The viewer's connection closed.
@@ -127,6 +122,7 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
             servePhases(now: now)
         }
         countRingStatistics()
+        if !sinks.isEmpty, tickDeadline < now &+ tickPeriod / 4 * 3 { armTick(now: now) }
     }
 
     func finish() {
@@ -136,9 +132,33 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
         perform(ring.finish(now: now))
     }
 
-    /// The beat's timer, for when no chunk comes: drains, the phases that have come, stuck viewers.
+    /// How long the fanout waits for a chunk before its timer does the work an append does: two beats (two phases
+    /// when there is no beat). Longer than the chunks' own interval, so the timer never takes a phase just before its
+    /// chunks come (they would wait for the next one).
+    private var tickPeriod: UInt64 {
+        let period = plan.lead(beatPhases > 0 ? beatPhases : 1)
+        return 2 * (period > 0 ? period : max(plan.phaseNanoseconds, 1_000_000))
+    }
+
+    /// When the timer fires, unless an append moves it on first.
+    private var tickDeadline: UInt64 = 0
+
+    /// (Re)schedules the timer a ``tickPeriod`` from `now`. Appends move it on before it fires, so while the chunks
+    /// come (every phase, or every chunk) it never wakes the loop.
+    private func armTick(now: UInt64) {
+        timer?.cancel()
+        let period = tickPeriod
+        tickDeadline = now &+ period
+        timer = loop.schedule(after: .nanoseconds(Int64(clamping: period))) { [weak self] in
+            self?.tick()
+        }
+    }
+
+    /// The timer, for when no chunk comes for a beat: drains, the phases that have come, stuck viewers.
     private func tick() {
         let now = sy_now()
+        timer = nil
+        if !sinks.isEmpty { armTick(now: now) }
         pollDrained(now: now)
         servePhases(now: now)
         perform(ring.closeStuck(now: now))
@@ -160,7 +180,10 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
         if nextPhaseAt == 0 { nextPhaseAt = now }
         var actions: [ChunkRing<UInt64>.Action] = []
         var served = 0
-        while now >= nextPhaseAt, served < buckets.count {
+        // Half a phase early is the phase's time: the playback hands its chunks over once a phase, and a phase that
+        // comes just after an append would otherwise wait for the next one.
+        let slack = plan.phaseNanoseconds / 2
+        while now &+ slack >= nextPhaseAt, served < buckets.count {
             for bucket in buckets.indices where bucket % beatPhases == nextPhase % beatPhases {
                 for id in buckets[bucket] { actions += ring.serve(id, now: now) }
             }

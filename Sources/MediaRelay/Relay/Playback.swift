@@ -259,16 +259,23 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
         }
         readAhead.append(contentsOf: piece.chunks)
         readerAtEnd = piece.atEnd
-        emitDue()
+        // A pending wake covers the new chunks (they come after the head it waits for); none pending: the read-ahead
+        // ran dry, and what is due goes now.
+        if timer == nil { emitDue() }
         requestRead()
     }
 
     private var fileBytesCounted = 0
 
-    /// Sends every chunk that is due, then sleeps until the next one is.
+    /// Sends every chunk that is due, then sleeps until the next one is. On a beat the playback wakes once a phase
+    /// (``BeatPlan/phaseNanoseconds``) and hands over every chunk come due since, not once a chunk: the fanouts write
+    /// their viewers on the phases anyway, and a loop woken 25 times a second costs more than the chunks do. A chunk
+    /// is handed over at most a phase after its time, so still at least `lead` minus a phase before it is due (a beat
+    /// of one phase: on time). With no beat, each chunk is handed over at its own time, 25 times a second.
     private func emitDue() {
         timer = nil
         let now = sy_now()
+        let phase = leadNanoseconds > 0 ? plan.phaseNanoseconds : 0
         // Every chunk due now goes to the fanouts in one task per loop (at the start, a whole beat of them).
         var handed: [MediaChunk] = []
         while let head = readAhead.first {
@@ -278,7 +285,9 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
             let handOver = due &- min(due, leadNanoseconds)
             if handOver > now &+ 1_000_000 {
                 fanOut(handed)
-                timer = loop.schedule(after: .nanoseconds(Int64(handOver - now))) { [weak self] in self?.emitDue() }
+                // The next phase, or the head's time when that is later (a gap in the stream).
+                let wake = max(handOver, handed.isEmpty ? handOver : now &+ phase)
+                timer = loop.schedule(after: .nanoseconds(Int64(wake - now))) { [weak self] in self?.emitDue() }
                 requestRead()
                 return
             }
