@@ -23,6 +23,7 @@ import re
 import resource
 import select
 import shutil
+import statistics
 import socket
 import subprocess
 import sys
@@ -260,6 +261,7 @@ def measure(server, port, path, count, duration, frames, file_bytes, prefix, pid
 
 
 def main():
+    global SWITCHYARD
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--viewers", default="1,100,1000", help="viewer counts (default 1,100,1000)")
     p.add_argument("--seconds", type=int, default=20, help="length of the movie (default 20)")
@@ -267,8 +269,16 @@ def main():
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--no-build", action="store_true", help="use the release build as it is")
     p.add_argument("--relay-args", default="", help="more arguments for `switchyard relay` (e.g. --write-interval-ms 0)")
+    p.add_argument("--switchyard", default=SWITCHYARD, help="the switchyard binary (default the release build)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="runs of every cell, the servers alternating; the table shows medians (default 1)")
     opts = p.parse_args()
+    if opts.rounds < 1:
+        sys.exit("bench-relay: --rounds must be at least 1")
     RELAY_ARGS.extend(opts.relay_args.split())
+    SWITCHYARD = os.path.abspath(opts.switchyard)
+    if not opts.no_build and opts.switchyard != os.path.join(ROOT, ".build", "release", "switchyard"):
+        opts.no_build = True  # a binary of its own is run as it is
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1000 viewers: above the usual 1024
     servers = opts.servers.split(",")
@@ -288,15 +298,30 @@ def main():
     log(f"movie: {len(file_bytes)} bytes, {len(frames)} frames, {duration:.2f} s, {rate * 8 / 1e6:.2f} Mbit/s")
     results = []
     for count in [int(x) for x in opts.viewers.split(",")]:
+        rounds = {name: [] for name in servers}
+        for _ in range(opts.rounds):
+            for name in servers:
+                if name == "switchyard":
+                    r = run_switchyard(movie, count, duration, frames, file_bytes, work)
+                else:
+                    r = run_nginx(movie, count, duration, frames, file_bytes, work, rate)
+                r["server"] = name
+                rounds[name].append(r)
+                log(f"{name:10} {count:5} viewers: {r['mbit_s']:7.1f} Mbit/s, {r['on_time'] * 100:6.2f}% on time, "
+                    f"{r['cpu_s_per_gb']} CPU s/GB, peak RSS {r['peak_rss_mib']} MiB, {r['complete']}/{count} "
+                    "complete")
         for name in servers:
-            if name == "switchyard":
-                r = run_switchyard(movie, count, duration, frames, file_bytes, work)
-            else:
-                r = run_nginx(movie, count, duration, frames, file_bytes, work, rate)
-            r["server"] = name
-            results.append(r)
-            log(f"{name:10} {count:5} viewers: {r['mbit_s']:7.1f} Mbit/s, {r['on_time'] * 100:6.2f}% on time, "
-                f"{r['cpu_s_per_gb']} CPU s/GB, peak RSS {r['peak_rss_mib']} MiB, {r['complete']}/{count} complete")
+            runs = rounds[name]
+            if len(runs) == 1:
+                results.append(runs[0])
+                continue
+            merged = dict(runs[0])
+            for field in ("mbit_s", "on_time", "cpu_s", "cpu_s_per_gb", "peak_rss_mib", "seconds"):
+                values = [r[field] for r in runs if r[field] is not None]
+                merged[field] = statistics.median(values) if values else None
+            merged["complete"] = min(r["complete"] for r in runs)
+            merged["cpu_s_per_gb_runs"] = [r["cpu_s_per_gb"] for r in runs]
+            results.append(merged)
     shutil.rmtree(work, ignore_errors=True)
     if opts.json:
         print(json.dumps({"movie_bytes": len(file_bytes), "results": results}))
