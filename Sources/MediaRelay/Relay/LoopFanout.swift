@@ -35,7 +35,7 @@ struct BeatPlan: Sendable, Equatable {
 /// are spread over it rather than leaving all at once: the viewers' side reads them as they come, and the sockets never
 /// see a burst of the whole audience. The phases that have come are served when chunks arrive (a file's playback hands
 /// them over once a phase; a pushed stream as they come), so the fanout wakes its loop no more often than its playback
-/// does; a timer serves them when no chunk comes for a beat (appends move it on, so while chunks come it never fires).
+/// does; a timer serves them when no chunk comes for two beats (appends move it on: while chunks come it never fires).
 /// A viewer still writing is checked on the same occasions: once its connection's queue is empty it is handed the next
 /// part of its batch (`ViewerOutput`), and once nothing of the batch is left it has drained. Loop-confined: every
 /// method runs on `loop`.
@@ -154,7 +154,7 @@ final class LoopFanout: @unchecked Sendable {  // confined to `loop` (its method
         }
     }
 
-    /// The timer, for when no chunk comes for a beat: drains, the phases that have come, stuck viewers.
+    /// The timer, for when no chunk comes for two beats: drains, the phases that have come, stuck viewers.
     private func tick() {
         let now = sy_now()
         timer = nil

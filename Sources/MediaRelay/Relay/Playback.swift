@@ -286,7 +286,7 @@ final class Playback: @unchecked Sendable {  // confined to `loop`, except the i
             if handOver > now &+ 1_000_000 {
                 fanOut(handed)
                 // The next phase, or the head's time when that is later (a gap in the stream).
-                let wake = max(handOver, handed.isEmpty ? handOver : now &+ phase)
+                let wake = handed.isEmpty ? handOver : max(handOver, now &+ phase)
                 timer = loop.schedule(after: .nanoseconds(Int64(wake - now))) { [weak self] in self?.emitDue() }
                 requestRead()
                 return
