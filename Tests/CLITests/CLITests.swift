@@ -40,6 +40,7 @@ struct CLITests {
         (["--route", "0:1:1", "--splice", "maybe"], "--splice must be auto, on or off"),
         (["--route", "0:1:1", "--connect-attempts", "0"], "connect attempts"),
         (["--route", "0:1:1", "--affinity", "cookie"], "affinity"),
+        (["--route", "0:1:1", "--busy-poll-us", "2000000"], "--busy-poll-us must be 0...1000000"),
     ])
     func proxyBadFlags(arguments: [String], message: String) throws {
         let result = try runSwitchyard(["proxy"] + arguments)
