@@ -69,6 +69,44 @@ struct PlaybackTests {
         #expect(ring.statistics.drops == 0)
     }
 
+    @Test("viewers at the same place get one shared batch; one elsewhere gets its own, from its keyframe")
+    func sharedBatches() {
+        var ring = ChunkRing<Int>()
+        func batches(_ actions: [ChunkRing<Int>.Action]) -> [Int: [ChunkRing<Int>.Delivery]] {
+            var out: [Int: [ChunkRing<Int>.Delivery]] = [:]
+            for case .send(let viewer, let batch) in actions { out[viewer] = batch }
+            return out
+        }
+        func storage(_ batch: [ChunkRing<Int>.Delivery]?) -> UnsafeRawPointer? {
+            batch?.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
+        }
+        _ = ring.addViewer(1, now: 0)
+        _ = ring.addViewer(2, now: 0)
+        for frame in 0..<30 { ring.store(chunk(frame)) }
+        let first = batches(ring.serveAll(now: 0))
+        #expect(first[1]?.map(\.sequence) == Array(0..<30))
+        #expect(first[2]?.map(\.sequence) == Array(0..<30))
+        #expect(first[1]?.map(\.withProgramHeader) == [true] + Array(repeating: false, count: 29))
+        #expect(storage(first[1]) != nil && storage(first[1]) == storage(first[2]))
+        // Viewer 3 joins at the newest keyframe (frame 25): a batch of its own, with the header.
+        _ = ring.drained(1, now: 0)
+        _ = ring.drained(2, now: 0)
+        let joined = batches(ring.addViewer(3, now: 0))[3]
+        #expect(joined?.map(\.sequence) == Array(25..<30))
+        #expect(joined?.first?.withProgramHeader == true)
+        #expect(storage(joined) != storage(first[1]))
+        for frame in 30..<40 { ring.store(chunk(frame)) }
+        let next = batches(ring.serveAll(now: 0))
+        #expect(next[1]?.map(\.sequence) == Array(30..<40))
+        #expect(next[1]?.first?.withProgramHeader == false)
+        #expect(storage(next[1]) == storage(next[2]))
+        #expect(next[3] == nil)  // still writing its first batch
+        // Once it drains it is where the others are, and gets their batch.
+        let caughtUp = batches(ring.drained(3, now: 0))[3]
+        #expect(caughtUp?.map(\.sequence) == Array(30..<40))
+        #expect(storage(caughtUp) == storage(next[1]))
+    }
+
     @Test("a viewer that never drains: the others get every chunk, it skips to keyframes, then it is closed")
     func stuckViewer() {
         var ring = ChunkRing<Int>(configuration: .init(capacityBytes: 100 * 1880, maxLag: .seconds(2),

@@ -90,6 +90,16 @@ public struct ChunkRing<Viewer: Hashable & Sendable> {
     private var nextSequence: UInt64 = 0
     private var viewers: [Viewer: ViewerState] = [:]
     private var finished = false
+    /// The last batch handed out, for the next viewer at the same place (dropped with every new chunk: a batch runs to
+    /// the newest chunk, so it never outlives the chunks of the ring by more than one batch).
+    private var lastBatch: LastBatch?
+
+    private struct LastBatch {
+        let from: UInt64
+        let to: UInt64
+        let withProgramHeader: Bool
+        let deliveries: [Delivery]
+    }
 
     /// Bytes of the chunks in the ring.
     public private(set) var bytes = 0
@@ -133,6 +143,7 @@ public struct ChunkRing<Viewer: Hashable & Sendable> {
         precondition(!finished, "append after finish")
         entries.append(Entry(sequence: nextSequence, chunk: chunk))
         nextSequence += 1
+        lastBatch = nil
         bytes += chunk.bytes.count
         statistics.chunksAppended += 1
         while bytes > configuration.capacityBytes, entries.count > 1 {
@@ -210,19 +221,14 @@ public struct ChunkRing<Viewer: Hashable & Sendable> {
             state.next = entries.last(where: { $0.chunk.keyframe })?.sequence ?? nextSequence
             state.needsKeyframe = true
         }
-        var batch: [Delivery] = []
-        while state.next < nextSequence {
-            let e = entry(state.next)
-            state.next += 1
-            var first = false
-            if state.needsKeyframe {
-                guard e.chunk.keyframe else { continue }
-                state.needsKeyframe = false
-                first = true
-            }
-            batch.append(Delivery(sequence: e.sequence, chunk: e.chunk, withProgramHeader: first))
+        var from = state.next
+        if state.needsKeyframe {
+            while from < nextSequence, !entry(from).chunk.keyframe { from += 1 }
         }
-        if !batch.isEmpty {
+        state.next = nextSequence
+        if from < nextSequence {
+            let batch = self.batch(from: from, withProgramHeader: state.needsKeyframe)
+            state.needsKeyframe = false
             state.writing = true
             state.writingSince = now
             viewers[viewer] = state
@@ -235,6 +241,24 @@ public struct ChunkRing<Viewer: Hashable & Sendable> {
         }
         viewers[viewer] = state
         return []
+    }
+
+    /// The chunks from `from` to the newest, as deliveries. Viewers that keep up are at the same place: the batch
+    /// built for one is the next one's too (the same array, not a copy of every delivery per viewer).
+    private mutating func batch(from: UInt64, withProgramHeader: Bool) -> [Delivery] {
+        if let last = lastBatch, last.from == from, last.to == nextSequence,
+           last.withProgramHeader == withProgramHeader {
+            return last.deliveries
+        }
+        var deliveries: [Delivery] = []
+        deliveries.reserveCapacity(Int(nextSequence - from))
+        for sequence in from..<nextSequence {
+            deliveries.append(Delivery(sequence: sequence, chunk: entry(sequence).chunk,
+                                       withProgramHeader: withProgramHeader && sequence == from))
+        }
+        lastBatch = LastBatch(from: from, to: nextSequence, withProgramHeader: withProgramHeader,
+                              deliveries: deliveries)
+        return deliveries
     }
 
     private func entry(_ sequence: UInt64) -> Entry {
