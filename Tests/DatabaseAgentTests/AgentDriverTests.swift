@@ -218,7 +218,7 @@ struct AgentDriverTests {
     @Test("the agent gone mid-statement: a clear connectionLost; the pool recovers once it is back on its port")
     func agentGoneAndBack() async throws {
         let running = try await RunningAgent(poller: .epoll, bigRows: 1000)
-        let pool = try Self.pool(running, options: "&timeout_ms=3000", configuration: PoolConfiguration(
+        let pool = try Self.pool(running, options: "&timeout_ms=30000", configuration: PoolConfiguration(
             minConnections: 0, maxConnections: 2, reconnectBackoff: .milliseconds(50),
             maxReconnectBackoff: .milliseconds(200)))
         #expect(try await pool.query("SELECT COUNT(*) FROM big", []).rows.first?[0] == .integer(1000))
