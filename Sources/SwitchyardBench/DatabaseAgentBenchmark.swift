@@ -39,8 +39,10 @@ public enum DatabaseAgentBenchmark {
         /// Client connections to the agent (`nil`: one per 16 callers, the agent's default requests per connection,
         /// at least one per loop so that every loop of the agent serves, at most one per caller).
         public var connections: Int?
-        /// I/O loops of the agent (the client has its own group of as many): the cores, as `switchyard db-agent`.
+        /// I/O loops of the agent: the cores, as `switchyard db-agent`.
         public var loops: Int = SystemInfo.coreCount
+        /// I/O loops of the callers' client group (`nil`: as many as the agent's).
+        public var clientLoops: Int?
         /// The poller of both groups.
         public var poller: PollerKind = .epoll
         /// How long the agent's loops poll without sleeping after an event (``LoopConfiguration/busyPoll``), as
@@ -92,8 +94,9 @@ public enum DatabaseAgentBenchmark {
             logger: logger)
         let agentGroup = try EventLoopGroup(ioLoops: settings.loops, configuration: LoopConfiguration(
             poller: settings.poller, busyPoll: settings.agentBusyPoll), placement: .roundRobin)
-        let clientGroup = try EventLoopGroup(ioLoops: settings.loops, configuration: LoopConfiguration(
-            poller: settings.poller), placement: .roundRobin)
+        let clientGroup = try EventLoopGroup(ioLoops: settings.clientLoops ?? settings.loops,
+                                             configuration: LoopConfiguration(poller: settings.poller),
+                                             placement: .roundRobin)
         let rules = try AccessFile.parse("statement point = \(sql)\ntoken \(token) statements=point\n")
         let maxCallers = settings.concurrencies.max() ?? 1
         let agent = DatabaseAgentServer(

@@ -22,8 +22,9 @@ struct DatabaseAgentBenchCommand: AsyncParsableCommand {
     @Option(help: "Pool connections (both modes).") var poolSize = 8
     @Option(help: "Client connections to the agent (default: one per 16 callers, one per loop at least).")
     var connections: Int?
-    @Option(help: "I/O loops of the agent (and of the client); default: the cores, as `db-agent --loops`.")
+    @Option(help: "I/O loops of the agent; default: the cores, as `db-agent --loops`.")
     var loops = SystemInfo.coreCount
+    @Option(help: "I/O loops of the callers' client (default: as many as --loops).") var clientLoops: Int?
     @Option(help: "Poller of the agent and the client.") var poller: PollerKind = .epoll
     @Option(help: "Microseconds the agent's loops poll without sleeping after an event (default: as `db-agent`).")
     var busyPollUs: Int64?
@@ -51,6 +52,9 @@ struct DatabaseAgentBenchCommand: AsyncParsableCommand {
         guard (1...100).contains(rounds) else { throw ValidationError("--rounds must be 1...100") }
         guard (1...1000).contains(poolSize) else { throw ValidationError("--pool-size must be 1...1000") }
         guard (1...64).contains(loops) else { throw ValidationError("--loops must be 1...64") }
+        if let clientLoops, !(1...64).contains(clientLoops) {
+            throw ValidationError("--client-loops must be 1...64")
+        }
         if let busyPollUs, !(0...1_000_000).contains(busyPollUs) {
             throw ValidationError("--busy-poll-us must be 0...1000000")
         }
@@ -75,6 +79,7 @@ struct DatabaseAgentBenchCommand: AsyncParsableCommand {
         settings.poolSize = poolSize
         settings.connections = connections
         settings.loops = loops
+        settings.clientLoops = clientLoops
         settings.poller = poller
         if let busyPollUs { settings.agentBusyPoll = .microseconds(busyPollUs) }
         settings.agentFirst = agentFirst
