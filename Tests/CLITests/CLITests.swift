@@ -50,6 +50,21 @@ struct CLITests {
         #expect(result.stderr.contains(message), "stderr: \(result.stderr)")
     }
 
+    @Test("bench dbagent: bad flags exit non-zero with one line naming the problem", arguments: [
+        (["--loops", "0"], "--loops must be 1...64"),
+        (["--client-loops", "0"], "--client-loops must be 1...64"),
+        (["--client-loops", "65"], "--client-loops must be 1...64"),
+        (["--callers", "0"], "--callers must be 1...10000"),
+        (["--busy-poll-us", "2000000"], "--busy-poll-us must be 0...1000000"),
+    ])
+    func dbagentBenchBadFlags(arguments: [String], message: String) throws {
+        let result = try runSwitchyard(["bench", "dbagent", "--db", "postgres://u:p@127.0.0.1:1/db"] + arguments)
+        #expect(result.status != 0)
+        let lines = result.stderr.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+        #expect(lines.count == 1, "stderr: \(result.stderr)")
+        #expect(result.stderr.contains(message), "stderr: \(result.stderr)")
+    }
+
     @Test("proxy on a port already taken exits 1 and names the address; SIGTERM after the announce exits 0")
     func proxyListen() throws {
         let listener = try boundLoopbackSocket(listenBacklog: 1)
