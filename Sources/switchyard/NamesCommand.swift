@@ -29,18 +29,18 @@ struct NamesCommand: AsyncParsableCommand {
     @Option(help: "I/O threads.")
     var threads = 1
 
-    @Option(help: "Most self-registered hosts at once (default 100000).")
+    @Option(help: "Most self-registered hosts at once.")
     var maxRegistrations = NameServiceConfiguration().maxRegistrations
 
-    @Option(help: "Most self-registered hosts one source address may hold (default 1000).")
+    @Option(help: "Most self-registered hosts one source address may hold.")
     var maxRegistrationsPerSource = NameServiceConfiguration().maxRegistrationsPerSource
 
-    @Option(help: "Most self-registered hosts of one route (default 1000).")
+    @Option(help: "Most self-registered hosts of one route.")
     var maxRegistrationsPerRoute = NameServiceConfiguration().maxRegistrationsPerRoute
 
     @Option(help: """
         Seconds after which RouteChange rows are deleted, counted from when this service first saw their version \
-        (default 3600; 0 keeps them for ever).
+        (0 keeps them for ever).
         """)
     var routeChangeRetention: Double = 3600
 

@@ -27,28 +27,28 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(name: .customLong("route"), help: "A listener PORT:MODID:CMDID (repeatable).") var routes: [String] = []
     @Option(help: "The agent's address.") var agentHost = "127.0.0.1"
     @Option(help: "The agent's UDP ports, comma-separated.") var agentPorts = "8888,8889,8890"
-    @Option(help: "Milliseconds the agent may take to answer (default 500).") var agentTimeoutMs = 500
+    @Option(help: "Milliseconds the agent may take to answer.") var agentTimeoutMs = 500
     @Option(help: "none: the agent's order; client-ip: a client keeps its backend while it has room.")
     var affinity: ProxyAffinity = .none
-    @Option(help: "Most client connections at once; more are closed at once (default 10000).")
+    @Option(help: "Most client connections at once; more are closed at once.")
     var maxConnections = 10_000
-    @Option(help: "Milliseconds a backend may take to accept (default 2000).") var connectTimeout = 2000
-    @Option(help: "Backends tried per connection after failed connects (default 3).") var connectAttempts = 3
-    @Option(help: "Seconds without a byte either way before a connection is closed (0: never; default 300).")
+    @Option(help: "Milliseconds a backend may take to accept.") var connectTimeout = 2000
+    @Option(help: "Backends tried per connection after failed connects.") var connectAttempts = 3
+    @Option(help: "Seconds without a byte either way before a connection is closed (0: never).")
     var idleTimeout = 300.0
-    @Option(help: "Seconds open connections may take to finish on SIGTERM (default 30).") var drainTimeout = 30.0
+    @Option(help: "Seconds open connections may take to finish on SIGTERM.") var drainTimeout = 30.0
     @Option(help: "Send the PROXY protocol header to backends: v1 or v2.") var sendProxy: ProxyHeaderVersion?
     @Option(help: """
         auto: read/write for small reads, splice(2) through pipes (zero copy) once a read fills the buffer; on: \
         always splice; off: always read/write.
         """)
     var splice = "auto"
-    @Option(help: "KiB in flight per direction of a connection (default 64).") var bufferKib = 64
+    @Option(help: "KiB in flight per direction of a connection.") var bufferKib = 64
     @Option(help: "Secret to send with reports, when the agent requires one.") var reportSecret: String?
     @Option(help: """
         Hosts each loop asks the agent for ahead of the connections that use them (the agent's round trip off a \
         new connection's path; still one pick per connection, half of them asked for at once in one batch \
-        request; not with --affinity client-ip). 0: ask when the client comes (default 4).
+        request; not with --affinity client-ip). 0: ask when the client comes.
         """)
     var spareHosts = 4
     @Option(help: "I/O threads.") var loops = 1

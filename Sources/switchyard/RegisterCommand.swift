@@ -26,7 +26,7 @@ struct RegisterCommand: AsyncParsableCommand {
     var names = "127.0.0.1:7778"
     @Option(help: "The module's owner token, when the name service has one for it (`switchyard route token`).")
     var token: String?
-    @Option(help: "The host's weight, 0...10000: its share of the route's picks (0 drains it; default 1).")
+    @Option(help: "The host's weight, 0...10000: its share of the route's picks (0 drains it).")
     var weight: Int = 1
     @OptionGroup var service: ServiceOptions
 

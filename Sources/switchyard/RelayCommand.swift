@@ -24,41 +24,41 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(help: "Port of the frame protocol (0: the kernel picks).") var port = 7800
     @Option(help: "Port of HTTP (0: the kernel picks).") var httpPort = 7801
     @OptionGroup var database: DatabaseOptions
-    @Option(help: "Most viewers at once; more are answered 503 (default 1000).") var capacity = 1000
-    @Option(help: "Most publishers at once (default 16).") var maxPublishers = 16
-    @Option(help: "Seconds of media a viewer may fall behind before it skips to a keyframe (default 2).")
+    @Option(help: "Most viewers at once; more are answered 503.") var capacity = 1000
+    @Option(help: "Most publishers at once.") var maxPublishers = 16
+    @Option(help: "Seconds of media a viewer may fall behind before it skips to a keyframe.")
     var maxLag = 2.0
-    @Option(help: "Seconds a viewer may leave a write unfinished before it is closed (default 15).")
+    @Option(help: "Seconds a viewer may leave a write unfinished before it is closed.")
     var stuckTimeout = 15.0
-    @Option(help: "KiB of chunks each playback's ring keeps per loop (default 8192).") var ringKib = 8192
+    @Option(help: "KiB of chunks each playback's ring keeps per loop.") var ringKib = 8192
     @Option(help: """
-        Milliseconds between writes to a viewer, each carrying the chunks due within the next interval (default 250; \
-        0: every chunk when it is due).
+        Milliseconds between writes to a viewer, each carrying the chunks due within the next interval (0: every \
+        chunk when it is due).
         """)
     var writeIntervalMs = 250
     @Option(help: """
         A playback of a file with this many viewers or more is written on --large-audience-write-interval-ms instead \
-        (back below half of it; default 50).
+        (back below half of it).
         """)
     var largeAudience = 50
     @Option(help: """
-        Milliseconds between writes to the viewers of a large audience (default 1000; --write-interval-ms...1000): \
+        Milliseconds between writes to the viewers of a large audience (--write-interval-ms...1000): \
         fewer, larger writes; its viewers hold the stream up to that much ahead.
         """)
     var largeAudienceWriteIntervalMs = 1000
     @Option(help: """
-        Milliseconds of a phase of the write beats (1...1000; default 250): each viewer is written in its own phase, \
+        Milliseconds of a phase of the write beats (1...1000): each viewer is written in its own phase, \
         spreading a beat's writes; longer phases make fewer, larger batches.
         """)
     var writePhaseMs = 250
     @Option(help: """
         KiB of a viewer's stream copied into its connection's queue at most; what its socket has not taken beyond \
-        that waits in the shared chunks (default 64).
+        that waits in the shared chunks.
         """)
     var viewerQueueKib = 64
     @Option(help: """
         on: HTTP viewers are sent with sendfile(2), no copy per viewer (a file's chunks from the file, a published \
-        stream's from a shared memory copy); off: every viewer's bytes are copied by writev (default on).
+        stream's from a shared memory copy); off: every viewer's bytes are copied by writev.
         """)
     var sendfile = "on"
     @Option(help: """
