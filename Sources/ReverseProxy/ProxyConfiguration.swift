@@ -84,7 +84,8 @@ public struct ProxyConfiguration: Sendable {
     /// Hosts each loop asks of the agent ahead of the connections that will use them, per route (``SpareHosts``):
     /// a new client connects at once to a host the agent picked a moment ago, so the agent's round trip is off the
     /// connection's path; once half are used the missing ones are asked for in one batch GetHost. Still one pick
-    /// per connection; never with `--affinity client-ip`. 0 asks when the client comes. Default 4.
+    /// per connection; never with `--affinity client-ip`. 0 asks when the client comes. The most kept: each route's
+    /// target follows its connection rate from 4 up to this (``SpareHosts``). Default 32.
     public var spareHosts: Int
     /// A spare host older than this is not used (an idle proxy asks again). Default 1 s.
     public var spareHostMaxAge: Duration
@@ -94,7 +95,7 @@ public struct ProxyConfiguration: Sendable {
                 affinity: ProxyAffinity = .none, maxConnections: Int = 10_000, connectTimeout: Duration = .seconds(2),
                 connectAttempts: Int = 3, idleTimeout: Duration? = .seconds(300), drainTimeout: Duration = .seconds(30),
                 sendProxy: ProxyHeaderVersion? = nil, transfer: TunnelTransfer = .auto, bufferBytes: Int = 64 << 10,
-                reportSecret: [UInt8]? = nil, spareHosts: Int = 4, spareHostMaxAge: Duration = .seconds(1)) {
+                reportSecret: [UInt8]? = nil, spareHosts: Int = 32, spareHostMaxAge: Duration = .seconds(1)) {
         self.host = host
         self.routes = routes
         self.agentHost = agentHost

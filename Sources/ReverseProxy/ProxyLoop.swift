@@ -29,7 +29,7 @@ final class ProxyLoop: @unchecked Sendable {
     /// A fresh spare host of the route's module, if one is in hand (its spares made on first use).
     func takeSpare(for route: ProxyRoute, now: UInt64, target: Int, maxAge: Duration) -> Host? {
         let key = ModuleKey(modid: route.modid, cmdid: route.cmdid)
-        var spare = spares[key] ?? SpareHosts(target: target, maxAgeNanoseconds: maxAge.nanosecondsSaturated)
+        var spare = spares[key] ?? SpareHosts(limit: target, maxAgeNanoseconds: maxAge.nanosecondsSaturated)
         let host = spare.take(now: now)
         spares[key] = spare
         return host

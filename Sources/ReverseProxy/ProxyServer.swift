@@ -284,7 +284,7 @@ public final class ProxyServer: Service, Sendable {
     /// not answer batches (Lars's) gets single requests from then on.
     private func askForSpares(_ key: ModuleKey, on proxyLoop: ProxyLoop) {
         guard var spares = proxyLoop.spares[key] else { return }
-        let count = spares.toAsk()
+        let count = spares.toAsk(now: SystemInfo.monotonicNanoseconds())
         proxyLoop.spares[key] = spares
         guard count > 0 else { return }
         let answered: (Host?) -> Void = { [weak proxyLoop] host in

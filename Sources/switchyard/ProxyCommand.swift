@@ -46,11 +46,12 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "KiB in flight per direction of a connection.") var bufferKib = 64
     @Option(help: "Secret to send with reports, when the agent requires one.") var reportSecret: String?
     @Option(help: """
-        Hosts each loop asks the agent for ahead of the connections that use them (the agent's round trip off a \
-        new connection's path; still one pick per connection, half of them asked for at once in one batch \
-        request; not with --affinity client-ip). 0: ask when the client comes.
+        Hosts each loop asks the agent for ahead of the connections that use them, per route, at most (the agent's \
+        round trip off a new connection's path; still one pick per connection, half of them asked for at once in \
+        one batch request; the number follows the connection rate from 4 up to this; not with --affinity \
+        client-ip). 0: ask when the client comes.
         """)
-    var spareHosts = 4
+    var spareHosts = 32
     @Option(help: "I/O threads.") var loops = 1
     @Option(help: "I/O multiplexer: epoll, poll or select.") var poller: PollerKind = .epoll
     @Option(help: ArgumentHelp("Microseconds an I/O thread polls without sleeping after an event (0: off, the default).",

@@ -116,42 +116,81 @@ struct SpareHostsTests {
 
     @Test("asks up to the target, hands out fresh hosts in order, drops stale ones and answers without a host")
     func freshHostsOnly() {
-        var spares = SpareHosts(target: 3, maxAgeNanoseconds: 1_000)
+        var spares = SpareHosts(limit: 3, maxAgeNanoseconds: 1_000)
+        #expect(spares.target == 3, "the limit, below the initial target")
         #expect(spares.take(now: 0) == nil)
-        #expect(spares.toAsk() == 3)
-        #expect(spares.toAsk() == 0, "three asked already")
+        #expect(spares.toAsk(now: 0) == 3)
+        #expect(spares.toAsk(now: 0) == 0, "three asked already")
         spares.answered(a, now: 100)
         spares.answered(nil, now: 110)  // the agent had no host: nothing kept
         spares.answered(b, now: 2_000)
         #expect(spares.count == 2 && spares.asked == 0)
-        #expect(spares.toAsk() == 0, "more than half the target in hand")
+        #expect(spares.toAsk(now: 2_000) == 0, "more than half the target in hand")
         // `a` is 2,000 ns old at 2,100: past the bound, dropped; `b` is fresh.
         #expect(spares.take(now: 2_100) == b)
+        #expect(spares.target == 1, "a stale pick halves the target")
         #expect(spares.take(now: 2_100) == nil)
-        #expect(spares.toAsk() == 3, "nothing in hand or asked: the whole target")
+        #expect(spares.toAsk(now: 2_100) == 1, "nothing in hand or asked: the whole target")
     }
 
     @Test("refills once half the target is used, all that is missing at once")
     func refillsAtHalf() {
-        var spares = SpareHosts(target: 4, maxAgeNanoseconds: 1_000_000)
-        #expect(spares.toAsk() == 4)
+        var spares = SpareHosts(limit: 4, maxAgeNanoseconds: 1_000_000)
+        #expect(spares.toAsk(now: 0) == 4)
         for host in [a, b, a, b] { spares.answered(host, now: 0) }
         #expect(spares.take(now: 10) == a)
-        #expect(spares.toAsk() == 0, "three in hand")
+        #expect(spares.toAsk(now: 10) == 0, "three in hand")
         #expect(spares.take(now: 10) == b)
-        #expect(spares.toAsk() == 2, "two in hand: two more in one request")
+        #expect(spares.toAsk(now: 10) == 2, "two in hand: two more in one request")
         #expect(spares.take(now: 10) == a && spares.take(now: 10) == b)
-        #expect(spares.toAsk() == 2, "none in hand, two asked: the other two")
-        #expect(spares.toAsk() == 0, "four asked")
+        #expect(spares.toAsk(now: 10) == 2, "none in hand, two asked: the other two")
+        #expect(spares.toAsk(now: 10) == 0, "four asked")
         for host in [a, b, a, b] { spares.answered(host, now: 20) }
-        #expect(spares.count == 4 && spares.asked == 0 && spares.toAsk() == 0)
+        #expect(spares.count == 4 && spares.asked == 0 && spares.toAsk(now: 20) == 0)
+        #expect(spares.target == 4, "never above the limit")
     }
 
-    @Test("a target of zero never asks")
+    @Test("the target doubles while refills come fast, up to the limit, and halves on stale picks, down to 1")
+    func followsTheRate() {
+        let maxAge: UInt64 = 1_000_000
+        var spares = SpareHosts(limit: 32, maxAgeNanoseconds: maxAge)
+        #expect(spares.target == SpareHosts.initialTarget)
+        var now: UInt64 = 0
+        var targets: [Int] = []
+        // A busy route: every refill comes 1% of the age bound after the last; each batch is used up at once.
+        for _ in 0..<6 {
+            let n = spares.toAsk(now: now)
+            for _ in 0..<n { spares.answered(a, now: now) }
+            while spares.take(now: now) != nil {}
+            targets.append(spares.target)
+            now += maxAge / 100
+        }
+        #expect(targets == [4, 8, 16, 32, 32, 32])
+        // A slow refill (past an eighth of the bound) keeps the target.
+        now += maxAge / 4
+        #expect(spares.toAsk(now: now) == 32 && spares.target == 32)
+        for _ in 0..<32 { spares.answered(b, now: now) }
+        // The route goes quiet: the picks age past the bound, and each stale find halves the target.
+        now += 2 * maxAge
+        #expect(spares.take(now: now) == nil)
+        #expect(spares.target == 16)
+        var halvings: [Int] = []
+        for _ in 0..<6 {
+            let n = spares.toAsk(now: now)
+            for _ in 0..<n { spares.answered(b, now: now) }
+            now += 2 * maxAge
+            _ = spares.take(now: now)
+            halvings.append(spares.target)
+        }
+        #expect(halvings == [8, 4, 2, 1, 1, 1])
+    }
+
+    @Test("a limit of zero never asks")
     func zeroTarget() {
-        var spares = SpareHosts(target: 0, maxAgeNanoseconds: 1_000)
-        #expect(spares.toAsk() == 0)
+        var spares = SpareHosts(limit: 0, maxAgeNanoseconds: 1_000)
+        #expect(spares.toAsk(now: 0) == 0)
         spares.answered(a, now: 0)
         #expect(spares.take(now: 0) == nil)
+        #expect(spares.target == 0)
     }
 }
