@@ -160,7 +160,7 @@ struct LoopDrivenPostgresTests {
             return
         }
         #expect(error.isStatementTimeout, "\(error)")
-        #expect(took < .seconds(1) * testTimeScale, "answered after \(took)")
+        #expect(took < .seconds(3) * testTimeScale, "answered after \(took)")
         #expect(fixture.pool.statistics.statementTimeouts == 1)
         #expect(try await sleepingBackends(observer, marker: marker) == 0, "the server stopped it")
         #expect(try await fixture.run("SELECT 3").result.get().rows.first?[0] == .integer(3))
@@ -181,8 +181,8 @@ struct LoopDrivenPostgresTests {
         #expect(await eventually { (try? await sleepingBackends(observer, marker: marker)) == 1 })
         let cancelled = ContinuousClock.now
         handle.cancel()
-        #expect(await eventually(timeout: .seconds(3)) { fixture.pool.statistics.inUse == 0 })
-        #expect(ContinuousClock.now - cancelled < .seconds(3) * testTimeScale)
+        #expect(await eventually { fixture.pool.statistics.inUse == 0 })
+        #expect(ContinuousClock.now - cancelled < .seconds(5) * testTimeScale)
         #expect(try await sleepingBackends(observer, marker: marker) == 0)
         #expect(try await fixture.run("SELECT 4").result.get().rows.first?[0] == .integer(4))
         #expect(answered.load(ordering: .relaxed) == 0, "a cancelled statement is not answered")

@@ -86,12 +86,16 @@ extension DriverTests {
         try await withPool(db) { pool in
             try await pool.withConnection { connection in
                 let sql = shortStatement(pool.dialect, milliseconds: 5)
-                // 200 statements of ~5 ms, each with a 400 ms timeout: the run outlasts the timeout many times,
-                // so a timer that were not disarmed at the end of its statement would hit a later one.
-                let timeout = .milliseconds(400) * testTimeScale
-                for i in 0..<200 {
-                    let result = try await connection.query(sql, [.integer(Int64(i))], timeout: timeout)
-                    #expect(try result.rows.first?.decode("v", as: Int64.self) == Int64(i))
+                // Statements of ~5 ms, each with a 1 s timeout (a loaded machine may stall one for a while), for
+                // 2.5 timeouts at least: a timer that were not disarmed at the end of its statement would hit a
+                // later one.
+                let timeout = .seconds(1) * testTimeScale
+                let started = ContinuousClock.now
+                var i: Int64 = 0
+                while i < 50 || ContinuousClock.now - started < timeout * 2.5 {
+                    let result = try await connection.query(sql, [.integer(i)], timeout: timeout)
+                    #expect(try result.rows.first?.decode("v", as: Int64.self) == i)
+                    i += 1
                 }
                 #expect(connection.statementGuard.cancelsSent == 0)
             }
@@ -102,7 +106,8 @@ extension DriverTests {
     func aLateCancelDoesNotHitTheNextStatement(db: TestDatabase) async throws {
         try await withPool(db) { pool in
             try await pool.withConnection { connection in
-                let sql = shortStatement(pool.dialect, milliseconds: 300)
+                // 2 s each: long enough to be seen running by a test task that a loaded machine schedules late.
+                let sql = shortStatement(pool.dialect, milliseconds: 2000)
                 let statementGuard = connection.statementGuard
                 // Statement A runs; note its generation.
                 let first = Task { try await connection.query(sql, [1], timeout: .seconds(30)) }

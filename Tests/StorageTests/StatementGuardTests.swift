@@ -56,13 +56,14 @@ final class CountingCanceller: DriverCanceller {
         let canceller = CountingCanceller(delivers: true)
         // No resend within the test (a loaded machine may take seconds to get here): the timer's cancel only.
         let statementGuard = StatementGuard(canceller: canceller, resendInterval: .seconds(3600))
-        let quick = statementGuard.begin(timeout: .milliseconds(20))
+        // 500 ms: ended at once, even on a loaded machine, before its timer could fire.
+        let quick = statementGuard.begin(timeout: .milliseconds(500))
         #expect(statementGuard.end(quick) == nil)
         let slow = statementGuard.begin(timeout: .milliseconds(20))
         #expect(await eventually { canceller.cancels == 1 })
         #expect(statementGuard.end(slow) == .timeout(.milliseconds(20)))
-        // The quick statement's timer was disarmed: it never fires, also not later.
-        try? await Task.sleep(for: .milliseconds(100))
+        // The quick statement's timer was disarmed: it never fires, also not past its deadline.
+        try? await Task.sleep(for: .milliseconds(700))
         #expect(canceller.cancels == 1)
     }
 
