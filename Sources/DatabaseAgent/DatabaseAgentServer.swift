@@ -115,7 +115,7 @@ public final class DatabaseAgentServer: Service, Sendable {
     public func run() async throws {
         if running.exchange(true, ordering: .acquiringAndReleasing) { throw DatabaseAgentError.alreadyRunning }
         if bound.withLock({ $0 }) == nil {
-            try await runOnDedicatedThread(name: "sy-dbagent-bind") { [self] in Result { try start() } }.get()
+            _ = try await runOnDedicatedThread(name: "sy-dbagent-bind") { [self] in Result { try start() } }.get()
         }
         try? await gracefulShutdown()
         await runOnDedicatedThread(name: "sy-dbagent-stop") { [self] in shutdown() }

@@ -110,7 +110,7 @@ public final class BlockingLoadBalanceClient {
         send(frame, to: destination)
         let response = try receive(from: destination) { id, body -> Lars_GetHostResponse? in
             guard id == replyID.rawValue,
-                  let r = try? Lars_GetHostResponse(serializedBytes: body), r.seq == seq else { return nil }
+                  let r = try? Lars_GetHostResponse(serializedBytes: body.bytes), r.seq == seq else { return nil }
             return r
         }
         return try GetHostResult(response)
@@ -126,7 +126,7 @@ public final class BlockingLoadBalanceClient {
         send(frame, to: destination)
         let response = try receive(from: destination) { id, body -> Switchyard_Lb_GetHostBatchResponse? in
             guard id == MessageID.getHostBatchResponse.rawValue,
-                  let r = try? Switchyard_Lb_GetHostBatchResponse(serializedBytes: body), r.seq == seq
+                  let r = try? Switchyard_Lb_GetHostBatchResponse(serializedBytes: body.bytes), r.seq == seq
             else { return nil }
             return r
         }
@@ -151,7 +151,7 @@ public final class BlockingLoadBalanceClient {
         send(try AgentRequests.getRoute(modid: modid, cmdid: cmdid), to: destination)
         let response = try receive(from: destination) { id, body -> Lars_GetRouteResponse? in
             guard id == MessageID.apiGetRouteResponse.rawValue,
-                  let r = try? Lars_GetRouteResponse(serializedBytes: body), r.modid == modid, r.cmdid == cmdid
+                  let r = try? Lars_GetRouteResponse(serializedBytes: body.bytes), r.modid == modid, r.cmdid == cmdid
             else { return nil }
             return r
         }

@@ -48,7 +48,7 @@ public final class BenchMember: Sendable {
         }
         try router.on(ChatMessageID.roomMessage) { message in
             // Only the text's leading send time is needed: decode the message, read the number.
-            guard let m = try? Switchyard_Chat_RoomMessage(serializedBytes: message.body) else { return }
+            guard let m = try? Switchyard_Chat_RoomMessage(serializedBytes: message.body.bytes) else { return }
             let sent = UInt64(m.text.prefix(while: { $0 != " " })) ?? 0
             let now = SystemInfo.monotonicNanoseconds()
             tally.latencies.withLock { $0.append(now &- sent) }

@@ -57,7 +57,7 @@ public enum EchoBenchmark {
         try router.on(BenchMessageID.echo) { inbound in
             counter.wrappingAdd(1, ordering: .relaxed)
             // Decode and re-encode, as a real client would.
-            var reply = try Switchyard_Bench_EchoMessage(serializedBytes: inbound.body)
+            var reply = try Switchyard_Bench_EchoMessage(serializedBytes: inbound.body.bytes)
             reply.seq &+= 1
             inbound.connection.send(reply, id: BenchMessageID.echo)
         }

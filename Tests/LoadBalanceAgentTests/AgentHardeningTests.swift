@@ -209,7 +209,7 @@ extension AgentTests {
                     blocking.report(modid: 1, cmdid: 2, host: h2, success: false)
                 }
             }
-            #expect(try await eventually {
+            #expect(await eventually {
                 await world.agent.balancerSnapshot(modid: 1, cmdid: 2)?.state(of: h2)?.health == .overloaded
             })
             #expect(await world.agent.statistics()?.reportsRejected == 100)

@@ -65,7 +65,7 @@ struct AgentTests {
         }
         #expect(await world.agent.balancerSnapshot(modid: 9, cmdid: 9) != nil)
         // Nobody asks for 9/9 any more: it goes. The module with hosts stays, however long it is not used.
-        #expect(try await eventually { await world.agent.balancerSnapshot(modid: 9, cmdid: 9) == nil })
+        #expect(await eventually { await world.agent.balancerSnapshot(modid: 9, cmdid: 9) == nil })
         #expect(await world.agent.balancerSnapshot(modid: 1, cmdid: 2)?.hosts == [h1])
         #expect(try await world.client.getHost(modid: 1, cmdid: 2).host == h1)
         // Asked again, it is fetched again.
@@ -276,7 +276,7 @@ struct AgentTests {
             world.client.report(modid: 1, cmdid: 2, host: h2, retcode: i % 20 == 0 ? 1 : 0)
             if i % 50 == 0 { try await Task.sleep(for: .milliseconds(20)) }
         }
-        #expect(try await eventually {
+        #expect(await eventually {
             let t = world.reporter.snapshot
             return t.succ[h1] == 300 && t.succ[h2] == 285 && t.err[h2] == 15
         })
@@ -370,7 +370,7 @@ struct AgentTests {
         #expect(Set((0..<4).compactMap { _ in try? client.getHost(modid: 1, cmdid: 2).host }) == [h1, h2])
         #expect(Set(try client.getRoute(modid: 1, cmdid: 2)) == [h1, h2])
         client.report(modid: 1, cmdid: 2, host: h1, success: false)
-        #expect(try await eventually {
+        #expect(await eventually {
             await world.agent.balancerSnapshot(modid: 1, cmdid: 2)?.state(of: h1)?.consecutiveErrors == 1
         })
         let port = try freeTCPPort()

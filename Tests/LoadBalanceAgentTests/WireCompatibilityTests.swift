@@ -44,7 +44,7 @@ struct WireCompatibilityTests {
         // ReportRequest{modid=1, cmdid=2, host=10.0.0.1:9000, retcode=1}: no reply, one error counted.
         socket.send([0x06, 0, 0, 0, 0x10, 0, 0, 0, 0x08, 0x01, 0x10, 0x02, 0x1A, 0x08] + Self.hostInfo + [0x20, 0x01],
                     port: port)
-        #expect(try await eventually {
+        #expect(await eventually {
             await world.agent.balancerSnapshot(modid: 1, cmdid: 2)?.state(of: h1)?.consecutiveErrors == 1
         })
 

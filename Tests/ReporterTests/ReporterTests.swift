@@ -256,7 +256,7 @@ extension ReporterSocketTests {
             let stopping = Task { await running.stop() }
             try await Task.sleep(for: .milliseconds(200))
             pool.release(held)
-            await stopping.value
+            _ = await stopping.value
             let stats = reporter.statistics
             #expect(stats.written == stats.received && stats.queued == 0 && stats.dropped == 0, "\(stats)")
             let count = try await pool.queryFirst("SELECT COUNT(*) FROM ServerCallStatus WHERE modid = ?",

@@ -332,7 +332,6 @@ struct BatchWriterTests {
         let task = Task { await writer.run() }
         writer.append(1)
         #expect(await eventually(timeout: patience) { sink.attempts == 1 })
-        let start = ContinuousClock.now
         task.cancel()
         try await withTimeout(60, "cancelled run()") { await task.value }
         #expect(writer.statistics.queued == 1)

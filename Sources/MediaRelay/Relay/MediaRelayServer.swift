@@ -176,7 +176,7 @@ public final class MediaRelayServer: Service, Sendable {
     public func run() async throws {
         if running.exchange(true, ordering: .acquiringAndReleasing) { throw RelayError.alreadyRunning }
         if started.withLock({ $0 }) == nil {
-            try await runOnDedicatedThread(name: "sy-relay-bind") { [self] in Result { try start() } }.get()
+            _ = try await runOnDedicatedThread(name: "sy-relay-bind") { [self] in Result { try start() } }.get()
         }
         try? await gracefulShutdown()
         await runOnDedicatedThread(name: "sy-relay-stop") { [self] in shutdown() }
