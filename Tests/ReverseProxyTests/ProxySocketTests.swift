@@ -28,11 +28,11 @@ struct ProxySocketTests {
         let descriptors = SystemInfo.openDescriptorCount()
         let failures = await onThread { echoThroughProxy(port: fleet.proxyPort, payloads: payloads) }
         #expect(failures.isEmpty, "\(failures.prefix(5))")
-        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.active == 0 })
+        #expect(await eventually(timeout: .seconds(10)) { fleet.proxy.statistics.active == 0 })
         // Back to where they were, but for the empty pipes the loops keep for reuse (at most 16 each).
         let pipes = fleet.proxyGroup.ioLoops.count * 16 * 2
-        #expect(eventually(timeout: 10.0) { SystemInfo.openDescriptorCount() <= descriptors + pipes })
-        #expect(loopCPUSeconds(fleet.proxyGroup, over: 0.5) < 0.05)
+        #expect(await eventually(timeout: .seconds(10)) { SystemInfo.openDescriptorCount() <= descriptors + pipes })
+        #expect(await loopCPUSeconds(fleet.proxyGroup, over: 0.5) < 0.05)
         let s = fleet.proxy.statistics
         #expect(s.accepted == payloads.count)
         #expect(s.reportedSuccesses == payloads.count)
@@ -50,9 +50,9 @@ struct ProxySocketTests {
         let payloads = [randomBytes(1), randomBytes(300 << 10), randomBytes(3 << 20)]
         let failures = await onThread { echoThroughProxy(port: fleet.proxyPort, payloads: payloads, halfClose: true) }
         #expect(failures.isEmpty, "\(failures)")
-        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.active == 0 })
+        #expect(await eventually(timeout: .seconds(10)) { fleet.proxy.statistics.active == 0 })
         #expect(fleet.proxy.statistics.reportedSuccesses == 3)
-        #expect(loopCPUSeconds(fleet.proxyGroup, over: 0.5) < 0.05)
+        #expect(await loopCPUSeconds(fleet.proxyGroup, over: 0.5) < 0.05)
         await fleet.stop()
     }
 
@@ -61,16 +61,20 @@ struct ProxySocketTests {
     func clientResets(poller: PollerKind, transfer: TunnelTransfer) async throws {
         let fleet = try await ProxyFleet.start(poller: poller, backends: [.echo]) { $0.transfer = transfer }
         let socket = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
-        try socket.sendAll(randomBytes(256 << 10))
-        _ = try socket.receive(exactly: 1000)
+        _ = try await onThread { () -> Result<[UInt8], any Error> in
+            Result {
+                try socket.sendAll(randomBytes(256 << 10))
+                return try socket.receive(exactly: 1000)
+            }
+        }.get()
         var option = linger(l_onoff: 1, l_linger: 0)
         setsockopt(socket.fd, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
         socket.close()
-        #expect(eventually(timeout: 10.0) {
+        #expect(await eventually(timeout: .seconds(10)) {
             fleet.proxy.statistics.active == 0 && fleet.proxy.statistics.reportedSuccesses == 1
         })
         #expect(fleet.proxy.statistics.reportedFailures == 0)
-        #expect(loopCPUSeconds(fleet.proxyGroup, over: 0.5) < 0.05)
+        #expect(await loopCPUSeconds(fleet.proxyGroup, over: 0.5) < 0.05)
         await fleet.stop()
     }
 
@@ -85,10 +89,10 @@ struct ProxySocketTests {
         for _ in 0..<3 {
             let socket = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
             try socket.sendAll(Array("request".utf8))
-            #expect(socket.seesClose())
+            #expect(await onThread { socket.seesClose() })
             socket.close()
         }
-        #expect(eventually(timeout: 10.0) {
+        #expect(await eventually(timeout: .seconds(10)) {
             fleet.proxy.statistics.active == 0 && fleet.proxy.statistics.reportedFailures == 3
         })
         #expect(fleet.proxy.statistics.reportedSuccesses == 0)
@@ -104,7 +108,7 @@ struct ProxySocketTests {
         balancer.overloadTimeout = .seconds(1)
         let fleet = try await ProxyFleet.start(poller: poller, backends: [.echo, .echo], balancer: balancer)
         let dead = fleet.backends[0]
-        dead.stop()
+        await onThread { dead.stop() }
         // Every connection is served (a refused connect is retried on the other backend).
         for _ in 0..<12 {
             let failures = await onThread { echoThroughProxy(port: fleet.proxyPort, payloads: [randomBytes(100)]) }
@@ -132,20 +136,20 @@ struct ProxySocketTests {
         let fleet = try await ProxyFleet.start(poller: poller, backends: [.echo, .echo]) {
             $0.connectTimeout = .milliseconds(500)
         }
-        for b in fleet.backends { b.stop() }
+        await onThread { for b in fleet.backends { b.stop() } }
         let socket = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
-        #expect(socket.seesClose())
+        #expect(await onThread { socket.seesClose() })
         socket.close()
-        #expect(eventually(timeout: 10.0) {
+        #expect(await eventually(timeout: .seconds(10)) {
             fleet.proxy.statistics.noBackend == 1 && fleet.proxy.statistics.active == 0
         })
         #expect(fleet.proxy.statistics.reportedFailures >= 2)
         // The agent goes away too: GetHost times out, the client is closed.
         await onThread { fleet.agent.shutdown() }
         let second = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
-        #expect(second.seesClose())
+        #expect(await onThread { second.seesClose() })
         second.close()
-        #expect(eventually(timeout: 10.0) {
+        #expect(await eventually(timeout: .seconds(10)) {
             fleet.proxy.statistics.noBackend == 2 && fleet.proxy.statistics.active == 0
         })
         await fleet.stop()
@@ -158,16 +162,17 @@ struct ProxySocketTests {
         let open = try (0..<2).map { _ in try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10) }
         for s in open {
             try s.sendAll([1, 2, 3])
-            #expect(try s.receive(exactly: 3) == [1, 2, 3])
+            #expect(try await onThread { Result { try s.receive(exactly: 3) } }.get() == [1, 2, 3])
         }
         let third = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
-        #expect(third.seesClose())
+        #expect(await onThread { third.seesClose() })
         third.close()
         #expect(fleet.proxy.statistics.refused == 1)
         try open[0].sendAll([4])
-        #expect(try open[0].receive(exactly: 1) == [4])
+        let first = open[0]
+        #expect(try await onThread { Result { try first.receive(exactly: 1) } }.get() == [4])
         for s in open { s.close() }
-        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.active == 0 })
+        #expect(await eventually(timeout: .seconds(10)) { fleet.proxy.statistics.active == 0 })
         await fleet.stop()
     }
 
@@ -184,10 +189,10 @@ struct ProxySocketTests {
             try socket.sendAll(Array("hello".utf8))
         }
         for socket in sockets {
-            #expect(socket.seesClose())
+            #expect(await onThread { socket.seesClose() })
             socket.close()
         }
-        #expect(eventually(timeout: 10.0) {
+        #expect(await eventually(timeout: .seconds(10)) {
             fleet.proxy.statistics.idleClosed == 3 && fleet.proxy.statistics.active == 0
         })
         #expect(fleet.proxy.statistics.reportedFailures == 3)
@@ -214,14 +219,14 @@ struct ProxySocketTests {
         }
         // The pipeline fills: the backend is left with bytes it cannot send (the proxy stopped reading it), while
         // the proxy holds at most a buffer per direction in user memory.
-        #expect(eventually(timeout: 30.0) { fleet.backends[0].queuedOutputBytes() > 512 << 10 })
+        #expect(await eventually(timeout: .seconds(30)) { fleet.backends[0].queuedOutputBytes() > 512 << 10 })
         #expect(buffered() <= 2 * (64 << 10), "\(buffered()) bytes held by the proxy")
         #expect(fleet.proxy.statistics.active == 1)
         // shutdown wakes the sender blocked in send (a close alone would not: its send keeps the socket open).
         shutdown(socket.fd, Int32(SHUT_RDWR))
-        sent.wait()
+        await onThread { sent.wait() }
         socket.close()
-        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.active == 0 })
+        #expect(await eventually(timeout: .seconds(10)) { fleet.proxy.statistics.active == 0 })
         await fleet.stop()
     }
 
@@ -247,7 +252,8 @@ struct ProxySocketTests {
                           UInt8(p >> 8), UInt8(p & 0xFF)]
             }
             // The echo carries the header back first, then the client's bytes.
-            let back = try socket.receive(exactly: header.count + payload.count)
+            let count = header.count + payload.count
+            let back = try await onThread { Result { try socket.receive(exactly: count) } }.get()
             #expect(Array(back.prefix(header.count)) == header, "\(version)")
             #expect(Array(back.dropFirst(header.count)) == payload)
             socket.close()
@@ -265,11 +271,11 @@ struct ProxySocketTests {
         var calls = 0
         for source in (2...13).map({ "127.0.0.\($0)" }) {
             for _ in 0..<3 {
-                let port = try whoami(proxyPort: fleet.proxyPort, from: source)
+                let port = try await onThread { Result { try whoami(proxyPort: fleet.proxyPort, from: source) } }.get()
                 chosen[source, default: []].insert(port)
                 // One call at a time: the backend has room (bounded loads count the calls not yet reported).
                 calls += 1
-                #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.reportedSuccesses == calls })
+                #expect(await eventually(timeout: .seconds(10)) { fleet.proxy.statistics.reportedSuccesses == calls })
             }
         }
         // The sources do not all land on one backend (3 backends, 12 sources: all on one by chance, 1 in 177,147).
@@ -287,17 +293,17 @@ struct ProxySocketTests {
         let descriptorsBefore = SystemInfo.openDescriptorCount()
         let lingering = try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 10)
         try lingering.sendAll([7])
-        #expect(try lingering.receive(exactly: 1) == [7])
+        #expect(try await onThread { Result { try lingering.receive(exactly: 1) } }.get() == [7])
         let started = Date()
         await onThread { fleet.proxy.shutdown() }
         let took = Date().timeIntervalSince(started)
         #expect(took >= 0.9, "shutdown returned after \(took) s with a connection open")
-        #expect(lingering.seesClose())
+        #expect(await onThread { lingering.seesClose() })
         lingering.close()
         #expect(fleet.proxy.statistics.active == 0)
         // Listening stopped: a new connection is refused.
         #expect(throws: (any Error).self) { try BlockingSocket(port: fleet.proxyPort, receiveTimeout: 2) }
-        #expect(eventually(timeout: 10.0) { SystemInfo.openDescriptorCount() <= descriptorsBefore - 1 })
+        #expect(await eventually(timeout: .seconds(10)) { SystemInfo.openDescriptorCount() <= descriptorsBefore - 1 })
         await fleet.stop()
     }
 
@@ -310,7 +316,7 @@ struct ProxySocketTests {
         let payloads = (0..<6).map { _ in randomBytes(1000) }
         let failures = await onThread { echoThroughProxy(port: fleet.proxyPort, payloads: payloads) }
         #expect(failures.isEmpty, "\(failures)")
-        #expect(eventually(timeout: 10.0) { fleet.proxy.statistics.reportedSuccesses == 6 })
+        #expect(await eventually(timeout: .seconds(10)) { fleet.proxy.statistics.reportedSuccesses == 6 })
         let s = fleet.proxy.statistics
         #expect((s.connectFailures[dead] ?? 0) >= 1)
         let proxy = [("proxy", "switchyard-tests")]

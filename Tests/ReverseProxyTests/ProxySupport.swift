@@ -353,7 +353,7 @@ final class ResettingBackend: @unchecked Sendable {
 
 /// CPU the threads of `group`'s loops use over `seconds` (after a scenario: nothing may spin). Only those threads:
 /// other suites run beside this one.
-func loopCPUSeconds(_ group: EventLoopGroup, over seconds: Double) -> Double {
+func loopCPUSeconds(_ group: EventLoopGroup, over seconds: Double) async -> Double {
     func now() -> UInt64 {
         group.allLoops.reduce(0) { sum, loop in
             let path = "/proc/self/task/\(loop.kernelThreadID)/schedstat"
@@ -362,6 +362,6 @@ func loopCPUSeconds(_ group: EventLoopGroup, over seconds: Double) -> Double {
         }
     }
     let before = now()
-    usleep(useconds_t(seconds * 1_000_000))
+    _ = await onThread { usleep(useconds_t(seconds * 1_000_000)) }
     return Double(now() - before) / 1e9
 }
