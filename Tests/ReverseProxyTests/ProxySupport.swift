@@ -166,7 +166,7 @@ final class ProxyFleet: @unchecked Sendable {
         fleet.proxyGroup = try EventLoopGroup(ioLoops: 2, configuration: LoopConfiguration(poller: poller))
         var configuration = ProxyConfiguration(
             host: "127.0.0.1", routes: [ProxyRoute(port: 0, modid: fleet.modid, cmdid: fleet.cmdid)],
-            agentPorts: fleet.agentPorts, agentTimeout: .seconds(2))
+            agentPorts: fleet.agentPorts, agentTimeout: .seconds(5))
         configure(&configuration)
         fleet.proxy = ProxyServer(group: fleet.proxyGroup, configuration: configuration, logger: logger,
                                   metricsFactory: metrics)
