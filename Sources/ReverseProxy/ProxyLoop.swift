@@ -27,9 +27,9 @@ final class ProxyLoop: @unchecked Sendable {
     var agentAnsweredBatch = false
 
     /// A fresh spare host of the route's module, if one is in hand (its spares made on first use).
-    func takeSpare(for route: ProxyRoute, now: UInt64, target: Int, maxAge: Duration) -> Host? {
+    func takeSpare(for route: ProxyRoute, now: UInt64, limit: Int, maxAge: Duration) -> Host? {
         let key = ModuleKey(modid: route.modid, cmdid: route.cmdid)
-        var spare = spares[key] ?? SpareHosts(limit: target, maxAgeNanoseconds: maxAge.nanosecondsSaturated)
+        var spare = spares[key] ?? SpareHosts(limit: limit, maxAgeNanoseconds: maxAge.nanosecondsSaturated)
         let host = spare.take(now: now)
         spares[key] = spare
         return host

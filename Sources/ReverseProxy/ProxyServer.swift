@@ -208,7 +208,7 @@ public final class ProxyServer: Service, Sendable {
             case .askAgent(let key):
                 if key == nil && configuration.spareHosts > 0 {
                     let now = SystemInfo.monotonicNanoseconds()
-                    let spare = proxyLoop.takeSpare(for: connection.route, now: now, target: configuration.spareHosts,
+                    let spare = proxyLoop.takeSpare(for: connection.route, now: now, limit: configuration.spareHosts,
                                                     maxAge: configuration.spareHostMaxAge)
                     // The next spare is asked for after this iteration's events (the connect goes first).
                     refillSparesLater(on: proxyLoop)
