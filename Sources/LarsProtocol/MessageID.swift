@@ -33,6 +33,10 @@ public struct MessageID: FrameMessageID {
     public static let getHostBatchRequest = MessageID(rawValue: 104)
     /// Its answer, agent -> client API: body `Switchyard_Lb_GetHostBatchResponse` (every answer, in request order).
     public static let getHostBatchResponse = MessageID(rawValue: 105)
+    /// Switchyard extension: the outcomes of many calls in one datagram, client API -> agent, UDP, no reply; body
+    /// `Lars_ReportStatusRequest` (each result a host with its successes and errors, in call order). Sent only to an
+    /// agent that has answered a batch GetHost (id 104).
+    public static let reportBatchRequest = MessageID(rawValue: 106)
     /// Switchyard extension: a regional name service asks its parent for a route it has no rows for, name service
     /// -> name service, TCP; body `Switchyard_Names_ChainGetRouteRequest`, answered and pushed with id 2.
     public static let chainGetRouteRequest = MessageID(rawValue: 110)

@@ -303,6 +303,42 @@ public struct AgentCore<Peer> {
         unreported.insert(key)
     }
 
+    /// Reports one report batch (id 106) may carry at most, over all its results, and results at most: a client
+    /// with more sends several batches. (Bounds the work one datagram can cause.)
+    public static var maxReportsPerBatch: Int { 4096 }
+    public static var maxReportBatchResults: Int { 64 }
+
+    /// A report batch (id 106, no answer): the outcomes of many calls to the module's hosts, each result a host
+    /// with `succ` successful calls and then `err` failed ones, in the order of the results, counted exactly as
+    /// that many ReportRequests in that order would be (`caller`, `ts` and `overload` are not read). The secret,
+    /// when the agent requires one, is field 15 of the body, as on a ReportRequest. A batch with more than
+    /// ``maxReportBatchResults`` results, none, or more than ``maxReportsPerBatch`` reports is dropped and counted
+    /// (`reportBatchesRefused`); reports for unknown modules or hosts are ignored.
+    public mutating func reportBatch(_ request: Lars_ReportStatusRequest, secret: [UInt8]? = nil, source: UInt32,
+                                     now: UInt64, actions: inout [Action]) {
+        counts.reportBatchRequests += 1
+        let total = request.results.reduce(0) { $0 + Int($1.succ) + Int($1.err) }
+        guard (1...Self.maxReportBatchResults).contains(request.results.count), total <= Self.maxReportsPerBatch
+        else {
+            counts.reportBatchesRefused += 1
+            return
+        }
+        counts.reportRequests += total
+        if let expected = reportSecret, !ReportSecret.matches(secret ?? [], expected) {
+            counts.reportsRejected += total
+            if secretEpisode.refuse(now: now) { actions.append(.log(.reportsWithoutSecret(source: source))) }
+            return
+        }
+        let key = RouteKey(modid: request.modid, cmdid: request.cmdid)
+        guard modules[key] != nil else { return }
+        for result in request.results {
+            guard let host = Host(wireIP: result.ip, wirePort: result.port) else { continue }
+            modules[key]!.balancer.report(host: host, success: true, count: Int(result.succ), now: now)
+            modules[key]!.balancer.report(host: host, success: false, count: Int(result.err), now: now)
+        }
+        unreported.insert(key)
+    }
+
     /// An API GetRoute (id 7, answered with 8): the hosts the agent knows (none while a new module is fetched).
     /// A reply that would not fit in one datagram carries as many hosts as fit (logged once per route, counted).
     public mutating func getRoute(_ request: Lars_GetRouteRequest, from peer: Peer, source: UInt32, now: UInt64,
@@ -517,8 +553,11 @@ public struct AgentStatistics: Sendable, Hashable {
     public var getHostRequests = 0
     /// GetHost-by-key requests (id 100).
     public var getHostByKeyRequests = 0
-    /// Report requests (id 6).
+    /// Reports of calls: report requests (id 6), and the calls of report batches (id 106).
     public var reportRequests = 0
+    /// Report batches (id 106), and those dropped (too many results or reports, or none).
+    public var reportBatchRequests = 0
+    public var reportBatchesRefused = 0
     /// API GetRoute requests (id 7).
     public var getRouteRequests = 0
     /// GetHost answers (either id) with NOEXIST: the module is unknown, still fetched, or has no hosts.

@@ -98,6 +98,12 @@ final class AgentLoopState: @unchecked Sendable {
         serve(peer) { $0.report(request, secret: secret, source: peer.address.ip, now: $1, actions: &$2) }
     }
 
+    func reportBatch(_ request: Lars_ReportStatusRequest, from peer: UDPPeer) {
+        let secret = core.configuration.reportSecret == nil
+            ? nil : ReportSecret.extract(from: request.unknownFields.data)
+        serve(peer) { $0.reportBatch(request, secret: secret, source: peer.address.ip, now: $1, actions: &$2) }
+    }
+
     func getRoute(_ request: Lars_GetRouteRequest, from peer: UDPPeer) {
         serve(peer) { $0.getRoute(request, from: peer, source: peer.address.ip, now: $1, actions: &$2) }
     }

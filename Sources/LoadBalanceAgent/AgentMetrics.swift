@@ -11,8 +11,11 @@ struct AgentMetrics: Sendable {
     let report = Counter(label: "switchyard_agent_requests_total", dimensions: [service, ("kind", "report")])
     let getRoute = Counter(label: "switchyard_agent_requests_total", dimensions: [service, ("kind", "get_route")])
     let batch = Counter(label: "switchyard_agent_requests_total", dimensions: [service, ("kind", "get_host_batch")])
-    /// Batches refused (too many items, or none).
+    let reportBatch = Counter(label: "switchyard_agent_requests_total",
+                              dimensions: [service, ("kind", "report_batch")])
+    /// Batches refused (too many items, or none), GetHost and report batches apart.
     let batchesRefused = Counter(label: "switchyard_agent_batches_refused_total", dimensions: [service])
+    let reportBatchesRefused = Counter(label: "switchyard_agent_report_batches_refused_total", dimensions: [service])
     /// GetHost answers with NOEXIST.
     let notExist = Counter(label: "switchyard_agent_noexist_answers_total", dimensions: [service])
     /// ReportStatusRequests sent to the reporter.
@@ -53,6 +56,8 @@ struct AgentMetrics: Sendable {
         add(cacheSnapshots, now.cacheSnapshots - before.cacheSnapshots)
         add(batch, now.batchRequests - before.batchRequests)
         add(batchesRefused, now.batchesRefused - before.batchesRefused)
+        add(reportBatch, now.reportBatchRequests - before.reportBatchRequests)
+        add(reportBatchesRefused, now.reportBatchesRefused - before.reportBatchesRefused)
         modules.record(now.modules)
     }
 }

@@ -144,6 +144,7 @@ public final class LoadBalanceAgent: Service, Sendable {
         }
         try router.on(MessageID.getHostBatchRequest, loopState.getHostBatch)
         try router.on(MessageID.reportRequest, loopState.report)
+        try router.on(MessageID.reportBatchRequest, loopState.reportBatch)
         try router.on(MessageID.apiGetRouteRequest, loopState.getRoute)
         let endpoint = try FramedUDPEndpoint(loop: loop, host: configuration.host, ports: configuration.ports,
                                              router: router, logger: logger)

@@ -35,7 +35,7 @@ extension LoopLoadBalanceClient {
                            deadline: SystemInfo.monotonicNanoseconds() &+ timeout.nanosecondsSaturated,
                            timeoutError: timeoutError, completion: completion)
         if batched {
-            queue(frame, to: destination, isReport: false)
+            queue(frame, to: destination, reports: 0)
         } else {
             frame.withUnsafeBytes { _ = endpoint.channels[0].sendInLoop($0, to: destination) }
         }

@@ -24,6 +24,12 @@ import SwitchyardCore
 /// Reports wait for the end of the loop's iteration and go out together, one datagram each (a Lars frame per
 /// datagram) in one `sendmmsg(2)`: a proxy whose loop ends several connections in one wake-up makes one system call
 /// for their reports (at most ``maxQueuedReports`` wait; one more sends them at once). `close()` sends what waits.
+///
+/// Once the agent has answered a batch GetHost (a Switchyard agent), reports are tallied instead: the outcomes of
+/// many calls go in one report batch (id 106) per module, each host's in call order, so the agent counts them as the
+/// single reports. A success waits up to ``reportHold`` for others; a failure goes at the end of the iteration with
+/// everything held before it (overload is noticed as soon as with single reports). A proxy that ends thousands of
+/// connections a second sends a hundred datagrams, not thousands: less work for it and for the agent.
 public final class LoopLoadBalanceClient: @unchecked Sendable {
     // @unchecked Sendable: every field is touched on `loop` only (the router's callbacks run there too).
     public let loop: EventLoop
@@ -39,21 +45,29 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
     var nextSequence: UInt32 = 0
     /// Reports of this loop iteration, sent by `flushReports()` (posted to run after the iteration's events).
     private var queuedReports = DatagramBatch()
-    /// For each queued datagram, whether it is a report (or a batched GetHost), for the report counters.
-    private var queuedIsReport: [Bool] = []
+    /// For each queued datagram, the reports it carries (0: a batched GetHost), for the report counters.
+    private var queuedReportCounts: [Int] = []
     /// What runs at the end of the iteration before the flush (``atEndOfIteration(_:)``).
     private var endOfIteration: [() -> Void] = []
     private var flushPosted = false
     private let reportsSent = Atomic<Int>(0)
     private let reportsDropped = Atomic<Int>(0)
     private let reportBatches = Atomic<Int>(0)
+    /// Reports held for report batches (once ``agentTakesReportBatches``), and the timer that sends them.
+    private var tally = ReportTally()
+    private var holdTimer: TimerHandle?
+    private let batchSupport = BatchSupport()
+    /// How long a success waits in the tally for others before its report batch is sent.
+    public let reportHold: Duration
 
     /// Reports queued at most before they are sent at once (without waiting for the end of the loop's iteration).
     public static let maxQueuedReports = 64
 
     public init(loop: EventLoop, agentHost: String = "127.0.0.1", agentPorts: [Int] = [8888, 8889, 8890],
-                timeout: Duration = .milliseconds(500), reportSecret: [UInt8]? = nil) throws {
+                timeout: Duration = .milliseconds(500), reportSecret: [UInt8]? = nil,
+                reportHold: Duration = .milliseconds(10)) throws {
         self.loop = loop
+        self.reportHold = reportHold
         agents = try AgentEndpoints(host: agentHost, ports: agentPorts, timeout: timeout)
         self.reportSecret = reportSecret
         let router = MessageRouter<UDPPeer>()
@@ -65,7 +79,9 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
             pending.answer(response.seq) { _ in try GetHostResult(response) }
         }
         let pendingBatches = self.pendingBatches
+        let batchSupport = self.batchSupport
         try router.on(MessageID.getHostBatchResponse, as: Switchyard_Lb_GetHostBatchResponse.self) { response, _ in
+            if response.retcode == LarsReturnCode.success { batchSupport.answered = true }
             pendingBatches.answer(response.seq) { queries in try AgentRequests.results(of: response, for: queries) }
         }
         // The answer to `prefetch`: nothing waits for it.
@@ -105,7 +121,7 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
         pending.add(seq, context: (), deadline: SystemInfo.monotonicNanoseconds() &+ timeout.nanosecondsSaturated,
                     timeoutError: timeoutError, completion: completion)
         if batched {
-            queue(frame, to: destination, isReport: false)
+            queue(frame, to: destination, reports: 0)
         } else {
             frame.withUnsafeBytes { _ = endpoint.channels[0].sendInLoop($0, to: destination) }
         }
@@ -113,14 +129,35 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
 
     /// Tells the agent whether a call to `host` succeeded (retcode 0, else 1). Fire and forget: the report is
     /// queued and sent with the others of this loop iteration when the iteration's events are handled (or at once
-    /// when ``maxQueuedReports`` wait). Loop thread only.
+    /// when ``maxQueuedReports`` wait); to an agent that takes report batches, a success is tallied for up to
+    /// ``reportHold`` and a failure sent at the end of the iteration with what was tallied before it. Loop thread
+    /// only.
     public func report(modid: Int32, cmdid: Int32, host: Host, success: Bool) {
         loop.assertInLoopThread()
-        guard !pending.isClosed,
-              let frame = AgentRequests.report(modid: modid, cmdid: cmdid, host: host, retcode: success ? 0 : 1,
+        guard !pending.isClosed else { return }
+        if batchSupport.answered {
+            let full = tally.add(ReportTally.Module(modid: modid, cmdid: cmdid), host: host, success: success)
+            if full {
+                flushReports()
+            } else if !success {
+                postFlush()
+            } else if holdTimer == nil {
+                holdTimer = loop.schedule(after: reportHold) { [weak self] in
+                    guard let self else { return }
+                    holdTimer = nil
+                    flushReports()
+                }
+            }
+            return
+        }
+        guard let frame = AgentRequests.report(modid: modid, cmdid: cmdid, host: host, retcode: success ? 0 : 1,
                                                secret: reportSecret) else { return }
-        queue(frame, to: agents.address(modid: modid, cmdid: cmdid), isReport: true)
+        queue(frame, to: agents.address(modid: modid, cmdid: cmdid), reports: 1)
     }
+
+    /// The agent has answered a batch GetHost (id 104), so it takes report batches (id 106): reports are tallied
+    /// from then on. Loop thread only.
+    public var agentTakesReportBatches: Bool { batchSupport.answered }
 
     /// Runs `body` at the end of this loop iteration, just before the queued reports and batched requests are sent,
     /// so what it queues leaves with them in the same system call (a proxy's spare-host requests). Loop thread only.
@@ -131,9 +168,9 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
     }
 
     /// Queues a datagram for the end of the loop's iteration (``flushReports()``).
-    func queue(_ frame: [UInt8], to destination: SocketAddress, isReport: Bool) {
+    func queue(_ frame: [UInt8], to destination: SocketAddress, reports: Int) {
         queuedReports.append(frame, to: destination)
-        queuedIsReport.append(isReport)
+        queuedReportCounts.append(reports)
         if queuedReports.count >= Self.maxQueuedReports {
             flushReports()
         } else {
@@ -150,24 +187,47 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
                 endOfIteration.removeAll()
                 for body in bodies { body() }
                 flushPosted = false
-                flushReports()
+                // Held successes keep waiting for their hold, unless a failure came after them.
+                if tally.holdsFailure { takeTally() }
+                sendQueued()
             }
         }
     }
 
-    /// Sends the queued reports (and batched requests) now, in one system call. Loop thread only.
+    /// Sends the queued and held reports (and batched requests) now, in one system call. Loop thread only.
     public func flushReports() {
         loop.assertInLoopThread()
+        takeTally()
+        sendQueued()
+    }
+
+    /// Queues a report batch per module of the tally, and empties it.
+    private func takeTally() {
+        holdTimer?.cancel()
+        holdTimer = nil
+        guard !tally.isEmpty else { return }
+        for (module, runs) in tally.take() {
+            let carried = runs.reduce(0) { $0 + $1.count }
+            guard let frame = ReportTally.frame(module, runs: runs, secret: reportSecret) else {
+                reportsDropped.wrappingAdd(carried, ordering: .relaxed)
+                continue
+            }
+            queuedReports.append(frame, to: agents.address(modid: module.modid, cmdid: module.cmdid))
+            queuedReportCounts.append(carried)
+        }
+    }
+
+    private func sendQueued() {
         guard !queuedReports.isEmpty else { return }
         var refused = [Bool](repeating: false, count: queuedReports.count)
         endpoint.channels[0].sendInLoop(queuedReports, refused: &refused)
-        let reports = queuedIsReport.count { $0 }
-        let reportsRefused = zip(queuedIsReport, refused).count { $0 && $1 }
+        let reports = queuedReportCounts.reduce(0, +)
+        let reportsRefused = zip(queuedReportCounts, refused).reduce(0) { $0 + ($1.1 ? $1.0 : 0) }
         reportsSent.wrappingAdd(reports - reportsRefused, ordering: .relaxed)
         reportsDropped.wrappingAdd(reportsRefused, ordering: .relaxed)
         if reports > 0 { reportBatches.wrappingAdd(1, ordering: .relaxed) }
         queuedReports.removeAll()
-        queuedIsReport.removeAll(keepingCapacity: true)
+        queuedReportCounts.removeAll(keepingCapacity: true)
     }
 
     /// Reports handed to the kernel, refused by it (dropped: the agent never sees them), and the system calls that
@@ -201,13 +261,19 @@ public final class LoopLoadBalanceClient: @unchecked Sendable {
     }
 }
 
+/// Set once the agent answers a batch GetHost (by the router's callback, on the client's loop).
+private final class BatchSupport: @unchecked Sendable {
+    // @unchecked Sendable: touched on the client's loop only.
+    var answered = false
+}
+
 /// The reports of a `LoopLoadBalanceClient` so far.
 public struct ReportCounts: Sendable, Hashable {
-    /// Reports the kernel took.
+    /// Reports (calls) the kernel took, alone or in report batches.
     public var sent = 0
     /// Reports the kernel refused (a full socket buffer, an unreachable port): dropped.
     public var dropped = 0
-    /// System calls that sent them (one per loop iteration that had any).
+    /// System calls that sent them (one per loop iteration that had any, or per hold of a tally).
     public var batches = 0
 
     public init(sent: Int = 0, dropped: Int = 0, batches: Int = 0) {

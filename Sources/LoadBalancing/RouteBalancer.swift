@@ -328,6 +328,12 @@ public struct RouteBalancer: Sendable {
         if before != s.health { move(host, to: s.health) }
     }
 
+    /// Counts `count` calls with the same outcome, one after another (a report batch's run of them).
+    public mutating func report(host: Host, success: Bool, count: Int, now: UInt64) {
+        guard count > 0, statuses[host] != nil else { return }
+        for _ in 0..<count { report(host: host, success: success, now: now) }
+    }
+
     /// Counts one call's outcome by Lars return code: 0 is a success, anything else an error.
     public mutating func report(host: Host, retcode: Int32, now: UInt64) {
         report(host: host, success: retcode == 0, now: now)

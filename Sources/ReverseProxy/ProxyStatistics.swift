@@ -167,8 +167,9 @@ public struct ProxyStatistics: Sendable, Hashable {
     /// Connections that went to a host asked for ahead (``ProxyConfiguration/spareHosts``).
     public var spareHostsUsed: Int = 0
     /// System calls that sent the reports: those of one loop iteration go out together (one `sendmmsg(2)`, at most
-    /// `LoopLoadBalanceClient.maxQueuedReports` each), so this is at most ``reportedSuccesses`` +
-    /// ``reportedFailures``, and fewer when connections end together.
+    /// `LoopLoadBalanceClient.maxQueuedReports` each), and a Switchyard agent gets report batches (successes held
+    /// for `LoopLoadBalanceClient.reportHold`), so this is at most ``reportedSuccesses`` + ``reportedFailures``,
+    /// and far fewer when connections end often.
     public var reportBatches: Int = 0
     /// Reports the kernel refused to send (a full socket buffer): the agent never saw them.
     public var reportsDropped: Int = 0

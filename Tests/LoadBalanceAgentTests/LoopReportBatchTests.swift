@@ -19,14 +19,17 @@ struct LoopReportBatchTests {
     }
 
     /// An agent with `routes` and a loop client of it, made on the world's first loop.
-    private func makeClient(_ poller: PollerKind, routes: [RouteKey: [LoadBalancing.Host]]) throws
+    private func makeClient(_ poller: PollerKind, routes: [RouteKey: [LoadBalancing.Host]],
+                            reportHold: Duration = .milliseconds(10)) throws
         -> (AgentWorld, EventLoop, LoopLoadBalanceClient)
     {
         let world = try AgentWorld.make(poller: poller, routes: routes)
         let loop = world.group.ioLoops[0]
         let made = Mutex<LoopLoadBalanceClient?>(nil)
         let ports = world.ports
-        inOneIteration(loop) { made.withLock { $0 = try? LoopLoadBalanceClient(loop: loop, agentPorts: ports) } }
+        inOneIteration(loop) {
+            made.withLock { $0 = try? LoopLoadBalanceClient(loop: loop, agentPorts: ports, reportHold: reportHold) }
+        }
         return (world, loop, try #require(made.withLock { $0 }))
     }
 
@@ -115,6 +118,81 @@ struct LoopReportBatchTests {
         #expect(await eventually(timeout: .seconds(10)) { answers.withLock { $0.count == 4 } })
         #expect(client.reportStatistics == ReportCounts(sent: 2, dropped: 0, batches: 1))
         inOneIteration(loop) { client.close() }
+        world.shutdown()
+    }
+
+    @Test("once the agent answered a batch GetHost: reports go in report batches, counted by the agent as singles",
+          arguments: PollerKind.allCases)
+    func reportsTallied(poller: PollerKind) async throws {
+        let key = RouteKey(modid: 7303, cmdid: 1)
+        let hosts = (0..<3).map { LoadBalancing.Host(address: "127.0.0.1", port: 9320 + $0)! }
+        let (world, loop, client) = try makeClient(poller, routes: [key: hosts], reportHold: .milliseconds(700))
+        let takes = { @Sendable () -> Bool in
+            let answer = Mutex(false)
+            inOneIteration(loop) { answer.withLock { $0 = client.agentTakesReportBatches } }
+            return answer.withLock { $0 }
+        }
+        #expect(!takes(), "no batch answered yet: single reports")
+        // A batch GetHost answered with a host (the agent learns the module on its first request).
+        let answered = Mutex<[GetHostResult]?>(nil)
+        let learned = await eventually(timeout: .seconds(10)) {
+            answered.withLock { $0 = nil }
+            inOneIteration(loop) {
+                client.getHosts([HostQuery(modid: key.modid, cmdid: key.cmdid)]) { result in
+                    answered.withLock { $0 = (try? result.get()) ?? [] }
+                }
+            }
+            return await eventually(timeout: .seconds(2)) { answered.withLock { $0 != nil } }
+                && answered.withLock { $0?.first?.host != nil }
+        }
+        #expect(learned, "the agent never answered the batch with a host")
+        #expect(takes())
+        let before = try #require(await world.agent.statistics()).reportRequests
+
+        // 200 successes in one iteration: held (nothing sent), then sent after the hold as one batch.
+        inOneIteration(loop) {
+            for i in 0..<200 { client.report(modid: key.modid, cmdid: key.cmdid, host: hosts[i % 3], success: true) }
+        }
+        #expect(client.reportStatistics.sent == 0, "successes wait for the hold")
+        #expect(await eventually(timeout: .seconds(10)) {
+            await world.agent.statistics()?.reportRequests == before + 200
+        })
+        #expect(client.reportStatistics == ReportCounts(sent: 200, dropped: 0, batches: 1))
+        #expect(try #require(await world.agent.statistics()).reportBatchRequests == 1)
+
+        // A failure goes at the end of its iteration, with the successes held before it (no hold).
+        inOneIteration(loop) {
+            for i in 0..<5 { client.report(modid: key.modid, cmdid: key.cmdid, host: hosts[i % 3], success: true) }
+            client.report(modid: key.modid, cmdid: key.cmdid, host: hosts[2], success: false)
+        }
+        #expect(client.reportStatistics == ReportCounts(sent: 206, dropped: 0, batches: 2))
+        #expect(await eventually(timeout: .seconds(10)) {
+            await world.agent.statistics()?.reportRequests == before + 206
+        })
+
+        // contin_err_limit failures of one host in a row, in one batch: the agent overloads it.
+        inOneIteration(loop) {
+            for _ in 0..<12 { client.report(modid: key.modid, cmdid: key.cmdid, host: hosts[0], success: false) }
+        }
+        let overloaded = await eventually(timeout: .seconds(10)) {
+            await world.agent.balancerSnapshot(modid: key.modid, cmdid: key.cmdid)?.overloadedHosts == [hosts[0]]
+        }
+        #expect(overloaded, "the batched failures did not overload \(hosts[0])")
+
+        // More than a batch holds (64 runs): sent at once when full. Alternating outcomes make a run per report.
+        inOneIteration(loop) {
+            for i in 0..<64 { client.report(modid: key.modid, cmdid: key.cmdid, host: hosts[1], success: i % 2 == 0) }
+        }
+        #expect(client.reportStatistics == ReportCounts(sent: 282, dropped: 0, batches: 4))
+        // close() sends what is held.
+        inOneIteration(loop) {
+            client.report(modid: key.modid, cmdid: key.cmdid, host: hosts[1], success: true)
+            client.close()
+        }
+        #expect(client.reportStatistics.sent == 283)
+        #expect(await eventually(timeout: .seconds(10)) {
+            await world.agent.statistics()?.reportRequests == before + 283
+        })
         world.shutdown()
     }
 }
