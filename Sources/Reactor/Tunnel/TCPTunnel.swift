@@ -37,7 +37,7 @@ public final class TCPTunnel: @unchecked Sendable {
     @exclusivity(unchecked) private var clientInterest: IOInterest = .none
     @exclusivity(unchecked) private var serverInterest: IOInterest = .none
     @exclusivity(unchecked) private var ended = false
-    /// Sides that hung up while they were not read (`park`).
+    /// Sides that hung up while they were not read, or whose FIN was read with nothing to write to them (`park`).
     @exclusivity(unchecked) private var parked: Set<TunnelSide> = []
     @exclusivity(unchecked) private var lastActivity: UInt64 = 0
     @exclusivity(unchecked) private var idleTimer: TimerHandle?
@@ -376,11 +376,16 @@ public final class TCPTunnel: @unchecked Sendable {
             if done {
                 loop.unregister(fd: fd)
                 setWatched(side, nil, .none)
+            } else if wanted.isEmpty && current != wanted && (side == .client ? up.eof : down.eof) {
+                // Its FIN read and nothing to write to it: out of the set, which costs what a change to no events
+                // would and saves the removal at the close; back when bytes wait for it. (Not for a pause of
+                // backpressure: a change is cheaper than a removal and an add.)
+                park(side)
             } else if wanted != current {
                 loop.modify(fd: fd, interest: wanted)
                 setWatched(side, handler, wanted)
             }
-        } else if !done && parked.contains(side) && wanted.contains(.read) {
+        } else if !done && parked.contains(side) && !wanted.isEmpty {
             parked.remove(side)
             let again = SideHandler(tunnel: self, side: side)
             do {
@@ -402,7 +407,8 @@ public final class TCPTunnel: @unchecked Sendable {
         }
     }
 
-    /// A side hung up while it was not read: not watched until it may be read again (`updateInterest`).
+    /// A side hung up while it was not read, or its FIN was read with nothing to write to it: not watched until it
+    /// may be read, or has bytes waiting for it, again (`updateInterest`).
     private func park(_ side: TunnelSide) {
         let fd = side == .client ? up.from : down.from
         guard (side == .client ? clientHandler : serverHandler) != nil else { return }
