@@ -82,7 +82,8 @@ struct ReportBatchCoreTests {
     @Test("too many results, too many reports, or none: dropped whole and counted; unknown modules and hosts ignored")
     func bounds() {
         var h = Self.ready()
-        let tooMany = Self.batch(route12, Array(repeating: (h1, 1, 0), count: AgentCoreTests.Core.maxReportBatchResults + 1))
+        let most = AgentCoreTests.Core.maxReportBatchResults
+        let tooMany = Self.batch(route12, Array(repeating: (h1, 1, 0), count: most + 1))
         let tooLarge = Self.batch(route12, [(h1, UInt32(AgentCoreTests.Core.maxReportsPerBatch), 1)])
         let empty = Self.batch(route12, [])
         for request in [tooMany, tooLarge, empty] {

@@ -8,7 +8,7 @@ import Glibc
 #endif
 
 /// A blocking listening socket on 127.0.0.1, port 0: (descriptor, port).
-private func listener() throws -> (Int32, Int) {
+private func listener(backlog: Int32 = 16) throws -> (Int32, Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var sin = sockaddr_in()
     sin.sin_family = sa_family_t(AF_INET)
@@ -17,7 +17,7 @@ private func listener() throws -> (Int32, Int) {
     let bound = withUnsafeMutablePointer(to: &sin) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, size) == 0 && getsockname(fd, $0, &size) == 0 }
     }
-    guard bound, listen(fd, 16) == 0 else { throw TestFailure("cannot listen: errno \(errno)") }
+    guard bound, listen(fd, backlog) == 0 else { throw TestFailure("cannot listen: errno \(errno)") }
     var timeout = timeval(tv_sec: 10, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     return (fd, Int(UInt16(bigEndian: sin.sin_port)))
@@ -210,6 +210,83 @@ struct DialedTunnelTests {
             #expect(end - start < 50, "\(end - start) iterations in 50 ms")
             _ = try onLoop(loop) { held.get()?.close() }
             #expect(seesEnd(backend))
+        }
+    }
+
+    @Test("a connect answered late (the backend's accept queue full at first) completes on its event; the tunnel works",
+          arguments: PollerKind.allCases)
+    func lateConnect(poller: PollerKind) throws {
+        try withGroup(poller: poller, ioLoops: 1) { group in
+            let loop = group.next()
+            let (backendListener, port) = try listener(backlog: 1)
+            defer { close(backendListener) }
+            let address = try SocketAddress(host: "127.0.0.1", port: port)
+            // Fill the accept queue: connects complete at once until it is full, then the kernel drops the SYN.
+            var queued: [Int32] = []
+            defer { for fd in queued { close(fd) } }
+            var full = false
+            for _ in 0..<8 where !full {
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+                var sin = sockaddr_in()
+                sin.sin_family = sa_family_t(AF_INET)
+                sin.sin_port = UInt16(port).bigEndian
+                inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr)
+                _ = withUnsafePointer(to: &sin) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                    }
+                }
+                var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                if poll(&pfd, 1, 0) == 1 && pfd.revents & Int16(POLLOUT) != 0 {
+                    queued.append(fd)
+                } else {
+                    close(fd)
+                    full = true
+                }
+            }
+            try #require(full, "the accept queue never filled")
+            let (clientListener, clientPort) = try listener()
+            defer { close(clientListener) }
+            let (client, clientInner) = try clientPair(clientListener, port: clientPort)
+            defer { close(client) }
+            let outcome = Shared<TunnelOutcome?>(nil)
+            let failure = Shared<String?>(nil)
+            let connected = Shared(false)
+            _ = try onLoop(loop) {
+                TCPDialer.dial(on: loop, to: address, timeout: .seconds(10)) { result in
+                    switch result {
+                    case .success(let socket):
+                        connected.set(true)
+                        let client = AcceptedSocket(fd: clientInner, peer: address, loop: loop)
+                        let tunnel = TCPTunnel(loop: loop, client: client, server: socket,
+                                               onEnd: { _, end in outcome.set(end) })
+                        do { try tunnel.start() } catch { failure.set("start: \(error)") }
+                    case .failure(let error):
+                        failure.set("dial: \(error)")
+                        close(clientInner)
+                    }
+                }
+                return true
+            }
+            Thread.sleep(forTimeInterval: 0.2)
+            #expect(!connected.get(), "the connect completed while the backend's queue was full")
+            // Room again: the SYN's retransmission (about 1 s after the first) gets through.
+            for _ in queued { close(try acceptOne(backendListener)) }
+            let backend = try acceptOne(backendListener)
+            defer { close(backend) }
+            #expect(eventually(timeout: 10) { connected.get() })
+            let request = Array("late ping".utf8)
+            #expect(send(client, request, request.count, 0) == request.count)
+            #expect(receive(backend, request.count) == request)
+            let answer = Array("late pong".utf8)
+            #expect(send(backend, answer, answer.count, 0) == answer.count)
+            #expect(receive(client, answer.count) == answer)
+            shutdown(client, Int32(SHUT_WR))
+            #expect(seesEnd(backend))
+            shutdown(backend, Int32(SHUT_WR))
+            #expect(seesEnd(client))
+            #expect(eventually { outcome.get() != nil })
+            #expect(failure.get() == nil)
         }
     }
 }

@@ -232,6 +232,12 @@ public enum Posix {
         return n > 0
     }
 
+    /// The poll(2) events of `fd` now, without waiting (0 when none, or when the call failed).
+    static func eventsNow(_ fd: Int32, interest: Int16) -> Int16 {
+        var pfd = pollfd(fd: fd, events: interest, revents: 0)
+        return poll(&pfd, 1, 0) == 1 ? pfd.revents : 0
+    }
+
     /// recvfrom of one datagram into `buffer` with `MSG_TRUNC`: the datagram's full length (more than
     /// `buffer.count` when it was cut) and its sender.
     static func receiveDatagram(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer)

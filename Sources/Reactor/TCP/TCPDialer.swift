@@ -89,6 +89,19 @@ public final class TCPDialer: EventHandler, @unchecked Sendable {
         case .processed:
             dialer.finishLater(.success(fd))
         case .wouldBlock:
+            // To this host (loopback) the handshake is over by the time connect returns: the answer came back within
+            // the call. One poll(2) tells, and saves the registration, the wait for its event and the change of it.
+            let now = Posix.eventsNow(fd, interest: Int16(POLLOUT))
+            if now & Int16(POLLERR | POLLHUP) != 0 {
+                let err = Posix.socketError(fd)
+                let error = IOError(errnoCode: err != 0 ? err : ECONNREFUSED, call: "connect \(address)")
+                dialer.finishLater(.failure(error))
+                return dialer
+            }
+            if now & Int16(POLLOUT) != 0 {
+                dialer.finishLater(dialer.connectedResult())
+                return dialer
+            }
             do {
                 try loop.register(fd: fd, interest: .write, handler: dialer)
                 dialer.watching = true
@@ -133,13 +146,17 @@ public final class TCPDialer: EventHandler, @unchecked Sendable {
                 return
             }
         }
+        finish(connectedResult())
+    }
+
+    /// The result of a connect that completed without an error: a success, unless it connected to itself.
+    private func connectedResult() -> Result<Int32, any Error> {
         // A connect to a free port of this host can connect to itself: that is a refusal. (The peer is the address
         // connected to: only the local end needs asking.)
         if let local = SocketAddress.local(of: fd), local == address {
-            finish(.failure(IOError(errnoCode: ECONNREFUSED, call: "connect \(address) (self-connect)")))
-            return
+            return .failure(IOError(errnoCode: ECONNREFUSED, call: "connect \(address) (self-connect)"))
         }
-        finish(.success(fd))
+        return .success(fd)
     }
 
     /// The loop stopped during the connect: it will never complete.
