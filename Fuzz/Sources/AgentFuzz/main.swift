@@ -61,6 +61,10 @@ func makeRouters(_ agent: Agent) -> (udp: MessageRouter<Int>, names: MessageRout
         agent.core.report(request, secret: ReportSecret.extract(from: message.body), source: source(message.connection),
                           now: agent.clock.now, actions: &agent.actions)
     }
+    try! udp.on(MessageID.reportBatchRequest, as: Lars_ReportStatusRequest.self) { request, message in
+        agent.core.reportBatch(request, secret: ReportSecret.extract(from: message.body),
+                               source: source(message.connection), now: agent.clock.now, actions: &agent.actions)
+    }
     try! udp.on(MessageID.apiGetRouteRequest, as: Lars_GetRouteRequest.self) { request, message in
         agent.lastGetRoute = (request.modid, request.cmdid)
         agent.core.getRoute(request, from: message.connection, source: source(message.connection),
@@ -78,6 +82,7 @@ func makeRouters(_ agent: Agent) -> (udp: MessageRouter<Int>, names: MessageRout
 let udpIDs: [Int32] = [
     MessageID.getHostRequest.rawValue, MessageID.getHostByKeyRequest.rawValue, MessageID.reportRequest.rawValue,
     MessageID.apiGetRouteRequest.rawValue, MessageID.getHostBatchRequest.rawValue,
+    MessageID.reportBatchRequest.rawValue,
 ]
 
 func smallHost(_ input: inout FuzzInput) -> Lars_HostInfo {
@@ -114,6 +119,19 @@ func body(for id: Int32, _ input: inout FuzzInput) -> [UInt8] {
     case MessageID.reportRequest.rawValue:
         var m = Lars_ReportRequest()
         (m.modid, m.cmdid, m.host, m.retcode) = (modid, cmdid, smallHost(&input), Int32(input.choice(5)) - 1)
+        return try! m.serializedBytes()
+    case MessageID.reportBatchRequest.rawValue:
+        var m = Lars_ReportStatusRequest()
+        (m.modid, m.cmdid) = (modid, cmdid)
+        // Up to a little past the agent's limits (64 results, 4,096 calls), so refusals are reached too.
+        m.results = (0..<input.choice(68)).map { _ in
+            var result = Lars_HostCallResult()
+            let host = smallHost(&input)
+            (result.ip, result.port) = (host.ip, host.port)
+            result.succ = input.choice(8) == 0 ? input.uint32() : UInt32(input.choice(80))
+            result.err = UInt32(input.choice(20))
+            return result
+        }
         return try! m.serializedBytes()
     case MessageID.apiGetRouteRequest.rawValue:
         var m = Lars_GetRouteRequest()
