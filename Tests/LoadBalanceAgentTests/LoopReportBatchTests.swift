@@ -195,4 +195,62 @@ struct LoopReportBatchTests {
         })
         world.shutdown()
     }
+
+    @Test("report batches carry the report secret (field 15): with it they count, without it they are rejected",
+          arguments: PollerKind.allCases)
+    func batchesCarryTheSecret(poller: PollerKind) async throws {
+        let key = RouteKey(modid: 7304, cmdid: 1)
+        let hosts = (0..<2).map { LoadBalancing.Host(address: "127.0.0.1", port: 9330 + $0)! }
+        let world = try AgentWorld.make(poller: poller, routes: [key: hosts]) { $0.reportSecret = "s3cret" }
+        let loop = world.group.ioLoops[0]
+        let ports = world.ports
+        let made = Mutex<[LoopLoadBalanceClient]>([])
+        inOneIteration(loop) {
+            for secret in [Array("s3cret".utf8), Array("wrong".utf8)] {
+                if let client = try? LoopLoadBalanceClient(loop: loop, agentPorts: ports, reportSecret: secret,
+                                                           reportHold: .seconds(5)) {
+                    made.withLock { $0.append(client) }
+                }
+            }
+        }
+        let clients = made.withLock { $0 }
+        try #require(clients.count == 2)
+        // Each learns that the agent takes batches from a batch GetHost answered with a host.
+        for client in clients {
+            let answered = Mutex(false)
+            let learned = await eventually(timeout: .seconds(10)) {
+                inOneIteration(loop) {
+                    client.getHosts([HostQuery(modid: key.modid, cmdid: key.cmdid)]) { result in
+                        if case .success(let answers) = result, answers.first?.host != nil {
+                            answered.withLock { $0 = true }
+                        }
+                    }
+                }
+                return await eventually(timeout: .seconds(2)) { answered.withLock { $0 } }
+            }
+            #expect(learned)
+        }
+        let before = try #require(await world.agent.statistics())
+        // Failures go at the end of the iteration (no hold): one batch from each client.
+        inOneIteration(loop) {
+            for _ in 0..<12 {
+                clients[0].report(modid: key.modid, cmdid: key.cmdid, host: hosts[0], success: false)
+                clients[1].report(modid: key.modid, cmdid: key.cmdid, host: hosts[1], success: false)
+            }
+        }
+        #expect(clients.map { $0.reportStatistics.sent } == [12, 12])
+        let counted = await eventually(timeout: .seconds(10)) {
+            await world.agent.statistics().map {
+                $0.reportBatchRequests == before.reportBatchRequests + 2
+                    && $0.reportsRejected == before.reportsRejected + 12
+            } ?? false
+        }
+        let statistics = await world.agent.statistics()
+        #expect(counted, "\(String(describing: statistics))")
+        // The batch with the secret overloaded its host; the one without changed nothing.
+        let overloaded = await world.agent.balancerSnapshot(modid: key.modid, cmdid: key.cmdid)?.overloadedHosts
+        #expect(overloaded == [hosts[0]])
+        inOneIteration(loop) { for client in clients { client.close() } }
+        world.shutdown()
+    }
 }

@@ -68,6 +68,20 @@ private func seesEnd(_ fd: Int32) -> Bool {
     return n == 0 || (n < 0 && errno == ECONNRESET)
 }
 
+/// A request from the client to the backend and an answer back through the tunnel, then the FINs each way.
+private func exchange(client: Int32, backend: Int32, _ tag: String) {
+    let request = Array("ping \(tag)".utf8)
+    #expect(send(client, request, request.count, 0) == request.count)
+    #expect(receive(backend, request.count) == request)
+    let answer = Array("pong \(tag)".utf8)
+    #expect(send(backend, answer, answer.count, 0) == answer.count)
+    #expect(receive(client, answer.count) == answer)
+    shutdown(client, Int32(SHUT_WR))
+    #expect(seesEnd(backend))
+    shutdown(backend, Int32(SHUT_WR))
+    #expect(seesEnd(client))
+}
+
 /// A one-loop group on `poller` and a backend listening on 127.0.0.1: `body` gets the loop, the listener and its
 /// address.
 private func withBackend(_ poller: PollerKind, _ body: (EventLoop, Int32, SocketAddress) throws -> Void) throws {
@@ -110,19 +124,11 @@ struct DialedTunnelTests {
                 }
                 let backend = try acceptOne(backendListener)
                 defer { close(backend) }
-                let request = Array("ping \(round)".utf8)
-                #expect(send(client, request, request.count, 0) == request.count)
-                #expect(receive(backend, request.count) == request)
-                let answer = Array("pong \(round)".utf8)
-                #expect(send(backend, answer, answer.count, 0) == answer.count)
-                #expect(receive(client, answer.count) == answer)
-                shutdown(client, Int32(SHUT_WR))
-                #expect(seesEnd(backend))
-                shutdown(backend, Int32(SHUT_WR))
-                #expect(seesEnd(client))
+                exchange(client: client, backend: backend, "\(round)")
                 #expect(eventually { outcome.get() != nil })
-                #expect(outcome.get() == TunnelOutcome(end: .finished, clientToServerBytes: UInt64(request.count),
-                                                       serverToClientBytes: UInt64(answer.count)))
+                let bytes = UInt64("ping \(round)".utf8.count)
+                #expect(outcome.get() == TunnelOutcome(end: .finished, clientToServerBytes: bytes,
+                                                       serverToClientBytes: bytes))
                 #expect(failure.get() == nil)
             }
         }
@@ -275,18 +281,36 @@ struct DialedTunnelTests {
             let backend = try acceptOne(backendListener)
             defer { close(backend) }
             #expect(eventually(timeout: 10) { connected.get() })
-            let request = Array("late ping".utf8)
-            #expect(send(client, request, request.count, 0) == request.count)
-            #expect(receive(backend, request.count) == request)
-            let answer = Array("late pong".utf8)
-            #expect(send(backend, answer, answer.count, 0) == answer.count)
-            #expect(receive(client, answer.count) == answer)
-            shutdown(client, Int32(SHUT_WR))
-            #expect(seesEnd(backend))
-            shutdown(backend, Int32(SHUT_WR))
-            #expect(seesEnd(client))
+            exchange(client: client, backend: backend, "late")
             #expect(eventually { outcome.get() != nil })
             #expect(failure.get() == nil)
+        }
+    }
+
+    @Test("a dial cancelled before its immediate result is handed over: no completion, its descriptor closed once",
+          arguments: PollerKind.allCases)
+    func cancelBeforeImmediateResult(poller: PollerKind) throws {
+        try withBackend(poller) { loop, backendListener, address in
+            let completed = Shared(false)
+            let newcomer = Shared<Int32>(-1)
+            _ = try onLoop(loop) {
+                let dialer = TCPDialer.dial(on: loop, to: address, timeout: .seconds(5)) { _ in completed.set(true) }
+                dialer.cancel()
+                // The lowest free number: the one the cancel just closed. It must survive the posted result.
+                newcomer.set(socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0))
+                return true
+            }
+            // Tasks posted before this one have run once it runs.
+            _ = try onLoop(loop) { true }
+            let fd = newcomer.get()
+            #expect(fd >= 0)
+            #expect(fcntl(fd, F_GETFD) != -1, "the descriptor \(fd) opened after the cancel was closed")
+            #expect(!completed.get())
+            close(fd)
+            // The backend saw the connect and its close.
+            let backend = try acceptOne(backendListener)
+            defer { close(backend) }
+            #expect(seesEnd(backend))
         }
     }
 }

@@ -172,10 +172,9 @@ public final class TCPDialer: EventHandler, @unchecked Sendable {
     }
 
     private func finish(_ result: Result<Int32, any Error>) {
-        guard let completion else {
-            if case .success(let fd) = result, fd >= 0 { Posix.close(fd) }
-            return
-        }
+        // No completion: the attempt was cancelled, or its loop stopped, and the descriptor closed then (a result
+        // posted before that, an immediate connect's, must not close the number again: another socket may have it).
+        guard let completion else { return }
         self.completion = nil
         let succeeded: Bool
         if case .success = result { succeeded = true } else { succeeded = false }
