@@ -7,7 +7,10 @@ import Synchronization
 import TestSupport
 import Testing
 
-@Suite("LoopLoadBalanceClient: the reports of one loop iteration go out together")
+/// Serialized, as the other agent suites over sockets: each case runs a whole agent world (two loops, a name service,
+/// a reporter, the agent), and a dozen of them at once would hold hundreds of descriptors beside the select-poller
+/// tests of other suites, which cannot watch one above FD_SETSIZE.
+@Suite("LoopLoadBalanceClient: the reports of one loop iteration go out together", .serialized)
 struct LoopReportBatchTests {
     /// Runs `body` on `loop` (one task: one loop iteration) and waits for it, and for the tasks it posted.
     private func inOneIteration(_ loop: EventLoop, _ body: @escaping @Sendable () -> Void) {
