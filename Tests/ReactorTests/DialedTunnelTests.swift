@@ -82,6 +82,28 @@ private func exchange(client: Int32, backend: Int32, _ tag: String) {
     #expect(seesEnd(client))
 }
 
+/// Dials `address` on `loop` and joins the connected socket and `clientInner` in a tunnel: `connected` is set when the
+/// dial succeeds, `outcome` when the tunnel ends, `failure` when the dial or the tunnel's start fails.
+private func dialIntoTunnel(_ loop: EventLoop, to address: SocketAddress, client clientInner: Int32,
+                            timeout: Duration, outcome: Shared<TunnelOutcome?>, failure: Shared<String?>,
+                            connected: Shared<Bool>? = nil) throws {
+    _ = try onLoop(loop) {
+        TCPDialer.dial(on: loop, to: address, timeout: timeout) { result in
+            switch result {
+            case .success(let socket):
+                connected?.set(true)
+                let client = AcceptedSocket(fd: clientInner, peer: address, loop: loop)
+                let tunnel = TCPTunnel(loop: loop, client: client, server: socket, onEnd: { _, end in outcome.set(end) })
+                do { try tunnel.start() } catch { failure.set("start: \(error)") }
+            case .failure(let error):
+                failure.set("dial: \(error)")
+                close(clientInner)
+            }
+        }
+        return true
+    }
+}
+
 /// A one-loop group on `poller` and a backend listening on 127.0.0.1: `body` gets the loop, the listener and its
 /// address.
 private func withBackend(_ poller: PollerKind, _ body: (EventLoop, Int32, SocketAddress) throws -> Void) throws {
@@ -107,21 +129,8 @@ struct DialedTunnelTests {
                 defer { close(client) }
                 let outcome = Shared<TunnelOutcome?>(nil)
                 let failure = Shared<String?>(nil)
-                _ = try onLoop(loop) {
-                    TCPDialer.dial(on: loop, to: address, timeout: .seconds(5)) { result in
-                        switch result {
-                        case .success(let socket):
-                            let client = AcceptedSocket(fd: clientInner, peer: address, loop: loop)
-                            let tunnel = TCPTunnel(loop: loop, client: client, server: socket,
-                                                   onEnd: { _, end in outcome.set(end) })
-                            do { try tunnel.start() } catch { failure.set("start: \(error)") }
-                        case .failure(let error):
-                            failure.set("dial: \(error)")
-                            close(clientInner)
-                        }
-                    }
-                    return true
-                }
+                try dialIntoTunnel(loop, to: address, client: clientInner, timeout: .seconds(5), outcome: outcome,
+                                   failure: failure)
                 let backend = try acceptOne(backendListener)
                 defer { close(backend) }
                 exchange(client: client, backend: backend, "\(round)")
@@ -258,22 +267,8 @@ struct DialedTunnelTests {
             let outcome = Shared<TunnelOutcome?>(nil)
             let failure = Shared<String?>(nil)
             let connected = Shared(false)
-            _ = try onLoop(loop) {
-                TCPDialer.dial(on: loop, to: address, timeout: .seconds(10)) { result in
-                    switch result {
-                    case .success(let socket):
-                        connected.set(true)
-                        let client = AcceptedSocket(fd: clientInner, peer: address, loop: loop)
-                        let tunnel = TCPTunnel(loop: loop, client: client, server: socket,
-                                               onEnd: { _, end in outcome.set(end) })
-                        do { try tunnel.start() } catch { failure.set("start: \(error)") }
-                    case .failure(let error):
-                        failure.set("dial: \(error)")
-                        close(clientInner)
-                    }
-                }
-                return true
-            }
+            try dialIntoTunnel(loop, to: address, client: clientInner, timeout: .seconds(10), outcome: outcome,
+                               failure: failure, connected: connected)
             Thread.sleep(forTimeInterval: 0.2)
             #expect(!connected.get(), "the connect completed while the backend's queue was full")
             // Room again: the SYN's retransmission (about 1 s after the first) gets through.
