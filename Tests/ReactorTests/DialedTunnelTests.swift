@@ -93,7 +93,8 @@ private func dialIntoTunnel(_ loop: EventLoop, to address: SocketAddress, client
             case .success(let socket):
                 connected?.set(true)
                 let client = AcceptedSocket(fd: clientInner, peer: address, loop: loop)
-                let tunnel = TCPTunnel(loop: loop, client: client, server: socket, onEnd: { _, end in outcome.set(end) })
+                let tunnel = TCPTunnel(loop: loop, client: client, server: socket,
+                                       onEnd: { _, end in outcome.set(end) })
                 do { try tunnel.start() } catch { failure.set("start: \(error)") }
             case .failure(let error):
                 failure.set("dial: \(error)")
