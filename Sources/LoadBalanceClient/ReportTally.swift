@@ -31,20 +31,24 @@ struct ReportTally {
 
     var isEmpty: Bool { reports == 0 }
 
-    /// Adds one call's outcome; true when the module's batch is full (send now).
+    /// Adds one call's outcome; true when the tally is full (send now): a module has ``maxResults`` runs, or the
+    /// tally holds ``maxReports`` reports in all (which bounds every run, every module's batch, and the modules).
     mutating func add(_ module: Module, host: Host, success: Bool) -> Bool {
-        var list = runs[module] ?? []
-        if let last = list.lastIndex(where: { $0.host == host }), list[last].success == success,
-           list[last].count < Self.maxReports {
+        reports += 1
+        if !success { holdsFailure = true }
+        let results = Self.record(&runs[module, default: []], host: host, success: success)
+        return results >= Self.maxResults || reports >= Self.maxReports
+    }
+
+    /// Adds the outcome to the host's last run when it has the same outcome, else starts a run; the module's run
+    /// count after it. (In place: the list is not copied out of the dictionary.)
+    private static func record(_ list: inout [Run], host: Host, success: Bool) -> Int {
+        if let last = list.lastIndex(where: { $0.host == host }), list[last].success == success {
             list[last].count += 1
         } else {
             list.append(Run(host: host, success: success, count: 1))
         }
-        reports += 1
-        if !success { holdsFailure = true }
-        let full = list.count >= Self.maxResults || list.reduce(0) { $0 + $1.count } >= Self.maxReports
-        runs[module] = list
-        return full
+        return list.count
     }
 
     /// Everything held, one entry per module, and the tally empty again.
