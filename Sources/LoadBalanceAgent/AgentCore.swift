@@ -89,6 +89,8 @@ public struct AgentCore<Peer> {
     private var throttleEpisode = RefusalEpisode()
     private var remoteEpisode = RefusalEpisode()
     private var secretEpisode = RefusalEpisode()
+    /// Report batches dropped for their size (logged once per episode).
+    private var batchEpisode = RefusalEpisode()
     private let reportSecret: [UInt8]?
     /// Counts since the start (`statistics` adds the module count).
     private var counts = AgentStatistics()
@@ -312,8 +314,8 @@ public struct AgentCore<Peer> {
     /// with `succ` successful calls and then `err` failed ones, in the order of the results, counted exactly as
     /// that many ReportRequests in that order would be (`caller`, `ts` and `overload` are not read). The secret,
     /// when the agent requires one, is field 15 of the body, as on a ReportRequest. A batch with more than
-    /// ``maxReportBatchResults`` results, none, or more than ``maxReportsPerBatch`` reports is dropped and counted
-    /// (`reportBatchesRefused`); reports for unknown modules or hosts are ignored.
+    /// ``maxReportBatchResults`` results, none, or more than ``maxReportsPerBatch`` reports is dropped, counted
+    /// (`reportBatchesRefused`) and logged once per episode; reports for unknown modules or hosts are ignored.
     public mutating func reportBatch(_ request: Lars_ReportStatusRequest, secret: [UInt8]? = nil, source: UInt32,
                                      now: UInt64, actions: inout [Action]) {
         counts.reportBatchRequests += 1
@@ -321,6 +323,10 @@ public struct AgentCore<Peer> {
         guard (1...Self.maxReportBatchResults).contains(request.results.count), total <= Self.maxReportsPerBatch
         else {
             counts.reportBatchesRefused += 1
+            if batchEpisode.refuse(now: now) {
+                actions.append(.log(.reportBatchRefused(source: source, results: request.results.count,
+                                                        reports: total)))
+            }
             return
         }
         counts.reportRequests += total
@@ -529,6 +535,8 @@ public enum AgentEvent: Sendable, Hashable {
     case remoteSourceDropped(source: UInt32)
     /// Reports without the configured secret are dropped (once per episode).
     case reportsWithoutSecret(source: UInt32)
+    /// A report batch with no result, or over the bounds, was dropped (once per episode).
+    case reportBatchRefused(source: UInt32, results: Int, reports: Int)
     /// An API GetRoute reply of this route is cut to `sent` of its `hostCount` hosts to fit a datagram (once per
     /// route).
     case routeReplyTruncated(RouteKey, hostCount: Int, sent: Int)

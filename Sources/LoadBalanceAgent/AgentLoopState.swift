@@ -212,6 +212,11 @@ final class AgentLoopState: @unchecked Sendable {
         case .reportsWithoutSecret(let source):
             logger.info("reports without the report secret dropped",
                         metadata: ["peer.address": "\(IPv4Endpoint(ip: source, port: 0).address)"])
+        case .reportBatchRefused(let source, let results, let reports):
+            logger.info("report batches over the bounds dropped", metadata: [
+                "peer.address": "\(IPv4Endpoint(ip: source, port: 0).address)", "batch.results": "\(results)",
+                "batch.reports": "\(reports)", "limit.results": "\(Core.maxReportBatchResults)",
+                "limit.reports": "\(Core.maxReportsPerBatch)"])
         case .routeReplyTruncated(let key, let hostCount, let sent):
             logger.info("route has more hosts than fit in one datagram; GetRoute answered with those that fit",
                         metadata: ["route.key": "\(key)", "route.hosts": "\(hostCount)", "reply.hosts": "\(sent)"])

@@ -79,17 +79,20 @@ struct ReportBatchCoreTests {
         #expect(line?.overload == true)
     }
 
-    @Test("too many results, too many reports, or none: dropped whole and counted; unknown modules and hosts ignored")
+    @Test("too many results, too many reports, or none: dropped whole, counted, logged once; unknown ones ignored")
     func bounds() {
         var h = Self.ready()
         let most = AgentCoreTests.Core.maxReportBatchResults
         let tooMany = Self.batch(route12, Array(repeating: (h1, 1, 0), count: most + 1))
         let tooLarge = Self.batch(route12, [(h1, UInt32(AgentCoreTests.Core.maxReportsPerBatch), 1)])
         let empty = Self.batch(route12, [])
+        var logs = 0
         for request in [tooMany, tooLarge, empty] {
-            _ = h.run { $0.reportBatch(request, source: Harness.loopback, now: $1, actions: &$2) }
+            let actions = h.run { $0.reportBatch(request, source: Harness.loopback, now: $1, actions: &$2) }
+            logs += actions.count { if case .log(.reportBatchRefused) = $0 { true } else { false } }
         }
         #expect(h.core.statistics.reportBatchesRefused == 3 && h.core.statistics.reportRequests == 0)
+        #expect(logs == 1, "one log line for the episode")
         #expect(h.run { $0.flushReports(timestamp: 1, actions: &$2) }.isEmpty)
         // At the bounds: taken.
         let full = Self.batch(route12, Array(repeating: (h1, 64, 0), count: AgentCoreTests.Core.maxReportBatchResults))
